@@ -1,0 +1,85 @@
+from protos import event_pb2 as _event_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PredictRequest(_message.Message):
+    __slots__ = ("user_id", "features", "item_ids", "candidate_features")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _event_pb2.FeatureValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_event_pb2.FeatureValues, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    features: _containers.MessageMap[str, _event_pb2.FeatureValues]
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    candidate_features: _containers.RepeatedCompositeFieldContainer[CandidateFeatures]
+    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ...) -> None: ...
+
+class CandidateFeatures(_message.Message):
+    __slots__ = ("features",)
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _event_pb2.FeatureValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_event_pb2.FeatureValues, _Mapping]] = ...) -> None: ...
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.MessageMap[str, _event_pb2.FeatureValues]
+    def __init__(self, features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("scores", "model_version")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    model_version: int
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "features", "item_ids", "candidate_features", "k")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _event_pb2.FeatureValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_event_pb2.FeatureValues, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    features: _containers.MessageMap[str, _event_pb2.FeatureValues]
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    candidate_features: _containers.RepeatedCompositeFieldContainer[CandidateFeatures]
+    k: int
+    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., k: _Optional[int] = ...) -> None: ...
+
+class ScoredItem(_message.Message):
+    __slots__ = ("item_id", "score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: int
+    score: float
+    def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("items", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: int
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...

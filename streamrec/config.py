@@ -1,0 +1,371 @@
+"""Typed configuration: one dataclass per component, nested in :class:`AppConfig`.
+
+Precedence, lowest first: dataclass defaults < TOML file < ``STREAMREC_*``
+environment variables < CLI ``--set section.field=value`` overrides.
+
+Environment variables are named ``STREAMREC_<SECTION>_<FIELD>``, for example
+``STREAMREC_TRAINER_BATCH_SIZE=512`` or ``STREAMREC_SYNC_TOKEN=s3cret``; list
+fields take comma-separated values. Per-table overrides live in TOML under
+``[tables.<feature>]`` and fall back to ``[table_defaults]``.
+
+Every dataclass validates itself in ``__post_init__`` and raises
+:class:`ConfigError` naming the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamrec.errors import ConfigError
+
+__all__ = [
+    "IngestConfig",
+    "ModelConfig",
+    "TableConfig",
+    "TrainerConfig",
+    "SyncConfig",
+    "ServingConfig",
+    "MetricsConfig",
+    "AppConfig",
+    "load_config",
+]
+
+
+def _require(ok: bool, section: str, name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{section}.{name}={value!r}: {why}")
+
+
+@dataclass
+class IngestConfig:
+    """Where events come from and how they become training examples."""
+
+    source: str = "kafka"  # kafka | file | memory
+    bootstrap_servers: list[str] = field(default_factory=lambda: ["127.0.0.1:9092"])
+    topics: list[str] = field(default_factory=lambda: ["streamrec-events"])
+    group_id: str = "streamrec-trainer"
+    value_format: str = "auto"  # json | protobuf | auto
+    # Brokers hold a new group's first join for about the session timeout; a
+    # short one makes a restarted trainer resume quickly.
+    session_timeout_ms: int = 6000
+    poll_timeout_ms: int = 200
+    max_poll_records: int = 4096
+    path: str = ""  # for source = "file": a .jsonl or .csv file
+    dead_letter_path: str = ""  # JSONL file of rejected records; "" keeps them in memory
+    dead_letter_topic: str = ""  # Kafka topic for rejected records (source = kafka)
+    # Joiner: an impression is positive when one of these actions for the same
+    # (request_id, item_id) arrives within join_window_s of event time.
+    action_types: list[str] = field(default_factory=lambda: ["click", "like", "share", "purchase"])
+    join_window_s: float = 300.0
+    # Keep each negative with this probability; the trainer corrects the logit
+    # by -log(rate) (Monolith's negative sampling correction).
+    negative_sample_rate: float = 1.0
+
+    def __post_init__(self) -> None:
+        s = "ingest"
+        _require(self.source in ("kafka", "file", "memory"), s, "source", self.source,
+                 "must be kafka, file or memory")
+        _require(self.value_format in ("json", "protobuf", "auto"), s, "value_format",
+                 self.value_format, "must be json, protobuf or auto")
+        _require(bool(self.topics) or self.source != "kafka", s, "topics", self.topics,
+                 "at least one topic is needed for source = kafka")
+        _require(bool(self.bootstrap_servers) or self.source != "kafka", s,
+                 "bootstrap_servers", self.bootstrap_servers, "needed for source = kafka")
+        _require(self.session_timeout_ms >= 1000, s, "session_timeout_ms",
+                 self.session_timeout_ms, "must be >= 1000")
+        _require(self.poll_timeout_ms >= 0, s, "poll_timeout_ms", self.poll_timeout_ms,
+                 "must be >= 0")
+        _require(self.max_poll_records >= 1, s, "max_poll_records", self.max_poll_records,
+                 "must be >= 1")
+        _require(self.join_window_s > 0, s, "join_window_s", self.join_window_s, "must be > 0")
+        _require(0 < self.negative_sample_rate <= 1, s, "negative_sample_rate",
+                 self.negative_sample_rate, "must be in (0, 1]")
+
+
+@dataclass
+class ModelConfig:
+    """The CTR model: which features it reads and its shape."""
+
+    # Each sparse feature gets its own embedding table, keyed by raw 64-bit ids.
+    # "user_id" and "item_id" read the event's ids; others read event features.
+    sparse_features: list[str] = field(default_factory=lambda: ["user_id", "item_id"])
+    dense_features: list[str] = field(default_factory=list)
+    embedding_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [64, 32])
+
+    def __post_init__(self) -> None:
+        s = "model"
+        _require(len(self.sparse_features) >= 1, s, "sparse_features", self.sparse_features,
+                 "at least one sparse feature is needed")
+        _require(len(set(self.sparse_features)) == len(self.sparse_features), s,
+                 "sparse_features", self.sparse_features, "names must be unique")
+        _require(not set(self.sparse_features) & set(self.dense_features), s,
+                 "dense_features", self.dense_features, "a feature cannot be both sparse and dense")
+        _require(1 <= self.embedding_dim <= 1024, s, "embedding_dim", self.embedding_dim,
+                 "must be in [1, 1024]")
+        _require(all(h >= 1 for h in self.hidden), s, "hidden", self.hidden,
+                 "layer widths must be >= 1")
+
+
+@dataclass
+class TableConfig:
+    """One embedding table (Monolith-style dynamic table)."""
+
+    # Frequency filter: an id gets a row after it has been seen min_count times
+    # (0 or 1 = admit at first sight).
+    min_count: int = 1
+    # Rows unseen for ttl_s of event time are evicted (0 = never).
+    ttl_s: float = 0.0
+    shards: int = 1
+    initial_capacity: int = 4096
+    # Bounded capacity (0 = grow without bound). When full, new ids read the
+    # OOV row until expiry frees rows.
+    max_rows: int = 0
+    lr: float = 0.05
+    init_std: float = 0.01
+    # Count-min sketch for the frequency filter: width per row, and depth.
+    filter_width: int = 1 << 20
+    filter_depth: int = 2
+
+    def __post_init__(self) -> None:
+        s = "table"
+        _require(self.min_count >= 0, s, "min_count", self.min_count, "must be >= 0")
+        _require(self.ttl_s >= 0, s, "ttl_s", self.ttl_s, "must be >= 0")
+        _require(1 <= self.shards <= 1024, s, "shards", self.shards, "must be in [1, 1024]")
+        _require(self.initial_capacity >= 16, s, "initial_capacity", self.initial_capacity,
+                 "must be >= 16")
+        _require(self.max_rows >= 0, s, "max_rows", self.max_rows, "must be >= 0")
+        _require(self.lr > 0, s, "lr", self.lr, "must be > 0")
+        _require(self.init_std >= 0, s, "init_std", self.init_std, "must be >= 0")
+        _require(self.filter_width >= 64, s, "filter_width", self.filter_width, "must be >= 64")
+        _require(1 <= self.filter_depth <= 8, s, "filter_depth", self.filter_depth,
+                 "must be in [1, 8]")
+
+
+@dataclass
+class TrainerConfig:
+    """The online training loop."""
+
+    batch_size: int = 256
+    dense_lr: float = 0.003
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    checkpoint_dir: str = ""  # "" = no checkpoints
+    checkpoint_interval_s: float = 60.0
+    log_interval_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        s = "trainer"
+        _require(1 <= self.batch_size <= 1 << 20, s, "batch_size", self.batch_size,
+                 "must be in [1, 1048576]")
+        _require(self.dense_lr > 0, s, "dense_lr", self.dense_lr, "must be > 0")
+        _require(self.threads >= 0, s, "threads", self.threads, "must be >= 0")
+        _require(self.checkpoint_interval_s > 0, s, "checkpoint_interval_s",
+                 self.checkpoint_interval_s, "must be > 0")
+        _require(self.log_interval_s > 0, s, "log_interval_s", self.log_interval_s,
+                 "must be > 0")
+
+
+@dataclass
+class SyncConfig:
+    """Parameter push from trainer to serving replicas."""
+
+    replicas: list[str] = field(default_factory=list)  # host:port of each sync port
+    interval_s: float = 1.0
+    token: str = ""
+    max_chunk_bytes: int = 1 << 20
+    timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        s = "sync"
+        _require(self.interval_s > 0, s, "interval_s", self.interval_s, "must be > 0")
+        _require(self.max_chunk_bytes >= 1024, s, "max_chunk_bytes", self.max_chunk_bytes,
+                 "must be >= 1024")
+        _require(all(":" in r for r in self.replicas), s, "replicas", self.replicas,
+                 "each replica must be host:port")
+        _require(self.timeout_s > 0, s, "timeout_s", self.timeout_s, "must be > 0")
+
+
+@dataclass
+class ServingConfig:
+    """A serving replica: public port for Predict/Recommend, private sync port."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    sync_host: str = "127.0.0.1"
+    sync_port: int = 50052
+    token: str = ""  # bearer token the sync port requires ("" = no auth, dev only)
+    max_candidates: int = 10000
+    max_workers: int = 8
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        s = "serving"
+        for name in ("port", "sync_port"):
+            v = getattr(self, name)
+            _require(0 <= v <= 65535, s, name, v, "must be in [0, 65535]")
+        _require(self.max_candidates >= 1, s, "max_candidates", self.max_candidates,
+                 "must be >= 1")
+        _require(self.max_workers >= 1, s, "max_workers", self.max_workers, "must be >= 1")
+        _require(self.grace_s >= 0, s, "grace_s", self.grace_s, "must be >= 0")
+
+
+@dataclass
+class MetricsConfig:
+    """Prometheus /metrics endpoint of this process."""
+
+    host: str = "127.0.0.1"
+    port: int = 9100  # 0 = pick a free port; -1 = do not serve /metrics
+
+    def __post_init__(self) -> None:
+        _require(-1 <= self.port <= 65535, "metrics", "port", self.port,
+                 "must be -1 (off), 0 (any) or a port")
+
+
+@dataclass
+class AppConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    table_defaults: TableConfig = field(default_factory=TableConfig)
+    tables: dict[str, TableConfig] = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.tables) - set(self.model.sparse_features)
+        _require(not unknown, "tables", ",".join(sorted(unknown)), sorted(unknown),
+                 "per-table settings name no sparse feature in model.sparse_features")
+
+    def table(self, feature: str) -> TableConfig:
+        """The effective config of the table for ``feature``."""
+        return self.tables.get(feature, self.table_defaults)
+
+
+_SECTIONS = ("ingest", "model", "table_defaults", "trainer", "sync", "serving", "metrics")
+
+
+def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
+    """Convert a TOML/env/CLI value to the field's declared type."""
+    origin = typing.get_origin(tp)
+    try:
+        if origin is list:
+            (item_tp,) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list):
+                raise TypeError("expected a list")
+            return [_coerce(section, name, item_tp, v) for v in value]
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError("expected true or false")
+            if not isinstance(value, bool):
+                raise TypeError("expected a boolean")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError("expected an integer")
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise TypeError("expected a number")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise TypeError("expected a string")
+            return value
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{section}.{name}={value!r}: {e}") from None
+    raise ConfigError(f"{section}.{name}: unsupported field type {tp!r}")
+
+
+def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(section, k, hints[k], v) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(AppConfig)
+    return {name: hints[name] for name in _SECTIONS}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    types_ = _section_types()
+    for key, value in env.items():
+        if not key.startswith("STREAMREC_"):
+            continue
+        rest = key[len("STREAMREC_"):].lower()
+        for section in sorted(types_, key=len, reverse=True):
+            if rest.startswith(section + "_"):
+                out.setdefault(section, {})[rest[len(section) + 1:]] = value
+                break
+        else:
+            if rest not in ("config",):
+                raise ConfigError(f"{key}: names no config section ({', '.join(_SECTIONS)})")
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AppConfig:
+    """Load the app config from a TOML file, the environment and CLI overrides.
+
+    ``overrides`` maps ``"section.field"`` to a value (strings are coerced like
+    environment variables). Raises :class:`ConfigError` on any invalid value.
+    """
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    known = set(_SECTIONS) | {"tables"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(known)}")
+    layered: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
+    for section, values in _env_overrides(os.environ if env is None else env).items():
+        layered[section].update(values)
+    table_raw: dict[str, dict[str, Any]] = {k: dict(v) for k, v in raw.get("tables", {}).items()}
+    for dotted, value in (overrides or {}).items():
+        section, _, name = dotted.partition(".")
+        if section == "tables":
+            feature, _, name = name.partition(".")
+            table_raw.setdefault(feature, {})[name] = value
+        elif section in layered and name:
+            layered[section][name] = value
+        else:
+            raise ConfigError(f"override {dotted!r}: expected section.field with section in "
+                              f"{', '.join(_SECTIONS)} or tables.<feature>.field")
+    types_ = _section_types()
+    built = {s: _build(types_[s], s, layered[s]) for s in _SECTIONS}
+    defaults = dataclasses.asdict(built["table_defaults"])
+    tables = {
+        feature: _build(TableConfig, f"tables.{feature}", {**defaults, **values})
+        for feature, values in table_raw.items()
+    }
+    return AppConfig(tables=tables, **built)
+

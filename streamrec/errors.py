@@ -1,0 +1,48 @@
+"""One error tree for streamrec.
+
+Every error raised on purpose derives from :class:`StreamrecError`; each subclass
+also inherits the builtin it refines, so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "StreamrecError",
+    "ConfigError",
+    "DecodeError",
+    "SyncError",
+    "VersionGapError",
+    "CheckpointError",
+]
+
+
+class StreamrecError(Exception):
+    """Root of every error streamrec raises on purpose."""
+
+
+class ConfigError(StreamrecError, ValueError):
+    """A configuration value is invalid; the message names the field and the value."""
+
+
+class DecodeError(StreamrecError, ValueError):
+    """An event could not be decoded or failed validation."""
+
+
+class SyncError(StreamrecError, RuntimeError):
+    """Parameter sync between trainer and serving failed."""
+
+
+class VersionGapError(SyncError):
+    """A delta's base version does not match the replica's version."""
+
+    def __init__(self, replica_version: int, base_version: int) -> None:
+        super().__init__(
+            f"delta base_version={base_version} does not match replica version "
+            f"{replica_version}; a full snapshot is required"
+        )
+        self.replica_version = replica_version
+        self.base_version = base_version
+
+
+class CheckpointError(StreamrecError, RuntimeError):
+    """A checkpoint could not be written or read."""

@@ -1,0 +1,108 @@
+"""The CTR model: DeepFM over per-feature pooled embeddings.
+
+The embedding tables are not part of this module: they are dynamic (rows come
+and go with the id space) and live in :mod:`trainer.tables`, or in serving's
+replica. The model receives pooled rows and dense features and returns logits,
+so trainer and serving run exactly the same dense computation.
+
+Each table row has ``embedding_dim + 1`` columns: the last is the id's
+first-order (linear) weight, the rest its factor vector (DeepFM, Guo et al. 2017).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+
+import torch
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from streamrec.config import ModelConfig
+
+__all__ = ["CTRModel", "pool_features", "model_spec", "model_from_spec"]
+
+Lookup = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+def pool_features(sparse: KeyedJaggedTensor, features: list[str], lookup: Lookup) -> torch.Tensor:
+    """Mean-pool each feature's rows per example.
+
+    ``lookup(feature, ids)`` returns ``[len(ids), row_dim]`` rows (zeros for
+    ids without a row). Returns ``[B, len(features), row_dim]``; an example with
+    no ids for a feature gets a zero vector.
+    """
+    batch = sparse.stride()
+    pooled = []
+    for feature in features:
+        jt = sparse[feature]
+        lengths = jt.lengths().to(torch.int64)
+        rows = lookup(feature, jt.values())
+        segment = torch.repeat_interleave(torch.arange(batch), lengths)
+        total = torch.zeros((batch, rows.shape[1]), dtype=rows.dtype).index_add(0, segment, rows)
+        pooled.append(total / lengths.clamp(min=1).unsqueeze(1).to(rows.dtype))
+    return torch.stack(pooled, dim=1)
+
+
+class CTRModel(nn.Module):
+    """DeepFM: bias + first-order + FM second-order + MLP, over F fields.
+
+    Dense features are projected to one extra field so they take part in the
+    FM interactions and the MLP alike.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.embedding_dim
+        n_dense = len(config.dense_features)
+        self.dense_proj = nn.Linear(n_dense, d) if n_dense else None
+        fields = len(config.sparse_features) + (1 if n_dense else 0)
+        layers: list[nn.Module] = []
+        width = fields * d + n_dense
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+        self.bias = nn.Parameter(torch.zeros(1))
+        # Start the deep part near zero so early predictions come from the
+        # bias and first-order terms, which learn fastest from few events.
+        last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    @property
+    def row_dim(self) -> int:
+        return self.config.embedding_dim + 1
+
+    def forward(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``pooled`` is ``[B, F, d+1]``, ``dense`` ``[B, n_dense]``; returns ``[B]`` logits."""
+        factors = pooled[..., :-1]
+        first_order = pooled[..., -1].sum(dim=1)
+        if self.dense_proj is not None:
+            factors = torch.cat([factors, self.dense_proj(dense).unsqueeze(1)], dim=1)
+        square_of_sum = factors.sum(dim=1).pow(2)
+        sum_of_square = factors.pow(2).sum(dim=1)
+        fm = 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
+        deep_in = torch.cat([factors.flatten(1), dense], dim=1)
+        deep = self.mlp(deep_in).squeeze(1)
+        return self.bias + first_order + fm + deep
+
+
+def model_spec(config: ModelConfig) -> str:
+    """The JSON description a replica needs to rebuild the model."""
+    return json.dumps({"architecture": "deepfm", "model": asdict(config)}, sort_keys=True)
+
+
+def model_from_spec(spec: str) -> CTRModel:
+    """Build an (untrained) :class:`CTRModel` from :func:`model_spec`'s JSON.
+
+    Raises ``ValueError`` if the spec is not a DeepFM model description.
+    """
+    data = json.loads(spec)
+    if not isinstance(data, dict) or data.get("architecture") != "deepfm":
+        raise ValueError(f"unsupported model spec: {spec[:200]!r}")
+    return CTRModel(ModelConfig(**data["model"]))
