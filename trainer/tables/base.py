@@ -1,0 +1,46 @@
+"""The interface every embedding table implementation provides.
+
+The conformance suite in tests/unit/test_table_conformance.py runs against each
+implementation; a new one (e.g. a torch.distributed-backed table) joins it there.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from streamrec.config import TableConfig
+from trainer.tables.sharded import ShardedEmbeddingTable
+from trainer.tables.table import DynamicEmbeddingTable, TableStats
+
+__all__ = ["EmbeddingTable", "make_table"]
+
+
+@runtime_checkable
+class EmbeddingTable(Protocol):
+    """A dynamic table keyed by raw int64 ids (see DynamicEmbeddingTable for semantics)."""
+
+    name: str
+    dim: int
+
+    def __len__(self) -> int: ...
+    @property
+    def stats(self) -> TableStats: ...
+    def memory_bytes(self) -> int: ...
+    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None,
+               now_ms: int = 0, train: bool = True) -> torch.Tensor: ...
+    def read(self, rows: torch.Tensor) -> torch.Tensor: ...
+    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None: ...
+    def expire(self, now_ms: int, max_rows: int = ...) -> int: ...
+    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+def make_table(name: str, dim: int, config: TableConfig, seed: int = 0) -> EmbeddingTable:
+    """The table implementation for ``config``: sharded when ``config.shards > 1``."""
+    if config.shards > 1:
+        return ShardedEmbeddingTable(name, dim, config, seed=seed)
+    return DynamicEmbeddingTable(name, dim, config, seed=seed)

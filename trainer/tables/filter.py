@@ -1,0 +1,95 @@
+"""Frequency filter: admit an id only after it has been seen ``min_count`` times.
+
+Monolith (§3.2.1) filters ids by occurrence count before they get an
+embedding, because most ids in a long-tailed stream are seen a handful of
+times and their rows would never train. Counting every id exactly costs
+memory proportional to the id space, which is what a dynamic table is meant
+to avoid. A count-min sketch (Cormode & Muthukrishnan 2005) counts in fixed
+memory: ``depth`` rows of ``width`` saturating counters. It never
+under-counts, so an id that has truly been seen ``min_count`` times is
+always admitted; hash collisions can only admit an id early.
+
+Counts age: once the sketch has absorbed about ``width`` increments since the
+last halving, every counter is halved. Without that, after a long stream most
+counters of a fixed-size sketch exceed ``min_count`` and the filter admits
+everything; with it, the filter asks for ``min_count`` recent sightings, as
+Monolith's sliding filter does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["FrequencyFilter"]
+
+# Odd 64-bit multipliers, one per sketch row (signed int64 form).
+_MULTIPLIERS = (
+    -7046029254386353131, 0x2545F4914F6CDD1D, -4658895280553007687, 0x27D4EB2F165667C5,
+    0x165667B19E3779F9, 0x61C8864680B583EB, 0x5851F42D4C957F2D, 0x14057B7EF767814F,
+)
+
+
+class FrequencyFilter:
+    """A count-min sketch deciding which ids are admitted to a table.
+
+    ``min_count <= 1`` admits every id at first sight and allocates nothing.
+    """
+
+    def __init__(self, min_count: int, width: int = 1 << 20, depth: int = 2) -> None:
+        self.min_count = min_count
+        self.enabled = min_count > 1
+        self.bits = max(6, (width - 1).bit_length())
+        self.depth = depth
+        n = (1 << self.bits) if self.enabled else 0
+        # int16 saturates well above any sensible min_count.
+        self.counts = torch.zeros((depth, n), dtype=torch.int16)
+        self._since_decay = 0
+
+    @property
+    def width(self) -> int:
+        return 1 << self.bits
+
+    def memory_bytes(self) -> int:
+        return self.counts.numel() * self.counts.element_size()
+
+    def _slots(self, ids: torch.Tensor) -> torch.Tensor:
+        mask = (1 << self.bits) - 1
+        return torch.stack([((ids * _MULTIPLIERS[d]) >> (64 - self.bits)) & mask
+                            for d in range(self.depth)])
+
+    def observe(self, ids: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Count ``counts[i]`` sightings of unique ``ids[i]``; returns the admit mask.
+
+        An id is admitted when its estimated count, this batch included,
+        reaches ``min_count``.
+        """
+        if not self.enabled:
+            return torch.ones(ids.shape, dtype=torch.bool)
+        if ids.numel() == 0:
+            return torch.zeros(0, dtype=torch.bool)
+        slots = self._slots(ids)
+        add = counts.to(torch.int32)
+        estimate = None
+        for d in range(self.depth):
+            row = self.counts[d]
+            widened = row.to(torch.int32).index_add_(0, slots[d], add)
+            row.copy_(widened.clamp_(max=torch.iinfo(torch.int16).max))
+            got = row[slots[d]]
+            estimate = got if estimate is None else torch.minimum(estimate, got)
+        self._since_decay += int(add.sum())
+        if self._since_decay >= self.width:
+            self.counts.div_(2, rounding_mode="floor")
+            self._since_decay = 0
+        assert estimate is not None
+        return estimate >= self.min_count
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"counts": self.counts.clone(), "since_decay": torch.tensor(self._since_decay)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["counts"].shape != self.counts.shape:
+            raise ValueError(
+                f"filter state shape {tuple(state['counts'].shape)} does not match "
+                f"{tuple(self.counts.shape)} (min_count/filter_width/filter_depth changed?)")
+        self.counts.copy_(state["counts"])
+        self._since_decay = int(state["since_decay"])

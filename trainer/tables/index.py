@@ -1,0 +1,190 @@
+"""A collisionless, vectorized id → row index for raw int64 ids.
+
+Open addressing with linear probing over power-of-two slot arrays, in torch
+tensor operations only: a batch of ids is resolved in a few passes over the
+still-unresolved ids, never with a per-id Python loop. Keys are the raw ids
+themselves (no sentinel value is stolen from the id space: slot state lives in
+a separate byte array), so any two distinct ids, including negative and
+extreme ones, always get distinct rows. This is the property Monolith's
+Cuckoo hash table gives and modulo-hashed static tables lack (Monolith §3.1).
+
+Rows are dense integers ``0 .. capacity-1`` handed out from a free list, so the
+caller can keep row-aligned tensors (weights, optimizer state, timestamps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["IdIndex"]
+
+_EMPTY, _FULL, _DELETED = 0, 1, 2
+# Fibonacci hashing multiplier (2^64 / golden ratio), as a signed int64.
+_MULT = -7046029254386353131
+_MAX_LOAD = 0.5
+
+
+def _slot_hash(ids: torch.Tensor, bits: int) -> torch.Tensor:
+    # Multiplicative hashing: the top `bits` bits of id * MULT (mod 2^64) are
+    # well mixed even for sequential or low-entropy ids. Arithmetic shift on
+    # int64 drags the sign bit in, hence the mask.
+    return ((ids * _MULT) >> (64 - bits)) & ((1 << bits) - 1)
+
+
+class IdIndex:
+    """Maps int64 ids to row numbers; rows are reused after removal.
+
+    Not thread-safe: the owner serialises calls.
+    """
+
+    def __init__(self, initial_slots: int = 1024) -> None:
+        bits = max(4, (max(16, initial_slots) - 1).bit_length())
+        self._alloc_slots(bits)
+        self._next_row = 0
+        self._free_rows = torch.empty(0, dtype=torch.int64)
+        self._size = 0
+
+    def _alloc_slots(self, bits: int) -> None:
+        self._bits = bits
+        n = 1 << bits
+        self._keys = torch.zeros(n, dtype=torch.int64)
+        self._vals = torch.full((n,), -1, dtype=torch.int64)
+        self._state = torch.zeros(n, dtype=torch.int8)
+        self._used = 0  # FULL + DELETED slots: what lengthens probe chains
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def row_capacity(self) -> int:
+        """One past the largest row number ever handed out."""
+        return self._next_row
+
+    @property
+    def slots(self) -> int:
+        return 1 << self._bits
+
+    def memory_bytes(self) -> int:
+        return (self._keys.numel() * 8 + self._vals.numel() * 8 + self._state.numel()
+                + self._free_rows.numel() * 8)
+
+    def _find(self, ids: torch.Tensor) -> torch.Tensor:
+        """Slot of each id, or -1 where absent."""
+        mask = (1 << self._bits) - 1
+        slot = torch.full_like(ids, -1)
+        todo = torch.arange(ids.numel())
+        pos = _slot_hash(ids, self._bits)
+        while todo.numel():
+            state = self._state[pos]
+            hit = (state == _FULL) & (self._keys[pos] == ids[todo])
+            slot[todo[hit]] = pos[hit]
+            # A probe chain ends at an EMPTY slot; DELETED slots are walked over.
+            go_on = ~hit & (state != _EMPTY)
+            todo, pos = todo[go_on], (pos[go_on] + 1) & mask
+        return slot
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """Row of each id (any shape of int64), -1 where the id has no row."""
+        flat = ids.reshape(-1)
+        slot = self._find(flat)
+        rows = torch.where(slot >= 0, self._vals[slot.clamp(min=0)], torch.full_like(flat, -1))
+        return rows.reshape(ids.shape)
+
+    def _take_rows(self, n: int) -> torch.Tensor:
+        reuse = min(n, self._free_rows.numel())
+        taken = self._free_rows[self._free_rows.numel() - reuse:]
+        self._free_rows = self._free_rows[: self._free_rows.numel() - reuse]
+        fresh = torch.arange(self._next_row, self._next_row + n - reuse, dtype=torch.int64)
+        self._next_row += n - reuse
+        return torch.cat([taken, fresh])
+
+    def _place(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        """Write ids known to be absent and unique into free slots."""
+        mask = (1 << self._bits) - 1
+        pos = _slot_hash(ids, self._bits)
+        todo = torch.arange(ids.numel())
+        claim = torch.full((1 << self._bits,), -1, dtype=torch.int64)
+        while todo.numel():
+            free = self._state[pos] != _FULL
+            # Several ids may reach the same free slot in one pass: one wins
+            # (the last scatter), the others probe on.
+            cand_pos, cand = pos[free], todo[free]
+            claim[cand_pos] = cand
+            won = torch.zeros_like(free)
+            won[free] = claim[cand_pos] == cand
+            win_pos, win = pos[won], todo[won]
+            self._used += int((self._state[win_pos] == _EMPTY).sum())
+            self._keys[win_pos] = ids[win]
+            self._vals[win_pos] = rows[win]
+            self._state[win_pos] = _FULL
+            claim[cand_pos] = -1
+            todo, pos = todo[~won], (pos[~won] + 1) & mask
+
+    def _maybe_grow(self, incoming: int) -> None:
+        if self._used + incoming <= _MAX_LOAD * (1 << self._bits):
+            return
+        live = self._state == _FULL
+        keys, vals = self._keys[live], self._vals[live]
+        bits = self._bits
+        # Rehash in place of tombstones when they are what fills the table;
+        # double otherwise.
+        while keys.numel() + incoming > _MAX_LOAD * (1 << bits) * 0.5:
+            bits += 1
+        self._alloc_slots(bits)
+        self._place(keys, vals)
+
+    def insert(self, ids: torch.Tensor) -> torch.Tensor:
+        """Give a row to each id of ``ids`` (unique, all absent); returns the rows."""
+        if ids.numel() == 0:
+            return torch.empty(0, dtype=torch.int64)
+        self._maybe_grow(ids.numel())
+        rows = self._take_rows(ids.numel())
+        self._place(ids, rows)
+        self._size += ids.numel()
+        return rows
+
+    def lookup_or_insert(self, ids: torch.Tensor, admit: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of unique ``ids``, inserting absent ids where ``admit`` is True.
+
+        Returns ``(rows, new)``: rows (-1 for absent, not admitted ids) and a
+        mask of the ids that got a new row in this call.
+        """
+        rows = self.lookup(ids)
+        new = rows < 0
+        if admit is not None:
+            new &= admit
+        if bool(new.any()):
+            rows[new] = self.insert(ids[new])
+        return rows, new
+
+    def remove(self, ids: torch.Tensor) -> torch.Tensor:
+        """Remove ids (absent ones are ignored); returns the freed rows."""
+        slot = self._find(ids.reshape(-1))
+        slot = torch.unique(slot[slot >= 0])
+        rows = self._vals[slot]
+        self._state[slot] = _DELETED
+        self._vals[slot] = -1
+        self._free_rows = torch.cat([self._free_rows, rows])
+        self._size -= int(slot.numel())
+        return rows
+
+    def items(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``(ids, rows)`` currently held (copies)."""
+        live = self._state == _FULL
+        return self._keys[live].clone(), self._vals[live].clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        ids, rows = self.items()
+        return {"ids": ids, "rows": rows, "free_rows": self._free_rows.clone(),
+                "next_row": torch.tensor(self._next_row)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> IdIndex:
+        ids, rows = state["ids"], state["rows"]
+        index = cls(initial_slots=max(16, int(ids.numel() / _MAX_LOAD * 2)))
+        index._next_row = int(state["next_row"])
+        index._free_rows = state["free_rows"].clone()
+        index._place(ids, rows)
+        index._size = int(ids.numel())
+        return index

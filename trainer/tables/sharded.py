@@ -1,0 +1,111 @@
+"""A table split by id across N :class:`DynamicEmbeddingTable` shards.
+
+Each id lives in exactly one shard, chosen by a hash of the id that is
+independent of the index's slot hash. A global row number encodes both:
+``global = local * N + shard``, so the trainer handles one row tensor per
+table whatever the shard count. In one process this bounds each shard's
+rehash and sweep cost; across processes each torch.distributed rank owns the
+shards ``shard % world_size == rank``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from streamrec.config import TableConfig
+from trainer.tables.table import DynamicEmbeddingTable, TableStats
+
+__all__ = ["ShardedEmbeddingTable", "shard_of"]
+
+_SHARD_MULT = 0x2545F4914F6CDD1D
+
+
+def shard_of(ids: torch.Tensor, shards: int) -> torch.Tensor:
+    """The shard of each id: a mixing hash of the id, modulo ``shards``."""
+    if shards == 1:
+        return torch.zeros_like(ids)
+    return ((ids * _SHARD_MULT) >> 33).remainder(shards)
+
+
+class ShardedEmbeddingTable:
+    """Same interface as :class:`DynamicEmbeddingTable`, over ``config.shards`` shards."""
+
+    def __init__(self, name: str, dim: int, config: TableConfig, seed: int = 0) -> None:
+        self.name = name
+        self.dim = dim
+        self.config = config
+        self.n = config.shards
+        self.shards = [DynamicEmbeddingTable(f"{name}/{s}", dim, config, seed=seed * 1009 + s)
+                       for s in range(self.n)]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.shards)
+
+    @property
+    def stats(self) -> TableStats:
+        total = TableStats()
+        for field in TableStats.__slots__:
+            setattr(total, field, sum(getattr(s.stats, field) for s in self.shards))
+        return total
+
+    def memory_bytes(self) -> int:
+        return sum(s.memory_bytes() for s in self.shards)
+
+    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None,
+               now_ms: int = 0, train: bool = True) -> torch.Tensor:
+        owner = shard_of(ids, self.n)
+        rows = torch.full_like(ids, -1)
+        for s, shard in enumerate(self.shards):
+            mine = owner == s
+            if not bool(mine.any()):
+                continue
+            local = shard.lookup(ids[mine], None if counts is None else counts[mine],
+                                 now_ms=now_ms, train=train)
+            rows[mine] = torch.where(local >= 0, local * self.n + s, local)
+        return rows
+
+    def _split(self, rows: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(shard, positions, local rows)`` for each shard that ``rows`` touch."""
+        valid = rows >= 0
+        owner = torch.where(valid, rows.remainder(self.n), torch.full_like(rows, -1))
+        parts = []
+        for s in range(self.n):
+            pos = torch.nonzero(owner == s).reshape(-1)
+            if pos.numel():
+                parts.append((s, pos, rows[pos] // self.n))
+        return parts
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((rows.numel(), self.dim), dtype=torch.float32)
+        for s, pos, local in self._split(rows):
+            out[pos] = self.shards[s].read(local)
+        return out
+
+    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
+        for s, pos, local in self._split(rows):
+            self.shards[s].update(local, grads[pos], lr)
+
+    def expire(self, now_ms: int, max_rows: int = 1 << 16) -> int:
+        return sum(s.expire(now_ms, max(1, max_rows // self.n)) for s in self.shards)
+
+    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = [s.collect_delta() for s in self.shards]
+        return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                torch.cat([p[2] for p in parts]))
+
+    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [s.export_all() for s in self.shards]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"shard{s}.{k}": v for s, shard in enumerate(self.shards)
+                for k, v in shard.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for s, shard in enumerate(self.shards):
+            prefix = f"shard{s}."
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if not part:
+                raise ValueError(f"table {self.name}: checkpoint has no state for shard {s} "
+                                 f"(was it saved with a different shard count?)")
+            shard.load_state_dict(part)

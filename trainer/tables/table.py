@@ -1,0 +1,242 @@
+"""A dynamic embedding table: collisionless, frequency-filtered, expirable.
+
+Rows are keyed by raw int64 ids through :class:`IdIndex` (no hashing
+collisions), an id gets a row only once :class:`FrequencyFilter` has seen it
+``min_count`` times (Monolith §3.2.1), and rows unseen for ``ttl_s`` of event
+time are evicted by an incremental sweep that visits a bounded slice of rows
+per training step, so eviction never stalls a step (contrast TorchRec's MCH,
+whose eviction pass stops training for seconds at each interval).
+
+Each row holds ``dim`` float32 values and one row-wise Adagrad accumulator
+(fbgemm's EXACT_ROWWISE_ADAGRAD semantics: one second-moment scalar per row).
+An evicted row's values and accumulator are cleared and it is re-initialised
+when handed to a new id, so a new id never inherits a previous owner's state.
+
+Rows changed since the last :meth:`collect_delta` (touched rows) and ids
+evicted since then (tombstones) form the delta parameter sync sends; reading
+them copies only those rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from streamrec.config import TableConfig
+from trainer.tables.filter import FrequencyFilter
+from trainer.tables.index import IdIndex
+
+__all__ = ["DynamicEmbeddingTable", "TableStats"]
+
+_ADAGRAD_EPS = 1e-8
+# Rows visited by the expiry sweep per training step.
+_SWEEP_ROWS = 1 << 16
+
+
+class TableStats:
+    """Cumulative counters a table keeps for metrics."""
+
+    __slots__ = ("admitted", "filtered", "evicted", "rejected_full")
+
+    def __init__(self) -> None:
+        self.admitted = 0  # ids given a row
+        self.filtered = 0  # lookups of ids held back by the frequency filter
+        self.evicted = 0  # rows expired
+        self.rejected_full = 0  # admissions refused because max_rows was reached
+
+
+class DynamicEmbeddingTable:
+    """One embedding table keyed by raw int64 ids.
+
+    Row numbers returned by :meth:`lookup` index :meth:`read` and
+    :meth:`update`; -1 stands for "no row" (an id not admitted yet), which reads
+    as zeros and takes no update. Not thread-safe: the trainer serialises calls.
+    """
+
+    def __init__(self, name: str, dim: int, config: TableConfig, seed: int = 0) -> None:
+        self.name = name
+        self.dim = dim
+        self.config = config
+        self.index = IdIndex(initial_slots=2 * config.initial_capacity)
+        self.filter = FrequencyFilter(config.min_count, config.filter_width, config.filter_depth)
+        self.stats = TableStats()
+        self._gen = torch.Generator().manual_seed(seed)
+        self._ttl_ms = int(config.ttl_s * 1000)
+        self._sweep_at = 0
+        self._tombstones: list[torch.Tensor] = []
+        self._alloc(config.initial_capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self.weights = torch.zeros((capacity, self.dim), dtype=torch.float32)
+        self.momentum = torch.zeros(capacity, dtype=torch.float32)
+        self.last_seen_ms = torch.zeros(capacity, dtype=torch.int64)
+        self.row_ids = torch.zeros(capacity, dtype=torch.int64)
+        self.live = torch.zeros(capacity, dtype=torch.bool)
+        self.touched = torch.zeros(capacity, dtype=torch.bool)
+
+    def _grow_to(self, rows_needed: int) -> None:
+        capacity = self.weights.shape[0]
+        if rows_needed <= capacity:
+            return
+        while capacity < rows_needed:
+            capacity *= 2
+        old = (self.weights, self.momentum, self.last_seen_ms, self.row_ids, self.live,
+               self.touched)
+        self._alloc(capacity)
+        for new, prev in zip((self.weights, self.momentum, self.last_seen_ms, self.row_ids,
+                              self.live, self.touched), old):
+            new[: prev.shape[0]] = prev
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def memory_bytes(self) -> int:
+        per_row = self.dim * 4 + 4 + 8 + 8 + 1 + 1
+        return self.weights.shape[0] * per_row + self.index.memory_bytes() + \
+            self.filter.memory_bytes()
+
+    def _init_rows(self, rows: torch.Tensor, ids: torch.Tensor, now_ms: int) -> None:
+        n = rows.numel()
+        init = torch.randn((n, self.dim), generator=self._gen) * self.config.init_std
+        # The last column is the id's first-order weight (see trainer.model):
+        # it starts at zero so an unseen id adds nothing to the logit.
+        init[:, -1] = 0.0
+        self.weights[rows] = init
+        self.momentum[rows] = 0.0
+        self.row_ids[rows] = ids
+        self.live[rows] = True
+        self.last_seen_ms[rows] = now_ms
+
+    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None,
+               now_ms: int = 0, train: bool = True) -> torch.Tensor:
+        """Rows of unique ``ids`` (-1 where the id has no row).
+
+        With ``train`` the lookup counts as a sighting: ``counts[i]``
+        occurrences of ``ids[i]`` go to the frequency filter, ids that pass
+        it get a fresh row, and every returned row's last-seen time becomes
+        ``now_ms`` (event time). Without ``train`` nothing changes.
+        """
+        rows = self.index.lookup(ids)
+        if not train:
+            return rows
+        missing = rows < 0
+        if bool(missing.any()):
+            miss_ids = ids[missing]
+            miss_counts = counts[missing] if counts is not None else torch.ones_like(miss_ids)
+            admit = self.filter.observe(miss_ids, miss_counts)
+            if self.config.max_rows:
+                room = max(0, self.config.max_rows - len(self.index))
+                over = torch.nonzero(admit).reshape(-1)[room:]
+                admit[over] = False
+                self.stats.rejected_full += int(over.numel())
+            new_ids = miss_ids[admit]
+            if new_ids.numel():
+                new_rows = self.index.insert(new_ids)
+                self._grow_to(self.index.row_capacity)
+                self._init_rows(new_rows, new_ids, now_ms)
+                miss_rows = torch.full_like(miss_ids, -1)
+                miss_rows[admit] = new_rows
+                rows[missing] = miss_rows
+                self.stats.admitted += int(new_ids.numel())
+            self.stats.filtered += int((~admit).sum())
+        hit = rows >= 0
+        self.last_seen_ms[rows[hit]] = now_ms
+        return rows
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[len(rows), dim]`` values (a copy); zeros where ``rows`` is -1."""
+        out = self.weights[rows.clamp(min=0)]
+        out[rows < 0] = 0.0
+        return out
+
+    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
+        """Row-wise Adagrad step on unique ``rows`` with ``grads`` ``[len(rows), dim]``."""
+        keep = rows >= 0
+        rows, grads = rows[keep], grads[keep]
+        if rows.numel() == 0:
+            return
+        lr = self.config.lr if lr is None else lr
+        m = self.momentum[rows] + grads.pow(2).mean(dim=1)
+        self.momentum[rows] = m
+        self.weights[rows] -= lr * grads / (m.sqrt() + _ADAGRAD_EPS).unsqueeze(1)
+        self.touched[rows] = True
+
+    def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS) -> int:
+        """Evict rows unseen since ``now_ms - ttl``, visiting at most ``max_rows`` rows.
+
+        Successive calls sweep the row range round-robin, so every row is
+        checked once per ``capacity / max_rows`` calls. Returns the number evicted.
+        """
+        if self._ttl_ms <= 0:
+            return 0
+        end_all = self.index.row_capacity
+        if end_all == 0:
+            return 0
+        start = self._sweep_at if self._sweep_at < end_all else 0
+        end = min(start + max_rows, end_all)
+        self._sweep_at = end
+        span = slice(start, end)
+        stale = self.live[span] & (self.last_seen_ms[span] < now_ms - self._ttl_ms)
+        rows = torch.nonzero(stale).reshape(-1) + start
+        if rows.numel() == 0:
+            return 0
+        self.evict_rows(rows)
+        return int(rows.numel())
+
+    def evict_rows(self, rows: torch.Tensor) -> None:
+        """Free ``rows`` (live rows), clear their state and record tombstones."""
+        ids = self.row_ids[rows]
+        self.index.remove(ids)
+        self.weights[rows] = 0.0
+        self.momentum[rows] = 0.0
+        self.live[rows] = False
+        self.touched[rows] = False
+        self._tombstones.append(ids)
+        self.stats.evicted += int(rows.numel())
+
+    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ids, values, evicted_ids)`` changed since the last call; resets tracking.
+
+        An id evicted and re-admitted in between appears in both: apply
+        tombstones first, then rows.
+        """
+        rows = torch.nonzero(self.touched).reshape(-1)
+        self.touched[rows] = False
+        evicted = torch.cat(self._tombstones) if self._tombstones else \
+            torch.empty(0, dtype=torch.int64)
+        self._tombstones = []
+        return self.row_ids[rows].clone(), self.weights[rows].clone(), evicted
+
+    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids, values)`` of every live row."""
+        ids, rows = self.index.items()
+        return ids, self.weights[rows].clone()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to resume: index, rows, optimizer and filter state."""
+        n = self.index.row_capacity
+        state = {f"index.{k}": v for k, v in self.index.state_dict().items()}
+        state.update({f"filter.{k}": v for k, v in self.filter.state_dict().items()})
+        state.update({
+            "weights": self.weights[:n].clone(), "momentum": self.momentum[:n].clone(),
+            "last_seen_ms": self.last_seen_ms[:n].clone(), "row_ids": self.row_ids[:n].clone(),
+            "live": self.live[:n].clone(), "touched": self.touched[:n].clone(),
+            "tombstones": torch.cat(self._tombstones) if self._tombstones
+            else torch.empty(0, dtype=torch.int64),
+            "sweep_at": torch.tensor(self._sweep_at),
+        })
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["weights"].shape[1:] != (self.dim,):
+            raise ValueError(f"table {self.name}: checkpoint rows have shape "
+                             f"{tuple(state['weights'].shape)}, expected [*, {self.dim}]")
+        self.index = IdIndex.from_state_dict(
+            {k[len("index."):]: v for k, v in state.items() if k.startswith("index.")})
+        self.filter.load_state_dict(
+            {k[len("filter."):]: v for k, v in state.items() if k.startswith("filter.")})
+        n = state["weights"].shape[0]
+        self._alloc(max(self.config.initial_capacity, n))
+        for name in ("weights", "momentum", "last_seen_ms", "row_ids", "live", "touched"):
+            getattr(self, name)[:n] = state[name]
+        self._tombstones = [state["tombstones"]] if state["tombstones"].numel() else []
+        self._sweep_at = int(state["sweep_at"])

@@ -1,0 +1,177 @@
+"""The online trainer: model state and the test-then-train step.
+
+Every batch is scored with the current parameters before it is learned from,
+so the recorded predictions are honest out-of-sample predictions (progressive
+validation, Blum et al. 1999; the "test-then-train" protocol of river and MOA).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ingest.batch import Batch
+from streamrec.config import AppConfig
+from trainer.model import CTRModel, model_spec, pool_features
+from trainer.progressive import ProgressiveMetrics
+from trainer.sync.delta import ParameterDelta, TableDelta
+from trainer.tables.base import EmbeddingTable, make_table
+
+__all__ = ["OnlineTrainer", "StepResult"]
+
+
+class StepResult:
+    """What one training step reports."""
+
+    __slots__ = ("probs", "loss", "size")
+
+    def __init__(self, probs: torch.Tensor, loss: float, size: int) -> None:
+        self.probs = probs  # [B] click probabilities scored before learning
+        self.loss = loss
+        self.size = size
+
+
+class OnlineTrainer:
+    """Owns the tables, the dense model and its optimizer; implements ParameterSource.
+
+    ``train_batch`` and the sync methods may run on different threads; a lock
+    makes each of them atomic with respect to the others.
+    """
+
+    def __init__(self, config: AppConfig) -> None:
+        self.config = config
+        torch.manual_seed(config.trainer.seed)
+        self.model = CTRModel(config.model)
+        self.features = list(config.model.sparse_features)
+        row_dim = self.model.row_dim
+        self.tables: dict[str, EmbeddingTable] = {
+            f: make_table(f, row_dim, config.table(f), seed=config.trainer.seed * 7919 + i)
+            for i, f in enumerate(self.features)
+        }
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.trainer.dense_lr)
+        self.progress = ProgressiveMetrics()
+        self.lock = threading.Lock()
+        self.examples = 0
+        self.steps = 0
+        self.event_time_ms = 0
+        self._spec = model_spec(config.model)
+
+    def train_batch(self, batch: Batch) -> StepResult:
+        """Score ``batch``, then take one optimizer step on it."""
+        with self.lock:
+            return self._step(batch)
+
+    def _step(self, batch: Batch) -> StepResult:
+        now_ms = int(batch.timestamps_ms.max()) if len(batch) else self.event_time_ms
+        self.event_time_ms = max(self.event_time_ms, now_ms)
+        leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
+            table = self.tables[feature]
+            unique, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
+            rows = table.lookup(unique, counts, now_ms=self.event_time_ms, train=True)
+            leaf = table.read(rows).requires_grad_(True)
+            leaves[feature] = (rows, leaf)
+            return leaf[inverse]
+
+        self.model.train()
+        pooled = pool_features(batch.sparse, self.features, lookup)
+        logits = self.model(pooled, batch.dense)
+        # Negative down-sampling at rate r multiplies the odds of a click in
+        # the training stream by 1/r; learning on logit - log(r) keeps the
+        # model's own logit calibrated to the true stream (Monolith §3.3).
+        shifted = logits - batch.sample_rates.clamp(min=1e-6).log()
+        loss = F.binary_cross_entropy_with_logits(shifted, batch.labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        for feature, (rows, leaf) in leaves.items():
+            if leaf.grad is not None:
+                # Row-wise Adagrad is invariant to the gradient's scale, so
+                # the mean-reduced loss needs no per-batch-size correction.
+                self.tables[feature].update(rows, leaf.grad)
+        for table in self.tables.values():
+            table.expire(self.event_time_ms)
+        probs = torch.sigmoid(logits.detach())
+        self.progress.update(probs, batch.labels)
+        self.examples += len(batch)
+        self.steps += 1
+        return StepResult(probs, float(loss.detach()), len(batch))
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Click probabilities for ``batch`` without learning or admitting ids."""
+        with self.lock:
+            self.model.eval()
+
+            def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
+                table = self.tables[feature]
+                return table.read(table.lookup(ids, train=False))
+
+            pooled = pool_features(batch.sparse, self.features, lookup)
+            return torch.sigmoid(self.model(pooled, batch.dense))
+
+    # ParameterSource (trainer.sync.publisher) -------------------------------
+
+    def _dense_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def collect_delta(self, version: int) -> ParameterDelta:
+        """Rows touched and ids evicted since the previous call, plus dense weights."""
+        with self.lock:
+            tables = []
+            for name, table in self.tables.items():
+                ids, rows, evicted = table.collect_delta()
+                tables.append(TableDelta(name, table.dim, ids, rows, evicted))
+            return ParameterDelta(
+                version=version, base_version=version - 1, full=False, tables=tables,
+                dense=self._dense_state(), event_time_ms=self.event_time_ms,
+                exported_at_ms=int(time.time() * 1000), model_spec=self._spec)
+
+    def snapshot(self, version: int) -> ParameterDelta:
+        """Every live row and the dense weights, as version ``version``."""
+        with self.lock:
+            tables = []
+            for name, table in self.tables.items():
+                ids, rows = table.export_all()
+                tables.append(TableDelta(name, table.dim, ids, rows,
+                                         torch.empty(0, dtype=torch.int64)))
+            return ParameterDelta(
+                version=version, base_version=0, full=True, tables=tables,
+                dense=self._dense_state(), event_time_ms=self.event_time_ms,
+                exported_at_ms=int(time.time() * 1000), model_spec=self._spec)
+
+    # Checkpointing -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, object]:
+        with self.lock:
+            return {
+                "model": self._dense_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "tables": {name: t.state_dict() for name, t in self.tables.items()},
+                "counters": {"examples": self.examples, "steps": self.steps,
+                             "event_time_ms": self.event_time_ms},
+                "model_spec": self._spec,
+            }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        with self.lock:
+            if state["model_spec"] != self._spec:
+                raise ValueError("checkpoint was written for a different model config")
+            self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+            tables = state["tables"]
+            assert isinstance(tables, dict)
+            for name, table in self.tables.items():
+                table.load_state_dict(tables[name])
+            counters = state["counters"]
+            assert isinstance(counters, dict)
+            self.examples = int(counters["examples"])
+            self.steps = int(counters["steps"])
+            self.event_time_ms = int(counters["event_time_ms"])
+
+    def table_rows(self) -> dict[str, int]:
+        return {name: len(t) for name, t in self.tables.items()}
