@@ -10,6 +10,8 @@ shards ``shard % world_size == rank``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from streamrec.config import TableConfig
@@ -35,7 +37,13 @@ class ShardedEmbeddingTable:
         self.dim = dim
         self.config = config
         self.n = config.shards
-        self.shards = [DynamicEmbeddingTable(f"{name}/{s}", dim, config, seed=seed * 1009 + s)
+        # Capacity settings are table-wide; each shard gets its share.
+        per_shard = dataclasses.replace(
+            config,
+            max_rows=max(1, config.max_rows // self.n) if config.max_rows else 0,
+            initial_capacity=max(16, config.initial_capacity // self.n),
+        )
+        self.shards = [DynamicEmbeddingTable(f"{name}/{s}", dim, per_shard, seed=seed * 1009 + s)
                        for s in range(self.n)]
 
     def __len__(self) -> int:

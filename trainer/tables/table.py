@@ -223,6 +223,9 @@ class DynamicEmbeddingTable:
             "tombstones": torch.cat(self._tombstones) if self._tombstones
             else torch.empty(0, dtype=torch.int64),
             "sweep_at": torch.tensor(self._sweep_at),
+            # New rows draw their initial values from this generator; without
+            # its state a restored table would initialise rows differently.
+            "rng": self._gen.get_state(),
         })
         return state
 
@@ -240,3 +243,4 @@ class DynamicEmbeddingTable:
             getattr(self, name)[:n] = state[name]
         self._tombstones = [state["tombstones"]] if state["tombstones"].numel() else []
         self._sweep_at = int(state["sweep_at"])
+        self._gen.set_state(state["rng"])

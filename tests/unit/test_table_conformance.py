@@ -1,0 +1,193 @@
+"""Conformance suite: every embedding table implementation must pass these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from streamrec.config import TableConfig
+from trainer.tables.base import EmbeddingTable
+from trainer.tables.sharded import ShardedEmbeddingTable
+from trainer.tables.table import DynamicEmbeddingTable
+
+DIM = 5
+Factory = Callable[..., EmbeddingTable]
+
+
+def _dynamic(**kw: object) -> EmbeddingTable:
+    return DynamicEmbeddingTable("t", DIM, TableConfig(initial_capacity=16, **kw))  # type: ignore[arg-type]
+
+
+def _sharded(**kw: object) -> EmbeddingTable:
+    return ShardedEmbeddingTable("t", DIM, TableConfig(initial_capacity=16, shards=4, **kw))  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=[_dynamic, _sharded], ids=["dynamic", "sharded4"])
+def make(request: pytest.FixtureRequest) -> Factory:
+    return request.param
+
+
+def ids_of(*values: int) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.int64)
+
+
+def test_distinct_ids_get_distinct_rows_including_extreme_ids(make: Factory) -> None:
+    table = make()
+    ids = torch.unique(torch.cat([torch.arange(-300, 300) << 24,
+                                  ids_of(-(1 << 63), (1 << 63) - 1)]))
+    rows = table.lookup(ids, now_ms=1)
+    assert bool((rows >= 0).all())
+    assert torch.unique(rows).numel() == ids.numel()
+    assert len(table) == ids.numel()
+    # The same ids map to the same rows on the next lookup.
+    assert torch.equal(table.lookup(ids, now_ms=2), rows)
+
+
+def test_new_rows_start_small_with_zero_first_order_weight(make: Factory) -> None:
+    table = make()
+    values = table.read(table.lookup(torch.arange(200), now_ms=1))
+    assert values.shape == (200, DIM)
+    assert bool((values[:, -1] == 0).all())
+    assert 0 < float(values[:, :-1].std()) < 0.05
+
+
+def test_lookup_without_train_never_admits(make: Factory) -> None:
+    table = make()
+    rows = table.lookup(ids_of(1, 2, 3), train=False)
+    assert rows.tolist() == [-1, -1, -1]
+    assert len(table) == 0
+
+
+def test_frequency_filter_admits_after_min_count_sightings(make: Factory) -> None:
+    table = make(min_count=3)
+    assert table.lookup(ids_of(7), now_ms=1).tolist() == [-1]
+    assert table.lookup(ids_of(7), now_ms=2).tolist() == [-1]
+    assert table.lookup(ids_of(7), now_ms=3).item() >= 0
+    # Occurrences within one batch count too.
+    assert table.lookup(ids_of(8), counts=ids_of(3), now_ms=4).item() >= 0
+    assert table.stats.filtered == 2
+    assert table.stats.admitted == 2
+
+
+def test_frequency_filter_memory_is_bounded(make: Factory) -> None:
+    table = make(min_count=5, filter_width=1 << 16)
+    before = table.memory_bytes()
+    for start in range(0, 200_000, 2_000):
+        table.lookup(torch.arange(start, start + 2_000), now_ms=1)
+    # 200k distinct ids, each seen once: the sketch's memory did not grow, and
+    # hash collisions admitted (almost) none of them early.
+    assert table.memory_bytes() == before
+    assert len(table) < 200
+
+
+def test_filtered_ids_read_zero_and_take_no_update(make: Factory) -> None:
+    table = make(min_count=2)
+    admitted = table.lookup(ids_of(1), counts=ids_of(2), now_ms=1)
+    rows = torch.cat([admitted, table.lookup(ids_of(2), now_ms=1)])
+    assert rows[1].item() == -1
+    assert bool((table.read(rows)[1] == 0).all())
+    before = table.read(admitted).clone()
+    table.update(rows, torch.ones(2, DIM))
+    assert not torch.equal(table.read(admitted), before)
+    ids, values, _ = table.collect_delta()
+    assert ids.tolist() == [1]
+
+
+def test_update_is_rowwise_adagrad(make: Factory) -> None:
+    table = make(lr=0.1)
+    row = table.lookup(ids_of(5), now_ms=1)
+    w0 = table.read(row).clone()
+    g = torch.tensor([[1.0, 2.0, 0.0, -1.0, 3.0]])
+    table.update(row, g)
+    m = float(g.pow(2).mean())
+    assert torch.allclose(table.read(row), w0 - 0.1 * g / (m ** 0.5 + 1e-8))
+    table.update(row, g)
+    assert torch.allclose(table.read(row), w0 - 0.1 * g / m ** 0.5 - 0.1 * g / (2 * m) ** 0.5,
+                          atol=1e-6)
+
+
+def test_touched_rows_and_tombstones_form_the_delta(make: Factory) -> None:
+    table = make(ttl_s=10)
+    rows = table.lookup(ids_of(1, 2, 3), now_ms=0)
+    table.update(rows[:2], torch.ones(2, DIM))
+    ids, values, evicted = table.collect_delta()
+    assert sorted(ids.tolist()) == [1, 2]
+    order = torch.argsort(ids)
+    assert torch.equal(values[order], table.read(rows[:2]))
+    assert evicted.numel() == 0
+    # Nothing changed since: an empty delta.
+    ids, values, evicted = table.collect_delta()
+    assert ids.numel() == 0 and values.shape == (0, DIM) and evicted.numel() == 0
+    # Id 3 is refreshed at t=15 s; 1 and 2 go unseen past the 10 s TTL.
+    table.lookup(ids_of(3), now_ms=15_000)
+    assert table.expire(now_ms=15_000) == 2
+    ids, _, evicted = table.collect_delta()
+    assert sorted(evicted.tolist()) == [1, 2]
+    assert table.lookup(ids_of(1, 2), train=False).tolist() == [-1, -1]
+    assert len(table) == 1
+    assert table.stats.evicted == 2
+
+
+def test_expiry_uses_event_time_not_wall_time(make: Factory) -> None:
+    table = make(ttl_s=1)
+    table.lookup(ids_of(1), now_ms=1_000_000)
+    assert table.expire(now_ms=1_000_500) == 0
+    assert len(table) == 1
+
+
+def test_evicted_id_does_not_inherit_state(make: Factory) -> None:
+    table = make(ttl_s=1, lr=0.1)
+    row = table.lookup(ids_of(9), now_ms=0)
+    for _ in range(20):
+        table.update(row, torch.full((1, DIM), 5.0))
+    table.lookup(ids_of(10), now_ms=5_000)
+    table.expire(now_ms=5_000)
+    # Id 11 takes the freed row; id 9 comes back as a new row.
+    fresh = table.lookup(ids_of(9), now_ms=5_000)
+    values = table.read(fresh)
+    assert float(values[:, -1].abs().max()) == 0.0
+    assert float(values.abs().max()) < 0.1
+    # A fresh accumulator: the first step moves each coordinate by exactly lr.
+    before = values.clone()
+    table.update(fresh, torch.ones(1, DIM))
+    assert torch.allclose(before - table.read(fresh), torch.full((1, DIM), 0.1), atol=1e-6)
+
+
+def test_max_rows_bounds_the_table(make: Factory) -> None:
+    table = make(max_rows=8)
+    rows = table.lookup(torch.arange(20), now_ms=1)
+    assert len(table) <= 8
+    assert int((rows >= 0).sum()) == len(table)
+    assert table.stats.rejected_full == 20 - len(table)
+
+
+def test_save_and_restore_continue_identically(make: Factory) -> None:
+    torch.manual_seed(0)
+    a = make(min_count=2, ttl_s=100)
+    for step in range(5):
+        ids = torch.unique(torch.randint(0, 50, (30,)))
+        rows = a.lookup(ids, now_ms=step * 1000)
+        a.update(rows, torch.randn(ids.numel(), DIM))
+    b = make(min_count=2, ttl_s=100)
+    b.load_state_dict(a.state_dict())
+    probe = torch.arange(0, 60)
+    assert torch.equal(a.lookup(probe, train=False), b.lookup(probe, train=False))
+    ids = torch.arange(0, 60)
+    grads = torch.randn(60, DIM)
+    ra, rb = a.lookup(ids, now_ms=9000), b.lookup(ids, now_ms=9000)
+    a.update(ra, grads)
+    b.update(rb, grads)
+    assert torch.equal(a.read(ra), b.read(rb))
+    ea, eb = a.export_all(), b.export_all()
+    assert torch.equal(torch.sort(ea[0]).values, torch.sort(eb[0]).values)
+
+
+def test_export_all_holds_every_live_row(make: Factory) -> None:
+    table = make()
+    rows = table.lookup(torch.arange(100, 150), now_ms=1)
+    ids, values = table.export_all()
+    order = torch.argsort(ids)
+    assert ids[order].tolist() == list(range(100, 150))
+    assert torch.equal(values[order], table.read(rows))
