@@ -1,0 +1,181 @@
+"""The ``streamrec`` command line: demo, evaluate, train, serve, replay, generate.
+
+Every command takes ``--config FILE`` (TOML) and repeated ``--set
+section.field=value`` overrides; ``STREAMREC_<SECTION>_<FIELD>`` environment
+variables sit between the two. Bad configuration exits with status 2 and a
+message naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from streamrec.config import AppConfig, load_config
+from streamrec.errors import StreamrecError
+
+__all__ = ["main"]
+
+log = logging.getLogger("streamrec")
+
+
+def _overrides(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise StreamrecError(f"--set {pair!r}: expected section.field=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> AppConfig:
+    overrides: dict[str, Any] = _overrides(args.set or [])
+    overrides.update(extra or {})
+    return load_config(args.config, overrides=overrides)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streamrec.demo import run_demo
+
+    extra: dict[str, Any] = {}
+    if args.metrics_port is not None:
+        extra["metrics.port"] = args.metrics_port
+    config = _config(args, extra)
+    run_demo(config, duration_s=args.duration, rate=args.rate)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from streamrec.evaluate import evaluate
+
+    config = _config(args)
+    result = evaluate(config, args.events, progress=not args.quiet)
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from streamrec.train import run_training
+
+    config = _config(args)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    run_training(config, stop, max_seconds=args.max_seconds)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.server import serve
+
+    config = _config(args)
+    serve(config)
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ingest.replay import replay
+
+    stats = replay(args.file, args.topic, args.bootstrap_servers.split(","), rate=args.rate,
+                   value_format=args.format, progress=not args.quiet)
+    print(json.dumps({"sent": stats.sent, "skipped_malformed": stats.skipped_malformed,
+                      "seconds": round(stats.seconds, 3)}))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from streamrec import synthetic
+
+    preset = getattr(synthetic, args.preset, None)
+    if preset is None or args.preset not in synthetic.PRESETS:
+        raise StreamrecError(f"--preset {args.preset!r}: choose one of "
+                             f"{', '.join(synthetic.PRESETS)}")
+    cfg = preset()
+    if args.seed is not None:
+        cfg = replace(cfg, seed=args.seed)
+    synthetic.write_jsonl(args.file, args.events, cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamrec", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML config file")
+        p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                       help="override one config value (repeatable)")
+        return p
+
+    p = with_config(sub.add_parser("demo", help="synthetic stream -> trainer -> gRPC serving, "
+                                                "in one process"))
+    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: "
+                   "until Ctrl-C)")
+    p.add_argument("--rate", type=float, default=None, help="events per second (default: as "
+                   "fast as the trainer goes)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="trainer /metrics port (serving's is picked free); -1 disables")
+    p.set_defaults(func=_cmd_demo)
+
+    p = with_config(sub.add_parser("evaluate", help="replay an event file test-then-train and "
+                                                    "print progressive metrics as JSON"))
+    p.add_argument("--events", required=True, help=".jsonl or .csv event file, time-ordered")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = with_config(sub.add_parser("train", help="consume Kafka and train online, pushing "
+                                                 "parameters to serving replicas"))
+    p.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=_cmd_train)
+
+    p = with_config(sub.add_parser("serve", help="run a serving replica"))
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("replay", help="produce a file's events into Kafka")
+    p.add_argument("file")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--bootstrap-servers", required=True, help="host:port[,host:port...]")
+    p.add_argument("--rate", type=float, default=None, help="events per second")
+    p.add_argument("--format", choices=("json", "protobuf"), default="json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("generate", help="write a synthetic event file (JSONL)")
+    p.add_argument("file")
+    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--preset", default="default")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=_cmd_generate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        return int(args.func(args))
+    except StreamrecError as e:
+        print(f"streamrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

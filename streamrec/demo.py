@@ -1,0 +1,121 @@
+"""`streamrec demo`: the whole loop in one process, no Kafka needed.
+
+A synthetic event stream feeds the online trainer; the trainer pushes
+parameter deltas over real gRPC to a serving replica it started on localhost;
+the demo queries that replica and prints one line every few seconds. The
+trainer and the replica each expose their own /metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import TextIO
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from ingest.iter_source import IteratorSource
+from serving.client import RecommenderClient
+from serving.replica import ModelReplica
+from serving.server import create_server
+from streamrec.config import AppConfig
+from streamrec.synthetic import SyntheticStream, default
+from trainer.loop import LoopStats, TrainingLoop
+from trainer.metrics import TrainerMetrics
+from trainer.sync.publisher import Publisher
+from trainer.sync.sink import GrpcDeltaSink
+from trainer.trainer import OnlineTrainer
+
+__all__ = ["run_demo", "DemoSummary", "demo_config"]
+
+
+@dataclass
+class DemoSummary:
+    stats: LoopStats
+    serving_version: int
+    trainer_metrics_url: str
+    serving_metrics_url: str
+
+
+def demo_config(config: AppConfig) -> AppConfig:
+    """The demo's model reads the synthetic stream's side features."""
+    model = replace(config.model, sparse_features=["user_id", "item_id", "category", "country",
+                                                   "hour"],
+                    dense_features=["price"])
+    return replace(config, model=model, tables={})
+
+
+def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
+    if port < 0:
+        return ""
+    server, _ = start_http_server(port, addr=host, registry=registry)
+    return f"http://{host}:{server.server_port}/metrics"
+
+
+def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float | None = None,
+             out: TextIO = sys.stdout, install_signal_handlers: bool = True) -> DemoSummary:
+    """Run the demo until ``duration_s`` passes or Ctrl-C; returns what it measured."""
+    config = demo_config(config)
+    trainer_registry, serving_registry = CollectorRegistry(), CollectorRegistry()
+    serving_cfg = replace(config.serving, port=0, sync_port=0)
+    replica = ModelReplica(registry=serving_registry)
+    servers = create_server(serving_cfg, replica, registry=serving_registry)
+    servers.start()
+    trainer = OnlineTrainer(config)
+    metrics = TrainerMetrics(trainer, registry=trainer_registry)
+    sink = GrpcDeltaSink(f"{serving_cfg.sync_host}:{servers.sync_port}", serving_cfg.token,
+                         config.sync.max_chunk_bytes, config.sync.timeout_s)
+    publisher = Publisher(trainer, {"replica-0": sink}, config.sync.interval_s,
+                          registry=trainer_registry)
+    port = config.metrics.port
+    trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)
+    serving_url = _metrics_server(config.metrics.host, 0 if port >= 0 else -1, serving_registry)
+    client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
+    stream = SyntheticStream(default())
+    source = IteratorSource(stream.events(10**12), rate=rate, name="synthetic")
+    stop = threading.Event()
+    candidates = list(range(1, 51))
+    last = {"t": time.perf_counter(), "examples": 0, "version": 0}
+
+    def on_progress(stats: LoopStats) -> None:
+        now = time.perf_counter()
+        rate_now = (stats.examples - last["examples"]) / max(1e-9, now - last["t"])
+        last.update(t=now, examples=stats.examples)
+        try:
+            served = client.predict(user_id=1, item_ids=candidates)
+            version = served.model_version
+        except Exception:  # not ready yet, or shutting down
+            version = 0
+        last["version"] = version
+        staleness = replica.staleness_seconds()
+        p = stats.progress
+        rows = " ".join(f"{k}={v:,}" for k, v in trainer.table_rows().items())
+        print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
+              f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
+              f"(recent {p.get('window_auc', float('nan')):.4f}) "
+              f"logloss={p.get('logloss', float('nan')):.4f} rows[{rows}] "
+              f"serving_version={version} staleness={staleness:.2f}s", file=out, flush=True)
+
+    loop = TrainingLoop(trainer, source, publisher=publisher, metrics=metrics,
+                        on_progress=on_progress)
+    previous = {}
+    if install_signal_handlers:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    print(f"streamrec demo: serving on 127.0.0.1:{servers.port} (sync {servers.sync_port}); "
+          f"metrics: trainer {trainer_url or 'off'}, serving {serving_url or 'off'}; "
+          f"Ctrl-C to stop", file=out, flush=True)
+    try:
+        stats = loop.run(stop, max_seconds=duration_s)
+        on_progress(stats)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        client.close()
+        sink.close()
+        servers.stop(grace=1.0)
+    return DemoSummary(stats=stats, serving_version=int(last["version"]),
+                       trainer_metrics_url=trainer_url, serving_metrics_url=serving_url)

@@ -1,0 +1,78 @@
+"""`streamrec train`: the production trainer process.
+
+Kafka consumer group -> joiner -> online trainer -> parameter pushes to every
+replica in ``sync.replicas``; checkpoints with offsets; /metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+from prometheus_client import REGISTRY, start_http_server
+
+from ingest.deadletter import DeadLetterSink, FileDeadLetterSink, KafkaDeadLetterSink, \
+    MemoryDeadLetterSink
+from ingest.joiner import Joiner
+from ingest.kafka_source import KafkaSource
+from streamrec.config import AppConfig
+from trainer.checkpoint import Checkpointer
+from trainer.loop import LoopStats, TrainingLoop
+from trainer.metrics import TrainerMetrics
+from trainer.sync.publisher import Publisher
+from trainer.sync.sink import GrpcDeltaSink
+from trainer.trainer import OnlineTrainer
+
+__all__ = ["run_training"]
+
+log = logging.getLogger(__name__)
+
+
+def _dead_letter_sink(config: AppConfig) -> DeadLetterSink:
+    ing = config.ingest
+    if ing.dead_letter_topic:
+        return KafkaDeadLetterSink(ing.bootstrap_servers, ing.dead_letter_topic)
+    if ing.dead_letter_path:
+        return FileDeadLetterSink(ing.dead_letter_path)
+    return MemoryDeadLetterSink()
+
+
+def run_training(config: AppConfig, stop: threading.Event,
+                 max_seconds: float | None = None) -> LoopStats:
+    """Run the Kafka trainer until ``stop`` is set."""
+    if config.trainer.threads:
+        torch.set_num_threads(config.trainer.threads)
+    if config.metrics.port >= 0:
+        server, _ = start_http_server(config.metrics.port, addr=config.metrics.host)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.server_port)
+    trainer = OnlineTrainer(config)
+    metrics = TrainerMetrics(trainer, registry=REGISTRY)
+    ing = config.ingest
+    joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
+                    seed=config.trainer.seed)
+    checkpointer = Checkpointer(config.trainer.checkpoint_dir) \
+        if config.trainer.checkpoint_dir else None
+    sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,
+                                 config.sync.timeout_s) for addr in config.sync.replicas}
+    dead_letters = _dead_letter_sink(config)
+    source = KafkaSource(ing)
+
+    def report(stats: LoopStats) -> None:
+        p = stats.progress
+        log.info("examples=%d (%.0f/s) auc=%.4f logloss=%.4f rows=%s", stats.examples,
+                 stats.examples_per_second, p.get("auc", float("nan")),
+                 p.get("logloss", float("nan")), trainer.table_rows())
+
+    loop = TrainingLoop(trainer, source, joiner=joiner, dead_letters=dead_letters,
+                        checkpointer=checkpointer, metrics=metrics, on_progress=report)
+    version = loop.resume()
+    loop.publisher = Publisher(trainer, sinks, config.sync.interval_s, registry=REGISTRY,
+                               start_version=version) if sinks else None
+    try:
+        return loop.run(stop, max_seconds=max_seconds)
+    finally:
+        source.close()
+        dead_letters.close()
+        for sink in sinks.values():
+            sink.close()

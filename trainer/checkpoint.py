@@ -1,0 +1,101 @@
+"""Atomic checkpoints of the trainer's whole state plus the input offsets it covers.
+
+A checkpoint is one file written to a temporary name, fsynced, then renamed
+into place (rename is atomic on POSIX), so a crash mid-write leaves the
+previous checkpoint intact. Kafka offsets are stored inside the same file and
+committed to the broker only after the file is in place: on restart the
+trainer resumes from exactly the events its state has learned from, and
+anything after them is re-delivered (at-least-once, never lost).
+
+Files hold tensors and plain containers only and are read back with
+``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from streamrec.errors import CheckpointError
+
+__all__ = ["Checkpointer", "Checkpoint"]
+
+_NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    state: dict[str, Any]
+    offsets: dict[tuple[str, int], int]
+    version: int  # last parameter version published before the checkpoint
+    path: Path
+
+
+class Checkpointer:
+    """Writes ``ckpt-<step>.pt`` files into ``directory``, keeping the newest ``keep``."""
+
+    def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self) -> list[Path]:
+        found = [p for p in self.directory.iterdir() if _NAME.match(p.name)]
+        return sorted(found)
+
+    def save(self, step: int, state: Mapping[str, Any],
+             offsets: Mapping[tuple[str, int], int], version: int) -> Path:
+        """Write a checkpoint atomically; returns its path."""
+        path = self.directory / f"ckpt-{step:012d}.pt"
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        payload = {
+            "state": dict(state),
+            "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
+            "version": version,
+            "step": step,
+            "written_at": time.time(),
+        }
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
+        for old in self._paths()[: -self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self) -> Checkpoint | None:
+        """The newest readable checkpoint, or None when there is none.
+
+        A corrupt newest file (which atomic writes make unlikely) raises
+        :class:`CheckpointError` rather than silently falling back and
+        re-reading offsets the broker may already consider committed.
+        """
+        paths = self._paths()
+        if not paths:
+            return None
+        path = paths[-1]
+        try:
+            payload = torch.load(path, weights_only=True)
+        except Exception as e:  # torch raises several types for bad files
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+        offsets = {(str(t), int(p)): int(o) for t, p, o in payload["offsets"]}
+        return Checkpoint(step=int(payload["step"]), state=payload["state"],
+                          offsets=offsets, version=int(payload["version"]), path=path)

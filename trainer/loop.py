@@ -1,0 +1,193 @@
+"""The training loop: source -> joiner -> batches -> trainer, with checkpoints.
+
+One thread polls the source, routes malformed records to the dead-letter
+sink, labels impressions through the joiner, and trains on full mini-batches.
+Parameter sync runs on the publisher's own thread. Offsets are committed to
+the source only after a checkpoint that covers them (see trainer.checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ingest.batch import Batcher
+from ingest.event import Event
+from trainer.checkpoint import Checkpointer
+from trainer.metrics import TrainerMetrics
+from trainer.trainer import OnlineTrainer
+
+if TYPE_CHECKING:
+    from ingest.deadletter import DeadLetterSink
+    from ingest.joiner import Joiner
+    from ingest.source import EventSource
+    from trainer.sync.publisher import Publisher
+
+__all__ = ["TrainingLoop", "LoopStats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopStats:
+    """What a run of the loop did; ``progress`` is the trainer's metrics snapshot."""
+
+    events: int = 0
+    dead_letters: int = 0
+    examples: int = 0
+    positives: int = 0
+    wall_seconds: float = 0.0
+    progress: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+class TrainingLoop:
+    """Drives one trainer from one source until stopped or the source is exhausted."""
+
+    def __init__(
+        self,
+        trainer: OnlineTrainer,
+        source: EventSource,
+        *,
+        joiner: Joiner | None = None,
+        dead_letters: DeadLetterSink | None = None,
+        publisher: Publisher | None = None,
+        checkpointer: Checkpointer | None = None,
+        metrics: TrainerMetrics | None = None,
+        on_progress: Callable[[LoopStats], None] | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.config = trainer.config
+        self.source = source
+        self.joiner = joiner
+        self.dead_letters = dead_letters
+        self.publisher = publisher
+        self.checkpointer = checkpointer
+        self.metrics = metrics
+        self.on_progress = on_progress
+        model = self.config.model
+        self.batcher = Batcher(model.sparse_features, model.dense_features)
+        self.stats = LoopStats()
+        self._pending: list[Event] = []
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._started = 0.0
+
+    def resume(self) -> int:
+        """Load the newest checkpoint, if any; returns the parameter version to continue from.
+
+        The source should then start from ``checkpoint.offsets`` (Kafka does
+        so by itself: those offsets were committed after the checkpoint).
+        """
+        if self.checkpointer is None:
+            return 0
+        ckpt = self.checkpointer.latest()
+        if ckpt is None:
+            return 0
+        self.trainer.load_state_dict(ckpt.state)
+        self._offsets = dict(ckpt.offsets)
+        log.info("resumed from %s (step %d, %d examples)", ckpt.path, ckpt.step,
+                 self.trainer.examples)
+        return ckpt.version
+
+    def _train(self, events: list[Event]) -> None:
+        batch = self.batcher.build(events)
+        t0 = time.perf_counter()
+        self.trainer.train_batch(batch)
+        positives = int(batch.labels.sum())
+        self.stats.examples += len(events)
+        self.stats.positives += positives
+        if self.metrics is not None:
+            self.metrics.step_seconds.observe(time.perf_counter() - t0)
+            self.metrics.steps.inc()
+            self.metrics.examples.inc(len(events))
+            self.metrics.positives.inc(positives)
+
+    def _drain(self, final: bool) -> None:
+        size = self.config.trainer.batch_size
+        while len(self._pending) >= size or (final and self._pending):
+            chunk, self._pending = self._pending[:size], self._pending[size:]
+            self._train(chunk)
+
+    def checkpoint(self) -> None:
+        """Train what is pending, write a checkpoint, then commit the offsets it covers."""
+        if self.checkpointer is None:
+            return
+        self._drain(final=True)
+        t0 = time.perf_counter()
+        version = self.publisher.version if self.publisher is not None else 0
+        try:
+            self.checkpointer.save(self.trainer.steps, self.trainer.state_dict(),
+                                   self._offsets, version)
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.checkpoints.labels("error").inc()
+            log.exception("checkpoint failed; offsets stay uncommitted")
+            return
+        if self.metrics is not None:
+            self.metrics.checkpoints.labels("ok").inc()
+            self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        if self._offsets:
+            self.source.commit(self._offsets)
+
+    def _report(self) -> None:
+        self.stats.wall_seconds = time.perf_counter() - self._started
+        self.stats.progress = self.trainer.progress.snapshot()
+        if self.on_progress is not None:
+            self.on_progress(self.stats)
+
+    def run(self, stop: threading.Event | None = None, max_events: int | None = None,
+            max_seconds: float | None = None) -> LoopStats:
+        """Train until ``stop`` is set, the source is exhausted, or a limit is reached."""
+        stop = stop or threading.Event()
+        cfg = self.config
+        self._started = time.perf_counter()
+        next_log = self._started + cfg.trainer.log_interval_s
+        next_ckpt = self._started + cfg.trainer.checkpoint_interval_s
+        poll_timeout = cfg.ingest.poll_timeout_ms / 1000
+        if self.publisher is not None:
+            self.publisher.start()
+        try:
+            while not stop.is_set():
+                want = cfg.ingest.max_poll_records
+                if max_events is not None:
+                    want = min(want, max_events - self.stats.events - self.stats.dead_letters)
+                    if want <= 0:
+                        break
+                got = self.source.poll(want, poll_timeout)
+                self.stats.events += len(got.events)
+                if got.dead_letters:
+                    self.stats.dead_letters += len(got.dead_letters)
+                    if self.dead_letters is not None:
+                        self.dead_letters.put(got.dead_letters)
+                self._offsets.update(got.offsets)
+                examples = self.joiner.push(got.events) if self.joiner else got.events
+                self._pending.extend(examples)
+                exhausted = self.source.exhausted
+                if exhausted and self.joiner is not None:
+                    self._pending.extend(self.joiner.flush())
+                self._drain(final=exhausted)
+                now = time.perf_counter()
+                if now >= next_log:
+                    self._report()
+                    next_log = now + cfg.trainer.log_interval_s
+                if now >= next_ckpt:
+                    self.checkpoint()
+                    next_ckpt = time.perf_counter() + cfg.trainer.checkpoint_interval_s
+                if exhausted:
+                    break
+                if max_seconds is not None and now - self._started >= max_seconds:
+                    break
+            self._drain(final=True)
+            self.checkpoint()
+        finally:
+            if self.publisher is not None:
+                self.publisher.stop()
+        self._report()
+        return self.stats

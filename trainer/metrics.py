@@ -1,0 +1,92 @@
+"""Prometheus metrics of the trainer.
+
+Hot-path counters (steps, examples, step latency) are updated by the loop;
+everything the trainer already tracks (table rows, admissions, evictions,
+memory, progressive AUC/logloss) is read at scrape time by a collector, so
+the training step does no metrics bookkeeping for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from trainer.trainer import OnlineTrainer
+
+__all__ = ["TrainerMetrics"]
+
+
+class _TrainerCollector(Collector):
+    def __init__(self, trainer: OnlineTrainer) -> None:
+        self.trainer = trainer
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.trainer
+        rows = GaugeMetricFamily("streamrec_trainer_table_rows", "Rows held per table",
+                                 labels=["table"])
+        mem = GaugeMetricFamily("streamrec_trainer_table_memory_bytes",
+                                "Bytes held per table (rows, optimizer state, index, filter)",
+                                labels=["table"])
+        admitted = CounterMetricFamily("streamrec_trainer_table_admitted_ids",
+                                       "Ids given a row", labels=["table"])
+        filtered = CounterMetricFamily("streamrec_trainer_table_filtered_ids",
+                                       "Lookups of ids held back by the frequency filter",
+                                       labels=["table"])
+        evicted = CounterMetricFamily("streamrec_trainer_table_evicted_rows",
+                                      "Rows expired after their TTL", labels=["table"])
+        full = CounterMetricFamily("streamrec_trainer_table_rejected_full_ids",
+                                   "Admissions refused because the table was at max_rows",
+                                   labels=["table"])
+        for name, table in t.tables.items():
+            stats = table.stats
+            rows.add_metric([name], len(table))
+            mem.add_metric([name], table.memory_bytes())
+            admitted.add_metric([name], stats.admitted)
+            filtered.add_metric([name], stats.filtered)
+            evicted.add_metric([name], stats.evicted)
+            full.add_metric([name], stats.rejected_full)
+        yield from (rows, mem, admitted, filtered, evicted, full)
+        p = t.progress.snapshot()
+        for key, help_ in (("auc", "Progressive (test-then-train) AUC since start"),
+                           ("logloss", "Progressive logloss since start"),
+                           ("window_auc", "Progressive AUC over the most recent examples"),
+                           ("window_logloss", "Progressive logloss over the most recent examples")):
+            value = float(p.get(key, math.nan))
+            yield GaugeMetricFamily(f"streamrec_trainer_progressive_{key}", help_, value=value)
+        lag = GaugeMetricFamily("streamrec_trainer_event_time_lag_seconds",
+                                "Wall clock minus the newest event time learned from")
+        if t.event_time_ms:
+            lag.add_metric([], time.time() - t.event_time_ms / 1000)
+        yield lag
+
+
+class TrainerMetrics:
+    """The trainer's metrics, registered on ``registry`` (default: the global one)."""
+
+    def __init__(self, trainer: OnlineTrainer, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.steps = Counter("streamrec_trainer_steps_total", "Optimizer steps taken",
+                             registry=registry)
+        self.examples = Counter("streamrec_trainer_examples_total",
+                                "Examples learned from", registry=registry)
+        self.positives = Counter("streamrec_trainer_positive_examples_total",
+                                 "Positive examples learned from", registry=registry)
+        self.step_seconds = Histogram(
+            "streamrec_trainer_step_seconds", "Wall time of one training step",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=registry)
+        self.checkpoints = Counter("streamrec_trainer_checkpoints_total", "Checkpoints written",
+                                   ["result"], registry=registry)
+        for result in ("ok", "error"):
+            self.checkpoints.labels(result)
+        self.checkpoint_seconds = Histogram(
+            "streamrec_trainer_checkpoint_seconds", "Wall time of one checkpoint",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60), registry=registry)
+        registry.register(_TrainerCollector(trainer))
