@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ingest.batch import Batch
 from streamrec.config import AppConfig
-from trainer.model import CTRModel, model_spec, pool_features
+from trainer.embedding import DynamicEmbeddingCollection
+from trainer.model import CTRModel, model_spec
 from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
 from trainer.tables.base import EmbeddingTable, make_table
@@ -51,6 +52,7 @@ class OnlineTrainer:
             f: make_table(f, row_dim, config.table(f), seed=config.trainer.seed * 7919 + i)
             for i, f in enumerate(self.features)
         }
+        self.embeddings = DynamicEmbeddingCollection(self.tables)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.trainer.dense_lr)
         self.progress = ProgressiveMetrics()
         self.lock = threading.Lock()
@@ -67,18 +69,8 @@ class OnlineTrainer:
     def _step(self, batch: Batch) -> StepResult:
         now_ms = int(batch.timestamps_ms.max()) if len(batch) else self.event_time_ms
         self.event_time_ms = max(self.event_time_ms, now_ms)
-        leaves: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
-            table = self.tables[feature]
-            unique, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
-            rows = table.lookup(unique, counts, now_ms=self.event_time_ms, train=True)
-            leaf = table.read(rows).requires_grad_(True)
-            leaves[feature] = (rows, leaf)
-            return leaf[inverse]
-
         self.model.train()
-        pooled = pool_features(batch.sparse, self.features, lookup)
+        pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=True)
         logits = self.model(pooled, batch.dense)
         # Negative down-sampling at rate r multiplies the odds of a click in
         # the training stream by 1/r; learning on logit - log(r) keeps the
@@ -88,13 +80,8 @@ class OnlineTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        for feature, (rows, leaf) in leaves.items():
-            if leaf.grad is not None:
-                # Row-wise Adagrad is invariant to the gradient's scale, so
-                # the mean-reduced loss needs no per-batch-size correction.
-                self.tables[feature].update(rows, leaf.grad)
-        for table in self.tables.values():
-            table.expire(self.event_time_ms)
+        self.embeddings.step()
+        self.embeddings.expire(self.event_time_ms)
         probs = torch.sigmoid(logits.detach())
         self.progress.update(probs, batch.labels)
         self.examples += len(batch)
@@ -106,12 +93,7 @@ class OnlineTrainer:
         """Click probabilities for ``batch`` without learning or admitting ids."""
         with self.lock:
             self.model.eval()
-
-            def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
-                table = self.tables[feature]
-                return table.read(table.lookup(ids, train=False))
-
-            pooled = pool_features(batch.sparse, self.features, lookup)
+            pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
             return torch.sigmoid(self.model(pooled, batch.dense))
 
     # ParameterSource (trainer.sync.publisher) -------------------------------
