@@ -191,3 +191,14 @@ def test_export_all_holds_every_live_row(make: Factory) -> None:
     order = torch.argsort(ids)
     assert ids[order].tolist() == list(range(100, 150))
     assert torch.equal(values[order], table.read(rows))
+
+
+def test_initial_rows_depend_on_the_id_only_not_layout_or_order() -> None:
+    ids = torch.tensor([5, -9, 1 << 40, 77], dtype=torch.int64)
+    single = _dynamic()
+    sharded = _sharded()
+    a = single.read(single.lookup(ids, now_ms=1))
+    b = sharded.read(sharded.lookup(ids.flip(0), now_ms=1)).flip(0)
+    assert torch.equal(a, b)
+    other_seed = DynamicEmbeddingTable("t", DIM, TableConfig(initial_capacity=16), seed=1)
+    assert not torch.equal(a, other_seed.read(other_seed.lookup(ids, now_ms=1)))

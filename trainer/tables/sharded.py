@@ -43,7 +43,7 @@ class ShardedEmbeddingTable:
             max_rows=max(1, config.max_rows // self.n) if config.max_rows else 0,
             initial_capacity=max(16, config.initial_capacity // self.n),
         )
-        self.shards = [DynamicEmbeddingTable(f"{name}/{s}", dim, per_shard, seed=seed * 1009 + s)
+        self.shards = [DynamicEmbeddingTable(f"{name}/{s}", dim, per_shard, seed=seed)
                        for s in range(self.n)]
 
     def __len__(self) -> int:

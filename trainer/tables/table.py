@@ -25,9 +25,42 @@ from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 
-__all__ = ["DynamicEmbeddingTable", "TableStats"]
+__all__ = ["DynamicEmbeddingTable", "TableStats", "id_normal"]
 
 _ADAGRAD_EPS = 1e-8
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+# splitmix64 constants (Steele et al. 2014), as signed int64.
+_GOLDEN, _C1, _C2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
+                                          0x94D049BB133111EB))
+
+
+def _splitmix(x: torch.Tensor) -> torch.Tensor:
+    # Logical right shifts on int64: arithmetic shift, then mask the sign bits away.
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _C1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _C2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """``[len(ids), dim]`` standard normals that depend only on (seed, id, column).
+
+    Initial rows are a pure function of the id, so the same id starts from the
+    same values whatever the shard layout, process count or admission order —
+    a 2-rank run can match a 1-rank run — and checkpoints need no RNG state.
+    """
+    cols = torch.arange(2 * dim, dtype=torch.int64)
+    x = (ids.unsqueeze(1) * _GOLDEN + (cols + seed * 4 * dim).unsqueeze(0)) * _GOLDEN
+    bits = (_splitmix(x) >> 40) & ((1 << 24) - 1)  # 24 uniform bits
+    u = (bits.to(torch.float64) + 0.5) / (1 << 24)
+    u1, u2 = u[:, :dim], u[:, dim:]
+    return ((-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)).to(torch.float32)
 # Rows visited by the expiry sweep per training step.
 _SWEEP_ROWS = 1 << 16
 
@@ -59,7 +92,7 @@ class DynamicEmbeddingTable:
         self.index = IdIndex(initial_slots=2 * config.initial_capacity)
         self.filter = FrequencyFilter(config.min_count, config.filter_width, config.filter_depth)
         self.stats = TableStats()
-        self._gen = torch.Generator().manual_seed(seed)
+        self.seed = seed
         self._ttl_ms = int(config.ttl_s * 1000)
         self._sweep_at = 0
         self._tombstones: list[torch.Tensor] = []
@@ -95,8 +128,7 @@ class DynamicEmbeddingTable:
             self.filter.memory_bytes()
 
     def _init_rows(self, rows: torch.Tensor, ids: torch.Tensor, now_ms: int) -> None:
-        n = rows.numel()
-        init = torch.randn((n, self.dim), generator=self._gen) * self.config.init_std
+        init = id_normal(ids, self.dim, self.seed) * self.config.init_std
         # The last column is the id's first-order weight (see trainer.model):
         # it starts at zero so an unseen id adds nothing to the logit.
         init[:, -1] = 0.0
@@ -223,9 +255,6 @@ class DynamicEmbeddingTable:
             "tombstones": torch.cat(self._tombstones) if self._tombstones
             else torch.empty(0, dtype=torch.int64),
             "sweep_at": torch.tensor(self._sweep_at),
-            # New rows draw their initial values from this generator; without
-            # its state a restored table would initialise rows differently.
-            "rng": self._gen.get_state(),
         })
         return state
 
@@ -243,4 +272,3 @@ class DynamicEmbeddingTable:
             getattr(self, name)[:n] = state[name]
         self._tombstones = [state["tombstones"]] if state["tombstones"].numel() else []
         self._sweep_at = int(state["sweep_at"])
-        self._gen.set_state(state["rng"])
