@@ -133,6 +133,10 @@ class TableConfig:
     # Count-min sketch for the frequency filter: width per row, and depth.
     filter_width: int = 1 << 20
     filter_depth: int = 2
+    # OptEmbed row pruning (Lyu et al. 2022): a learnable threshold t on each
+    # row's L1 norm, trained with the regulariser prune_alpha * exp(-t);
+    # rows under the threshold read as zero and are freed. 0 = off.
+    prune_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         s = "table"
@@ -147,6 +151,7 @@ class TableConfig:
         _require(self.filter_width >= 64, s, "filter_width", self.filter_width, "must be >= 64")
         _require(1 <= self.filter_depth <= 8, s, "filter_depth", self.filter_depth,
                  "must be in [1, 8]")
+        _require(self.prune_alpha >= 0, s, "prune_alpha", self.prune_alpha, "must be >= 0")
 
 
 @dataclass

@@ -52,8 +52,10 @@ class OnlineTrainer:
             f: make_table(f, row_dim, config.table(f), seed=config.trainer.seed * 7919 + i)
             for i, f in enumerate(self.features)
         }
-        self.embeddings = DynamicEmbeddingCollection(self.tables)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.trainer.dense_lr)
+        self.embeddings = DynamicEmbeddingCollection(
+            self.tables, {f: config.table(f).prune_alpha for f in self.features})
+        self.optimizer = torch.optim.Adam(
+            [*self.model.parameters(), *self.embeddings.parameters()], lr=config.trainer.dense_lr)
         self.progress = ProgressiveMetrics()
         self.lock = threading.Lock()
         self.examples = 0
@@ -78,7 +80,7 @@ class OnlineTrainer:
         shifted = logits - batch.sample_rates.clamp(min=1e-6).log()
         loss = F.binary_cross_entropy_with_logits(shifted, batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + self.embeddings.regularizer()).backward()
         self.optimizer.step()
         self.embeddings.step()
         self.embeddings.expire(self.event_time_ms)
@@ -132,6 +134,7 @@ class OnlineTrainer:
         with self.lock:
             return {
                 "model": self._dense_state(),
+                "prune_thresholds": self.embeddings.thresholds.detach().clone(),
                 "optimizer": self.optimizer.state_dict(),
                 "tables": {name: t.state_dict() for name, t in self.tables.items()},
                 "counters": {"examples": self.examples, "steps": self.steps,
@@ -144,6 +147,8 @@ class OnlineTrainer:
             if state["model_spec"] != self._spec:
                 raise ValueError("checkpoint was written for a different model config")
             self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+            with torch.no_grad():
+                self.embeddings.thresholds.copy_(state["prune_thresholds"])  # type: ignore[arg-type]
             self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
             tables = state["tables"]
             assert isinstance(tables, dict)

@@ -93,8 +93,10 @@ class ShardedEmbeddingTable:
         for s, pos, local in self._split(rows):
             self.shards[s].update(local, grads[pos], lr)
 
-    def expire(self, now_ms: int, max_rows: int = 1 << 16) -> int:
-        return sum(s.expire(now_ms, max(1, max_rows // self.n)) for s in self.shards)
+    def expire(self, now_ms: int, max_rows: int = 1 << 16,
+               prune_below: float | None = None) -> int:
+        return sum(s.expire(now_ms, max(1, max_rows // self.n), prune_below)
+                   for s in self.shards)
 
     def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         parts = [s.collect_delta() for s in self.shards]

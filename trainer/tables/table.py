@@ -68,12 +68,13 @@ _SWEEP_ROWS = 1 << 16
 class TableStats:
     """Cumulative counters a table keeps for metrics."""
 
-    __slots__ = ("admitted", "filtered", "evicted", "rejected_full")
+    __slots__ = ("admitted", "filtered", "evicted", "pruned", "rejected_full")
 
     def __init__(self) -> None:
         self.admitted = 0  # ids given a row
         self.filtered = 0  # lookups of ids held back by the frequency filter
         self.evicted = 0  # rows expired
+        self.pruned = 0  # rows freed by OptEmbed pruning
         self.rejected_full = 0  # admissions refused because max_rows was reached
 
 
@@ -192,13 +193,16 @@ class DynamicEmbeddingTable:
         self.weights[rows] -= lr * grads / (m.sqrt() + _ADAGRAD_EPS).unsqueeze(1)
         self.touched[rows] = True
 
-    def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS) -> int:
-        """Evict rows unseen since ``now_ms - ttl``, visiting at most ``max_rows`` rows.
+    def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS,
+               prune_below: float | None = None) -> int:
+        """Free stale and pruned rows, visiting at most ``max_rows`` rows.
 
+        A row is stale when unseen since ``now_ms - ttl``, and pruned when its
+        L1 norm is under ``prune_below`` (OptEmbed's learned threshold).
         Successive calls sweep the row range round-robin, so every row is
-        checked once per ``capacity / max_rows`` calls. Returns the number evicted.
+        checked once per ``capacity / max_rows`` calls. Returns rows freed.
         """
-        if self._ttl_ms <= 0:
+        if self._ttl_ms <= 0 and prune_below is None:
             return 0
         end_all = self.index.row_capacity
         if end_all == 0:
@@ -207,11 +211,18 @@ class DynamicEmbeddingTable:
         end = min(start + max_rows, end_all)
         self._sweep_at = end
         span = slice(start, end)
-        stale = self.live[span] & (self.last_seen_ms[span] < now_ms - self._ttl_ms)
-        rows = torch.nonzero(stale).reshape(-1) + start
+        live = self.live[span]
+        stale = live & (self.last_seen_ms[span] < now_ms - self._ttl_ms) if self._ttl_ms > 0 \
+            else torch.zeros_like(live)
+        pruned = live & ~stale & (self.weights[span].abs().sum(dim=1) < prune_below) \
+            if prune_below is not None else torch.zeros_like(live)
+        rows = torch.nonzero(stale | pruned).reshape(-1) + start
         if rows.numel() == 0:
             return 0
+        n_pruned = int(pruned.sum())
         self.evict_rows(rows)
+        self.stats.evicted -= n_pruned
+        self.stats.pruned += n_pruned
         return int(rows.numel())
 
     def evict_rows(self, rows: torch.Tensor) -> None:
