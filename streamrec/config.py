@@ -99,6 +99,11 @@ class ModelConfig:
     dense_features: list[str] = field(default_factory=list)
     embedding_dim: int = 16
     hidden: list[int] = field(default_factory=lambda: [64, 32])
+    # Per-id outcome counts as features, exact per event within a batch
+    # (trainer/history.py); each must also be a sparse feature.
+    history_features: list[str] = field(default_factory=list)
+    history_cap: float = 200.0
+    history_strength: float = 10.0
 
     def __post_init__(self) -> None:
         s = "model"
@@ -112,6 +117,12 @@ class ModelConfig:
                  "must be in [1, 1024]")
         _require(all(h >= 1 for h in self.hidden), s, "hidden", self.hidden,
                  "layer widths must be >= 1")
+        _require(set(self.history_features) <= set(self.sparse_features), s,
+                 "history_features", self.history_features,
+                 "each history feature must be one of model.sparse_features")
+        _require(self.history_cap >= 1, s, "history_cap", self.history_cap, "must be >= 1")
+        _require(self.history_strength > 0, s, "history_strength", self.history_strength,
+                 "must be > 0")
 
 
 @dataclass

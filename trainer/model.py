@@ -20,6 +20,7 @@ from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import ModelConfig
+from trainer.history import history_inputs
 
 __all__ = ["CTRModel", "pool_features", "model_spec", "model_from_spec"]
 
@@ -56,7 +57,8 @@ class CTRModel(nn.Module):
         super().__init__()
         self.config = config
         d = config.embedding_dim
-        n_dense = len(config.dense_features)
+        n_history = 2 * len(config.history_features)
+        n_dense = len(config.dense_features) + n_history
         self.dense_proj = nn.Linear(n_dense, d) if n_dense else None
         fields = len(config.sparse_features) + (1 if n_dense else 0)
         layers: list[nn.Module] = []
@@ -67,6 +69,9 @@ class CTRModel(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
         self.bias = nn.Parameter(torch.zeros(1))
+        # Running click rate of the stream: the prior that history features
+        # are smoothed towards. A buffer, so it is synced with the weights.
+        self.register_buffer("prior_ctr", torch.full((1,), 0.1))
         # Start the deep part near zero so early predictions come from the
         # bias and first-order terms, which learn fastest from few events.
         last = self.mlp[-1]
@@ -78,8 +83,19 @@ class CTRModel(nn.Module):
     def row_dim(self) -> int:
         return self.config.embedding_dim + 1
 
-    def forward(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-        """``pooled`` is ``[B, F, d+1]``, ``dense`` ``[B, n_dense]``; returns ``[B]`` logits."""
+    def forward(self, pooled: torch.Tensor, dense: torch.Tensor,
+                history: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B]``.
+
+        ``pooled`` is ``[B, F, d+1]``, ``dense`` ``[B, n_dense]``, and
+        ``history`` the ``[B, H, 2]`` (n, c) counts of ``config.history_features``
+        (see trainer.history), required when there are history features.
+        """
+        if self.config.history_features:
+            if history is None:
+                raise ValueError("this model reads history features: pass history counts")
+            dense = torch.cat([dense, history_inputs(history, self.prior_ctr,
+                                                     self.config.history_strength)], dim=1)
         factors = pooled[..., :-1]
         first_order = pooled[..., -1].sum(dim=1)
         if self.dense_proj is not None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ingest.batch import Batch
 from streamrec.config import AppConfig
 from trainer.embedding import DynamicEmbeddingCollection
+from trainer.history import HistoryFeatures, history_table_name
 from trainer.model import CTRModel, model_spec
 from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
@@ -48,12 +49,20 @@ class OnlineTrainer:
         self.model = CTRModel(config.model)
         self.features = list(config.model.sparse_features)
         row_dim = self.model.row_dim
-        self.tables: dict[str, EmbeddingTable] = {
-            f: make_table(f, row_dim, config.table(f), seed=config.trainer.seed * 7919 + i)
-            for i, f in enumerate(self.features)
-        }
+        seed = config.trainer.seed
+        embedding_tables = {f: make_table(f, row_dim, config.table(f), seed=seed)
+                            for f in self.features}
+        history_tables = {history_table_name(f): make_table(history_table_name(f), 2,
+                                                            config.table(f), seed=seed)
+                          for f in config.model.history_features}
+        # Every table, embeddings and history counts alike, is synced,
+        # expired and checkpointed the same way.
+        self.tables: dict[str, EmbeddingTable] = {**embedding_tables, **history_tables}
         self.embeddings = DynamicEmbeddingCollection(
-            self.tables, {f: config.table(f).prune_alpha for f in self.features})
+            embedding_tables, {f: config.table(f).prune_alpha for f in self.features})
+        self.history = HistoryFeatures(config.model.history_features, history_tables,
+                                       cap=config.model.history_cap,
+                                       strength=config.model.history_strength)
         self.optimizer = torch.optim.Adam(
             [*self.model.parameters(), *self.embeddings.parameters()], lr=config.trainer.dense_lr)
         self.progress = ProgressiveMetrics()
@@ -73,7 +82,8 @@ class OnlineTrainer:
         self.event_time_ms = max(self.event_time_ms, now_ms)
         self.model.train()
         pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=True)
-        logits = self.model(pooled, batch.dense)
+        history = self.history.counts(batch.sparse, batch.labels, self.event_time_ms)
+        logits = self.model(pooled, batch.dense, history)
         # Negative down-sampling at rate r multiplies the odds of a click in
         # the training stream by 1/r; learning on logit - log(r) keeps the
         # model's own logit calibrated to the true stream (Monolith §3.3).
@@ -83,7 +93,15 @@ class OnlineTrainer:
         (loss + self.embeddings.regularizer()).backward()
         self.optimizer.step()
         self.embeddings.step()
+        self.history.commit()
+        with torch.no_grad():
+            # Exponential moving average of the click rate, ~10k examples long.
+            keep = 0.9999 ** len(batch)
+            prior = self.model.prior_ctr
+            prior.mul_(keep).add_((1 - keep) * batch.labels.mean())
         self.embeddings.expire(self.event_time_ms)
+        for name in self.history.table_names:
+            self.tables[name].expire(self.event_time_ms)
         probs = torch.sigmoid(logits.detach())
         self.progress.update(probs, batch.labels)
         self.examples += len(batch)
@@ -96,7 +114,8 @@ class OnlineTrainer:
         with self.lock:
             self.model.eval()
             pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
-            return torch.sigmoid(self.model(pooled, batch.dense))
+            history = self.history.counts(batch.sparse, None, self.event_time_ms)
+            return torch.sigmoid(self.model(pooled, batch.dense, history))
 
     # ParameterSource (trainer.sync.publisher) -------------------------------
 

@@ -93,6 +93,10 @@ class ShardedEmbeddingTable:
         for s, pos, local in self._split(rows):
             self.shards[s].update(local, grads[pos], lr)
 
+    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        for s, pos, local in self._split(rows):
+            self.shards[s].set_rows(local, values[pos])
+
     def expire(self, now_ms: int, max_rows: int = 1 << 16,
                prune_below: float | None = None) -> int:
         return sum(s.expire(now_ms, max(1, max_rows // self.n), prune_below)

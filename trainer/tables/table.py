@@ -193,6 +193,11 @@ class DynamicEmbeddingTable:
         self.weights[rows] -= lr * grads / (m.sqrt() + _ADAGRAD_EPS).unsqueeze(1)
         self.touched[rows] = True
 
+    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite live ``rows`` with ``values`` (non-gradient state, e.g. counts)."""
+        self.weights[rows] = values
+        self.touched[rows] = True
+
     def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS,
                prune_below: float | None = None) -> int:
         """Free stale and pruned rows, visiting at most ``max_rows`` rows.

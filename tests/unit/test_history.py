@@ -1,0 +1,61 @@
+"""History features: per-id counts before each example, exact inside a batch."""
+
+from __future__ import annotations
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from streamrec.config import TableConfig
+from trainer.history import HistoryFeatures, history_inputs, history_table_name
+from trainer.tables.table import DynamicEmbeddingTable
+
+
+def users(ids: list[int]) -> KeyedJaggedTensor:
+    return KeyedJaggedTensor(keys=["user_id"], values=torch.tensor(ids),
+                             lengths=torch.ones(len(ids), dtype=torch.int32), stride=len(ids))
+
+
+def make(cap: float = 200.0) -> HistoryFeatures:
+    name = history_table_name("user_id")
+    table = DynamicEmbeddingTable(name, 2, TableConfig(initial_capacity=16, init_std=0.0))
+    return HistoryFeatures(["user_id"], {name: table}, cap=cap)
+
+
+def test_each_example_sees_only_earlier_outcomes_of_its_id() -> None:
+    h = make()
+    counts = h.counts(users([1, 1, 2, 1]), torch.tensor([1.0, 0.0, 1.0, 1.0]), now_ms=1)
+    assert counts[:, 0].tolist() == [[0, 0], [1, 1], [0, 0], [2, 1]]
+    h.commit()
+    counts = h.counts(users([1, 2, 3]), torch.tensor([0.0, 0.0, 0.0]), now_ms=2)
+    assert counts[:, 0].tolist() == [[3, 2], [1, 1], [0, 0]]
+
+
+def test_an_examples_own_label_never_reaches_its_features() -> None:
+    a = make().counts(users([5, 5, 5]), torch.tensor([0.0, 1.0, 0.0]), now_ms=1)
+    b = make().counts(users([5, 5, 5]), torch.tensor([0.0, 1.0, 1.0]), now_ms=1)
+    assert torch.equal(a, b)  # only the last label differs, and only later rows could see it
+
+
+def test_scoring_without_labels_reads_stored_counts_and_changes_nothing() -> None:
+    h = make()
+    h.counts(users([1, 1]), torch.tensor([1.0, 1.0]), now_ms=1)
+    h.commit()
+    counts = h.counts(users([1, 1, 9]), None, now_ms=2)
+    assert counts[:, 0].tolist() == [[2, 2], [2, 2], [0, 0]]
+    h.commit()
+    assert h.counts(users([1]), None, now_ms=3)[0, 0].tolist() == [2, 2]
+
+
+def test_counts_are_capped_keeping_the_rate() -> None:
+    h = make(cap=10)
+    h.counts(users([1] * 40), torch.tensor([1.0, 0.0] * 20), now_ms=1)
+    h.commit()
+    n, c = h.counts(users([1]), None, now_ms=2)[0, 0].tolist()
+    assert n == 10 and abs(c - 5) < 1e-5
+
+
+def test_inputs_are_neutral_for_an_unseen_id() -> None:
+    inputs = history_inputs(torch.zeros(1, 1, 2), torch.tensor([0.2]), strength=10)
+    assert inputs.tolist() == [[0.0, 0.0]]
+    clicky = history_inputs(torch.tensor([[[10.0, 9.0]]]), torch.tensor([0.2]), strength=10)
+    assert clicky[0, 1] > 0
