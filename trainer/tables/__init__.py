@@ -1,0 +1,19 @@
+"""Dynamic embedding tables: collisionless, frequency-filtered, expirable, prunable, sharded."""
+
+from trainer.tables.base import EmbeddingTable, make_table
+from trainer.tables.filter import FrequencyFilter
+from trainer.tables.index import IdIndex
+from trainer.tables.sharded import ShardedEmbeddingTable, shard_of
+from trainer.tables.table import DynamicEmbeddingTable, TableStats, id_normal
+
+__all__ = [
+    "EmbeddingTable",
+    "make_table",
+    "FrequencyFilter",
+    "IdIndex",
+    "DynamicEmbeddingTable",
+    "ShardedEmbeddingTable",
+    "TableStats",
+    "shard_of",
+    "id_normal",
+]
