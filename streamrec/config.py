@@ -139,7 +139,7 @@ class TableConfig:
     # Bounded capacity (0 = grow without bound). When full, new ids read the
     # OOV row until expiry frees rows.
     max_rows: int = 0
-    lr: float = 0.05
+    lr: float = 0.02
     init_std: float = 0.01
     # Count-min sketch for the frequency filter: width per row, and depth.
     filter_width: int = 1 << 20
@@ -170,7 +170,7 @@ class TrainerConfig:
     """The online training loop."""
 
     batch_size: int = 256
-    dense_lr: float = 0.003
+    dense_lr: float = 0.01
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     checkpoint_dir: str = ""  # "" = no checkpoints

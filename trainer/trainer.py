@@ -81,6 +81,8 @@ class OnlineTrainer:
         now_ms = int(batch.timestamps_ms.max()) if len(batch) else self.event_time_ms
         self.event_time_ms = max(self.event_time_ms, now_ms)
         self.model.train()
+        if self.steps == 0 and len(batch):
+            self._init_bias(batch)
         pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=True)
         history = self.history.counts(batch.sparse, batch.labels, self.event_time_ms)
         logits = self.model(pooled, batch.dense, history)
@@ -107,6 +109,19 @@ class OnlineTrainer:
         self.examples += len(batch)
         self.steps += 1
         return StepResult(probs, float(loss.detach()), len(batch))
+
+    @torch.no_grad()
+    def _init_bias(self, batch: Batch) -> None:
+        # Start the global bias at the first batch's log-odds instead of 0:
+        # Adam moves it by ~dense_lr per step, so from 0 it would take
+        # hundreds of steps to reach a typical CTR's log-odds, and every
+        # early prediction would be miscalibrated meanwhile. The rate is
+        # corrected for negative down-sampling (each example stands for
+        # 1/sample_rate examples of the true stream).
+        weight = 1.0 / batch.sample_rates.clamp(min=1e-6)
+        rate = (batch.labels.sum() / weight.sum()).clamp(0.01, 0.99)
+        self.model.bias.fill_(float(torch.logit(rate)))
+        self.model.prior_ctr.fill_(float(rate))
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

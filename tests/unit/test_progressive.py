@@ -1,0 +1,75 @@
+"""Progressive metrics: the AUC and logloss users read on dashboards and in `evaluate`."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer.progressive import ProgressiveMetrics, exact_auc
+
+
+def pairwise_auc(scores: list[float], labels: list[float]) -> float:
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.1, 0.2, 0.25, 0.5, 0.9]), st.booleans()),
+                min_size=2, max_size=60))
+def test_exact_auc_counts_every_pair_and_ties_as_half(pairs: list[tuple[float, bool]]) -> None:
+    scores = [s for s, _ in pairs]
+    labels = [float(y) for _, y in pairs]
+    got = exact_auc(torch.tensor(scores), torch.tensor(labels))
+    if 0 < sum(labels) < len(labels):
+        assert got == pytest.approx(pairwise_auc(scores, labels))
+    else:
+        assert math.isnan(got)
+
+
+def test_streaming_auc_and_logloss_match_the_exact_figures_over_the_whole_stream() -> None:
+    gen = torch.Generator().manual_seed(3)
+    truth = torch.rand(50_000, generator=gen) * 0.4
+    labels = (torch.rand(50_000, generator=gen) < truth).float()
+    probs = (truth + 0.05 * torch.randn(50_000, generator=gen)).clamp(0.001, 0.999)
+    m = ProgressiveMetrics(window=1000)
+    for start in range(0, 50_000, 256):
+        m.update(probs[start:start + 256], labels[start:start + 256])
+    assert m.examples == 50_000
+    assert m.auc == pytest.approx(exact_auc(probs, labels), abs=1e-3)
+    expected = -(labels * probs.log() + (1 - labels) * (1 - probs).log()).mean()
+    assert m.logloss == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_window_figures_cover_only_the_most_recent_examples() -> None:
+    m = ProgressiveMetrics(window=100)
+    # 300 examples the model ranks perfectly, then 100 it ranks backwards.
+    good = torch.linspace(0.01, 0.99, 300)
+    m.update(good, (good > 0.5).float())
+    bad = torch.linspace(0.01, 0.99, 100)
+    for start in range(0, 100, 30):  # uneven chunks wrap the ring buffer
+        chunk = bad[start:start + 30]
+        m.update(chunk, (chunk < 0.5).float())
+    assert m.window_auc == pytest.approx(0.0)
+    assert m.auc > 0.5  # the whole-stream figure still remembers the good part
+    snap = m.snapshot()
+    assert snap["window_auc"] == m.window_auc and snap["examples"] == 400
+
+
+def test_metrics_are_nan_until_both_classes_were_seen() -> None:
+    m = ProgressiveMetrics()
+    assert math.isnan(m.auc) and math.isnan(m.logloss) and math.isnan(m.window_auc)
+    m.update(torch.tensor([0.2, 0.3]), torch.tensor([0.0, 0.0]))
+    assert math.isnan(m.auc)
+    assert math.isfinite(m.logloss)
+
+
+def test_mismatched_lengths_are_rejected() -> None:
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        ProgressiveMetrics().update(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.0, 1.0]))
