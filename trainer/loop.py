@@ -82,8 +82,8 @@ class TrainingLoop:
     def resume(self) -> int:
         """Load the newest checkpoint, if any; returns the parameter version to continue from.
 
-        The source should then start from ``checkpoint.offsets`` (Kafka does
-        so by itself: those offsets were committed after the checkpoint).
+        Restores the trainer, the joiner's pending impressions, and seeks the
+        source to the offsets the checkpoint covers.
         """
         if self.checkpointer is None:
             return 0
@@ -91,7 +91,14 @@ class TrainingLoop:
         if ckpt is None:
             return 0
         self.trainer.load_state_dict(ckpt.state)
+        if self.joiner is not None and "joiner" in ckpt.state:
+            self.joiner.load_state_dict(ckpt.state["joiner"])
         self._offsets = dict(ckpt.offsets)
+        if self._offsets:
+            # The checkpoint's offsets win over the broker's committed ones:
+            # a trainer killed between writing a checkpoint and committing
+            # would otherwise learn the events in between twice.
+            self.source.seek(self._offsets)
         log.info("resumed from %s (step %d, %d examples)", ckpt.path, ckpt.step,
                  self.trainer.examples)
         return ckpt.version
@@ -122,9 +129,13 @@ class TrainingLoop:
         self._drain(final=True)
         t0 = time.perf_counter()
         version = self.publisher.version if self.publisher is not None else 0
+        state = self.trainer.state_dict()
+        if self.joiner is not None:
+            # Impressions still waiting for actions sit before the committed
+            # offsets; without them a restart would never label them.
+            state["joiner"] = self.joiner.state_dict()
         try:
-            self.checkpointer.save(self.trainer.steps, self.trainer.state_dict(),
-                                   self._offsets, version)
+            self.checkpointer.save(self.trainer.steps, state, self._offsets, version)
         except Exception:
             if self.metrics is not None:
                 self.metrics.checkpoints.labels("error").inc()

@@ -41,6 +41,9 @@ class _TrainerCollector(Collector):
                                        labels=["table"])
         evicted = CounterMetricFamily("streamrec_trainer_table_evicted_rows",
                                       "Rows expired after their TTL", labels=["table"])
+        pruned = CounterMetricFamily("streamrec_trainer_table_pruned_rows",
+                                     "Rows freed by OptEmbed pruning (norm under the threshold)",
+                                     labels=["table"])
         full = CounterMetricFamily("streamrec_trainer_table_rejected_full_ids",
                                    "Admissions refused because the table was at max_rows",
                                    labels=["table"])
@@ -51,8 +54,9 @@ class _TrainerCollector(Collector):
             admitted.add_metric([name], stats.admitted)
             filtered.add_metric([name], stats.filtered)
             evicted.add_metric([name], stats.evicted)
+            pruned.add_metric([name], stats.pruned)
             full.add_metric([name], stats.rejected_full)
-        yield from (rows, mem, admitted, filtered, evicted, full)
+        yield from (rows, mem, admitted, filtered, evicted, pruned, full)
         p = t.progress.snapshot()
         for key, help_ in (("auc", "Progressive (test-then-train) AUC since start"),
                            ("logloss", "Progressive logloss since start"),
