@@ -78,10 +78,14 @@ class DynamicEmbeddingCollection:
     def step(self) -> None:
         """Apply the gradients of the last ``forward`` to the rows it read."""
         for table, rows, leaf in self._leaves:
-            if leaf.grad is not None:
+            grad = leaf.grad
+            if grad is None and getattr(table, "collective", False):
+                # A collective update must run on every rank, ids or not.
+                grad = torch.zeros_like(leaf)
+            if grad is not None:
                 # Row-wise Adagrad is invariant to the gradient's scale, so
                 # the mean-reduced loss needs no per-batch-size correction.
-                table.update(rows, leaf.grad)
+                table.update(rows, grad)
         self._leaves = []
 
     def expire(self, now_ms: int) -> int:

@@ -11,16 +11,19 @@ import threading
 import time
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from ingest.batch import Batch
 from streamrec.config import AppConfig
+from streamrec.errors import ConfigError
 from trainer.embedding import DynamicEmbeddingCollection
 from trainer.history import HistoryFeatures, history_table_name
 from trainer.model import CTRModel, model_spec
 from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
 from trainer.tables.base import EmbeddingTable, make_table
+from trainer.tables.distributed import DistributedEmbeddingTable
 
 __all__ = ["OnlineTrainer", "StepResult"]
 
@@ -41,17 +44,36 @@ class OnlineTrainer:
 
     ``train_batch`` and the sync methods may run on different threads; a lock
     makes each of them atomic with respect to the others.
+
+    With ``distributed=True`` (torch.distributed initialised, e.g. by
+    torchrun) every rank trains on its own equal-sized slice of each global
+    batch: embedding tables are sharded across ranks
+    (:class:`DistributedEmbeddingTable`), dense gradients are averaged with
+    all-reduce, and a step equals a single-rank step on the whole batch.
+    Every rank must call ``train_batch`` the same number of times.
     """
 
-    def __init__(self, config: AppConfig) -> None:
+    def __init__(self, config: AppConfig, distributed: bool = False,
+                 process_group: dist.ProcessGroup | None = None) -> None:
         self.config = config
+        self.distributed = distributed
+        self.group = process_group
         torch.manual_seed(config.trainer.seed)
         self.model = CTRModel(config.model)
         self.features = list(config.model.sparse_features)
         row_dim = self.model.row_dim
         seed = config.trainer.seed
-        embedding_tables = {f: make_table(f, row_dim, config.table(f), seed=seed)
-                            for f in self.features}
+        if distributed:
+            if config.model.history_features:
+                raise ConfigError("model.history_features: not supported with distributed "
+                                  "tables yet (history counts are written outside autograd)")
+            embedding_tables: dict[str, EmbeddingTable] = {
+                f: DistributedEmbeddingTable(f, row_dim, config.table(f), seed=seed,
+                                             group=process_group)
+                for f in self.features}
+        else:
+            embedding_tables = {f: make_table(f, row_dim, config.table(f), seed=seed)
+                                for f in self.features}
         history_tables = {history_table_name(f): make_table(history_table_name(f), 2,
                                                             config.table(f), seed=seed)
                           for f in config.model.history_features}
@@ -77,11 +99,18 @@ class OnlineTrainer:
         with self.lock:
             return self._step(batch)
 
+    def _all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
+                    ) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(tensor, op=op, group=self.group)
+        return tensor
+
     def _step(self, batch: Batch) -> StepResult:
-        now_ms = int(batch.timestamps_ms.max()) if len(batch) else self.event_time_ms
+        now = torch.tensor([int(batch.timestamps_ms.max()) if len(batch) else self.event_time_ms])
+        now_ms = int(self._all_reduce(now, dist.ReduceOp.MAX))
         self.event_time_ms = max(self.event_time_ms, now_ms)
         self.model.train()
-        if self.steps == 0 and len(batch):
+        if self.steps == 0:
             self._init_bias(batch)
         pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=True)
         history = self.history.counts(batch.sparse, batch.labels, self.event_time_ms)
@@ -93,14 +122,21 @@ class OnlineTrainer:
         loss = F.binary_cross_entropy_with_logits(shifted, batch.labels)
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.embeddings.regularizer()).backward()
+        if self.distributed:
+            world = dist.get_world_size(self.group)
+            for p in [*self.model.parameters(), *self.embeddings.parameters()]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                self._all_reduce(p.grad).div_(world)
         self.optimizer.step()
         self.embeddings.step()
         self.history.commit()
         with torch.no_grad():
             # Exponential moving average of the click rate, ~10k examples long.
-            keep = 0.9999 ** len(batch)
+            seen = self._all_reduce(torch.tensor([float(len(batch)), float(batch.labels.sum())]))
+            keep = 0.9999 ** float(seen[0])
             prior = self.model.prior_ctr
-            prior.mul_(keep).add_((1 - keep) * batch.labels.mean())
+            prior.mul_(keep).add_((1 - keep) * seen[1] / seen[0].clamp(min=1))
         self.embeddings.expire(self.event_time_ms)
         for name in self.history.table_names:
             self.tables[name].expire(self.event_time_ms)
@@ -119,7 +155,10 @@ class OnlineTrainer:
         # corrected for negative down-sampling (each example stands for
         # 1/sample_rate examples of the true stream).
         weight = 1.0 / batch.sample_rates.clamp(min=1e-6)
-        rate = (batch.labels.sum() / weight.sum()).clamp(0.01, 0.99)
+        sums = self._all_reduce(torch.stack([batch.labels.sum(), weight.sum()]))
+        if float(sums[1]) <= 0:
+            return
+        rate = (sums[0] / sums[1]).clamp(0.01, 0.99)
         self.model.bias.fill_(float(torch.logit(rate)))
         self.model.prior_ctr.fill_(float(rate))
 

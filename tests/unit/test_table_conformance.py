@@ -137,6 +137,18 @@ def test_expiry_uses_event_time_not_wall_time(make: Factory) -> None:
     assert len(table) == 1
 
 
+def test_a_table_that_grows_every_step_still_expires_its_old_rows(make: Factory) -> None:
+    # One new id per step of event time, and a sweep after each step, as the
+    # trainer does: the first ids go stale while the table keeps growing.
+    table = make(ttl_s=10)
+    for step in range(60):
+        table.lookup(ids_of(1000 + step), now_ms=step * 1000)
+        table.expire(now_ms=step * 1000)
+    live = set(table.export_all()[0].tolist())
+    assert live == {1000 + s for s in range(49, 60)}
+    assert table.stats.evicted == 49
+
+
 def test_evicted_id_does_not_inherit_state(make: Factory) -> None:
     table = make(ttl_s=1, lr=0.1)
     row = table.lookup(ids_of(9), now_ms=0)
@@ -205,7 +217,7 @@ def test_initial_rows_depend_on_the_id_only_not_layout_or_order() -> None:
 
 
 def test_prune_sweep_frees_rows_under_the_threshold(make: Factory) -> None:
-    table = make()
+    table = make(lr=0.1)
     rows = table.lookup(torch.arange(10), now_ms=1)
     # Rows 0-4 grow large; 5-9 keep their small initial values.
     for _ in range(5):

@@ -1,6 +1,7 @@
 """Dynamic embedding tables: collisionless, frequency-filtered, expirable, prunable, sharded."""
 
 from trainer.tables.base import EmbeddingTable, make_table
+from trainer.tables.distributed import DistributedEmbeddingTable
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 from trainer.tables.sharded import ShardedEmbeddingTable, shard_of
@@ -12,6 +13,7 @@ __all__ = [
     "FrequencyFilter",
     "IdIndex",
     "DynamicEmbeddingTable",
+    "DistributedEmbeddingTable",
     "ShardedEmbeddingTable",
     "TableStats",
     "shard_of",

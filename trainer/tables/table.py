@@ -212,16 +212,19 @@ class DynamicEmbeddingTable:
         end_all = self.index.row_capacity
         if end_all == 0:
             return 0
-        start = self._sweep_at if self._sweep_at < end_all else 0
-        end = min(start + max_rows, end_all)
-        self._sweep_at = end
-        span = slice(start, end)
-        live = self.live[span]
-        stale = live & (self.last_seen_ms[span] < now_ms - self._ttl_ms) if self._ttl_ms > 0 \
+        # Visit the next max_rows rows after the cursor, wrapping around.
+        # (Row capacity grows between calls; a cursor that stopped at the old
+        # end and restarted only when it hit the new one would keep visiting
+        # just the newest rows of a growing table and never expire old ones.)
+        start = self._sweep_at % end_all
+        visit = (torch.arange(min(max_rows, end_all)) + start) % end_all
+        self._sweep_at = (start + visit.numel()) % end_all
+        live = self.live[visit]
+        stale = live & (self.last_seen_ms[visit] < now_ms - self._ttl_ms) if self._ttl_ms > 0 \
             else torch.zeros_like(live)
-        pruned = live & ~stale & (self.weights[span].abs().sum(dim=1) < prune_below) \
+        pruned = live & ~stale & (self.weights[visit].abs().sum(dim=1) < prune_below) \
             if prune_below is not None else torch.zeros_like(live)
-        rows = torch.nonzero(stale | pruned).reshape(-1) + start
+        rows = visit[stale | pruned]
         if rows.numel() == 0:
             return 0
         n_pruned = int(pruned.sum())

@@ -1,0 +1,43 @@
+"""One rank of the 2-rank training run in test_distributed.py (started by torchrun).
+
+Each rank trains on its half of every global batch of the same synthetic
+stream, then writes its shard of every table and the dense weights to
+``OUT/rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import torch
+import torch.distributed as dist
+
+from ingest.batch import Batcher
+from streamrec.synthetic import SyntheticStream, default
+from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, config
+from trainer.trainer import OnlineTrainer
+
+
+def main(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg = config()
+    trainer = OnlineTrainer(cfg, distributed=True)
+    batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
+    events = SyntheticStream(default()).events(GLOBAL_BATCH * STEPS)
+    share = GLOBAL_BATCH // world
+    for _ in range(STEPS):
+        chunk = list(itertools.islice(events, GLOBAL_BATCH))
+        trainer.train_batch(batcher.build(chunk[rank * share:(rank + 1) * share]))
+    tables = {name: table.export_all() for name, table in trainer.tables.items()}
+    torch.save({"tables": tables, "dense": trainer.model.state_dict(),
+                "evicted": {n: t.stats.evicted for n, t in trainer.tables.items()}},
+               f"{out_dir}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,0 +1,70 @@
+"""Tables sharded across two torch.distributed ranks train like one process.
+
+Two real processes started by torchrun (gloo on CPU) each own half of every
+table and train on half of each global batch; ids and gradients cross ranks
+with all-to-all. The union of their shards and their dense weights must equal
+a single-rank run over the same stream.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ingest.batch import Batcher
+from streamrec.synthetic import SyntheticStream, default
+from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, config
+from tests.integration.processes import ROOT, free_port
+from trainer.trainer import OnlineTrainer
+
+pytestmark = pytest.mark.integration
+
+
+def single_rank() -> OnlineTrainer:
+    cfg = config()
+    trainer = OnlineTrainer(cfg)
+    batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
+    events = SyntheticStream(default()).events(GLOBAL_BATCH * STEPS)
+    for _ in range(STEPS):
+        trainer.train_batch(batcher.build(list(itertools.islice(events, GLOBAL_BATCH))))
+    return trainer
+
+
+def as_dict(ids: torch.Tensor, rows: torch.Tensor) -> dict[int, torch.Tensor]:
+    return dict(zip(ids.tolist(), rows))
+
+
+def test_two_ranks_match_one_rank_on_the_same_stream(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+         "tests/integration/distributed_worker.py", str(tmp_path)],
+        cwd=ROOT, check=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1",
+             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    reference = single_rank()
+
+    for name, table in reference.tables.items():
+        expected = as_dict(*table.export_all())
+        shards = [as_dict(*r["tables"][name]) for r in ranks]
+        assert all(shards), f"{name}: a rank holds no rows; ids were not spread"
+        assert not set(shards[0]) & set(shards[1]), f"{name}: an id lives on both ranks"
+        merged = {**shards[0], **shards[1]}
+        assert merged.keys() == expected.keys(), name
+        got = torch.stack([merged[i] for i in sorted(expected)])
+        want = torch.stack([expected[i] for i in sorted(expected)])
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+        # The filter and expiry made the same decisions on the shards.
+        assert sum(r["evicted"][name] for r in ranks) == table.stats.evicted
+    assert sum(t.stats.evicted for t in reference.tables.values()) > 0
+    for key, value in reference.model.state_dict().items():
+        for r in ranks:
+            torch.testing.assert_close(r["dense"][key], value, atol=1e-4, rtol=1e-3)
