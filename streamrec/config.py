@@ -202,8 +202,8 @@ class SyncConfig:
     def __post_init__(self) -> None:
         s = "sync"
         _require(self.interval_s > 0, s, "interval_s", self.interval_s, "must be > 0")
-        _require(self.max_chunk_bytes >= 1024, s, "max_chunk_bytes", self.max_chunk_bytes,
-                 "must be >= 1024")
+        _require(self.max_chunk_bytes >= 65536, s, "max_chunk_bytes", self.max_chunk_bytes,
+                 "must be >= 65536 (one dense weight matrix travels whole in a chunk)")
         _require(all(":" in r for r in self.replicas), s, "replicas", self.replicas,
                  "each replica must be host:port")
         _require(self.timeout_s > 0, s, "timeout_s", self.timeout_s, "must be > 0")

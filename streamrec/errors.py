@@ -12,6 +12,7 @@ __all__ = [
     "DecodeError",
     "SyncError",
     "VersionGapError",
+    "NotReadyError",
     "CheckpointError",
 ]
 
@@ -25,7 +26,18 @@ class ConfigError(StreamrecError, ValueError):
 
 
 class DecodeError(StreamrecError, ValueError):
-    """An event could not be decoded or failed validation."""
+    """An event could not be decoded or failed validation.
+
+    ``kind`` says which way, for dead-letter routing and metrics:
+    ``malformed`` (not JSON/protobuf at all), ``missing_field``,
+    ``wrong_type``, ``out_of_range`` or ``too_large``.
+    """
+
+    KINDS = ("malformed", "missing_field", "wrong_type", "out_of_range", "too_large")
+
+    def __init__(self, message: str, kind: str = "malformed") -> None:
+        super().__init__(message)
+        self.kind = kind if kind in self.KINDS else "malformed"
 
 
 class SyncError(StreamrecError, RuntimeError):
@@ -42,6 +54,10 @@ class VersionGapError(SyncError):
         )
         self.replica_version = replica_version
         self.base_version = base_version
+
+
+class NotReadyError(StreamrecError, RuntimeError):
+    """Serving has no model yet (gRPC FAILED_PRECONDITION)."""
 
 
 class CheckpointError(StreamrecError, RuntimeError):

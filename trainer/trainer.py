@@ -176,6 +176,15 @@ class OnlineTrainer:
     def _dense_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
+    def _sync_dense(self) -> dict[str, torch.Tensor]:
+        # Serving applies the same OptEmbed mask, so it needs the thresholds
+        # (named as serving.replica.PRUNE_THRESHOLD_PREFIX expects).
+        dense = self._dense_state()
+        thresholds = self.embeddings.thresholds.detach()
+        for feature, i in self.embeddings._pruned_index.items():
+            dense[f"prune_threshold/{feature}"] = thresholds[i].clone()
+        return dense
+
     def collect_delta(self, version: int) -> ParameterDelta:
         """Rows touched and ids evicted since the previous call, plus dense weights."""
         with self.lock:
@@ -185,7 +194,7 @@ class OnlineTrainer:
                 tables.append(TableDelta(name, table.dim, ids, rows, evicted))
             return ParameterDelta(
                 version=version, base_version=version - 1, full=False, tables=tables,
-                dense=self._dense_state(), event_time_ms=self.event_time_ms,
+                dense=self._sync_dense(), event_time_ms=self.event_time_ms,
                 exported_at_ms=int(time.time() * 1000), model_spec=self._spec)
 
     def snapshot(self, version: int) -> ParameterDelta:
@@ -198,7 +207,7 @@ class OnlineTrainer:
                                          torch.empty(0, dtype=torch.int64)))
             return ParameterDelta(
                 version=version, base_version=0, full=True, tables=tables,
-                dense=self._dense_state(), event_time_ms=self.event_time_ms,
+                dense=self._sync_dense(), event_time_ms=self.event_time_ms,
                 exported_at_ms=int(time.time() * 1000), model_spec=self._spec)
 
     # Checkpointing -----------------------------------------------------------

@@ -1,0 +1,109 @@
+"""A small Python client for the Recommender service.
+
+gRPC errors reach the caller unchanged (``grpc.RpcError`` with its status
+code): INVALID_ARGUMENT for a bad request, FAILED_PRECONDITION before the
+replica has a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos import event_pb2, serving_pb2, serving_pb2_grpc
+
+__all__ = ["RecommenderClient", "Prediction", "Recommendation", "to_feature_values"]
+
+FeatureInput = str | int | float | Sequence[str | int | float]
+
+
+def to_feature_values(value: FeatureInput) -> event_pb2.FeatureValues:
+    """A Python value or list -> FeatureValues: str -> strings, int -> ids, float -> numbers."""
+    fv = event_pb2.FeatureValues()
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, bool):
+            raise TypeError(f"feature value {v!r}: booleans are not features; use 0/1")
+        if isinstance(v, str):
+            fv.strings.append(v)
+        elif isinstance(v, int):
+            fv.ids.append(v)
+        elif isinstance(v, float):
+            fv.numbers.append(v)
+        else:
+            raise TypeError(f"feature value {v!r}: expected str, int or float")
+    return fv
+
+
+def _features(features: Mapping[str, FeatureInput] | None) -> dict[str, event_pb2.FeatureValues]:
+    return {k: to_feature_values(v) for k, v in (features or {}).items()}
+
+
+@dataclass
+class Prediction:
+    scores: list[float]
+    model_version: int
+
+
+@dataclass
+class Recommendation:
+    items: list[tuple[int, float]]
+    model_version: int
+
+
+class RecommenderClient:
+    def __init__(self, address: str, timeout_s: float = 5.0) -> None:
+        self.address = address
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(address)
+        self._stub = serving_pb2_grpc.RecommenderStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _request(self, cls: Any, user_id: int, item_ids: Sequence[int],
+                 features: Mapping[str, FeatureInput] | None,
+                 candidate_features: Sequence[Mapping[str, FeatureInput]] | None,
+                 **extra: Any) -> Any:
+        return cls(user_id=user_id, item_ids=list(item_ids), features=_features(features),
+                   candidate_features=[serving_pb2.CandidateFeatures(features=_features(c))
+                                       for c in candidate_features or []], **extra)
+
+    def predict(self, user_id: int, item_ids: Sequence[int],
+                features: Mapping[str, FeatureInput] | None = None,
+                candidate_features: Sequence[Mapping[str, FeatureInput]] | None = None
+                ) -> Prediction:
+        """One click probability per candidate, in order."""
+        request = self._request(serving_pb2.PredictRequest, user_id, item_ids, features,
+                                candidate_features)
+        reply = self._stub.Predict(request, timeout=self.timeout_s)
+        return Prediction(scores=list(reply.scores), model_version=int(reply.model_version))
+
+    def recommend(self, user_id: int, item_ids: Sequence[int], k: int = 10,
+                  features: Mapping[str, FeatureInput] | None = None,
+                  candidate_features: Sequence[Mapping[str, FeatureInput]] | None = None
+                  ) -> Recommendation:
+        """The top ``k`` candidates by score (all of them for k = 0), best first."""
+        request = self._request(serving_pb2.RecommendRequest, user_id, item_ids, features,
+                                candidate_features, k=k)
+        reply = self._stub.Recommend(request, timeout=self.timeout_s)
+        return Recommendation(items=[(int(i.item_id), float(i.score)) for i in reply.items],
+                              model_version=int(reply.model_version))
+
+    def health(self, service: str = "") -> bool:
+        """True when the server reports SERVING for ``service`` ("" = the process)."""
+        reply = self._health.Check(health_pb2.HealthCheckRequest(service=service),
+                                   timeout=self.timeout_s)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+

@@ -1,0 +1,65 @@
+"""Prometheus metrics of a serving replica."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from serving.replica import ModelReplica
+
+__all__ = ["ServingMetrics", "METHODS", "CODES"]
+
+METHODS = ("Predict", "Recommend")
+CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "INTERNAL")
+
+
+class _ReplicaCollector(Collector):
+    def __init__(self, replica: ModelReplica) -> None:
+        self.replica = replica
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("streamrec_serving_model_version",
+                                "Parameter version being served (0 = none yet)",
+                                value=self.replica.version)
+        staleness = self.replica.staleness_seconds()
+        yield GaugeMetricFamily(
+            "streamrec_serving_staleness_seconds",
+            "Wall seconds since the trainer exported the version being served",
+            value=staleness if math.isfinite(staleness) else float("nan"))
+        rows = GaugeMetricFamily("streamrec_serving_table_rows", "Rows held per table",
+                                 labels=["table"])
+        for name, n in self.replica.table_rows().items():
+            rows.add_metric([name], n)
+        yield rows
+
+
+class ServingMetrics:
+    """Request counters and latency, delta applications, and scrape-time replica state."""
+
+    def __init__(self, replica: ModelReplica, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.requests = Counter("streamrec_serving_requests_total", "Requests by method and code",
+                                ["method", "code"], registry=registry)
+        for method in METHODS:
+            for code in CODES:
+                self.requests.labels(method, code)
+        self.latency = Histogram(
+            "streamrec_serving_request_seconds", "Request latency", ["method"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=registry)
+        self.candidates = Histogram("streamrec_serving_candidates", "Candidates per request",
+                                    buckets=(1, 10, 50, 100, 500, 1000, 5000, 10000),
+                                    registry=registry)
+        self.deltas = Counter("streamrec_serving_deltas_applied_total",
+                              "Parameter deltas received, by kind and result",
+                              ["kind", "result"], registry=registry)
+        for kind in ("delta", "full"):
+            for result in ("ok", "gap", "error", "unauthenticated"):
+                self.deltas.labels(kind, result)
+        registry.register(_ReplicaCollector(replica))

@@ -1,0 +1,280 @@
+"""A serving replica of the trainer's parameters, updated by versioned deltas.
+
+The replica scores with the trainer's own code — the same batching, pooling,
+pruning mask, history features and DeepFM module — over its own copy of the
+tables (:class:`EmbeddingTableReplica`, an id -> row map with no filter,
+expiry or optimizer state). So a replica at version v scores exactly as the
+trainer did when it exported v.
+
+Atomicity: ``apply`` takes a writer lock and ``predict`` a reader lock, so a
+request sees version v or v + 1, never a mix. A full snapshot builds a fresh
+state off to the side and swaps it in; a delta mutates in place under the
+writer lock, which costs O(rows in the delta), not O(table) as copy-on-write
+would. Readers run concurrently with each other.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from ingest.batch import Batcher
+from ingest.event import FeatureValue
+from serving.metrics import ServingMetrics
+from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from trainer.embedding import DynamicEmbeddingCollection
+from trainer.history import HistoryFeatures, history_table_name
+from trainer.model import CTRModel, model_from_spec
+from trainer.sync.delta import ParameterDelta
+from trainer.tables.index import IdIndex
+
+__all__ = ["ModelReplica", "EmbeddingTableReplica", "PRUNE_THRESHOLD_PREFIX"]
+
+# Dense tensors named "<prefix><feature>" carry OptEmbed's learned
+# threshold for that feature (see OnlineTrainer._dense_state).
+PRUNE_THRESHOLD_PREFIX = "prune_threshold/"
+
+Features = Mapping[str, Sequence[FeatureValue]]
+
+
+class _ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    def acquire_read(self) -> None:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+
+    def release_read(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
+
+    def acquire_write(self) -> None:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+
+    def release_write(self) -> None:
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class EmbeddingTableReplica:
+    """The serving copy of one embedding table: raw id -> row, nothing else.
+
+    Implements the read side of the trainer's table interface (``lookup``
+    with ``train=False`` and ``read``), so trainer code scores against it.
+    """
+
+    def __init__(self, name: str, dim: int) -> None:
+        self.name = name
+        self.dim = dim
+        self.index = IdIndex()
+        self.weights = torch.zeros((0, dim))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def upsert(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        if ids.numel() == 0:
+            return
+        slots, _ = self.index.lookup_or_insert(ids)
+        capacity = self.index.row_capacity
+        if capacity > self.weights.shape[0]:
+            grown = torch.zeros((max(capacity, 2 * self.weights.shape[0]), self.dim))
+            grown[: self.weights.shape[0]] = self.weights
+            self.weights = grown
+        self.weights[slots] = rows
+
+    def remove(self, ids: torch.Tensor) -> None:
+        if ids.numel():
+            self.index.remove(ids)
+
+    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None, now_ms: int = 0,
+               train: bool = False) -> torch.Tensor:
+        return self.index.lookup(ids)
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        out = self.weights[rows.clamp(min=0)]
+        out[rows < 0] = 0.0
+        return out
+
+    def memory_bytes(self) -> int:
+        return self.weights.numel() * 4 + self.index.memory_bytes()
+
+
+class _State:
+    """Everything one model version scores with."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.model: CTRModel = model_from_spec(spec)
+        self.model.eval()
+        cfg = self.model.config
+        self.batcher = Batcher(cfg.sparse_features, cfg.dense_features)
+        row_dim = self.model.row_dim
+        self.tables: dict[str, EmbeddingTableReplica] = {
+            f: EmbeddingTableReplica(f, row_dim) for f in cfg.sparse_features}
+        history = {history_table_name(f): EmbeddingTableReplica(history_table_name(f), 2)
+                   for f in cfg.history_features}
+        self.tables.update(history)
+        self.embeddings = DynamicEmbeddingCollection(
+            {f: self.tables[f] for f in cfg.sparse_features})  # type: ignore[misc]
+        self.history = HistoryFeatures(cfg.history_features, history,
+                                       cap=cfg.history_cap, strength=cfg.history_strength)
+        self.version = 0
+        self.event_time_ms = 0
+        self.exported_at_ms = 0
+
+    def set_dense(self, dense: Mapping[str, torch.Tensor]) -> None:
+        thresholds = {k[len(PRUNE_THRESHOLD_PREFIX):]: v for k, v in dense.items()
+                      if k.startswith(PRUNE_THRESHOLD_PREFIX)}
+        weights = {k: v for k, v in dense.items() if not k.startswith(PRUNE_THRESHOLD_PREFIX)}
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as e:
+            raise SyncError(f"dense weights do not fit the model spec: {e}") from e
+        if set(thresholds) != set(self.embeddings.prune_alpha):
+            # The pruned features are fixed by the trainer's config; rebuild
+            # the collection's mask for them (alpha only matters in training).
+            self.embeddings = DynamicEmbeddingCollection(
+                self.embeddings.tables, {f: 1.0 for f in thresholds})
+        with torch.no_grad():
+            for f, i in self.embeddings._pruned_index.items():
+                self.embeddings.thresholds[i] = thresholds[f].reshape(())
+
+    def apply_tables(self, delta: ParameterDelta) -> None:
+        for t in delta.tables:
+            table = self.tables.get(t.table)
+            if table is None or table.dim != t.dim:
+                raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
+            # Tombstones first: an id evicted and re-admitted within one
+            # interval is in both lists and must end up present.
+            table.remove(t.evicted_ids)
+            table.upsert(t.ids, t.rows)
+
+    @torch.no_grad()
+    def score(self, rows: list[tuple[int, int, Features | None]]) -> torch.Tensor:
+        batch = self.batcher.build_rows(rows)  # type: ignore[arg-type]
+        pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
+        history = self.history.counts(batch.sparse, None, self.event_time_ms)
+        return torch.sigmoid(self.model(pooled, batch.dense, history))
+
+
+class ModelReplica:
+    """Holds one model version; ``apply`` moves it forward, ``predict`` scores with it."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self._lock = _ReadWriteLock()
+        self._state: _State | None = None
+        self.metrics = ServingMetrics(self, registry)
+
+    @property
+    def version(self) -> int:
+        state = self._state
+        return state.version if state is not None else 0
+
+    @property
+    def ready(self) -> bool:
+        return self._state is not None
+
+    def table_rows(self) -> dict[str, int]:
+        state = self._state
+        return {n: len(t) for n, t in state.tables.items()} if state is not None else {}
+
+    def staleness_seconds(self) -> float:
+        """Wall seconds since the trainer exported the version served (NaN before any)."""
+        state = self._state
+        if state is None or not state.exported_at_ms:
+            return math.nan
+        return max(0.0, time.time() - state.exported_at_ms / 1000)
+
+    def apply(self, delta: ParameterDelta) -> None:
+        """Move to ``delta.version``; raises VersionGapError if it does not follow on."""
+        kind = "full" if delta.full else "delta"
+        try:
+            self._apply(delta)
+        except SyncError:
+            self.metrics.deltas.labels(kind, "gap" if not delta.full and self._state is not None
+                                       and delta.base_version != self.version else "error").inc()
+            raise
+        self.metrics.deltas.labels(kind, "ok").inc()
+
+    def _apply(self, delta: ParameterDelta) -> None:
+        if delta.full:
+            if not delta.model_spec:
+                raise SyncError("full snapshot without a model spec")
+            try:
+                state = _State(delta.model_spec)
+            except (ValueError, TypeError, KeyError) as e:
+                raise SyncError(f"bad model spec: {e}") from e
+            state.set_dense(delta.dense)
+            state.apply_tables(delta)
+            self._stamp(state, delta)
+            self._lock.acquire_write()
+            try:
+                self._state = state
+            finally:
+                self._lock.release_write()
+            return
+        self._lock.acquire_write()
+        try:
+            state = self._state
+            if state is None or delta.base_version != state.version:
+                raise VersionGapError(self.version, delta.base_version)
+            if delta.dense:
+                state.set_dense(delta.dense)
+            state.apply_tables(delta)
+            self._stamp(state, delta)
+        finally:
+            self._lock.release_write()
+
+    @staticmethod
+    def _stamp(state: _State, delta: ParameterDelta) -> None:
+        state.version = delta.version
+        state.event_time_ms = max(state.event_time_ms, delta.event_time_ms)
+        state.exported_at_ms = delta.exported_at_ms
+
+    def predict(self, user_id: int, item_ids: Sequence[int], features: Features | None = None,
+                candidate_features: Sequence[Features] | None = None) -> tuple[list[float], int]:
+        """Click probability of each candidate for ``user_id``, and the version that scored them.
+
+        ``features`` are the request's (user/context) features, shared by all
+        candidates; ``candidate_features[i]`` adds item i's own. Raises
+        :class:`NotReadyError` before the first model arrives.
+        """
+        if candidate_features and len(candidate_features) != len(item_ids):
+            raise ValueError(f"{len(candidate_features)} candidate_features for "
+                             f"{len(item_ids)} item_ids")
+        shared = dict(features or {})
+        rows: list[tuple[int, int, Features | None]] = []
+        for i, item in enumerate(item_ids):
+            own = candidate_features[i] if candidate_features else None
+            rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
+        self._lock.acquire_read()
+        try:
+            state = self._state
+            if state is None:
+                raise NotReadyError("no model yet: the replica has not received parameters")
+            scores = state.score(rows)
+            return scores.tolist(), state.version
+        finally:
+            self._lock.release_read()

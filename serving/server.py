@@ -1,0 +1,239 @@
+"""The serving process: a public gRPC port (Predict, Recommend, health, reflection)
+and a separate, token-authenticated sync port that receives parameter deltas.
+
+``create_server`` builds both servers without starting them (port 0 picks a
+free port, so tests bind any); ``serve`` runs them until SIGTERM/SIGINT, then
+reports NOT_SERVING to health checks and drains in-flight calls for
+``serving.grace_s`` before exiting.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
+from serving.replica import Features, ModelReplica
+from streamrec.config import AppConfig, ServingConfig
+from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from trainer.sync.delta import decode_chunks
+
+__all__ = ["create_server", "serve", "Servers", "features_from_proto"]
+
+log = logging.getLogger(__name__)
+
+RECOMMENDER = serving_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+T = TypeVar("T")
+
+
+class _InvalidRequest(ValueError):
+    pass
+
+
+def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
+    """``map<string, FeatureValues>`` -> ``{name: (values...)}``; rejects non-finite numbers."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, fv in features.items():
+        if not name:
+            raise _InvalidRequest("feature with an empty name")
+        numbers = tuple(float(x) for x in fv.numbers)
+        if not all(math.isfinite(x) for x in numbers):
+            raise _InvalidRequest(f"feature {name!r}: numbers must be finite")
+        out[name] = (*fv.strings, *(int(i) for i in fv.ids), *numbers)
+    return out
+
+
+class _Recommender(serving_pb2_grpc.RecommenderServicer):
+    def __init__(self, replica: ModelReplica, config: ServingConfig) -> None:
+        self.replica = replica
+        self.config = config
+        self.metrics = replica.metrics
+
+    def _score(self, request: Any) -> tuple[list[float], int]:
+        items = list(request.item_ids)
+        if not items:
+            raise _InvalidRequest("item_ids is empty: send at least one candidate")
+        if len(items) > self.config.max_candidates:
+            raise _InvalidRequest(f"{len(items)} candidates, over the limit of "
+                                  f"{self.config.max_candidates} (serving.max_candidates)")
+        per_item: list[Features] | None = None
+        if len(request.candidate_features):
+            if len(request.candidate_features) != len(items):
+                raise _InvalidRequest(f"{len(request.candidate_features)} candidate_features "
+                                      f"for {len(items)} item_ids: send none or one per item")
+            per_item = [features_from_proto(c.features) for c in request.candidate_features]
+        self.metrics.candidates.observe(len(items))
+        return self.replica.predict(request.user_id, items, features_from_proto(request.features),
+                                    per_item)
+
+    def _call(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            return body()
+        except _InvalidRequest as e:
+            code = "INVALID_ARGUMENT"
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except NotReadyError as e:
+            code = "FAILED_PRECONDITION"
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except Exception:
+            code = "INTERNAL"
+            log.exception("%s failed", method)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method} failed; see the server log")
+        finally:
+            self.metrics.requests.labels(method, code).inc()
+            self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
+        raise AssertionError("unreachable: context.abort raises")
+
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body() -> Any:
+            scores, version = self._score(request)
+            return serving_pb2.PredictResponse(scores=scores, model_version=version)
+        return self._call("Predict", context, body)
+
+    def Recommend(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body() -> Any:
+            scores, version = self._score(request)
+            ranked = sorted(zip(request.item_ids, scores), key=lambda p: -p[1])
+            k = request.k or len(ranked)
+            return serving_pb2.RecommendResponse(
+                items=[serving_pb2.ScoredItem(item_id=i, score=s) for i, s in ranked[:k]],
+                model_version=version)
+        return self._call("Recommend", context, body)
+
+
+class _ParameterSync(sync_pb2_grpc.ParameterSyncServicer):
+    def __init__(self, replica: ModelReplica, token: str,
+                 on_version: Callable[[int], None]) -> None:
+        self.replica = replica
+        self.expected = f"Bearer {token}".encode() if token else b""
+        self.on_version = on_version
+
+    def _authenticate(self, context: grpc.ServicerContext) -> None:
+        if not self.expected:
+            return
+        given = dict(context.invocation_metadata()).get("authorization", "")
+        if not hmac.compare_digest(str(given).encode(), self.expected):
+            self.replica.metrics.deltas.labels("delta", "unauthenticated").inc()
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing sync token")
+
+    def Push(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        self._authenticate(context)
+        try:
+            delta = decode_chunks(request_iterator)
+        except SyncError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed push: {e}")
+        try:
+            self.replica.apply(delta)
+        except VersionGapError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except SyncError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        self.on_version(self.replica.version)
+        return sync_pb2.PushAck(version=self.replica.version)
+
+    def GetVersion(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._authenticate(context)
+        return sync_pb2.VersionResponse(version=self.replica.version)
+
+
+@dataclass
+class Servers:
+    """The public and sync servers of one replica, with their bound ports."""
+
+    public: grpc.Server
+    sync: grpc.Server
+    health: health.HealthServicer
+    port: int
+    sync_port: int
+
+    def start(self) -> None:
+        self.public.start()
+        self.sync.start()
+
+    def set_ready(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready \
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(RECOMMENDER, status)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, then stop both servers, letting calls finish for ``grace`` s."""
+        self.health.enter_graceful_shutdown()
+        done = [self.public.stop(grace), self.sync.stop(grace)]
+        for event in done:
+            event.wait()
+
+    def wait(self) -> None:
+        self.public.wait_for_termination()
+
+
+def create_server(config: ServingConfig, replica: ModelReplica,
+                  registry: CollectorRegistry | None = None) -> Servers:
+    """Build (not start) the public and sync servers; ports 0 pick free ports."""
+    del registry  # the replica's metrics are already registered where it was built
+    public = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
+                                                    thread_name_prefix="serving"))
+    health_servicer = health.HealthServicer()
+    serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
+    reflection.enable_server_reflection(
+        (RECOMMENDER, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), public)
+    port = public.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"cannot bind serving port {config.host}:{config.port}")
+    limit = 64 << 20
+    sync = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync"),
+                       options=[("grpc.max_receive_message_length", limit)])
+    servers: Servers | None = None
+
+    def on_version(version: int) -> None:
+        if servers is not None and version > 0:
+            servers.set_ready(True)
+
+    sync_pb2_grpc.add_ParameterSyncServicer_to_server(
+        _ParameterSync(replica, config.token, on_version), sync)
+    sync_port = sync.add_insecure_port(f"{config.sync_host}:{config.sync_port}")
+    if sync_port == 0:
+        raise OSError(f"cannot bind sync port {config.sync_host}:{config.sync_port}")
+    # Liveness ("") is SERVING once the process is up; the Recommender
+    # service itself reports SERVING only once a model has arrived (readiness).
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    servers = Servers(public, sync, health_servicer, port, sync_port)
+    servers.set_ready(replica.ready)
+    return servers
+
+
+def serve(config: AppConfig, stop: threading.Event | None = None) -> None:
+    """Run one replica until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    stop = stop or threading.Event()
+    if not config.serving.token:
+        log.warning("serving.token is empty: the sync port accepts parameters from anyone")
+    replica = ModelReplica(registry=REGISTRY)
+    servers = create_server(config.serving, replica, registry=REGISTRY)
+    if config.metrics.port >= 0:
+        http, _ = start_http_server(config.metrics.port, addr=config.metrics.host)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, http.server_port)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    servers.start()
+    log.info("serving on %s:%d, sync on %s:%d", config.serving.host, servers.port,
+             config.serving.sync_host, servers.sync_port)
+    stop.wait()
+    log.info("shutting down (grace %.1f s)", config.serving.grace_s)
+    servers.stop(config.serving.grace_s)

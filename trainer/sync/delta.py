@@ -1,0 +1,193 @@
+"""Parameter deltas and their wire form: bounded-size ``ParameterChunk`` messages.
+
+A :class:`ParameterDelta` takes a replica from ``base_version`` to
+``version``: per table the rows touched since the base (ids + values) and
+the ids evicted since then (tombstones), plus the dense weights. A full
+snapshot (``full=True``) replaces everything the replica holds.
+
+On the wire a delta is a stream of ``sync_pb2.ParameterChunk`` messages,
+each at most ``max_chunk_bytes`` serialized: a table's rows are split across
+as many chunks as needed. Ids are little-endian int64 and values
+little-endian float32, so decoding is a ``frombuffer`` — and nothing that
+came over the network is ever unpickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from protos import sync_pb2
+from streamrec.errors import SyncError
+
+__all__ = ["TableDelta", "ParameterDelta", "encode_chunks", "decode_chunks"]
+
+_ID = np.dtype("<i8")
+_F32 = np.dtype("<f4")
+# Room for a chunk's header fields and per-message protobuf framing.
+_HEADER_BYTES = 512
+
+
+@dataclass
+class TableDelta:
+    """One table's part of a delta: ``rows`` is ``[len(ids), dim]`` float32."""
+
+    table: str
+    dim: int
+    ids: torch.Tensor
+    rows: torch.Tensor
+    evicted_ids: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+
+
+@dataclass
+class ParameterDelta:
+    version: int
+    base_version: int
+    full: bool
+    tables: list[TableDelta]
+    dense: dict[str, torch.Tensor]
+    event_time_ms: int = 0
+    exported_at_ms: int = 0
+    model_spec: str = ""
+
+    def num_rows(self) -> int:
+        return sum(int(t.ids.numel()) for t in self.tables)
+
+
+def _ids_bytes(ids: torch.Tensor) -> bytes:
+    return ids.detach().to(torch.int64).numpy().astype(_ID, copy=False).tobytes()
+
+
+def _f32_bytes(values: torch.Tensor) -> bytes:
+    return values.detach().to(torch.float32).contiguous().numpy().astype(_F32, copy=False).tobytes()
+
+
+def _dense_messages(dense: dict[str, torch.Tensor]) -> list[sync_pb2.DenseTensor]:
+    return [sync_pb2.DenseTensor(name=name, shape=list(t.shape), data=_f32_bytes(t))
+            for name, t in dense.items()]
+
+
+def _pieces(t: TableDelta, room: int) -> Iterator[sync_pb2.EmbeddingTableDelta]:
+    """``t`` as table messages of at most ``room`` bytes: tombstones first, then rows."""
+    room -= 32 + len(t.table.encode())  # the message's own fields and framing
+    row_bytes = 8 + 4 * t.dim
+    if room < row_bytes:
+        raise SyncError(f"table {t.table!r}: a row of dim {t.dim} does not fit in one chunk; "
+                        "raise sync.max_chunk_bytes")
+    evicted = t.evicted_ids.reshape(-1)
+    per = room // 8
+    for start in range(0, evicted.numel(), per):
+        yield sync_pb2.EmbeddingTableDelta(table=t.table, dim=t.dim,
+                                           evicted_ids=_ids_bytes(evicted[start:start + per]))
+    ids, rows = t.ids.reshape(-1), t.rows.reshape(-1, t.dim)
+    per = room // row_bytes
+    for start in range(0, ids.numel(), per):
+        yield sync_pb2.EmbeddingTableDelta(table=t.table, dim=t.dim,
+                                           ids=_ids_bytes(ids[start:start + per]),
+                                           rows=_f32_bytes(rows[start:start + per]))
+
+
+def encode_chunks(delta: ParameterDelta, max_chunk_bytes: int) -> Iterator[sync_pb2.ParameterChunk]:
+    """Split ``delta`` into chunks of at most ``max_chunk_bytes`` serialized each.
+
+    The model spec travels in the first chunk; dense tensors are packed
+    whole, table rows and tombstones split as needed. Raises
+    :class:`SyncError` if one dense tensor or one row cannot fit in a chunk.
+    """
+    budget = max_chunk_bytes - _HEADER_BYTES
+
+    def new_chunk(index: int) -> sync_pb2.ParameterChunk:
+        return sync_pb2.ParameterChunk(
+            version=delta.version, base_version=delta.base_version, full=delta.full,
+            chunk_index=index, event_time_ms=delta.event_time_ms,
+            exported_at_ms=delta.exported_at_ms)
+
+    current = new_chunk(0)
+    current.model_spec = delta.model_spec
+    used = current.ByteSize()
+    if used > budget:
+        raise SyncError(f"the model spec takes {used} bytes, over "
+                        f"sync.max_chunk_bytes={max_chunk_bytes}")
+    pieces: list[tuple[str, Any]] = [("dense", d) for d in _dense_messages(delta.dense)]
+    for table in delta.tables:
+        pieces.extend(("tables", piece) for piece in _pieces(table, budget))
+    for where, piece in pieces:
+        size = piece.ByteSize() + 8
+        if size > budget:
+            raise SyncError(f"dense tensor {piece.name!r} takes {size} bytes, over "
+                            f"sync.max_chunk_bytes={max_chunk_bytes}")
+        if used + size > budget:
+            yield current
+            current = new_chunk(current.chunk_index + 1)
+            used = current.ByteSize()
+        getattr(current, where).append(piece)
+        used += size
+    current.last = True
+    yield current
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise SyncError(message)
+
+
+def decode_chunks(chunks: Iterable[sync_pb2.ParameterChunk]) -> ParameterDelta:
+    """Reassemble and validate a delta; raises :class:`SyncError` on any inconsistency."""
+    delta: ParameterDelta | None = None
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    dims: dict[str, int] = {}
+    expected_index = 0
+    finished = False
+    for c in chunks:
+        _check(not finished, "chunk after the last one")
+        _check(c.chunk_index == expected_index,
+               f"chunk_index {c.chunk_index}, expected {expected_index}")
+        expected_index += 1
+        if delta is None:
+            delta = ParameterDelta(version=c.version, base_version=c.base_version, full=c.full,
+                                   tables=[], dense={}, event_time_ms=c.event_time_ms,
+                                   exported_at_ms=c.exported_at_ms, model_spec=c.model_spec)
+        else:
+            _check((c.version, c.base_version, c.full)
+                   == (delta.version, delta.base_version, delta.full),
+                   f"chunk {c.chunk_index} belongs to another delta "
+                   f"(version {c.version}, base {c.base_version})")
+        for d in c.dense:
+            shape = tuple(int(x) for x in d.shape)
+            _check(all(x >= 0 for x in shape), f"dense {d.name!r}: negative shape {shape}")
+            _check(len(d.data) == 4 * int(np.prod(shape, dtype=np.int64)),
+                   f"dense {d.name!r}: {len(d.data)} bytes for shape {shape}")
+            _check(d.name not in delta.dense, f"dense {d.name!r} sent twice")
+            delta.dense[d.name] = torch.from_numpy(
+                np.frombuffer(d.data, dtype=_F32).astype(np.float32).reshape(shape))
+        for t in c.tables:
+            _check(bool(t.table), "table delta without a table name")
+            _check(t.dim > 0, f"table {t.table!r}: dim must be > 0")
+            _check(dims.setdefault(t.table, t.dim) == t.dim,
+                   f"table {t.table!r}: dim changes between chunks")
+            _check(len(t.ids) % 8 == 0 and len(t.evicted_ids) % 8 == 0,
+                   f"table {t.table!r}: id bytes are not a multiple of 8")
+            n = len(t.ids) // 8
+            _check(len(t.rows) == n * t.dim * 4,
+                   f"table {t.table!r}: {len(t.rows)} row bytes for {n} ids of dim {t.dim}")
+            parts.setdefault(t.table, []).append((
+                np.frombuffer(t.ids, dtype=_ID),
+                np.frombuffer(t.rows, dtype=_F32).reshape(n, t.dim),
+                np.frombuffer(t.evicted_ids, dtype=_ID)))
+        finished = c.last
+    _check(delta is not None, "empty push: no chunks")
+    _check(finished, "push ended before the chunk marked last")
+    assert delta is not None
+    for name, pieces in parts.items():
+        dim = dims[name]
+        delta.tables.append(TableDelta(
+            table=name, dim=dim,
+            ids=torch.from_numpy(np.concatenate([p[0] for p in pieces]).astype(np.int64)),
+            rows=torch.from_numpy(
+                np.concatenate([p[1] for p in pieces]).astype(np.float32).reshape(-1, dim)),
+            evicted_ids=torch.from_numpy(np.concatenate([p[2] for p in pieces]).astype(np.int64))))
+    return delta
