@@ -44,9 +44,9 @@ def start_cli(args: Sequence[str], log_path: Path, env: dict[str, str] | None = 
     """Run ``python -m streamrec.cli ARGS`` with output to ``log_path``."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    log = open(log_path, "wb")
-    return subprocess.Popen([sys.executable, "-m", "streamrec.cli", *args], cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, env=full_env)
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "streamrec.cli", *args], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, env=full_env)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:

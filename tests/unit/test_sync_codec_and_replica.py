@@ -1,0 +1,199 @@
+"""Parameter deltas on the wire, and a replica that scores exactly like the trainer."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from ingest.batch import Batcher
+from ingest.event import Event
+from serving.replica import ModelReplica
+from streamrec.config import AppConfig, load_config
+from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from streamrec.synthetic import SyntheticStream, default
+from trainer.sync.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks
+from trainer.sync.publisher import Publisher
+from trainer.sync.sink import MemoryDeltaSink
+from trainer.trainer import OnlineTrainer
+
+CHUNK = 65536
+
+
+@st.composite
+def deltas(draw: st.DrawFn) -> ParameterDelta:
+    tables = []
+    for name in draw(st.lists(st.sampled_from(["a", "b", "user_id#history"]), unique=True,
+                              max_size=3)):
+        dim = draw(st.integers(1, 40))
+        n = draw(st.integers(0, 3000))
+        ids = torch.tensor(draw(st.lists(st.integers(-2**63, 2**63 - 1), min_size=n,
+                                         max_size=n)), dtype=torch.int64)
+        evicted = torch.arange(draw(st.integers(0, 20000)), dtype=torch.int64) * 7 - 5
+        tables.append(TableDelta(name, dim, ids, torch.randn(n, dim), evicted))
+    dense = {"w": torch.randn(draw(st.integers(0, 50)), 7), "b": torch.randn(())}
+    return ParameterDelta(version=draw(st.integers(1, 10**9)), base_version=3,
+                          full=draw(st.booleans()), tables=tables, dense=dense,
+                          event_time_ms=123, exported_at_ms=456, model_spec="{}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(deltas())
+def test_chunks_round_trip_and_respect_the_size_bound(delta: ParameterDelta) -> None:
+    chunks = list(encode_chunks(delta, CHUNK))
+    assert all(c.ByteSize() <= CHUNK for c in chunks)
+    assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
+    assert [c.last for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    back = decode_chunks(chunks)
+    assert (back.version, back.base_version, back.full, back.model_spec) == \
+        (delta.version, delta.base_version, delta.full, delta.model_spec)
+    assert back.dense.keys() == delta.dense.keys()
+    for k in delta.dense:
+        assert torch.equal(back.dense[k], delta.dense[k])
+    got = {t.table: t for t in back.tables}
+    for t in delta.tables:
+        if t.ids.numel() or t.evicted_ids.numel():
+            assert torch.equal(got[t.table].ids, t.ids)
+            assert torch.equal(got[t.table].rows, t.rows)
+            assert torch.equal(got[t.table].evicted_ids, t.evicted_ids)
+
+
+def test_corrupt_or_incomplete_pushes_are_rejected() -> None:
+    delta = ParameterDelta(2, 1, False, [TableDelta("a", 4, torch.arange(5000),
+                                                     torch.randn(5000, 4))], {}, 0, 0, "")
+    chunks = list(encode_chunks(delta, CHUNK))
+    assert len(chunks) > 1
+    with pytest.raises(SyncError, match="before the chunk marked last"):
+        decode_chunks(chunks[:-1])
+    with pytest.raises(SyncError, match="chunk_index"):
+        decode_chunks(chunks[1:])
+    bad = type(chunks[0])()
+    bad.CopyFrom(chunks[0])
+    bad.tables[0].rows = bad.tables[0].rows[:-4]
+    with pytest.raises(SyncError, match="row bytes"):
+        decode_chunks([bad, *chunks[1:]])
+    with pytest.raises(SyncError, match="no chunks"):
+        decode_chunks([])
+
+
+def config(**extra: str) -> AppConfig:
+    return load_config(env={}, overrides={
+        "model.sparse_features": "user_id,item_id,category,country,hour",
+        "model.dense_features": "price", "trainer.batch_size": "128", **extra})
+
+
+def train(trainer: OnlineTrainer, events: list[Event]) -> None:
+    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    for start in range(0, len(events), 128):
+        trainer.train_batch(batcher.build(events[start:start + 128]))
+
+
+def assert_same_scores(trainer: OnlineTrainer, replica: ModelReplica, events: list[Event]) -> None:
+    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    want = trainer.predict(batcher.build(events))
+    got = [replica.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in events]
+    torch.testing.assert_close(torch.tensor(got), want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [{}, {"model.history_features": "user_id,item_id"},
+                                   {"table_defaults.ttl_s": "5", "table_defaults.min_count": "2"},
+                                   {"table_defaults.prune_alpha": "0.001"}],
+                         ids=["plain", "history", "filter+ttl", "pruning"])
+def test_replica_scores_exactly_as_the_trainer_after_snapshot_and_deltas(
+        extra: dict[str, str]) -> None:
+    torch.set_num_threads(1)
+    trainer = OnlineTrainer(config(**extra))
+    replica = ModelReplica(registry=CollectorRegistry())
+    stream = SyntheticStream(default())
+    train(trainer, list(stream.events(2000)))
+    replica.apply(decode_chunks(encode_chunks(trainer.snapshot(1), CHUNK)))
+    probe = list(stream.events(50))
+    assert_same_scores(trainer, replica, probe)
+    for version in range(2, 5):  # deltas only carry what changed
+        train(trainer, list(stream.events(1500)))
+        replica.apply(decode_chunks(encode_chunks(trainer.collect_delta(version), CHUNK)))
+        assert replica.version == version
+        assert_same_scores(trainer, replica, probe)
+    assert replica.table_rows() == trainer.table_rows()
+
+
+def test_tombstones_apply_before_rows_so_a_readmitted_id_stays() -> None:
+    trainer = OnlineTrainer(config())
+    train(trainer, list(SyntheticStream(default()).events(300)))
+    replica = ModelReplica(registry=CollectorRegistry())
+    replica.apply(trainer.snapshot(1))
+    item = next(iter(trainer.tables["item_id"].export_all()[0].tolist()))
+    row = torch.full((1, trainer.model.row_dim), 0.5)
+    readmitted = TableDelta("item_id", trainer.model.row_dim, torch.tensor([item]), row,
+                            torch.tensor([item]))
+    replica.apply(ParameterDelta(2, 1, False, [readmitted], {}, 0, 0, ""))
+    gone = TableDelta("item_id", trainer.model.row_dim, torch.empty(0, dtype=torch.int64),
+                      torch.empty(0, trainer.model.row_dim), torch.tensor([item]))
+    assert replica.table_rows()["item_id"] == trainer.table_rows()["item_id"]
+    replica.apply(ParameterDelta(3, 2, False, [gone], {}, 0, 0, ""))
+    assert replica.table_rows()["item_id"] == trainer.table_rows()["item_id"] - 1
+
+
+def test_version_gaps_are_refused_and_a_full_snapshot_resets() -> None:
+    trainer = OnlineTrainer(config())
+    train(trainer, list(SyntheticStream(default()).events(300)))
+    replica = ModelReplica(registry=CollectorRegistry())
+    with pytest.raises(NotReadyError):
+        replica.predict(1, [1, 2])
+    with pytest.raises(VersionGapError):
+        replica.apply(trainer.collect_delta(5))
+    replica.apply(trainer.snapshot(5))
+    with pytest.raises(VersionGapError):
+        replica.apply(trainer.collect_delta(7))  # base 6 != 5
+    assert replica.version == 5
+    replica.apply(trainer.snapshot(9))
+    assert replica.version == 9
+
+
+class FlakySink(MemoryDeltaSink):
+    def __init__(self, replica: ModelReplica) -> None:
+        super().__init__(replica)
+        self.fail = True
+
+    def push(self, delta: ParameterDelta) -> int:
+        if self.fail:
+            raise SyncError("replica unreachable")
+        return super().push(delta)
+
+
+def test_publisher_keeps_healthy_replicas_in_step_and_recovers_a_failed_one() -> None:
+    torch.set_num_threads(1)
+    trainer = OnlineTrainer(config())
+    stream = SyntheticStream(default())
+    healthy, flaky = ModelReplica(CollectorRegistry()), ModelReplica(CollectorRegistry())
+    flaky_sink = FlakySink(flaky)
+    registry = CollectorRegistry()
+    publisher = Publisher(trainer, {"healthy": MemoryDeltaSink(healthy), "flaky": flaky_sink},
+                          interval_s=60, registry=registry)
+    probe = list(stream.events(30))
+    for _ in range(3):
+        train(trainer, list(itertools.islice(stream.events(600), 600)))
+        publisher.publish_once()
+    assert healthy.version == 3 and not flaky.ready
+    assert_same_scores(trainer, healthy, probe)
+    assert registry.get_sample_value("streamrec_sync_pushes_total",
+                                     {"replica": "flaky", "kind": "full", "result": "error"}) == 3
+    flaky_sink.fail = False
+    train(trainer, list(stream.events(600)))
+    publisher.publish_once()  # the recovered replica gets a full snapshot
+    train(trainer, list(stream.events(600)))
+    publisher.publish_once()  # and deltas from then on
+    assert healthy.version == flaky.version == 5
+    assert_same_scores(trainer, flaky, probe)
+    assert registry.get_sample_value("streamrec_sync_pushes_total",
+                                     {"replica": "flaky", "kind": "delta", "result": "ok"}) == 1
+    # A replica that restarts empty reports a gap and is resynced.
+    restarted = ModelReplica(CollectorRegistry())
+    publisher.sinks["healthy"] = MemoryDeltaSink(restarted)
+    publisher.publish_once()
+    assert restarted.version == 6
+    assert_same_scores(trainer, restarted, probe)
