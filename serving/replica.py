@@ -253,6 +253,18 @@ class ModelReplica:
         state.event_time_ms = max(state.event_time_ms, delta.event_time_ms)
         state.exported_at_ms = delta.exported_at_ms
 
+    def score_rows(self, rows: Sequence[tuple[int, int, Features | None]]
+                   ) -> tuple[list[float], int]:
+        """Click probabilities of arbitrary ``(user_id, item_id, features)`` rows, in one batch."""
+        self._lock.acquire_read()
+        try:
+            state = self._state
+            if state is None:
+                raise NotReadyError("no model yet: the replica has not received parameters")
+            return state.score(list(rows)).tolist(), state.version
+        finally:
+            self._lock.release_read()
+
     def predict(self, user_id: int, item_ids: Sequence[int], features: Features | None = None,
                 candidate_features: Sequence[Features] | None = None) -> tuple[list[float], int]:
         """Click probability of each candidate for ``user_id``, and the version that scored them.
@@ -269,12 +281,4 @@ class ModelReplica:
         for i, item in enumerate(item_ids):
             own = candidate_features[i] if candidate_features else None
             rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
-        self._lock.acquire_read()
-        try:
-            state = self._state
-            if state is None:
-                raise NotReadyError("no model yet: the replica has not received parameters")
-            scores = state.score(rows)
-            return scores.tolist(), state.version
-        finally:
-            self._lock.release_read()
+        return self.score_rows(rows)
