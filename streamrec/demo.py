@@ -109,8 +109,7 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
           f"metrics: trainer {trainer_url or 'off'}, serving {serving_url or 'off'}; "
           f"Ctrl-C to stop", file=out, flush=True)
     try:
-        stats = loop.run(stop, max_seconds=duration_s)
-        on_progress(stats)
+        stats = loop.run(stop, max_seconds=duration_s)  # reports once more as it ends
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
