@@ -1,0 +1,41 @@
+"""Ingestion: decode and validate events, read them from sources, join, batch."""
+
+from ingest.batch import Batch, Batcher
+from ingest.deadletter import (
+    DeadLetterSink,
+    FileDeadLetterSink,
+    KafkaDeadLetterSink,
+    MemoryDeadLetterSink,
+)
+from ingest.decode import decode_csv_row, decode_json, decode_protobuf, decode_value, \
+    encode_json, encode_protobuf
+from ingest.event import Event
+from ingest.file_source import FileSource
+from ingest.iter_source import IteratorSource
+from ingest.joiner import Joiner
+from ingest.metrics import IngestMetrics
+from ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
+
+__all__ = [
+    "Batch",
+    "Batcher",
+    "DeadLetter",
+    "DeadLetterSink",
+    "Event",
+    "EventSource",
+    "FileDeadLetterSink",
+    "FileSource",
+    "IngestMetrics",
+    "IteratorSource",
+    "Joiner",
+    "KafkaDeadLetterSink",
+    "MemoryDeadLetterSink",
+    "MemorySource",
+    "SourceBatch",
+    "decode_csv_row",
+    "decode_json",
+    "decode_protobuf",
+    "decode_value",
+    "encode_json",
+    "encode_protobuf",
+]

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from ingest.event import Event
 from ingest.source import SourceBatch
+from streamrec.errors import StreamrecError
 
 __all__ = ["IteratorSource"]
 
@@ -55,6 +56,15 @@ class IteratorSource:
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Nothing to commit: an iterator cannot be replayed."""
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Skip ahead to a checkpoint's offset (an iterator cannot go back)."""
+        target = offsets.get(self._key, self._emitted)
+        if target < self._emitted:
+            raise StreamrecError(f"cannot seek {self._key[0]} back to {target}: "
+                                 f"{self._emitted} events were already read")
+        skipped = sum(1 for _ in itertools.islice(self._it, target - self._emitted))
+        self._emitted += skipped
 
     def close(self) -> None:
         self._exhausted = True

@@ -22,8 +22,6 @@ the Bayes-optimal AUC of the very stream a model learned from.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from collections.abc import Iterator
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ingest.decode import encode_json
 from ingest.event import EXAMPLE, Event
 
 __all__ = [
@@ -242,17 +241,6 @@ class SyntheticStream:
             yield event
 
 
-def event_to_json(event: Event) -> dict[str, object]:
-    """The JSON form of an event (see README, "Event format")."""
-    data = dataclasses.asdict(event)
-    data["features"] = {k: list(v) if len(v) != 1 else v[0] for k, v in event.features.items()}
-    if data["sample_rate"] == 1.0:
-        del data["sample_rate"]
-    if data["label"] is None:
-        del data["label"]
-    return data
-
-
 def write_jsonl(path: str | os.PathLike[str], n: int, config: SyntheticConfig | None = None
                 ) -> int:
     """Write ``n`` events of the stream as JSONL; returns the count written."""
@@ -260,7 +248,7 @@ def write_jsonl(path: str | os.PathLike[str], n: int, config: SyntheticConfig | 
     written = 0
     with open(path, "w", encoding="utf-8") as f:
         for event in stream.events(n):
-            f.write(json.dumps(event_to_json(event), separators=(",", ":")))
+            f.write(encode_json(event).decode())
             f.write("\n")
             written += 1
     return written

@@ -14,9 +14,13 @@ from prometheus_client import REGISTRY, start_http_server
 
 from ingest.deadletter import DeadLetterSink, FileDeadLetterSink, KafkaDeadLetterSink, \
     MemoryDeadLetterSink
+from ingest.file_source import FileSource
 from ingest.joiner import Joiner
 from ingest.kafka_source import KafkaSource
+from ingest.metrics import IngestMetrics
+from ingest.source import EventSource
 from streamrec.config import AppConfig
+from streamrec.errors import ConfigError
 from trainer.checkpoint import Checkpointer
 from trainer.loop import LoopStats, TrainingLoop
 from trainer.metrics import TrainerMetrics
@@ -49,14 +53,20 @@ def run_training(config: AppConfig, stop: threading.Event,
     trainer = OnlineTrainer(config)
     metrics = TrainerMetrics(trainer, registry=REGISTRY)
     ing = config.ingest
+    ingest_metrics = IngestMetrics(registry=REGISTRY)
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
-                    seed=config.trainer.seed)
+                    seed=config.trainer.seed, metrics=ingest_metrics)
     checkpointer = Checkpointer(config.trainer.checkpoint_dir) \
         if config.trainer.checkpoint_dir else None
     sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,
                                  config.sync.timeout_s) for addr in config.sync.replicas}
     dead_letters = _dead_letter_sink(config)
-    source = KafkaSource(ing)
+    if ing.source == "file":
+        source: EventSource = FileSource(ing.path, ing.value_format, metrics=ingest_metrics)
+    elif ing.source == "kafka":
+        source = KafkaSource(ing, metrics=ingest_metrics)
+    else:
+        raise ConfigError(f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
 
     def report(stats: LoopStats) -> None:
         p = stats.progress

@@ -15,6 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from kafka import KafkaProducer
 
 from ingest.kafka_source import create_topics
 from serving.client import RecommenderClient
@@ -102,8 +103,6 @@ def test_kafka_train_serve_loop(kafka_broker: str, tmp_path: Path, serving_proc)
     create_topics(kafka_broker, [topic], partitions=2)
     events = tmp_path / "events.jsonl"
     write_jsonl(events, EVENTS, default())
-    with events.open("a") as f:
-        f.write('{"type": "example", "user_id": "no-timestamp"}\n')
 
     # Before any parameters arrive, Predict refuses clearly.
     with pytest.raises(grpc.RpcError) as info:
@@ -111,6 +110,11 @@ def test_kafka_train_serve_loop(kafka_broker: str, tmp_path: Path, serving_proc)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     replay(events, topic, kafka_broker)
+    # A producer that is not streamrec's sends a malformed event.
+    producer = KafkaProducer(bootstrap_servers=kafka_broker)
+    producer.send(topic, b'{"type": "example", "user_id": "no-timestamp", "item_id": 1, '
+                  b'"label": 1}').get(timeout=30)
+    producer.close()
     trainer_metrics = free_port()
     cfg = config_file(tmp_path, kafka_broker, topic, ports, trainer_metrics)
     trainer = start_cli(["train", "--config", str(cfg)], tmp_path / "train.log")

@@ -1,0 +1,266 @@
+"""Decoding and validating events: JSON, protobuf (``streamrec.events.Event``) and CSV rows.
+
+Every decoder returns an :class:`~ingest.event.Event` or raises
+:class:`~streamrec.errors.DecodeError` whose ``kind`` names the failure
+(``malformed``, ``missing_field``, ``wrong_type``, ``out_of_range``,
+``too_large``) and whose message names the field. Nothing else escapes, so a
+source can turn any record into either an event or a dead letter.
+
+The JSON form (see README, "Event format")::
+
+    {"type": "example", "label": 1, "user_id": 42, "item_id": 7,
+     "timestamp_ms": 1700000000000, "request_id": "r1", "event_id": "e1",
+     "features": {"country": "fr", "tags": ["a", "b"], "price": 9.5}}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf.message import DecodeError as ProtobufDecodeError
+
+from ingest.event import EXAMPLE, Event, FeatureValue
+from ingest.ids import INT64_MAX, INT64_MIN, hash_id
+from protos import event_pb2
+from streamrec.errors import DecodeError
+
+__all__ = [
+    "decode_value",
+    "decode_json",
+    "decode_protobuf",
+    "decode_csv_row",
+    "encode_json",
+    "encode_protobuf",
+    "event_to_dict",
+    "MAX_EVENT_BYTES",
+]
+
+MAX_EVENT_BYTES = 1 << 20
+MAX_FEATURES = 256
+MAX_VALUES_PER_FEATURE = 1024
+MAX_STRING = 4096
+_KNOWN = {"type", "user_id", "item_id", "timestamp_ms", "request_id", "event_id", "features",
+          "label"}
+
+
+def _id(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DecodeError(f"field {name!r}: expected an integer or a string, got "
+                          f"{type(value).__name__}", "wrong_type")
+    if isinstance(value, str):
+        if not value:
+            raise DecodeError(f"field {name!r}: empty string id", "out_of_range")
+        if len(value) > MAX_STRING:
+            raise DecodeError(f"field {name!r}: id longer than {MAX_STRING} characters",
+                              "too_large")
+        return hash_id(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise DecodeError(f"field {name!r}: {value} does not fit in a signed 64-bit integer",
+                          "out_of_range")
+    return value
+
+
+def _string(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DecodeError(f"field {name!r}: expected a string, got {type(value).__name__}",
+                          "wrong_type")
+    if len(value) > MAX_STRING:
+        raise DecodeError(f"field {name!r}: longer than {MAX_STRING} characters", "too_large")
+    return value
+
+
+def _feature_value(name: str, v: Any) -> FeatureValue:
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise DecodeError(f"feature {name!r}: values must be strings or numbers, got "
+                          f"{type(v).__name__}", "wrong_type")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise DecodeError(f"feature {name!r}: {v} is not a finite number", "out_of_range")
+    if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+        raise DecodeError(f"feature {name!r}: {v} does not fit in a signed 64-bit integer",
+                          "out_of_range")
+    if isinstance(v, str) and len(v) > MAX_STRING:
+        raise DecodeError(f"feature {name!r}: value longer than {MAX_STRING} characters",
+                          "too_large")
+    return v
+
+
+def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise DecodeError(f"field 'features': expected an object, got {type(raw).__name__}",
+                          "wrong_type")
+    if len(raw) > MAX_FEATURES:
+        raise DecodeError(f"field 'features': more than {MAX_FEATURES} features", "too_large")
+    out: dict[str, tuple[FeatureValue, ...]] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not name:
+            raise DecodeError("field 'features': feature names must be non-empty strings",
+                              "wrong_type")
+        values = value if isinstance(value, list) else [value]
+        if len(values) > MAX_VALUES_PER_FEATURE:
+            raise DecodeError(f"feature {name!r}: more than {MAX_VALUES_PER_FEATURE} values",
+                              "too_large")
+        out[name] = tuple(_feature_value(name, v) for v in values)
+    return out
+
+
+def _label(type_: str, value: Any) -> float | None:
+    if value is None:
+        if type_ == EXAMPLE:
+            raise DecodeError("missing field 'label' (required for type 'example')",
+                              "missing_field")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DecodeError(f"field 'label': expected 0 or 1, got {type(value).__name__}",
+                          "wrong_type")
+    if value not in (0, 1):
+        raise DecodeError(f"field 'label': expected 0 or 1, got {value}", "out_of_range")
+    return float(value)
+
+
+def event_from_dict(data: Any) -> Event:
+    """Validate a decoded JSON object (or equivalent mapping) into an :class:`Event`."""
+    if not isinstance(data, Mapping):
+        raise DecodeError(f"an event must be a JSON object, got {type(data).__name__}",
+                          "wrong_type")
+    for name in ("type", "user_id", "item_id", "timestamp_ms"):
+        if data.get(name) is None:
+            raise DecodeError(f"missing field {name!r}", "missing_field")
+    type_ = data["type"]
+    if not isinstance(type_, str) or not type_:
+        raise DecodeError("field 'type': expected a non-empty string", "wrong_type")
+    ts = data["timestamp_ms"]
+    if isinstance(ts, bool) or not isinstance(ts, int):
+        raise DecodeError(f"field 'timestamp_ms': expected an integer, got "
+                          f"{type(ts).__name__}", "wrong_type")
+    if not 0 <= ts <= INT64_MAX:
+        raise DecodeError(f"field 'timestamp_ms': {ts} is out of range", "out_of_range")
+    return Event(type=type_, user_id=_id("user_id", data["user_id"]),
+                 item_id=_id("item_id", data["item_id"]), timestamp_ms=ts,
+                 request_id=_string("request_id", data.get("request_id")),
+                 event_id=_string("event_id", data.get("event_id")),
+                 features=_features(data.get("features")),
+                 label=_label(type_, data.get("label")))
+
+
+def decode_json(raw: bytes | str) -> Event:
+    if len(raw) > MAX_EVENT_BYTES:
+        raise DecodeError(f"event of {len(raw)} bytes, over the {MAX_EVENT_BYTES} limit",
+                          "too_large")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and bad UTF-8 alike
+        raise DecodeError(f"not valid JSON: {e}", "malformed") from e
+    return event_from_dict(data)
+
+
+def decode_protobuf(raw: bytes) -> Event:
+    if len(raw) > MAX_EVENT_BYTES:
+        raise DecodeError(f"event of {len(raw)} bytes, over the {MAX_EVENT_BYTES} limit",
+                          "too_large")
+    msg = event_pb2.Event()
+    try:
+        msg.ParseFromString(raw)
+    except (ProtobufDecodeError, ValueError) as e:
+        raise DecodeError(f"not a valid streamrec.events.Event protobuf: {e}", "malformed") from e
+    if not msg.type:
+        raise DecodeError("missing field 'type'", "missing_field")
+    if not msg.timestamp_ms:
+        raise DecodeError("missing field 'timestamp_ms'", "missing_field")
+    features: dict[str, list[Any]] = {}
+    for name, fv in msg.features.items():
+        features[name] = [*fv.strings, *fv.ids, *fv.numbers]
+    return event_from_dict({
+        "type": msg.type, "user_id": msg.user_id, "item_id": msg.item_id,
+        "timestamp_ms": msg.timestamp_ms, "request_id": msg.request_id,
+        "event_id": msg.event_id, "features": features,
+        "label": msg.label if msg.HasField("label") else None})
+
+
+def decode_value(raw: bytes, value_format: str = "auto") -> Event:
+    """Decode a Kafka message value or a file line; ``auto``: JSON if it starts with ``{``."""
+    if value_format == "json":
+        return decode_json(raw)
+    if value_format == "protobuf":
+        return decode_protobuf(raw)
+    if value_format != "auto":
+        raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
+    if raw.lstrip()[:1] == b"{":
+        return decode_json(raw)
+    return decode_protobuf(raw)
+
+
+def _csv_scalar(text: str) -> FeatureValue:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def decode_csv_row(row: Mapping[str, str | None]) -> Event:
+    """One ``csv.DictReader`` row: the event columns, features as ``f.<name>`` (``|`` lists)."""
+    data: dict[str, Any] = {"features": {}}
+    for column, text in row.items():
+        if column is None:
+            raise DecodeError("row has more values than the header has columns", "malformed")
+        if text is None or text == "":
+            continue
+        if column.startswith("f."):
+            values = [_csv_scalar(v) for v in text.split("|")]
+            data["features"][column[2:]] = values if len(values) > 1 else values[0]
+        elif column in ("user_id", "item_id", "timestamp_ms", "label"):
+            # Integers stay integers; anything else is left as text for the
+            # validator to hash (ids) or reject (timestamp_ms, label).
+            value = _csv_scalar(text)
+            data[column] = value if isinstance(value, int) or column == "label" else text
+        elif column in _KNOWN:
+            data[column] = text
+    return event_from_dict(data)
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The JSON form of ``event`` (single-valued features as scalars)."""
+    data: dict[str, Any] = {"type": event.type, "user_id": event.user_id,
+                            "item_id": event.item_id, "timestamp_ms": event.timestamp_ms}
+    if event.request_id:
+        data["request_id"] = event.request_id
+    if event.event_id:
+        data["event_id"] = event.event_id
+    if event.features:
+        data["features"] = {k: v[0] if len(v) == 1 else list(v)
+                            for k, v in event.features.items()}
+    if event.label is not None:
+        data["label"] = int(event.label)
+    return data
+
+
+def encode_json(event: Event) -> bytes:
+    return json.dumps(event_to_dict(event), separators=(",", ":")).encode()
+
+
+def encode_protobuf(event: Event) -> bytes:
+    msg = event_pb2.Event(type=event.type, user_id=event.user_id, item_id=event.item_id,
+                          timestamp_ms=event.timestamp_ms, request_id=event.request_id,
+                          event_id=event.event_id)
+    for name, values in event.features.items():
+        fv = msg.features[name]
+        for v in values:
+            if isinstance(v, str):
+                fv.strings.append(v)
+            elif isinstance(v, int):
+                fv.ids.append(v)
+            else:
+                fv.numbers.append(v)
+    if event.label is not None:
+        msg.label = event.label
+    return msg.SerializeToString()

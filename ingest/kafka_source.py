@@ -1,0 +1,135 @@
+"""Events from Kafka topics through a kafka-python consumer group.
+
+Offsets are committed only when the training loop says so — after a
+checkpoint that covers them — never automatically. On restart the loop
+seeks to the offsets stored in its checkpoint, which win over the group's
+committed ones: a trainer killed between writing a checkpoint and
+committing would otherwise learn the events in between twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from ingest.metrics import IngestMetrics
+from ingest.source import SourceBatch, decode_records
+from streamrec.config import IngestConfig
+
+__all__ = ["KafkaSource", "create_topics"]
+
+log = logging.getLogger(__name__)
+
+
+class _SeekOnAssign(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.source._seek_assigned(assigned)
+
+
+class KafkaSource:
+    """An :class:`~ingest.source.EventSource` over ``config.topics`` in ``config.group_id``."""
+
+    def __init__(self, config: IngestConfig, metrics: IngestMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._seek_to: dict[tuple[str, int], int] = {}
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=config.bootstrap_servers,
+            group_id=config.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(100, config.session_timeout_ms // 6),
+            max_poll_records=config.max_poll_records,
+            client_id=f"streamrec-{config.group_id}",
+        )
+        self._consumer.subscribe(config.topics, listener=_SeekOnAssign(self))
+        if metrics is not None:
+            metrics.watch_lag(self.lag)
+
+    @property
+    def exhausted(self) -> bool:
+        return False
+
+    def _seek_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            offset = self._seek_to.get((tp.topic, tp.partition))
+            if offset is not None:
+                self._consumer.seek(tp, offset)
+                log.info("%s/%d: resuming at checkpoint offset %d", tp.topic, tp.partition, offset)
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self._seek_to.update(offsets)
+        self._seek_assigned(set(self._consumer.assignment()))
+
+    def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_events)
+        records = []
+        offsets: dict[tuple[str, int], int] = {}
+        for tp, messages in polled.items():
+            for m in messages:
+                records.append((m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}"))
+                offsets[(tp.topic, tp.partition)] = m.offset + 1
+        events, dead = decode_records(records, self.config.value_format, self.metrics, "kafka")
+        return SourceBatch(events=events, dead_letters=dead, offsets=offsets)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        # Only partitions this consumer still owns: after a rebalance the new
+        # owner starts from the last commit (or its own checkpoint).
+        owned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        todo = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                for (t, p), o in offsets.items() if (t, p) in owned}
+        if not todo:
+            return
+        try:
+            self._consumer.commit(todo)
+        except KafkaError as e:
+            if self.metrics is not None:
+                self.metrics.commits.labels("error").inc()
+            log.warning("offset commit failed (events will be re-read after a restart): %s", e)
+            return
+        if self.metrics is not None:
+            self.metrics.commits.labels("ok").inc()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records between each owned partition's position and its high watermark."""
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+def create_topics(bootstrap: str | list[str], topics: list[str], partitions: int = 1,
+                  replication: int = 1) -> None:
+    """Create ``topics`` (existing ones are left alone)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
+    try:
+        for topic in topics:
+            try:
+                admin.create_topics([NewTopic(topic, partitions, replication)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

@@ -1,0 +1,67 @@
+"""Prometheus metrics of ingestion: records, dead letters by kind, commits, joiner, lag."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamrec.errors import DecodeError
+
+__all__ = ["IngestMetrics"]
+
+Lag = Callable[[], dict[tuple[str, int], int]]
+
+
+class _LagCollector(Collector):
+    def __init__(self) -> None:
+        self.sources: list[Lag] = []
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily("streamrec_ingest_consumer_lag_records",
+                                "Records behind the partition's high watermark",
+                                labels=["topic", "partition"])
+        for read in self.sources:
+            for (topic, partition), n in read().items():
+                lag.add_metric([topic, str(partition)], n)
+        yield lag
+
+
+class IngestMetrics:
+    """Registered on ``registry``; sources and the joiner update it."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.records = Counter("streamrec_ingest_records_total", "Records read from sources",
+                               ["source"], registry=registry)
+        self.bytes = Counter("streamrec_ingest_bytes_total", "Bytes of records read",
+                             ["source"], registry=registry)
+        self.dead_letters = Counter("streamrec_ingest_dead_letters_total",
+                                    "Records rejected, by reason", ["kind"], registry=registry)
+        for kind in DecodeError.KINDS:
+            self.dead_letters.labels(kind)
+        self.commits = Counter("streamrec_ingest_commits_total", "Offset commits",
+                               ["result"], registry=registry)
+        for result in ("ok", "error"):
+            self.commits.labels(result)
+        self.joined = Counter("streamrec_ingest_joiner_examples_total",
+                              "Examples the joiner emitted, by label", ["label"],
+                              registry=registry)
+        for label in ("positive", "negative"):
+            self.joined.labels(label)
+        self.dropped = Counter("streamrec_ingest_joiner_dropped_total",
+                               "Events the joiner dropped, by reason", ["reason"],
+                               registry=registry)
+        for reason in ("orphan_action", "unknown_type", "negative_sampled", "duplicate_impression",
+                       "overflow"):
+            self.dropped.labels(reason)
+        self.pending = Gauge("streamrec_ingest_joiner_pending_impressions",
+                             "Impressions waiting for actions", registry=registry)
+        self._lag = _LagCollector()
+        registry.register(self._lag)
+
+    def watch_lag(self, read: Lag) -> None:
+        """Report ``read()``'s per-partition lag at every scrape."""
+        self._lag.sources.append(read)
