@@ -31,6 +31,7 @@ class FileSource:
         self._format = "json" if value_format == "auto" else value_format
         self._metrics = metrics
         self._key = (f"file:{self.path}", 0)
+        self._text: io.TextIOWrapper | None = None
         self._consumed = 0
         self._exhausted = False
         self._lines = self._csv_lines() if self._csv else self._json_lines()
@@ -45,8 +46,8 @@ class FileSource:
                 yield number, line.rstrip(b"\r\n")
 
     def _csv_lines(self) -> Iterator[tuple[int, bytes]]:
-        text = io.TextIOWrapper(self._file, encoding="utf-8", errors="replace", newline="")
-        reader = csv.DictReader(text)
+        self._text = io.TextIOWrapper(self._file, encoding="utf-8", errors="replace", newline="")
+        reader = csv.DictReader(self._text)
         for row in reader:
             yield reader.line_num, _row_bytes(row)
 
@@ -70,7 +71,7 @@ class FileSource:
             if taken >= max_events:
                 break
         else:
-            self._exhausted = True
+            self.close()  # at the end: release the file right away
         self._consumed += taken
         return SourceBatch(events=events, dead_letters=dead, offsets={self._key: self._consumed})
 
@@ -83,8 +84,15 @@ class FileSource:
             self._consumed += 1
 
     def close(self) -> None:
-        self._file.close()
+        # Closing the text wrapper (CSV) closes the file beneath it too.
+        (self._text or self._file).close()
         self._exhausted = True
+
+    def __enter__(self) -> FileSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # A CSV row travels as the JSON of its column dict, so a dead letter keeps
