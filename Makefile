@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test test-unit protos clean
+.PHONY: setup demo test test-unit protos clean prometheus
 
 setup: $(VENV)/.installed
 
@@ -20,11 +20,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: setup
 	$(VENV)/bin/streamrec demo --duration $${DURATION:-60}
 
-test: setup
+test: setup prometheus
 	$(PY) -m pytest -q
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
+
+# Prometheus and promtool (from Debian's package) under .cache/ for the monitoring tests.
+prometheus:
+	bash scripts/install-prometheus.sh
 
 # Regenerate protos/*_pb2*.py after editing a .proto (tests fail when stale).
 protos: setup

@@ -1,0 +1,197 @@
+"""Monitoring on real parts: promtool on deploy/prometheus, then a real
+Prometheus server scraping a running `streamrec demo` with the alert rules
+loaded, and every dashboard query run against what it scraped.
+
+Prometheus and promtool come from scripts/install-prometheus.sh (`make test`
+runs it); without them these tests fail, they do not skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy_assets import (BUILTIN_SERIES, DEPLOY, ROOT, alert_rules, dashboard_exprs,
+                                 metric_names_in)
+from tests.integration.processes import free_port, start_cli, stop, wait_until
+
+pytestmark = pytest.mark.integration
+
+BIN = ROOT / ".cache" / "prometheus" / "bin"
+RULES = DEPLOY / "prometheus" / "alerts.yml"
+# The demo runs the trainer, the sync publisher and a serving replica, not Kafka.
+DEMO_COMPONENTS = ("streamrec_trainer_", "streamrec_sync_", "streamrec_serving_")
+
+
+def tool(name: str) -> Path:
+    path = BIN / name
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{path} is missing: run scripts/install-prometheus.sh (or `make prometheus`)")
+    return path
+
+
+def promtool(*args: str) -> str:
+    result = subprocess.run([str(tool("promtool")), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_config_and_rules() -> None:
+    assert "SUCCESS" in promtool("check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    out = promtool("check", "rules", str(RULES))
+    assert f"SUCCESS: {len(alert_rules())} rules found" in out
+
+
+def test_alert_rules_fire_when_they_should() -> None:
+    # deploy/prometheus/alerts.test.yml: synthetic series, expected alerts.
+    assert "SUCCESS" in promtool("test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yml"))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
+    """A running `streamrec demo`; yields its trainer and serving /metrics ports."""
+    tmp = tmp_path_factory.mktemp("demo")
+    log = tmp / "demo.log"
+    trainer_port = free_port()
+    proc = start_cli(["demo", "--duration", "120", "--rate", "2000",
+                      "--metrics-port", str(trainer_port), "--set", "trainer.threads=1"], log)
+
+    def serving_port() -> int | None:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        found = re.search(r"serving http://[\d.]+:(\d+)/metrics", log.read_text())
+        return int(found.group(1)) if found else None
+
+    try:
+        ports = {"trainer": trainer_port,
+                 "serving": wait_until("the demo to print its metrics URLs", serving_port,
+                                       timeout_s=90)}
+        yield ports
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def prometheus(demo: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping the demo every second, with deploy's alert rules."""
+    binary = tool("prometheus")
+    tmp = tmp_path_factory.mktemp("prometheus")
+    config = tmp / "prometheus.yml"
+    # JSON is YAML: no YAML writer needed.
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [
+            {"job_name": f"streamrec-{name}",
+             "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+            for name, port in demo.items()],
+    }))
+    port = free_port()
+    log = (tmp / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp / "prometheus.log").read_text()[-3000:]
+        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+            return r.status == 200
+
+    try:
+        wait_until("Prometheus to be ready", ready, timeout_s=60)
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
+def api(url: str, path: str, **params: str) -> Any:
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url}/api/v1/{path}{query}", timeout=10) as r:
+        body = json.loads(r.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def instant(url: str, expr: str) -> list[dict[str, Any]]:
+    return api(url, "query", query=expr)["result"]
+
+
+def value(url: str, expr: str) -> float:
+    result = instant(url, expr)
+    return float(result[0]["value"][1]) if result else float("nan")
+
+
+def test_prometheus_scrapes_the_running_demo(prometheus: str) -> None:
+    for job in ("streamrec-trainer", "streamrec-serving"):
+        wait_until(f"up{{job={job!r}}} == 1",
+                   lambda job=job: value(prometheus, f'up{{job="{job}"}}') == 1, timeout_s=60)
+    wait_until("Prometheus to see examples learned",
+               lambda: value(prometheus, "streamrec_trainer_examples_total") > 0, timeout_s=90)
+    wait_until("a non-zero examples rate",
+               lambda: value(prometheus, "sum(rate(streamrec_trainer_examples_total[5s]))") > 0,
+               timeout_s=30)
+    wait_until("the replica to serve a model version",
+               lambda: value(prometheus, "max(streamrec_serving_model_version)") > 0,
+               timeout_s=60)
+
+
+def test_alert_rules_load_and_evaluate_on_live_data(prometheus: str) -> None:
+    expected = {r["alert"] for r in alert_rules()}
+
+    def healthy_and_quiet() -> bool:
+        rules = {r["name"]: r for g in api(prometheus, "rules")["groups"] for r in g["rules"]}
+        assert set(rules) == expected, sorted(rules)
+        unhealthy = {name: (r["health"], r.get("lastError")) for name, r in rules.items()
+                     if r["health"] != "ok"}
+        assert not unhealthy, unhealthy
+        # The rules read the real series: a learning trainer is neither absent nor stalled.
+        states = {name: rules[name]["state"]
+                  for name in ("StreamrecTrainerAbsent", "StreamrecTrainerNotLearning")}
+        assert set(states.values()) == {"inactive"}, states
+        return True
+
+    wait_until("Prometheus to scrape the trainer",
+               lambda: value(prometheus, "streamrec_trainer_examples_total") > 0, timeout_s=90)
+    wait_until("every alert rule to evaluate healthy on live data", healthy_and_quiet,
+               timeout_s=30)
+
+
+def test_dashboard_queries_return_data_from_the_demo(prometheus: str) -> None:
+    wait_until("the replica to serve a model version",
+               lambda: value(prometheus, "max(streamrec_serving_model_version)") > 0,
+               timeout_s=90)
+    used = set().union(*(metric_names_in(e) for _, e in dashboard_exprs()),
+                       *(metric_names_in(r["expr"]) for r in alert_rules()))
+
+    def every_panel_has_data() -> bool:
+        scraped = set(api(prometheus, "label/__name__/values"))
+        # Names from the components the demo runs must be exactly what it exports.
+        missing = sorted(n for n in used - BUILTIN_SERIES
+                         if n.startswith(DEMO_COMPONENTS) and n not in scraped)
+        assert not missing, f"series the running demo does not export: {missing}"
+        empty = []
+        for title, expr in dashboard_exprs():
+            # $__rate_interval is Grafana's; 5 s is five scrapes here. A syntax
+            # error fails the query itself.
+            result = instant(prometheus, expr.replace("$__rate_interval", "5s"))
+            if metric_names_in(expr) <= scraped and not result:
+                empty.append((title, expr))
+        assert not empty, f"panels without data: {empty}"
+        return True
+
+    # Series labelled per push or per request appear with the first ones, and
+    # a rate needs two scrapes of them.
+    wait_until("every dashboard query over the demo's metrics to return data",
+               every_panel_has_data, timeout_s=30)
