@@ -172,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # every kernel library it loads) only from WARNING unless --verbose.
     for package in ("streamrec", "ingest", "trainer", "serving"):
         logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # torchrec's import trips a torch.fx notice about tracing APIs, not about us.
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     try:
         return int(args.func(args))
     except StreamrecError as e:
