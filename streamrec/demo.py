@@ -21,7 +21,7 @@ from ingest.iter_source import IteratorSource
 from serving.client import RecommenderClient
 from serving.replica import ModelReplica
 from serving.server import create_server
-from streamrec.config import AppConfig
+from streamrec.config import AppConfig, TableConfig
 from streamrec.synthetic import SyntheticStream, default
 from trainer.loop import LoopStats, TrainingLoop
 from trainer.metrics import TrainerMetrics
@@ -41,11 +41,19 @@ class DemoSummary:
 
 
 def demo_config(config: AppConfig) -> AppConfig:
-    """The demo's model reads the synthetic stream's side features."""
+    """The demo's model reads the synthetic stream's side features.
+
+    Unless the user configured tables, the demo turns on the frequency filter
+    and expiry (the stream carries 200 events per second of event time), so
+    the table rows it prints level off while new ids keep arriving.
+    """
     model = replace(config.model, sparse_features=["user_id", "item_id", "category", "country",
                                                    "hour"],
                     dense_features=["price"])
-    return replace(config, model=model, tables={})
+    tables = config.table_defaults
+    if tables == TableConfig():
+        tables = replace(tables, min_count=2, ttl_s=600.0)
+    return replace(config, model=model, table_defaults=tables, tables={})
 
 
 def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
