@@ -1,6 +1,8 @@
 """Monitoring on real parts: promtool on deploy/prometheus, then a real
-Prometheus server scraping a running `streamrec demo` with the alert rules
-loaded, and every dashboard query run against what it scraped.
+Prometheus server, with the alert rules loaded, scraping a running `streamrec
+demo` (trainer, sync, serving) and a `streamrec train` that runs
+deploy/streamrec.toml against a real Kafka-protocol broker (ingest); every
+dashboard query is run against what it scraped.
 
 Prometheus and promtool come from scripts/install-prometheus.sh (`make test`
 runs it); without them these tests fail, they do not skip.
@@ -12,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -22,14 +25,17 @@ import pytest
 
 from tests.deploy_assets import (BUILTIN_SERIES, DEPLOY, ROOT, alert_rules, dashboard_exprs,
                                  metric_names_in)
+from kafka import KafkaProducer
+
+from ingest.kafka_source import create_topics
+from streamrec.synthetic import default, write_jsonl
 from tests.integration.processes import free_port, start_cli, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
 BIN = ROOT / ".cache" / "prometheus" / "bin"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
-# The demo runs the trainer, the sync publisher and a serving replica, not Kafka.
-DEMO_COMPONENTS = ("streamrec_trainer_", "streamrec_sync_", "streamrec_serving_")
+EVENTS = 2000
 
 
 def tool(name: str) -> Path:
@@ -81,8 +87,45 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(demo: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prometheus scraping the demo every second, with deploy's alert rules."""
+def kafka_trainer(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[int]:
+    """`streamrec train` with deploy/streamrec.toml on a real broker; yields its /metrics port.
+
+    Only what must differ on a test machine is overridden: addresses, topic
+    names, the checkpoint directory and interval, and no replicas to push to.
+    """
+    tmp = tmp_path_factory.mktemp("kafka-trainer")
+    topic, dead_topic = "monitoring-events", "monitoring-dead-letters"
+    create_topics(kafka_broker, [topic, dead_topic], partitions=2)
+    events = tmp / "events.jsonl"
+    write_jsonl(events, EVENTS, default())
+    subprocess.run([sys.executable, "-m", "streamrec.cli", "replay", str(events), "--topic",
+                    topic, "--bootstrap-servers", kafka_broker, "--quiet"], cwd=ROOT,
+                   check=True, timeout=120)
+    # One event without a timestamp, from a producer that does not validate (replay does).
+    producer = KafkaProducer(bootstrap_servers=kafka_broker)
+    producer.send(topic, b'{"type": "example", "user_id": 1, "item_id": 2, "label": 1}').get(30)
+    producer.close()
+    port = free_port()
+    overrides = {"ingest.bootstrap_servers": kafka_broker, "ingest.topics": topic,
+                 "ingest.dead_letter_topic": dead_topic, "ingest.group_id": "monitoring",
+                 "trainer.checkpoint_dir": str(tmp / "ckpt"), "trainer.checkpoint_interval_s": 1,
+                 "trainer.threads": 1, "sync.replicas": "", "metrics.host": "127.0.0.1",
+                 "metrics.port": port}
+    args = ["train", "--config", str(DEPLOY / "streamrec.toml")]
+    for key, setting in overrides.items():
+        args += ["--set", f"{key}={setting}"]
+    proc = start_cli(args, tmp / "train.log")
+    try:
+        yield port
+    finally:
+        assert stop(proc) == 0, (tmp / "train.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def prometheus(demo: dict[str, int], kafka_trainer: int,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus scraping every process each second, with deploy's alert rules."""
     binary = tool("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     config = tmp / "prometheus.yml"
@@ -93,7 +136,7 @@ def prometheus(demo: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -
         "scrape_configs": [
             {"job_name": f"streamrec-{name}",
              "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for name, port in demo.items()],
+            for name, port in (*demo.items(), ("kafka-trainer", kafka_trainer))],
     }))
     port = free_port()
     log = (tmp / "prometheus.log").open("wb")
@@ -133,8 +176,8 @@ def value(url: str, expr: str) -> float:
     return float(result[0]["value"][1]) if result else float("nan")
 
 
-def test_prometheus_scrapes_the_running_demo(prometheus: str) -> None:
-    for job in ("streamrec-trainer", "streamrec-serving"):
+def test_prometheus_scrapes_every_process(prometheus: str) -> None:
+    for job in ("streamrec-trainer", "streamrec-serving", "streamrec-kafka-trainer"):
         wait_until(f"up{{job={job!r}}} == 1",
                    lambda job=job: value(prometheus, f'up{{job="{job}"}}') == 1, timeout_s=60)
     wait_until("Prometheus to see examples learned",
@@ -145,6 +188,10 @@ def test_prometheus_scrapes_the_running_demo(prometheus: str) -> None:
     wait_until("the replica to serve a model version",
                lambda: value(prometheus, "max(streamrec_serving_model_version)") > 0,
                timeout_s=60)
+    wait_until("the Kafka trainer to read every record",
+               lambda: value(prometheus, "sum(streamrec_ingest_records_total)") == EVENTS + 1,
+               timeout_s=90)
+    assert value(prometheus, 'streamrec_ingest_dead_letters_total{kind="missing_field"}') == 1
 
 
 def test_alert_rules_load_and_evaluate_on_live_data(prometheus: str) -> None:
@@ -168,25 +215,25 @@ def test_alert_rules_load_and_evaluate_on_live_data(prometheus: str) -> None:
                timeout_s=30)
 
 
-def test_dashboard_queries_return_data_from_the_demo(prometheus: str) -> None:
+def test_dashboard_queries_return_data(prometheus: str) -> None:
     wait_until("the replica to serve a model version",
                lambda: value(prometheus, "max(streamrec_serving_model_version)") > 0,
+               timeout_s=90)
+    wait_until("the Kafka trainer to commit offsets",
+               lambda: value(prometheus, 'sum(streamrec_ingest_commits_total{result="ok"})') > 0,
                timeout_s=90)
     used = set().union(*(metric_names_in(e) for _, e in dashboard_exprs()),
                        *(metric_names_in(r["expr"]) for r in alert_rules()))
 
     def every_panel_has_data() -> bool:
         scraped = set(api(prometheus, "label/__name__/values"))
-        # Names from the components the demo runs must be exactly what it exports.
-        missing = sorted(n for n in used - BUILTIN_SERIES
-                         if n.startswith(DEMO_COMPONENTS) and n not in scraped)
-        assert not missing, f"series the running demo does not export: {missing}"
+        missing = sorted(used - BUILTIN_SERIES - scraped)
+        assert not missing, f"series no running process exports: {missing}"
         empty = []
         for title, expr in dashboard_exprs():
             # $__rate_interval is Grafana's; 5 s is five scrapes here. A syntax
             # error fails the query itself.
-            result = instant(prometheus, expr.replace("$__rate_interval", "5s"))
-            if metric_names_in(expr) <= scraped and not result:
+            if not instant(prometheus, expr.replace("$__rate_interval", "5s")):
                 empty.append((title, expr))
         assert not empty, f"panels without data: {empty}"
         return True
