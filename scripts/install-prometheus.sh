@@ -4,6 +4,7 @@
 # Takes the two binaries out of Debian's `prometheus` package without
 # installing it: no system-wide files, no service started, no user created.
 # Idempotent, and instant when both binaries are already there and run.
+# PROMETHEUS_DIR=DIR puts them under DIR/bin instead.
 # Needs Debian/Ubuntu apt (dpkg-deb, apt-get); run as root on a fresh machine
 # so that `apt-get update` can fill an empty package list.
 set -euo pipefail
