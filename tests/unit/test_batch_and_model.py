@@ -56,7 +56,7 @@ def test_pooling_averages_each_examples_rows() -> None:
 
 def test_model_forward_backward_and_spec_round_trip() -> None:
     config = ModelConfig(sparse_features=["user_id", "item_id"], dense_features=["price"],
-                         embedding_dim=4, hidden=[8])
+                         embedding_dim=4, hidden=[8], history_features=[])
     model = CTRModel(config)
     pooled = torch.randn(6, 2, model.row_dim, requires_grad=True)
     dense = torch.randn(6, 1)
@@ -70,7 +70,7 @@ def test_model_forward_backward_and_spec_round_trip() -> None:
 
 
 def test_first_order_column_adds_linearly_to_the_logit() -> None:
-    model = CTRModel(ModelConfig(embedding_dim=3, hidden=[4]))
+    model = CTRModel(ModelConfig(embedding_dim=3, hidden=[4], history_features=[]))
     pooled = torch.zeros(1, 2, model.row_dim)
     base = model(pooled, torch.zeros(1, 0))
     pooled[0, 1, -1] = 0.7
