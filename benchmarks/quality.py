@@ -1,0 +1,197 @@
+"""Model quality on live streams: streamrec vs per-event learners vs offline training (issue 4).
+
+Every arm sees the same synthetic stream (fixed seed per preset, see
+streamrec/synthetic.py for each generator's parameters) with the same
+features — user_id, item_id, category, country, hour as categorical, log
+price as numeric — and is scored test-then-train: each event is predicted
+before it is learned. Reported: progressive AUC and logloss over the whole
+stream and over its last 20%, events/s, and the Bayes-optimal AUC of the
+stream (the generator knows every event's true click probability).
+
+Arms:
+- ``streamrec``          the default config (history features on, batch 256);
+- ``streamrec-plain``    the same without history features (plain mini-batch);
+- ``river-lr`` / ``river-fm``  River LogisticRegression / FMClassifier, event by event;
+- ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes),
+                         then scoring the last 20% frozen;
+- ``offline+online``     the same model continuing test-then-train on the last 20%;
+- ``item-ctr``           each item's smoothed click rate so far (the floor).
+
+    python -m benchmarks.quality              # ~10 min
+    python -m benchmarks.quality --quick      # ~2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks.report import format_table, write_result
+from ingest.batch import Batcher
+from ingest.event import Event
+from streamrec.config import load_config
+from streamrec.synthetic import PRESETS, SyntheticStream
+from trainer.progressive import ProgressiveMetrics, exact_auc
+from trainer.trainer import OnlineTrainer
+
+FEATURES = "user_id,item_id,category,country,hour"
+Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)
+
+
+def trainer(history: bool, batch: int) -> tuple[OnlineTrainer, Batcher]:
+    overrides = {"model.sparse_features": FEATURES, "model.dense_features": "price",
+                 "trainer.batch_size": str(batch)}
+    if not history:
+        overrides["model.history_features"] = ""
+    config = load_config(env={}, overrides=overrides)
+    return OnlineTrainer(config), Batcher(config.model.sparse_features,
+                                          config.model.dense_features)
+
+
+def online(events: list[Event], t: OnlineTrainer, b: Batcher, batch: int) -> list[float]:
+    probs: list[float] = []
+    for start in range(0, len(events), batch):
+        probs += t.train_batch(b.build(events[start:start + batch])).probs.tolist()
+    return probs
+
+
+def arm_streamrec(events: list[Event], args: argparse.Namespace, history: bool) -> Scored:
+    t, b = trainer(history, args.batch)
+    started = time.perf_counter()
+    probs = online(events, t, b, args.batch)
+    return probs, time.perf_counter() - started
+
+
+def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: bool) -> Scored:
+    t, b = trainer(True, args.batch)
+    split = int(len(events) * 0.8)
+    started = time.perf_counter()
+    probs = online(events[:split], t, b, args.batch)  # epoch 1 (its scores are test-then-train)
+    for _ in range(args.epochs - 1):
+        online(events[:split], t, b, args.batch)
+    tail = events[split:]
+    if continue_online:
+        probs += online(tail, t, b, args.batch)
+    else:
+        for start in range(0, len(tail), args.batch):
+            probs += t.predict(b.build(tail[start:start + args.batch])).tolist()
+    return probs, time.perf_counter() - started
+
+
+def river_features(e: Event) -> dict[str, float]:
+    x = {f"user={e.user_id}": 1.0, f"item={e.item_id}": 1.0}
+    for name in ("category", "country", "hour"):
+        for v in e.features.get(name, ()):
+            x[f"{name}={v}"] = 1.0
+    price = e.features.get("price", (0.0,))[0]
+    x["log_price"] = math.log1p(float(price))
+    return x
+
+
+def arm_river(events: list[Event], args: argparse.Namespace, kind: str) -> Scored:
+    from river import facto, linear_model, optim
+
+    if kind == "lr":
+        model: Any = linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+    else:
+        model = facto.FMClassifier(n_factors=8, seed=args.seed)
+    probs = []
+    started = time.perf_counter()
+    for e in events:
+        x = river_features(e)
+        probs.append(model.predict_proba_one(x).get(True, 0.5))
+        model.learn_one(x, bool(e.label))
+    return probs, time.perf_counter() - started
+
+
+def arm_item_ctr(events: list[Event], args: argparse.Namespace) -> Scored:
+    counts: dict[int, list[float]] = {}
+    clicks = seen = 0.0
+    probs = []
+    started = time.perf_counter()
+    for e in events:
+        prior = (clicks + 1) / (seen + 10)
+        n, c = counts.get(e.item_id, (0.0, 0.0))
+        probs.append((c + 10 * prior) / (n + 10))
+        counts[e.item_id] = [n + 1, c + (e.label or 0.0)]
+        seen += 1
+        clicks += e.label or 0.0
+    return probs, time.perf_counter() - started
+
+
+ARMS: dict[str, Callable[[list[Event], argparse.Namespace], Scored]] = {
+    "streamrec": lambda ev, a: arm_streamrec(ev, a, history=True),
+    "streamrec-plain": lambda ev, a: arm_streamrec(ev, a, history=False),
+    "river-lr": lambda ev, a: arm_river(ev, a, "lr"),
+    "river-fm": lambda ev, a: arm_river(ev, a, "fm"),
+    "offline-frozen": lambda ev, a: arm_offline(ev, a, continue_online=False),
+    "offline+online": lambda ev, a: arm_offline(ev, a, continue_online=True),
+    "item-ctr": arm_item_ctr,
+}
+
+
+def figures(probs: list[float], labels: torch.Tensor) -> dict[str, float]:
+    p = torch.tensor(probs, dtype=torch.float64)
+    tail = int(len(probs) * 0.8)
+    out = {}
+    for name, sl in (("", slice(None)), ("_last20", slice(tail, None))):
+        m = ProgressiveMetrics(window=1)
+        m.update(p[sl], labels[sl])
+        out["auc" + name] = m.auc
+        out["logloss" + name] = m.logloss
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="20k events per stream")
+    p.add_argument("--events", type=int, default=60_000)
+    p.add_argument("--presets", default="drifting,bursty_new_users,popularity_churn,"
+                                        "dense_vs_sparse_users")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3, help="offline passes over the first 80%%")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.events = 20_000
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {}
+    for preset in args.presets.split(","):
+        pairs = list(SyntheticStream(PRESETS[preset]()).events_with_truth(args.events))
+        events = [e for e, _ in pairs]
+        labels = torch.tensor([e.label or 0.0 for e in events], dtype=torch.float64)
+        oracle = exact_auc(torch.tensor([q for _, q in pairs]), labels)
+        rows, per_arm = [], {}
+        for arm in args.arms.split(","):
+            print(f"{preset}: {arm} ...", file=sys.stderr, flush=True)
+            probs, seconds = ARMS[arm](events, args)
+            fig = figures(probs, labels)
+            fig["events_per_s"] = len(events) / seconds
+            per_arm[arm] = fig
+        fm_speed = per_arm.get("river-fm", {}).get("events_per_s")
+        for arm, fig in per_arm.items():
+            rows.append([arm, round(fig["auc"], 4), round(fig["auc_last20"], 4),
+                         round(fig["logloss"], 4), round(fig["logloss_last20"], 4),
+                         fig["events_per_s"],
+                         round(fig["events_per_s"] / fm_speed, 1) if fm_speed else "-"])
+        print(f"\n{preset}: {args.events:,} events, Bayes-optimal AUC {oracle:.4f}, "
+              f"torch threads {args.threads}")
+        print(format_table(["arm", "AUC", "AUC last 20%", "logloss", "logloss last 20%",
+                            "events/s", "x river-fm"], rows))
+        results[preset] = {"oracle_auc": oracle, "arms": per_arm}
+    write_result("quality" + ("_quick" if args.quick else ""),
+                 {"args": vars(args), "threads": args.threads, "streams": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
