@@ -9,6 +9,7 @@ import torch
 
 from streamrec.config import TableConfig
 from trainer.tables.base import EmbeddingTable
+from trainer.tables.filter import FrequencyFilter
 from trainer.tables.sharded import ShardedEmbeddingTable
 from trainer.tables.table import DynamicEmbeddingTable
 
@@ -229,3 +230,22 @@ def test_prune_sweep_frees_rows_under_the_threshold(make: Factory) -> None:
     assert table.stats.pruned == 5 and table.stats.evicted == 0
     _, _, tombstones = table.collect_delta()
     assert sorted(tombstones.tolist()) == [5, 6, 7, 8, 9]
+
+
+def test_filter_sketch_adds_every_sighting_even_when_ids_share_a_slot() -> None:
+    # A 64-slot sketch with 500 distinct ids: most slots are shared within one
+    # call, and every sighting must land in each row's counter for its slot
+    # (before the periodic halving that ages the counts).
+    sketch = FrequencyFilter(min_count=3, width=64, depth=2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        ids = torch.unique(torch.randint(-2**40, 2**40, (500,), generator=gen))
+        counts = torch.randint(1, 4, ids.shape, generator=gen)
+        expected = sketch.counts.to(torch.int64)
+        slots = sketch._slots(ids)
+        for d in range(2):
+            expected[d].index_add_(0, slots[d], counts)
+        admit = sketch.observe(ids, counts)
+        # Count-min never under-counts: whatever was seen min_count times is in.
+        assert bool(admit[counts >= 3].all())
+        assert torch.equal(sketch.counts.to(torch.int64), expected // 2)  # halved: > width
