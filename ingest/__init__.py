@@ -1,4 +1,8 @@
-"""Ingestion: decode and validate events, read them from sources, join, batch."""
+"""Ingestion: decode and validate events, read them from sources, join, batch.
+
+``replay`` (file -> Kafka topic) stays in :mod:`ingest.replay`, so the package
+attribute keeps naming the module.
+"""
 
 from ingest.batch import Batch, Batcher
 from ingest.deadletter import (
@@ -7,12 +11,19 @@ from ingest.deadletter import (
     KafkaDeadLetterSink,
     MemoryDeadLetterSink,
 )
-from ingest.decode import decode_csv_row, decode_json, decode_protobuf, decode_value, \
-    encode_json, encode_protobuf
+from ingest.decode import (
+    decode_csv_row,
+    decode_json,
+    decode_protobuf,
+    decode_value,
+    encode_json,
+    encode_protobuf,
+)
 from ingest.event import Event
 from ingest.file_source import FileSource
 from ingest.iter_source import IteratorSource
 from ingest.joiner import Joiner
+from ingest.kafka_source import KafkaSource, create_topics
 from ingest.metrics import IngestMetrics
 from ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
 
@@ -29,9 +40,11 @@ __all__ = [
     "IteratorSource",
     "Joiner",
     "KafkaDeadLetterSink",
+    "KafkaSource",
     "MemoryDeadLetterSink",
     "MemorySource",
     "SourceBatch",
+    "create_topics",
     "decode_csv_row",
     "decode_json",
     "decode_protobuf",

@@ -69,7 +69,10 @@ class FileDeadLetterSink:
 
 
 class KafkaDeadLetterSink:
-    """Produces each rejected record, unchanged, to a dead-letter topic with the reason in headers."""
+    """Produces each rejected record, unchanged, to a dead-letter topic, with the reason in headers.
+
+    Value: the raw bytes; headers: ``kind``, ``reason`` (first 1 KiB), ``origin``.
+    """
 
     def __init__(self, bootstrap_servers: list[str], topic: str) -> None:
         from kafka import KafkaProducer

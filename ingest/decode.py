@@ -6,6 +6,12 @@ Every decoder returns an :class:`~ingest.event.Event` or raises
 ``too_large``) and whose message names the field. Nothing else escapes, so a
 source can turn any record into either an event or a dead letter.
 
+Choices worth knowing: booleans are rejected wherever a number is expected
+(``wrong_type``: JSON ``true`` is not an id or a price); ``label`` is required
+for ``example`` events, and on other types it is validated and kept but has no
+effect (the joiner labels impressions from actions); unknown top-level keys
+are ignored so producers can add fields first.
+
 The JSON form (see README, "Event format")::
 
     {"type": "example", "label": 1, "user_id": 42, "item_id": 7,
@@ -150,6 +156,7 @@ def event_from_dict(data: Any) -> Event:
 
 
 def decode_json(raw: bytes | str) -> Event:
+    """One JSON object (see the module docstring), at most :data:`MAX_EVENT_BYTES`."""
     if len(raw) > MAX_EVENT_BYTES:
         raise DecodeError(f"event of {len(raw)} bytes, over the {MAX_EVENT_BYTES} limit",
                           "too_large")
@@ -161,6 +168,13 @@ def decode_json(raw: bytes | str) -> Event:
 
 
 def decode_protobuf(raw: bytes) -> Event:
+    """A ``streamrec.events.Event`` message, validated like JSON.
+
+    proto3 scalars carry no presence bit: an unset ``timestamp_ms`` (0) is
+    reported missing, while an unset ``user_id``/``item_id`` reads as id 0.
+    The wire ids are ``sint64``, so producers hash string ids themselves with
+    :func:`ingest.ids.hash_id`.
+    """
     if len(raw) > MAX_EVENT_BYTES:
         raise DecodeError(f"event of {len(raw)} bytes, over the {MAX_EVENT_BYTES} limit",
                           "too_large")
@@ -245,10 +259,12 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 
 def encode_json(event: Event) -> bytes:
+    """Compact JSON that :func:`decode_json` turns back into an equal event."""
     return json.dumps(event_to_dict(event), separators=(",", ":")).encode()
 
 
 def encode_protobuf(event: Event) -> bytes:
+    """The protobuf form; decoding regroups each feature's values as strings, ids, numbers."""
     msg = event_pb2.Event(type=event.type, user_id=event.user_id, item_id=event.item_id,
                           timestamp_ms=event.timestamp_ms, request_id=event.request_id,
                           event_id=event.event_id)

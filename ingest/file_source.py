@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import os
 from collections.abc import Iterator, Mapping
 
 from ingest.decode import decode_csv_row
+from ingest.event import Event
 from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter, SourceBatch, decode_records
-from streamrec.errors import DecodeError
+from ingest.source import SourceBatch, decode_records
 
 __all__ = ["FileSource"]
 
@@ -52,27 +53,15 @@ class FileSource:
             yield reader.line_num, _row_bytes(row)
 
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
-        events, dead = [], []
-        taken = 0
-        for number, raw in self._lines:
-            taken += 1
-            origin = f"{self.path}:{number}"
-            if self._csv:
-                try:
-                    events.append(decode_csv_row(_bytes_row(raw)))
-                except DecodeError as e:
-                    dead.append(DeadLetter(raw=raw, kind=e.kind, reason=str(e), origin=origin))
-                    if self._metrics is not None:
-                        self._metrics.dead_letters.labels(e.kind).inc()
-            else:
-                good, bad = decode_records([(raw, origin)], self._format, self._metrics, "file")
-                events.extend(good)
-                dead.extend(bad)
-            if taken >= max_events:
-                break
-        else:
+        if self._exhausted:  # at EOF, or closed
+            return SourceBatch(events=[], offsets={self._key: self._consumed})
+        lines = list(itertools.islice(self._lines, max(0, max_events)))
+        if max_events > 0 and len(lines) < max_events:
             self.close()  # at the end: release the file right away
-        self._consumed += taken
+        events, dead = decode_records(
+            [(raw, f"{self.path}:{number}") for number, raw in lines], self._format,
+            self._metrics, "file", decode=_decode_csv if self._csv else None)
+        self._consumed += len(lines)
         return SourceBatch(events=events, dead_letters=dead, offsets={self._key: self._consumed})
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
@@ -80,7 +69,8 @@ class FileSource:
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         target = offsets.get(self._key, 0)
-        while self._consumed < target and next(self._lines, None) is not None:
+        while (not self._exhausted and self._consumed < target
+               and next(self._lines, None) is not None):
             self._consumed += 1
 
     def close(self) -> None:
@@ -101,8 +91,8 @@ def _row_bytes(row: Mapping[str | None, object]) -> bytes:
     return json.dumps({("" if k is None else k): v for k, v in row.items()}).encode()
 
 
-def _bytes_row(raw: bytes) -> dict[str | None, str | None]:
+def _decode_csv(raw: bytes) -> Event:
     data = json.loads(raw)
     if "" in data:  # csv.DictReader's key for surplus values
         data[None] = data.pop("")
-    return data
+    return decode_csv_row(data)

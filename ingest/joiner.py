@@ -6,13 +6,20 @@ configured type (click, like, ...). The first such action within
 once; an impression still unmatched when the event-time watermark (the
 newest timestamp seen) passes its timestamp + window is emitted as a
 negative. Negatives may be down-sampled: each is kept with probability
-``rate``, decided by a hash of (seed, request_id, item_id) so a replay makes
-the same choices, and kept ones carry ``sample_rate = rate`` so the trainer
+``rate``, decided by a hash of (seed, request_id, user_id, item_id) so a
+replay makes the same choices, and kept ones carry ``sample_rate = rate`` so the trainer
 corrects the logit by ``-log(rate)``.
 
 Labeled ``example`` events pass straight through. Actions with no pending
 impression, and event types that are neither, are counted and dropped.
-Impressions without a ``request_id`` are keyed by ``(user_id, item_id)``.
+Impressions without a ``request_id`` are keyed by ``(user_id, item_id)``; a
+repeated impression of a pending key is counted and dropped.
+
+Expiry follows arrival order: impressions leave from the front of the queue,
+so one that arrives late (older than impressions already pending) waits until
+those before it expire. At most ``max_pending`` impressions wait; beyond that
+the oldest is emitted early as a negative (counted as ``overflow``), which
+bounds memory when actions stop arriving or timestamps jump.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ def _key(event: Event) -> Key:
 
 
 class Joiner:
+    """Turns impressions and actions into labeled examples; see the module docstring.
+
+    ``push`` and ``flush`` return ``example`` events: positives carry
+    ``label=1.0`` and ``sample_rate=1.0``, kept negatives ``label=0.0`` and
+    ``sample_rate=rate``. Not thread-safe: one loop thread owns it.
+    """
+
     def __init__(self, action_types: Iterable[str], window_s: float, rate: float = 1.0,
                  seed: int = 0, metrics: IngestMetrics | None = None,
                  max_pending: int = 1_000_000) -> None:
@@ -44,6 +58,8 @@ class Joiner:
             raise ValueError(f"window_s={window_s}: must be > 0")
         if not 0 < rate <= 1:
             raise ValueError(f"rate={rate}: must be in (0, 1]")
+        if max_pending < 1:
+            raise ValueError(f"max_pending={max_pending}: must be >= 1")
         self.action_types = frozenset(action_types)
         self.window_ms = int(window_s * 1000)
         self.rate = rate

@@ -44,6 +44,10 @@ class KafkaSource:
         self.config = config
         self.metrics = metrics
         self._seek_to: dict[tuple[str, int], int] = {}
+        # Lag as of the last poll. Prometheus scrapes from its own thread and
+        # KafkaConsumer is not thread-safe (position() may talk to the
+        # coordinator), so the polling thread measures and the scrape reads.
+        self._lag: dict[tuple[str, int], int] = {}
         self._consumer = KafkaConsumer(
             bootstrap_servers=config.bootstrap_servers,
             group_id=config.group_id,
@@ -82,6 +86,8 @@ class KafkaSource:
                 records.append((m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}"))
                 offsets[(tp.topic, tp.partition)] = m.offset + 1
         events, dead = decode_records(records, self.config.value_format, self.metrics, "kafka")
+        if self.metrics is not None:
+            self._lag = self._measure_lag()
         return SourceBatch(events=events, dead_letters=dead, offsets=offsets)
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
@@ -103,14 +109,23 @@ class KafkaSource:
             self.metrics.commits.labels("ok").inc()
 
     def lag(self) -> dict[tuple[str, int], int]:
-        """Records between each owned partition's position and its high watermark."""
+        """Records between each owned partition's position and its high watermark.
+
+        As of the last :meth:`poll` (measured only when metrics are attached);
+        partitions not fetched yet have no known high watermark and are absent.
+        Safe to call from another thread.
+        """
+        return dict(self._lag)
+
+    def _measure_lag(self) -> dict[tuple[str, int], int]:
         out = {}
         for tp in self._consumer.assignment():
             high = self._consumer.highwater(tp)
             if high is None:
                 continue
             try:
-                position = self._consumer.position(tp, timeout_ms=100)
+                # Known locally once fetching started; 0 ms never blocks the loop.
+                position = self._consumer.position(tp, timeout_ms=0)
             except KafkaError:
                 continue
             if position is not None:
@@ -118,6 +133,9 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.unwatch_lag(self.lag)
+        self._lag = {}
         self._consumer.close(autocommit=False)
 
 

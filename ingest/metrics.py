@@ -10,7 +10,10 @@ from prometheus_client.registry import Collector
 
 from streamrec.errors import DecodeError
 
-__all__ = ["IngestMetrics"]
+__all__ = ["IngestMetrics", "SOURCES"]
+
+# The ``source`` label values: KafkaSource, FileSource and MemorySource.
+SOURCES = ("kafka", "file", "memory")
 
 Lag = Callable[[], dict[tuple[str, int], int]]
 
@@ -23,7 +26,7 @@ class _LagCollector(Collector):
         lag = GaugeMetricFamily("streamrec_ingest_consumer_lag_records",
                                 "Records behind the partition's high watermark",
                                 labels=["topic", "partition"])
-        for read in self.sources:
+        for read in list(self.sources):  # a source may close meanwhile
             for (topic, partition), n in read().items():
                 lag.add_metric([topic, str(partition)], n)
         yield lag
@@ -38,6 +41,9 @@ class IngestMetrics:
                                ["source"], registry=registry)
         self.bytes = Counter("streamrec_ingest_bytes_total", "Bytes of records read",
                              ["source"], registry=registry)
+        for source in SOURCES:
+            self.records.labels(source)
+            self.bytes.labels(source)
         self.dead_letters = Counter("streamrec_ingest_dead_letters_total",
                                     "Records rejected, by reason", ["kind"], registry=registry)
         for kind in DecodeError.KINDS:
@@ -63,5 +69,10 @@ class IngestMetrics:
         registry.register(self._lag)
 
     def watch_lag(self, read: Lag) -> None:
-        """Report ``read()``'s per-partition lag at every scrape."""
+        """Report ``read()``'s per-partition lag at every scrape (from the scrape thread)."""
         self._lag.sources.append(read)
+
+    def unwatch_lag(self, read: Lag) -> None:
+        """Stop reporting ``read`` (its source closed)."""
+        if read in self._lag.sources:
+            self._lag.sources.remove(read)

@@ -7,7 +7,7 @@ training loop can checkpoint exactly what it has learned from.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -60,16 +60,22 @@ class EventSource(Protocol):
 
 
 def decode_records(records: Iterable[tuple[bytes, str]], value_format: str,
-                   metrics: IngestMetrics | None = None, source: str = "memory"
+                   metrics: IngestMetrics | None = None, source: str = "memory",
+                   decode: Callable[[bytes], Event] | None = None
                    ) -> tuple[list[Event], list[DeadLetter]]:
-    """Decode ``(raw, origin)`` records into events, and dead letters for the rest."""
+    """Decode ``(raw, origin)`` records into events, and dead letters for the rest.
+
+    ``decode`` replaces :func:`~ingest.decode.decode_value` (CSV rows); it must
+    raise only :class:`~streamrec.errors.DecodeError`. Counts records, bytes
+    and dead letters by kind on ``metrics`` under the ``source`` label.
+    """
     events: list[Event] = []
     dead: list[DeadLetter] = []
     size = 0
     for raw, origin in records:
         size += len(raw)
         try:
-            events.append(decode_value(raw, value_format))
+            events.append(decode(raw) if decode is not None else decode_value(raw, value_format))
         except DecodeError as e:
             dead.append(DeadLetter(raw=raw, kind=e.kind, reason=str(e), origin=origin))
     if metrics is not None:

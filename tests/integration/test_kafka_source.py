@@ -6,27 +6,32 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
 
+from ingest.deadletter import KafkaDeadLetterSink
 from ingest.decode import encode_json, encode_protobuf
 from ingest.kafka_source import KafkaSource, create_topics
+from ingest.metrics import IngestMetrics
 from ingest.replay import replay
-from ingest.source import SourceBatch
+from ingest.source import DeadLetter, SourceBatch
 from streamrec.config import IngestConfig
 from streamrec.synthetic import SyntheticStream, default, write_jsonl
 
 pytestmark = pytest.mark.integration
 
 
-def source(broker: str, topic: str, group: str) -> KafkaSource:
+def source(broker: str, topic: str, group: str, metrics: IngestMetrics | None = None
+           ) -> KafkaSource:
     return KafkaSource(IngestConfig(bootstrap_servers=[broker], topics=[topic], group_id=group,
-                                    session_timeout_ms=6000, poll_timeout_ms=500))
+                                    session_timeout_ms=6000, poll_timeout_ms=500), metrics)
 
 
-def drain(src: KafkaSource, want: int, polls: int = 60) -> SourceBatch:
+def drain(src: KafkaSource, want: int, polls: int = 60, max_events: int = 1000) -> SourceBatch:
     out = SourceBatch(events=[])
     for _ in range(polls):
-        got = src.poll(1000, 0.5)
+        got = src.poll(max_events, 0.5)
         out.events += got.events
         out.dead_letters += got.dead_letters
         out.offsets.update(got.offsets)
@@ -46,14 +51,31 @@ def test_consume_route_bad_records_commit_and_resume(kafka_broker: str) -> None:
     producer.send(topic, key=b"x", value=b'{"type": "click", "user_id": 1}')
     producer.flush()
 
-    first = source(kafka_broker, topic, group)
-    got = drain(first, 101)
+    registry = CollectorRegistry()
+    first = source(kafka_broker, topic, group, IngestMetrics(registry))
+
+    def lag() -> dict[str, float]:
+        return {s.labels["partition"]: s.value for m in registry.collect()
+                if m.name == "streamrec_ingest_consumer_lag_records" for s in m.samples}
+
+    got = drain(first, 1, max_events=5)
+    assert sum(lag().values()) > 0  # fetched, not yet returned
+    rest_of_first = drain(first, 101 - len(got.events) - len(got.dead_letters))
+    got.events += rest_of_first.events
+    got.dead_letters += rest_of_first.dead_letters
+    got.offsets.update(rest_of_first.offsets)
+    assert lag() == {"0": 0, "1": 0}
+    assert registry.get_sample_value("streamrec_ingest_records_total", {"source": "kafka"}) == 101
+    assert registry.get_sample_value("streamrec_ingest_dead_letters_total",
+                                     {"kind": "missing_field"}) == 1
     assert sorted(e.event_id for e in got.events) == sorted(e.event_id for e in events[:100])
     assert [d.kind for d in got.dead_letters] == ["missing_field"]
     assert got.dead_letters[0].origin.startswith(f"{topic}/")
     assert sum(got.offsets.values()) == 101  # next offset per partition covers everything
     first.commit(got.offsets)
+    assert registry.get_sample_value("streamrec_ingest_commits_total", {"result": "ok"}) == 1
     first.close()
+    assert lag() == {}  # a closed source reports nothing
 
     for e in events[100:]:
         producer.send(topic, key=str(e.user_id).encode(), value=encode_json(e))
@@ -87,3 +109,22 @@ def test_replay_produces_a_file_for_the_trainer_to_consume(kafka_broker: str,
     got = drain(src, 300)
     src.close()
     assert [e.event_id for e in got.events] == [f"e{i}" for i in range(300)]
+
+
+def test_kafka_dead_letter_sink_keeps_the_raw_record_and_the_reason(kafka_broker: str) -> None:
+    topic = f"dead-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_broker, [topic], partitions=1)
+    letters = [DeadLetter(raw=b"\xff\x00 not an event", kind="malformed", reason="not JSON",
+                          origin="events/0@17"),
+               DeadLetter(raw=b'{"type": "click"}', kind="missing_field",
+                          reason="missing field 'user_id'", origin="events/1@3")]
+    sink = KafkaDeadLetterSink([kafka_broker], topic)
+    sink.put(letters)
+    sink.close()  # flushes
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=5000)
+    consumer.assign([TopicPartition(topic, 0)])
+    got = [(m.value, dict(m.headers)) for _, m in zip(range(2), consumer)]
+    consumer.close()
+    assert got == [(d.raw, {"kind": d.kind.encode(), "reason": d.reason.encode(),
+                            "origin": d.origin.encode()}) for d in letters]

@@ -54,10 +54,14 @@ def test_csv_files_decode_like_jsonl(tmp_path: Path) -> None:
     path.write_text("type,user_id,item_id,timestamp_ms,label,f.country,f.tags\n"
                     "example,1,7,1700000000000,1,fr,a|b\n"
                     "example,2,8,not-a-time,0,de,c\n")
-    batch = FileSource(path).poll(10, 0)
+    registry = CollectorRegistry()
+    batch = FileSource(path, metrics=IngestMetrics(registry)).poll(10, 0)
     assert [(e.user_id, e.features["tags"]) for e in batch.events] == [(1, ("a", "b"))]
     assert batch.dead_letters[0].kind == "wrong_type"
     assert batch.dead_letters[0].origin == f"{path}:3"
+    get = registry.get_sample_value
+    assert get("streamrec_ingest_records_total", {"source": "file"}) == 2
+    assert get("streamrec_ingest_dead_letters_total", {"kind": "wrong_type"}) == 1
 
 
 def test_memory_source_accepts_json_protobuf_and_events() -> None:
