@@ -212,10 +212,13 @@ class DynamicArm(Arm):
         super().__init__(args, names)
         from streamrec.config import TableConfig
         from trainer.embedding import DynamicEmbeddingCollection
-        from trainer.tables.base import make_table
+        from trainer.tables.base import make_table, make_tables
         config = TableConfig(min_count=args.min_count, ttl_s=args.ttl_s, shards=args.shards,
                              initial_capacity=args.initial_capacity, lr=args.lr)
-        self.tables = {n: make_table(n, args.dim, config, seed=args.seed) for n in names}
+        if args.per_feature:
+            self.tables = {n: make_table(n, args.dim, config, seed=args.seed) for n in names}
+        else:  # what the trainer builds: one TableGroup for tables sharing a config
+            self.tables = make_tables(names, args.dim, lambda _: config, seed=args.seed)
         self.ec = DynamicEmbeddingCollection(self.tables)
         self.last_sync = time.monotonic()
         self.synced_rows: list[int] = []
@@ -305,6 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--event-s-per-step", type=float, default=1.0,
                    help="event time one batch covers")
     p.add_argument("--shards", type=int, default=1, help="dynamic arm: shards per table")
+    p.add_argument("--per-feature", action="store_true",
+                   help="dynamic arm: one table per feature instead of one fused TableGroup")
     p.add_argument("--initial-capacity", type=int, default=1 << 16, help="dynamic arm: rows")
     p.add_argument("--sync-interval-s", type=float, default=1.0,
                    help="dynamic arm: wall seconds between collect_delta() calls")

@@ -3,8 +3,14 @@
 The dynamic-table counterpart of TorchRec's EmbeddingBagCollection: one
 :class:`EmbeddingTable` per feature, mean pooling, and a sparse optimizer step
 that touches only the rows a batch used. Autograd sees one small leaf tensor
-per feature (the batch's unique rows), never the whole table, so a step
+per table group (the batch's unique rows), never the whole table, so a step
 costs O(ids in the batch), whatever the table size.
+
+Tables that are views of one :class:`~trainer.tables.group.TableGroup` (what
+``make_tables`` builds for features sharing a config) are handled together:
+one dedup, one lookup, one pooling and one update for all of them, as fbgemm's
+TableBatchedEmbeddingBags does for static tables. Other tables (sharded,
+distributed) go feature by feature.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.model import pool_features
 from trainer.tables.base import EmbeddingTable
+from trainer.tables.group import GroupTableView, TableGroup
+from trainer.tables.table import _SWEEP_ROWS
 
 __all__ = ["DynamicEmbeddingCollection"]
 
@@ -31,12 +39,20 @@ class DynamicEmbeddingCollection:
                  prune_alpha: Mapping[str, float] | None = None) -> None:
         self.tables = dict(tables)
         self.features = list(self.tables)
-        self._leaves: list[tuple[EmbeddingTable, torch.Tensor, torch.Tensor]] = []
+        self._leaves: list[tuple[EmbeddingTable | TableGroup, torch.Tensor, torch.Tensor]] = []
         # OptEmbed (Lyu et al., CIKM 2022): one learnable threshold per pruned
         # feature on its rows' L1 norm, starting at 0 (nothing pruned).
         self.prune_alpha = {f: a for f, a in (prune_alpha or {}).items() if a > 0}
         self._pruned_index = {f: i for i, f in enumerate(self.prune_alpha)}
         self.thresholds = torch.nn.Parameter(torch.zeros(len(self.prune_alpha)))
+        # Features by the group that holds their tables; the rest go one by one.
+        self._groups: dict[int, tuple[TableGroup, list[str]]] = {}
+        self._single: list[str] = []
+        for f, table in self.tables.items():
+            if isinstance(table, GroupTableView):
+                self._groups.setdefault(id(table.group), (table.group, []))[1].append(f)
+            else:
+                self._single.append(f)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Dense parameters to train with the model's optimizer (the thresholds)."""
@@ -61,19 +77,72 @@ class DynamicEmbeddingCollection:
     def forward(self, sparse: KeyedJaggedTensor, now_ms: int, train: bool = True) -> torch.Tensor:
         """``[B, F, dim]`` mean-pooled rows; with ``train`` ids are admitted and rows refreshed."""
         self._leaves = []
+        pooled: dict[str, torch.Tensor] = {}
+        for group, features in self._groups.values():
+            fused = self._group_forward(group, features, sparse, now_ms, train)
+            pooled.update(zip(features, fused.unbind(0)))
+        if self._single:
+            def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
+                table = self.tables[feature]
+                unique, inverse, counts = torch.unique(ids, return_inverse=True,
+                                                       return_counts=True)
+                rows = table.lookup(unique, counts, now_ms=now_ms, train=train)
+                leaf = table.read(rows)
+                if train:
+                    leaf.requires_grad_(True)
+                    self._leaves.append((table, rows, leaf))
+                values = self._prune(feature, leaf) if feature in self._pruned_index else leaf
+                return values[inverse]
 
-        def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
-            table = self.tables[feature]
-            unique, inverse, counts = torch.unique(ids, return_inverse=True, return_counts=True)
-            rows = table.lookup(unique, counts, now_ms=now_ms, train=train)
-            leaf = table.read(rows)
-            if train:
-                leaf.requires_grad_(True)
-                self._leaves.append((table, rows, leaf))
-            values = self._prune(feature, leaf) if feature in self._pruned_index else leaf
-            return values[inverse]
+            single = pool_features(sparse, self._single, lookup)
+            pooled.update(zip(self._single, single.unbind(1)))
+        return torch.stack([pooled[f] for f in self.features], dim=1)
 
-        return pool_features(sparse, self.features, lookup)
+    def _group_forward(self, group: TableGroup, features: list[str], sparse: KeyedJaggedTensor,
+                       now_ms: int, train: bool) -> torch.Tensor:
+        """``[len(features), B, dim]``: one dedup, lookup and pooling for all ``features``."""
+        batch = sparse.stride()
+        keys = sparse.keys()
+        position = {k: i for i, k in enumerate(keys)}
+        lengths = sparse.lengths().to(torch.int64).view(len(keys), batch)
+        if features == keys:
+            ids, lengths = sparse.values(), lengths.reshape(-1)
+        else:
+            at = [position[f] for f in features]
+            ends = torch.cumsum(lengths.sum(dim=1), 0).tolist()
+            ids = torch.cat([sparse.values()[(ends[i - 1] if i else 0): ends[i]] for i in at])
+            lengths = lengths[at].reshape(-1)
+        per_feature = lengths.view(len(features), batch).sum(dim=1)
+        tags = torch.repeat_interleave(
+            torch.tensor([group.tag_of[f] for f in features], dtype=torch.int64), per_feature)
+        # Unique (tag, id) pairs without packing both into one int64 (ids use
+        # all 64 bits): dedup ids, then pairs of (id's rank, tag), exactly.
+        n_tags = len(group.names)
+        unique_ids, id_rank = torch.unique(ids, return_inverse=True)
+        pairs, inverse, counts = torch.unique(id_rank * n_tags + tags, return_inverse=True,
+                                              return_counts=True)
+        pair_ids, pair_tags = unique_ids[pairs // n_tags], pairs % n_tags
+        rows = group.lookup(pair_tags, pair_ids, counts, now_ms=now_ms, train=train)
+        leaf = group.read(rows)
+        if train:
+            leaf.requires_grad_(True)
+            self._leaves.append((group, rows, leaf))
+        values = self._prune_group(group, pair_tags, leaf)[inverse]
+        segment = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+        sums = torch.zeros((lengths.numel(), leaf.shape[1])).index_add(0, segment, values)
+        means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        return means.view(len(features), batch, -1)
+
+    def _prune_group(self, group: TableGroup, tags: torch.Tensor, rows: torch.Tensor
+                     ) -> torch.Tensor:
+        which = [self._pruned_index.get(name, -1) for name in group.names]
+        if max(which) < 0:
+            return rows
+        index = torch.tensor(which)[tags]
+        on = index >= 0
+        margin = rows.abs().sum(dim=1) - self.thresholds[index.clamp(min=0)]
+        step = (margin > 0).to(rows.dtype) + margin - margin.detach()  # as in _prune
+        return rows * torch.where(on, step, torch.ones_like(step)).unsqueeze(1)
 
     def step(self) -> None:
         """Apply the gradients of the last ``forward`` to the rows it read."""
@@ -88,13 +157,20 @@ class DynamicEmbeddingCollection:
                 table.update(rows, grad)
         self._leaves = []
 
+    def _prune_below(self, feature: str) -> float | None:
+        if feature not in self._pruned_index:
+            return None
+        t = float(self.thresholds.detach()[self._pruned_index[feature]])
+        return t if t > 0 else None
+
     def expire(self, now_ms: int) -> int:
         """One bounded slice of each table's expiry/pruning sweep; returns rows freed."""
         freed = 0
-        for feature, table in self.tables.items():
-            prune_below = None
-            if feature in self._pruned_index:
-                t = float(self.thresholds.detach()[self._pruned_index[feature]])
-                prune_below = t if t > 0 else None
-            freed += table.expire(now_ms, prune_below=prune_below)
+        for group, _ in self._groups.values():
+            limits = torch.tensor([self._prune_below(name) or float("nan")
+                                   for name in group.names])
+            # The per-table sweep budget, for every table of the group.
+            freed += group.expire(now_ms, _SWEEP_ROWS * len(group.names), limits)
+        for feature in self._single:
+            freed += self.tables[feature].expire(now_ms, prune_below=self._prune_below(feature))
         return freed

@@ -22,7 +22,7 @@ from trainer.history import HistoryFeatures, history_table_name
 from trainer.model import CTRModel, model_spec
 from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
-from trainer.tables.base import EmbeddingTable, make_table
+from trainer.tables.base import EmbeddingTable, make_tables
 from trainer.tables.distributed import DistributedEmbeddingTable
 
 __all__ = ["OnlineTrainer", "StepResult"]
@@ -72,11 +72,11 @@ class OnlineTrainer:
                                              group=process_group)
                 for f in self.features}
         else:
-            embedding_tables = {f: make_table(f, row_dim, config.table(f), seed=seed)
-                                for f in self.features}
-        history_tables = {history_table_name(f): make_table(history_table_name(f), 2,
-                                                            config.table(f), seed=seed)
-                          for f in config.model.history_features}
+            embedding_tables = make_tables(self.features, row_dim, config.table, seed=seed)
+        history_features = {history_table_name(f): f for f in config.model.history_features}
+        history_tables = make_tables(list(history_features), 2,
+                                     lambda name: config.table(history_features[name]),
+                                     seed=seed)
         # Every table, embeddings and history counts alike, is synced,
         # expired and checkpointed the same way.
         self.tables: dict[str, EmbeddingTable] = {**embedding_tables, **history_tables}

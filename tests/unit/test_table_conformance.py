@@ -10,6 +10,7 @@ import torch
 from streamrec.config import TableConfig
 from trainer.tables.base import EmbeddingTable
 from trainer.tables.filter import FrequencyFilter
+from trainer.tables.group import TableGroup
 from trainer.tables.sharded import ShardedEmbeddingTable
 from trainer.tables.table import DynamicEmbeddingTable
 
@@ -25,7 +26,17 @@ def _sharded(**kw: object) -> EmbeddingTable:
     return ShardedEmbeddingTable("t", DIM, TableConfig(initial_capacity=16, shards=4, **kw))  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=[_dynamic, _sharded], ids=["dynamic", "sharded4"])
+def _grouped(**kw: object) -> EmbeddingTable:
+    """The middle table of a three-table group whose neighbours hold the same ids."""
+    group = TableGroup(["a", "t", "c"], DIM, TableConfig(initial_capacity=16, **kw))  # type: ignore[arg-type]
+    neighbours = torch.cat([torch.arange(-300, 300) << 24, torch.arange(300)])
+    for name in ("a", "c"):
+        for _ in range(max(1, group.config.min_count)):
+            group.views[name].lookup(torch.unique(neighbours), now_ms=10**12)
+    return group.views["t"]
+
+
+@pytest.fixture(params=[_dynamic, _sharded, _grouped], ids=["dynamic", "sharded4", "grouped"])
 def make(request: pytest.FixtureRequest) -> Factory:
     return request.param
 
@@ -241,11 +252,21 @@ def test_filter_sketch_adds_every_sighting_even_when_ids_share_a_slot() -> None:
     for _ in range(4):
         ids = torch.unique(torch.randint(-2**40, 2**40, (500,), generator=gen))
         counts = torch.randint(1, 4, ids.shape, generator=gen)
-        expected = sketch.counts.to(torch.int64)
-        slots = sketch._slots(ids)
-        for d in range(2):
-            expected[d].index_add_(0, slots[d], counts)
+        expected = sketch.counts.reshape(-1).to(torch.int64)
+        expected.index_add_(0, sketch._slots(ids, None).reshape(-1), counts.repeat(2))
         admit = sketch.observe(ids, counts)
         # Count-min never under-counts: whatever was seen min_count times is in.
         assert bool(admit[counts >= 3].all())
-        assert torch.equal(sketch.counts.to(torch.int64), expected // 2)  # halved: > width
+        assert torch.equal(sketch.counts.reshape(-1).to(torch.int64), expected // 2)  # halved
+
+
+def test_filter_sketches_of_a_group_count_apart() -> None:
+    sketch = FrequencyFilter(min_count=2, width=1 << 10, depth=2, tags=3)
+    ids = torch.arange(100)
+    tags = torch.full_like(ids, 1)
+    assert not bool(sketch.observe(ids, torch.ones_like(ids), tags).any())
+    # Sightings under table 1 do not count for table 0 or 2 ...
+    assert not bool(sketch.observe(ids, torch.ones_like(ids), tags * 0).any())
+    assert not bool(sketch.observe(ids, torch.ones_like(ids), tags * 2).any())
+    # ... and a second sighting under table 1 admits every id.
+    assert bool(sketch.observe(ids, torch.ones_like(ids), tags).all())

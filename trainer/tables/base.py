@@ -6,15 +6,18 @@ implementation; a new one (e.g. a torch.distributed-backed table) joins it there
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from streamrec.config import TableConfig
+from trainer.tables.group import TableGroup
 from trainer.tables.sharded import ShardedEmbeddingTable
 from trainer.tables.table import DynamicEmbeddingTable, TableStats
 
-__all__ = ["EmbeddingTable", "make_table"]
+__all__ = ["EmbeddingTable", "make_table", "make_tables"]
 
 
 @runtime_checkable
@@ -46,3 +49,25 @@ def make_table(name: str, dim: int, config: TableConfig, seed: int = 0) -> Embed
     if config.shards > 1:
         return ShardedEmbeddingTable(name, dim, config, seed=seed)
     return DynamicEmbeddingTable(name, dim, config, seed=seed)
+
+
+def make_tables(names: list[str], dim: int, config_of: Callable[[str], TableConfig],
+                seed: int = 0) -> dict[str, EmbeddingTable]:
+    """Tables for ``names``; unsharded tables with equal configs share a :class:`TableGroup`.
+
+    Grouped tables behave as separate tables (each is a view) but are looked
+    up, updated and expired in one pass per step by the embedding collection.
+    Sharded tables stay separate.
+    """
+    groups: dict[tuple[object, ...], list[str]] = {}
+    tables: dict[str, EmbeddingTable] = {}
+    for name in names:
+        config = config_of(name)
+        if config.shards > 1:
+            tables[name] = make_table(name, dim, config, seed=seed)
+        else:
+            groups.setdefault(dataclasses.astuple(config), []).append(name)
+    for members in groups.values():
+        group = TableGroup(members, dim, config_of(members[0]), seed=seed)
+        tables.update(group.views)
+    return {name: tables[name] for name in names}

@@ -10,6 +10,11 @@ Cuckoo hash table gives and modulo-hashed static tables lack (Monolith §3.1).
 
 Rows are dense integers ``0 .. capacity-1`` handed out from a free list, so the
 caller can keep row-aligned tensors (weights, optimizer state, timestamps).
+
+A *tagged* index keys rows by ``(tag, id)`` pairs instead: several tables (tag =
+the table's number) share one index and one set of row tensors, so a training
+step resolves every feature's ids in one pass instead of one pass per table
+(see :mod:`trainer.tables.group`). The same id under two tags gets two rows.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ _EMPTY, _FULL, _DELETED = 0, 1, 2
 # Fibonacci hashing multiplier (2^64 / golden ratio), as a signed int64.
 _MULT = -7046029254386353131
 _MAX_LOAD = 0.5
+# Mixes the tag into the slot hash of a tagged index (another odd constant).
+_TAG_MULT = 0x2545F4914F6CDD1D
 
 
 def _slot_hash(ids: torch.Tensor, bits: int) -> torch.Tensor:
@@ -37,7 +44,8 @@ class IdIndex:
     Not thread-safe: the owner serialises calls.
     """
 
-    def __init__(self, initial_slots: int = 1024) -> None:
+    def __init__(self, initial_slots: int = 1024, tagged: bool = False) -> None:
+        self.tagged = tagged
         bits = max(4, (max(16, initial_slots) - 1).bit_length())
         self._alloc_slots(bits)
         self._next_row = 0
@@ -48,8 +56,10 @@ class IdIndex:
         self._bits = bits
         n = 1 << bits
         self._keys = torch.zeros(n, dtype=torch.int64)
+        self._tags = torch.zeros(n if self.tagged else 0, dtype=torch.int64)
         self._vals = torch.full((n,), -1, dtype=torch.int64)
         self._state = torch.zeros(n, dtype=torch.int8)
+        self._claim = torch.full((n,), -1, dtype=torch.int64)  # scratch for _place
         self._used = 0  # FULL + DELETED slots: what lengthens probe chains
 
     def __len__(self) -> int:
@@ -65,28 +75,38 @@ class IdIndex:
         return 1 << self._bits
 
     def memory_bytes(self) -> int:
-        return (self._keys.numel() * 8 + self._vals.numel() * 8 + self._state.numel()
-                + self._free_rows.numel() * 8)
+        return (self._keys.numel() * 8 + self._tags.numel() * 8 + self._vals.numel() * 8
+                + self._state.numel() + self._free_rows.numel() * 8)
 
-    def _find(self, ids: torch.Tensor) -> torch.Tensor:
-        """Slot of each id, or -1 where absent."""
+    def _hash(self, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+        if self.tagged:
+            if tags is None:
+                raise ValueError("a tagged IdIndex needs tags with every id")
+            return _slot_hash(ids + tags * _TAG_MULT, self._bits)
+        return _slot_hash(ids, self._bits)
+
+    def _find(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
+        """Slot of each id (of each ``(tag, id)`` in a tagged index), or -1 where absent."""
         mask = (1 << self._bits) - 1
         slot = torch.full_like(ids, -1)
         todo = torch.arange(ids.numel())
-        pos = _slot_hash(ids, self._bits)
+        pos = self._hash(ids, tags)
         while todo.numel():
             state = self._state[pos]
             hit = (state == _FULL) & (self._keys[pos] == ids[todo])
+            if self.tagged:
+                assert tags is not None
+                hit &= self._tags[pos] == tags[todo]
             slot[todo[hit]] = pos[hit]
             # A probe chain ends at an EMPTY slot; DELETED slots are walked over.
             go_on = ~hit & (state != _EMPTY)
             todo, pos = todo[go_on], (pos[go_on] + 1) & mask
         return slot
 
-    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Row of each id (any shape of int64), -1 where the id has no row."""
         flat = ids.reshape(-1)
-        slot = self._find(flat)
+        slot = self._find(flat, None if tags is None else tags.reshape(-1))
         rows = torch.where(slot >= 0, self._vals[slot.clamp(min=0)], torch.full_like(flat, -1))
         return rows.reshape(ids.shape)
 
@@ -98,12 +118,13 @@ class IdIndex:
         self._next_row += n - reuse
         return torch.cat([taken, fresh])
 
-    def _place(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    def _place(self, ids: torch.Tensor, rows: torch.Tensor,
+               tags: torch.Tensor | None = None) -> None:
         """Write ids known to be absent and unique into free slots."""
         mask = (1 << self._bits) - 1
-        pos = _slot_hash(ids, self._bits)
+        pos = self._hash(ids, tags)
         todo = torch.arange(ids.numel())
-        claim = torch.full((1 << self._bits,), -1, dtype=torch.int64)
+        claim = self._claim  # all -1 between calls
         while todo.numel():
             free = self._state[pos] != _FULL
             # Several ids may reach the same free slot in one pass: one wins
@@ -115,6 +136,9 @@ class IdIndex:
             win_pos, win = pos[won], todo[won]
             self._used += int((self._state[win_pos] == _EMPTY).sum())
             self._keys[win_pos] = ids[win]
+            if self.tagged:
+                assert tags is not None
+                self._tags[win_pos] = tags[win]
             self._vals[win_pos] = rows[win]
             self._state[win_pos] = _FULL
             claim[cand_pos] = -1
@@ -125,21 +149,22 @@ class IdIndex:
             return
         live = self._state == _FULL
         keys, vals = self._keys[live], self._vals[live]
+        tags = self._tags[live] if self.tagged else None
         bits = self._bits
         # Rehash in place of tombstones when they are what fills the table;
         # double otherwise.
         while keys.numel() + incoming > _MAX_LOAD * (1 << bits) * 0.5:
             bits += 1
         self._alloc_slots(bits)
-        self._place(keys, vals)
+        self._place(keys, vals, tags)
 
-    def insert(self, ids: torch.Tensor) -> torch.Tensor:
+    def insert(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Give a row to each id of ``ids`` (unique, all absent); returns the rows."""
         if ids.numel() == 0:
             return torch.empty(0, dtype=torch.int64)
         self._maybe_grow(ids.numel())
         rows = self._take_rows(ids.numel())
-        self._place(ids, rows)
+        self._place(ids, rows, tags)
         self._size += ids.numel()
         return rows
 
@@ -158,9 +183,9 @@ class IdIndex:
             rows[new] = self.insert(ids[new])
         return rows, new
 
-    def remove(self, ids: torch.Tensor) -> torch.Tensor:
+    def remove(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Remove ids (absent ones are ignored); returns the freed rows."""
-        slot = self._find(ids.reshape(-1))
+        slot = self._find(ids.reshape(-1), None if tags is None else tags.reshape(-1))
         slot = torch.unique(slot[slot >= 0])
         rows = self._vals[slot]
         self._state[slot] = _DELETED

@@ -19,13 +19,15 @@ them copies only those rows.
 
 from __future__ import annotations
 
+import abc
+
 import torch
 
 from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 
-__all__ = ["DynamicEmbeddingTable", "TableStats", "id_normal"]
+__all__ = ["DynamicEmbeddingTable", "RowStore", "TableStats", "id_normal"]
 
 _ADAGRAD_EPS = 1e-8
 
@@ -78,7 +80,64 @@ class TableStats:
         self.rejected_full = 0  # admissions refused because max_rows was reached
 
 
-class DynamicEmbeddingTable:
+class RowStore(abc.ABC):
+    """Row access and the row-wise Adagrad step over row-aligned tensors.
+
+    Shared by :class:`DynamicEmbeddingTable` and
+    :class:`~trainer.tables.group.TableGroup`, which provide ``weights``
+    ``[capacity, dim]``, ``momentum`` ``[capacity]``, ``touched`` and ``config``.
+    """
+
+    weights: torch.Tensor
+    momentum: torch.Tensor
+    touched: torch.Tensor
+    config: TableConfig
+    # Every row-aligned tensor attribute, (re)allocated together by _alloc.
+    _ROW_TENSORS: tuple[str, ...] = ("weights", "momentum", "last_seen_ms", "row_ids", "live",
+                                     "touched")
+
+    @abc.abstractmethod
+    def _alloc(self, capacity: int) -> None:
+        """(Re)allocate every tensor of ``_ROW_TENSORS`` with ``capacity`` rows."""
+
+    def _grow_to(self, rows_needed: int) -> None:
+        """Double the row tensors until ``rows_needed`` rows fit, keeping their contents."""
+        capacity = self.weights.shape[0]
+        if rows_needed <= capacity:
+            return
+        while capacity < rows_needed:
+            capacity *= 2
+        old = [getattr(self, name) for name in self._ROW_TENSORS]
+        self._alloc(capacity)
+        for name, prev in zip(self._ROW_TENSORS, old):
+            getattr(self, name)[: prev.shape[0]] = prev
+
+    def read(self, rows: torch.Tensor) -> torch.Tensor:
+        """``[len(rows), dim]`` values (a copy); zeros where ``rows`` is -1."""
+        out = self.weights[rows.clamp(min=0)]
+        out[rows < 0] = 0.0
+        return out
+
+    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
+        """Row-wise Adagrad step on unique ``rows`` with ``grads`` ``[len(rows), dim]``."""
+        keep = rows >= 0
+        rows, grads = rows[keep], grads[keep]
+        if rows.numel() == 0:
+            return
+        lr = self.config.lr if lr is None else lr
+        m = self.momentum[rows] + grads.pow(2).mean(dim=1)
+        self.momentum[rows] = m
+        self.weights[rows] -= lr * grads / (m.sqrt() + _ADAGRAD_EPS).unsqueeze(1)
+        self.touched[rows] = True
+
+    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite live ``rows`` with ``values`` (non-gradient state, e.g. counts)."""
+        self.weights[rows] = values
+        self.touched[rows] = True
+
+
+
+class DynamicEmbeddingTable(RowStore):
     """One embedding table keyed by raw int64 ids.
 
     Row numbers returned by :meth:`lookup` index :meth:`read` and
@@ -106,19 +165,6 @@ class DynamicEmbeddingTable:
         self.row_ids = torch.zeros(capacity, dtype=torch.int64)
         self.live = torch.zeros(capacity, dtype=torch.bool)
         self.touched = torch.zeros(capacity, dtype=torch.bool)
-
-    def _grow_to(self, rows_needed: int) -> None:
-        capacity = self.weights.shape[0]
-        if rows_needed <= capacity:
-            return
-        while capacity < rows_needed:
-            capacity *= 2
-        old = (self.weights, self.momentum, self.last_seen_ms, self.row_ids, self.live,
-               self.touched)
-        self._alloc(capacity)
-        for new, prev in zip((self.weights, self.momentum, self.last_seen_ms, self.row_ids,
-                              self.live, self.touched), old):
-            new[: prev.shape[0]] = prev
 
     def __len__(self) -> int:
         return len(self.index)
@@ -174,29 +220,6 @@ class DynamicEmbeddingTable:
         hit = rows >= 0
         self.last_seen_ms[rows[hit]] = now_ms
         return rows
-
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[len(rows), dim]`` values (a copy); zeros where ``rows`` is -1."""
-        out = self.weights[rows.clamp(min=0)]
-        out[rows < 0] = 0.0
-        return out
-
-    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
-        """Row-wise Adagrad step on unique ``rows`` with ``grads`` ``[len(rows), dim]``."""
-        keep = rows >= 0
-        rows, grads = rows[keep], grads[keep]
-        if rows.numel() == 0:
-            return
-        lr = self.config.lr if lr is None else lr
-        m = self.momentum[rows] + grads.pow(2).mean(dim=1)
-        self.momentum[rows] = m
-        self.weights[rows] -= lr * grads / (m.sqrt() + _ADAGRAD_EPS).unsqueeze(1)
-        self.touched[rows] = True
-
-    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Overwrite live ``rows`` with ``values`` (non-gradient state, e.g. counts)."""
-        self.weights[rows] = values
-        self.touched[rows] = True
 
     def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS,
                prune_below: float | None = None) -> int:
