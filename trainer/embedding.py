@@ -121,13 +121,14 @@ class DynamicEmbeddingCollection:
         unique_ids, id_rank = torch.unique(ids, return_inverse=True)
         pairs, inverse, counts = torch.unique(id_rank * n_tags + tags, return_inverse=True,
                                               return_counts=True)
-        pair_ids, pair_tags = unique_ids[pairs // n_tags], pairs % n_tags
+        pair_ids, pair_tags = unique_ids.index_select(0, pairs // n_tags), pairs % n_tags
         rows = group.lookup(pair_tags, pair_ids, counts, now_ms=now_ms, train=train)
         leaf = group.read(rows)
         if train:
             leaf.requires_grad_(True)
             self._leaves.append((group, rows, leaf))
-        values = self._prune_group(group, pair_tags, leaf)[inverse]
+        # index_select: its backward is index_add_, much cheaper than indexing's.
+        values = self._prune_group(group, pair_tags, leaf).index_select(0, inverse)
         segment = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
         sums = torch.zeros((lengths.numel(), leaf.shape[1])).index_add(0, segment, values)
         means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)

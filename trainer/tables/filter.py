@@ -84,9 +84,10 @@ class FrequencyFilter:
         # Colliding ids in one batch share a slot, so sum their adds first.
         hit, inverse = torch.unique(slots, return_inverse=True)
         total = torch.zeros(hit.numel(), dtype=torch.int32).index_add_(0, inverse, add)
-        updated = (flat[hit].to(torch.int32) + total).clamp_(max=torch.iinfo(torch.int16).max)
-        flat[hit] = updated.to(torch.int16)
-        estimate = updated[inverse].view(self.depth, -1).amin(dim=0)
+        updated = (flat.index_select(0, hit).to(torch.int32) + total).clamp_(
+            max=torch.iinfo(torch.int16).max)
+        flat.index_copy_(0, hit, updated.to(torch.int16))
+        estimate = updated.index_select(0, inverse).view(self.depth, -1).amin(dim=0)
         if tags is None:
             self._since_decay[0] += int(counts.sum())
         else:

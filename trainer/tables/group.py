@@ -63,8 +63,13 @@ class TableGroup(RowStore):
         self.rows_per_tag = torch.zeros(n, dtype=torch.int64)
         self._ttl_ms = int(config.ttl_s * 1000)
         self._sweep_at: dict[int | None, int] = {}
-        self._tombstone_ids: list[torch.Tensor] = []
-        self._tombstone_tags: list[torch.Tensor] = []
+        # Evicted (ids, tags) not yet sorted by table, then per table.
+        self._evicted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._tombstones: list[list[torch.Tensor]] = [[] for _ in self.names]
+        # Touched rows per table, computed once for all tables per sync round
+        # (valid while _version, bumped by every change to rows, is unchanged).
+        self._version = 0
+        self._touched_by_tag: tuple[int, list[torch.Tensor]] | None = None
         self._alloc(capacity)
         self.views = {name: GroupTableView(self, name) for name in self.names}
 
@@ -108,21 +113,22 @@ class TableGroup(RowStore):
             return rows
         missing = torch.nonzero(rows < 0).reshape(-1)
         if missing.numel():
-            miss_ids, miss_tags = ids[missing], tags[missing]
-            miss_counts = counts[missing] if counts is not None else torch.ones_like(miss_ids)
+            miss_ids, miss_tags = ids.index_select(0, missing), tags.index_select(0, missing)
+            miss_counts = counts.index_select(0, missing) if counts is not None \
+                else torch.ones_like(miss_ids)
             admit = self.filter.observe(miss_ids, miss_counts, miss_tags)
             if self.config.max_rows:
                 admit &= self._within_room(miss_tags, admit)
-            new_ids, new_tags = miss_ids[admit], miss_tags[admit]
-            if new_ids.numel():
+            new = torch.nonzero(admit).reshape(-1)
+            if new.numel():
+                new_ids, new_tags = miss_ids.index_select(0, new), miss_tags.index_select(0, new)
                 new_rows = self.index.insert(new_ids, new_tags)
                 self._grow_to(self.index.row_capacity)
                 self._init_rows(new_rows, new_ids, new_tags, now_ms)
-                rows[missing[admit]] = new_rows
+                rows.index_copy_(0, missing.index_select(0, new), new_rows)
                 self._count("admitted", new_tags)
             self._count("filtered", miss_tags[~admit])
-        hit = rows[rows >= 0]
-        self.last_seen_ms[hit] = now_ms
+        self.last_seen_ms.index_fill_(0, rows[rows >= 0], now_ms)
         return rows
 
     def _within_room(self, tags: torch.Tensor, admit: torch.Tensor) -> torch.Tensor:
@@ -144,13 +150,14 @@ class TableGroup(RowStore):
         # Same initial values as DynamicEmbeddingTable: a function of (seed, id).
         init = id_normal(ids, self.dim, self.seed) * self.config.init_std
         init[:, -1] = 0.0  # the first-order weight starts at zero (see trainer.model)
-        self.weights[rows] = init
-        self.momentum[rows] = 0.0
-        self.row_ids[rows] = ids
-        self.row_tags[rows] = tags
-        self.live[rows] = True
-        self.last_seen_ms[rows] = now_ms
+        self.weights.index_copy_(0, rows, init)
+        self.momentum.index_fill_(0, rows, 0.0)
+        self.row_ids.index_copy_(0, rows, ids)
+        self.row_tags.index_copy_(0, rows, tags)
+        self.live.index_fill_(0, rows, True)
+        self.last_seen_ms.index_fill_(0, rows, now_ms)
         self.rows_per_tag += torch.bincount(tags, minlength=len(self.names))
+        self._version += 1
 
     def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS,
                prune_below: torch.Tensor | None = None, tag: int | None = None) -> int:
@@ -198,25 +205,59 @@ class TableGroup(RowStore):
         self.live[rows] = False
         self.touched[rows] = False
         self.row_tags[rows] = -1
-        self._tombstone_ids.append(ids)
-        self._tombstone_tags.append(tags)
+        self._evicted.append((ids, tags))
+        self._version += 1
         self.rows_per_tag -= torch.bincount(tags, minlength=len(self.names))
         self._count("evicted", tags)
 
+    def _by_tag(self, values: torch.Tensor, tags: torch.Tensor) -> list[torch.Tensor]:
+        """``values`` split by tag (one sort for every table)."""
+        order = torch.argsort(tags, stable=True)
+        sizes = torch.bincount(tags, minlength=len(self.names)).tolist()
+        return list(torch.split(values[order], sizes))
+
+    def _sort_tombstones(self) -> None:
+        if self._evicted:
+            ids = torch.cat([i for i, _ in self._evicted])
+            tags = torch.cat([t for _, t in self._evicted])
+            self._evicted = []
+            for tag, part in enumerate(self._by_tag(ids, tags)):
+                if part.numel():
+                    self._tombstones[tag].append(part)
+
     def take_tombstones(self, tag: int) -> torch.Tensor:
         """Ids of table ``tag`` evicted since the last call for that table."""
-        if not self._tombstone_ids:
-            return torch.empty(0, dtype=torch.int64)
-        ids, tags = torch.cat(self._tombstone_ids), torch.cat(self._tombstone_tags)
-        mine = tags == tag
-        self._tombstone_ids, self._tombstone_tags = [ids[~mine]], [tags[~mine]]
-        return ids[mine]
+        ids = self.peek_tombstones(tag)
+        self._tombstones[tag] = []
+        return ids
 
     def peek_tombstones(self, tag: int) -> torch.Tensor:
-        if not self._tombstone_ids:
-            return torch.empty(0, dtype=torch.int64)
-        ids, tags = torch.cat(self._tombstone_ids), torch.cat(self._tombstone_tags)
-        return ids[tags == tag]
+        self._sort_tombstones()
+        parts = self._tombstones[tag]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+
+    def take_touched(self, tag: int) -> torch.Tensor:
+        """Rows of table ``tag`` changed since its last call; clears their flags.
+
+        Sync collects every table in turn with nothing trained in between, so
+        the scan of the touched flags is done once for all tables.
+        """
+        if self._touched_by_tag is None or self._touched_by_tag[0] != self._version:
+            n = self.index.row_capacity
+            rows = torch.nonzero(self.touched[:n]).reshape(-1)
+            self._touched_by_tag = (self._version, self._by_tag(rows, self.row_tags[rows]))
+        rows = self._touched_by_tag[1][tag]
+        self._touched_by_tag[1][tag] = rows[:0]
+        self.touched[rows] = False
+        return rows
+
+    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
+        super().update(rows, grads, lr)
+        self._version += 1
+
+    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        super().set_rows(rows, values)
+        self._version += 1
 
     def rows_of(self, tag: int) -> torch.Tensor:
         """Live rows of table ``tag`` (O(capacity) scan)."""
@@ -279,10 +320,9 @@ class GroupTableView:
     def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(ids, values, evicted_ids)`` changed since the last call; resets tracking."""
         g = self.group
-        n = g.index.row_capacity
-        rows = torch.nonzero(g.touched[:n] & (g.row_tags[:n] == self.tag)).reshape(-1)
-        g.touched[rows] = False
-        return g.row_ids[rows].clone(), g.weights[rows].clone(), g.take_tombstones(self.tag)
+        rows = g.take_touched(self.tag)
+        return (g.row_ids.index_select(0, rows), g.weights.index_select(0, rows),
+                g.take_tombstones(self.tag))
 
     def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.group.rows_of(self.tag)
@@ -331,5 +371,5 @@ class GroupTableView:
         g.rows_per_tag[self.tag] = ids.numel()
         tomb = state["tombstones"]
         if tomb.numel():
-            g._tombstone_ids.append(tomb.clone())
-            g._tombstone_tags.append(self._tags(tomb))
+            g._tombstones[self.tag].append(tomb.clone())
+        g._version += 1

@@ -112,28 +112,30 @@ class RowStore(abc.ABC):
         for name, prev in zip(self._ROW_TENSORS, old):
             getattr(self, name)[: prev.shape[0]] = prev
 
+    # index_select / index_add_ / index_copy_ rather than advanced indexing:
+    # on CPU they are several times faster for the batch sizes of a step.
+
     def read(self, rows: torch.Tensor) -> torch.Tensor:
         """``[len(rows), dim]`` values (a copy); zeros where ``rows`` is -1."""
-        out = self.weights[rows.clamp(min=0)]
-        out[rows < 0] = 0.0
-        return out
+        return self.weights.index_select(0, rows.clamp(min=0)).mul_((rows >= 0).unsqueeze(1))
 
     def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
         """Row-wise Adagrad step on unique ``rows`` with ``grads`` ``[len(rows), dim]``."""
-        keep = rows >= 0
-        rows, grads = rows[keep], grads[keep]
+        keep = torch.nonzero(rows >= 0).reshape(-1)
+        if keep.numel() < rows.numel():
+            rows, grads = rows.index_select(0, keep), grads.index_select(0, keep)
         if rows.numel() == 0:
             return
         lr = self.config.lr if lr is None else lr
-        m = self.momentum[rows] + grads.pow(2).mean(dim=1)
-        self.momentum[rows] = m
-        self.weights[rows] -= lr * grads / (m.sqrt() + _ADAGRAD_EPS).unsqueeze(1)
-        self.touched[rows] = True
+        m = self.momentum.index_select(0, rows).add_(grads.pow(2).mean(dim=1))
+        self.momentum.index_copy_(0, rows, m)
+        self.weights.index_add_(0, rows, grads * (-lr / (m.sqrt() + _ADAGRAD_EPS)).unsqueeze(1))
+        self.touched.index_fill_(0, rows, True)
 
     def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Overwrite live ``rows`` with ``values`` (non-gradient state, e.g. counts)."""
-        self.weights[rows] = values
-        self.touched[rows] = True
+        self.weights.index_copy_(0, rows, values)
+        self.touched.index_fill_(0, rows, True)
 
 
 
@@ -278,7 +280,7 @@ class DynamicEmbeddingTable(RowStore):
         evicted = torch.cat(self._tombstones) if self._tombstones else \
             torch.empty(0, dtype=torch.int64)
         self._tombstones = []
-        return self.row_ids[rows].clone(), self.weights[rows].clone(), evicted
+        return self.row_ids.index_select(0, rows), self.weights.index_select(0, rows), evicted
 
     def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids, values)`` of every live row."""
