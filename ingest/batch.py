@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,39 +64,52 @@ class Batcher:
         self.sparse_features = list(sparse_features)
         self.dense_features = list(dense_features)
 
-    def ids_of(self, feature: str, user_id: int, item_id: int,
-               features: dict[str, tuple[FeatureValue, ...]] | None) -> list[int]:
+    # Built column by column (one comprehension per feature over the whole
+    # batch) rather than event by event: the batcher runs once per event on
+    # the training path, and per-event Python calls would cost as much as the
+    # training step itself at large batch sizes.
+
+    def _column(self, feature: str, user_ids: Sequence[int], item_ids: Sequence[int],
+                features: Sequence[Mapping[str, tuple[FeatureValue, ...]] | None]
+                ) -> tuple[list[int], list[int] | None]:
+        """``(ids, lengths)`` of one feature; ``lengths`` None means one id per example."""
         if feature == "user_id":
-            return [user_id]
+            return list(user_ids), None
         if feature == "item_id":
-            return [item_id]
-        values = (features or {}).get(feature, ())
-        return [to_id(v) for v in values]
+            return list(item_ids), None
+        per_example = [f.get(feature, ()) if f else () for f in features]
+        ids = list(itertools.chain.from_iterable(per_example))
+        if not set(map(type, ids)) <= {int}:
+            ids = [to_id(v) for v in ids]
+        return ids, [len(v) for v in per_example]
 
     def build(self, events: Sequence[Event]) -> Batch:
         """Batch ``events`` (examples; a missing label counts as 0)."""
-        rows = [(e.user_id, e.item_id, e.features) for e in events]
-        batch = self.build_rows(rows)
+        batch = self._build([e.user_id for e in events], [e.item_id for e in events],
+                            [e.features for e in events])
         batch.labels = torch.tensor([e.label or 0.0 for e in events], dtype=torch.float32)
         batch.sample_rates = torch.tensor([e.sample_rate for e in events], dtype=torch.float32)
         batch.timestamps_ms = torch.tensor([e.timestamp_ms for e in events], dtype=torch.int64)
         return batch
 
     def build_rows(
-        self, rows: Sequence[tuple[int, int, dict[str, tuple[FeatureValue, ...]] | None]]
+        self, rows: Sequence[tuple[int, int, Mapping[str, tuple[FeatureValue, ...]] | None]]
     ) -> Batch:
         """Batch ``(user_id, item_id, features)`` rows, e.g. serving candidates.
 
         Labels are zeros, sample rates ones and timestamps zeros.
         """
+        return self._build([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+    def _build(self, user_ids: Sequence[int], item_ids: Sequence[int],
+               features: Sequence[Mapping[str, tuple[FeatureValue, ...]] | None]) -> Batch:
+        n = len(user_ids)
         values: list[int] = []
         lengths: list[int] = []
         for feature in self.sparse_features:
-            for user_id, item_id, features in rows:
-                ids = self.ids_of(feature, user_id, item_id, features)
-                values.extend(ids)
-                lengths.append(len(ids))
-        n = len(rows)
+            ids, counts = self._column(feature, user_ids, item_ids, features)
+            values += ids
+            lengths += counts if counts is not None else [1] * n
         sparse = KeyedJaggedTensor(
             keys=self.sparse_features,
             values=torch.tensor(values, dtype=torch.int64),
@@ -103,11 +117,10 @@ class Batcher:
             stride=n,
         )
         if self.dense_features:
-            dense = torch.tensor(
-                [[dense_value((f or {}).get(name, ())) for name in self.dense_features]
-                 for _, _, f in rows],
-                dtype=torch.float32,
-            ).reshape(n, len(self.dense_features))
+            columns = [[dense_value(f.get(name, ())) if f else 0.0 for f in features]
+                       for name in self.dense_features]
+            dense = torch.tensor(columns, dtype=torch.float32).reshape(
+                len(self.dense_features), n).T.contiguous()
         else:
             dense = torch.zeros((n, 0), dtype=torch.float32)
         return Batch(

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from trainer.tables.group import GroupTableView, TableGroup
+
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 
 Lookup = Callable[[str, torch.Tensor], torch.Tensor]
@@ -77,44 +79,66 @@ class HistoryFeatures:
         self.strength = strength
         self._pending: list[tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
+    def _units(self) -> list[tuple[object, list[tuple[int, int]]]]:
+        """Tables to look up together: ``(target, [(feature position, tag)])``.
+
+        History tables that are views of one TableGroup are looked up in one
+        pass (tag = the table's tag in the group); any other table alone.
+        """
+        groups: dict[int, tuple[object, list[tuple[int, int]]]] = {}
+        units: list[tuple[object, list[tuple[int, int]]]] = []
+        for h, feature in enumerate(self.features):
+            table = self.tables[feature]
+            if isinstance(table, GroupTableView):
+                unit = groups.setdefault(id(table.group), (table.group, []))
+                if not unit[1]:
+                    units.append(unit)
+                unit[1].append((h, table.tag))
+            else:
+                units.append((table, [(h, 0)]))
+        return units
+
     def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
                ) -> torch.Tensor:
         """``[B, H, 2]`` counts before each example; with ``labels``, remembers the update."""
         batch = sparse.stride()
-        out = torch.zeros((batch, len(self.features), 2))
-        if not self.features:
-            return out
+        n_features = len(self.features)
+        out = torch.zeros((batch * n_features, 2))
         self._pending = []
         train = labels is not None
-        for h, feature in enumerate(self.features):
-            table = self.tables[feature]
-            ids, present = _first_ids(sparse, feature)
-            ids = ids[present]
-            unique, inverse, seen = torch.unique(ids, return_inverse=True, return_counts=True)
-            rows = table.lookup(unique, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
-            stored = table.read(rows)  # type: ignore[attr-defined]
-            before = stored[inverse]
+        for target, members in self._units():
+            # Every (example, feature) pair of this unit, feature-major, each
+            # feature's examples in batch (= event-time) order.
+            ids, slots, tags = [], [], []
+            for h, tag in members:
+                first, present = _first_ids(sparse, self.features[h])
+                at = torch.nonzero(present).reshape(-1)
+                ids.append(first.index_select(0, at))
+                slots.append(at * n_features + h)
+                tags.append(torch.full_like(at, tag))
+            all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
+            # Unique (tag, id) pairs, exactly (ids use all 64 bits): ranks of
+            # the ids, then pairs of (rank, tag).
+            unique_ids, id_rank = torch.unique(all_ids, return_inverse=True)
+            n_tags = 1 + max(tag for _, tag in members)
+            pairs, inverse, seen = torch.unique(id_rank * n_tags + all_tags,
+                                                return_inverse=True, return_counts=True)
+            pair_ids, pair_tags = unique_ids.index_select(0, pairs // n_tags), pairs % n_tags
+            if isinstance(target, TableGroup):
+                rows = target.lookup(pair_tags, pair_ids, seen, now_ms=now_ms, train=train)
+            else:
+                rows = target.lookup(pair_ids, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
+            stored = target.read(rows)  # type: ignore[attr-defined]
+            before = stored.index_select(0, inverse)
             if train:
                 assert labels is not None
-                y = labels[present]
-                # Exclusive prefix per id in batch (= event-time) order: sort
-                # stably by id, cumulative sums within each run, minus self.
-                order = torch.sort(inverse, stable=True).indices
-                sorted_inv, sorted_y = inverse[order], y[order]
-                ones = torch.ones_like(sorted_y)
-                run_start = torch.ones_like(sorted_inv, dtype=torch.bool)
-                run_start[1:] = sorted_inv[1:] != sorted_inv[:-1]
-                prefix = torch.stack([ones, sorted_y], dim=1)
-                csum = torch.cumsum(prefix, 0) - prefix
-                base = csum[run_start][torch.cumsum(run_start.to(torch.int64), 0) - 1]
-                exclusive = torch.zeros_like(prefix)
-                exclusive[order] = csum - base
-                before = before + exclusive
-                totals = torch.zeros((unique.numel(), 2)).index_add_(
+                y = labels.index_select(0, all_slots // n_features)
+                before = before + _exclusive_prefix(inverse, y)
+                totals = torch.zeros((pairs.numel(), 2)).index_add_(
                     0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
-                self._pending.append((table, rows, stored, totals))
-            out[present, h] = before
-        return out
+                self._pending.append((target, rows, stored, totals))
+            out.index_copy_(0, all_slots, before)
+        return out.view(batch, n_features, 2)
 
     def commit(self) -> None:
         """Add the last training batch's outcomes to the stored counts."""
@@ -123,6 +147,24 @@ class HistoryFeatures:
             n = new[:, :1]
             # Cap the count: scale n and c together, forgetting old outcomes.
             new = torch.where(n > self.cap, new * (self.cap / n.clamp(min=1e-9)), new)
-            keep = rows >= 0
-            table.set_rows(rows[keep], new[keep])  # type: ignore[attr-defined]
+            keep = torch.nonzero(rows >= 0).reshape(-1)
+            table.set_rows(rows.index_select(0, keep), new.index_select(0, keep))  # type: ignore[attr-defined]
         self._pending = []
+
+
+def _exclusive_prefix(key: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]``: per element, (count, sum of y) over the earlier elements with its key.
+
+    Sort stably by key (keeping batch order within a key), cumulative sums
+    within each run, minus the element itself.
+    """
+    order = torch.sort(key, stable=True).indices
+    sorted_key, sorted_y = key.index_select(0, order), y.index_select(0, order)
+    run_start = torch.ones_like(sorted_key, dtype=torch.bool)
+    run_start[1:] = sorted_key[1:] != sorted_key[:-1]
+    prefix = torch.stack([torch.ones_like(sorted_y), sorted_y], dim=1)
+    csum = torch.cumsum(prefix, 0) - prefix
+    base = csum[run_start][torch.cumsum(run_start.to(torch.int64), 0) - 1]
+    exclusive = torch.zeros_like(prefix)
+    exclusive.index_copy_(0, order, csum - base)
+    return exclusive

@@ -59,3 +59,28 @@ def test_inputs_are_neutral_for_an_unseen_id() -> None:
     assert inputs.tolist() == [[0.0, 0.0]]
     clicky = history_inputs(torch.tensor([[[10.0, 9.0]]]), torch.tensor([0.2]), strength=10)
     assert clicky[0, 1] > 0
+
+
+def test_grouped_history_tables_count_like_separate_ones() -> None:
+    # Two history features whose ids overlap, looked up together through one
+    # TableGroup, give the counts two separate tables give.
+    from trainer.tables.base import make_table, make_tables
+    features = ["user_id", "item_id"]
+    names = [history_table_name(f) for f in features]
+    config = TableConfig(initial_capacity=16, init_std=0.0)
+    separate = HistoryFeatures(features, {n: make_table(n, 2, config) for n in names})
+    grouped_tables = make_tables(names, 2, lambda _: config)
+    grouped = HistoryFeatures(features, grouped_tables)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(5):
+        ids = torch.randint(0, 6, (2, 32), generator=gen)
+        lengths = torch.randint(0, 2, (64,), generator=gen).to(torch.int32)  # some absent
+        values = ids.reshape(-1)[lengths.to(torch.bool)]
+        kjt = KeyedJaggedTensor(keys=features, values=values, lengths=lengths, stride=32)
+        labels = torch.randint(0, 2, (32,), generator=gen).to(torch.float32)
+        a = separate.counts(kjt, labels, now_ms=step)
+        b = grouped.counts(kjt, labels, now_ms=step)
+        assert torch.equal(a, b), step
+        separate.commit()
+        grouped.commit()
+    assert float(b[..., 0].max()) > 1  # ids did repeat
