@@ -9,8 +9,11 @@ stream and over its last 20%, events/s, and the Bayes-optimal AUC of the
 stream (the generator knows every event's true click probability).
 
 Arms:
-- ``streamrec``          the default config (history features on, batch 256);
+- ``streamrec``          the default config: history features on, batch 2048 after a
+                         warm-up that starts at 128 and grows with the examples learned;
 - ``streamrec-plain``    the same without history features (plain mini-batch);
+- ``streamrec-no-warmup`` the default without the warm-up (batch 2048 from the start);
+- ``streamrec-b256``     batch 256, no warm-up (the default until this benchmark moved it);
 - ``river-lr`` / ``river-fm``  River LogisticRegression / FMClassifier, event by event;
 - ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes),
                          then scoring the last 20% frozen;
@@ -45,9 +48,13 @@ FEATURES = "user_id,item_id,category,country,hour"
 Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)
 
 
-def trainer(history: bool, batch: int) -> tuple[OnlineTrainer, Batcher]:
-    overrides = {"model.sparse_features": FEATURES, "model.dense_features": "price",
-                 "trainer.batch_size": str(batch)}
+def trainer(history: bool, batch: int | None, warmup: bool = True
+            ) -> tuple[OnlineTrainer, Batcher]:
+    overrides = {"model.sparse_features": FEATURES, "model.dense_features": "price"}
+    if batch is not None:
+        overrides["trainer.batch_size"] = str(batch)
+    if not warmup:
+        overrides["trainer.warmup_batch_size"] = "0"
     if not history:
         overrides["model.history_features"] = ""
     config = load_config(env={}, overrides=overrides)
@@ -55,17 +62,22 @@ def trainer(history: bool, batch: int) -> tuple[OnlineTrainer, Batcher]:
                                           config.model.dense_features)
 
 
-def online(events: list[Event], t: OnlineTrainer, b: Batcher, batch: int) -> list[float]:
+def online(events: list[Event], t: OnlineTrainer, b: Batcher) -> list[float]:
+    """Test-then-train over ``events`` in the trainer's own batch schedule (as the loop does)."""
     probs: list[float] = []
-    for start in range(0, len(events), batch):
-        probs += t.train_batch(b.build(events[start:start + batch])).probs.tolist()
+    start = 0
+    while start < len(events):
+        size = t.batch_size_now()
+        probs += t.train_batch(b.build(events[start:start + size])).probs.tolist()
+        start += size
     return probs
 
 
-def arm_streamrec(events: list[Event], args: argparse.Namespace, history: bool) -> Scored:
-    t, b = trainer(history, args.batch)
+def arm_streamrec(events: list[Event], args: argparse.Namespace, history: bool = True,
+                  batch: int | None = None, warmup: bool = True) -> Scored:
+    t, b = trainer(history, batch if batch is not None else args.batch, warmup)
     started = time.perf_counter()
-    probs = online(events, t, b, args.batch)
+    probs = online(events, t, b)
     return probs, time.perf_counter() - started
 
 
@@ -73,15 +85,16 @@ def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: 
     t, b = trainer(True, args.batch)
     split = int(len(events) * 0.8)
     started = time.perf_counter()
-    probs = online(events[:split], t, b, args.batch)  # epoch 1 (its scores are test-then-train)
+    probs = online(events[:split], t, b)  # epoch 1 (its scores are test-then-train)
     for _ in range(args.epochs - 1):
-        online(events[:split], t, b, args.batch)
+        online(events[:split], t, b)
     tail = events[split:]
     if continue_online:
-        probs += online(tail, t, b, args.batch)
+        probs += online(tail, t, b)
     else:
-        for start in range(0, len(tail), args.batch):
-            probs += t.predict(b.build(tail[start:start + args.batch])).tolist()
+        size = t.batch_size_now()
+        for start in range(0, len(tail), size):
+            probs += t.predict(b.build(tail[start:start + size])).tolist()
     return probs, time.perf_counter() - started
 
 
@@ -127,8 +140,10 @@ def arm_item_ctr(events: list[Event], args: argparse.Namespace) -> Scored:
 
 
 ARMS: dict[str, Callable[[list[Event], argparse.Namespace], Scored]] = {
-    "streamrec": lambda ev, a: arm_streamrec(ev, a, history=True),
+    "streamrec": lambda ev, a: arm_streamrec(ev, a),
     "streamrec-plain": lambda ev, a: arm_streamrec(ev, a, history=False),
+    "streamrec-no-warmup": lambda ev, a: arm_streamrec(ev, a, warmup=False),
+    "streamrec-b256": lambda ev, a: arm_streamrec(ev, a, batch=256, warmup=False),
     "river-lr": lambda ev, a: arm_river(ev, a, "lr"),
     "river-fm": lambda ev, a: arm_river(ev, a, "fm"),
     "offline-frozen": lambda ev, a: arm_offline(ev, a, continue_online=False),
@@ -156,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--presets", default="drifting,bursty_new_users,popularity_churn,"
                                         "dense_vs_sparse_users")
     p.add_argument("--arms", default=",".join(ARMS))
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=None,
+                   help="steady-state batch of the streamrec arms (default: the config's)")
     p.add_argument("--epochs", type=int, default=3, help="offline passes over the first 80%%")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)

@@ -180,8 +180,14 @@ class TableConfig:
 class TrainerConfig:
     """The online training loop."""
 
-    batch_size: int = 256
-    dense_lr: float = 0.01
+    # Steady-state mini-batch. A cold model starts at warmup_batch_size and
+    # the batch grows with what it has learned (a quarter of the examples so
+    # far) up to batch_size: early events see a model updated every few dozen
+    # events, as a per-event learner would, and the steady state runs at full
+    # batch throughput (0 = no warm-up). See benchmarks/quality.py.
+    batch_size: int = 2048
+    warmup_batch_size: int = 128
+    dense_lr: float = 0.02
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     checkpoint_dir: str = ""  # "" = no checkpoints
@@ -192,6 +198,8 @@ class TrainerConfig:
         s = "trainer"
         _require(1 <= self.batch_size <= 1 << 20, s, "batch_size", self.batch_size,
                  "must be in [1, 1048576]")
+        _require(self.warmup_batch_size >= 0, s, "warmup_batch_size", self.warmup_batch_size,
+                 "must be >= 0 (0 = no warm-up)")
         _require(self.dense_lr > 0, s, "dense_lr", self.dense_lr, "must be > 0")
         _require(self.threads >= 0, s, "threads", self.threads, "must be >= 0")
         _require(self.checkpoint_interval_s > 0, s, "checkpoint_interval_s",

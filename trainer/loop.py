@@ -117,8 +117,8 @@ class TrainingLoop:
             self.metrics.positives.inc(positives)
 
     def _drain(self, final: bool) -> None:
-        size = self.config.trainer.batch_size
-        while len(self._pending) >= size or (final and self._pending):
+        while len(self._pending) >= (size := self.trainer.batch_size_now()) or \
+                (final and self._pending):
             chunk, self._pending = self._pending[:size], self._pending[size:]
             self._train(chunk)
 

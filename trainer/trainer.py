@@ -94,6 +94,13 @@ class OnlineTrainer:
         self.event_time_ms = 0
         self._spec = model_spec(config.model)
 
+    def batch_size_now(self) -> int:
+        """The next training batch's size: the warm-up schedule, then ``batch_size``."""
+        cfg = self.config.trainer
+        if not cfg.warmup_batch_size:
+            return cfg.batch_size
+        return min(cfg.batch_size, max(cfg.warmup_batch_size, self.examples // 4))
+
     def train_batch(self, batch: Batch) -> StepResult:
         """Score ``batch``, then take one optimizer step on it."""
         with self.lock:

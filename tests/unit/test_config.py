@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.config import load_config
+from streamrec.config import TrainerConfig, load_config
 from streamrec.errors import ConfigError
 
 
@@ -18,7 +18,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_load_without_a_file() -> None:
     config = load_config(env={})
-    assert config.trainer.batch_size == 256
+    assert config.trainer == TrainerConfig()
     assert config.table("item_id") == config.table_defaults
 
 
@@ -56,6 +56,7 @@ ttl_s = 60
 @pytest.mark.parametrize("text, field", [
     ("[trainer]\nbatch_size = 0", "trainer.batch_size=0"),
     ("[trainer]\nbatch_size = 'big'", "trainer.batch_size='big'"),
+    ("[trainer]\nwarmup_batch_size = -1", "trainer.warmup_batch_size=-1"),
     ("[ingest]\nsource = 'carrier-pigeon'", "ingest.source='carrier-pigeon'"),
     ("[table_defaults]\nmin_count = -1", "table.min_count=-1"),
     ("[sync]\nreplicas = ['nohostport']", "sync.replicas"),

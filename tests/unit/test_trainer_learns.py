@@ -56,3 +56,24 @@ def test_progressive_auc_after_warm_up_recovers_a_good_share_of_the_achievable_l
     base_logloss = -(base * torch.log(torch.tensor(base))
                      + (1 - base) * torch.log(torch.tensor(1 - base)))
     assert after.logloss < float(base_logloss)
+
+
+def test_a_cold_trainer_warms_up_with_small_batches() -> None:
+    # Batches start at warmup_batch_size and grow with the examples learned
+    # (a quarter of them) up to batch_size; 0 turns the warm-up off.
+    config = load_config(env={}, overrides={"trainer.batch_size": "512",
+                                            "trainer.warmup_batch_size": "32"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    events = iter(SyntheticStream(default()).events(3000))
+    sizes = []
+    while (size := trainer.batch_size_now()) and trainer.examples < 2500:
+        sizes.append(size)
+        trainer.train_batch(batcher.build([next(events) for _ in range(size)]))
+    assert sizes[:2] == [32, 32]
+    assert sizes == sorted(sizes) and sizes[-1] == 512
+    assert all(s == max(32, min(512, seen // 4))
+               for s, seen in zip(sizes, itertools.accumulate([0] + sizes)))
+    off = load_config(env={}, overrides={"trainer.batch_size": "512",
+                                         "trainer.warmup_batch_size": "0"})
+    assert OnlineTrainer(off).batch_size_now() == 512
