@@ -187,6 +187,9 @@ class TrainerConfig:
     # batch throughput (0 = no warm-up). See benchmarks/quality.py.
     batch_size: int = 2048
     warmup_batch_size: int = 128
+    # A partial batch is trained once its oldest example has waited this long
+    # (wall time), so a slow stream is not held back until a full batch arrives.
+    max_batch_delay_s: float = 1.0
     dense_lr: float = 0.02
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -200,6 +203,8 @@ class TrainerConfig:
                  "must be in [1, 1048576]")
         _require(self.warmup_batch_size >= 0, s, "warmup_batch_size", self.warmup_batch_size,
                  "must be >= 0 (0 = no warm-up)")
+        _require(self.max_batch_delay_s > 0, s, "max_batch_delay_s", self.max_batch_delay_s,
+                 "must be > 0")
         _require(self.dense_lr > 0, s, "dense_lr", self.dense_lr, "must be > 0")
         _require(self.threads >= 0, s, "threads", self.threads, "must be >= 0")
         _require(self.checkpoint_interval_s > 0, s, "checkpoint_interval_s",

@@ -76,6 +76,7 @@ class TrainingLoop:
         self.batcher = Batcher(model.sparse_features, model.dense_features)
         self.stats = LoopStats()
         self._pending: list[Event] = []
+        self._pending_since: float | None = None  # when the oldest pending example arrived
         self._offsets: dict[tuple[str, int], int] = {}
         self._started = 0.0
 
@@ -117,10 +118,18 @@ class TrainingLoop:
             self.metrics.positives.inc(positives)
 
     def _drain(self, final: bool) -> None:
+        """Train full batches; with ``final``, or once the oldest example waited
+        ``max_batch_delay_s``, the partial one too."""
+        if self._pending and self._pending_since is None:
+            self._pending_since = time.perf_counter()
+        overdue = self._pending_since is not None and \
+            time.perf_counter() - self._pending_since >= self.config.trainer.max_batch_delay_s
         while len(self._pending) >= (size := self.trainer.batch_size_now()) or \
-                (final and self._pending):
+                ((final or overdue) and self._pending):
             chunk, self._pending = self._pending[:size], self._pending[size:]
             self._train(chunk)
+        if not self._pending:
+            self._pending_since = None
 
     def checkpoint(self) -> None:
         """Train what is pending, write a checkpoint, then commit the offsets it covers."""

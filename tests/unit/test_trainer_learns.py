@@ -77,3 +77,46 @@ def test_a_cold_trainer_warms_up_with_small_batches() -> None:
     off = load_config(env={}, overrides={"trainer.batch_size": "512",
                                          "trainer.warmup_batch_size": "0"})
     assert OnlineTrainer(off).batch_size_now() == 512
+
+
+def test_a_slow_stream_is_trained_without_waiting_for_a_full_batch() -> None:
+    # A live source that delivered 100 events and then goes quiet (not
+    # exhausted, as a Kafka topic in a lull): the loop trains the partial
+    # batch once its oldest event waited max_batch_delay_s.
+    import threading
+    import time
+
+    from ingest.source import MemorySource, SourceBatch
+    from trainer.loop import TrainingLoop
+
+    class LiveSource(MemorySource):
+        @property
+        def exhausted(self) -> bool:
+            return False
+
+        def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+            got = super().poll(max_events, timeout_s)
+            if not got.events:
+                time.sleep(timeout_s)
+            return got
+
+    config = load_config(env={}, overrides={"trainer.batch_size": "512",
+                                            "trainer.warmup_batch_size": "0",
+                                            "trainer.max_batch_delay_s": "0.3",
+                                            "ingest.poll_timeout_ms": "20"})
+    trainer = OnlineTrainer(config)
+    loop = TrainingLoop(trainer, LiveSource(SyntheticStream(default()).events(100)))
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, kwargs={"stop": stop})
+    started = time.monotonic()
+    runner.start()
+    try:
+        while trainer.examples < 100 and time.monotonic() - started < 10:
+            time.sleep(0.01)
+        waited = time.monotonic() - started
+        trained_while_running = trainer.examples
+    finally:
+        stop.set()
+        runner.join(10)
+    assert trained_while_running == 100, "the partial batch waited for the loop to stop"
+    assert waited >= 0.3  # and not before the delay
