@@ -198,16 +198,28 @@ def decode_protobuf(raw: bytes) -> Event:
 
 
 def decode_value(raw: bytes, value_format: str = "auto") -> Event:
-    """Decode a Kafka message value or a file line; ``auto``: JSON if it starts with ``{``."""
+    """Decode a Kafka message value or a file line; ``auto``: JSON if it reads as JSON."""
     if value_format == "json":
         return decode_json(raw)
     if value_format == "protobuf":
         return decode_protobuf(raw)
     if value_format != "auto":
         raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
-    if raw.lstrip()[:1] == b"{":
+    if raw.lstrip()[:1] != b"{":
+        return decode_protobuf(raw)
+    try:
         return decode_json(raw)
-    return decode_protobuf(raw)
+    except DecodeError as json_error:
+        # A protobuf Event can start with bytes that read as whitespace and
+        # "{" (field tags 0x09-0x20 are whitespace, 0x7b is field 15's tag):
+        # a record that is not JSON gets its chance as protobuf before the
+        # JSON error is reported.
+        if json_error.kind != "malformed":
+            raise
+        try:
+            return decode_protobuf(raw)
+        except DecodeError:
+            raise json_error from None
 
 
 def _csv_scalar(text: str) -> FeatureValue:

@@ -116,3 +116,16 @@ def test_csv_rows_use_f_dot_columns_and_pipes_for_lists() -> None:
         decode_csv_row({"type": "example", "user_id": "1", "item_id": "2", "label": "1",
                         "timestamp_ms": "soon"})
     assert info.value.kind == "wrong_type"
+
+
+def test_auto_decodes_a_protobuf_event_whose_bytes_look_like_json() -> None:
+    # Found by the round-trip property: a protobuf Event can start with bytes
+    # that read as whitespace then "{", which "auto" once took for JSON.
+    event = Event(type="impression", user_id=0, item_id=0, timestamp_ms=128, request_id="",
+                  event_id=" {0\x80\x80\x80", features={}, label=None, sample_rate=1.0)
+    raw = encode_protobuf(event)
+    assert raw.lstrip()[:1] == b"{"
+    same_values(decode_value(raw), event)
+    # A JSON-looking record that is neither still reports the JSON error.
+    with pytest.raises(DecodeError, match="not valid JSON"):
+        decode_value(b'{"type": ')
