@@ -22,7 +22,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.model import pool_features
 from trainer.tables.base import EmbeddingTable
-from trainer.tables.group import GroupTableView, TableGroup
+from trainer.tables.group import GroupTableView, TableGroup, unique_pairs
 from trainer.tables.table import _SWEEP_ROWS
 
 __all__ = ["DynamicEmbeddingCollection"]
@@ -115,13 +115,7 @@ class DynamicEmbeddingCollection:
         per_feature = lengths.view(len(features), batch).sum(dim=1)
         tags = torch.repeat_interleave(
             torch.tensor([group.tag_of[f] for f in features], dtype=torch.int64), per_feature)
-        # Unique (tag, id) pairs without packing both into one int64 (ids use
-        # all 64 bits): dedup ids, then pairs of (id's rank, tag), exactly.
-        n_tags = len(group.names)
-        unique_ids, id_rank = torch.unique(ids, return_inverse=True)
-        pairs, inverse, counts = torch.unique(id_rank * n_tags + tags, return_inverse=True,
-                                              return_counts=True)
-        pair_ids, pair_tags = unique_ids.index_select(0, pairs // n_tags), pairs % n_tags
+        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, len(group.names))
         rows = group.lookup(pair_tags, pair_ids, counts, now_ms=now_ms, train=train)
         leaf = group.read(rows)
         if train:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer.tables.group import GroupTableView, TableGroup
+from trainer.tables.group import GroupTableView, TableGroup, unique_pairs
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 
@@ -117,13 +117,8 @@ class HistoryFeatures:
                 slots.append(at * n_features + h)
                 tags.append(torch.full_like(at, tag))
             all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
-            # Unique (tag, id) pairs, exactly (ids use all 64 bits): ranks of
-            # the ids, then pairs of (rank, tag).
-            unique_ids, id_rank = torch.unique(all_ids, return_inverse=True)
             n_tags = 1 + max(tag for _, tag in members)
-            pairs, inverse, seen = torch.unique(id_rank * n_tags + all_tags,
-                                                return_inverse=True, return_counts=True)
-            pair_ids, pair_tags = unique_ids.index_select(0, pairs // n_tags), pairs % n_tags
+            pair_ids, pair_tags, inverse, seen = unique_pairs(all_ids, all_tags, n_tags)
             if isinstance(target, TableGroup):
                 rows = target.lookup(pair_tags, pair_ids, seen, now_ms=now_ms, train=train)
             else:
@@ -134,7 +129,7 @@ class HistoryFeatures:
                 assert labels is not None
                 y = labels.index_select(0, all_slots // n_features)
                 before = before + _exclusive_prefix(inverse, y)
-                totals = torch.zeros((pairs.numel(), 2)).index_add_(
+                totals = torch.zeros((pair_ids.numel(), 2)).index_add_(
                     0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
                 self._pending.append((target, rows, stored, totals))
             out.index_copy_(0, all_slots, before)

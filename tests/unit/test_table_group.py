@@ -110,3 +110,18 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
     plain.lookup(torch.tensor([424242]), now_ms=9)
     grouped.load_state_dict(plain.state_dict())
     assert grouped.lookup(torch.tensor([424242]), now_ms=10).item() >= 0
+
+
+def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids() -> None:
+    from trainer.tables.group import unique_pairs
+    gen = torch.Generator().manual_seed(0)
+    small = torch.randint(-50, 50, (400,), generator=gen)
+    extreme = torch.cat([small, torch.tensor([-(1 << 63), (1 << 63) - 1, -(1 << 63)])])
+    for ids in (small, extreme):  # the one-sort path, then the ranked path
+        tags = torch.randint(0, 3, (ids.numel(),), generator=gen)
+        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, 3)
+        pairs = list(zip(tags.tolist(), ids.tolist()))
+        got = list(zip(pair_tags.tolist(), pair_ids.tolist()))
+        assert len(got) == len(set(got)) == len(set(pairs))
+        assert [got[i] for i in inverse.tolist()] == pairs
+        assert counts.tolist() == [pairs.count(p) for p in got]

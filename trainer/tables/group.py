@@ -34,9 +34,31 @@ from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 from trainer.tables.table import _SWEEP_ROWS, RowStore, TableStats, id_normal
 
-__all__ = ["GroupTableView", "TableGroup"]
+__all__ = ["GroupTableView", "TableGroup", "unique_pairs"]
 
 _STATS = TableStats.__slots__
+
+
+def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact dedup of ``(tags[i], ids[i])``: ``(ids, tags, inverse, counts)`` of the unique pairs.
+
+    One sort of ``id * n_tags + tag`` when every id leaves room for that in
+    int64 (the common case); otherwise the ids are ranked first and the
+    pairs are ``(rank, tag)``, so ids using all 64 bits never collide.
+    """
+    if ids.numel():
+        low, high = torch.aminmax(ids)
+        limit = (torch.iinfo(torch.int64).max - n_tags) // n_tags
+        if -limit <= int(low) and int(high) <= limit:
+            pairs, inverse, counts = torch.unique(ids * n_tags + tags, return_inverse=True,
+                                                  return_counts=True)
+            return pairs.div(n_tags, rounding_mode="floor"), pairs.remainder(n_tags), \
+                inverse, counts
+    unique_ids, id_rank = torch.unique(ids, return_inverse=True)
+    pairs, inverse, counts = torch.unique(id_rank * n_tags + tags, return_inverse=True,
+                                          return_counts=True)
+    return unique_ids.index_select(0, pairs // n_tags), pairs % n_tags, inverse, counts
 
 
 class TableGroup(RowStore):
