@@ -90,7 +90,11 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
 
     def on_progress(stats: LoopStats) -> None:
         now = time.perf_counter()
-        rate_now = (stats.examples - last["examples"]) / max(1e-9, now - last["t"])
+        window = now - last["t"]
+        # The final report follows the last one closely: give the run's average
+        # there rather than a rate over a near-empty window.
+        rate_label, rate_now = ("events/s", (stats.examples - last["examples"]) / window) \
+            if window >= 0.5 else ("events/s(avg)", stats.examples / max(1e-9, stats.wall_seconds))
         last.update(t=now, examples=stats.examples)
         try:
             served = client.predict(user_id=1, item_ids=candidates)
@@ -101,7 +105,7 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         staleness = replica.staleness_seconds()
         p = stats.progress
         rows = " ".join(f"{k}={v:,}" for k, v in trainer.table_rows().items())
-        print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
+        print(f"[{stats.wall_seconds:6.1f}s] {rate_label}={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "
               f"logloss={p.get('logloss', float('nan')):.4f} rows[{rows}] "
