@@ -21,9 +21,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.model import pool_features
-from trainer.tables.base import EmbeddingTable
-from trainer.tables.group import GroupTableView, TableGroup, unique_pairs
-from trainer.tables.table import _SWEEP_ROWS
+from trainer.tables.base import EmbeddingTable, expire_tables
+from trainer.tables.group import TableGroup, group_views, unique_pairs
 
 __all__ = ["DynamicEmbeddingCollection"]
 
@@ -46,13 +45,7 @@ class DynamicEmbeddingCollection:
         self._pruned_index = {f: i for i, f in enumerate(self.prune_alpha)}
         self.thresholds = torch.nn.Parameter(torch.zeros(len(self.prune_alpha)))
         # Features by the group that holds their tables; the rest go one by one.
-        self._groups: dict[int, tuple[TableGroup, list[str]]] = {}
-        self._single: list[str] = []
-        for f, table in self.tables.items():
-            if isinstance(table, GroupTableView):
-                self._groups.setdefault(id(table.group), (table.group, []))[1].append(f)
-            else:
-                self._single.append(f)
+        self._groups, self._single = group_views(self.tables)
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Dense parameters to train with the model's optimizer (the thresholds)."""
@@ -78,7 +71,7 @@ class DynamicEmbeddingCollection:
         """``[B, F, dim]`` mean-pooled rows; with ``train`` ids are admitted and rows refreshed."""
         self._leaves = []
         pooled: dict[str, torch.Tensor] = {}
-        for group, features in self._groups.values():
+        for group, features in self._groups:
             fused = self._group_forward(group, features, sparse, now_ms, train)
             pooled.update(zip(features, fused.unbind(0)))
         if self._single:
@@ -160,12 +153,4 @@ class DynamicEmbeddingCollection:
 
     def expire(self, now_ms: int) -> int:
         """One bounded slice of each table's expiry/pruning sweep; returns rows freed."""
-        freed = 0
-        for group, _ in self._groups.values():
-            limits = torch.tensor([self._prune_below(name) or float("nan")
-                                   for name in group.names])
-            # The per-table sweep budget, for every table of the group.
-            freed += group.expire(now_ms, _SWEEP_ROWS * len(group.names), limits)
-        for feature in self._single:
-            freed += self.tables[feature].expire(now_ms, prune_below=self._prune_below(feature))
-        return freed
+        return expire_tables(self.tables, now_ms, self._prune_below)

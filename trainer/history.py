@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer.tables.group import GroupTableView, TableGroup, unique_pairs
+from trainer.tables.group import TableGroup, group_views, unique_pairs
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 
@@ -78,25 +78,14 @@ class HistoryFeatures:
         self.cap = cap
         self.strength = strength
         self._pending: list[tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-
-    def _units(self) -> list[tuple[object, list[tuple[int, int]]]]:
-        """Tables to look up together: ``(target, [(feature position, tag)])``.
-
-        History tables that are views of one TableGroup are looked up in one
-        pass (tag = the table's tag in the group); any other table alone.
-        """
-        groups: dict[int, tuple[object, list[tuple[int, int]]]] = {}
-        units: list[tuple[object, list[tuple[int, int]]]] = []
-        for h, feature in enumerate(self.features):
-            table = self.tables[feature]
-            if isinstance(table, GroupTableView):
-                unit = groups.setdefault(id(table.group), (table.group, []))
-                if not unit[1]:
-                    units.append(unit)
-                unit[1].append((h, table.tag))
-            else:
-                units.append((table, [(h, 0)]))
-        return units
+        # Tables looked up together: (target, [(feature position, tag)]). The
+        # views of one TableGroup go in one pass; any other table alone.
+        groups, single = group_views(self.tables)
+        position = {f: h for h, f in enumerate(self.features)}
+        self._units: list[tuple[object, list[tuple[int, int]]]] = [
+            (group, [(position[f], self.tables[f].tag) for f in names])  # type: ignore[attr-defined]
+            for group, names in groups]
+        self._units += [(self.tables[f], [(position[f], 0)]) for f in single]
 
     def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
                ) -> torch.Tensor:
@@ -106,7 +95,7 @@ class HistoryFeatures:
         out = torch.zeros((batch * n_features, 2))
         self._pending = []
         train = labels is not None
-        for target, members in self._units():
+        for target, members in self._units:
             # Every (example, feature) pair of this unit, feature-major, each
             # feature's examples in batch (= event-time) order.
             ids, slots, tags = [], [], []

@@ -7,17 +7,17 @@ implementation; a new one (e.g. a torch.distributed-backed table) joins it there
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from streamrec.config import TableConfig
-from trainer.tables.group import TableGroup
+from trainer.tables.group import TableGroup, group_views
 from trainer.tables.sharded import ShardedEmbeddingTable
-from trainer.tables.table import DynamicEmbeddingTable, TableStats
+from trainer.tables.table import _SWEEP_ROWS, DynamicEmbeddingTable, TableStats
 
-__all__ = ["EmbeddingTable", "make_table", "make_tables"]
+__all__ = ["EmbeddingTable", "expire_tables", "make_table", "make_tables"]
 
 
 @runtime_checkable
@@ -71,3 +71,21 @@ def make_tables(names: list[str], dim: int, config_of: Callable[[str], TableConf
         group = TableGroup(members, dim, config_of(members[0]), seed=seed)
         tables.update(group.views)
     return {name: tables[name] for name in names}
+
+
+def expire_tables(tables: Mapping[str, EmbeddingTable], now_ms: int,
+                  prune_below: Callable[[str], float | None] = lambda _: None) -> int:
+    """One bounded slice of every table's expiry/pruning sweep; returns rows freed.
+
+    Views of one TableGroup are swept together, once, with the per-table
+    budget for each of the group's tables; other tables one by one.
+    ``prune_below(name)`` is a table's OptEmbed threshold (None: no pruning).
+    """
+    groups, single = group_views(tables)
+    freed = 0
+    for group, _ in groups:
+        limits = torch.tensor([prune_below(name) or float("nan") for name in group.names])
+        freed += group.expire(now_ms, _SWEEP_ROWS * len(group.names), limits)
+    for name in single:
+        freed += tables[name].expire(now_ms, prune_below=prune_below(name))
+    return freed

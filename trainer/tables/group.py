@@ -27,14 +27,16 @@ matches per-feature tables on the same stream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
-from trainer.tables.table import _SWEEP_ROWS, RowStore, TableStats, id_normal
+from trainer.tables.table import _SWEEP_ROWS, RowStore, TableStats, id_normal, sweep_window
 
-__all__ = ["GroupTableView", "TableGroup", "unique_pairs"]
+__all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 
 _STATS = TableStats.__slots__
 
@@ -59,6 +61,22 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
     pairs, inverse, counts = torch.unique(id_rank * n_tags + tags, return_inverse=True,
                                           return_counts=True)
     return unique_ids.index_select(0, pairs // n_tags), pairs % n_tags, inverse, counts
+
+
+def group_views(tables: Mapping[str, object]
+                ) -> tuple[list[tuple[TableGroup, list[str]]], list[str]]:
+    """``tables`` split into ``(group, names of its views here)`` and the other names.
+
+    Groups come in the order of their first view; names keep their order.
+    """
+    groups: dict[int, tuple[TableGroup, list[str]]] = {}
+    single: list[str] = []
+    for name, table in tables.items():
+        if isinstance(table, GroupTableView):
+            groups.setdefault(id(table.group), (table.group, []))[1].append(name)
+        else:
+            single.append(name)
+    return list(groups.values()), single
 
 
 class TableGroup(RowStore):
@@ -195,9 +213,7 @@ class TableGroup(RowStore):
         end_all = self.index.row_capacity
         if end_all == 0:
             return 0
-        start = self._sweep_at.get(tag, 0) % end_all
-        visit = (torch.arange(min(max_rows, end_all)) + start) % end_all
-        self._sweep_at[tag] = (start + visit.numel()) % end_all
+        visit, self._sweep_at[tag] = sweep_window(self._sweep_at.get(tag, 0), max_rows, end_all)
         live = self.live[visit]
         if tag is not None:
             live &= self.row_tags[visit] == tag
@@ -347,8 +363,9 @@ class GroupTableView:
                 g.take_tombstones(self.tag))
 
     def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.group.rows_of(self.tag)
-        return self.group.row_ids[rows].clone(), self.group.weights[rows].clone()
+        g = self.group
+        rows = g.rows_of(self.tag)
+        return g.row_ids.index_select(0, rows), g.weights.index_select(0, rows)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """This table's rows by id (group row numbers are not part of the state)."""
@@ -356,9 +373,10 @@ class GroupTableView:
         rows = g.rows_of(self.tag)
         state = {f"filter.{k}": v for k, v in g.filter.state_dict(self.tag).items()}
         state.update({
-            "ids": g.row_ids[rows].clone(), "weights": g.weights[rows].clone(),
-            "momentum": g.momentum[rows].clone(), "last_seen_ms": g.last_seen_ms[rows].clone(),
-            "touched": g.touched[rows].clone(), "tombstones": g.peek_tombstones(self.tag),
+            **{name: getattr(g, tensor).index_select(0, rows) for name, tensor in (
+                ("ids", "row_ids"), ("weights", "weights"), ("momentum", "momentum"),
+                ("last_seen_ms", "last_seen_ms"), ("touched", "touched"))},
+            "tombstones": g.peek_tombstones(self.tag),
         })
         return state
 

@@ -27,7 +27,7 @@ from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 
-__all__ = ["DynamicEmbeddingTable", "RowStore", "TableStats", "id_normal"]
+__all__ = ["DynamicEmbeddingTable", "RowStore", "TableStats", "id_normal", "sweep_window"]
 
 _ADAGRAD_EPS = 1e-8
 
@@ -63,6 +63,18 @@ def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     u = (bits.to(torch.float64) + 0.5) / (1 << 24)
     u1, u2 = u[:, :dim], u[:, dim:]
     return ((-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)).to(torch.float32)
+def sweep_window(cursor: int, max_rows: int, end_all: int) -> tuple[torch.Tensor, int]:
+    """The next ``max_rows`` rows after ``cursor`` in ``0..end_all-1``, wrapping; and the new cursor.
+
+    Row capacity grows between calls; a cursor that stopped at the old end and
+    restarted only when it hit the new one would keep visiting just the newest
+    rows of a growing table and never expire old ones.
+    """
+    start = cursor % end_all
+    visit = (torch.arange(min(max_rows, end_all)) + start) % end_all
+    return visit, (start + visit.numel()) % end_all
+
+
 # Rows visited by the expiry sweep per training step.
 _SWEEP_ROWS = 1 << 16
 
@@ -237,13 +249,7 @@ class DynamicEmbeddingTable(RowStore):
         end_all = self.index.row_capacity
         if end_all == 0:
             return 0
-        # Visit the next max_rows rows after the cursor, wrapping around.
-        # (Row capacity grows between calls; a cursor that stopped at the old
-        # end and restarted only when it hit the new one would keep visiting
-        # just the newest rows of a growing table and never expire old ones.)
-        start = self._sweep_at % end_all
-        visit = (torch.arange(min(max_rows, end_all)) + start) % end_all
-        self._sweep_at = (start + visit.numel()) % end_all
+        visit, self._sweep_at = sweep_window(self._sweep_at, max_rows, end_all)
         live = self.live[visit]
         stale = live & (self.last_seen_ms[visit] < now_ms - self._ttl_ms) if self._ttl_ms > 0 \
             else torch.zeros_like(live)
