@@ -23,6 +23,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from trainer.model import pool_features
 from trainer.tables.base import EmbeddingTable, expire_tables
 from trainer.tables.group import TableGroup, group_views, unique_pairs
+from trainer.tables.sort import unique
 
 __all__ = ["DynamicEmbeddingCollection"]
 
@@ -77,9 +78,8 @@ class DynamicEmbeddingCollection:
         if self._single:
             def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
                 table = self.tables[feature]
-                unique, inverse, counts = torch.unique(ids, return_inverse=True,
-                                                       return_counts=True)
-                rows = table.lookup(unique, counts, now_ms=now_ms, train=train)
+                unique_ids, inverse, counts = unique(ids)
+                rows = table.lookup(unique_ids, counts, now_ms=now_ms, train=train)
                 leaf = table.read(rows)
                 if train:
                     leaf.requires_grad_(True)
@@ -116,6 +116,9 @@ class DynamicEmbeddingCollection:
             self._leaves.append((group, rows, leaf))
         # index_select: its backward is index_add_, much cheaper than indexing's.
         values = self._prune_group(group, pair_tags, leaf).index_select(0, inverse)
+        if values.shape[0] == lengths.numel() and bool((lengths == 1).all()):
+            # One id per example and feature (the common schema): the mean is the row.
+            return values.view(len(features), batch, -1)
         segment = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
         sums = torch.zeros((lengths.numel(), leaf.shape[1])).index_add(0, segment, values)
         means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)

@@ -28,6 +28,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from trainer.tables.group import TableGroup, group_views, unique_pairs
+from trainer.tables.sort import stable_argsort
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 
@@ -142,7 +143,7 @@ def _exclusive_prefix(key: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Sort stably by key (keeping batch order within a key), cumulative sums
     within each run, minus the element itself.
     """
-    order = torch.sort(key, stable=True).indices
+    order = stable_argsort(key)
     sorted_key, sorted_y = key.index_select(0, order), y.index_select(0, order)
     run_start = torch.ones_like(sorted_key, dtype=torch.bool)
     run_start[1:] = sorted_key[1:] != sorted_key[:-1]

@@ -86,7 +86,8 @@ class OnlineTrainer:
                                        cap=config.model.history_cap,
                                        strength=config.model.history_strength)
         self.optimizer = torch.optim.Adam(
-            [*self.model.parameters(), *self.embeddings.parameters()], lr=config.trainer.dense_lr)
+            [*self.model.parameters(), *self.embeddings.parameters()], lr=config.trainer.dense_lr,
+            fused=True)
         self.progress = ProgressiveMetrics()
         self.lock = threading.Lock()
         self.examples = 0

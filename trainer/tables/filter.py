@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from trainer.tables.sort import unique
+
 __all__ = ["FrequencyFilter"]
 
 # Odd 64-bit multipliers, one per sketch row (signed int64 form).
@@ -82,7 +84,7 @@ class FrequencyFilter:
         add = counts.to(torch.int32).repeat(self.depth)
         # Touch only the slots this batch hits: O(ids), not O(width).
         # Colliding ids in one batch share a slot, so sum their adds first.
-        hit, inverse = torch.unique(slots, return_inverse=True)
+        hit, inverse, _ = unique(slots)
         total = torch.zeros(hit.numel(), dtype=torch.int32).index_add_(0, inverse, add)
         updated = (flat.index_select(0, hit).to(torch.int32) + total).clamp_(
             max=torch.iinfo(torch.int16).max)

@@ -34,6 +34,7 @@ import torch
 from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
+from trainer.tables.sort import unique
 from trainer.tables.table import _SWEEP_ROWS, RowStore, TableStats, id_normal, sweep_window
 
 __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
@@ -53,13 +54,11 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
         low, high = torch.aminmax(ids)
         limit = (torch.iinfo(torch.int64).max - n_tags) // n_tags
         if -limit <= int(low) and int(high) <= limit:
-            pairs, inverse, counts = torch.unique(ids * n_tags + tags, return_inverse=True,
-                                                  return_counts=True)
+            pairs, inverse, counts = unique(ids * n_tags + tags)
             return pairs.div(n_tags, rounding_mode="floor"), pairs.remainder(n_tags), \
                 inverse, counts
-    unique_ids, id_rank = torch.unique(ids, return_inverse=True)
-    pairs, inverse, counts = torch.unique(id_rank * n_tags + tags, return_inverse=True,
-                                          return_counts=True)
+    unique_ids, id_rank, _ = unique(ids)
+    pairs, inverse, counts = unique(id_rank * n_tags + tags)
     return unique_ids.index_select(0, pairs // n_tags), pairs % n_tags, inverse, counts
 
 

@@ -1,0 +1,57 @@
+"""Sorting primitives of the training step, on numpy's vectorised sort.
+
+Every step deduplicates its ids (one sort of ~10k int64 keys per table group)
+and orders history events by id. ``torch.sort`` on CPU costs ~37 ns per int64
+element on this class of machine, numpy's ``argsort`` (x86-simd-sort, AVX-512
+or AVX2) ~8 ns: with the sort ~15% of a step, that is worth a module. Inputs
+and outputs are CPU tensors; numpy views share their memory, so nothing but
+the results is copied.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["unique", "stable_argsort"]
+
+
+def unique(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)`` for 1-D int64.
+
+    Returns ``(uniques ascending, inverse, counts)``: ``uniques[inverse] == keys``.
+    """
+    k = keys.contiguous().numpy()
+    n = k.shape[0]
+    if n == 0:
+        empty = torch.empty(0, dtype=keys.dtype)
+        return empty, empty.clone(), empty.clone()
+    order = np.argsort(k)  # not stable, which dedup does not need
+    ordered = k[order]
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=start[1:])
+    rank = np.cumsum(start) - 1
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = rank
+    starts = np.flatnonzero(start)
+    counts = np.diff(starts, append=n)
+    return (torch.from_numpy(ordered[starts]), torch.from_numpy(inverse),
+            torch.from_numpy(counts))
+
+
+def stable_argsort(keys: torch.Tensor) -> torch.Tensor:
+    """Indices that sort 1-D int64 ``keys``, equal keys in their original order.
+
+    When the key range allows, ``(key - min) * n + position`` makes every key
+    distinct, so the fast unstable sort gives the stable order.
+    """
+    k = keys.contiguous().numpy()
+    n = k.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64)
+    low, high = int(k.min()), int(k.max())
+    if (high - low + 1) * n < 2**62:
+        distinct = (k - low) * n + np.arange(n, dtype=np.int64)
+        return torch.from_numpy(np.argsort(distinct))
+    return torch.from_numpy(np.argsort(k, kind="stable"))
