@@ -14,6 +14,8 @@ Arms:
 - ``streamrec-plain``    the same without history features (plain mini-batch);
 - ``streamrec-no-warmup`` the default without the warm-up (batch 2048 from the start);
 - ``streamrec-b256``     batch 256, no warm-up (the default until this benchmark moved it);
+- ``streamrec-fm``       the default without the MLP's hidden layers (FM, first-order and
+                         one linear layer over the fields: what these streams' generators need);
 - ``river-lr`` / ``river-fm``  River LogisticRegression / FMClassifier, event by event;
 - ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes),
                          then scoring the last 20% frozen;
@@ -48,16 +50,13 @@ FEATURES = "user_id,item_id,category,country,hour"
 Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)
 
 
-def trainer(history: bool, batch: int | None, warmup: bool = True
-            ) -> tuple[OnlineTrainer, Batcher]:
-    overrides = {"model.sparse_features": FEATURES, "model.dense_features": "price"}
+def trainer(batch: int | None, **overrides: str) -> tuple[OnlineTrainer, Batcher]:
+    """The default config with the benchmark's features and ``overrides`` ("model.hidden"...)."""
+    settings = {"model.sparse_features": FEATURES, "model.dense_features": "price",
+                **{key.replace("__", "."): value for key, value in overrides.items()}}
     if batch is not None:
-        overrides["trainer.batch_size"] = str(batch)
-    if not warmup:
-        overrides["trainer.warmup_batch_size"] = "0"
-    if not history:
-        overrides["model.history_features"] = ""
-    config = load_config(env={}, overrides=overrides)
+        settings["trainer.batch_size"] = str(batch)
+    config = load_config(env={}, overrides=settings)
     return OnlineTrainer(config), Batcher(config.model.sparse_features,
                                           config.model.dense_features)
 
@@ -73,16 +72,17 @@ def online(events: list[Event], t: OnlineTrainer, b: Batcher) -> list[float]:
     return probs
 
 
-def arm_streamrec(events: list[Event], args: argparse.Namespace, history: bool = True,
-                  batch: int | None = None, warmup: bool = True) -> Scored:
-    t, b = trainer(history, batch if batch is not None else args.batch, warmup)
+def arm_streamrec(events: list[Event], args: argparse.Namespace, batch: int | None = None,
+                  **overrides: str) -> Scored:
+    """``overrides``: config fields with ``__`` for ``.`` (``model__hidden="32"``)."""
+    t, b = trainer(batch if batch is not None else args.batch, **overrides)
     started = time.perf_counter()
     probs = online(events, t, b)
     return probs, time.perf_counter() - started
 
 
 def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: bool) -> Scored:
-    t, b = trainer(True, args.batch)
+    t, b = trainer(args.batch)
     split = int(len(events) * 0.8)
     started = time.perf_counter()
     probs = online(events[:split], t, b)  # epoch 1 (its scores are test-then-train)
@@ -141,9 +141,11 @@ def arm_item_ctr(events: list[Event], args: argparse.Namespace) -> Scored:
 
 ARMS: dict[str, Callable[[list[Event], argparse.Namespace], Scored]] = {
     "streamrec": lambda ev, a: arm_streamrec(ev, a),
-    "streamrec-plain": lambda ev, a: arm_streamrec(ev, a, history=False),
-    "streamrec-no-warmup": lambda ev, a: arm_streamrec(ev, a, warmup=False),
-    "streamrec-b256": lambda ev, a: arm_streamrec(ev, a, batch=256, warmup=False),
+    "streamrec-plain": lambda ev, a: arm_streamrec(ev, a, model__history_features=""),
+    "streamrec-no-warmup": lambda ev, a: arm_streamrec(ev, a, trainer__warmup_batch_size="0"),
+    "streamrec-b256": lambda ev, a: arm_streamrec(ev, a, batch=256,
+                                                  trainer__warmup_batch_size="0"),
+    "streamrec-fm": lambda ev, a: arm_streamrec(ev, a, model__hidden=""),
     "river-lr": lambda ev, a: arm_river(ev, a, "lr"),
     "river-fm": lambda ev, a: arm_river(ev, a, "fm"),
     "offline-frozen": lambda ev, a: arm_offline(ev, a, continue_online=False),

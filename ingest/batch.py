@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import array
 import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -53,6 +55,48 @@ def dense_value(values: Sequence[FeatureValue]) -> float:
     return math.copysign(math.log1p(abs(x)), x)
 
 
+def _int64(values: list[int]) -> torch.Tensor:
+    # numpy reads a list of ints ~3x faster than torch.tensor does.
+    return torch.from_numpy(np.fromiter(values, dtype=np.int64, count=len(values)))
+
+
+def _float32(values: list[float]) -> torch.Tensor:
+    if not values:
+        return torch.zeros(0, dtype=torch.float32)
+    return torch.frombuffer(array.array("d", values), dtype=torch.float64).float()
+
+
+def _dense_column(raw: list[object]) -> torch.Tensor:
+    """:func:`dense_value` of each (first) value, vectorised when all are numbers."""
+    if set(map(type, raw)) <= {float, int, bool}:
+        try:
+            x = torch.tensor(raw, dtype=torch.float64)
+        except (OverflowError, RuntimeError):  # ints beyond float64's integer range
+            pass
+        else:
+            x = torch.where(torch.isfinite(x), x, 0.0)
+            return (torch.sign(x) * torch.log1p(x.abs())).float()
+    return _float32([dense_value((v,)) for v in raw])
+
+
+class _IdMemo(dict):  # type: ignore[type-arg]
+    """Categorical value -> raw id, remembering up to ``cap`` values.
+
+    Values that compare equal map to the same id under :func:`to_id` (1, 1.0
+    and True all give 1), so one dict serves every value type.
+    """
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def __missing__(self, value: FeatureValue) -> int:
+        raw = to_id(value)
+        if len(self) < self.cap:
+            self[value] = raw
+        return raw
+
+
 class Batcher:
     """Turns decoded events into a :class:`Batch` for a fixed feature schema.
 
@@ -63,6 +107,9 @@ class Batcher:
     def __init__(self, sparse_features: Sequence[str], dense_features: Sequence[str]) -> None:
         self.sparse_features = list(sparse_features)
         self.dense_features = list(dense_features)
+        # Strings repeat (countries, categories): a dict hit instead of to_id's
+        # type checks and digest memo, per value.
+        self._ids = _IdMemo(1 << 16)
 
     # Built column by column (one comprehension per feature over the whole
     # batch) rather than event by event: the batcher runs once per event on
@@ -80,16 +127,16 @@ class Batcher:
         per_example = [f.get(feature, ()) if f else () for f in features]
         ids = list(itertools.chain.from_iterable(per_example))
         if not set(map(type, ids)) <= {int}:
-            ids = [to_id(v) for v in ids]
+            ids = list(map(self._ids.__getitem__, ids))
         return ids, [len(v) for v in per_example]
 
     def build(self, events: Sequence[Event]) -> Batch:
         """Batch ``events`` (examples; a missing label counts as 0)."""
         batch = self._build([e.user_id for e in events], [e.item_id for e in events],
                             [e.features for e in events])
-        batch.labels = torch.tensor([e.label or 0.0 for e in events], dtype=torch.float32)
-        batch.sample_rates = torch.tensor([e.sample_rate for e in events], dtype=torch.float32)
-        batch.timestamps_ms = torch.tensor([e.timestamp_ms for e in events], dtype=torch.int64)
+        batch.labels = _float32([e.label or 0.0 for e in events])
+        batch.sample_rates = _float32([e.sample_rate for e in events])
+        batch.timestamps_ms = _int64([e.timestamp_ms for e in events])
         return batch
 
     def build_rows(
@@ -112,15 +159,15 @@ class Batcher:
             lengths += counts if counts is not None else [1] * n
         sparse = KeyedJaggedTensor(
             keys=self.sparse_features,
-            values=torch.tensor(values, dtype=torch.int64),
-            lengths=torch.tensor(lengths, dtype=torch.int32),
+            values=_int64(values),
+            lengths=_int64(lengths).int(),
             stride=n,
         )
         if self.dense_features:
-            columns = [[dense_value(f.get(name, ())) if f else 0.0 for f in features]
-                       for name in self.dense_features]
-            dense = torch.tensor(columns, dtype=torch.float32).reshape(
-                len(self.dense_features), n).T.contiguous()
+            firsts = [[(f.get(name) or (0.0,))[0] if f else 0.0 for f in features]
+                      for name in self.dense_features]
+            dense = torch.stack([_dense_column(raw) for raw in firsts], dim=1) if n else \
+                torch.zeros((0, len(self.dense_features)), dtype=torch.float32)
         else:
             dense = torch.zeros((n, 0), dtype=torch.float32)
         return Batch(

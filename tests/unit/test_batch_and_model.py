@@ -42,6 +42,23 @@ def test_dense_value_ignores_strings_and_non_finite() -> None:
     assert dense_value((0.0,)) == 0.0
 
 
+def test_batched_dense_and_ids_match_the_per_value_functions() -> None:
+    # Vectorised columns must equal dense_value / to_id value by value, whatever
+    # the mix of types in the batch (numbers only, or strings and huge ints too).
+    numeric = [1.5, -3, True, float("nan"), float("-inf"), 0, 1e300]
+    odd = [*numeric, 2**70, "7", 10**30 * -1]
+    for values in (numeric, odd):
+        events = [event(i, i, x=(v,)) for i, v in enumerate(values)]
+        events.append(event(99, 99))  # no value: dense 0, no id
+        batch = Batcher(["tag"], ["x"]).build(events)
+        want = [dense_value((v,)) for v in values] + [0.0]
+        assert torch.allclose(batch.dense[:, 0], torch.tensor(want, dtype=torch.float32))
+    ids = Batcher(["tag"], []).build([event(i, i, tag=(v,)) for i, v in
+                                      enumerate(["a", 1, 1.0, True, "a", 2.5])])
+    assert ids.sparse["tag"].values().tolist() == [hash_id("a"), 1, 1, 1, hash_id("a"),
+                                                   hash_id(repr(2.5))]
+
+
 def test_pooling_averages_each_examples_rows() -> None:
     batcher = Batcher(["tags"], [])
     batch = batcher.build([event(1, 1, tags=(1, 2)), event(2, 2), event(3, 3, tags=(3,))])
