@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import ModelConfig
@@ -128,9 +129,23 @@ class CTRModel(nn.Module):
         if self.dense_proj is not None:
             factors = torch.cat([factors, self.dense_proj(dense).unsqueeze(1)], dim=1)
         fm = fm_interaction(factors)
-        deep_in = torch.cat([factors.flatten(1), dense], dim=1)
-        deep = self.mlp(deep_in).squeeze(1)
+        deep = self.mlp[1:](self._first_layer(factors.flatten(1), dense)).squeeze(1)
         return self.bias + first_order + fm + deep
+
+
+    def _first_layer(self, factors: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """``mlp[0]`` applied to ``cat([factors, dense])`` without building the concatenation.
+
+        Two products over column slices of one weight: no copy of the inputs,
+        and no input gradient computed for the dense columns, which need none.
+        """
+        first = self.mlp[0]
+        assert isinstance(first, nn.Linear)
+        k = factors.shape[1]
+        out = F.linear(factors, first.weight[:, :k], first.bias)
+        if dense.shape[1]:
+            out = out + F.linear(dense, first.weight[:, k:])
+        return out
 
 
 def model_spec(config: ModelConfig) -> str:
