@@ -39,16 +39,28 @@ def history_table_name(feature: str) -> str:
     return f"{feature}#history"
 
 
-def _first_ids(sparse: KeyedJaggedTensor, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One id per example (the first; ``present`` is False where there is none)."""
-    jt = sparse[feature]
-    lengths = jt.lengths().to(torch.int64)
-    offsets = torch.cumsum(lengths, 0) - lengths
-    present = lengths > 0
-    values = jt.values()
-    ids = torch.zeros(lengths.numel(), dtype=torch.int64)
-    ids[present] = values[offsets[present]]
-    return ids, present
+def _first_ids(sparse: KeyedJaggedTensor, features: list[str]
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per feature, one id per example (the first) and where there is one (``present``)."""
+    keys = sparse.keys()
+    batch = sparse.stride()
+    lengths = sparse.lengths().to(torch.int64).view(len(keys), batch)
+    values = sparse.values()
+    ends = torch.cumsum(lengths.sum(dim=1), 0).tolist()
+    out = {}
+    for feature in features:
+        k = keys.index(feature)
+        start = ends[k - 1] if k else 0
+        n = lengths[k]
+        if ends[k] - start == batch and bool((n == 1).all()):  # one id each: the common case
+            out[feature] = values[start:ends[k]], torch.ones(batch, dtype=torch.bool)
+            continue
+        offsets = start + torch.cumsum(n, 0) - n
+        present = n > 0
+        ids = torch.zeros(batch, dtype=torch.int64)
+        ids[present] = values[offsets[present]]
+        out[feature] = ids, present
+    return out
 
 
 def history_inputs(counts: torch.Tensor, prior_ctr: torch.Tensor, strength: float) -> torch.Tensor:
@@ -96,12 +108,13 @@ class HistoryFeatures:
         out = torch.zeros((batch * n_features, 2))
         self._pending = []
         train = labels is not None
+        firsts = _first_ids(sparse, self.features)
         for target, members in self._units:
             # Every (example, feature) pair of this unit, feature-major, each
             # feature's examples in batch (= event-time) order.
             ids, slots, tags = [], [], []
             for h, tag in members:
-                first, present = _first_ids(sparse, self.features[h])
+                first, present = firsts[self.features[h]]
                 at = torch.nonzero(present).reshape(-1)
                 ids.append(first.index_select(0, at))
                 slots.append(at * n_features + h)

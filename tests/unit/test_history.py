@@ -84,3 +84,15 @@ def test_grouped_history_tables_count_like_separate_ones() -> None:
         separate.commit()
         grouped.commit()
     assert float(b[..., 0].max()) > 1  # ids did repeat
+
+
+def test_first_id_counts_and_examples_without_an_id_count_nothing() -> None:
+    # tags = (5, 6), (), (5,), (7, 5), (5,): the first id of each example is its key.
+    h = make()
+    kjt = KeyedJaggedTensor(keys=["user_id"], values=torch.tensor([5, 6, 5, 7, 5, 5]),
+                            lengths=torch.tensor([2, 0, 1, 2, 1], dtype=torch.int32), stride=5)
+    counts = h.counts(kjt, torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0]), now_ms=1)
+    assert counts[:, 0].tolist() == [[0, 0], [0, 0], [1, 1], [0, 0], [2, 1]]
+    h.commit()
+    after = h.counts(users([5, 6, 7]), None, now_ms=2)
+    assert after[:, 0].tolist() == [[3, 2], [0, 0], [1, 1]]
