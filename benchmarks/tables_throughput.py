@@ -19,7 +19,7 @@ part differs:
 Each arm runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own.
 Run from the repository root::
 
-    python -m benchmarks.tables_throughput            # full run, ~3-4 min
+    python -m benchmarks.tables_throughput            # full run, ~1 min
     python -m benchmarks.tables_throughput --quick    # smoke run, ~30 s
 """
 
