@@ -11,6 +11,7 @@ first-order (linear) weight, the rest its factor vector (DeepFM, Guo et al. 2017
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -129,7 +130,10 @@ class CTRModel(nn.Module):
         if self.dense_proj is not None:
             factors = torch.cat([factors, self.dense_proj(dense).unsqueeze(1)], dim=1)
         fm = fm_interaction(factors)
-        deep = self.mlp[1:](self._first_layer(factors.flatten(1), dense)).squeeze(1)
+        deep = self._first_layer(factors.flatten(1), dense)
+        for layer in itertools.islice(self.mlp, 1, None):  # (slicing builds a new Sequential)
+            deep = layer(deep)
+        deep = deep.squeeze(1)
         return self.bias + first_order + fm + deep
 
 
