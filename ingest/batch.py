@@ -13,7 +13,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ingest.event import Event, FeatureValue
-from ingest.ids import to_id
+from ingest.ids import INT64_MAX, INT64_MIN, to_id
 
 __all__ = ["Batch", "Batcher", "dense_value"]
 
@@ -57,7 +57,11 @@ def dense_value(values: Sequence[FeatureValue]) -> float:
 
 def _int64(values: list[int]) -> torch.Tensor:
     # numpy reads a list of ints ~3x faster than torch.tensor does.
-    return torch.from_numpy(np.fromiter(values, dtype=np.int64, count=len(values)))
+    try:
+        return torch.from_numpy(np.fromiter(values, dtype=np.int64, count=len(values)))
+    except OverflowError:
+        big = next(v for v in values if not INT64_MIN <= v <= INT64_MAX)
+        raise ValueError(f"id {big} does not fit in a signed 64-bit integer") from None
 
 
 def _float32(values: list[float]) -> torch.Tensor:
@@ -80,10 +84,11 @@ def _dense_column(raw: list[object]) -> torch.Tensor:
 
 
 class _IdMemo(dict):  # type: ignore[type-arg]
-    """Categorical value -> raw id, remembering up to ``cap`` values.
+    """Categorical value -> raw id, remembering up to ``cap`` strings.
 
-    Values that compare equal map to the same id under :func:`to_id` (1, 1.0
-    and True all give 1), so one dict serves every value type.
+    Only strings are remembered: numbers are cheap to convert, and equal
+    numbers of different types (``10**20`` and ``1e20``) must not share an
+    entry, since :func:`to_id` treats them differently.
     """
 
     def __init__(self, cap: int) -> None:
@@ -92,7 +97,7 @@ class _IdMemo(dict):  # type: ignore[type-arg]
 
     def __missing__(self, value: FeatureValue) -> int:
         raw = to_id(value)
-        if len(self) < self.cap:
+        if type(value) is str and len(self) < self.cap:
             self[value] = raw
         return raw
 

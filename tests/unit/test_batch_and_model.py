@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from ingest.batch import Batcher, dense_value
@@ -57,6 +58,13 @@ def test_batched_dense_and_ids_match_the_per_value_functions() -> None:
                                       enumerate(["a", 1, 1.0, True, "a", 2.5])])
     assert ids.sparse["tag"].values().tolist() == [hash_id("a"), 1, 1, 1, hash_id("a"),
                                                    hash_id(repr(2.5))]
+    # 1e20 is hashed (no int64 can hold it), 10**20 is refused: an earlier
+    # equal float must not make the batcher accept the int.
+    batcher = Batcher(["tag"], [])
+    assert batcher.build([event(1, 1, tag=(1e20,))]).sparse["tag"].values().tolist() == \
+        [hash_id(repr(1e20))]
+    with pytest.raises(ValueError, match="64-bit"):
+        batcher.build([event(1, 1, tag=(10**20,))])
 
 
 def test_pooling_averages_each_examples_rows() -> None:
