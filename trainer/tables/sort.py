@@ -15,6 +15,10 @@ import torch
 
 __all__ = ["unique", "stable_argsort"]
 
+# unique() counts instead of sorting when the keys span at most this many
+# values per key: one pass over a span-sized mask beats an n log n sort.
+_DENSE_SPAN = 8
+
 
 def unique(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``torch.unique(keys, sorted=True, return_inverse=True, return_counts=True)`` for 1-D int64.
@@ -26,6 +30,19 @@ def unique(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     if n == 0:
         empty = torch.empty(0, dtype=keys.dtype)
         return empty, empty.clone(), empty.clone()
+    low = int(k.min())
+    span = int(k.max()) - low + 1
+    if span <= _DENSE_SPAN * n:
+        # Keys in a narrow range (ranks, small ids): mark and count, no sort.
+        shifted = k - low
+        seen = np.zeros(span, dtype=bool)
+        seen[shifted] = True
+        rank = np.cumsum(seen) - 1
+        inverse = rank[shifted]
+        uniques = np.flatnonzero(seen) + low
+        counts = np.bincount(inverse, minlength=uniques.shape[0])
+        return (torch.from_numpy(uniques.astype(k.dtype, copy=False)), torch.from_numpy(inverse),
+                torch.from_numpy(counts))
     order = np.argsort(k)  # not stable, which dedup does not need
     ordered = k[order]
     start = np.empty(n, dtype=bool)
