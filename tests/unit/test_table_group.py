@@ -8,6 +8,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from streamrec.config import TableConfig
 from trainer.embedding import DynamicEmbeddingCollection
 from trainer.tables.base import make_table, make_tables
+from trainer.tables.filter import FrequencyFilter
 from trainer.tables.group import GroupTableView
 
 FEATURES = ["user", "item", "tag"]
@@ -125,3 +126,33 @@ def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids() -> None:
         assert len(got) == len(set(got)) == len(set(pairs))
         assert [got[i] for i in inverse.tolist()] == pairs
         assert counts.tolist() == [pairs.count(p) for p in got]
+
+
+def test_a_table_restores_from_a_checkpoint_of_the_per_table_format() -> None:
+    # Before every table became a TableGroup (of one, or of several), a table
+    # saved its rows by its own row numbers along with its index
+    # (index.ids[i] -> index.rows[i]); such checkpoints must still load.
+    config = TableConfig(min_count=2, initial_capacity=16)
+    ids, at = torch.tensor([10, -(1 << 63), 30]), torch.tensor([2, 0, 1])
+    weights = torch.arange(3 * DIM, dtype=torch.float32).view(3, DIM)
+    seen_once = 4242
+    sketch = FrequencyFilter(config.min_count, config.filter_width, config.filter_depth)
+    sketch.observe(torch.tensor([seen_once]), torch.tensor([1]))
+    state = {f"filter.{k}": v for k, v in sketch.state_dict().items()}
+    state.update({
+        "index.ids": ids, "index.rows": at, "weights": weights,
+        "momentum": torch.tensor([0.1, 0.2, 0.3]), "last_seen_ms": torch.tensor([5, 6, 7]),
+        "row_ids": torch.empty(3, dtype=torch.int64), "live": torch.ones(3, dtype=torch.bool),
+        "touched": torch.tensor([True, False, True]), "tombstones": torch.tensor([99]),
+        "sweep_at": torch.tensor(0),
+    })
+    for table in (make_table("a", DIM, config), make_tables(["a", "b"], DIM, lambda _: config)["a"]):
+        table.load_state_dict(state)
+        got_ids, got_rows = table.export_all()
+        by_id = dict(zip(got_ids.tolist(), got_rows.tolist()))
+        assert by_id == {i: weights[r].tolist() for i, r in zip(ids.tolist(), at.tolist())}
+        touched, _, tombstones = table.collect_delta()
+        assert sorted(touched.tolist()) == [-(1 << 63), 10]  # rows 0 and 2 were touched
+        assert tombstones.tolist() == [99]
+        # The filter came along: the id seen once before the checkpoint is admitted now.
+        assert table.lookup(torch.tensor([seen_once]), now_ms=8).item() >= 0

@@ -6,7 +6,8 @@ from trainer.tables.filter import FrequencyFilter
 from trainer.tables.group import GroupTableView, TableGroup
 from trainer.tables.index import IdIndex
 from trainer.tables.sharded import ShardedEmbeddingTable, shard_of
-from trainer.tables.table import DynamicEmbeddingTable, TableStats, id_normal
+from trainer.tables.rows import TableStats, id_normal
+from trainer.tables.table import DynamicEmbeddingTable
 
 __all__ = [
     "EmbeddingTable",

@@ -15,7 +15,8 @@ import torch
 from streamrec.config import TableConfig
 from trainer.tables.group import TableGroup, group_views
 from trainer.tables.sharded import ShardedEmbeddingTable
-from trainer.tables.table import _SWEEP_ROWS, DynamicEmbeddingTable, TableStats
+from trainer.tables.rows import _SWEEP_ROWS, TableStats
+from trainer.tables.table import DynamicEmbeddingTable
 
 __all__ = ["EmbeddingTable", "expire_tables", "make_table", "make_tables"]
 

@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from streamrec.config import TableConfig
 from trainer.tables.sharded import shard_of
-from trainer.tables.table import DynamicEmbeddingTable, TableStats
+from trainer.tables.rows import TableStats
+from trainer.tables.table import DynamicEmbeddingTable
 
 __all__ = ["DistributedEmbeddingTable"]
 

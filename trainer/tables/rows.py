@@ -1,0 +1,66 @@
+"""Row-level pieces every dynamic table shares: initial values, the expiry sweep, counters."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["TableStats", "id_normal", "sweep_window"]
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+# splitmix64 constants (Steele et al. 2014), as signed int64.
+_GOLDEN, _C1, _C2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
+                                          0x94D049BB133111EB))
+
+
+def _splitmix(x: torch.Tensor) -> torch.Tensor:
+    # Logical right shifts on int64: arithmetic shift, then mask the sign bits away.
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _C1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _C2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
+    """``[len(ids), dim]`` standard normals that depend only on (seed, id, column).
+
+    Initial rows are a pure function of the id, so the same id starts from the
+    same values whatever the shard layout, process count or admission order —
+    a 2-rank run can match a 1-rank run — and checkpoints need no RNG state.
+    """
+    cols = torch.arange(2 * dim, dtype=torch.int64)
+    x = (ids.unsqueeze(1) * _GOLDEN + (cols + seed * 4 * dim).unsqueeze(0)) * _GOLDEN
+    bits = (_splitmix(x) >> 40) & ((1 << 24) - 1)  # 24 uniform bits
+    u = (bits.to(torch.float64) + 0.5) / (1 << 24)
+    u1, u2 = u[:, :dim], u[:, dim:]
+    return ((-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)).to(torch.float32)
+def sweep_window(cursor: int, max_rows: int, end_all: int) -> tuple[torch.Tensor, int]:
+    """The next ``max_rows`` rows after ``cursor`` in ``0..end_all-1``, wrapping; and the new cursor.
+
+    Row capacity grows between calls; a cursor that stopped at the old end and
+    restarted only when it hit the new one would keep visiting just the newest
+    rows of a growing table and never expire old ones.
+    """
+    start = cursor % end_all
+    visit = (torch.arange(min(max_rows, end_all)) + start) % end_all
+    return visit, (start + visit.numel()) % end_all
+
+
+# Rows visited by the expiry sweep per training step.
+_SWEEP_ROWS = 1 << 16
+
+
+class TableStats:
+    """Cumulative counters a table keeps for metrics."""
+
+    __slots__ = ("admitted", "filtered", "evicted", "pruned", "rejected_full")
+
+    def __init__(self) -> None:
+        self.admitted = 0  # ids given a row
+        self.filtered = 0  # lookups of ids held back by the frequency filter
+        self.evicted = 0  # rows expired
+        self.pruned = 0  # rows freed by OptEmbed pruning
+        self.rejected_full = 0  # admissions refused because max_rows was reached
