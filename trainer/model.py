@@ -136,7 +136,6 @@ class CTRModel(nn.Module):
         deep = deep.squeeze(1)
         return self.bias + first_order + fm + deep
 
-
     def _first_layer(self, factors: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """``mlp[0]`` applied to ``cat([factors, dense])`` without building the concatenation.
 
