@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from trainer.tables.base import expire_tables
 from trainer.tables.group import TableGroup, group_views, unique_pairs
 from trainer.tables.sort import stable_argsort
 
@@ -79,15 +80,15 @@ def history_inputs(counts: torch.Tensor, prior_ctr: torch.Tensor, strength: floa
 class HistoryFeatures:
     """Computes history inputs for a batch and updates the counts after the step.
 
-    ``lookup(table, ids, train)`` resolves ids to rows in the named history
-    table; ``tables`` maps table names to the tables themselves.
+    ``tables`` maps history table names (:func:`history_table_name`) to the
+    tables; the counts of ``features[i]`` live in its history table.
     """
 
     def __init__(self, features: list[str], tables: Mapping[str, object], cap: float = 200.0,
                  strength: float = 10.0) -> None:
         self.features = list(features)
-        self.table_names = [history_table_name(f) for f in self.features]
         self.tables = {f: tables[history_table_name(f)] for f in self.features}
+        self._by_name = {history_table_name(f): t for f, t in self.tables.items()}
         self.cap = cap
         self.strength = strength
         self._pending: list[tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -137,6 +138,10 @@ class HistoryFeatures:
                 self._pending.append((target, rows, stored, totals))
             out.index_copy_(0, all_slots, before)
         return out.view(batch, n_features, 2)
+
+    def expire(self, now_ms: int) -> int:
+        """One bounded slice of the history tables' expiry sweep; returns rows freed."""
+        return expire_tables(self._by_name, now_ms)
 
     def commit(self) -> None:
         """Add the last training batch's outcomes to the stored counts."""

@@ -22,7 +22,7 @@ from trainer.history import HistoryFeatures, history_table_name
 from trainer.model import CTRModel, model_spec
 from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
-from trainer.tables.base import EmbeddingTable, expire_tables, make_tables
+from trainer.tables.base import EmbeddingTable, make_tables
 from trainer.tables.distributed import DistributedEmbeddingTable
 
 __all__ = ["OnlineTrainer", "StepResult"]
@@ -146,8 +146,7 @@ class OnlineTrainer:
             prior = self.model.prior_ctr
             prior.mul_(keep).add_((1 - keep) * seen[1] / seen[0].clamp(min=1))
         self.embeddings.expire(self.event_time_ms)
-        expire_tables({name: self.tables[name] for name in self.history.table_names},
-                       self.event_time_ms)
+        self.history.expire(self.event_time_ms)
         probs = torch.sigmoid(logits.detach())
         self.progress.update(probs, batch.labels)
         self.examples += len(batch)

@@ -1,11 +1,11 @@
 """Several dynamic tables in one storage, so a training step is one pass, not one per table.
 
 A DLRM-style model has dozens of sparse features. With one table per
-feature, a step runs the whole pipeline (dedup, hash probe, frequency filter, admission, row init,
-gather, optimizer update, expiry sweep) once per feature: a few hundred small
-tensor operations each, so the step is bound by per-operation overhead, not by
-the work (issue 3: 26 features cost ~30 ms a step against ~3 ms for fbgemm's
-fused static tables). TorchRec fuses static tables the same way (one
+feature, a step runs the whole pipeline (dedup, hash probe, frequency filter,
+admission, row init, gather, optimizer update, expiry sweep) once per feature:
+a few hundred small tensor operations each, so the step is bound by
+per-operation overhead, not by the work (issue 3: 26 features cost ~30 ms a
+step against ~3 ms for fbgemm's fused static tables). TorchRec fuses static tables the same way (one
 TableBatchedEmbeddingBags for all of them).
 
 A :class:`TableGroup` holds the tables of features that share one
@@ -35,8 +35,8 @@ import torch
 from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
-from trainer.tables.sort import unique
 from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
+from trainer.tables.sort import unique
 
 __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 
