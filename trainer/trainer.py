@@ -103,7 +103,14 @@ class OnlineTrainer:
         return min(cfg.batch_size, max(cfg.warmup_batch_size, self.examples // 4))
 
     def train_batch(self, batch: Batch) -> StepResult:
-        """Score ``batch``, then take one optimizer step on it."""
+        """Score ``batch``, then take one optimizer step on it.
+
+        An empty batch changes nothing (no optimizer step, no step counted),
+        except under ``distributed``, where every rank joins every step's
+        collectives whether its slice of the batch holds examples or not.
+        """
+        if not len(batch) and not self.distributed:
+            return StepResult(torch.empty(0), float("nan"), 0)
         with self.lock:
             return self._step(batch)
 

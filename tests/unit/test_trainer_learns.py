@@ -120,3 +120,18 @@ def test_a_slow_stream_is_trained_without_waiting_for_a_full_batch() -> None:
         runner.join(10)
     assert trained_while_running == 100, "the partial batch waited for the loop to stop"
     assert waited >= 0.3  # and not before the delay
+
+
+def test_an_empty_batch_changes_nothing() -> None:
+    # A caller draining a lull may hand over zero events: no step, no
+    # optimizer move, and predicting zero events answers zero probabilities.
+    config = load_config(env={}, overrides={"trainer.batch_size": "64"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    trainer.train_batch(batcher.build(list(SyntheticStream(default()).events(64))))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    step = trainer.train_batch(batcher.build([]))
+    assert step.size == 0 and step.probs.shape == (0,)
+    assert (trainer.steps, trainer.examples) == (1, 64)
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.predict(batcher.build([])).shape == (0,)
