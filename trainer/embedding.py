@@ -74,6 +74,8 @@ class DynamicEmbeddingCollection:
         pooled: dict[str, torch.Tensor] = {}
         for group, features in self._groups:
             fused = self._group_forward(group, features, sparse, now_ms, train)
+            if features == self.features:  # one group holds every table: no copy
+                return fused.transpose(0, 1)
             pooled.update(zip(features, fused.unbind(0)))
         if self._single:
             def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
@@ -118,11 +120,11 @@ class DynamicEmbeddingCollection:
         values = self._prune_group(group, pair_tags, leaf).index_select(0, inverse)
         if values.shape[0] == lengths.numel() and bool((lengths == 1).all()):
             # One id per example and feature (the common schema): the mean is the row.
-            return values.view(len(features), batch, -1)
+            return values.view(len(features), batch, leaf.shape[1])
         segment = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
         sums = torch.zeros((lengths.numel(), leaf.shape[1])).index_add(0, segment, values)
         means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
-        return means.view(len(features), batch, -1)
+        return means.view(len(features), batch, leaf.shape[1])
 
     def _prune_group(self, group: TableGroup, tags: torch.Tensor, rows: torch.Tensor
                      ) -> torch.Tensor:

@@ -20,6 +20,8 @@ def _key_sets() -> list[torch.Tensor]:
         torch.randint(0, 50, (5000,), generator=g),            # many repeats
         torch.randint(-(2**62), 2**62, (3000,), generator=g),  # hashed ids: huge range
         torch.tensor([INT64.max, INT64.min, 0, -1, INT64.max, INT64.min]),
+        torch.tensor([65535, 0, 65535, 1, 0, 65535]),  # the 16-bit radix sort's range
+        torch.tensor([65536, 0, 65536, 1, 0]),         # just beyond it
     ]
 
 

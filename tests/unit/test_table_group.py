@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -118,8 +120,15 @@ def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids() -> None:
     gen = torch.Generator().manual_seed(0)
     small = torch.randint(-50, 50, (400,), generator=gen)
     extreme = torch.cat([small, torch.tensor([-(1 << 63), (1 << 63) - 1, -(1 << 63)])])
-    for ids in (small, extreme):  # the one-sort path, then the ranked path
+    for ids, layout in itertools.product((small, extreme), ("any", "runs", "runs down", "one")):
+        # Tags in any order (the one-sort path, then the ranked path); in
+        # runs of one table each, as the trainer lays them out (a dedup per
+        # run); runs in descending order; a single table.
         tags = torch.randint(0, 3, (ids.numel(),), generator=gen)
+        if layout.startswith("runs"):
+            tags = torch.sort(tags, descending=layout == "runs down").values
+        elif layout == "one":
+            tags = torch.full_like(ids, 2)
         pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, 3)
         pairs = list(zip(tags.tolist(), ids.tolist()))
         got = list(zip(pair_tags.tolist(), pair_ids.tolist()))

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from streamrec.config import TableConfig
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
-from trainer.tables.sort import unique
+from trainer.tables.sort import unique, unique_np
 
 __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 
@@ -49,16 +50,32 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
     """Exact dedup of ``(tags[i], ids[i])``: ``(ids, tags, inverse, counts)`` of the unique pairs.
 
     One sort of ``id * n_tags + tag`` when every id leaves room for that in
-    int64 (the common case); otherwise the ids are ranked first and the
-    pairs are ``(rank, tag)``, so ids using all 64 bits never collide.
+    int64 (small ids). Otherwise, when ``tags`` come in runs (each table's ids
+    together, as the callers lay them out), a dedup per run; failing that the
+    ids are ranked first and the pairs are ``(rank, tag)``. Either way ids
+    using all 64 bits never collide.
     """
-    if ids.numel():
-        low, high = torch.aminmax(ids)
-        limit = (torch.iinfo(torch.int64).max - n_tags) // n_tags
-        if -limit <= int(low) and int(high) <= limit:
-            pairs, inverse, counts = unique(ids * n_tags + tags)
-            return pairs.div(n_tags, rounding_mode="floor"), pairs.remainder(n_tags), \
-                inverse, counts
+    if ids.numel() == 0:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty.clone(), empty.clone(), empty.clone()
+    low, high = torch.aminmax(ids)
+    limit = (torch.iinfo(torch.int64).max - n_tags) // n_tags
+    if -limit <= int(low) and int(high) <= limit:
+        pairs, inverse, counts = unique(ids * n_tags + tags)
+        return pairs.div(n_tags, rounding_mode="floor"), pairs.remainder(n_tags), \
+            inverse, counts
+    t, k = tags.contiguous().numpy(), ids.contiguous().numpy()
+    changes = np.flatnonzero(t[1:] != t[:-1]) + 1
+    if changes.shape[0] < n_tags and bool((t[changes] > t[changes - 1]).all()):
+        # Hashed ids (strings) in some tables: short sorts, not one long one.
+        bounds = [0, *changes.tolist(), t.shape[0]]
+        parts = [unique_np(k[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        sizes = [u.shape[0] for u, _, _ in parts]
+        offsets = np.cumsum([0, *sizes[:-1]])
+        return (torch.from_numpy(np.concatenate([u for u, _, _ in parts])),
+                torch.from_numpy(np.repeat(t[bounds[:-1]], sizes)),
+                torch.from_numpy(np.concatenate([i + o for (_, i, _), o in zip(parts, offsets)])),
+                torch.from_numpy(np.concatenate([c for _, _, c in parts])))
     unique_ids, id_rank, _ = unique(ids)
     pairs, inverse, counts = unique(id_rank * n_tags + tags)
     return unique_ids.index_select(0, pairs // n_tags), pairs % n_tags, inverse, counts

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["unique", "stable_argsort"]
+__all__ = ["unique", "unique_np", "stable_argsort"]
 
 # unique() counts instead of sorting when the keys span at most this many
 # values per key: one pass over a span-sized mask beats an n log n sort.
@@ -26,10 +26,16 @@ def unique(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     Returns ``(uniques ascending, inverse, counts)``: ``uniques[inverse] == keys``.
     """
     k = keys.contiguous().numpy()
-    n = k.shape[0]
-    if n == 0:
+    if k.shape[0] == 0:
         empty = torch.empty(0, dtype=keys.dtype)
         return empty, empty.clone(), empty.clone()
+    uniques, inverse, counts = unique_np(k)
+    return torch.from_numpy(uniques), torch.from_numpy(inverse), torch.from_numpy(counts)
+
+
+def unique_np(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`unique` on a non-empty 1-D int64 array (the arrays, no tensors)."""
+    n = k.shape[0]
     low = int(k.min())
     span = int(k.max()) - low + 1
     if span <= _DENSE_SPAN * n:
@@ -41,8 +47,7 @@ def unique(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         inverse = rank[shifted]
         uniques = np.flatnonzero(seen) + low
         counts = np.bincount(inverse, minlength=uniques.shape[0])
-        return (torch.from_numpy(uniques.astype(k.dtype, copy=False)), torch.from_numpy(inverse),
-                torch.from_numpy(counts))
+        return uniques.astype(k.dtype, copy=False), inverse, counts
     order = np.argsort(k)  # not stable, which dedup does not need
     ordered = k[order]
     start = np.empty(n, dtype=bool)
@@ -53,8 +58,7 @@ def unique(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     inverse[order] = rank
     starts = np.flatnonzero(start)
     counts = np.diff(starts, append=n)
-    return (torch.from_numpy(ordered[starts]), torch.from_numpy(inverse),
-            torch.from_numpy(counts))
+    return ordered[starts], inverse, counts
 
 
 def stable_argsort(keys: torch.Tensor) -> torch.Tensor:
@@ -68,6 +72,10 @@ def stable_argsort(keys: torch.Tensor) -> torch.Tensor:
     if n == 0:
         return torch.empty(0, dtype=torch.int64)
     low, high = int(k.min()), int(k.max())
+    if 0 <= low and high < 2**16:
+        # Small keys (ranks of a batch's unique ids): numpy's stable sort of
+        # 16-bit integers is a radix sort, O(n).
+        return torch.from_numpy(np.argsort(k.astype(np.uint16), kind="stable"))
     if (high - low + 1) * n < 2**62:
         distinct = (k - low) * n + np.arange(n, dtype=np.int64)
         return torch.from_numpy(np.argsort(distinct))
