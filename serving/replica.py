@@ -113,6 +113,8 @@ class EmbeddingTableReplica:
         return self.index.lookup(ids)
 
     def read(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.weights.shape[0] == 0:  # no row synced yet: every id reads as zeros
+            return torch.zeros((rows.numel(), self.dim))
         out = self.weights[rows.clamp(min=0)]
         out[rows < 0] = 0.0
         return out
@@ -143,6 +145,30 @@ class _State:
         self.version = 0
         self.event_time_ms = 0
         self.exported_at_ms = 0
+
+    def check(self, delta: ParameterDelta) -> None:
+        """Raise SyncError if ``delta`` does not fit this state, before anything changes.
+
+        A rejected delta must leave the version served intact: applying half
+        of one would score requests with a mix of two versions.
+        """
+        if delta.dense:
+            want = {k: v.shape for k, v in self.model.state_dict().items()}
+            got = {k: v.shape for k, v in delta.dense.items()
+                   if not k.startswith(PRUNE_THRESHOLD_PREFIX)}
+            if want != got:
+                wrong = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+                raise SyncError(f"dense weights do not fit the model spec: {wrong[:5]}")
+            for k, v in delta.dense.items():
+                if k.startswith(PRUNE_THRESHOLD_PREFIX) and v.numel() != 1:
+                    raise SyncError(f"{k}: a threshold is one value, got shape {tuple(v.shape)}")
+        for t in delta.tables:
+            table = self.tables.get(t.table)
+            if table is None or table.dim != t.dim:
+                raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
+            if t.rows.shape != (t.ids.numel(), t.dim):
+                raise SyncError(f"table {t.table!r}: {t.ids.numel()} ids but rows of shape "
+                                f"{tuple(t.rows.shape)}")
 
     def set_dense(self, dense: Mapping[str, torch.Tensor]) -> None:
         thresholds = {k[len(PRUNE_THRESHOLD_PREFIX):]: v for k, v in dense.items()
@@ -226,6 +252,7 @@ class ModelReplica:
                 state = _State(delta.model_spec)
             except (ValueError, TypeError, KeyError) as e:
                 raise SyncError(f"bad model spec: {e}") from e
+            state.check(delta)
             state.set_dense(delta.dense)
             state.apply_tables(delta)
             self._stamp(state, delta)
@@ -240,6 +267,7 @@ class ModelReplica:
             state = self._state
             if state is None or delta.base_version != state.version:
                 raise VersionGapError(self.version, delta.base_version)
+            state.check(delta)
             if delta.dense:
                 state.set_dense(delta.dense)
             state.apply_tables(delta)

@@ -154,6 +154,44 @@ def test_version_gaps_are_refused_and_a_full_snapshot_resets() -> None:
     assert replica.version == 9
 
 
+def test_a_rejected_delta_leaves_the_served_version_untouched() -> None:
+    # Each of these deltas fails a check; none may change what is served
+    # (a request sees version v or v+1, never a mix of v and a rejected delta).
+    trainer = OnlineTrainer(config())
+    train(trainer, list(SyntheticStream(default()).events(600)))
+    replica = ModelReplica(registry=CollectorRegistry())
+    replica.apply(trainer.snapshot(1))
+    probe = list(SyntheticStream(default()).events(20))
+    train(trainer, list(SyntheticStream(default()).events(600)))
+    good = trainer.collect_delta(2)  # changes dense weights and rows alike
+    extra_key = dict(good.dense, bogus=torch.zeros(1))
+    wrong_shape = {k: (v[:1] if v.dim() else v) for k, v in good.dense.items()}
+    unknown_table = [*good.tables, TableDelta("no_such_table", 3, torch.tensor([1]),
+                                              torch.zeros(1, 3), torch.empty(0, dtype=torch.int64))]
+    short_rows = [TableDelta(t.table, t.dim, t.ids, t.rows[:-1], t.evicted_ids)
+                  if t.ids.numel() else t for t in good.tables]
+    before = [replica.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in probe]
+    for dense, tables in ((extra_key, good.tables), (wrong_shape, good.tables),
+                          (good.dense, unknown_table), (good.dense, short_rows)):
+        with pytest.raises(SyncError):
+            replica.apply(ParameterDelta(2, 1, False, tables, dense, 0, 0, ""))
+        assert replica.version == 1
+        after = [replica.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in probe]
+        assert after == before
+    replica.apply(good)  # and the intact delta still applies on top of version 1
+    assert_same_scores(trainer, replica, probe)
+
+
+def test_a_feature_without_any_synced_row_reads_as_zeros() -> None:
+    # A fresh trainer's first snapshot: no event carried "category" yet, so
+    # its table is empty; requests naming a category still score, as in training.
+    trainer = OnlineTrainer(config())
+    replica = ModelReplica(registry=CollectorRegistry())
+    replica.apply(trainer.snapshot(1))
+    assert replica.table_rows()["category"] == 0
+    assert_same_scores(trainer, replica, list(SyntheticStream(default()).events(5)))
+
+
 class FlakySink(MemoryDeltaSink):
     def __init__(self, replica: ModelReplica) -> None:
         super().__init__(replica)
