@@ -130,11 +130,14 @@ class OnlineTrainer:
         pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=True)
         history = self.history.counts(batch.sparse, batch.labels, self.event_time_ms)
         logits = self.model(pooled, batch.dense, history)
-        # Negative down-sampling at rate r multiplies the odds of a click in
-        # the training stream by 1/r; learning on logit - log(r) keeps the
-        # model's own logit calibrated to the true stream (Monolith §3.3).
-        shifted = logits - batch.sample_rates.clamp(min=1e-6).log()
-        loss = F.binary_cross_entropy_with_logits(shifted, batch.labels)
+        # Negative down-sampling keeps a negative with probability r: each
+        # kept one stands for 1/r negatives of the true stream, so it weighs
+        # 1/r in the loss (importance weighting). The expected loss is then
+        # the true stream's, and the predictions stay calibrated to it.
+        # (Shifting each example's logit by its own -log(rate) would not:
+        # positives carry rate 1, and the fixed point over-predicts clicks.)
+        weight = batch.sample_rates.clamp(min=1e-6).reciprocal()
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=weight)
         self.optimizer.zero_grad(set_to_none=True)
         (loss + self.embeddings.regularizer()).backward()
         if self.distributed:
@@ -148,7 +151,8 @@ class OnlineTrainer:
         self.history.commit()
         with torch.no_grad():
             # Exponential moving average of the click rate, ~10k examples long.
-            seen = self._all_reduce(torch.tensor([float(len(batch)), float(batch.labels.sum())]))
+            # (Weighted like the loss: the prior is the true stream's rate.)
+            seen = self._all_reduce(torch.stack([weight.sum(), (weight * batch.labels).sum()]))
             keep = 0.9999 ** float(seen[0])
             prior = self.model.prior_ctr
             prior.mul_(keep).add_((1 - keep) * seen[1] / seen[0].clamp(min=1))

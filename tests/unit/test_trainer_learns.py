@@ -135,3 +135,39 @@ def test_an_empty_batch_changes_nothing() -> None:
     assert (trainer.steps, trainer.examples) == (1, 64)
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert trainer.predict(batcher.build([])).shape == (0,)
+
+
+def test_predictions_stay_calibrated_under_negative_down_sampling() -> None:
+    # True stream: every impression is clicked with probability 5%. The
+    # joiner keeps a tenth of the negatives (positives all), so a third of
+    # the training examples are positives; the trainer must still predict
+    # the true stream's 5%, not the sampled stream's ~34%.
+    import random
+
+    from ingest.event import EXAMPLE, Event
+    from ingest.joiner import Joiner
+
+    torch.set_num_threads(1)
+    rng = random.Random(0)
+    config = load_config(env={}, overrides={
+        "model.embedding_dim": "2", "model.hidden": "4", "model.history_features": "",
+        "trainer.warmup_batch_size": "0", "trainer.batch_size": "512"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    joiner = Joiner(["click"], window_s=1, rate=0.1, seed=1)
+    examples: list[Event] = []
+    for k in range(250_000):
+        user, item = rng.randrange(20), rng.randrange(20)
+        raw = [Event("impression", user, item, k, request_id=f"r{k}")]
+        if rng.random() < 0.05:
+            raw.append(Event("click", user, item, k, request_id=f"r{k}"))
+        examples += joiner.push(raw)
+    examples += joiner.flush()
+    sampled_ctr = sum(e.label or 0.0 for e in examples) / len(examples)
+    assert sampled_ctr > 0.25
+    for start in range(0, len(examples), 512):
+        trainer.train_batch(batcher.build(examples[start:start + 512]))
+    probe = batcher.build([Event(EXAMPLE, u, i, 250_000, label=0.0)
+                           for u in range(20) for i in range(20)])
+    assert abs(float(trainer.predict(probe).mean()) - 0.05) < 0.01
+    assert abs(float(trainer.model.prior_ctr) - 0.05) < 0.01
