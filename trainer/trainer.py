@@ -7,6 +7,7 @@ validation, Blum et al. 1999; the "test-then-train" protocol of river and MOA).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
@@ -74,9 +75,13 @@ class OnlineTrainer:
         else:
             embedding_tables = make_tables(self.features, row_dim, config.table, seed=seed)
         history_features = {history_table_name(f): f for f in config.model.history_features}
-        history_tables = make_tables(list(history_features), 2,
-                                     lambda name: config.table(history_features[name]),
-                                     seed=seed)
+        # A history table shares its feature's config (same admission, same
+        # expiry), except that counts start at zero, not at random values:
+        # an id's first example must see n = c = 0, as serving does.
+        history_tables = make_tables(
+            list(history_features), 2,
+            lambda name: dataclasses.replace(config.table(history_features[name]), init_std=0.0),
+            seed=seed)
         # Every table, embeddings and history counts alike, is synced,
         # expired and checkpointed the same way.
         self.tables: dict[str, EmbeddingTable] = {**embedding_tables, **history_tables}

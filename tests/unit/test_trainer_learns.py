@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from ingest.batch import Batcher
@@ -171,3 +172,26 @@ def test_predictions_stay_calibrated_under_negative_down_sampling() -> None:
                            for u in range(20) for i in range(20)])
     assert abs(float(trainer.predict(probe).mean()) - 0.05) < 0.01
     assert abs(float(trainer.model.prior_ctr) - 0.05) < 0.01
+
+
+def test_history_counts_start_at_zero_whatever_the_embedding_init() -> None:
+    # History tables share their feature's table config; its init_std is
+    # for embeddings. Counts must start at exactly zero (a negative count
+    # made log1p(n) NaN and poisoned the whole model).
+    config = load_config(env={}, overrides={
+        "model.history_features": "user_id", "table_defaults.init_std": "0.5",
+        "trainer.warmup_batch_size": "0", "trainer.batch_size": "64"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    events = list(SyntheticStream(default()).events(640))
+    for start in range(0, 640, 64):
+        step = trainer.train_batch(batcher.build(events[start:start + 64]))
+        assert torch.isfinite(step.probs).all() and step.loss == step.loss
+    users: dict[int, list[float]] = {}
+    for e in events:
+        users.setdefault(e.user_id, [0.0, 0.0])
+        users[e.user_id][0] += 1
+        users[e.user_id][1] += e.label or 0.0
+    ids, rows = trainer.tables["user_id#history"].export_all()
+    stored = dict(zip(ids.tolist(), rows.tolist()))
+    assert stored and all(stored[u] == pytest.approx(users[u]) for u in stored)
