@@ -126,7 +126,11 @@ class OnlineTrainer:
         return tensor
 
     def _step(self, batch: Batch) -> StepResult:
-        now = torch.tensor([int(batch.timestamps_ms.max()) if len(batch) else self.event_time_ms])
+        # The trainer's clock (TTL expiry) is the running maximum of batch
+        # medians: one event stamped hours ahead (a skewed producer clock)
+        # cannot move it, and with it expire every row at once.
+        now = torch.tensor([int(batch.timestamps_ms.median()) if len(batch)
+                            else self.event_time_ms])
         now_ms = int(self._all_reduce(now, dist.ReduceOp.MAX))
         self.event_time_ms = max(self.event_time_ms, now_ms)
         self.model.train()

@@ -9,6 +9,7 @@ recover at least 40% of the AUC lift over chance that the optimum achieves
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -195,3 +196,23 @@ def test_history_counts_start_at_zero_whatever_the_embedding_init() -> None:
     ids, rows = trainer.tables["user_id#history"].export_all()
     stored = dict(zip(ids.tolist(), rows.tolist()))
     assert stored and all(stored[u] == pytest.approx(users[u]) for u in stored)
+
+
+def test_one_event_from_a_skewed_clock_does_not_expire_every_row() -> None:
+    config = load_config(env={}, overrides={
+        "table_defaults.ttl_s": "3600", "trainer.warmup_batch_size": "0",
+        "trainer.batch_size": "64"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    events = list(SyntheticStream(default()).events(256))
+    for start in range(0, 192, 64):
+        trainer.train_batch(batcher.build(events[start:start + 64]))
+    held = trainer.table_rows()["user_id"]
+    clock = trainer.event_time_ms
+    last = events[192:]
+    last[0] = dataclasses.replace(last[0], timestamp_ms=last[0].timestamp_ms + 10 * 3600_000)
+    trainer.train_batch(batcher.build(last))
+    for _ in range(20):  # let the expiry sweep visit every row
+        trainer.embeddings.expire(trainer.event_time_ms)
+    assert trainer.event_time_ms - clock < 3600_000
+    assert trainer.table_rows()["user_id"] >= held
