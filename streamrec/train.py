@@ -79,6 +79,7 @@ def run_training(config: AppConfig, stop: threading.Event,
     version = loop.resume()
     loop.publisher = Publisher(trainer, sinks, config.sync.interval_s, registry=REGISTRY,
                                start_version=version) if sinks else None
+    trainer.record_tombstones(bool(sinks))  # every replica starts from a full snapshot
     try:
         return loop.run(stop, max_seconds=max_seconds)
     finally:

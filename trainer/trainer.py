@@ -25,6 +25,8 @@ from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
 from trainer.tables.base import EmbeddingTable, make_tables
 from trainer.tables.distributed import DistributedEmbeddingTable
+from trainer.tables.group import GroupTableView, TableGroup
+from trainer.tables.sharded import ShardedEmbeddingTable
 
 __all__ = ["OnlineTrainer", "StepResult"]
 
@@ -269,5 +271,31 @@ class OnlineTrainer:
             self.steps = int(counters["steps"])
             self.event_time_ms = int(counters["event_time_ms"])
 
+    def record_tombstones(self, enabled: bool) -> None:
+        """Whether evicted ids are kept for the next delta (default on).
+
+        Only parameter sync consumes tombstones; a trainer without replicas
+        turns this off, or they would grow with every eviction, in memory and
+        in every checkpoint. Turning it off drops those held.
+        """
+        with self.lock:
+            for table in self.tables.values():
+                for group in _groups_of(table):
+                    group.record_tombstones = enabled
+                    if not enabled:
+                        group._evicted = []
+                        group._tombstones = [[] for _ in group.names]
+
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
+
+
+def _groups_of(table: EmbeddingTable) -> list[TableGroup]:
+    """The row storages behind ``table`` (one, or one per shard)."""
+    if isinstance(table, GroupTableView):
+        return [table.group]
+    if isinstance(table, ShardedEmbeddingTable):
+        return [g for shard in table.shards for g in _groups_of(shard)]
+    if isinstance(table, DistributedEmbeddingTable):
+        return _groups_of(table.shard)
+    return []

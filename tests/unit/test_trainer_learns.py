@@ -216,3 +216,24 @@ def test_one_event_from_a_skewed_clock_does_not_expire_every_row() -> None:
         trainer.embeddings.expire(trainer.event_time_ms)
     assert trainer.event_time_ms - clock < 3600_000
     assert trainer.table_rows()["user_id"] >= held
+
+
+@pytest.mark.parametrize("shards", ["1", "2"])
+def test_a_trainer_without_replicas_keeps_no_tombstones(shards: str) -> None:
+    # Tombstones only serve parameter sync; without a replica they grew with
+    # every eviction, in memory and in every checkpoint.
+    config = load_config(env={}, overrides={
+        "table_defaults.ttl_s": "1", "table_defaults.shards": shards,
+        "trainer.warmup_batch_size": "0", "trainer.batch_size": "128"})
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    events = list(SyntheticStream(default()).events(2048))
+    held, evicted = {}, {}
+    for record in (True, False):
+        trainer = OnlineTrainer(config)
+        trainer.record_tombstones(record)
+        for start in range(0, 2048, 128):
+            trainer.train_batch(batcher.build(events[start:start + 128]))
+        evicted[record] = trainer.tables["user_id"].stats.evicted
+        held[record] = sum(t.evicted_ids.numel() for t in trainer.collect_delta(1).tables)
+    assert evicted[True] == evicted[False] > 0  # rows expire either way
+    assert held[True] >= evicted[True] and held[False] == 0

@@ -124,6 +124,8 @@ class TableGroup:
         self._sweep_at: dict[int | None, int] = {}
         # Evicted (ids, tags) not yet sorted by table, then per table.
         self._evicted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Off when no replica consumes deltas: tombstones would pile up forever.
+        self.record_tombstones = True
         self._tombstones: list[list[torch.Tensor]] = [[] for _ in self.names]
         # Touched rows per table, computed once for all tables per sync round
         # (valid while _version, bumped by every change to rows, is unchanged).
@@ -277,7 +279,8 @@ class TableGroup:
         self.live[rows] = False
         self.touched[rows] = False
         self.row_tags[rows] = -1
-        self._evicted.append((ids, tags))
+        if self.record_tombstones:
+            self._evicted.append((ids, tags))
         self._version += 1
         self.rows_per_tag -= torch.bincount(tags, minlength=len(self.names))
         self._count("evicted", tags)
