@@ -185,6 +185,7 @@ def test_max_rows_bounds_the_table(make: Factory) -> None:
     assert len(table) <= 8
     assert int((rows >= 0).sum()) == len(table)
     assert table.stats.rejected_full == 20 - len(table)
+    assert table.stats.filtered == 0  # the frequency filter (off here) held none back
 
 
 def test_save_and_restore_continue_identically(make: Factory) -> None:

@@ -192,6 +192,7 @@ class TableGroup:
             miss_counts = counts.index_select(0, missing) if counts is not None \
                 else torch.ones_like(miss_ids)
             admit = self.filter.observe(miss_ids, miss_counts, miss_tags)
+            self._count("filtered", miss_tags[~admit])  # (room refusals count as rejected_full)
             if self.config.max_rows:
                 admit &= self._within_room(miss_tags, admit)
             new = torch.nonzero(admit).reshape(-1)
@@ -202,7 +203,6 @@ class TableGroup:
                 self._init_rows(new_rows, new_ids, new_tags, now_ms)
                 rows.index_copy_(0, missing.index_select(0, new), new_rows)
                 self._count("admitted", new_tags)
-            self._count("filtered", miss_tags[~admit])
         self.last_seen_ms.index_fill_(0, rows[rows >= 0], now_ms)
         return rows
 
