@@ -28,6 +28,27 @@ from trainer.tables.sort import unique
 __all__ = ["DynamicEmbeddingCollection"]
 
 
+def _masked(rows: torch.Tensor, margin: torch.Tensor, on: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """OptEmbed's mask: rows with ``margin`` (L1 norm minus threshold) <= 0 read as zero.
+
+    Only rows where ``on`` (default: all) are masked. Straight-through
+    estimators both ways (OptEmbed eq. 5): the threshold gets the gradient of
+    the step as if it were the identity in ``margin``, and a masked row still
+    gets its full gradient, as if unmasked. Without the latter a new id, whose
+    small initial row is under the threshold, would read zero and receive
+    nothing from then on: once the threshold passed the initial norm, no new
+    id could ever be learned.
+    """
+    hard = (margin > 0).to(rows.dtype)
+    step = hard + margin - margin.detach()
+    off = 1 - hard
+    if on is not None:
+        step = torch.where(on, step, torch.ones_like(step))
+        off = torch.where(on, off, torch.zeros_like(off))
+    return rows * step.unsqueeze(1) + (rows - rows.detach()) * off.unsqueeze(1)
+
+
 class DynamicEmbeddingCollection:
     """Pools each feature's rows and applies row-wise Adagrad after backward.
 
@@ -61,12 +82,7 @@ class DynamicEmbeddingCollection:
 
     def _prune(self, feature: str, rows: torch.Tensor) -> torch.Tensor:
         t = self.thresholds[self._pruned_index[feature]]
-        margin = rows.abs().sum(dim=1) - t
-        # Heaviside step forward, identity gradient backward (straight-through
-        # estimator, OptEmbed eq. 5): rows under t read as zero, yet both the
-        # rows and the threshold receive gradients.
-        mask = (margin > 0).to(rows.dtype) + margin - margin.detach()
-        return rows * mask.unsqueeze(1)
+        return _masked(rows, rows.abs().sum(dim=1) - t)
 
     def forward(self, sparse: KeyedJaggedTensor, now_ms: int, train: bool = True) -> torch.Tensor:
         """``[B, F, dim]`` mean-pooled rows; with ``train`` ids are admitted and rows refreshed."""
@@ -132,10 +148,8 @@ class DynamicEmbeddingCollection:
         if max(which) < 0:
             return rows
         index = torch.tensor(which)[tags]
-        on = index >= 0
         margin = rows.abs().sum(dim=1) - self.thresholds[index.clamp(min=0)]
-        step = (margin > 0).to(rows.dtype) + margin - margin.detach()  # as in _prune
-        return rows * torch.where(on, step, torch.ones_like(step)).unsqueeze(1)
+        return _masked(rows, margin, on=index >= 0)
 
     def step(self) -> None:
         """Apply the gradients of the last ``forward`` to the rows it read."""

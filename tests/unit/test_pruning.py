@@ -57,8 +57,28 @@ def test_regulariser_raises_thresholds_and_the_sweep_frees_pruned_rows() -> None
     t = float(ec.thresholds.detach()[0])
     assert t > 1.0  # initial rows have L1 norm ~0.3 (4 dims, std 0.1)
     table = ec.tables["f"]
-    assert ec.expire(now_ms=1) == 20
+    grace_ms = int(table.config.prune_grace_s * 1000)
+    assert ec.expire(now_ms=grace_ms) == 0  # admitted at 1: still in their grace period
+    assert ec.expire(now_ms=1 + grace_ms) == 20
     assert len(table) == 0 and table.stats.pruned == 20
+
+
+def test_a_new_id_under_the_threshold_can_still_learn_its_way_out() -> None:
+    # Once the threshold is above a fresh row's norm, every new id reads zero
+    # at first; its row must still be trained (and kept through the grace
+    # period), or no new id could ever be learned again.
+    ec = collection(alpha=1e-3)
+    with torch.no_grad():
+        ec.thresholds.fill_(1.0)  # fresh rows: L1 norm ~0.3
+    table = ec.tables["f"]
+    for step in range(200):
+        pooled = ec.forward(kjt([7]), now_ms=1 + step)
+        (-pooled.sum()).backward()  # the loss wants this row large
+        ec.step()
+        ec.expire(now_ms=1 + step)
+    row = table.read(table.lookup(torch.tensor([7]), train=False))
+    assert float(row.abs().sum()) > 1.0
+    assert bool((ec.forward(kjt([7]), now_ms=201, train=False) != 0).any())
 
 
 def test_no_pruning_means_no_parameters_and_zero_regulariser() -> None:

@@ -121,6 +121,7 @@ class TableGroup:
         self.counters = {k: torch.zeros(n, dtype=torch.int64) for k in _STATS}
         self.rows_per_tag = torch.zeros(n, dtype=torch.int64)
         self._ttl_ms = int(config.ttl_s * 1000)
+        self._grace_ms = int(config.prune_grace_s * 1000)
         self._sweep_at: dict[int | None, int] = {}
         # Evicted (ids, tags) not yet sorted by table, then per table.
         self._evicted: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -136,13 +137,14 @@ class TableGroup:
 
     # Storage --------------------------------------------------------------------------
 
-    _ROW_TENSORS = ("weights", "momentum", "last_seen_ms", "row_ids", "row_tags", "live",
-                    "touched")
+    _ROW_TENSORS = ("weights", "momentum", "last_seen_ms", "admitted_ms", "row_ids", "row_tags",
+                    "live", "touched")
 
     def _alloc(self, capacity: int) -> None:
         self.weights = torch.zeros((capacity, self.dim), dtype=torch.float32)
         self.momentum = torch.zeros(capacity, dtype=torch.float32)
         self.last_seen_ms = torch.zeros(capacity, dtype=torch.int64)
+        self.admitted_ms = torch.zeros(capacity, dtype=torch.int64)
         self.row_ids = torch.zeros(capacity, dtype=torch.int64)
         self.row_tags = torch.full((capacity,), -1, dtype=torch.int64)
         self.live = torch.zeros(capacity, dtype=torch.bool)
@@ -164,7 +166,7 @@ class TableGroup:
         return len(self.index)
 
     def memory_bytes(self) -> int:
-        per_row = self.dim * 4 + 4 + 8 + 8 + 8 + 1 + 1
+        per_row = self.dim * 4 + 4 + 8 + 8 + 8 + 8 + 1 + 1
         return self.weights.shape[0] * per_row + self.index.memory_bytes() + \
             self.filter.memory_bytes()
 
@@ -232,6 +234,7 @@ class TableGroup:
         self.row_tags.index_copy_(0, rows, tags)
         self.live.index_fill_(0, rows, True)
         self.last_seen_ms.index_fill_(0, rows, now_ms)
+        self.admitted_ms.index_fill_(0, rows, now_ms)
         self.rows_per_tag += torch.bincount(tags, minlength=len(self.names))
         self._version += 1
 
@@ -258,7 +261,8 @@ class TableGroup:
         if prune:
             assert prune_below is not None
             limit = prune_below.nan_to_num(0.0)[self.row_tags[visit].clamp(min=0)]
-            pruned = live & ~stale & (self.weights[visit].abs().sum(dim=1) < limit)
+            old = self.admitted_ms[visit] <= now_ms - self._grace_ms
+            pruned = live & ~stale & old & (self.weights[visit].abs().sum(dim=1) < limit)
         else:
             pruned = torch.zeros_like(live)
         rows = visit[stale | pruned]
@@ -435,7 +439,8 @@ class GroupTableView:
         state.update({
             **{name: getattr(g, tensor).index_select(0, rows) for name, tensor in (
                 ("ids", "row_ids"), ("weights", "weights"), ("momentum", "momentum"),
-                ("last_seen_ms", "last_seen_ms"), ("touched", "touched"))},
+                ("last_seen_ms", "last_seen_ms"), ("admitted_ms", "admitted_ms"),
+                ("touched", "touched"))},
             "tombstones": g.peek_tombstones(self.tag),
         })
         return state
@@ -464,6 +469,8 @@ class GroupTableView:
         g.weights[rows] = state["weights"][at]
         g.momentum[rows] = state["momentum"][at]
         g.last_seen_ms[rows] = state["last_seen_ms"][at]
+        # (Older checkpoints lack admission times: such rows start a new grace.)
+        g.admitted_ms[rows] = state.get("admitted_ms", state["last_seen_ms"])[at]
         g.touched[rows] = state["touched"][at]
         g.row_ids[rows] = ids
         g.row_tags[rows] = self.tag
