@@ -230,13 +230,14 @@ def test_initial_rows_depend_on_the_id_only_not_layout_or_order() -> None:
 
 
 def test_prune_sweep_frees_rows_under_the_threshold(make: Factory) -> None:
-    table = make(lr=0.1)
+    table = make(lr=0.1, prune_grace_s=10)
     rows = table.lookup(torch.arange(10), now_ms=1)
     # Rows 0-4 grow large; 5-9 keep their small initial values.
     for _ in range(5):
         table.update(rows[:5], torch.full((5, DIM), -1.0))
     table.collect_delta()
-    assert table.expire(now_ms=1, prune_below=0.5) == 5
+    assert table.expire(now_ms=10_000, prune_below=0.5) == 0  # admitted 9.999 s ago: grace
+    assert table.expire(now_ms=10_001, prune_below=0.5) == 5
     assert table.lookup(torch.arange(10), train=False)[5:].tolist() == [-1] * 5
     assert len(table) == 5
     assert table.stats.pruned == 5 and table.stats.evicted == 0

@@ -43,7 +43,7 @@ def _train(collection: DynamicEmbeddingCollection, steps: int) -> None:
 
 
 def test_grouped_tables_train_like_separate_tables() -> None:
-    config = TableConfig(min_count=2, ttl_s=8.0, initial_capacity=16, lr=0.1)
+    config = TableConfig(min_count=2, ttl_s=8.0, initial_capacity=16, lr=0.1, prune_grace_s=1.0)
     prune = {"item": 1e-4}
     separate = DynamicEmbeddingCollection(
         {f: make_table(f, DIM, config, seed=3) for f in FEATURES}, prune)
