@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,8 +49,24 @@ MAX_EVENT_BYTES = 1 << 20
 MAX_FEATURES = 256
 MAX_VALUES_PER_FEATURE = 1024
 MAX_STRING = 4096
+# Event time may run ahead of this machine's clock by at most this much. The
+# bound is there for unit mistakes (micro- or nanoseconds sent as
+# milliseconds): one such event would move the joiner's watermark and the
+# trainer's expiry clock years ahead, labelling every pending impression a
+# miss and expiring every row.
+MAX_FUTURE_MS = 24 * 3600 * 1000
 _KNOWN = {"type", "user_id", "item_id", "timestamp_ms", "request_id", "event_id", "features",
           "label"}
+
+
+def _text(name: str, value: str) -> str:
+    """``value``, if it is valid Unicode (JSON's escapes can spell lone surrogates)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DecodeError(f"{name}: not valid Unicode (lone surrogate)", "malformed") from None
+    return value
 
 
 def _id(name: str, value: Any) -> int:
@@ -62,7 +79,7 @@ def _id(name: str, value: Any) -> int:
         if len(value) > MAX_STRING:
             raise DecodeError(f"field {name!r}: id longer than {MAX_STRING} characters",
                               "too_large")
-        return hash_id(value)
+        return hash_id(_text(f"field {name!r}", value))
     if not INT64_MIN <= value <= INT64_MAX:
         raise DecodeError(f"field {name!r}: {value} does not fit in a signed 64-bit integer",
                           "out_of_range")
@@ -77,7 +94,7 @@ def _string(name: str, value: Any) -> str:
                           "wrong_type")
     if len(value) > MAX_STRING:
         raise DecodeError(f"field {name!r}: longer than {MAX_STRING} characters", "too_large")
-    return value
+    return _text(f"field {name!r}", value)
 
 
 def _feature_value(name: str, v: Any) -> FeatureValue:
@@ -89,9 +106,11 @@ def _feature_value(name: str, v: Any) -> FeatureValue:
     if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
         raise DecodeError(f"feature {name!r}: {v} does not fit in a signed 64-bit integer",
                           "out_of_range")
-    if isinstance(v, str) and len(v) > MAX_STRING:
-        raise DecodeError(f"feature {name!r}: value longer than {MAX_STRING} characters",
-                          "too_large")
+    if isinstance(v, str):
+        if len(v) > MAX_STRING:
+            raise DecodeError(f"feature {name!r}: value longer than {MAX_STRING} characters",
+                              "too_large")
+        return _text(f"feature {name!r}", v)
     return v
 
 
@@ -108,6 +127,7 @@ def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
         if not isinstance(name, str) or not name:
             raise DecodeError("field 'features': feature names must be non-empty strings",
                               "wrong_type")
+        _text("field 'features': a feature name", name)
         values = value if isinstance(value, list) else [value]
         if len(values) > MAX_VALUES_PER_FEATURE:
             raise DecodeError(f"feature {name!r}: more than {MAX_VALUES_PER_FEATURE} values",
@@ -141,12 +161,17 @@ def event_from_dict(data: Any) -> Event:
     type_ = data["type"]
     if not isinstance(type_, str) or not type_:
         raise DecodeError("field 'type': expected a non-empty string", "wrong_type")
+    _text("field 'type'", type_)
     ts = data["timestamp_ms"]
     if isinstance(ts, bool) or not isinstance(ts, int):
         raise DecodeError(f"field 'timestamp_ms': expected an integer, got "
                           f"{type(ts).__name__}", "wrong_type")
     if not 0 <= ts <= INT64_MAX:
         raise DecodeError(f"field 'timestamp_ms': {ts} is out of range", "out_of_range")
+    if ts > time.time() * 1000 + MAX_FUTURE_MS:
+        raise DecodeError(f"field 'timestamp_ms': {ts} is more than a day ahead of this "
+                          "machine's clock (micro- or nanoseconds instead of milliseconds?)",
+                          "out_of_range")
     return Event(type=type_, user_id=_id("user_id", data["user_id"]),
                  item_id=_id("item_id", data["item_id"]), timestamp_ms=ts,
                  request_id=_string("request_id", data.get("request_id")),
@@ -205,7 +230,8 @@ def decode_value(raw: bytes, value_format: str = "auto") -> Event:
         return decode_protobuf(raw)
     if value_format != "auto":
         raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
-    if raw.lstrip()[:1] != b"{":
+    text = raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw  # a UTF-8 byte order mark
+    if text.lstrip()[:1] not in (b"{", b"[", b'"'):
         return decode_protobuf(raw)
     try:
         return decode_json(raw)
@@ -223,6 +249,11 @@ def decode_value(raw: bytes, value_format: str = "auto") -> Event:
 
 
 def _csv_scalar(text: str) -> FeatureValue:
+    # Python's int() and float() also read "10_20" as 1020, and non-ASCII
+    # digits (Arabic-Indic "\u0663" as 3): a string id would become, and
+    # collide with, an integer one. Such text stays text, hashed as in JSON.
+    if "_" in text or not text.isascii():
+        return text
     try:
         return int(text)
     except ValueError:

@@ -7,14 +7,18 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from ingest.decode import decode_csv_row
 from ingest.event import Event
 from ingest.metrics import IngestMetrics
-from ingest.source import SourceBatch, decode_records
+from ingest.source import DeadLetter, SourceBatch, decode_records
+from streamrec.errors import DecodeError
 
 __all__ = ["FileSource"]
+
+# How one line decodes: None is decode_value in the source's value format.
+_Decode = Callable[[bytes], Event] | None
 
 
 class FileSource:
@@ -22,6 +26,12 @@ class FileSource:
 
     The offset is the number of data lines consumed, under the key
     ``("file:<path>", 0)``; ``seek`` skips that many lines.
+
+    CSV files are UTF-8 (a leading byte order mark is skipped) with a header
+    row; columns with an empty name (the index column ``pandas.to_csv``
+    writes) are ignored. A row the ``csv`` module cannot parse (a field over
+    ``csv.field_size_limit()``, say) becomes a ``malformed`` dead letter that
+    keeps the line's text, and reading goes on with the next line.
     """
 
     def __init__(self, path: str | os.PathLike[str], value_format: str = "auto",
@@ -41,16 +51,34 @@ class FileSource:
     def exhausted(self) -> bool:
         return self._exhausted
 
-    def _json_lines(self) -> Iterator[tuple[int, bytes]]:
+    def _json_lines(self) -> Iterator[tuple[int, bytes, _Decode]]:
         for number, line in enumerate(self._file, start=1):
             if line.strip():
-                yield number, line.rstrip(b"\r\n")
+                yield number, line.rstrip(b"\r\n"), None
 
-    def _csv_lines(self) -> Iterator[tuple[int, bytes]]:
-        self._text = io.TextIOWrapper(self._file, encoding="utf-8", errors="replace", newline="")
-        reader = csv.DictReader(self._text)
-        for row in reader:
-            yield reader.line_num, _row_bytes(row)
+    def _csv_lines(self) -> Iterator[tuple[int, bytes, _Decode]]:
+        # utf-8-sig: Excel and PowerShell begin UTF-8 files with a byte order
+        # mark, which would otherwise become part of the first column's name.
+        self._text = io.TextIOWrapper(self._file, encoding="utf-8-sig", errors="replace",
+                                      newline="")
+        lines = _CountedLines(self._text)
+        reader = csv.DictReader(lines)
+        try:
+            reader.fieldnames  # reads the header row
+        except csv.Error as e:
+            # No row can be read without the header: it is the one dead letter.
+            yield lines.number, lines.text.encode(), _refuse(f"CSV header not readable: {e}")
+            return
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                # The reader drops the rest of the line and starts afresh on the next.
+                yield lines.number, lines.text.encode(), _refuse(f"CSV row not readable: {e}")
+            else:
+                yield lines.number, _row_bytes(row), _decode_csv
 
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
         if self._exhausted:  # at EOF, or closed
@@ -58,9 +86,15 @@ class FileSource:
         lines = list(itertools.islice(self._lines, max(0, max_events)))
         if max_events > 0 and len(lines) < max_events:
             self.close()  # at the end: release the file right away
-        events, dead = decode_records(
-            [(raw, f"{self.path}:{number}") for number, raw in lines], self._format,
-            self._metrics, "file", decode=_decode_csv if self._csv else None)
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        # Consecutive lines with the same decoder are decoded together: a whole
+        # JSONL poll, or the CSV rows between two that the csv module refused.
+        for decode, run in itertools.groupby(lines, key=lambda line: line[2]):
+            good, bad = decode_records([(raw, f"{self.path}:{number}") for number, raw, _ in run],
+                                       self._format, self._metrics, "file", decode=decode)
+            events += good
+            dead += bad
         self._consumed += len(lines)
         return SourceBatch(events=events, dead_letters=dead, offsets={self._key: self._consumed})
 
@@ -85,14 +119,48 @@ class FileSource:
         self.close()
 
 
+class _CountedLines:
+    """A text file's lines, counting them and keeping the last one read.
+
+    The count numbers rows for dead letters (``csv.reader.line_num`` falls
+    behind on a line it fails to parse), and the last line is the text a dead
+    letter keeps when its row could not be parsed at all.
+    """
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self._lines = lines
+        self.number = 0
+        self.text = ""
+
+    def __iter__(self) -> _CountedLines:
+        return self
+
+    def __next__(self) -> str:
+        self.text = next(self._lines)
+        self.number += 1
+        return self.text
+
+
 # A CSV row travels as the JSON of its column dict, so a dead letter keeps
-# exactly what was read.
+# exactly what was read. JSON keys are strings, so csv.DictReader's key for
+# surplus values (None) travels as "": columns with an empty name are dropped,
+# so "" cannot also name one.
 def _row_bytes(row: Mapping[str | None, object]) -> bytes:
-    return json.dumps({("" if k is None else k): v for k, v in row.items()}).encode()
+    data = {column: value for column, value in row.items() if column}
+    if None in row:
+        data[""] = row[None]
+    return json.dumps(data).encode()
 
 
 def _decode_csv(raw: bytes) -> Event:
     data = json.loads(raw)
-    if "" in data:  # csv.DictReader's key for surplus values
+    if "" in data:
         data[None] = data.pop("")
     return decode_csv_row(data)
+
+
+def _refuse(reason: str) -> Callable[[bytes], Event]:
+    """A decoder for a line the csv module could not parse: it always fails with ``reason``."""
+    def decode(raw: bytes) -> Event:
+        raise DecodeError(reason, "malformed")
+    return decode

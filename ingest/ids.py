@@ -21,7 +21,10 @@ def hash_id(value: str) -> int:
     probability ~3e-2 / 1e3; tables keyed by these ids never add collisions
     of their own.
     """
-    digest = hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest()
+    # surrogatepass: a lone surrogate (which the decoder refuses, but a caller
+    # may build an Event by hand) hashes instead of raising; valid text
+    # encodes exactly as plain UTF-8, so no id changes.
+    digest = hashlib.blake2b(value.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 

@@ -109,7 +109,9 @@ class MemorySource:
             if isinstance(record, Event):
                 events.append(record)
                 continue
-            raw = record.encode() if isinstance(record, str) else record
+            # (surrogatepass: text holding a lone surrogate becomes bytes the
+            # decoder refuses as malformed, instead of an error losing the poll)
+            raw = record.encode("utf-8", "surrogatepass") if isinstance(record, str) else record
             good, bad = decode_records([(raw, f"memory:{i}")], self._format, self._metrics)
             events.extend(good)
             dead.extend(bad)

@@ -181,24 +181,40 @@ class Servers:
         self.public.wait_for_termination()
 
 
+# gRPC binds with SO_REUSEPORT by default: a second replica started on the
+# same ports would bind them too, silently, and the kernel would split
+# connections between the two processes. Without it, the second bind fails.
+_NO_REUSEPORT = ("grpc.so_reuseport", 0)
+
+
+def _bind(server: grpc.Server, name: str, host: str, port: int) -> int:
+    """Bind ``server`` to ``host:port``; the port bound, or OSError naming the address."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # what grpcio raises when the bind fails (older versions return 0)
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot bind {name} port {host}:{port} (in use, or not a local address)")
+    return bound
+
+
 def create_server(config: ServingConfig, replica: ModelReplica,
                   registry: CollectorRegistry | None = None) -> Servers:
     """Build (not start) the public and sync servers; ports 0 pick free ports."""
     del registry  # the replica's metrics are already registered where it was built
     public = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
-                                                    thread_name_prefix="serving"))
+                                                    thread_name_prefix="serving"),
+                         options=[_NO_REUSEPORT])
     health_servicer = health.HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
     reflection.enable_server_reflection(
         (RECOMMENDER, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), public)
-    port = public.add_insecure_port(f"{config.host}:{config.port}")
-    if port == 0:
-        raise OSError(f"cannot bind serving port {config.host}:{config.port}")
+    port = _bind(public, "serving", config.host, config.port)
     limit = 64 << 20
     sync = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync"),
-                       options=[("grpc.max_receive_message_length", limit)])
+                       options=[("grpc.max_receive_message_length", limit), _NO_REUSEPORT])
     servers: Servers | None = None
 
     def on_version(version: int) -> None:
@@ -207,9 +223,11 @@ def create_server(config: ServingConfig, replica: ModelReplica,
 
     sync_pb2_grpc.add_ParameterSyncServicer_to_server(
         _ParameterSync(replica, config.token, on_version), sync)
-    sync_port = sync.add_insecure_port(f"{config.sync_host}:{config.sync_port}")
-    if sync_port == 0:
-        raise OSError(f"cannot bind sync port {config.sync_host}:{config.sync_port}")
+    try:
+        sync_port = _bind(sync, "sync", config.sync_host, config.sync_port)
+    except OSError:
+        public.stop(None)  # release the serving port bound above
+        raise
     # Liveness ("") is SERVING once the process is up; the Recommender
     # service itself reports SERVING only once a model has arrived (readiness).
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)

@@ -3,7 +3,7 @@
 Every command takes ``--config FILE`` (TOML) and repeated ``--set
 section.field=value`` overrides; ``STREAMREC_<SECTION>_<FIELD>`` environment
 variables sit between the two. Bad configuration exits with status 2 and a
-message naming the field.
+message naming the field; so does an input file that cannot be read.
 """
 
 from __future__ import annotations
@@ -36,6 +36,19 @@ def _overrides(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _input_file(path: str, what: str) -> None:
+    """Fail early, naming ``what`` and ``path``, if ``path`` cannot be opened for reading.
+
+    The commands open their input deep inside the pipeline; a missing file
+    should read as a usage error, not as a traceback.
+    """
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise StreamrecError(f"{what} {path!r}: {e.strerror or e}") from None
+
+
 def _config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> AppConfig:
     overrides: dict[str, Any] = _overrides(args.set or [])
     overrides.update(extra or {})
@@ -54,9 +67,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from streamrec.evaluate import evaluate
-
     config = _config(args)
+    _input_file(args.events, "--events")
+    from streamrec.evaluate import evaluate  # torch: only once the inputs are known good
+
     result = evaluate(config, args.events, progress=not args.quiet)
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -68,9 +82,11 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from streamrec.train import run_training
-
     config = _config(args)
+    if config.ingest.source == "file":
+        _input_file(config.ingest.path, "ingest.path")
+    from streamrec.train import run_training  # torch: only once the inputs are known good
+
     stop = threading.Event()
     _stop_on_signals(stop)
     run_training(config, stop, max_seconds=args.max_seconds)
@@ -78,14 +94,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.server import serve
-
     config = _config(args)
-    serve(config)
+    from serving.server import serve  # torch: only once the config is known good
+
+    try:
+        serve(config)
+    except OSError as e:  # a port in use or not local: a usage error, not a crash
+        raise StreamrecError(str(e)) from None
     return 0
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    _input_file(args.file, "file")
     from ingest.replay import replay
 
     stats = replay(args.file, args.topic, args.bootstrap_servers.split(","), rate=args.rate,

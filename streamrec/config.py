@@ -15,6 +15,7 @@ Every dataclass validates itself in ``__post_init__`` and raises
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -78,6 +79,8 @@ class IngestConfig:
                  "at least one topic is needed for source = kafka")
         _require(bool(self.bootstrap_servers) or self.source != "kafka", s,
                  "bootstrap_servers", self.bootstrap_servers, "needed for source = kafka")
+        _require(bool(self.path) or self.source != "file", s, "path", self.path,
+                 "the event file to read is needed for source = file")
         _require(self.session_timeout_ms >= 1000, s, "session_timeout_ms",
                  self.session_timeout_ms, "must be >= 1000")
         _require(self.poll_timeout_ms >= 0, s, "poll_timeout_ms", self.poll_timeout_ms,
@@ -159,6 +162,10 @@ class TableConfig:
     # row's L1 norm, trained with the regulariser prune_alpha * exp(-t);
     # rows under the threshold read as zero and are freed. 0 = off.
     prune_alpha: float = 0.0
+    # A row is freed for being under the threshold only once it is this old
+    # (event time since admission): a new id's row starts small and needs a
+    # few updates to show whether it is worth keeping.
+    prune_grace_s: float = 300.0
 
     def __post_init__(self) -> None:
         s = "table"
@@ -168,6 +175,7 @@ class TableConfig:
         _require(self.initial_capacity >= 16, s, "initial_capacity", self.initial_capacity,
                  "must be >= 16")
         _require(self.max_rows >= 0, s, "max_rows", self.max_rows, "must be >= 0")
+        _require(self.prune_grace_s >= 0, s, "prune_grace_s", self.prune_grace_s, "must be >= 0")
         _require(self.lr > 0, s, "lr", self.lr, "must be > 0")
         _require(self.init_std >= 0, s, "init_std", self.init_std, "must be >= 0")
         _require(self.filter_width >= 64, s, "filter_width", self.filter_width, "must be >= 64")
@@ -321,7 +329,11 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
         if tp is float:
             if isinstance(value, bool):
                 raise TypeError("expected a number")
-            return float(value)
+            number = float(value)
+            # inf passes every "> 0" check and overflows later, in int(inf * 1000).
+            if not math.isfinite(number):
+                raise ValueError("expected a finite number")
+            return number
         if tp is str:
             if not isinstance(value, str):
                 raise TypeError("expected a string")
@@ -329,6 +341,14 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{section}.{name}={value!r}: {e}") from None
     raise ConfigError(f"{section}.{name}: unsupported field type {tp!r}")
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    """``value`` as a TOML table (section), or ConfigError naming ``where``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}={value!r}: expected a table of fields ([{where}]), "
+                          f"got a {type(value).__name__}")
+    return dict(value)
 
 
 def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
@@ -377,19 +397,26 @@ def load_config(
     raw: dict[str, Any] = {}
     if path:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            # TOML files are UTF-8 by definition, whatever the locale says.
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        except OSError as e:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {e}") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
     known = set(_SECTIONS) | {"tables"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(known)}")
-    layered: dict[str, dict[str, Any]] = {s: dict(raw.get(s, {})) for s in _SECTIONS}
+    layered: dict[str, dict[str, Any]] = {s: _table(raw.get(s, {}), s) for s in _SECTIONS}
     for section, values in _env_overrides(os.environ if env is None else env).items():
         layered[section].update(values)
-    table_raw: dict[str, dict[str, Any]] = {k: dict(v) for k, v in raw.get("tables", {}).items()}
+    table_raw: dict[str, dict[str, Any]] = {
+        feature: _table(values, f"tables.{feature}")
+        for feature, values in _table(raw.get("tables", {}), "tables").items()}
     for dotted, value in (overrides or {}).items():
         section, _, name = dotted.partition(".")
         if section == "tables":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,88 @@ def test_bad_env_variable_is_rejected_naming_it() -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "absent.toml", env={})
+
+
+@pytest.mark.parametrize("text, field", [
+    ("[ingest]\njoin_window_s = inf", "ingest.join_window_s=inf"),
+    ("[table_defaults]\nttl_s = inf", "table_defaults.ttl_s=inf"),
+    ("[tables.item_id]\nttl_s = -inf", "tables.item_id.ttl_s=-inf"),
+    ("[serving]\ngrace_s = nan", "serving.grace_s=nan"),
+])
+def test_non_finite_numbers_are_rejected_naming_the_field(tmp_path: Path, text: str,
+                                                          field: str) -> None:
+    # inf passes "> 0" and overflowed later, in int(window_s * 1000).
+    with pytest.raises(ConfigError, match="finite") as info:
+        load_config(write(tmp_path, text), env={})
+    assert field in str(info.value)
+
+
+def test_non_finite_overrides_and_environment_values_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="ingest.join_window_s='inf': expected a finite"):
+        load_config(env={}, overrides={"ingest.join_window_s": "inf"})
+    with pytest.raises(ConfigError, match="sync.interval_s='Infinity'"):
+        load_config(env={"STREAMREC_SYNC_INTERVAL_S": "Infinity"})
+
+
+@pytest.mark.parametrize("text, where", [
+    ('ingest = "kafka"', "ingest='kafka': expected a table"),
+    ("tables = 5", "tables=5: expected a table"),
+    ("[tables]\nitem_id = 5", "tables.item_id=5: expected a table"),
+    ("[[trainer]]\nbatch_size = 1", "trainer=[{'batch_size': 1}]: expected a table"),
+])
+def test_a_section_written_as_a_value_is_a_config_error(tmp_path: Path, text: str,
+                                                       where: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert where in str(info.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[serving]\ntoken = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path, env={})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path, env={})  # a directory
+
+
+def test_file_source_needs_a_path() -> None:
+    with pytest.raises(ConfigError, match="ingest.path=''"):
+        load_config(env={}, overrides={"ingest.source": "file"})
+    config = load_config(env={}, overrides={"ingest.source": "file", "ingest.path": "e.jsonl"})
+    assert config.ingest.path == "e.jsonl"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    env = {k: v for k, v in env.items() if not k.startswith("STREAMREC_")}
+    return subprocess.run([sys.executable, "-m", "streamrec.cli", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_exits_with_status_2_naming_a_bad_field_or_a_missing_file(tmp_path: Path) -> None:
+    # The README's promise; these all fail before torch is imported, so they are quick.
+    missing = str(tmp_path / "absent.jsonl")
+    for args, message in [
+        (["evaluate", "--events", missing, "--quiet"], f"--events {missing!r}"),
+        (["train", "--set", "ingest.source=file", "--set", f"ingest.path={missing}"],
+         f"ingest.path {missing!r}"),
+        (["train", "--set", "ingest.source=file"], "ingest.path=''"),
+        (["evaluate", "--events", missing, "--set", "ingest.join_window_s=inf"],
+         "ingest.join_window_s='inf'"),
+        (["serve", "--config", str(write(tmp_path, 'ingest = "kafka"'))], "ingest='kafka'"),
+    ]:
+        result = cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert result.stderr.startswith("streamrec: error: ") and message in result.stderr
+
+
+def test_serve_on_a_port_in_use_exits_with_status_2_naming_it() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = cli("serve", "--set", f"serving.port={port}", "--set", "metrics.port=0")
+    assert result.returncode == 2, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "cannot bind" in result.stderr

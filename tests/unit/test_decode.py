@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -11,10 +13,12 @@ from hypothesis import strategies as st
 from ingest.decode import decode_csv_row, decode_json, decode_protobuf, decode_value, \
     encode_json, encode_protobuf
 from ingest.event import Event
-from ingest.ids import hash_id
+from ingest.ids import hash_id, to_id
+from ingest.source import MemorySource
 from streamrec.errors import DecodeError
 
 int64 = st.integers(-(2**63), 2**63 - 1)
+PAST_MS = 1_700_000_000_000  # November 2023
 names = st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=8)
 scalars = st.one_of(st.text(max_size=10), int64,
                     st.floats(allow_nan=False, allow_infinity=False, width=64))
@@ -26,7 +30,8 @@ def events(draw: st.DrawFn) -> Event:
     features = draw(st.dictionaries(names, st.lists(scalars, min_size=1, max_size=3),
                                     max_size=4))
     return Event(type=type_, user_id=draw(int64), item_id=draw(int64),
-                 timestamp_ms=draw(st.integers(1, 2**62)), request_id=draw(st.text(max_size=8)),
+                 # Up to the present: the decoder refuses times over a day ahead of the clock.
+                 timestamp_ms=draw(st.integers(1, PAST_MS)), request_id=draw(st.text(max_size=8)),
                  event_id=draw(st.text(max_size=8)),
                  features={k: tuple(v) for k, v in features.items()},
                  label=float(draw(st.booleans())) if type_ == "example" else None)
@@ -129,3 +134,79 @@ def test_auto_decodes_a_protobuf_event_whose_bytes_look_like_json() -> None:
     # A JSON-looking record that is neither still reports the JSON error.
     with pytest.raises(DecodeError, match="not valid JSON"):
         decode_value(b'{"type": ')
+
+
+# JSON's escapes can spell lone surrogates ("\\ud800"), which are not text: one
+# must cost its own record, never the poll it arrived in.
+@pytest.mark.parametrize("change, field", [
+    ({"type": "ex\ud800"}, "type"),
+    ({"user_id": "\ud800"}, "user_id"),
+    ({"item_id": "sku-\udfff"}, "item_id"),
+    ({"request_id": "r\ud800"}, "request_id"),
+    ({"event_id": "\udc80"}, "event_id"),
+    ({"features": {"country\ud800": "fr"}}, "feature name"),
+    ({"features": {"country": ["fr", "\udc80"]}}, "country"),
+])
+def test_lone_surrogates_are_malformed_naming_the_field(change: dict, field: str) -> None:
+    raw = json.dumps({**VALID, **change}).encode()  # json.dumps writes them as \\uXXXX
+    with pytest.raises(DecodeError) as info:
+        decode_json(raw)
+    assert info.value.kind == "malformed"
+    assert field in str(info.value) and "surrogate" in str(info.value)
+
+
+def test_a_poll_with_a_lone_surrogate_keeps_the_good_events() -> None:
+    good = json.dumps(VALID).encode()
+    bad = json.dumps({**VALID, "user_id": "\ud800"}).encode()
+    batch = MemorySource([good, bad, good]).poll(10, 0)
+    assert [e.user_id for e in batch.events] == [42, 42]
+    assert [(d.kind, d.origin) for d in batch.dead_letters] == [("malformed", "memory:1")]
+    # The same record handed over as text that holds a real lone surrogate.
+    raw_text = json.dumps({**VALID, "user_id": "\ud800"}, ensure_ascii=False)
+    text = MemorySource([good.decode(), raw_text]).poll(10, 0)
+    assert len(text.events) == 1 and [d.kind for d in text.dead_letters] == ["malformed"]
+
+
+def test_string_ids_hash_as_blake2b_of_utf8_and_lone_surrogates_hash_too() -> None:
+    # Ids are stored in tables and checkpoints: valid text must keep its id.
+    for text in ("sku-7", "café", "東京", "🎧"):
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+        assert hash_id(text) == int.from_bytes(digest, "little", signed=True)
+    # An Event built by hand (no decoder) may hold one; batching must not crash.
+    assert to_id("\udc80") == hash_id("\udc80") != hash_id("\udc81")
+
+
+def test_timestamps_more_than_a_day_ahead_are_out_of_range() -> None:
+    now_ms = int(time.time() * 1000)
+    soon = decode_json(json.dumps({**VALID, "timestamp_ms": now_ms + 3_600_000}).encode())
+    assert soon.timestamp_ms == now_ms + 3_600_000  # clocks disagree by minutes, not days
+    for ts in (now_ms * 1000, now_ms + 2 * 86_400_000):  # microseconds; two days ahead
+        with pytest.raises(DecodeError) as info:
+            decode_json(json.dumps({**VALID, "timestamp_ms": ts}).encode())
+        assert info.value.kind == "out_of_range"
+        assert "timestamp_ms" in str(info.value)
+        assert "more than a day ahead" in str(info.value)
+
+
+def test_auto_reads_json_after_a_byte_order_mark() -> None:
+    raw = b"\xef\xbb\xbf" + json.dumps(VALID).encode()
+    assert decode_value(raw) == decode_json(json.dumps(VALID).encode())
+
+
+@pytest.mark.parametrize("raw", [b"[" + json.dumps(VALID).encode() + b"]", b' "an event"'])
+def test_auto_reports_the_json_error_of_arrays_and_strings(raw: bytes) -> None:
+    with pytest.raises(DecodeError, match="must be a JSON object") as info:
+        decode_value(raw)
+    assert info.value.kind == "wrong_type"
+
+
+def test_csv_text_with_underscores_or_non_ascii_digits_stays_text() -> None:
+    row = {"type": "example", "label": "1", "user_id": "10_20", "item_id": "\u0663",
+           "timestamp_ms": "1700000000000", "f.shop": "20_21", "f.n": "-3", "f.price": "9.5",
+           "f.big": "1e3", "f.padded": " 7"}
+    e = decode_csv_row(row)
+    # As in JSON: the string "10_20" is hashed, not read as the integer 1020.
+    assert (e.user_id, e.item_id) == (hash_id("10_20"), hash_id("\u0663"))
+    assert e.features == {"shop": ("20_21",), "n": (-3,), "price": (9.5,), "big": (1000.0,),
+                          "padded": (7,)}
+    assert decode_csv_row({**row, "user_id": "1020"}).user_id == 1020

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -82,3 +83,57 @@ def test_dead_letter_file_keeps_the_record_and_the_reason(tmp_path: Path) -> Non
             .splitlines()]
     assert rows[0]["raw"] == '{"type": "click"}' and rows[0]["kind"] == "missing_field"
     assert "raw_base64" in rows[1] and rows[1]["kind"] == "malformed"
+
+
+def read_all(path: Path) -> tuple[list, list]:
+    with FileSource(path) as source:
+        batch = source.poll(100, 0)
+    return batch.events, batch.dead_letters
+
+
+def test_csv_index_columns_are_ignored_and_surplus_values_still_refused(tmp_path: Path) -> None:
+    # pandas.to_csv writes its index as a first column with an empty name.
+    path = tmp_path / "pandas.csv"
+    path.write_text(",type,label,user_id,item_id,timestamp_ms\n"
+                    "0,example,1,1,2,1000\n"
+                    "1,example,0,3,4,1001,surplus\n"
+                    "2,example,0,5,6,1002\n")
+    events, dead = read_all(path)
+    assert [e.user_id for e in events] == [1, 5]
+    assert [(d.kind, d.origin) for d in dead] == [("malformed", f"{path}:3")]
+    assert "more values than the header has columns" in dead[0].reason
+
+
+def test_an_unreadable_csv_row_is_a_dead_letter_and_reading_goes_on(tmp_path: Path) -> None:
+    big = "x" * (csv.field_size_limit() + 1)
+    path = tmp_path / "big.csv"
+    path.write_text("type,label,user_id,item_id,timestamp_ms,f.tag\n"
+                    "example,1,1,2,1000,a\n"
+                    f"example,1,3,4,1001,{big}\n"
+                    "example,1,5,6,1002,b\n")
+    registry = CollectorRegistry()
+    with FileSource(path, metrics=IngestMetrics(registry)) as source:
+        batch = source.poll(100, 0)
+    assert [e.features["tag"] for e in batch.events] == [("a",), ("b",)]
+    [letter] = batch.dead_letters
+    assert (letter.kind, letter.origin) == ("malformed", f"{path}:3")
+    assert "field larger than field limit" in letter.reason
+    assert letter.raw == f"example,1,3,4,1001,{big}\n".encode()  # the line as read
+    assert registry.get_sample_value("streamrec_ingest_records_total", {"source": "file"}) == 3
+
+
+def test_an_unreadable_csv_header_is_the_one_dead_letter(tmp_path: Path) -> None:
+    path = tmp_path / "bad_header.csv"
+    path.write_text("type," + "x" * (csv.field_size_limit() + 1) + "\nexample\n")
+    events, dead = read_all(path)
+    assert events == [] and [(d.kind, d.origin) for d in dead] == [("malformed", f"{path}:1")]
+    assert "header" in dead[0].reason
+
+
+def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" and PowerShell start the file with U+FEFF.
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufefftype,label,user_id,item_id,timestamp_ms\n"
+                     "example,1,1,2,1000\n".encode())
+    events, dead = read_all(path)
+    assert [(e.type, e.user_id) for e in events] == [("example", 1)] and dead == []

@@ -235,3 +235,38 @@ def test_publisher_keeps_healthy_replicas_in_step_and_recovers_a_failed_one() ->
     publisher.publish_once()
     assert restarted.version == 6
     assert_same_scores(trainer, restarted, probe)
+
+
+@pytest.mark.parametrize("shape, data", [
+    ([1 << 32, 1 << 32], b""),  # 2**64 elements: wraps to 0 in int64
+    ([1 << 31, 1 << 31, 4], b""),  # 2**64 again, spread over three dimensions
+    ([0, 1 << 62], b""),  # no elements, but over numpy's largest array
+    ([1] * 70, b"\0" * 4),  # over numpy's 64 dimensions
+], ids=["int64-overflow", "overflow-3d", "empty-huge", "too-many-dims"])
+def test_dense_shapes_numpy_cannot_build_are_sync_errors(shape: list[int], data: bytes) -> None:
+    # A ValueError here escaped the sync servicer as gRPC UNKNOWN.
+    from protos import sync_pb2  # imported here: this file's header is edited elsewhere
+
+    chunk = sync_pb2.ParameterChunk(version=1, full=True, last=True, model_spec="{}",
+                                    dense=[sync_pb2.DenseTensor(name="w", shape=shape, data=data)])
+    with pytest.raises(SyncError, match="dense 'w'"):
+        decode_chunks([chunk])
+
+
+def test_a_second_server_on_ports_in_use_fails_to_bind() -> None:
+    # gRPC's default SO_REUSEPORT let a second replica share both ports silently.
+    from serving.server import create_server
+    from streamrec.config import ServingConfig
+
+    first = create_server(ServingConfig(port=0, sync_port=0),
+                          ModelReplica(registry=CollectorRegistry()))
+    first.start()
+    try:
+        with pytest.raises(OSError, match=f"cannot bind serving port 127.0.0.1:{first.port}"):
+            create_server(ServingConfig(port=first.port, sync_port=0),
+                          ModelReplica(registry=CollectorRegistry()))
+        with pytest.raises(OSError, match=f"cannot bind sync port 127.0.0.1:{first.sync_port}"):
+            create_server(ServingConfig(port=0, sync_port=first.sync_port),
+                          ModelReplica(registry=CollectorRegistry()))
+    finally:
+        first.stop(0)

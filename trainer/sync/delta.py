@@ -14,6 +14,7 @@ came over the network is ever unpickled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -159,11 +160,17 @@ def decode_chunks(chunks: Iterable[sync_pb2.ParameterChunk]) -> ParameterDelta:
         for d in c.dense:
             shape = tuple(int(x) for x in d.shape)
             _check(all(x >= 0 for x in shape), f"dense {d.name!r}: negative shape {shape}")
-            _check(len(d.data) == 4 * int(np.prod(shape, dtype=np.int64)),
+            # Python ints: np.prod in int64 wraps ([2**32, 2**32] counts 0 elements).
+            _check(len(d.data) == 4 * math.prod(shape),
                    f"dense {d.name!r}: {len(d.data)} bytes for shape {shape}")
             _check(d.name not in delta.dense, f"dense {d.name!r} sent twice")
-            delta.dense[d.name] = torch.from_numpy(
-                np.frombuffer(d.data, dtype=_F32).astype(np.float32).reshape(shape))
+            values = np.frombuffer(d.data, dtype=_F32).astype(np.float32)
+            try:
+                values = values.reshape(shape)
+            except ValueError as e:  # over numpy's 64 dimensions, or [0, 2**62]
+                raise SyncError(f"dense {d.name!r}: shape {shape} is not an array shape: "
+                                f"{e}") from None
+            delta.dense[d.name] = torch.from_numpy(values)
         for t in c.tables:
             _check(bool(t.table), "table delta without a table name")
             _check(t.dim > 0, f"table {t.table!r}: dim must be > 0")
