@@ -175,6 +175,9 @@ class TableConfig:
         _require(self.initial_capacity >= 16, s, "initial_capacity", self.initial_capacity,
                  "must be >= 16")
         _require(self.max_rows >= 0, s, "max_rows", self.max_rows, "must be >= 0")
+        _require(self.max_rows == 0 or self.max_rows >= self.shards, s, "max_rows",
+                 self.max_rows, f"must be 0 (unbounded) or at least shards ({self.shards}): "
+                 "each shard holds max_rows // shards rows")
         _require(self.prune_grace_s >= 0, s, "prune_grace_s", self.prune_grace_s, "must be >= 0")
         _require(self.lr > 0, s, "lr", self.lr, "must be > 0")
         _require(self.init_std >= 0, s, "init_std", self.init_std, "must be >= 0")

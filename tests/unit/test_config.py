@@ -67,6 +67,8 @@ ttl_s = 60
     ("[serving]\nport = 70000", "serving.port=70000"),
     ("[model]\nsparse_features = ['a', 'a']", "model.sparse_features"),
     ("[tables.nosuchfeature]\nttl_s = 1", "nosuchfeature"),
+    ("[table_defaults]\nshards = 4\nmax_rows = 2", "table.max_rows=2"),
+    ("[table_defaults]\nprune_grace_s = -1", "table.prune_grace_s=-1"),
     ("[trainer]\nbatchsize = 1", "unknown field"),
     ("[trainr]\nbatch_size = 1", "unknown config section"),
     ("[trainer\n", "not valid TOML"),

@@ -38,7 +38,9 @@ class ShardedEmbeddingTable:
         self.dim = dim
         self.config = config
         self.n = config.shards
-        # Capacity settings are table-wide; each shard gets its share.
+        # Capacity settings are table-wide; each shard gets its share. (So a
+        # bounded table may refuse ids a little before max_rows when ids do
+        # not hash evenly: each shard is full at max_rows // shards.)
         per_shard = dataclasses.replace(
             config,
             max_rows=max(1, config.max_rows // self.n) if config.max_rows else 0,
