@@ -42,7 +42,7 @@ class ShardedEmbeddingTable:
         # bounded table may refuse ids a little before max_rows when ids do
         # not hash evenly: each shard is full at max_rows // shards.)
         per_shard = dataclasses.replace(
-            config,
+            config, shards=1,
             max_rows=max(1, config.max_rows // self.n) if config.max_rows else 0,
             initial_capacity=max(16, config.initial_capacity // self.n),
         )
