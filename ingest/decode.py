@@ -69,7 +69,14 @@ def _text(name: str, value: str) -> str:
     return value
 
 
+# Decoding runs once per event on the training path: every check below first
+# tries the common case with exact-type tests (what json.loads returns), and
+# only otherwise runs the full checks that name the problem.
+
+
 def _id(name: str, value: Any) -> int:
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise DecodeError(f"field {name!r}: expected an integer or a string, got "
                           f"{type(value).__name__}", "wrong_type")
@@ -89,6 +96,8 @@ def _id(name: str, value: Any) -> int:
 def _string(name: str, value: Any) -> str:
     if value is None:
         return ""
+    if type(value) is str and len(value) <= MAX_STRING and value.isascii():
+        return value
     if not isinstance(value, str):
         raise DecodeError(f"field {name!r}: expected a string, got {type(value).__name__}",
                           "wrong_type")
@@ -98,6 +107,15 @@ def _string(name: str, value: Any) -> str:
 
 
 def _feature_value(name: str, v: Any) -> FeatureValue:
+    kind = type(v)
+    if kind is str:
+        if len(v) <= MAX_STRING and v.isascii():
+            return v
+    elif kind is int:
+        if INT64_MIN <= v <= INT64_MAX:
+            return v
+    elif kind is float and v - v == 0.0:  # finite (inf - inf and nan - nan are nan)
+        return v
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
         raise DecodeError(f"feature {name!r}: values must be strings or numbers, got "
                           f"{type(v).__name__}", "wrong_type")
@@ -124,19 +142,24 @@ def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
         raise DecodeError(f"field 'features': more than {MAX_FEATURES} features", "too_large")
     out: dict[str, tuple[FeatureValue, ...]] = {}
     for name, value in raw.items():
-        if not isinstance(name, str) or not name:
-            raise DecodeError("field 'features': feature names must be non-empty strings",
-                              "wrong_type")
-        _text("field 'features': a feature name", name)
-        values = value if isinstance(value, list) else [value]
-        if len(values) > MAX_VALUES_PER_FEATURE:
+        if type(name) is not str or not name or not name.isascii():
+            if not isinstance(name, str) or not name:
+                raise DecodeError("field 'features': feature names must be non-empty strings",
+                                  "wrong_type")
+            _text("field 'features': a feature name", name)
+        if not isinstance(value, list):
+            out[name] = (_feature_value(name, value),)
+            continue
+        if len(value) > MAX_VALUES_PER_FEATURE:
             raise DecodeError(f"feature {name!r}: more than {MAX_VALUES_PER_FEATURE} values",
                               "too_large")
-        out[name] = tuple(_feature_value(name, v) for v in values)
+        out[name] = tuple([_feature_value(name, v) for v in value])
     return out
 
 
 def _label(type_: str, value: Any) -> float | None:
+    if type(value) is int and (value == 0 or value == 1):
+        return float(value)
     if value is None:
         if type_ == EXAMPLE:
             raise DecodeError("missing field 'label' (required for type 'example')",
@@ -159,13 +182,15 @@ def event_from_dict(data: Any) -> Event:
         if data.get(name) is None:
             raise DecodeError(f"missing field {name!r}", "missing_field")
     type_ = data["type"]
-    if not isinstance(type_, str) or not type_:
-        raise DecodeError("field 'type': expected a non-empty string", "wrong_type")
-    _text("field 'type'", type_)
+    if type(type_) is not str or not type_ or not type_.isascii():
+        if not isinstance(type_, str) or not type_:
+            raise DecodeError("field 'type': expected a non-empty string", "wrong_type")
+        _text("field 'type'", type_)
     ts = data["timestamp_ms"]
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        raise DecodeError(f"field 'timestamp_ms': expected an integer, got "
-                          f"{type(ts).__name__}", "wrong_type")
+    if type(ts) is not int:
+        if isinstance(ts, bool) or not isinstance(ts, int):
+            raise DecodeError(f"field 'timestamp_ms': expected an integer, got "
+                              f"{type(ts).__name__}", "wrong_type")
     if not 0 <= ts <= INT64_MAX:
         raise DecodeError(f"field 'timestamp_ms': {ts} is out of range", "out_of_range")
     if ts > time.time() * 1000 + MAX_FUTURE_MS:
