@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from ingest.event import EXAMPLE, Event, FeatureValue
@@ -55,6 +57,10 @@ MAX_STRING = 4096
 # trainer's expiry clock years ahead, labelling every pending impression a
 # miss and expiring every row.
 MAX_FUTURE_MS = 24 * 3600 * 1000
+# orjson reads integer literals beyond 64 bits (and negative ones below
+# -2^63) as floats: an id that does not fit would pass as a number. Records
+# with digit runs that long (19 digits and more) go to the standard library.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _KNOWN = {"type", "user_id", "item_id", "timestamp_ms", "request_id", "event_id", "features",
           "label"}
 
@@ -210,11 +216,26 @@ def decode_json(raw: bytes | str) -> Event:
     if len(raw) > MAX_EVENT_BYTES:
         raise DecodeError(f"event of {len(raw)} bytes, over the {MAX_EVENT_BYTES} limit",
                           "too_large")
+    data = _parse_json(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
+    return event_from_dict(data)
+
+
+def _parse_json(raw: bytes) -> Any:
+    """``json.loads(raw)``, through orjson (~3x faster) where the two agree.
+
+    Whatever orjson refuses (NaN, a byte order mark, lone surrogate escapes,
+    deep nesting) gets the standard library's reading, so what is accepted
+    and how errors are named does not depend on the fast path.
+    """
+    if not _LONG_DIGITS.search(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and bad UTF-8 alike
         raise DecodeError(f"not valid JSON: {e}", "malformed") from e
-    return event_from_dict(data)
 
 
 def decode_protobuf(raw: bytes) -> Event:

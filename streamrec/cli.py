@@ -20,6 +20,7 @@ from typing import Any
 
 from streamrec.config import AppConfig, load_config
 from streamrec.errors import StreamrecError
+from streamrec.runtime import tune_gc
 
 __all__ = ["main"]
 
@@ -62,6 +63,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         extra["metrics.port"] = args.metrics_port
     config = _config(args, extra)
+    tune_gc()
     run_demo(config, duration_s=args.duration, rate=args.rate)
     return 0
 
@@ -71,6 +73,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _input_file(args.events, "--events")
     from streamrec.evaluate import evaluate  # torch: only once the inputs are known good
 
+    tune_gc()
     result = evaluate(config, args.events, progress=not args.quiet)
     print(json.dumps(result, sort_keys=True))
     return 0
@@ -87,6 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _input_file(config.ingest.path, "ingest.path")
     from streamrec.train import run_training  # torch: only once the inputs are known good
 
+    tune_gc()
     stop = threading.Event()
     _stop_on_signals(stop)
     run_training(config, stop, max_seconds=args.max_seconds)
@@ -97,6 +101,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     from serving.server import serve  # torch: only once the config is known good
 
+    tune_gc()
     try:
         serve(config)
     except OSError as e:  # a port in use or not local: a usage error, not a crash
@@ -108,6 +113,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _input_file(args.file, "file")
     from ingest.replay import replay
 
+    tune_gc()
     stats = replay(args.file, args.topic, args.bootstrap_servers.split(","), rate=args.rate,
                    value_format=args.format, progress=not args.quiet)
     print(json.dumps({"sent": stats.sent, "skipped_malformed": stats.skipped_malformed,

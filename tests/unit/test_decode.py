@@ -210,3 +210,16 @@ def test_csv_text_with_underscores_or_non_ascii_digits_stays_text() -> None:
     assert e.features == {"shop": ("20_21",), "n": (-3,), "price": (9.5,), "big": (1000.0,),
                           "padded": (7,)}
     assert decode_csv_row({**row, "user_id": "1020"}).user_id == 1020
+
+
+@pytest.mark.parametrize("literal", ["9999999999999999999", "18446744073709551616",
+                                     "123456789012345678901234567890", "-9223372036854775809"])
+def test_integer_literals_beyond_int64_are_out_of_range_not_floats(literal: str) -> None:
+    # The fast JSON parser reads integers beyond 64 bits as floats; a too-big
+    # id must still be refused, never turned into a number.
+    for field in ('"user_id": ' + literal, '"features": {"shop": ' + literal + '}'):
+        raw = ('{"type": "example", "user_id": 1, "item_id": 2, "timestamp_ms": 5, '
+               '"label": 1, ' + field + '}').encode()
+        with pytest.raises(DecodeError) as info:
+            decode_json(raw)
+        assert info.value.kind == "out_of_range" and literal in str(info.value)
