@@ -5,6 +5,13 @@ checkpoint that covers them — never automatically. On restart the loop
 seeks to the offsets stored in its checkpoint, which win over the group's
 committed ones: a trainer killed between writing a checkpoint and
 committing would otherwise learn the events in between twice.
+
+A rebalance (a member joining or leaving, a coordinator restart, a poll
+interval exceeded) revokes and reassigns partitions. A partition this
+process keeps continues after the last record it delivered — not at the last
+commit, which trails training by up to a checkpoint interval, nor at the
+checkpoint it started from. A partition that went to another member and
+comes back later starts from the group's committed offset.
 """
 
 from __future__ import annotations
@@ -43,7 +50,10 @@ class KafkaSource:
     def __init__(self, config: IngestConfig, metrics: IngestMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        # Checkpoint offsets not read from yet, and the next offset after the
+        # last record delivered per partition (see the module docstring).
         self._seek_to: dict[tuple[str, int], int] = {}
+        self._delivered: dict[tuple[str, int], int] = {}
         # Lag as of the last poll. Prometheus scrapes from its own thread and
         # KafkaConsumer is not thread-safe (position() may talk to the
         # coordinator), so the polling thread measures and the scrape reads.
@@ -67,11 +77,24 @@ class KafkaSource:
         return False
 
     def _seek_assigned(self, assigned: set[TopicPartition]) -> None:
+        # (Runs on the consumer's IO thread: seek() only, no blocking calls.)
+        keys = {(tp.topic, tp.partition) for tp in assigned}
+        for key in set(self._delivered) - keys:
+            # Gone to another member: if it comes back, that member's commit
+            # (the group's offset) is where to go on, not our old position.
+            del self._delivered[key]
         for tp in assigned:
-            offset = self._seek_to.get((tp.topic, tp.partition))
-            if offset is not None:
-                self._consumer.seek(tp, offset)
+            key = (tp.topic, tp.partition)
+            if key in self._seek_to:
+                offset = self._seek_to[key]
                 log.info("%s/%d: resuming at checkpoint offset %d", tp.topic, tp.partition, offset)
+            elif key in self._delivered:
+                offset = self._delivered[key]
+                log.info("%s/%d: reassigned; continuing at offset %d", tp.topic, tp.partition,
+                         offset)
+            else:
+                continue
+            self._consumer.seek(tp, offset)
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self._seek_to.update(offsets)
@@ -85,6 +108,9 @@ class KafkaSource:
             for m in messages:
                 records.append((m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}"))
                 offsets[(tp.topic, tp.partition)] = m.offset + 1
+        for key, offset in offsets.items():
+            self._delivered[key] = offset
+            self._seek_to.pop(key, None)  # read from: the position supersedes the checkpoint
         events, dead = decode_records(records, self.config.value_format, self.metrics, "kafka")
         if self.metrics is not None:
             self._lag = self._measure_lag()

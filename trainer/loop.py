@@ -8,6 +8,7 @@ the source only after a checkpoint that covers them (see trainer.checkpoint).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -76,7 +77,10 @@ class TrainingLoop:
         self.batcher = Batcher(model.sparse_features, model.dense_features)
         self.stats = LoopStats()
         self._pending: list[Event] = []
-        self._pending_since: float | None = None  # when the oldest pending example arrived
+        # When the pending examples arrived: [count, time] per drain that
+        # found new ones, oldest first; ``_timed`` of them are accounted for.
+        self._arrivals: collections.deque[list[float]] = collections.deque()
+        self._timed = 0
         self._offsets: dict[tuple[str, int], int] = {}
         self._started = 0.0
 
@@ -118,18 +122,32 @@ class TrainingLoop:
             self.metrics.positives.inc(positives)
 
     def _drain(self, final: bool) -> None:
-        """Train full batches; with ``final``, or once the oldest example waited
-        ``max_batch_delay_s``, the partial one too."""
-        if self._pending and self._pending_since is None:
-            self._pending_since = time.perf_counter()
-        overdue = self._pending_since is not None and \
-            time.perf_counter() - self._pending_since >= self.config.trainer.max_batch_delay_s
-        while len(self._pending) >= (size := self.trainer.batch_size_now()) or \
-                ((final or overdue) and self._pending):
+        """Train full batches; with ``final``, or once the oldest pending example
+        waited ``max_batch_delay_s``, the partial one too."""
+        now = time.perf_counter()
+        if len(self._pending) > self._timed:
+            self._arrivals.append([len(self._pending) - self._timed, now])
+            self._timed = len(self._pending)
+        delay = self.config.trainer.max_batch_delay_s
+        while self._pending:
+            size = self.trainer.batch_size_now()
+            overdue = now - self._arrivals[0][1] >= delay
+            if len(self._pending) < size and not (final or overdue):
+                break
             chunk, self._pending = self._pending[:size], self._pending[size:]
+            self._forget(len(chunk))
             self._train(chunk)
-        if not self._pending:
-            self._pending_since = None
+
+    def _forget(self, n: int) -> None:
+        """Drop the arrival times of the ``n`` oldest pending examples (just trained)."""
+        self._timed -= n
+        while n:
+            first = self._arrivals[0]
+            taken = min(n, int(first[0]))
+            first[0] -= taken
+            n -= taken
+            if not first[0]:
+                self._arrivals.popleft()
 
     def checkpoint(self) -> None:
         """Train what is pending, write a checkpoint, then commit the offsets it covers."""

@@ -128,3 +128,44 @@ def test_kafka_dead_letter_sink_keeps_the_raw_record_and_the_reason(kafka_broker
     consumer.close()
     assert got == [(d.raw, {"kind": d.kind.encode(), "reason": d.reason.encode(),
                             "origin": d.origin.encode()}) for d in letters]
+
+
+def test_a_rebalance_continues_after_the_last_delivered_record(kafka_broker: str) -> None:
+    # Resumed from a checkpoint at offset 10, read to 100, committed only 50
+    # (commits trail training by a checkpoint interval). A member joining and
+    # leaving the group (reading another topic) revokes and reassigns the
+    # partition twice: the source must go on from 100, neither from the
+    # commit (50) nor from the checkpoint (10).
+    import time
+
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_broker, [topic, topic + "-other"], partitions=1)
+    events = list(SyntheticStream(default()).events(120))
+    producer = KafkaProducer(bootstrap_servers=kafka_broker)
+    for e in events[:100]:
+        producer.send(topic, encode_json(e))
+    producer.flush()
+    src = source(kafka_broker, topic, group)
+    src.seek({(topic, 0): 10})
+    first = drain(src, 90)
+    assert [e.event_id for e in first.events] == [e.event_id for e in events[10:100]]
+    src.commit({(topic, 0): 50})
+    other = KafkaConsumer(bootstrap_servers=kafka_broker, group_id=group,
+                          enable_auto_commit=False, session_timeout_ms=6000,
+                          heartbeat_interval_ms=500)
+    other.subscribe([topic + "-other"])
+    again = []
+    deadline = time.monotonic() + 12
+    while time.monotonic() < deadline and not other.assignment():
+        other.poll(100)
+        again += src.poll(1000, 0.1).events
+    other.close()
+    for e in events[100:]:
+        producer.send(topic, encode_json(e))
+    producer.flush()
+    producer.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(again) < 20:
+        again += src.poll(1000, 0.2).events
+    src.close()
+    assert [e.event_id for e in again] == [e.event_id for e in events[100:]]

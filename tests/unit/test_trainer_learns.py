@@ -237,3 +237,54 @@ def test_a_trainer_without_replicas_keeps_no_tombstones(shards: str) -> None:
         held[record] = sum(t.evicted_ids.numel() for t in trainer.collect_delta(1).tables)
     assert evicted[True] == evicted[False] > 0  # rows expire either way
     assert held[True] >= evicted[True] and held[False] == 0
+
+
+def test_under_steady_load_batches_are_full_and_none_waits_past_the_delay(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1500 examples arrive every 0.25 s (on a fake clock): a batch of 2048
+    # fills every ~0.34 s, far within max_batch_delay_s = 1 s, so every batch
+    # is full. (The leftover of a cut used to inherit the age of the batch's
+    # oldest example and go out as a partial batch.) Then the stream slows to
+    # 100 examples per 0.25 s: a partial batch goes once its oldest example
+    # waited 1 s, not before, not much after.
+    import types
+
+    import trainer.loop as loop_module
+    from ingest.source import SourceBatch
+    from trainer.loop import TrainingLoop
+
+    clock = [0.0]
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    arrived: list[float] = []
+
+    class Source:
+        exhausted = False
+        polls = 0
+
+        def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+            clock[0] += 0.25
+            self.polls += 1
+            n = 1500 if self.polls <= 40 else 100
+            arrived.extend([clock[0]] * n)
+            events = list(SyntheticStream(default()).events(n))
+            return SourceBatch(events=events, offsets={("t", 0): len(arrived)})
+
+        def commit(self, offsets: object) -> None: ...
+
+        def seek(self, offsets: object) -> None: ...
+
+    config = load_config(env={}, overrides={
+        "trainer.batch_size": "2048", "trainer.warmup_batch_size": "0",
+        "trainer.max_batch_delay_s": "1.0", "trainer.log_interval_s": "1000000"})
+    batches: list[tuple[int, float]] = []  # (size, wait of its oldest example)
+
+    class Loop(TrainingLoop):
+        def _train(self, events: list) -> None:  # type: ignore[type-arg]
+            start = sum(size for size, _ in batches)
+            batches.append((len(events), clock[0] - arrived[start]))
+
+    Loop(OnlineTrainer(config), Source()).run(max_events=1500 * 40 + 100 * 20)
+    steady = [size for size, _ in batches if size > 0][:29]
+    assert steady == [2048] * 29
+    slow = [(size, wait) for size, wait in batches[29:-1]]
+    assert slow and all(1.0 <= wait <= 1.25 for _, wait in slow)
