@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import threading
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ingest.source import DeadLetter
 
+if TYPE_CHECKING:
+    from ingest.metrics import IngestMetrics
+
 __all__ = ["DeadLetterSink", "MemoryDeadLetterSink", "FileDeadLetterSink", "KafkaDeadLetterSink",
            "dead_letter_to_dict"]
+
+log = logging.getLogger(__name__)
+
+# Room in one produce request for everything but the value and the headers: the
+# record batch header (61 bytes) and the record's varint fields (at most ~60).
+_RECORD_OVERHEAD = 1024
 
 
 class DeadLetterSink(Protocol):
@@ -69,23 +79,68 @@ class FileDeadLetterSink:
 
 
 class KafkaDeadLetterSink:
-    """Produces each rejected record, unchanged, to a dead-letter topic, with the reason in headers.
+    """Produces each rejected record to a dead-letter topic, with the reason in headers.
 
-    Value: the raw bytes; headers: ``kind``, ``reason`` (first 1 KiB), ``origin``.
+    Value: the raw bytes (cut when too large, below); headers: ``kind``, ``reason``
+    (first 1 KiB), ``origin``.
+
+    A dead letter that cannot be forwarded never stops training (the records
+    around it would never be trained or committed, and every restart would fail
+    on it again): a record too large for one produce request keeps its first
+    bytes and gains a ``truncated_from`` header holding its original size; one
+    the client or the broker refuses is logged and counted in
+    ``streamrec_ingest_dead_letters_dropped_total`` (and :attr:`dropped`).
     """
 
-    def __init__(self, bootstrap_servers: list[str], topic: str) -> None:
+    def __init__(self, bootstrap_servers: list[str], topic: str,
+                 metrics: IngestMetrics | None = None,
+                 max_request_size: int = 1 << 20) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
+        self.max_request_size = max_request_size
+        self.dropped = 0
+        self._metrics = metrics
+        self._lock = threading.Lock()  # _drop also runs on the producer's I/O thread
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
-                                       linger_ms=50)
+                                       linger_ms=50, max_request_size=max_request_size)
 
     def put(self, letters: list[DeadLetter]) -> None:
+        from kafka.errors import KafkaError
+
         for letter in letters:
             headers = [("kind", letter.kind.encode()), ("reason", letter.reason.encode()[:1024]),
                        ("origin", letter.origin.encode())]
-            self._producer.send(self.topic, value=letter.raw, headers=headers)
+            value = self._fit(letter.raw, headers)
+            try:
+                future = self._producer.send(self.topic, value=value, headers=headers)
+            except KafkaError as e:
+                self._drop(letter, e)
+            else:
+                future.add_errback(self._drop, letter)
+
+    def _fit(self, raw: bytes, headers: list[tuple[str, bytes]]) -> bytes:
+        """``raw``, or its first bytes when the record would exceed one produce request.
+
+        Appends a ``truncated_from`` header (the original length) to ``headers``
+        when it cuts.
+        """
+        # The headers, plus the truncated_from header a cut adds (its value: <= 20 digits).
+        header_bytes = sum(len(k) + len(v) for k, v in headers) + len("truncated_from") + 20
+        budget = max(0, self.max_request_size - _RECORD_OVERHEAD - header_bytes)
+        if len(raw) <= budget:
+            return raw
+        headers.append(("truncated_from", str(len(raw)).encode()))
+        return raw[:budget]
+
+    def _drop(self, letter: DeadLetter, error: Exception) -> None:
+        """Log and count a letter that could not be forwarded."""
+        log.warning("dead letter from %s (%s, %d bytes) not forwarded to %s: %s",
+                    letter.origin, letter.kind, len(letter.raw), self.topic, error)
+        with self._lock:
+            self.dropped += 1
+        if self._metrics is not None:
+            self._metrics.dead_letters_dropped.inc()
 
     def close(self) -> None:
         self._producer.flush()

@@ -48,6 +48,10 @@ class IngestMetrics:
                                     "Records rejected, by reason", ["kind"], registry=registry)
         for kind in DecodeError.KINDS:
             self.dead_letters.labels(kind)
+        self.dead_letters_dropped = Counter(
+            "streamrec_ingest_dead_letters_dropped_total",
+            "Dead letters the sink could not forward (logged and skipped; training goes on)",
+            registry=registry)
         self.commits = Counter("streamrec_ingest_commits_total", "Offset commits",
                                ["result"], registry=registry)
         for result in ("ok", "error"):

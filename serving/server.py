@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
 from serving.replica import Features, ModelReplica
-from streamrec.config import AppConfig, ServingConfig
+from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from trainer.sync.delta import decode_chunks
 
@@ -212,9 +212,9 @@ def create_server(config: ServingConfig, replica: ModelReplica,
         (RECOMMENDER, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), public)
     port = _bind(public, "serving", config.host, config.port)
-    limit = 64 << 20
     sync = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync"),
-                       options=[("grpc.max_receive_message_length", limit), _NO_REUSEPORT])
+                       options=[("grpc.max_receive_message_length", SYNC_MAX_MESSAGE_BYTES),
+                                _NO_REUSEPORT])
     servers: Servers | None = None
 
     def on_version(version: int) -> None:

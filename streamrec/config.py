@@ -36,12 +36,38 @@ __all__ = [
     "MetricsConfig",
     "AppConfig",
     "load_config",
+    "SYNC_MAX_MESSAGE_BYTES",
+    "MAX_CHUNK_BYTES",
 ]
+
+# The largest gRPC message a replica's sync server accepts (serving/server.py).
+SYNC_MAX_MESSAGE_BYTES = 64 << 20
+# The largest sync.max_chunk_bytes: a chunk message is its payload plus up to
+# 64 KiB of framing (the sink allows max_chunk_bytes + 64 KiB), and must still
+# fit the replica's limit, or every push of a large delta fails with
+# RESOURCE_EXHAUSTED.
+MAX_CHUNK_BYTES = SYNC_MAX_MESSAGE_BYTES - (64 << 10)
 
 
 def _require(ok: bool, section: str, name: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"{section}.{name}={value!r}: {why}")
+
+
+def _token(section: str, value: str) -> str:
+    """A bearer token without surrounding whitespace, checked to be valid gRPC metadata.
+
+    Secrets read from files usually end in a newline; gRPC refuses metadata
+    values outside printable ASCII, which would fail every sync push. Spaces
+    inside the token are kept (printable ASCII); the value itself is not
+    echoed in the error, it is a secret.
+    """
+    token = value.strip()
+    bad = [c for c in token if not " " <= c <= "~"]
+    if bad:
+        raise ConfigError(f"{section}.token: contains {len(bad)} control or non-ASCII "
+                          f"character(s) (first {bad[0]!r}); a token must be printable ASCII")
+    return token
 
 
 @dataclass
@@ -236,9 +262,13 @@ class SyncConfig:
 
     def __post_init__(self) -> None:
         s = "sync"
+        self.token = _token(s, self.token)
         _require(self.interval_s > 0, s, "interval_s", self.interval_s, "must be > 0")
         _require(self.max_chunk_bytes >= 65536, s, "max_chunk_bytes", self.max_chunk_bytes,
                  "must be >= 65536 (one dense weight matrix travels whole in a chunk)")
+        _require(self.max_chunk_bytes <= MAX_CHUNK_BYTES, s, "max_chunk_bytes",
+                 self.max_chunk_bytes, f"must be <= {MAX_CHUNK_BYTES} (64 MiB - 64 KiB): "
+                 "a replica accepts sync messages of at most 64 MiB")
         _require(all(":" in r for r in self.replicas), s, "replicas", self.replicas,
                  "each replica must be host:port")
         _require(self.timeout_s > 0, s, "timeout_s", self.timeout_s, "must be > 0")
@@ -259,6 +289,7 @@ class ServingConfig:
 
     def __post_init__(self) -> None:
         s = "serving"
+        self.token = _token(s, self.token)
         for name in ("port", "sync_port"):
             v = getattr(self, name)
             _require(0 <= v <= 65535, s, name, v, "must be in [0, 65535]")

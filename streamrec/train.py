@@ -33,10 +33,10 @@ __all__ = ["run_training"]
 log = logging.getLogger(__name__)
 
 
-def _dead_letter_sink(config: AppConfig) -> DeadLetterSink:
+def _dead_letter_sink(config: AppConfig, metrics: IngestMetrics) -> DeadLetterSink:
     ing = config.ingest
     if ing.dead_letter_topic:
-        return KafkaDeadLetterSink(ing.bootstrap_servers, ing.dead_letter_topic)
+        return KafkaDeadLetterSink(ing.bootstrap_servers, ing.dead_letter_topic, metrics=metrics)
     if ing.dead_letter_path:
         return FileDeadLetterSink(ing.dead_letter_path)
     return MemoryDeadLetterSink()
@@ -60,7 +60,7 @@ def run_training(config: AppConfig, stop: threading.Event,
         if config.trainer.checkpoint_dir else None
     sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,
                                  config.sync.timeout_s) for addr in config.sync.replicas}
-    dead_letters = _dead_letter_sink(config)
+    dead_letters = _dead_letter_sink(config, ingest_metrics)
     if ing.source == "file":
         source: EventSource = FileSource(ing.path, ing.value_format, metrics=ingest_metrics)
     elif ing.source == "kafka":

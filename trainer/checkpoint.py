@@ -28,6 +28,8 @@ from streamrec.errors import CheckpointError
 __all__ = ["Checkpointer", "Checkpoint"]
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+# What :meth:`Checkpointer.save` writes before the rename: ``ckpt-<step>.pt.tmp<pid>``.
+_TEMP = re.compile(r"^ckpt-\d{12}\.pt\.tmp\d+$")
 
 
 @dataclass
@@ -40,12 +42,20 @@ class Checkpoint:
 
 
 class Checkpointer:
-    """Writes ``ckpt-<step>.pt`` files into ``directory``, keeping the newest ``keep``."""
+    """Writes ``ckpt-<step>.pt`` files into ``directory``, keeping the newest ``keep``.
+
+    The directory belongs to one trainer at a time: on construction the
+    temporary files a killed earlier process left behind (``ckpt-*.pt.tmp<pid>``,
+    possibly as large as a checkpoint) are deleted.
+    """
 
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
         self.directory = Path(directory)
         self.keep = keep
         self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.iterdir():
+            if _TEMP.match(stale.name):
+                stale.unlink(missing_ok=True)
 
     def _paths(self) -> list[Path]:
         found = [p for p in self.directory.iterdir() if _NAME.match(p.name)]
@@ -74,7 +84,7 @@ class Checkpointer:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
-        except OSError as e:
+        except Exception as e:  # torch.save reports a full disk as RuntimeError, not OSError
             tmp.unlink(missing_ok=True)
             raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
         for old in self._paths()[: -self.keep]:

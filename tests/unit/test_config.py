@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.config import TrainerConfig, load_config
+from streamrec.config import MAX_CHUNK_BYTES, SYNC_MAX_MESSAGE_BYTES, SyncConfig, TrainerConfig, \
+    load_config
 from streamrec.errors import ConfigError
 
 
@@ -69,6 +70,10 @@ ttl_s = 60
     ("[tables.nosuchfeature]\nttl_s = 1", "nosuchfeature"),
     ("[table_defaults]\nshards = 4\nmax_rows = 2", "table.max_rows=2"),
     ("[table_defaults]\nprune_grace_s = -1", "table.prune_grace_s=-1"),
+    ("[sync]\nmax_chunk_bytes = 67108864", "sync.max_chunk_bytes=67108864"),
+    ('[sync]\ntoken = "s3\\u0007cret"', "sync.token"),
+    ('[serving]\ntoken = "s3\\tcret"', "serving.token"),
+    ('[serving]\ntoken = "caf\\u00e9"', "serving.token"),
     ("[trainer]\nbatchsize = 1", "unknown field"),
     ("[trainr]\nbatch_size = 1", "unknown config section"),
     ("[trainer\n", "not valid TOML"),
@@ -78,6 +83,30 @@ def test_bad_values_are_rejected_naming_the_field(tmp_path: Path, text: str, fie
         load_config(write(tmp_path, text), env={})
     assert field in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_largest_chunk_still_fits_the_replicas_message_limit() -> None:
+    # The sink sends max_chunk_bytes + 64 KiB of framing; the replica takes 64 MiB.
+    assert SyncConfig(max_chunk_bytes=MAX_CHUNK_BYTES).max_chunk_bytes == MAX_CHUNK_BYTES
+    assert MAX_CHUNK_BYTES + (64 << 10) <= SYNC_MAX_MESSAGE_BYTES
+    with pytest.raises(ConfigError, match="sync.max_chunk_bytes"):
+        SyncConfig(max_chunk_bytes=MAX_CHUNK_BYTES + 1)
+
+
+def test_tokens_from_secret_files_lose_their_trailing_newline(tmp_path: Path) -> None:
+    # Kubernetes secrets and `echo s3cret > file` end in a newline, which gRPC
+    # refuses in metadata: every push would fail.
+    env = {"STREAMREC_SYNC_TOKEN": "s3cret\n", "STREAMREC_SERVING_TOKEN": " s3cret\r\n"}
+    config = load_config(env=env)
+    assert (config.sync.token, config.serving.token) == ("s3cret", "s3cret")
+    path = write(tmp_path, '[sync]\ntoken = "Bearer s3cret\\n"\n')
+    assert load_config(path, env={}).sync.token == "Bearer s3cret"
+
+
+def test_a_bad_token_is_not_echoed_in_the_error() -> None:
+    with pytest.raises(ConfigError, match="sync.token") as info:
+        load_config(env={"STREAMREC_SYNC_TOKEN": "top\x00secret"})
+    assert "secret" not in str(info.value).replace("sync.token", "")
 
 
 def test_bad_env_variable_is_rejected_naming_it() -> None:

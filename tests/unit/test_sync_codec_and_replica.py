@@ -197,6 +197,11 @@ class FlakySink(MemoryDeltaSink):
         super().__init__(replica)
         self.fail = True
 
+    def version(self) -> int:
+        if self.fail:
+            raise SyncError("replica unreachable")
+        return super().version()
+
     def push(self, delta: ParameterDelta) -> int:
         if self.fail:
             raise SyncError("replica unreachable")
@@ -213,10 +218,16 @@ def test_publisher_keeps_healthy_replicas_in_step_and_recovers_a_failed_one() ->
     publisher = Publisher(trainer, {"healthy": MemoryDeltaSink(healthy), "flaky": flaky_sink},
                           interval_s=60, registry=registry)
     probe = list(stream.events(30))
+    snapshots = []
+    take_snapshot = trainer.snapshot
+    trainer.snapshot = lambda version: snapshots.append(version) or take_snapshot(version)
     for _ in range(3):
         train(trainer, list(itertools.islice(stream.events(600), 600)))
         publisher.publish_once()
     assert healthy.version == 3 and not flaky.ready
+    # Only the healthy replica's first version needed one: no full snapshot
+    # is built (under the trainer's lock) for a replica that does not answer.
+    assert snapshots == [1]
     assert_same_scores(trainer, healthy, probe)
     assert registry.get_sample_value("streamrec_sync_pushes_total",
                                      {"replica": "flaky", "kind": "full", "result": "error"}) == 3

@@ -96,6 +96,7 @@ class Publisher:
             delta = self.source.collect_delta(version)
             snapshot: ParameterDelta | None = None
             for name, sink in self.sinks.items():
+                kind = "delta"
                 try:
                     if self._in_step[name]:
                         try:
@@ -104,13 +105,17 @@ class Publisher:
                         except VersionGapError:
                             self.metrics.pushes.labels(name, "delta", "gap").inc()
                             log.info("replica %s is out of step; sending a full snapshot", name)
+                    kind = "full"
+                    # Reachable at all? A full snapshot is built under the
+                    # trainer's lock; for a replica that is down it would
+                    # stall training every interval for nothing.
+                    sink.version()
                     if snapshot is None:
                         snapshot = self.source.snapshot(version)
                     self._push(name, sink, snapshot)
                     self._in_step[name] = True
                 except SyncError as e:
                     self._in_step[name] = False
-                    kind = "full" if snapshot is not None else "delta"
                     self.metrics.pushes.labels(name, kind, "error").inc()
                     log.warning("push of version %d to %s failed: %s", version, name, e)
             self._version = version

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 
 from protos import sync_pb2, sync_pb2_grpc
+from streamrec.config import MAX_CHUNK_BYTES, SYNC_MAX_MESSAGE_BYTES
 from streamrec.errors import SyncError, VersionGapError
 from trainer.sync.delta import ParameterDelta, encode_chunks
 
@@ -36,7 +37,7 @@ class GrpcDeltaSink:
         self.address = address
         self.max_chunk_bytes = max_chunk_bytes
         self.timeout_s = timeout_s
-        limit = max_chunk_bytes + (64 << 10)
+        limit = max_chunk_bytes + (SYNC_MAX_MESSAGE_BYTES - MAX_CHUNK_BYTES)  # + framing room
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit)])
