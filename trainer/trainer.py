@@ -49,11 +49,12 @@ class OnlineTrainer:
     makes each of them atomic with respect to the others.
 
     With ``distributed=True`` (torch.distributed initialised, e.g. by
-    torchrun) every rank trains on its own equal-sized slice of each global
-    batch: embedding tables are sharded across ranks
-    (:class:`DistributedEmbeddingTable`), dense gradients are averaged with
-    all-reduce, and a step equals a single-rank step on the whole batch.
-    Every rank must call ``train_batch`` the same number of times.
+    torchrun) every rank trains on its own slice of each global batch (of
+    any size, empty included): embedding tables are sharded across ranks
+    (:class:`DistributedEmbeddingTable`), dense gradients are all-reduced,
+    and a step equals a single-rank step on the whole batch (the event-time
+    clock included: the median of the whole batch's timestamps). Every rank
+    must call ``train_batch`` the same number of times.
     """
 
     def __init__(self, config: AppConfig, distributed: bool = False,
@@ -127,14 +128,27 @@ class OnlineTrainer:
             dist.all_reduce(tensor, op=op, group=self.group)
         return tensor
 
+    def _all_gather(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` of every rank, concatenated (slices may differ in length)."""
+        if not self.distributed:
+            return values
+        world = dist.get_world_size(self.group)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([values.numel()]), group=self.group)
+        longest = max(int(n) for n in sizes)
+        padded = torch.zeros(longest, dtype=values.dtype)
+        padded[: values.numel()] = values
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
+
     def _step(self, batch: Batch) -> StepResult:
         # The trainer's clock (TTL expiry) is the running maximum of batch
         # medians: one event stamped hours ahead (a skewed producer clock)
         # cannot move it, and with it expire every row at once.
-        now = torch.tensor([int(batch.timestamps_ms.median()) if len(batch)
-                            else self.event_time_ms])
-        now_ms = int(self._all_reduce(now, dist.ReduceOp.MAX))
-        self.event_time_ms = max(self.event_time_ms, now_ms)
+        stamps = self._all_gather(batch.timestamps_ms)
+        if stamps.numel():
+            self.event_time_ms = max(self.event_time_ms, int(stamps.median()))
         self.model.train()
         if self.steps == 0:
             self._init_bias(batch)
@@ -148,9 +162,18 @@ class OnlineTrainer:
         # (Shifting each example's logit by its own -log(rate) would not:
         # positives carry rate 1, and the fixed point over-predicts clicks.)
         weight = batch.sample_rates.clamp(min=1e-6).reciprocal()
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=weight)
+        loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=weight,
+                                                      reduction="sum")
+        # The objective is the mean over the global batch. With several ranks
+        # each contributes its sum over the global count, times the world size
+        # because gradients are averaged over ranks: slices of any sizes (even
+        # empty) then train exactly like one process on the whole batch.
+        world = dist.get_world_size(self.group) if self.distributed else 1
+        total = float(self._all_reduce(torch.tensor([float(len(batch))])))
+        objective = loss_sum * (world / max(total, 1.0))
+        loss = loss_sum.detach() / max(len(batch), 1)  # reported: this rank's mean
         self.optimizer.zero_grad(set_to_none=True)
-        (loss + self.embeddings.regularizer()).backward()
+        (objective + self.embeddings.regularizer()).backward()
         if self.distributed:
             world = dist.get_world_size(self.group)
             for p in [*self.model.parameters(), *self.embeddings.parameters()]:
@@ -173,7 +196,7 @@ class OnlineTrainer:
         self.progress.update(probs, batch.labels)
         self.examples += len(batch)
         self.steps += 1
-        return StepResult(probs, float(loss.detach()), len(batch))
+        return StepResult(probs, float(loss), len(batch))
 
     @torch.no_grad()
     def _init_bias(self, batch: Batch) -> None:

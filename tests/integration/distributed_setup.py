@@ -10,6 +10,16 @@ GLOBAL_BATCH = 256
 STEPS = int(os.environ.get("DIST_STEPS", "60"))
 
 
+def bounds(step: int, world: int) -> list[int]:
+    """Where the global batch of ``step`` is cut between ranks: uneven, now and then empty.
+
+    Real streams do not split evenly (partitions differ in rate), and an
+    uneven split must train like one process too.
+    """
+    cuts = sorted((step * 53 * (r + 1)) % (GLOBAL_BATCH + 1) for r in range(world - 1))
+    return [0, *cuts, GLOBAL_BATCH]
+
+
 def config() -> AppConfig:
     # min_count and a short TTL put the frequency filter and expiry in play:
     # the synthetic stream spans 200 events per second of event time.

@@ -1,7 +1,7 @@
 """One rank of the 2-rank training run in test_distributed.py (started by torchrun).
 
-Each rank trains on its half of every global batch of the same synthetic
-stream, then writes its shard of every table and the dense weights to
+Each rank trains on its slice of every global batch of the same synthetic
+stream (slices of varying, uneven sizes, see ``bounds``), then writes its shard of every table and the dense weights to
 ``OUT/rank<r>.pt``.
 """
 
@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ingest.batch import Batcher
 from streamrec.synthetic import SyntheticStream, default
-from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, config
+from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, bounds, config
 from trainer.trainer import OnlineTrainer
 
 
@@ -27,10 +27,10 @@ def main(out_dir: str) -> None:
     trainer = OnlineTrainer(cfg, distributed=True)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     events = SyntheticStream(default()).events(GLOBAL_BATCH * STEPS)
-    share = GLOBAL_BATCH // world
-    for _ in range(STEPS):
+    for step in range(STEPS):
         chunk = list(itertools.islice(events, GLOBAL_BATCH))
-        trainer.train_batch(batcher.build(chunk[rank * share:(rank + 1) * share]))
+        cut = bounds(step, world)
+        trainer.train_batch(batcher.build(chunk[cut[rank]:cut[rank + 1]]))
     tables = {name: table.export_all() for name, table in trainer.tables.items()}
     torch.save({"tables": tables, "dense": trainer.model.state_dict(),
                 "evicted": {n: t.stats.evicted for n, t in trainer.tables.items()}},

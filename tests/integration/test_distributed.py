@@ -1,8 +1,8 @@
 """Tables sharded across two torch.distributed ranks train like one process.
 
 Two real processes started by torchrun (gloo on CPU) each own half of every
-table and train on half of each global batch; ids and gradients cross ranks
-with all-to-all. The union of their shards and their dense weights must equal
+table and train on a slice of each global batch (uneven, sometimes empty);
+ids and gradients cross ranks with all-to-all. The union of their shards and their dense weights must equal
 a single-rank run over the same stream.
 """
 

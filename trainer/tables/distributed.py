@@ -118,8 +118,9 @@ class DistributedEmbeddingTable:
         valid = rows >= 0
         full[rows[valid]] = grads[valid]
         received, _ = _exchange(full[order], send_counts, self.group)
-        # Each rank's loss is the mean over its slice: the global batch's
-        # gradient is the average over ranks.
+        # Each rank's objective carries world / global count (see
+        # OnlineTrainer._step): the average over ranks is the global batch's
+        # gradient, whatever the slices' sizes.
         received = received / self.world
         unique_rows, inverse = torch.unique(owned_rows, return_inverse=True)
         summed = torch.zeros((unique_rows.numel(), self.dim), dtype=grads.dtype)
