@@ -7,7 +7,9 @@ every arm; only the table settings differ:
 - ``filter``:    rows only after ``--min-count`` sightings;
 - ``expiry``:    rows unseen for ``--ttl-s`` of event time are evicted;
 - ``filter+expiry``: both (the Monolith setting);
-- ``filter+expiry+prune``: plus OptEmbed row pruning (``--prune-alpha``).
+- ``filter+expiry+prune``: plus OptEmbed row pruning (``--prune-alpha``; rows are
+  safe from it for ``--prune-grace-s`` after admission, 10 s here: with the
+  config's default of 300 s, longer than this stream's TTL, expiry frees rows first).
 
 Reported per arm: rows held at the end and at the peak (summed over the
 embedding tables), progressive (test-then-train) AUC and logloss over the
@@ -41,7 +43,8 @@ FEATURES = "user_id,item_id,category,country,hour"
 def arms(args: argparse.Namespace) -> dict[str, dict[str, str]]:
     filt = {"table_defaults.min_count": str(args.min_count)}
     ttl = {"table_defaults.ttl_s": str(args.ttl_s)}
-    prune = {"table_defaults.prune_alpha": str(args.prune_alpha)}
+    prune = {"table_defaults.prune_alpha": str(args.prune_alpha),
+             "table_defaults.prune_grace_s": str(args.prune_grace_s)}
     return {
         "unbounded": {},
         "filter": filt,
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ttl-s", type=float, default=60.0, help="event seconds (the stream "
                    "spans 200 events per event second)")
     p.add_argument("--prune-alpha", type=float, default=1e-6)
+    p.add_argument("--prune-grace-s", type=float, default=10.0,
+                   help="event seconds a new row is safe from pruning (under --ttl-s, or "
+                        "expiry frees rows before pruning may)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--arms", default="", help="comma-separated subset")
     args = p.parse_args(argv)
