@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -298,8 +299,10 @@ class ModelReplica:
         """Click probability of each candidate for ``user_id``, and the version that scored them.
 
         ``features`` are the request's (user/context) features, shared by all
-        candidates; ``candidate_features[i]`` adds item i's own. Raises
-        :class:`NotReadyError` before the first model arrives.
+        candidates; ``candidate_features[i]`` adds item i's own. The batch
+        scored holds the shared ids once per candidate, so callers bound the
+        total (the server refuses requests over ``serving.max_request_ids``).
+        Raises :class:`NotReadyError` before the first model arrives.
         """
         if candidate_features and len(candidate_features) != len(item_ids):
             raise ValueError(f"{len(candidate_features)} candidate_features for "
@@ -308,5 +311,7 @@ class ModelReplica:
         rows: list[tuple[int, int, Features | None]] = []
         for i, item in enumerate(item_ids):
             own = candidate_features[i] if candidate_features else None
-            rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
+            # A view, not a merged copy: copying the shared features per
+            # candidate would cost candidates x shared names before batching.
+            rows.append((int(user_id), int(item), ChainMap(dict(own), shared) if own else shared))
         return self.score_rows(rows)

@@ -3,8 +3,9 @@ and a separate, token-authenticated sync port that receives parameter deltas.
 
 ``create_server`` builds both servers without starting them (port 0 picks a
 free port, so tests bind any); ``serve`` runs them until SIGTERM/SIGINT, then
-reports NOT_SERVING to health checks and drains in-flight calls for
-``serving.grace_s`` before exiting.
+reports NOT_SERVING to health checks, goes on answering for
+``serving.shutdown_delay_s`` (so load balancers stop sending traffic first),
+and drains in-flight calls for ``serving.grace_s`` before exiting.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
-from serving.replica import Features, ModelReplica
+from serving.replica import ModelReplica
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from trainer.sync.delta import decode_chunks
@@ -56,28 +57,75 @@ def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def _value_counts(features: Any) -> dict[str, int]:
+    """``map<string, FeatureValues>`` -> ``{name: number of values}``, read off the message."""
+    return {name: len(fv.strings) + len(fv.ids) + len(fv.numbers)
+            for name, fv in features.items()}
+
+
+def _expanded_ids(shared: Any, own: Sequence[Any] | None, candidates: int) -> int:
+    """Feature values the scored rows will hold, counted on the request message.
+
+    Every candidate's row gets a copy of the request-level (``shared``)
+    features plus its own (``own[i]``), which replace shared ones of the same
+    name; every value counts, id, string or number. Cheap: one pass over the
+    shared features and one over each candidate's own, however many rows.
+    """
+    counts = _value_counts(shared)
+    total = candidates * sum(counts.values())
+    for features in own or ():
+        mine = _value_counts(features)
+        total += sum(mine.values()) - sum(counts.get(name, 0) for name in mine)
+    return total
+
+
+def _first_occurrences(items: Sequence[int]) -> list[int]:
+    """Positions of the first occurrence of each distinct item, in request order."""
+    first: dict[int, int] = {}
+    for position, item in enumerate(items):
+        first.setdefault(item, position)
+    return list(first.values())
+
+
 class _Recommender(serving_pb2_grpc.RecommenderServicer):
     def __init__(self, replica: ModelReplica, config: ServingConfig) -> None:
         self.replica = replica
         self.config = config
         self.metrics = replica.metrics
 
-    def _score(self, request: Any) -> tuple[list[float], int]:
+    def _score(self, request: Any, distinct: bool = False) -> tuple[list[int], list[float], int]:
+        """``(items, scores, version)`` of the request's candidates, validated first.
+
+        ``distinct`` scores each item once, at its first occurrence (with that
+        position's ``candidate_features``), for Recommend; otherwise every
+        position is scored, as Predict answers one score per position.
+        """
         items = list(request.item_ids)
         if not items:
             raise _InvalidRequest("item_ids is empty: send at least one candidate")
         if len(items) > self.config.max_candidates:
             raise _InvalidRequest(f"{len(items)} candidates, over the limit of "
                                   f"{self.config.max_candidates} (serving.max_candidates)")
-        per_item: list[Features] | None = None
-        if len(request.candidate_features):
-            if len(request.candidate_features) != len(items):
-                raise _InvalidRequest(f"{len(request.candidate_features)} candidate_features "
-                                      f"for {len(items)} item_ids: send none or one per item")
-            per_item = [features_from_proto(c.features) for c in request.candidate_features]
+        candidates = request.candidate_features
+        if len(candidates) and len(candidates) != len(items):
+            raise _InvalidRequest(f"{len(candidates)} candidate_features "
+                                  f"for {len(items)} item_ids: send none or one per item")
+        positions: Sequence[int] = _first_occurrences(items) if distinct else range(len(items))
+        own = [candidates[i].features for i in positions] if len(candidates) else None
+        # Before anything is built: a small request can expand to a huge batch.
+        total = _expanded_ids(request.features, own, len(positions))
+        if total > self.config.max_request_ids:
+            raise _InvalidRequest(
+                f"{len(positions)} candidates with their shared and own features make "
+                f"{total:,} feature ids, over the limit of {self.config.max_request_ids:,} "
+                f"(serving.max_request_ids); request-level features are copied into every "
+                f"candidate's row")
+        per_item = [features_from_proto(f) for f in own] if own is not None else None
+        items = [items[i] for i in positions]
         self.metrics.candidates.observe(len(items))
-        return self.replica.predict(request.user_id, items, features_from_proto(request.features),
-                                    per_item)
+        scores, version = self.replica.predict(request.user_id, items,
+                                               features_from_proto(request.features), per_item)
+        return items, scores, version
 
     def _call(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
         t0 = time.perf_counter()
@@ -101,14 +149,15 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            scores, version = self._score(request)
+            _, scores, version = self._score(request)
             return serving_pb2.PredictResponse(scores=scores, model_version=version)
         return self._call("Predict", context, body)
 
     def Recommend(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            scores, version = self._score(request)
-            ranked = sorted(zip(request.item_ids, scores), key=lambda p: -p[1])
+            # A duplicated candidate is ranked once, or it could fill the top k.
+            items, scores, version = self._score(request, distinct=True)
+            ranked = sorted(zip(items, scores), key=lambda p: -p[1])
             k = request.k or len(ranked)
             return serving_pb2.RecommendResponse(
                 items=[serving_pb2.ScoredItem(item_id=i, score=s) for i, s in ranked[:k]],
@@ -170,9 +219,19 @@ class Servers:
             else health_pb2.HealthCheckResponse.NOT_SERVING
         self.health.set(RECOMMENDER, status)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, then stop both servers, letting calls finish for ``grace`` s."""
+    def stop(self, grace: float | None = None, delay: float = 0.0) -> None:
+        """Shut down: report NOT_SERVING, keep serving ``delay`` s, then drain ``grace`` s.
+
+        Every health status ("" and the Recommender) turns NOT_SERVING at once
+        and for good (a delta arriving meanwhile does not make it ready again),
+        while both servers go on answering for ``delay`` seconds, so load
+        balancers and readiness probes take the replica out before calls are
+        refused. Then both servers stop accepting calls and in-flight ones
+        get ``grace`` seconds to finish (None: wait for them).
+        """
         self.health.enter_graceful_shutdown()
+        if delay > 0:
+            time.sleep(delay)
         done = [self.public.stop(grace), self.sync.stop(grace)]
         for event in done:
             event.wait()
@@ -204,7 +263,8 @@ def create_server(config: ServingConfig, replica: ModelReplica,
     del registry  # the replica's metrics are already registered where it was built
     public = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                     thread_name_prefix="serving"),
-                         options=[_NO_REUSEPORT])
+                         options=[("grpc.max_receive_message_length", config.max_request_bytes),
+                                  _NO_REUSEPORT])
     health_servicer = health.HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
@@ -253,5 +313,6 @@ def serve(config: AppConfig, stop: threading.Event | None = None) -> None:
     log.info("serving on %s:%d, sync on %s:%d", config.serving.host, servers.port,
              config.serving.sync_host, servers.sync_port)
     stop.wait()
-    log.info("shutting down (grace %.1f s)", config.serving.grace_s)
-    servers.stop(config.serving.grace_s)
+    log.info("shutting down: NOT_SERVING for %.1f s, then grace %.1f s",
+             config.serving.shutdown_delay_s, config.serving.grace_s)
+    servers.stop(config.serving.grace_s, config.serving.shutdown_delay_s)

@@ -284,7 +284,18 @@ class ServingConfig:
     sync_port: int = 50052
     token: str = ""  # bearer token the sync port requires ("" = no auth, dev only)
     max_candidates: int = 10000
+    # Feature ids one request may expand to: request-level (shared) features
+    # are copied into every candidate's row, so 400 candidates x 20,000 shared
+    # ids (a 53 kB request) would build 8M ids. Counted before anything is built.
+    max_request_ids: int = 1_000_000
+    # The public port's largest request message (gRPC's receive limit); a
+    # larger one is refused with RESOURCE_EXHAUSTED.
+    max_request_bytes: int = 4 << 20
     max_workers: int = 8
+    # On SIGTERM: report NOT_SERVING but keep answering for shutdown_delay_s, so
+    # load balancers and readiness probes take the replica out first; then
+    # stop, letting in-flight calls finish for grace_s.
+    shutdown_delay_s: float = 2.0
     grace_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -295,7 +306,14 @@ class ServingConfig:
             _require(0 <= v <= 65535, s, name, v, "must be in [0, 65535]")
         _require(self.max_candidates >= 1, s, "max_candidates", self.max_candidates,
                  "must be >= 1")
+        _require(self.max_request_ids >= 1, s, "max_request_ids", self.max_request_ids,
+                 "must be >= 1")
+        # gRPC takes the limit as a signed 32-bit integer.
+        _require(1024 <= self.max_request_bytes <= 2**31 - 1, s, "max_request_bytes",
+                 self.max_request_bytes, "must be in [1024, 2**31 - 1]")
         _require(self.max_workers >= 1, s, "max_workers", self.max_workers, "must be >= 1")
+        _require(math.isfinite(self.shutdown_delay_s) and self.shutdown_delay_s >= 0, s,
+                 "shutdown_delay_s", self.shutdown_delay_s, "must be a finite number >= 0")
         _require(self.grace_s >= 0, s, "grace_s", self.grace_s, "must be >= 0")
 
 

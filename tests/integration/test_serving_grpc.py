@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,9 +14,10 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from ingest.batch import Batcher
+from protos import event_pb2, serving_pb2, serving_pb2_grpc
 from serving.client import RecommenderClient
 from serving.replica import ModelReplica
-from serving.server import Servers, create_server
+from serving.server import RECOMMENDER, Servers, create_server
 from streamrec.config import ServingConfig, load_config
 from streamrec.errors import SyncError
 from streamrec.synthetic import SyntheticStream, default
@@ -32,7 +34,8 @@ TOKEN = "s3cret"
 def served() -> Iterator[tuple[Servers, ModelReplica, RecommenderClient, CollectorRegistry]]:
     registry = CollectorRegistry()
     replica = ModelReplica(registry=registry)
-    servers = create_server(ServingConfig(port=0, sync_port=0, token=TOKEN, max_candidates=100),
+    servers = create_server(ServingConfig(port=0, sync_port=0, token=TOKEN, max_candidates=100,
+                                          max_request_ids=1000),
                             replica, registry=registry)
     servers.start()
     client = RecommenderClient(f"127.0.0.1:{servers.port}")
@@ -93,16 +96,96 @@ def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> Non
         (dict(user_id=1, item_ids=[1, 2], candidate_features=[{"category": "a"}]),
          "1 candidate_features for 2 item_ids"),
         (dict(user_id=1, item_ids=[1], features={"price": float("nan")}), "must be finite"),
+        # Shared features are copied into each of the 10 rows: 10 x 101 ids.
+        (dict(user_id=1, item_ids=list(range(10)), features={"category": list(range(101))}),
+         "make 1,010 feature ids, over the limit of 1,000 (serving.max_request_ids)"),
+        # A candidate's own features replace the shared ones of the same name:
+        # 2 candidates x 2 shared values, + 500 - 1 (category replaced) + 500.
+        (dict(user_id=1, item_ids=[1, 2], features={"category": "c1", "price": 1.0},
+              candidate_features=[{"category": list(range(500))}, {"tags": list(range(500))}]),
+         "make 1,003 feature ids"),
     ]
     for kwargs, reason in cases:
         with pytest.raises(grpc.RpcError) as info:
             client.predict(**kwargs)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert reason in info.value.details()
+    # Exactly at the limit is allowed.
+    assert client.predict(user_id=1, item_ids=list(range(10)),
+                          features={"category": list(range(100))}).model_version == 1
     # The server is unharmed, and the rejections were counted.
     assert client.predict(user_id=1, item_ids=[1]).model_version == 1
     assert registry.get_sample_value("streamrec_serving_requests_total",
-                                     {"method": "Predict", "code": "INVALID_ARGUMENT"}) == 4
+                                     {"method": "Predict", "code": "INVALID_ARGUMENT"}) == 6
+
+
+def test_recommend_ranks_each_item_once_and_predict_scores_every_position(served,
+                                                                          trainer) -> None:
+    servers, _, client, _ = served
+    sink(servers).push(trainer.snapshot(1))
+    top = client.recommend(user_id=1, item_ids=[3, 3, 3, 5], k=3)
+    assert sorted(i for i, _ in top.items) == [3, 5]
+    # Each duplicate is ranked with the features of its first occurrence.
+    own = [{"category": "c1"}, {"category": "c2"}, {"category": "c3"}, {"category": "c1"}]
+    scores = client.predict(user_id=1, item_ids=[3, 5, 3, 5], candidate_features=own).scores
+    assert len(scores) == 4
+    ranked = dict(client.recommend(user_id=1, item_ids=[3, 5, 3, 5], k=0,
+                                   candidate_features=own).items)
+    assert ranked == pytest.approx({3: scores[0], 5: scores[1]})
+
+
+def test_request_size_limit_is_max_request_bytes(served) -> None:
+    # One 5 MiB string: over gRPC's default 4 MiB receive limit, within max_candidates.
+    request = serving_pb2.PredictRequest(
+        user_id=1, item_ids=[1], features={"category": event_pb2.FeatureValues(
+            strings=["x" * (5 << 20)])})
+    registry = CollectorRegistry()
+    larger = create_server(ServingConfig(port=0, sync_port=0, max_request_bytes=8 << 20),
+                           ModelReplica(registry=registry), registry=registry)
+    larger.start()
+    try:
+        for port, code in [(served[0].port, grpc.StatusCode.RESOURCE_EXHAUSTED),
+                           (larger.port, grpc.StatusCode.FAILED_PRECONDITION)]:  # no model yet
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                with pytest.raises(grpc.RpcError) as info:
+                    serving_pb2_grpc.RecommenderStub(channel).Predict(request, timeout=10)
+            assert info.value.code() == code, info.value.details()
+    finally:
+        larger.stop(0)
+
+
+def test_stop_reports_not_serving_but_answers_through_the_delay(trainer) -> None:
+    registry = CollectorRegistry()
+    replica = ModelReplica(registry=registry)
+    servers = create_server(ServingConfig(port=0, sync_port=0, token=TOKEN), replica,
+                            registry=registry)
+    servers.start()
+    client = RecommenderClient(f"127.0.0.1:{servers.port}")
+    s = sink(servers)
+    s.push(trainer.snapshot(1))
+    assert client.health() and client.health(RECOMMENDER)
+    delay = 2.0
+    stopper = threading.Thread(target=servers.stop, args=(0, delay))
+    t0 = time.monotonic()
+    stopper.start()
+    try:
+        wait_until("health to turn NOT_SERVING", lambda: not client.health(), timeout_s=delay,
+                   interval_s=0.02)
+        assert not client.health(RECOMMENDER)
+        # Requests are still answered, and a delta arriving meanwhile does not
+        # make the replica ready again.
+        assert client.predict(user_id=1, item_ids=[1, 2]).model_version == 1
+        s.push(trainer.snapshot(2))
+        assert not client.health(RECOMMENDER)
+        assert stopper.is_alive(), "the checks above ran after the delay: machine too slow"
+    finally:
+        stopper.join()
+        s.close()
+    assert time.monotonic() - t0 >= delay
+    with pytest.raises(grpc.RpcError) as info:
+        client.predict(user_id=1, item_ids=[1])
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    client.close()
 
 
 def test_sync_port_requires_the_token_and_applies_nothing_without_it(served, trainer) -> None:
@@ -170,11 +253,21 @@ def test_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port, sync_port, metrics = free_port(), free_port(), free_port()
     cfg = tmp_path / "serving.toml"
     cfg.write_text(f"[serving]\nport = {port}\nsync_port = {sync_port}\ntoken = \"{TOKEN}\"\n"
-                   f"grace_s = 1.0\n[metrics]\nport = {metrics}\n")
+                   f"grace_s = 1.0\nshutdown_delay_s = 2.0\n[metrics]\nport = {metrics}\n")
     proc = start_cli(["serve", "--config", str(cfg)], tmp_path / "serve.log")
     client = RecommenderClient(f"127.0.0.1:{port}", timeout_s=2)
     try:
         wait_until("the serve process to answer health checks", client.health, timeout_s=60)
+        proc.terminate()
+        # serving.shutdown_delay_s: NOT_SERVING, and requests still answered
+        # (no model: FAILED_PRECONDITION, not UNAVAILABLE), before it stops.
+        wait_until("health to turn NOT_SERVING after SIGTERM", lambda: not client.health(),
+                   timeout_s=2.0, interval_s=0.05)
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict(user_id=1, item_ids=[1])
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert proc.poll() is None
     finally:
         client.close()
         code = stop(proc)

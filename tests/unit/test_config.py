@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.config import MAX_CHUNK_BYTES, SYNC_MAX_MESSAGE_BYTES, SyncConfig, TrainerConfig, \
-    load_config
+from streamrec.config import MAX_CHUNK_BYTES, SYNC_MAX_MESSAGE_BYTES, ServingConfig, SyncConfig, \
+    TrainerConfig, load_config
 from streamrec.errors import ConfigError
 
 
@@ -66,6 +66,10 @@ ttl_s = 60
     ("[table_defaults]\nmin_count = -1", "table.min_count=-1"),
     ("[sync]\nreplicas = ['nohostport']", "sync.replicas"),
     ("[serving]\nport = 70000", "serving.port=70000"),
+    ("[serving]\nmax_request_ids = 0", "serving.max_request_ids=0"),
+    ("[serving]\nmax_request_bytes = 1023", "serving.max_request_bytes=1023"),
+    ("[serving]\nmax_request_bytes = 2147483648", "serving.max_request_bytes=2147483648"),
+    ("[serving]\nshutdown_delay_s = -0.5", "serving.shutdown_delay_s=-0.5"),
     ("[model]\nsparse_features = ['a', 'a']", "model.sparse_features"),
     ("[tables.nosuchfeature]\nttl_s = 1", "nosuchfeature"),
     ("[table_defaults]\nshards = 4\nmax_rows = 2", "table.max_rows=2"),
@@ -83,6 +87,27 @@ def test_bad_values_are_rejected_naming_the_field(tmp_path: Path, text: str, fie
         load_config(write(tmp_path, text), env={})
     assert field in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_serving_request_limits_and_shutdown_delay_have_safe_defaults(tmp_path: Path) -> None:
+    serving = load_config(env={}).serving
+    assert (serving.max_request_ids, serving.max_request_bytes, serving.shutdown_delay_s) == \
+        (1_000_000, 4 << 20, 2.0)
+    path = write(tmp_path, "[serving]\nmax_request_ids = 5\nmax_request_bytes = 1024\n"
+                           "shutdown_delay_s = 0\n")
+    serving = load_config(path, env={}).serving
+    assert (serving.max_request_ids, serving.max_request_bytes, serving.shutdown_delay_s) == \
+        (5, 1024, 0.0)
+    with pytest.raises(ConfigError, match="finite"):
+        ServingConfig(shutdown_delay_s=float("inf"))
+
+
+def test_readme_config_examples_load(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
+    assert len(blocks) >= 2  # Configuration and Training on several processes
+    for block in blocks:
+        load_config(write(tmp_path, block), env={})
 
 
 def test_largest_chunk_still_fits_the_replicas_message_limit() -> None:
@@ -126,6 +151,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     ("[table_defaults]\nttl_s = inf", "table_defaults.ttl_s=inf"),
     ("[tables.item_id]\nttl_s = -inf", "tables.item_id.ttl_s=-inf"),
     ("[serving]\ngrace_s = nan", "serving.grace_s=nan"),
+    ("[serving]\nshutdown_delay_s = inf", "serving.shutdown_delay_s=inf"),
 ])
 def test_non_finite_numbers_are_rejected_naming_the_field(tmp_path: Path, text: str,
                                                           field: str) -> None:

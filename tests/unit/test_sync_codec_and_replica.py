@@ -281,3 +281,21 @@ def test_a_second_server_on_ports_in_use_fails_to_bind() -> None:
                           ModelReplica(registry=CollectorRegistry()))
     finally:
         first.stop(0)
+
+
+def test_candidate_features_replace_shared_ones_of_the_same_name() -> None:
+    # The replica reads each candidate's features through a view over the
+    # shared ones (no per-candidate copy); the result must equal the merge.
+    torch.set_num_threads(1)
+    trainer = OnlineTrainer(config())
+    stream = SyntheticStream(default())
+    train(trainer, list(stream.events(1000)))
+    replica = ModelReplica(registry=CollectorRegistry())
+    replica.apply(trainer.snapshot(1))
+    shared = {"category": ("c1",), "country": ("fr",), "price": (3.0,)}
+    own = [{"category": ("c2",)}, {}, {"price": (9.0,), "hour": (4,)}]
+    got, _ = replica.predict(7, [1, 2, 3], shared, own)
+    want, _ = replica.score_rows([(7, item, {**shared, **mine})
+                                  for item, mine in zip([1, 2, 3], own)])
+    assert got == want
+    assert got[0] != replica.predict(7, [1], shared)[0][0]  # c2 really replaced c1

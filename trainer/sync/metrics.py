@@ -8,7 +8,7 @@ __all__ = ["SyncMetrics"]
 
 
 class SyncMetrics:
-    """Pushes by replica, kind and result; bytes; versions. Registered on ``registry``."""
+    """Pushes by replica, kind and result; push latency; rows; versions. Registered on ``registry``."""
 
     def __init__(self, replicas: list[str], registry: CollectorRegistry | None = None) -> None:
         registry = REGISTRY if registry is None else registry
