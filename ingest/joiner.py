@@ -8,7 +8,7 @@ newest timestamp seen) passes its timestamp + window is emitted as a
 negative. Negatives may be down-sampled: each is kept with probability
 ``rate``, decided by a hash of (seed, request_id, user_id, item_id) so a
 replay makes the same choices, and kept ones carry ``sample_rate = rate`` so the trainer
-corrects the logit by ``-log(rate)``.
+weighs them 1/rate in the loss (predictions stay calibrated to the full stream).
 
 Labeled ``example`` events pass straight through. Actions with no pending
 impression, and event types that are neither, are counted and dropped.

@@ -41,7 +41,7 @@ class _SeekOnAssign(ConsumerRebalanceListener):
         pass
 
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.source._seek_assigned(assigned)
+        self.source._seek_assigned(assigned, rebalance=True)
 
 
 class KafkaSource:
@@ -76,13 +76,16 @@ class KafkaSource:
     def exhausted(self) -> bool:
         return False
 
-    def _seek_assigned(self, assigned: set[TopicPartition]) -> None:
+    def _seek_assigned(self, assigned: set[TopicPartition], rebalance: bool = False) -> None:
         # (Runs on the consumer's IO thread: seek() only, no blocking calls.)
-        keys = {(tp.topic, tp.partition) for tp in assigned}
-        for key in set(self._delivered) - keys:
-            # Gone to another member: if it comes back, that member's commit
-            # (the group's offset) is where to go on, not our old position.
-            del self._delivered[key]
+        if rebalance:
+            keys = {(tp.topic, tp.partition) for tp in assigned}
+            for key in (set(self._delivered) | set(self._seek_to)) - keys:
+                # Gone to another member: if it comes back, that member's
+                # commit (the group's offset) is where to go on, not our old
+                # position nor the checkpoint we started from.
+                self._delivered.pop(key, None)
+                self._seek_to.pop(key, None)
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if key in self._seek_to:

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
-from serving.replica import ModelReplica
+from serving.replica import Features, ModelReplica
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from trainer.sync.delta import decode_chunks
@@ -57,25 +57,19 @@ def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     return out
 
 
-def _value_counts(features: Any) -> dict[str, int]:
-    """``map<string, FeatureValues>`` -> ``{name: number of values}``, read off the message."""
-    return {name: len(fv.strings) + len(fv.ids) + len(fv.numbers)
-            for name, fv in features.items()}
-
-
-def _expanded_ids(shared: Any, own: Sequence[Any] | None, candidates: int) -> int:
-    """Feature values the scored rows will hold, counted on the request message.
+def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int) -> int:
+    """Feature values the scored rows will hold.
 
     Every candidate's row gets a copy of the request-level (``shared``)
     features plus its own (``own[i]``), which replace shared ones of the same
-    name; every value counts, id, string or number. Cheap: one pass over the
-    shared features and one over each candidate's own, however many rows.
+    name; every value counts, id, string or number. Counted on the decoded
+    request (its size is bounded by ``serving.max_request_bytes``) before the
+    rows, which multiply the shared features, are built.
     """
-    counts = _value_counts(shared)
+    counts = {name: len(values) for name, values in shared.items()}
     total = candidates * sum(counts.values())
     for features in own or ():
-        mine = _value_counts(features)
-        total += sum(mine.values()) - sum(counts.get(name, 0) for name in mine)
+        total += sum(len(v) - counts.get(name, 0) for name, v in features.items())
     return total
 
 
@@ -111,20 +105,20 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
             raise _InvalidRequest(f"{len(candidates)} candidate_features "
                                   f"for {len(items)} item_ids: send none or one per item")
         positions: Sequence[int] = _first_occurrences(items) if distinct else range(len(items))
-        own = [candidates[i].features for i in positions] if len(candidates) else None
-        # Before anything is built: a small request can expand to a huge batch.
-        total = _expanded_ids(request.features, own, len(positions))
+        shared = features_from_proto(request.features)
+        per_item = [features_from_proto(candidates[i].features) for i in positions] \
+            if len(candidates) else None
+        # Before the rows are built: a small request can expand to a huge batch.
+        total = _expanded_ids(shared, per_item, len(positions))
         if total > self.config.max_request_ids:
             raise _InvalidRequest(
                 f"{len(positions)} candidates with their shared and own features make "
                 f"{total:,} feature ids, over the limit of {self.config.max_request_ids:,} "
                 f"(serving.max_request_ids); request-level features are copied into every "
                 f"candidate's row")
-        per_item = [features_from_proto(f) for f in own] if own is not None else None
         items = [items[i] for i in positions]
         self.metrics.candidates.observe(len(items))
-        scores, version = self.replica.predict(request.user_id, items,
-                                               features_from_proto(request.features), per_item)
+        scores, version = self.replica.predict(request.user_id, items, shared, per_item)
         return items, scores, version
 
     def _call(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:

@@ -91,8 +91,8 @@ class IngestConfig:
     # (request_id, item_id) arrives within join_window_s of event time.
     action_types: list[str] = field(default_factory=lambda: ["click", "like", "share", "purchase"])
     join_window_s: float = 300.0
-    # Keep each negative with this probability; the trainer corrects the logit
-    # by -log(rate) (Monolith's negative sampling correction).
+    # Keep each negative with this probability; the trainer weighs kept ones
+    # 1/rate in the loss, so predictions stay calibrated to the full stream.
     negative_sample_rate: float = 1.0
 
     def __post_init__(self) -> None:
