@@ -17,7 +17,8 @@ Arms:
 - ``streamrec-fm``       the default without the MLP's hidden layers (FM, first-order and
                          one linear layer over the fields: what these streams' generators need);
 - ``river-lr`` / ``river-fm``  River LogisticRegression / FMClassifier, event by event;
-- ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes),
+- ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes, history
+                         counts cleared before each pass after the first),
                          then scoring the last 20% frozen;
 - ``offline+online``     the same model continuing test-then-train on the last 20%;
 - ``item-ctr``           each item's smoothed click rate so far (the floor).
@@ -87,6 +88,9 @@ def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: 
     started = time.perf_counter()
     probs = online(events[:split], t, b)  # epoch 1 (its scores are test-then-train)
     for _ in range(args.epochs - 1):
+        # History counts kept from the previous pass would hold each
+        # example's own label (leakage the model learns to trust).
+        t.clear_history()
         online(events[:split], t, b)
     tail = events[split:]
     if continue_online:

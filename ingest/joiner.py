@@ -142,6 +142,8 @@ class Joiner:
         out: list[Event] = []
         while self._pending:
             self._negative(self._pending.popitem(last=False)[1], out)
+        if self.metrics is not None:
+            self.metrics.pending.set(0)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -155,3 +157,5 @@ class Joiner:
         for data in state["pending"]:
             event = event_from_dict(data)
             self._pending[_key(event)] = event
+        if self.metrics is not None:
+            self.metrics.pending.set(len(self._pending))

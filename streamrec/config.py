@@ -208,6 +208,10 @@ class TableConfig:
         _require(self.lr > 0, s, "lr", self.lr, "must be > 0")
         _require(self.init_std >= 0, s, "init_std", self.init_std, "must be >= 0")
         _require(self.filter_width >= 64, s, "filter_width", self.filter_width, "must be >= 64")
+        # The sketch's int16 counters saturate at 32767 and decay keeps them
+        # under ~filter_width: a larger min_count would never admit an id.
+        _require(self.min_count <= min(32767, self.filter_width), s, "min_count",
+                 self.min_count, f"must be <= min(32767, filter_width={self.filter_width})")
         _require(1 <= self.filter_depth <= 8, s, "filter_depth", self.filter_depth,
                  "must be in [1, 8]")
         _require(self.prune_alpha >= 0, s, "prune_alpha", self.prune_alpha, "must be >= 0")
@@ -244,6 +248,7 @@ class TrainerConfig:
                  "must be > 0")
         _require(self.dense_lr > 0, s, "dense_lr", self.dense_lr, "must be > 0")
         _require(self.threads >= 0, s, "threads", self.threads, "must be >= 0")
+        _require(0 <= self.seed < 1 << 63, s, "seed", self.seed, "must be in [0, 2**63)")
         _require(self.checkpoint_interval_s > 0, s, "checkpoint_interval_s",
                  self.checkpoint_interval_s, "must be > 0")
         _require(self.log_interval_s > 0, s, "log_interval_s", self.log_interval_s,

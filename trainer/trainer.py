@@ -309,6 +309,22 @@ class OnlineTrainer:
                         group._evicted = []
                         group._tombstones = [[] for _ in group.names]
 
+    def clear_history(self) -> None:
+        """Forget every history count (the embeddings stay).
+
+        For several passes over the same log (offline training): counts kept
+        from an earlier pass hold every example's own label, which the model
+        would learn to trust. The rows go as evictions would (tombstones for
+        the replicas), without being counted as evicted.
+        """
+        with self.lock:
+            for name in self.history._by_name:
+                table = self.tables[name]
+                parts = table.shards if isinstance(table, ShardedEmbeddingTable) else [table]
+                for part in parts:
+                    assert isinstance(part, GroupTableView)
+                    part.group.evict_rows(part.group.rows_of(part.tag), counted=True)
+
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
 

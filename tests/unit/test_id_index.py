@@ -69,3 +69,15 @@ def test_state_dict_round_trip() -> None:
     a, _ = restored.lookup_or_insert(torch.tensor([12345]))
     b, _ = index.lookup_or_insert(torch.tensor([12345]))
     assert torch.equal(a, b)
+
+
+def test_a_tagged_index_round_trips_with_its_tags() -> None:
+    # The same id under two tags is two keys; a restored index keeps them apart.
+    index = IdIndex(tagged=True)
+    ids = torch.tensor([5, 5, -(1 << 63), -(1 << 63)])
+    tags = torch.tensor([0, 1, 0, 1])
+    rows = index.insert(ids, tags)
+    restored = IdIndex.from_state_dict(index.state_dict())
+    assert restored.tagged
+    assert torch.equal(restored.lookup(ids, tags), rows)
+    assert restored.lookup(torch.tensor([5]), torch.tensor([2])).item() == -1

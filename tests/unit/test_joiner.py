@@ -85,3 +85,19 @@ def test_pending_impressions_survive_a_checkpoint(tmp_path: Path) -> None:
     assert restored.pending == 2
     out = restored.push([act("r2", 8, 2_000)])
     assert [(e.item_id, e.label, e.features) for e in out] == [(8, 1.0, {"category": ("c",)})]
+
+
+def test_the_pending_gauge_follows_flush_and_restore() -> None:
+    def gauge(registry: CollectorRegistry) -> float | None:
+        return registry.get_sample_value("streamrec_ingest_joiner_pending_impressions")
+
+    registry = CollectorRegistry()
+    j = Joiner(["click"], window_s=10, metrics=IngestMetrics(registry))
+    j.push([imp("r1", 7, 0), imp("r2", 8, 1_000)])
+    state = j.state_dict()
+    assert gauge(registry) == 2
+    assert len(j.flush()) == 2 and gauge(registry) == 0  # the end of a finite stream
+    restored_registry = CollectorRegistry()
+    restored = Joiner(["click"], window_s=10, metrics=IngestMetrics(restored_registry))
+    restored.load_state_dict(state)
+    assert gauge(restored_registry) == 2

@@ -165,3 +165,30 @@ def test_a_table_restores_from_a_checkpoint_of_the_per_table_format() -> None:
         assert tombstones.tolist() == [99]
         # The filter came along: the id seen once before the checkpoint is admitted now.
         assert table.lookup(torch.tensor([seen_once]), now_ms=8).item() >= 0
+
+
+def test_eviction_counters_only_grow_even_mid_sweep() -> None:
+    # Metrics scrapes read the counters without the trainer's lock: a sweep
+    # that frees stale and pruned rows must never show a value it later takes
+    # back (Prometheus reads a decrease as a counter reset).
+    config = TableConfig(ttl_s=1.0, initial_capacity=16, lr=0.1, prune_grace_s=0.0)
+    group = make_tables(["a", "b"], DIM, lambda _: config)["a"].group
+    tags = torch.tensor([0] * 6 + [1] * 6)
+    rows = group.lookup(tags, torch.arange(12), now_ms=0)
+    group.update(rows[:3], torch.full((3, DIM), -1.0))  # "a" 0-2 grow large
+    group.lookup(tags[:6], torch.arange(6), now_ms=5_000)  # "a" seen again, "b" goes stale
+    seen: list[int] = []
+    evict = group.evict_rows
+
+    def watched(*args: object, **kwargs: object) -> None:
+        seen.append(int(group.counters["evicted"].sum()))
+        evict(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(int(group.counters["evicted"].sum()))
+
+    group.evict_rows = watched  # type: ignore[method-assign]
+    limits = torch.tensor([0.2, 0.2])  # fresh rows ~0.03, grown ones ~0.4
+    group.expire(now_ms=5_000, prune_below=limits)
+    final = int(group.counters["evicted"].sum())
+    assert seen and max(seen) <= final
+    # "b" stale: evicted; "a" 3-5 fresh but small: pruned; "a" 0-2 kept.
+    assert final == 6 and int(group.counters["pruned"].sum()) == 3 and len(group) == 3

@@ -288,3 +288,37 @@ def test_under_steady_load_batches_are_full_and_none_waits_past_the_delay(
     assert steady == [2048] * 29
     slow = [(size, wait) for size, wait in batches[29:-1]]
     assert slow and all(1.0 <= wait <= 1.25 for _, wait in slow)
+
+
+def test_any_valid_seed_trains() -> None:
+    # Rows start from a hash of (seed, id): a 64-bit seed overflowed it.
+    config = load_config(env={}, overrides={"trainer.seed": str(2**62 + 12345),
+                                            "trainer.batch_size": "64"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    step = trainer.train_batch(batcher.build(list(SyntheticStream(default()).events(64))))
+    assert step.size == 64 and torch.isfinite(step.probs).all()
+
+
+def test_clear_history_forgets_counts_and_keeps_embeddings() -> None:
+    config = load_config(env={}, overrides={"trainer.batch_size": "64",
+                                            "table_defaults.shards": "2"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    events = list(SyntheticStream(default()).events(256))
+    for start in range(0, 256, 64):
+        trainer.train_batch(batcher.build(events[start:start + 64]))
+    rows = trainer.table_rows()
+    assert rows["user_id#history"] > 0
+    trainer.clear_history()
+    after = trainer.table_rows()
+    assert after["user_id#history"] == after["item_id#history"] == 0
+    assert after["user_id"] == rows["user_id"]
+    # A second pass starts its counts from zero: an example sees only the
+    # outcomes of this pass's earlier examples, never its own label.
+    trainer.train_batch(batcher.build(events[:64]))
+    ids, counts = trainer.tables["user_id#history"].export_all()
+    first = {}
+    for e in events[:64]:
+        first[e.user_id] = first.get(e.user_id, 0) + 1
+    assert {i: int(c[0]) for i, c in zip(ids.tolist(), counts)} == first

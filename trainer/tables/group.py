@@ -268,14 +268,19 @@ class TableGroup:
         rows = visit[stale | pruned]
         if rows.numel() == 0:
             return 0
-        pruned_tags = self.row_tags[visit[pruned]]
-        self.evict_rows(rows)
-        self.counters["evicted"] -= torch.bincount(pruned_tags, minlength=len(self.names))
-        self._count("pruned", pruned_tags)
+        # Each freed row counted once, as evicted (stale) or pruned: a
+        # metrics scrape may read the counters at any moment, and a counter
+        # must never go down.
+        self._count("evicted", self.row_tags[visit[stale]])
+        self._count("pruned", self.row_tags[visit[pruned]])
+        self.evict_rows(rows, counted=True)
         return int(rows.numel())
 
-    def evict_rows(self, rows: torch.Tensor) -> None:
-        """Free ``rows`` (live rows), clear their state and record tombstones."""
+    def evict_rows(self, rows: torch.Tensor, counted: bool = False) -> None:
+        """Free ``rows`` (live rows), clear their state and record tombstones.
+
+        Counted as evicted unless ``counted`` (the caller counted them itself).
+        """
         ids, tags = self.row_ids[rows], self.row_tags[rows]
         self.index.remove(ids, tags)
         self.weights[rows] = 0.0
@@ -287,7 +292,8 @@ class TableGroup:
             self._evicted.append((ids, tags))
         self._version += 1
         self.rows_per_tag -= torch.bincount(tags, minlength=len(self.names))
-        self._count("evicted", tags)
+        if not counted:
+            self._count("evicted", tags)
 
     def _by_tag(self, values: torch.Tensor, tags: torch.Tensor) -> list[torch.Tensor]:
         """``values`` split by tag (one sort for every table)."""
@@ -460,10 +466,8 @@ class GroupTableView:
             self.tag)
         mine = g.rows_of(self.tag)
         if mine.numel():  # replaced, not expired: no tombstones, no eviction counted
-            evicted = int(g.counters["evicted"][self.tag])
-            g.evict_rows(mine)
+            g.evict_rows(mine, counted=True)
             g.take_tombstones(self.tag)
-            g.counters["evicted"][self.tag] = evicted
         rows = g.index.insert(ids, self._tags(ids))
         g._grow_to(g.index.row_capacity)
         g.weights[rows] = state["weights"][at]

@@ -207,16 +207,21 @@ class IdIndex:
         return self._keys[live].clone(), self._vals[live].clone()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        ids, rows = self.items()
-        return {"ids": ids, "rows": rows, "free_rows": self._free_rows.clone(),
-                "next_row": torch.tensor(self._next_row)}
+        live = self._state == _FULL
+        state = {"ids": self._keys[live].clone(), "rows": self._vals[live].clone(),
+                 "free_rows": self._free_rows.clone(), "next_row": torch.tensor(self._next_row)}
+        if self.tagged:
+            state["tags"] = self._tags[live].clone()
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> IdIndex:
-        ids, rows = state["ids"], state["rows"]
-        index = cls(initial_slots=max(16, int(ids.numel() / _MAX_LOAD * 2)))
+        """An index equal to the one ``state_dict`` came from (tagged if it was)."""
+        ids, rows, tags = state["ids"], state["rows"], state.get("tags")
+        index = cls(initial_slots=max(16, int(ids.numel() / _MAX_LOAD * 2)),
+                    tagged=tags is not None)
         index._next_row = int(state["next_row"])
         index._free_rows = state["free_rows"].clone()
-        index._place(ids, rows)
+        index._place(ids, rows, tags)
         index._size = int(ids.numel())
         return index

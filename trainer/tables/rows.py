@@ -32,7 +32,8 @@ def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     a 2-rank run can match a 1-rank run — and checkpoints need no RNG state.
     """
     cols = torch.arange(2 * dim, dtype=torch.int64)
-    x = (ids.unsqueeze(1) * _GOLDEN + (cols + seed * 4 * dim).unsqueeze(0)) * _GOLDEN
+    offset = _signed((seed * 4 * dim) & ((1 << 64) - 1))  # wraps as the int64 arithmetic does
+    x = (ids.unsqueeze(1) * _GOLDEN + (cols + offset).unsqueeze(0)) * _GOLDEN
     bits = (_splitmix(x) >> 40) & ((1 << 24) - 1)  # 24 uniform bits
     u = (bits.to(torch.float64) + 0.5) / (1 << 24)
     u1, u2 = u[:, :dim], u[:, dim:]
