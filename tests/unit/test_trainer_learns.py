@@ -25,6 +25,13 @@ EVENTS = 40_000
 WARM_UP = 15_000
 
 
+def trainer_and_batcher(settings: dict[str, str]) -> tuple[OnlineTrainer, Batcher]:
+    """A trainer on the default config with ``settings``, and a batcher for its features."""
+    config = load_config(env={}, overrides=settings)
+    return OnlineTrainer(config), Batcher(config.model.sparse_features,
+                                          config.model.dense_features)
+
+
 def test_progressive_auc_after_warm_up_recovers_a_good_share_of_the_achievable_lift() -> None:
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={
@@ -127,9 +134,7 @@ def test_a_slow_stream_is_trained_without_waiting_for_a_full_batch() -> None:
 def test_an_empty_batch_changes_nothing() -> None:
     # A caller draining a lull may hand over zero events: no step, no
     # optimizer move, and predicting zero events answers zero probabilities.
-    config = load_config(env={}, overrides={"trainer.batch_size": "64"})
-    trainer = OnlineTrainer(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    trainer, batcher = trainer_and_batcher({"trainer.batch_size": "64"})
     trainer.train_batch(batcher.build(list(SyntheticStream(default()).events(64))))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     step = trainer.train_batch(batcher.build([]))
@@ -179,11 +184,9 @@ def test_history_counts_start_at_zero_whatever_the_embedding_init() -> None:
     # History tables share their feature's table config; its init_std is
     # for embeddings. Counts must start at exactly zero (a negative count
     # made log1p(n) NaN and poisoned the whole model).
-    config = load_config(env={}, overrides={
+    trainer, batcher = trainer_and_batcher({
         "model.history_features": "user_id", "table_defaults.init_std": "0.5",
         "trainer.warmup_batch_size": "0", "trainer.batch_size": "64"})
-    trainer = OnlineTrainer(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(640))
     for start in range(0, 640, 64):
         step = trainer.train_batch(batcher.build(events[start:start + 64]))
@@ -199,11 +202,9 @@ def test_history_counts_start_at_zero_whatever_the_embedding_init() -> None:
 
 
 def test_one_event_from_a_skewed_clock_does_not_expire_every_row() -> None:
-    config = load_config(env={}, overrides={
+    trainer, batcher = trainer_and_batcher({
         "table_defaults.ttl_s": "3600", "trainer.warmup_batch_size": "0",
         "trainer.batch_size": "64"})
-    trainer = OnlineTrainer(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(256))
     for start in range(0, 192, 64):
         trainer.train_batch(batcher.build(events[start:start + 64]))
@@ -292,19 +293,15 @@ def test_under_steady_load_batches_are_full_and_none_waits_past_the_delay(
 
 def test_any_valid_seed_trains() -> None:
     # Rows start from a hash of (seed, id): a 64-bit seed overflowed it.
-    config = load_config(env={}, overrides={"trainer.seed": str(2**62 + 12345),
+    trainer, batcher = trainer_and_batcher({"trainer.seed": str(2**62 + 12345),
                                             "trainer.batch_size": "64"})
-    trainer = OnlineTrainer(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     step = trainer.train_batch(batcher.build(list(SyntheticStream(default()).events(64))))
     assert step.size == 64 and torch.isfinite(step.probs).all()
 
 
 def test_clear_history_forgets_counts_and_keeps_embeddings() -> None:
-    config = load_config(env={}, overrides={"trainer.batch_size": "64",
+    trainer, batcher = trainer_and_batcher({"trainer.batch_size": "64",
                                             "table_defaults.shards": "2"})
-    trainer = OnlineTrainer(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(256))
     for start in range(0, 256, 64):
         trainer.train_batch(batcher.build(events[start:start + 64]))
