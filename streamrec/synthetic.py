@@ -7,17 +7,22 @@ stream has the properties that make online learning matter:
 - Zipf popularity: events pick users and items from *slots* with Zipf
   weights, so a few slots are hot and most are cold.
 - New ids: with probability ``new_user_rate`` / ``new_item_rate`` an event's
-  slot is handed to a brand-new id (fresh latent vector), which inherits the
-  slot's popularity. New items therefore appear *at every popularity rank*,
-  including the head (popularity churn), and old ids fade out.
+  slot is handed to a brand-new id (fresh latent vector) from that event on,
+  and the new id inherits the slot's popularity. New items therefore appear
+  *at every popularity rank*, including the head (popularity churn), and old
+  ids fade out.
 - Drift: every time a user is active its preference vector takes a small
-  random-walk step (``drift``), so what was learned goes stale.
+  random-walk step (``drift``) after the event, so a user active ``k`` times
+  has moved ``k`` steps and what was learned goes stale.
 - Bursts (optional): a new user arrives with a burst of consecutive events,
   as real sessions do; this is where per-event adaptivity shows.
 
 Because the true click probability of every example is known,
 :meth:`SyntheticStream.events_with_truth` lets tests and benchmarks measure
 the Bayes-optimal AUC of the very stream a model learned from.
+
+Events are generated in vectorised chunks, with the same result as one event
+at a time: the stream depends on the seed, not on the chunk size.
 """
 
 from __future__ import annotations
@@ -118,15 +123,22 @@ def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
 
 
 class _Population:
-    """Slots with Zipf weights; each slot holds one live id and its latent state."""
+    """Slots with Zipf weights; each slot holds one live id and its latent state.
 
-    def __init__(self, rng: np.random.Generator, slots: int, exponent: float, dim: int,
-                 bias_std: float, attribute_count: int) -> None:
-        self.rng = rng
+    The state of slot ``s`` is ``ids[s]``, ``vectors[s]`` (shape ``(dim,)``),
+    ``bias[s]``, ``attribute[s]`` and, for a population built with
+    ``log_price``, ``log_price[s]``.
+    """
+
+    def __init__(self, rng: np.random.Generator, renewal_rng: np.random.Generator, slots: int,
+                 exponent: float, dim: int, bias_std: float, attribute_count: int,
+                 log_price: tuple[float, float] | None = None) -> None:
         self.cdf = _zipf_cdf(slots, exponent)
         self.dim = dim
         self.bias_std = bias_std
         self.attribute_count = attribute_count
+        self.price_law = log_price  # (mean, std) of a new id's log price, or None
+        self.renewal_rng = renewal_rng  # draws the state of every new id
         # Ids are 1..slots at the start and keep counting up; which id sits in
         # which slot is shuffled so id order says nothing about popularity.
         self.ids = rng.permutation(slots).astype(np.int64) + 1
@@ -134,71 +146,186 @@ class _Population:
         self.vectors = rng.standard_normal((slots, dim))
         self.bias = rng.standard_normal(slots) * bias_std
         self.attribute = rng.integers(0, attribute_count, slots)
+        self.log_price = rng.normal(*log_price, slots) if log_price else None
 
-    def sample(self, n: int) -> np.ndarray:
-        return np.searchsorted(self.cdf, self.rng.random(n), side="right").clip(0, len(self.cdf) - 1)
+    def fields(self) -> dict[str, np.ndarray]:
+        """The per-slot state arrays, by name."""
+        names = ("ids", "vectors", "bias", "attribute") + (("log_price",) if self.price_law else ())
+        return {name: getattr(self, name) for name in names}
 
-    def renew(self, slots: np.ndarray) -> None:
-        """Hand each slot to a brand-new id."""
-        for slot in slots:
-            self.ids[slot] = self.next_id
-            self.next_id += 1
-            self.vectors[slot] = self.rng.standard_normal(self.dim)
-            self.bias[slot] = self.rng.standard_normal() * self.bias_std
-            self.attribute[slot] = self.rng.integers(0, self.attribute_count)
+    def slots_for(self, uniform: np.ndarray) -> np.ndarray:
+        """The slot each uniform draw in [0, 1) picks, by Zipf weight."""
+        return np.searchsorted(self.cdf, uniform, side="right").clip(0, len(self.cdf) - 1)
+
+    def fresh(self, count: int) -> dict[str, np.ndarray]:
+        """The states of ``count`` brand-new ids, in the order they arrive.
+
+        One id's draws come after the previous id's, so what an id gets does
+        not depend on how many renewals a chunk holds.
+        """
+        rng = self.renewal_rng
+        state = {"ids": np.arange(self.next_id, self.next_id + count, dtype=np.int64),
+                 "vectors": np.empty((count, self.dim)), "bias": np.empty(count),
+                 "attribute": np.empty(count, dtype=np.int64)}
+        if self.price_law:
+            state["log_price"] = np.empty(count)
+        self.next_id += count
+        for k in range(count):
+            state["vectors"][k] = rng.standard_normal(self.dim)
+            state["bias"][k] = rng.standard_normal() * self.bias_std
+            state["attribute"][k] = rng.integers(0, self.attribute_count)
+            if self.price_law:
+                state["log_price"][k] = rng.normal(*self.price_law)
+        return state
+
+
+def _last_renewal(renew_slot: np.ndarray, renew_at: np.ndarray, slot: np.ndarray,
+                  at: np.ndarray, span: int) -> np.ndarray:
+    """Index of the last renewal of ``slot[k]`` at or before event ``at[k]``, or -1.
+
+    Renewal ``j`` hands ``renew_slot[j]`` to a new id at event ``renew_at[j]``;
+    renewals are listed in the order they happen. Event indices are < ``span``.
+    """
+    if renew_slot.size == 0:
+        return np.full(slot.size, -1)
+    keys = renew_slot * span + renew_at
+    order = np.argsort(keys, kind="stable")  # a slot renewed twice at one event: keep their order
+    pos = np.searchsorted(keys[order], slot * span + at, side="right") - 1
+    hit = order[np.maximum(pos, 0)]
+    return np.where((pos >= 0) & (renew_slot[hit] == slot), hit, -1)
+
+
+class _ChunkStates:
+    """The states a population's slots pass through during one chunk of events.
+
+    A table holds the chunk-start state of every slot the chunk touches, then
+    one row per renewal (in the order they happen). ``row[i]`` is the table
+    row event ``i`` sees: its slot's state after the renewals at or before
+    event ``i``. A renewal at event ``i`` therefore shows from event ``i`` on,
+    never on the events before it.
+    """
+
+    def __init__(self, population: _Population, slot: np.ndarray, renew_at: np.ndarray,
+                 renew_slot: np.ndarray) -> None:
+        n = slot.size
+        self.touched = np.unique(np.concatenate([slot, renew_slot]))
+        touched_count = self.touched.size
+        fresh = population.fresh(renew_slot.size)
+        self.table = {name: np.concatenate([values[self.touched], fresh[name]])
+                      for name, values in population.fields().items()}
+        last = _last_renewal(renew_slot, renew_at, slot, np.arange(n), n + 1)
+        self.row = np.where(last >= 0, touched_count + last, np.searchsorted(self.touched, slot))
+        # After the chunk each slot keeps the state of its last renewal, if any.
+        last = _last_renewal(renew_slot, renew_at, self.touched, np.full(touched_count, n), n + 1)
+        self.final_row = np.where(last >= 0, touched_count + last, np.arange(touched_count))
+
+    def seen(self, name: str) -> np.ndarray:
+        """``name``'s value that each event sees."""
+        return self.table[name][self.row]
+
+    def commit(self, population: _Population) -> None:
+        """Write each touched slot's end-of-chunk state back into ``population``."""
+        for name, values in population.fields().items():
+            values[self.touched] = self.table[name][self.final_row]
+
+
+def _random_walk(vectors: np.ndarray, row: np.ndarray, keep: float,
+                 steps: np.ndarray) -> np.ndarray:
+    """Vectors seen by events that each take one random-walk step; moves ``vectors``.
+
+    Event ``i`` sees ``vectors[row[i]]`` as left by the earlier events on that
+    row, then moves it to ``keep * seen + steps[i]``: a row active ``k`` times
+    takes ``k`` steps, in event order. The arithmetic is the same as one
+    event at a time, so the result does not depend on how events are chunked.
+    Returns the seen vectors, shape ``(len(row), dim)``.
+    """
+    # Rank each event among its row's events: the first event of every row
+    # moves at once, then every row's second event, and so on, so the loop
+    # runs as many times as the busiest row is active, not once per event.
+    order = np.argsort(row, kind="stable")
+    starts = np.flatnonzero(np.r_[True, row[order][1:] != row[order][:-1]])
+    counts = np.diff(np.r_[starts, row.size])
+    rank = np.arange(row.size) - np.repeat(starts, counts)
+    by_rank = order[np.argsort(rank, kind="stable")]
+    seen = np.empty((row.size, vectors.shape[1]))
+    lo = 0
+    for hi in np.cumsum(np.bincount(rank)).tolist():
+        events = by_rank[lo:hi]
+        rows = row[events]  # distinct within one rank
+        before = vectors[rows]
+        seen[events] = before
+        vectors[rows] = keep * before + steps[events]
+        lo = hi
+    return seen
 
 
 class SyntheticStream:
-    """A deterministic (given the seed) stream of labeled ``example`` events."""
+    """A deterministic (given the seed) stream of labeled ``example`` events.
+
+    The stream depends on the seed alone: every random quantity is drawn
+    from its own generator, one event after another, so generating the
+    stream in chunks of any size gives the same events.
+    """
 
     def __init__(self, config: SyntheticConfig | None = None) -> None:
         self.config = config or default()
         cfg = self.config
-        self.rng = np.random.default_rng(cfg.seed)
-        self.users = _Population(self.rng, cfg.user_slots, cfg.user_zipf, cfg.dim,
-                                 cfg.user_bias_std, cfg.countries)
-        self.items = _Population(self.rng, cfg.item_slots, cfg.item_zipf, cfg.dim,
-                                 cfg.item_bias_std, cfg.categories)
+        self.rng = np.random.default_rng(cfg.seed)  # the starting state
+        (self._pick_user, self._pick_item, self._burst_rng, self._new_user, self._new_item,
+         self._label, self._drift, user_renewal, item_renewal) = self.rng.spawn(9)
+        self.users = _Population(self.rng, user_renewal, cfg.user_slots, cfg.user_zipf,
+                                 cfg.dim, cfg.user_bias_std, cfg.countries)
+        self.items = _Population(self.rng, item_renewal, cfg.item_slots, cfg.item_zipf,
+                                 cfg.dim, cfg.item_bias_std, cfg.categories,
+                                 log_price=(2.5, 0.8))
         self.affinity = self.rng.standard_normal((cfg.countries, cfg.categories)) * cfg.context_std
-        self.log_price = self.rng.normal(2.5, 0.8, cfg.item_slots)
+        # Hour-of-day effect per (hour, category), tabled once.
+        hours = np.arange(24)[:, None]
+        self._hour_effect = 0.3 * np.sin(2 * np.pi * hours / 24 + np.arange(cfg.categories))
         self.emitted = 0
         self._bursts: dict[int, int] = {}  # user slot -> events left in its burst
 
     def _chunk(self, n: int) -> tuple[list[Event], np.ndarray]:
-        cfg, users, items, rng = self.config, self.users, self.items, self.rng
-        user_slot = users.sample(n)
-        item_slot = items.sample(n)
-        if cfg.burst_rate > 0:
-            user_slot = self._apply_bursts(user_slot)
-        renew_users = np.unique(user_slot[rng.random(n) < cfg.new_user_rate])
-        users.renew(renew_users)
-        renew_items = np.unique(item_slot[rng.random(n) < cfg.new_item_rate])
-        items.renew(renew_items)
-        self.log_price[renew_items] = rng.normal(2.5, 0.8, renew_items.size)
+        cfg, users, items = self.config, self.users, self.items
+        user_slot = users.slots_for(self._pick_user.random(n))
+        item_slot = items.slots_for(self._pick_item.random(n))
+        burst_at, burst_slot = self._route_bursts(user_slot)
+        new_user_at = np.flatnonzero(self._new_user.random(n) < cfg.new_user_rate)
+        new_item_at = np.flatnonzero(self._new_item.random(n) < cfg.new_item_rate)
+        # User renewals in event order; at one event, a burst's comes first.
+        renew_at = np.concatenate([burst_at, new_user_at])
+        renew_slot = np.concatenate([burst_slot, user_slot[new_user_at]])
+        order = np.argsort(renew_at, kind="stable")
+        user = _ChunkStates(users, user_slot, renew_at[order], renew_slot[order])
+        item = _ChunkStates(items, item_slot, new_item_at, item_slot[new_item_at])
 
-        u = users.vectors[user_slot]
-        v = items.vectors[item_slot]
-        country = users.attribute[user_slot]
-        category = items.attribute[item_slot]
+        if cfg.drift > 0:
+            # Active users' tastes move: a norm-preserving random-walk step
+            # each time the user is active, after the event it takes part in.
+            keep = math.sqrt(1 - cfg.drift ** 2)
+            steps = cfg.drift * self._drift.standard_normal((n, cfg.dim))
+            u = _random_walk(user.table["vectors"], user.row, keep, steps)
+        else:
+            u = user.seen("vectors")
+        v = item.seen("vectors")
+        country = user.seen("attribute")
+        category = item.seen("attribute")
+        log_price = item.seen("log_price")
         offsets_ms = (np.arange(self.emitted, self.emitted + n) * 1000.0
                       / cfg.events_per_second).astype(np.int64)
         timestamps = cfg.start_ms + offsets_ms
         hour = (timestamps // 3_600_000) % 24
-        hour_effect = 0.3 * np.sin(2 * np.pi * hour / 24 + category)
-        logit = (cfg.base_logit + users.bias[user_slot] + items.bias[item_slot]
+        logit = (cfg.base_logit + user.seen("bias") + item.seen("bias")
                  + cfg.interaction_scale * (u * v).sum(1) / math.sqrt(cfg.dim)
-                 + self.affinity[country, category] + hour_effect
-                 + cfg.price_effect * (self.log_price[item_slot] - 2.5))
+                 + self.affinity[country, category] + self._hour_effect[hour, category]
+                 + cfg.price_effect * (log_price - 2.5))
         truth = 1.0 / (1.0 + np.exp(-logit))
-        labels = (rng.random(n) < truth).astype(np.float64)
-        if cfg.drift > 0:
-            # Active users' tastes move: a norm-preserving random-walk step.
-            keep = math.sqrt(1 - cfg.drift ** 2)
-            step = rng.standard_normal((user_slot.size, cfg.dim))
-            users.vectors[user_slot] = keep * u + cfg.drift * step
-        price = np.exp(self.log_price[item_slot])
+        labels = (self._label.random(n) < truth).astype(np.float64)
+        price = np.exp(log_price)
+        user_ids, item_ids = user.seen("ids"), item.seen("ids")
+        user.commit(users)
+        item.commit(items)
 
-        user_ids, item_ids = users.ids[user_slot], items.ids[item_slot]
         events = []
         for i in range(n):
             events.append(Event(
@@ -211,13 +338,22 @@ class SyntheticStream:
         self.emitted += n
         return events, truth
 
-    def _apply_bursts(self, user_slot: np.ndarray) -> np.ndarray:
-        """Route events to active bursts; a burst starts by handing a slot to a new user."""
-        cfg, rng = self.config, self.rng
+    def _route_bursts(self, user_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Route events to active bursts, in place; a burst starts by handing a slot to a new user.
+
+        Returns the burst starts as (event index, user slot) arrays, in event
+        order; the caller renews those slots from that event on.
+        """
+        cfg, rng = self.config, self._burst_rng
+        starts_at: list[int] = []
+        starts_slot: list[int] = []
+        if cfg.burst_rate == 0:
+            return np.array(starts_at, dtype=np.int64), np.array(starts_slot, dtype=np.int64)
         for i in range(user_slot.size):
             if rng.random() < cfg.burst_rate:
-                slot = int(self.users.sample(1)[0])
-                self.users.renew(np.array([slot]))
+                slot = int(self.users.slots_for(rng.random()))
+                starts_at.append(i)
+                starts_slot.append(slot)
                 self._bursts[slot] = max(1, int(rng.geometric(1.0 / cfg.burst_length)))
             if self._bursts and rng.random() < 0.5:
                 slot = list(self._bursts)[int(rng.integers(len(self._bursts)))]
@@ -225,10 +361,16 @@ class SyntheticStream:
                 self._bursts[slot] -= 1
                 if self._bursts[slot] <= 0:
                     del self._bursts[slot]
-        return user_slot
+        return np.array(starts_at, dtype=np.int64), np.array(starts_slot, dtype=np.int64)
 
     def events_with_truth(self, n: int, chunk: int = 1024) -> Iterator[tuple[Event, float]]:
-        """``n`` events, each with its true click probability."""
+        """``n`` events, each with its true click probability.
+
+        ``chunk`` is how many events are generated per vectorised batch; it
+        changes speed and memory only, never the events.
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk!r}: must be >= 1")
         left = n
         while left > 0:
             events, truth = self._chunk(min(chunk, left))
@@ -236,7 +378,7 @@ class SyntheticStream:
             yield from zip(events, truth.tolist())
 
     def events(self, n: int, chunk: int = 1024) -> Iterator[Event]:
-        """``n`` time-ordered labeled examples."""
+        """``n`` time-ordered labeled examples (``chunk`` as in :meth:`events_with_truth`)."""
         for event, _ in self.events_with_truth(n, chunk):
             yield event
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import Counter
 
+import numpy as np
 import pytest
 
-from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream, default
+from ingest.event import Event
+from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream, default, drifting
 
 
 def test_same_seed_same_stream_and_another_seed_another_stream() -> None:
@@ -48,3 +52,42 @@ def test_every_preset_yields_a_learnable_stream(name: str) -> None:
 def test_bad_config_is_rejected_naming_the_field() -> None:
     with pytest.raises(ValueError, match="new_user_rate"):
         SyntheticConfig(new_user_rate=1.5)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_the_stream_does_not_depend_on_the_chunk_size(name: str) -> None:
+    def stream(chunk: int) -> list[tuple[Event, float]]:
+        return list(SyntheticStream(PRESETS[name]()).events_with_truth(3000, chunk=chunk))
+
+    reference = stream(1)  # one event at a time: the documented order of things
+    assert stream(7) == reference
+    assert stream(1024) == reference
+
+
+def test_a_users_preferences_take_one_drift_step_per_activity() -> None:
+    cfg = dataclasses.replace(drifting(), new_user_rate=0.0, new_item_rate=0.0)
+    stream = SyntheticStream(cfg)
+    weights = np.diff(np.concatenate([[0.0], stream.users.cdf]))
+    top = np.argsort(-weights)[:50]  # the busiest user slots
+    before = stream.users.vectors[top].copy()
+    activity = Counter(e.user_id for e in stream.events(4096))
+    n = np.array([activity[int(user_id)] for user_id in stream.users.ids[top]])
+    after = stream.users.vectors[top]
+    cos = (before * after).sum(1) / np.linalg.norm(before, axis=1) / np.linalg.norm(after, axis=1)
+    keep = math.sqrt(1 - cfg.drift ** 2)
+    # n norm-preserving steps leave a cosine of about keep**n; one user's is
+    # noisy in dim 8, the mean over 50 users is not. One step per chunk of
+    # 1024 events instead would leave the busiest users near keep**4 ~ 0.97.
+    assert abs(np.mean(cos - keep ** n)) < 0.08
+    assert n.max() > 300 and np.mean(cos[n >= 40]) < 0.7
+
+
+def test_a_new_id_shows_from_the_event_that_hands_it_out() -> None:
+    cfg = default()  # no bursts: every new id is handed out by an event of its own
+    events = list(SyntheticStream(cfg).events(5000))
+    for slots, ids in ((cfg.user_slots, [e.user_id for e in events]),
+                       (cfg.item_slots, [e.item_id for e in events])):
+        new_ids = [i for i in dict.fromkeys(ids) if i > slots]  # in order of first appearance
+        assert len(new_ids) > 5
+        # ids are handed out in event order, and none shows before its own event
+        assert new_ids == list(range(slots + 1, slots + 1 + len(new_ids)))
