@@ -31,7 +31,7 @@ def config() -> AppConfig:
         "table_defaults.ttl_s": "20",
         "trainer.batch_size": str(GLOBAL_BATCH),
         # Pinned, not the default: Adam turns float summation-order noise in
-        # near-zero gradients into steps of up to ~lr, and the test's 1e-4
-        # tolerance on dense weights is set for this lr.
+        # near-zero gradients into steps of up to ~lr, and the test's
+        # tolerances (test_distributed.py) are set for this lr.
         "trainer.dense_lr": "0.01",
     })

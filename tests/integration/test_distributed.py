@@ -25,6 +25,17 @@ from trainer.trainer import OnlineTrainer
 
 pytestmark = pytest.mark.integration
 
+# How close is close: float noise, amplified. The ranks sum every gradient in
+# another order than one process does, and Adam (dense weights) and row-wise
+# Adagrad (rows) turn noise in near-zero gradients into real differences over
+# 60 steps. Measured on this stream in ONE process, merely rotating the
+# examples within each batch (the same sums in another order) moves dense
+# weights by up to 1.8e-3 and rows by up to 3.9e-4. The tolerances sit a few
+# times above that; a weighting error is ~1e-1 (uneven slices before each
+# rank's loss was scaled by the global count: 0.23 dense, 0.10 rows).
+ROW_TOLERANCE = 1e-3
+DENSE_TOLERANCE = 5e-3
+
 
 def single_rank() -> OnlineTrainer:
     cfg = config()
@@ -61,10 +72,10 @@ def test_two_ranks_match_one_rank_on_the_same_stream(tmp_path: Path) -> None:
         assert merged.keys() == expected.keys(), name
         got = torch.stack([merged[i] for i in sorted(expected)])
         want = torch.stack([expected[i] for i in sorted(expected)])
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(got, want, atol=ROW_TOLERANCE, rtol=1e-3)
         # The filter and expiry made the same decisions on the shards.
         assert sum(r["evicted"][name] for r in ranks) == table.stats.evicted
     assert sum(t.stats.evicted for t in reference.tables.values()) > 0
     for key, value in reference.model.state_dict().items():
         for r in ranks:
-            torch.testing.assert_close(r["dense"][key], value, atol=1e-4, rtol=1e-3)
+            torch.testing.assert_close(r["dense"][key], value, atol=DENSE_TOLERANCE, rtol=1e-3)
