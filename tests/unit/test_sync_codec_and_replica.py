@@ -284,8 +284,8 @@ def test_a_second_server_on_ports_in_use_fails_to_bind() -> None:
 
 
 def test_candidate_features_replace_shared_ones_of_the_same_name() -> None:
-    # The replica reads each candidate's features through a view over the
-    # shared ones (no per-candidate copy); the result must equal the merge.
+    # A candidate's own feature replaces the request-level one of the same
+    # name; the others are shared: scores equal the trainer's on the merge.
     torch.set_num_threads(1)
     trainer = OnlineTrainer(config())
     stream = SyntheticStream(default())

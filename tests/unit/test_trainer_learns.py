@@ -319,3 +319,12 @@ def test_clear_history_forgets_counts_and_keeps_embeddings() -> None:
     for e in events[:64]:
         first[e.user_id] = first.get(e.user_id, 0) + 1
     assert {i: int(c[0]) for i, c in zip(ids.tolist(), counts)} == first
+
+
+def test_distributed_training_refuses_history_features_naming_the_field() -> None:
+    # The README's multi-process section says to turn them off; the error says so too.
+    from streamrec.errors import ConfigError
+
+    config = load_config(env={}, overrides={"model.history_features": "user_id"})
+    with pytest.raises(ConfigError, match="model.history_features"):
+        OnlineTrainer(config, distributed=True)

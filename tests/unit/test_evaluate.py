@@ -1,0 +1,45 @@
+"""``streamrec generate`` and ``streamrec evaluate``, as a user runs them (real processes)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ingest.decode import decode_json
+from streamrec.synthetic import SyntheticStream, default
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "streamrec.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_generate_then_evaluate_prints_the_documented_summary(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    made = cli("generate", str(path), "--events", "3000", "--seed", "0")
+    assert made.returncode == 0, made.stderr
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3000
+    # The file is the synthetic stream itself: evaluate learns what generate wrote.
+    stream = list(SyntheticStream(dataclasses.replace(default(), seed=0)).events(3000))
+    assert [decode_json(line) for line in lines] == stream
+    with path.open("a") as f:
+        f.write('{"type": "example", "user_id": 1}\n')  # malformed: no item_id
+    result = cli("evaluate", "--events", str(path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert set(summary) == {"events", "examples", "positives", "dead_letters", "auc",
+                            "logloss", "events_per_second", "wall_seconds"}
+    examples = [e for e in stream if e.type == "example"]
+    assert summary["events"] == 3000 and summary["dead_letters"] == 1
+    assert summary["examples"] == len(examples)
+    assert summary["positives"] == sum(e.label or 0 for e in examples)
+    assert 0.5 < summary["auc"] < 1 and summary["logloss"] > 0
