@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -69,7 +70,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     tmp = tmp_path_factory.mktemp("demo")
     log = tmp / "demo.log"
     trainer_port = free_port()
-    proc = start_cli(["demo", "--duration", "120", "--rate", "2000",
+    # A duration longer than the module runs: the demo is stopped below.
+    proc = start_cli(["demo", "--duration", "900", "--rate", "2000",
                       "--metrics-port", str(trainer_port), "--set", "trainer.threads=1"], log)
 
     def serving_port() -> int | None:
@@ -83,7 +85,15 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
                                        timeout_s=90)}
         yield ports
     finally:
-        stop(proc)
+        # Ctrl-C, as the README tells a user: everything stops cleanly.
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            pytest.fail(f"the demo did not stop on Ctrl-C: {log.read_text()[-3000:]}")
+    assert code == 0, log.read_text()[-3000:]
 
 
 @pytest.fixture(scope="module")
