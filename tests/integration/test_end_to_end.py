@@ -75,8 +75,7 @@ def examples_learned(metrics_port: int) -> float:
     return scrape(metrics_port).get("streamrec_trainer_examples_total", 0.0)
 
 
-@pytest.fixture
-def serving_proc(tmp_path: Path):
+def serving_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     ports = {"port": free_port(), "sync_port": free_port(), "metrics": free_port()}
     cfg = tmp_path / "serving.toml"
     cfg.write_text(f"""
@@ -89,6 +88,12 @@ token = "{TOKEN}"
 [metrics]
 port = {ports['metrics']}
 """)
+    return cfg, ports
+
+
+@pytest.fixture
+def serving_proc(tmp_path: Path):
+    cfg, ports = serving_config(tmp_path)
     proc = start_cli(["serve", "--config", str(cfg)], tmp_path / "serve.log")
     client = RecommenderClient(f"127.0.0.1:{ports['port']}", timeout_s=5)
     wait_until("serving to answer health checks", lambda: client.health(), timeout_s=60)
@@ -193,3 +198,38 @@ def test_trainer_killed_with_sigkill_resumes_without_losing_events(
     # after its last checkpoint died with it and was learned again once.
     assert checkpointed_examples() == EVENTS
     assert client.predict(user_id=1, item_ids=[1, 2]).model_version > 0
+
+
+def test_a_replica_killed_and_restarted_is_resynced_by_the_running_trainer(
+        kafka_broker: str, tmp_path: Path) -> None:
+    # SIGKILL a serving process while the trainer publishes; a new one on the
+    # same ports starts empty (version 0), and the trainer brings it back with
+    # a full snapshot without being restarted itself.
+    topic = "e2e-resync"
+    create_topics(kafka_broker, [topic], partitions=1)
+    events = tmp_path / "events.jsonl"
+    write_jsonl(events, EVENTS, default())
+    replay(events, topic, kafka_broker)
+    serving_cfg, ports = serving_config(tmp_path)
+    client = RecommenderClient(f"127.0.0.1:{ports['port']}", timeout_s=5)
+    serving = start_cli(["serve", "--config", str(serving_cfg)], tmp_path / "serve1.log")
+    trainer = start_cli(["train", "--config", str(config_file(tmp_path, kafka_broker, topic,
+                                                             ports, free_port()))],
+                        tmp_path / "train.log")
+    try:
+        before = wait_until("a model version in serving",
+                            lambda: client.predict(user_id=1, item_ids=[1, 2]), timeout_s=90)
+        serving.kill()
+        serving.wait()
+        serving = start_cli(["serve", "--config", str(serving_cfg)], tmp_path / "serve2.log")
+        after = wait_until(
+            "the restarted replica to be resynced",
+            lambda: (r := client.predict(user_id=1, item_ids=[1, 2]))
+            and r.model_version > before.model_version and r, timeout_s=90)
+        assert all(0.0 < s < 1.0 for s in after.scores)
+        assert trainer.poll() is None  # the trainer went on throughout
+    finally:
+        client.close()
+        trainer_code, serving_code = stop(trainer), stop(serving)
+    assert trainer_code == 0, (tmp_path / "train.log").read_text()[-3000:]
+    assert serving_code == 0, (tmp_path / "serve2.log").read_text()[-3000:]
