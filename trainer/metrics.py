@@ -57,6 +57,9 @@ class _TrainerCollector(Collector):
             pruned.add_metric([name], stats.pruned)
             full.add_metric([name], stats.rejected_full)
         yield from (rows, mem, admitted, filtered, evicted, pruned, full)
+        yield CounterMetricFamily("streamrec_trainer_skipped_steps",
+                                  "Batches not learned from because their loss was not finite",
+                                  value=t.skipped_steps)
         p = t.progress.snapshot()
         for key, help_ in (("auc", "Progressive (test-then-train) AUC since start"),
                            ("logloss", "Progressive logloss since start"),

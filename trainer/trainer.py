@@ -8,6 +8,8 @@ validation, Blum et al. 1999; the "test-then-train" protocol of river and MOA).
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import threading
 import time
 
@@ -29,6 +31,8 @@ from trainer.tables.group import GroupTableView, TableGroup
 from trainer.tables.sharded import ShardedEmbeddingTable
 
 __all__ = ["OnlineTrainer", "StepResult"]
+
+log = logging.getLogger(__name__)
 
 
 class StepResult:
@@ -100,6 +104,7 @@ class OnlineTrainer:
         self.lock = threading.Lock()
         self.examples = 0
         self.steps = 0
+        self.skipped_steps = 0  # batches not learned from: loss not finite
         self.event_time_ms = 0
         self._spec = model_spec(config.model)
 
@@ -172,6 +177,8 @@ class OnlineTrainer:
         total = float(self._all_reduce(torch.tensor([float(len(batch))])))
         objective = loss_sum * (world / max(total, 1.0))
         loss = loss_sum.detach() / max(len(batch), 1)  # reported: this rank's mean
+        if self._non_finite(objective):
+            return self._skip(batch, loss)
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.embeddings.regularizer()).backward()
         if self.distributed:
@@ -197,6 +204,26 @@ class OnlineTrainer:
         self.examples += len(batch)
         self.steps += 1
         return StepResult(probs, float(loss), len(batch))
+
+    def _non_finite(self, objective: torch.Tensor) -> bool:
+        """Whether any rank's objective is NaN or infinite (all ranks then skip together)."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(objective)) else 1.0])
+        return bool(self._all_reduce(bad, dist.ReduceOp.MAX) > 0)
+
+    def _skip(self, batch: Batch, loss: torch.Tensor) -> StepResult:
+        """Learn nothing from a batch whose loss is not finite, and say so.
+
+        One NaN step would put NaN into every dense weight through Adam's
+        state, for good, and serving would get them at the next sync. The ids
+        were looked up (admissions and last-seen times stand), but no weight,
+        optimizer state, history count or metric moves.
+        """
+        self.embeddings._leaves = []
+        self.history._pending = []
+        self.skipped_steps += 1
+        log.error("step %d: loss is not finite (%s); the batch of %d examples is skipped",
+                  self.steps, float(loss), len(batch))
+        return StepResult(torch.full((len(batch),), math.nan), float(loss), len(batch))
 
     @torch.no_grad()
     def _init_bias(self, batch: Batch) -> None:

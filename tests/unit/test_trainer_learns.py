@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 
 import pytest
 import torch
@@ -328,3 +329,37 @@ def test_distributed_training_refuses_history_features_naming_the_field() -> Non
     config = load_config(env={}, overrides={"model.history_features": "user_id"})
     with pytest.raises(ConfigError, match="model.history_features"):
         OnlineTrainer(config, distributed=True)
+
+
+def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> None:
+    # One NaN step would poison every dense weight through Adam's state for
+    # good (and serving at the next sync); the trainer skips it, counts it,
+    # and learns from the next batch as usual.
+    from prometheus_client import CollectorRegistry
+
+    from trainer.metrics import TrainerMetrics
+
+    trainer, batcher = trainer_and_batcher({"trainer.batch_size": "64"})
+    registry = CollectorRegistry()
+    TrainerMetrics(trainer, registry)
+    events = list(SyntheticStream(default()).events(192))
+    trainer.train_batch(batcher.build(events[:64]))
+    dense = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    rows = {n: t.export_all() for n, t in trainer.tables.items()}
+    forward = trainer.model.forward
+    trainer.model.forward = lambda *a, **k: forward(*a, **k) * math.nan  # type: ignore[method-assign]
+    step = trainer.train_batch(batcher.build(events[64:128]))
+    trainer.model.forward = forward  # type: ignore[method-assign]
+    assert step.loss != step.loss and trainer.skipped_steps == 1
+    assert (trainer.steps, trainer.examples) == (1, 64)
+    assert all(torch.equal(dense[k], v) for k, v in trainer.model.state_dict().items())
+    for name, table in trainer.tables.items():
+        ids, values = table.export_all()
+        before_ids, before_values = rows[name]
+        known = dict(zip(before_ids.tolist(), before_values))
+        assert all(torch.equal(known[i], v) for i, v in zip(ids.tolist(), values)
+                   if i in known), name
+    assert registry.get_sample_value("streamrec_trainer_skipped_steps_total") == 1
+    trainer.train_batch(batcher.build(events[128:]))
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
+    assert trainer.steps == 2
