@@ -164,6 +164,10 @@ class DynamicEmbeddingCollection:
                 table.update(rows, grad)
         self._leaves = []
 
+    def discard(self) -> None:
+        """Forget the last ``forward``'s rows without updating them (a skipped step)."""
+        self._leaves = []
+
     def _prune_below(self, feature: str) -> float | None:
         if feature not in self._pruned_index:
             return None

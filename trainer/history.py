@@ -143,6 +143,10 @@ class HistoryFeatures:
         """One bounded slice of the history tables' expiry sweep; returns rows freed."""
         return expire_tables(self._by_name, now_ms)
 
+    def discard(self) -> None:
+        """Forget the last training batch's outcomes without adding them (a skipped step)."""
+        self._pending = []
+
     def commit(self) -> None:
         """Add the last training batch's outcomes to the stored counts."""
         for table, rows, stored, totals in self._pending:

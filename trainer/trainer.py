@@ -27,7 +27,7 @@ from trainer.progressive import ProgressiveMetrics
 from trainer.sync.delta import ParameterDelta, TableDelta
 from trainer.tables.base import EmbeddingTable, make_tables
 from trainer.tables.distributed import DistributedEmbeddingTable
-from trainer.tables.group import GroupTableView, TableGroup
+from trainer.tables.group import GroupTableView
 from trainer.tables.sharded import ShardedEmbeddingTable
 
 __all__ = ["OnlineTrainer", "StepResult"]
@@ -182,7 +182,6 @@ class OnlineTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.embeddings.regularizer()).backward()
         if self.distributed:
-            world = dist.get_world_size(self.group)
             for p in [*self.model.parameters(), *self.embeddings.parameters()]:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -218,8 +217,8 @@ class OnlineTrainer:
         were looked up (admissions and last-seen times stand), but no weight,
         optimizer state, history count or metric moves.
         """
-        self.embeddings._leaves = []
-        self.history._pending = []
+        self.embeddings.discard()
+        self.history.discard()
         self.skipped_steps += 1
         log.error("step %d: loss is not finite (%s); the batch of %d examples is skipped",
                   self.steps, float(loss), len(batch))
@@ -330,11 +329,8 @@ class OnlineTrainer:
         """
         with self.lock:
             for table in self.tables.values():
-                for group in _groups_of(table):
-                    group.record_tombstones = enabled
-                    if not enabled:
-                        group._evicted = []
-                        group._tombstones = [[] for _ in group.names]
+                for view in _views_of(table):
+                    view.group.keep_tombstones(enabled)
 
     def clear_history(self) -> None:
         """Forget every history count (the embeddings stay).
@@ -346,22 +342,19 @@ class OnlineTrainer:
         """
         with self.lock:
             for name in self.history._by_name:
-                table = self.tables[name]
-                parts = table.shards if isinstance(table, ShardedEmbeddingTable) else [table]
-                for part in parts:
-                    assert isinstance(part, GroupTableView)
-                    part.group.evict_rows(part.group.rows_of(part.tag), counted=True)
+                for view in _views_of(self.tables[name]):
+                    view.group.evict_rows(view.group.rows_of(view.tag), counted=True)
 
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
 
 
-def _groups_of(table: EmbeddingTable) -> list[TableGroup]:
-    """The row storages behind ``table`` (one, or one per shard)."""
+def _views_of(table: EmbeddingTable) -> list[GroupTableView]:
+    """The row storages behind ``table``, as views into their groups (one, or one per shard)."""
     if isinstance(table, GroupTableView):
-        return [table.group]
+        return [table]
     if isinstance(table, ShardedEmbeddingTable):
-        return [g for shard in table.shards for g in _groups_of(shard)]
+        return [v for shard in table.shards for v in _views_of(shard)]
     if isinstance(table, DistributedEmbeddingTable):
-        return _groups_of(table.shard)
+        return _views_of(table.shard)
     return []

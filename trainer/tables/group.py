@@ -125,8 +125,7 @@ class TableGroup:
         self._sweep_at: dict[int | None, int] = {}
         # Evicted (ids, tags) not yet sorted by table, then per table.
         self._evicted: list[tuple[torch.Tensor, torch.Tensor]] = []
-        # Off when no replica consumes deltas: tombstones would pile up forever.
-        self.record_tombstones = True
+        self._keep_tombstones = True  # see keep_tombstones()
         self._tombstones: list[list[torch.Tensor]] = [[] for _ in self.names]
         # Touched rows per table, computed once for all tables per sync round
         # (valid while _version, bumped by every change to rows, is unchanged).
@@ -288,12 +287,22 @@ class TableGroup:
         self.live[rows] = False
         self.touched[rows] = False
         self.row_tags[rows] = -1
-        if self.record_tombstones:
+        if self._keep_tombstones:
             self._evicted.append((ids, tags))
         self._version += 1
         self.rows_per_tag -= torch.bincount(tags, minlength=len(self.names))
         if not counted:
             self._count("evicted", tags)
+
+    def keep_tombstones(self, enabled: bool) -> None:
+        """Whether evicted ids are recorded for deltas; turning it off drops those held.
+
+        Off when no replica consumes deltas: tombstones would pile up forever.
+        """
+        self._keep_tombstones = enabled
+        if not enabled:
+            self._evicted = []
+            self._tombstones = [[] for _ in self.names]
 
     def _by_tag(self, values: torch.Tensor, tags: torch.Tensor) -> list[torch.Tensor]:
         """``values`` split by tag (one sort for every table)."""
