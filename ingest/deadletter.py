@@ -26,6 +26,15 @@ _RECORD_OVERHEAD = 1024
 
 class DeadLetterSink(Protocol):
     def put(self, letters: list[DeadLetter]) -> None: ...
+
+    def flush(self) -> None:
+        """Return once every letter put so far is durable (or counted as dropped).
+
+        The training loop calls it before a checkpoint: the checkpoint's
+        offsets pass the rejected records, and a restart never reads them again.
+        Raises when that cannot be known (the checkpoint is then skipped).
+        """
+
     def close(self) -> None: ...
 
 
@@ -52,12 +61,18 @@ class MemoryDeadLetterSink:
         self.letters.extend(letters)
         del self.letters[: max(0, len(self.letters) - self.limit)]
 
+    def flush(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
 
 class FileDeadLetterSink:
-    """Appends one JSON object per letter to a JSONL file, flushed on every put."""
+    """Appends one JSON object per letter to a JSONL file, flushed on every put.
+
+    :meth:`flush` also syncs the file to disk (before each checkpoint).
+    """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
@@ -72,6 +87,11 @@ class FileDeadLetterSink:
             for letter in letters:
                 self._file.write(json.dumps(dead_letter_to_dict(letter)) + "\n")
             self._file.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         with self._lock:
@@ -94,11 +114,12 @@ class KafkaDeadLetterSink:
 
     def __init__(self, bootstrap_servers: list[str], topic: str,
                  metrics: IngestMetrics | None = None,
-                 max_request_size: int = 1 << 20) -> None:
+                 max_request_size: int = 1 << 20, flush_timeout_s: float = 30.0) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
         self.max_request_size = max_request_size
+        self.flush_timeout_s = flush_timeout_s
         self.dropped = 0
         self._metrics = metrics
         self._lock = threading.Lock()  # _drop also runs on the producer's I/O thread
@@ -141,6 +162,13 @@ class KafkaDeadLetterSink:
             self.dropped += 1
         if self._metrics is not None:
             self._metrics.dead_letters_dropped.inc()
+
+    def flush(self) -> None:
+        """Wait for the broker's acknowledgement (or refusal) of every letter sent.
+
+        Raises ``kafka.errors.KafkaTimeoutError`` after ``flush_timeout_s``.
+        """
+        self._producer.flush(timeout=self.flush_timeout_s)
 
     def close(self) -> None:
         self._producer.flush()

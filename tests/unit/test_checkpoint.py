@@ -108,3 +108,67 @@ def test_a_resumed_loop_reads_on_from_the_checkpoints_offsets(tmp_path: Path) ->
     stats = second.run()
     assert stats.events == 400 and second.trainer.examples == 1000
     assert source.committed == {("memory", 0): 1000}
+
+
+class _RecordingSink:
+    """A dead-letter sink that logs when letters arrive and when they are made durable."""
+
+    def __init__(self, log: list[str], fail: bool = False) -> None:
+        self.log, self.fail = log, fail
+
+    def put(self, letters: list[Any]) -> None:
+        self.log.append(f"put {len(letters)}")
+
+    def flush(self) -> None:
+        if self.fail:
+            raise TimeoutError("broker did not acknowledge")
+        self.log.append("flush")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_dead_letters_are_durable_before_a_checkpoint_passes_their_offsets(
+        tmp_path: Path, fail: bool) -> None:
+    # A checkpoint (and the commit after it) moves the resume point past the
+    # rejected records: a restart never reads them again, so the sink must
+    # hold them first. A sink that cannot confirm it skips the checkpoint.
+    from ingest.source import MemorySource
+    from streamrec.config import load_config
+    from streamrec.synthetic import SyntheticStream, default
+    from trainer.loop import TrainingLoop
+    from trainer.trainer import OnlineTrainer
+
+    torch.set_num_threads(1)
+    config = load_config(env={}, overrides={"trainer.batch_size": "64"})
+    records: list[Any] = list(SyntheticStream(default()).events(200))
+    records[50] = b"{not json"
+    log: list[str] = []
+
+    class LoggingCheckpointer(Checkpointer):
+        def save(self, *args: Any, **kwargs: Any) -> Any:
+            log.append("save")
+            return super().save(*args, **kwargs)
+
+    source = MemorySource(records)
+    loop = TrainingLoop(OnlineTrainer(config), source, dead_letters=_RecordingSink(log, fail),
+                        checkpointer=LoggingCheckpointer(tmp_path))
+    loop.run()
+    if fail:
+        assert "save" not in log and source.committed == {}
+        assert Checkpointer(tmp_path).latest() is None
+    else:
+        assert log == ["put 1", "flush", "save"]
+        assert source.committed == {("memory", 0): 200}
+
+
+def test_the_file_sink_flushes_to_disk(tmp_path: Path) -> None:
+    from ingest.deadletter import FileDeadLetterSink
+    from ingest.source import DeadLetter
+
+    sink = FileDeadLetterSink(tmp_path / "dlq.jsonl")
+    sink.put([DeadLetter(raw=b"x", kind="malformed", reason="r", origin="o")])
+    sink.flush()
+    assert (tmp_path / "dlq.jsonl").read_text().count("\n") == 1
+    sink.close()
