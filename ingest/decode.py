@@ -72,7 +72,8 @@ def _text(name: str, value: str) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise DecodeError(f"{name}: not valid Unicode (lone surrogate)", "malformed") from None
+            raise DecodeError(f"{name}: not valid Unicode (a lone surrogate, or bytes that "
+                              "are not UTF-8)", "malformed") from None
     return value
 
 
@@ -307,9 +308,12 @@ def _csv_scalar(text: str) -> FeatureValue:
     except ValueError:
         pass
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         return text
+    # float() also reads "nan", "inf" and "Infinity" (and overflows 1e999 to
+    # inf): a tag or a name spelled so is text, not a number to refuse.
+    return number if math.isfinite(number) else text
 
 
 def decode_csv_row(row: Mapping[str, str | None]) -> Event:

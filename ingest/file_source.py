@@ -41,7 +41,10 @@ class FileSource:
         self._csv = self.path.endswith(".csv")
         self._format = "json" if value_format == "auto" else value_format
         self._metrics = metrics
-        self._key = (f"file:{self.path}", 0)
+        # The offset key names the file, not the spelling of its path: a
+        # resume from another directory, or with an absolute path, must find it.
+        self._key = (f"file:{os.path.realpath(self.path)}", 0)
+        self._legacy_key = (f"file:{self.path}", 0)  # checkpoints before the change
         self._text: io.TextIOWrapper | None = None
         self._consumed = 0
         self._exhausted = False
@@ -59,15 +62,18 @@ class FileSource:
     def _csv_lines(self) -> Iterator[tuple[int, bytes, _Decode]]:
         # utf-8-sig: Excel and PowerShell begin UTF-8 files with a byte order
         # mark, which would otherwise become part of the first column's name.
-        self._text = io.TextIOWrapper(self._file, encoding="utf-8-sig", errors="replace",
-                                      newline="")
+        # surrogateescape: bytes that are not UTF-8 reach the decoder as lone
+        # surrogates, which it refuses (as JSON lines are refused); replacing
+        # them with U+FFFD would merge distinct Latin-1 names into one id.
+        self._text = io.TextIOWrapper(self._file, encoding="utf-8-sig",
+                                      errors="surrogateescape", newline="")
         lines = _CountedLines(self._text)
         reader = csv.DictReader(lines)
         try:
             reader.fieldnames  # reads the header row
         except csv.Error as e:
             # No row can be read without the header: it is the one dead letter.
-            yield lines.number, lines.text.encode(), _refuse(f"CSV header not readable: {e}")
+            yield lines.number, _raw(lines.text), _refuse(f"CSV header not readable: {e}")
             return
         while True:
             try:
@@ -76,7 +82,7 @@ class FileSource:
                 return
             except csv.Error as e:
                 # The reader drops the rest of the line and starts afresh on the next.
-                yield lines.number, lines.text.encode(), _refuse(f"CSV row not readable: {e}")
+                yield lines.number, _raw(lines.text), _refuse(f"CSV row not readable: {e}")
             else:
                 yield lines.number, _row_bytes(row), _decode_csv
 
@@ -102,7 +108,7 @@ class FileSource:
         """Files are replayed from the start or a checkpoint; there is nothing to commit."""
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        target = offsets.get(self._key, 0)
+        target = offsets.get(self._key, offsets.get(self._legacy_key, 0))
         while (not self._exhausted and self._consumed < target
                and next(self._lines, None) is not None):
             self._consumed += 1
@@ -150,6 +156,11 @@ def _row_bytes(row: Mapping[str | None, object]) -> bytes:
     if None in row:
         data[""] = row[None]
     return json.dumps(data).encode()
+
+
+def _raw(text: str) -> bytes:
+    """A line's original bytes (undoing surrogateescape)."""
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _decode_csv(raw: bytes) -> Event:

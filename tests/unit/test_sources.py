@@ -137,3 +137,46 @@ def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path: Path) -> No
                      "example,1,1,2,1000\n".encode())
     events, dead = read_all(path)
     assert [(e.type, e.user_id) for e in events] == [("example", 1)] and dead == []
+
+
+def test_a_resume_finds_the_offset_however_the_path_is_spelled(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    events = list(SyntheticStream(default()).events(30))
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(encode_json(e).decode() + "\n" for e in events))
+    with FileSource(path) as first:
+        offsets = first.poll(12, 0).offsets
+    monkeypatch.chdir(tmp_path)
+    with FileSource("events.jsonl") as resumed:  # relative, from another directory
+        resumed.seek(offsets)
+        assert resumed.poll(100, 0).events == events[12:]
+    # A checkpoint written before the key named the real path: keyed by the spelling.
+    with FileSource("events.jsonl") as old:
+        old.seek({("file:events.jsonl", 0): 12})
+        assert old.poll(100, 0).events == events[12:]
+
+
+def test_csv_text_that_float_reads_as_nan_or_infinity_stays_text(tmp_path: Path) -> None:
+    path = tmp_path / "names.csv"
+    path.write_text("type,label,user_id,item_id,timestamp_ms,f.first_name,f.tags\n"
+                    "example,1,1,2,1000,Nan,inf|Infinity\n"
+                    "example,0,3,4,1001,Ann,1e999\n")
+    events, dead = read_all(path)
+    assert dead == []
+    assert [e.features["first_name"] for e in events] == [("Nan",), ("Ann",)]
+    assert [e.features["tags"] for e in events] == [("inf", "Infinity"), ("1e999",)]
+
+
+def test_csv_bytes_that_are_not_utf8_are_refused_not_replaced(tmp_path: Path) -> None:
+    # "Müller" and "Möller" in Latin-1 would both read as "M\ufffdller" under
+    # replacement, and hash to one id.
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"type,label,user_id,item_id,timestamp_ms,f.city\n"
+                     b"example,1,1,2,1000,M\xfcller\n"
+                     b"example,1,3,4,1001,Paris\n"
+                     b"example,1,5,6,1002,M\xf6ller\n")
+    events, dead = read_all(path)
+    assert [e.features["city"] for e in events] == [("Paris",)]
+    assert [(d.kind, d.origin) for d in dead] == [("malformed", f"{path}:2"),
+                                                  ("malformed", f"{path}:4")]
+    assert "not UTF-8" in dead[0].reason
