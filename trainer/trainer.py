@@ -101,7 +101,7 @@ class OnlineTrainer:
             [*self.model.parameters(), *self.embeddings.parameters()], lr=config.trainer.dense_lr,
             fused=True)
         self.progress = ProgressiveMetrics()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # the publisher holds it across delta + snapshot
         self.examples = 0
         self.steps = 0
         self.skipped_steps = 0  # batches not learned from: loss not finite

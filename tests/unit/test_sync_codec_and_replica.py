@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 
 import pytest
 import torch
@@ -246,6 +248,128 @@ def test_publisher_keeps_healthy_replicas_in_step_and_recovers_a_failed_one() ->
     publisher.publish_once()
     assert restarted.version == 6
     assert_same_scores(trainer, restarted, probe)
+
+
+class HungSink(MemoryDeltaSink):
+    """A replica that accepts calls and never answers (until released)."""
+
+    def __init__(self, replica: ModelReplica) -> None:
+        super().__init__(replica)
+        self.release = threading.Event()
+
+    def version(self) -> int:
+        self.release.wait(30)
+        raise SyncError("deadline exceeded")
+
+
+def test_a_hung_replica_holds_the_others_back_by_at_most_one_interval() -> None:
+    trainer = OnlineTrainer(config())
+    healthy = ModelReplica(CollectorRegistry())
+    hung = HungSink(ModelReplica(CollectorRegistry()))
+    publisher = Publisher(trainer, {"hung": hung, "healthy": MemoryDeltaSink(healthy)},
+                          interval_s=0.2, registry=CollectorRegistry())
+    stream = SyntheticStream(default())
+    started = time.monotonic()
+    for _ in range(5):
+        train(trainer, list(stream.events(256)))
+        publisher.publish_once()
+    took = time.monotonic() - started
+    hung.release.set()
+    assert healthy.version == 5
+    assert_same_scores(trainer, healthy, list(stream.events(20)))
+    # One interval of waiting in the first round; after it the hung replica
+    # is busy and sits the rounds out. (Sequential pushes waited its whole
+    # deadline every round.)
+    assert took < 5 * 0.2 + 4, took
+
+
+class LateSink(MemoryDeltaSink):
+    """Applies a push, then reports it failed (the client's deadline passed first)."""
+
+    def __init__(self, replica: ModelReplica) -> None:
+        super().__init__(replica)
+        self.late = True
+
+    def push(self, delta: ParameterDelta) -> int:
+        version = super().push(delta)
+        if self.late:
+            self.late = False
+            raise SyncError("DEADLINE_EXCEEDED")
+        return version
+
+
+def test_a_snapshot_applied_after_its_deadline_is_followed_by_deltas() -> None:
+    # The replica holds the snapshot: rebuilding one every interval (under the
+    # trainer's lock) and resending it forever was the old behaviour.
+    trainer = OnlineTrainer(config())
+    replica = ModelReplica(CollectorRegistry())
+    registry = CollectorRegistry()
+    publisher = Publisher(trainer, {"r": LateSink(replica)}, interval_s=60, registry=registry)
+    stream = SyntheticStream(default())
+    for _ in range(3):
+        train(trainer, list(stream.events(256)))
+        publisher.publish_once()
+    get = registry.get_sample_value
+    assert get("streamrec_sync_pushes_total", {"replica": "r", "kind": "full",
+                                               "result": "error"}) == 1
+    assert get("streamrec_sync_pushes_total", {"replica": "r", "kind": "full",
+                                               "result": "ok"}) == 0
+    assert get("streamrec_sync_pushes_total", {"replica": "r", "kind": "delta",
+                                               "result": "ok"}) == 2
+    assert replica.version == 3
+    assert_same_scores(trainer, replica, list(stream.events(20)))
+
+
+def test_replicas_at_one_version_serve_one_model_while_training_goes_on() -> None:
+    # A step that lands between reading the delta and reading the snapshot
+    # made a joining replica's version 2 differ from an in-step one's.
+    torch.set_num_threads(1)
+    trainer = OnlineTrainer(config())
+    stream = SyntheticStream(default())
+    train(trainer, list(stream.events(256)))
+    in_step = ModelReplica(CollectorRegistry())
+    sinks = {"in_step": MemoryDeltaSink(in_step)}
+    publisher = Publisher(trainer, sinks, interval_s=60, registry=CollectorRegistry())
+    publisher.publish_once()
+    batch = Batcher(trainer.config.model.sparse_features,
+                    trainer.config.model.dense_features).build(list(stream.events(256)))
+    collect = trainer.collect_delta
+
+    def collect_then_a_step_elsewhere(version: int) -> ParameterDelta:
+        delta = collect(version)
+        step = threading.Thread(target=trainer.train_batch, args=(batch,))
+        step.start()
+        step.join(0.5)  # runs now, unless the publisher holds the trainer's lock
+        return delta
+
+    trainer.collect_delta = collect_then_a_step_elsewhere  # type: ignore[method-assign]
+    joining = ModelReplica(CollectorRegistry())
+    publisher.sinks["joining"] = MemoryDeltaSink(joining)
+    publisher._sent["joining"] = None
+    publisher.publish_once()
+    assert in_step.version == joining.version == 2
+    probe = list(stream.events(30))
+    scores = [[r.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in probe]
+              for r in (in_step, joining)]
+    assert scores[0] == scores[1]
+
+
+def test_versions_never_go_back_after_a_restart_from_an_older_checkpoint() -> None:
+    # The replica served up to version 5 of the previous run; the checkpoint
+    # holds version 1. Publishing "2" again would name a different model.
+    stream = SyntheticStream(default())
+    replica = ModelReplica(CollectorRegistry())
+    before = OnlineTrainer(config())
+    train(before, list(stream.events(256)))
+    replica.apply(before.snapshot(5))
+    restarted = OnlineTrainer(config())
+    train(restarted, list(stream.events(256)))
+    publisher = Publisher(restarted, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+                          registry=CollectorRegistry(), start_version=1)
+    assert publisher.publish_once() == 6 and replica.version == 6
+    train(restarted, list(stream.events(256)))
+    assert publisher.publish_once() == 7 and replica.version == 7
+    assert_same_scores(restarted, replica, list(stream.events(20)))
 
 
 @pytest.mark.parametrize("shape, data", [
