@@ -10,22 +10,43 @@ negative. Negatives may be down-sampled: each is kept with probability
 replay makes the same choices, and kept ones carry ``sample_rate = rate`` so the trainer
 weighs them 1/rate in the loss (predictions stay calibrated to the full stream).
 
-Labeled ``example`` events pass straight through. Actions with no pending
-impression, and event types that are neither, are counted and dropped.
-Impressions without a ``request_id`` are keyed by ``(user_id, item_id)``; a
-repeated impression of a pending key is counted and dropped.
+Labeled ``example`` events pass straight through; other event types are
+counted and dropped. Impressions without a ``request_id`` are keyed by
+``(user_id, item_id)``.
+
+What real streams do to a joiner, and what this one does about it:
+
+- An action read before its impression (impressions and actions on different
+  topics or partitions) waits too, for the impression, until the watermark
+  passes its own timestamp + window; only then is it an orphan (counted).
+- An impression delivered twice (a producer's retry) is one impression: a
+  repeat of a pending key, or of an impression joined or expired within the
+  last two windows (same ``event_id``, or same key and timestamp), is counted
+  and dropped, not trained again with the opposite label.
+- A producer whose clock runs ahead: event time cannot be in the future, so an
+  event moves the watermark at most to this machine's clock (plus
+  ``max_clock_skew_s``, default 0) and expires as if stamped there. One
+  skewed event then neither labels every pending impression a negative nor
+  blocks the expiry of those behind it for longer than a window.
+
+Not handled: partitions read at different event times (a consumer catching
+up) share one watermark, so the ahead partition can expire the behind one's
+impressions before their actions are read; keep ``window_s`` above the lag
+such catch-ups have, or join upstream.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
 so one that arrives late (older than impressions already pending) waits until
-those before it expire. At most ``max_pending`` impressions wait; beyond that
-the oldest is emitted early as a negative (counted as ``overflow``), which
-bounds memory when actions stop arriving or timestamps jump.
+those before it expire. At most ``max_pending`` impressions (and as many
+early actions, and as many identities of resolved impressions) are held; beyond that the oldest is emitted early as a negative
+(counted as ``overflow``), which bounds memory when actions stop arriving or
+timestamps jump.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -37,10 +58,19 @@ from ingest.metrics import IngestMetrics
 __all__ = ["Joiner"]
 
 Key = tuple[str, int]
+Identity = tuple[str, str, int, int]  # (event_id, request key, item, timestamp)
 
 
 def _key(event: Event) -> Key:
     return (event.request_id or f"user:{event.user_id}", event.item_id)
+
+
+def _identity(event: Event) -> Identity:
+    """What makes two deliveries one impression: its event_id, else its key and time."""
+    if event.event_id:
+        return (event.event_id, "", 0, 0)
+    key = _key(event)
+    return ("", key[0], key[1], event.timestamp_ms)
 
 
 class Joiner:
@@ -53,22 +83,30 @@ class Joiner:
 
     def __init__(self, action_types: Iterable[str], window_s: float, rate: float = 1.0,
                  seed: int = 0, metrics: IngestMetrics | None = None,
-                 max_pending: int = 1_000_000) -> None:
+                 max_pending: int = 1_000_000, max_clock_skew_s: float = 0.0) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s={window_s}: must be > 0")
         if not 0 < rate <= 1:
             raise ValueError(f"rate={rate}: must be in (0, 1]")
         if max_pending < 1:
             raise ValueError(f"max_pending={max_pending}: must be >= 1")
+        if not max_clock_skew_s >= 0:
+            raise ValueError(f"max_clock_skew_s={max_clock_skew_s}: must be >= 0")
         self.action_types = frozenset(action_types)
         self.window_ms = int(window_s * 1000)
         self.rate = rate
         self.seed = seed
         self.metrics = metrics
         self.max_pending = max_pending
-        # Insertion order is event order, so expiry pops from the front.
-        self._pending: OrderedDict[Key, Event] = OrderedDict()
+        self.max_clock_skew_ms = int(max_clock_skew_s * 1000)
+        # Insertion order is arrival order, so expiry pops from the front.
+        # Each entry keeps the time it expires by (its timestamp, capped at
+        # the clock bound when it arrived).
+        self._pending: OrderedDict[Key, tuple[Event, int]] = OrderedDict()
+        self._early: OrderedDict[Key, tuple[Event, int]] = OrderedDict()  # actions
+        self._resolved: OrderedDict[Identity, int] = OrderedDict()
         self._watermark = 0
+        self._cap = 0
 
     @property
     def pending(self) -> int:
@@ -94,33 +132,35 @@ class Joiner:
         if self.metrics is not None:
             self.metrics.joined.labels("negative").inc()
 
+    def _positive(self, impression: Event, out: list[Event]) -> None:
+        out.append(dataclasses.replace(impression, type=EXAMPLE, label=1.0))
+        if self.metrics is not None:
+            self.metrics.joined.labels("positive").inc()
+
+    def _resolve(self, impression: Event, at: int) -> None:
+        """Remember a joined or expired impression, so a redelivery is known."""
+        self._resolved[_identity(impression)] = at
+        if len(self._resolved) > self.max_pending:
+            self._resolved.popitem(last=False)
+
+    def _orphan(self) -> None:
+        self._count("orphan_action")
+
     def push(self, events: Iterable[Event]) -> list[Event]:
         """Feed events in arrival order; returns the training examples ready now."""
         out: list[Event] = []
+        self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)
+        cap = self._cap
         for event in events:
-            self._watermark = max(self._watermark, event.timestamp_ms)
+            at = min(event.timestamp_ms, cap)
+            if at > self._watermark:
+                self._watermark = at
             if event.type == EXAMPLE:
                 out.append(event)
             elif event.type == IMPRESSION:
-                key = _key(event)
-                if key in self._pending:
-                    self._count("duplicate_impression")
-                    continue
-                self._pending[key] = event
-                if len(self._pending) > self.max_pending:
-                    self._count("overflow")
-                    self._negative(self._pending.popitem(last=False)[1], out)
+                self._impression(event, at, out)
             elif event.type in self.action_types:
-                impression = self._pending.pop(_key(event), None)
-                if impression is None or event.timestamp_ms - impression.timestamp_ms \
-                        > self.window_ms:
-                    self._count("orphan_action")
-                    if impression is not None:
-                        self._negative(impression, out)
-                    continue
-                out.append(dataclasses.replace(impression, type=EXAMPLE, label=1.0))
-                if self.metrics is not None:
-                    self.metrics.joined.labels("positive").inc()
+                self._action(event, at, out)
             else:
                 self._count("unknown_type")
         self._expire(out)
@@ -128,20 +168,76 @@ class Joiner:
             self.metrics.pending.set(len(self._pending))
         return out
 
+    def _impression(self, event: Event, at: int, out: list[Event]) -> None:
+        key = _key(event)
+        if key in self._pending or _identity(event) in self._resolved:
+            self._count("duplicate_impression")
+            return
+        early = self._early.pop(key, None)
+        if early is not None:
+            if early[0].timestamp_ms - event.timestamp_ms <= self.window_ms:
+                self._positive(event, out)
+                self._resolve(event, at)
+                return
+            self._orphan()  # too late for this impression
+        self._pending[key] = (event, at)
+        if len(self._pending) > self.max_pending:
+            self._count("overflow")
+            first, first_at = self._pending.popitem(last=False)[1]
+            self._negative(first, out)
+            self._resolve(first, first_at)
+
+    def _action(self, event: Event, at: int, out: list[Event]) -> None:
+        key = _key(event)
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            # Its impression may still be on its way (another topic or partition).
+            if key in self._early:
+                self._orphan()  # a second action before the impression counts once
+                return
+            self._early[key] = (event, at)
+            if len(self._early) > self.max_pending:
+                self._early.popitem(last=False)
+                self._orphan()
+            return
+        impression, impression_at = entry
+        if event.timestamp_ms - impression.timestamp_ms > self.window_ms:
+            self._orphan()
+            self._negative(impression, out)
+        else:
+            self._positive(impression, out)
+        self._resolve(impression, impression_at)
+
     def _expire(self, out: list[Event]) -> None:
         horizon = self._watermark - self.window_ms
         while self._pending:
-            key, first = next(iter(self._pending.items()))
-            if first.timestamp_ms >= horizon:
+            key, (first, at) = next(iter(self._pending.items()))
+            if at >= horizon:
                 break
             del self._pending[key]
             self._negative(first, out)
+            self._resolve(first, at)
+        while self._early:
+            key, (_, at) = next(iter(self._early.items()))
+            if at >= horizon:
+                break
+            del self._early[key]
+            self._orphan()
+        # A redelivery comes soon after the original: two windows are plenty.
+        while self._resolved:
+            identity, at = next(iter(self._resolved.items()))
+            if at >= horizon - self.window_ms:
+                break
+            del self._resolved[identity]
 
     def flush(self) -> list[Event]:
         """Emit every pending impression as a negative (end of a finite stream)."""
         out: list[Event] = []
         while self._pending:
-            self._negative(self._pending.popitem(last=False)[1], out)
+            self._negative(self._pending.popitem(last=False)[1][0], out)
+        for _ in range(len(self._early)):
+            self._orphan()
+        self._early.clear()
         if self.metrics is not None:
             self.metrics.pending.set(0)
         return out
@@ -149,13 +245,23 @@ class Joiner:
     def state_dict(self) -> dict[str, Any]:
         """Plain containers only: checkpoints are loaded with ``weights_only=True``."""
         return {"watermark": self._watermark,
-                "pending": [event_to_dict(e) for e in self._pending.values()]}
+                "pending": [event_to_dict(e) for e, _ in self._pending.values()],
+                "early_actions": [event_to_dict(e) for e, _ in self._early.values()],
+                "resolved": [[*identity, at] for identity, at in self._resolved.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._watermark = int(state["watermark"])
+        cap = int(time.time() * 1000) + self.max_clock_skew_ms
         self._pending = OrderedDict()
         for data in state["pending"]:
             event = event_from_dict(data)
-            self._pending[_key(event)] = event
+            self._pending[_key(event)] = (event, min(event.timestamp_ms, cap))
+        self._early = OrderedDict()
+        for data in state.get("early_actions", ()):  # (checkpoints before they waited)
+            event = event_from_dict(data)
+            self._early[_key(event)] = (event, min(event.timestamp_ms, cap))
+        self._resolved = OrderedDict()
+        for event_id, request, item, stamp, at in state.get("resolved", ()):
+            self._resolved[(str(event_id), str(request), int(item), int(stamp))] = int(at)
         if self.metrics is not None:
             self.metrics.pending.set(len(self._pending))

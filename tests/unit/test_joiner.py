@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -51,6 +52,7 @@ def test_examples_pass_through_and_other_types_are_dropped_and_counted() -> None
     j = Joiner(["click"], window_s=10, metrics=IngestMetrics(registry))
     example = Event("example", 1, 2, T0, label=1.0)
     assert j.push([example, Event("hover", 1, 2, T0), act("x", 1, 0)]) == [example]
+    assert j.flush() == []  # the action's impression never came: an orphan
     get = registry.get_sample_value
     assert get("streamrec_ingest_joiner_dropped_total", {"reason": "unknown_type"}) == 1
     assert get("streamrec_ingest_joiner_dropped_total", {"reason": "orphan_action"}) == 1
@@ -101,3 +103,76 @@ def test_the_pending_gauge_follows_flush_and_restore() -> None:
     restored = Joiner(["click"], window_s=10, metrics=IngestMetrics(restored_registry))
     restored.load_state_dict(state)
     assert gauge(restored_registry) == 2
+
+
+def test_an_action_read_before_its_impression_still_labels_it_positive() -> None:
+    # Impressions and actions on separate topics: the consumer often hands
+    # over the click first. It waits for the impression (within the window).
+    registry = CollectorRegistry()
+    j = Joiner(["click"], window_s=10, metrics=IngestMetrics(registry))
+    assert j.push([act("r1", 7, 3_000), act("r2", 8, 4_000)]) == []
+    out = j.push([imp("r1", 7, 0), imp("r9", 9, 1_000)])
+    assert [(e.item_id, e.label) for e in out] == [(7, 1.0)]
+    assert j.pending == 1
+    # r2's impression never comes: once the watermark passes its time + window,
+    # the action is an orphan; a click far after its impression is one too.
+    out = j.push([act("r5", 5, 30_000), imp("r5", 5, 2_000)])
+    assert [(e.item_id, e.label) for e in out] == [(9, 0.0), (5, 0.0)]
+    get = registry.get_sample_value
+    assert get("streamrec_ingest_joiner_dropped_total", {"reason": "orphan_action"}) == 2
+    assert j.flush() == []
+
+
+def test_a_redelivered_impression_is_not_trained_again_with_the_opposite_label() -> None:
+    registry = CollectorRegistry()
+    j = Joiner(["click"], window_s=10, metrics=IngestMetrics(registry))
+    first = Event("impression", 1, 7, T0, request_id="r1", event_id="imp-1")
+    assert [(e.label) for e in j.push([first, act("r1", 7, 1_000)])] == [1.0]
+    assert j.push([first]) == []  # the producer's retry, after the join
+    no_id = imp("r2", 8, 2_000)
+    j.push([no_id, imp("r3", 3, 15_000)])  # r2 expires as a negative
+    assert j.push([no_id]) == []  # same key and time: the same impression
+    assert j.pending == 1
+    get = registry.get_sample_value
+    assert get("streamrec_ingest_joiner_dropped_total", {"reason": "duplicate_impression"}) == 2
+    # The same user and item shown again later is a new impression.
+    assert j.push([imp("r2", 8, 16_000)]) == [] and j.pending == 2
+
+
+def test_one_event_stamped_ahead_of_the_clock_neither_expires_nor_blocks_the_others(
+        monkeypatch) -> None:
+    now = 1_800_000_000_000  # this machine's clock, in ms
+    monkeypatch.setattr("ingest.joiner.time.time", lambda: now / 1000)
+    ahead = now + 6 * 3600 * 1000  # a producer clock six hours fast
+
+    def at(kind: str, request: str, t: int) -> Event:
+        return Event(kind, 1, 7, t, request_id=request)
+
+    # A skewed click: the impressions read after it still get their clicks.
+    j = Joiner(["click"], window_s=10)
+    out = j.push([at("click", "skew", ahead)])
+    for i in range(5):
+        out += j.push([at("impression", f"r{i}", now - 3_000 + i * 500)])
+        out += j.push([at("click", f"r{i}", now - 2_700 + i * 500)])
+    assert [e.label for e in out] == [1.0] * 5
+    # A skewed impression holds back the impressions behind it (expiry follows
+    # arrival order) for one window of this clock, not for six hours.
+    k = Joiner(["click"], window_s=10)
+    k.push([at("impression", "skew", ahead)])
+    k.push([at("impression", f"q{i}", now - 1_000 + i) for i in range(10)])
+    now += 20_000
+    expired = k.push([at("impression", "late", now)])
+    assert len(expired) == 11 and k.pending == 1
+
+
+def test_waiting_actions_and_resolved_impressions_survive_a_checkpoint(tmp_path: Path) -> None:
+    j = Joiner(["click"], window_s=10)
+    seen = Event("impression", 1, 7, T0, request_id="r1", event_id="imp-1")
+    j.push([seen, act("r1", 7, 500), act("r2", 8, 1_000)])
+    path = tmp_path / "joiner.pt"
+    torch.save(j.state_dict(), path)
+    restored = Joiner(["click"], window_s=10)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    out = restored.push([imp("r2", 8, 0), seen])
+    assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]  # and imp-1 is a duplicate
+    assert restored.pending == 0
