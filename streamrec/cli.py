@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,6 +36,30 @@ def _overrides(pairs: Sequence[str]) -> dict[str, str]:
             raise StreamrecError(f"--set {pair!r}: expected section.field=value")
         out[key.strip()] = value.strip()
     return out
+
+
+def _positive(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number > 0")
+    return value
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value}: must be >= {low}")
+        return value
+    return parse
 
 
 def _input_file(path: str, what: str) -> None:
@@ -111,11 +136,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     _input_file(args.file, "file")
+    from kafka.errors import KafkaError
+
     from ingest.replay import replay
+    from streamrec.runtime import kafka_unreachable
 
     tune_gc()
-    stats = replay(args.file, args.topic, args.bootstrap_servers.split(","), rate=args.rate,
-                   value_format=args.format, progress=not args.quiet)
+    servers = args.bootstrap_servers.split(",")
+    try:
+        stats = replay(args.file, args.topic, servers, rate=args.rate,
+                       value_format=args.format, progress=not args.quiet)
+    except KafkaError as e:
+        raise kafka_unreachable(servers, e) from None
     print(json.dumps({"sent": stats.sent, "skipped_malformed": stats.skipped_malformed,
                       "seconds": round(stats.seconds, 3)}))
     return 0
@@ -131,7 +163,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = preset()
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
-    synthetic.write_jsonl(args.file, args.events, cfg)
+    if args.file.endswith(".csv"):
+        raise StreamrecError(f"{args.file!r}: generate writes JSON lines; name the file .jsonl")
+    try:
+        synthetic.write_jsonl(args.file, args.events, cfg)
+    except OSError as e:
+        raise StreamrecError(f"cannot write {args.file!r}: {e.strerror or e}") from None
     return 0
 
 
@@ -148,10 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = with_config(sub.add_parser("demo", help="synthetic stream -> trainer -> gRPC serving, "
                                                 "in one process"))
-    p.add_argument("--duration", type=float, default=None, help="seconds to run (default: "
+    p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: "
                    "until Ctrl-C)")
-    p.add_argument("--rate", type=float, default=None, help="events per second (default: as "
-                   "fast as the trainer goes)")
+    p.add_argument("--rate", type=_positive, default=None, help="events per second (default: "
+                   "as fast as the trainer goes)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="trainer /metrics port (serving's is picked free); -1 disables")
     p.set_defaults(func=_cmd_demo)
@@ -174,16 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--topic", required=True)
     p.add_argument("--bootstrap-servers", required=True, help="host:port[,host:port...]")
-    p.add_argument("--rate", type=float, default=None, help="events per second")
+    p.add_argument("--rate", type=_positive, default=None, help="events per second")
     p.add_argument("--format", choices=("json", "protobuf"), default="json")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("generate", help="write a synthetic event file (JSONL)")
     p.add_argument("file")
-    p.add_argument("--events", type=int, default=200_000)
+    p.add_argument("--events", type=_at_least(1), default=200_000)
     p.add_argument("--preset", default="default")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=_at_least(0), default=None)
     p.set_defaults(func=_cmd_generate)
     return parser
 

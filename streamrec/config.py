@@ -161,8 +161,8 @@ class ModelConfig:
                  "history_features", self.history_features,
                  "each history feature must be one of model.sparse_features")
         _require(self.history_cap >= 1, s, "history_cap", self.history_cap, "must be >= 1")
-        _require(self.history_strength > 0, s, "history_strength", self.history_strength,
-                 "must be > 0")
+        _require(self.history_strength >= 1e-6, s, "history_strength", self.history_strength,
+                 "must be >= 1e-6 (smaller underflows: every loss NaN)")
 
 
 @dataclass

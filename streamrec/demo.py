@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass, replace
 from typing import TextIO
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from ingest.iter_source import IteratorSource
 from serving.client import RecommenderClient
 from serving.replica import ModelReplica
 from serving.server import create_server
 from streamrec.config import AppConfig, TableConfig
+from streamrec.runtime import serve_metrics
 from streamrec.synthetic import SyntheticStream, default
 from trainer.loop import LoopStats, TrainingLoop
 from trainer.metrics import TrainerMetrics
@@ -59,8 +60,7 @@ def demo_config(config: AppConfig) -> AppConfig:
 def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
     if port < 0:
         return ""
-    server, _ = start_http_server(port, addr=host, registry=registry)
-    return f"http://{host}:{server.server_port}/metrics"
+    return f"http://{host}:{serve_metrics(host, port, registry)}/metrics"
 
 
 def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float | None = None,

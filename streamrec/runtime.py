@@ -4,7 +4,30 @@ from __future__ import annotations
 
 import gc
 
-__all__ = ["tune_gc"]
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+
+from streamrec.errors import StreamrecError
+
+__all__ = ["tune_gc", "serve_metrics", "kafka_unreachable"]
+
+
+def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) -> int:
+    """Serve ``registry`` on ``http://host:port/metrics``; returns the port bound.
+
+    A port in use or an address not on this machine is a usage error
+    (:class:`StreamrecError` naming ``metrics.port``), not a traceback.
+    """
+    try:
+        server, _ = start_http_server(port, addr=host, registry=registry)
+    except OSError as e:
+        raise StreamrecError(f"metrics.port {port} on {host!r}: {e.strerror or e}") from None
+    return int(server.server_port)
+
+
+def kafka_unreachable(servers: list[str], error: Exception) -> StreamrecError:
+    """The error for a Kafka client that could not be built (no broker answered)."""
+    return StreamrecError(f"cannot reach Kafka at {','.join(servers)}: "
+                          f"{type(error).__name__}: {error}")
 
 
 def tune_gc(young: int = 100_000) -> None:

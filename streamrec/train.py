@@ -10,7 +10,8 @@ import logging
 import threading
 
 import torch
-from prometheus_client import REGISTRY, start_http_server
+from kafka.errors import KafkaError
+from prometheus_client import REGISTRY
 
 from ingest.deadletter import DeadLetterSink, FileDeadLetterSink, KafkaDeadLetterSink, \
     MemoryDeadLetterSink
@@ -21,6 +22,7 @@ from ingest.metrics import IngestMetrics
 from ingest.source import EventSource
 from streamrec.config import AppConfig
 from streamrec.errors import ConfigError
+from streamrec.runtime import kafka_unreachable, serve_metrics
 from trainer.checkpoint import Checkpointer
 from trainer.loop import LoopStats, TrainingLoop
 from trainer.metrics import TrainerMetrics
@@ -36,7 +38,11 @@ log = logging.getLogger(__name__)
 def _dead_letter_sink(config: AppConfig, metrics: IngestMetrics) -> DeadLetterSink:
     ing = config.ingest
     if ing.dead_letter_topic:
-        return KafkaDeadLetterSink(ing.bootstrap_servers, ing.dead_letter_topic, metrics=metrics)
+        try:
+            return KafkaDeadLetterSink(ing.bootstrap_servers, ing.dead_letter_topic,
+                                       metrics=metrics)
+        except KafkaError as e:
+            raise kafka_unreachable(ing.bootstrap_servers, e) from None
     if ing.dead_letter_path:
         return FileDeadLetterSink(ing.dead_letter_path)
     return MemoryDeadLetterSink()
@@ -48,8 +54,8 @@ def run_training(config: AppConfig, stop: threading.Event,
     if config.trainer.threads:
         torch.set_num_threads(config.trainer.threads)
     if config.metrics.port >= 0:
-        server, _ = start_http_server(config.metrics.port, addr=config.metrics.host)
-        log.info("metrics on http://%s:%d/metrics", config.metrics.host, server.server_port)
+        port = serve_metrics(config.metrics.host, config.metrics.port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
     trainer = OnlineTrainer(config)
     metrics = TrainerMetrics(trainer, registry=REGISTRY)
     ing = config.ingest
@@ -64,7 +70,10 @@ def run_training(config: AppConfig, stop: threading.Event,
     if ing.source == "file":
         source: EventSource = FileSource(ing.path, ing.value_format, metrics=ingest_metrics)
     elif ing.source == "kafka":
-        source = KafkaSource(ing, metrics=ingest_metrics)
+        try:
+            source = KafkaSource(ing, metrics=ingest_metrics)
+        except KafkaError as e:  # no broker answered: a usage error, not a traceback
+            raise kafka_unreachable(ing.bootstrap_servers, e) from None
     else:
         raise ConfigError(f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
 

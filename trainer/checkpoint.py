@@ -52,10 +52,14 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
         self.directory = Path(directory)
         self.keep = keep
-        self.directory.mkdir(parents=True, exist_ok=True)
-        for stale in self.directory.iterdir():
-            if _TEMP.match(stale.name):
-                stale.unlink(missing_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for stale in self.directory.iterdir():
+                if _TEMP.match(stale.name):
+                    stale.unlink(missing_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"checkpoint directory {str(directory)!r}: "
+                                  f"{e.strerror or e}") from None
 
     def _paths(self) -> list[Path]:
         found = [p for p in self.directory.iterdir() if _NAME.match(p.name)]

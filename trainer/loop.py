@@ -111,7 +111,8 @@ class TrainingLoop:
     def _train(self, events: list[Event]) -> None:
         batch = self.batcher.build(events)
         t0 = time.perf_counter()
-        self.trainer.train_batch(batch)
+        if self.trainer.train_batch(batch).skipped:
+            return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
         positives = int(batch.labels.sum())
         self.stats.examples += len(events)
         self.stats.positives += positives

@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 class StepResult:
     """What one training step reports."""
 
-    __slots__ = ("probs", "loss", "size")
+    __slots__ = ("probs", "loss", "size", "skipped")
 
-    def __init__(self, probs: torch.Tensor, loss: float, size: int) -> None:
+    def __init__(self, probs: torch.Tensor, loss: float, size: int,
+                 skipped: bool = False) -> None:
         self.probs = probs  # [B] click probabilities scored before learning
         self.loss = loss
         self.size = size
+        self.skipped = skipped  # nothing learned: the loss was not finite
 
 
 class OnlineTrainer:
@@ -222,7 +224,8 @@ class OnlineTrainer:
         self.skipped_steps += 1
         log.error("step %d: loss is not finite (%s); the batch of %d examples is skipped",
                   self.steps, float(loss), len(batch))
-        return StepResult(torch.full((len(batch),), math.nan), float(loss), len(batch))
+        return StepResult(torch.full((len(batch),), math.nan), float(loss), len(batch),
+                          skipped=True)
 
     @torch.no_grad()
     def _init_bias(self, batch: Batch) -> None:

@@ -43,3 +43,37 @@ def test_generate_then_evaluate_prints_the_documented_summary(tmp_path: Path) ->
     assert summary["examples"] == len(examples)
     assert summary["positives"] == sum(e.label or 0 for e in examples)
     assert 0.5 < summary["auc"] < 1 and summary["logloss"] > 0
+
+
+def test_usage_errors_are_one_line_messages_not_tracebacks(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    events = tmp_path / "e.jsonl"
+    assert cli("generate", str(events), "--events", "50").returncode == 0
+    cases = [
+        (("demo", "--duration", "5", "--metrics-port", str(port)),
+         f"metrics.port {port} on '127.0.0.1': Address already in use"),
+        (("train", "--set", "ingest.source=file", "--set", f"ingest.path={events}",
+          "--set", f"metrics.port={port}"), f"metrics.port {port}"),
+        (("train", "--set", "ingest.source=file", "--set", f"ingest.path={events}",
+          "--set", "metrics.port=-1", "--set", f"trainer.checkpoint_dir={events}/sub"),
+         "checkpoint directory"),
+        (("demo", "--rate", "0"), "--rate: 0: must be a finite number > 0"),
+        (("demo", "--duration", "nan"), "--duration: nan: must be a finite number > 0"),
+        (("generate", str(tmp_path / "x.jsonl"), "--events", "-5"), "--events: -5: must be >= 1"),
+        (("generate", str(tmp_path / "x.jsonl"), "--seed", "-1"), "--seed: -1: must be >= 0"),
+        (("generate", str(tmp_path / "no" / "such" / "dir" / "x.jsonl")), "cannot write"),
+        (("generate", str(tmp_path / "x.csv")), "generate writes JSON lines"),
+    ]
+    try:
+        for args, message in cases:
+            result = cli(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            assert message in result.stderr, (args, result.stderr)
+            assert "Traceback" not in result.stderr, (args, result.stderr)
+    finally:
+        taken.close()

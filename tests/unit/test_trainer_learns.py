@@ -363,3 +363,27 @@ def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> No
     trainer.train_batch(batcher.build(events[128:]))
     assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())
     assert trainer.steps == 2
+
+
+def test_the_loop_does_not_count_a_skipped_batch_as_learned() -> None:
+    # The "not learning" alert reads the examples counter: a trainer whose
+    # every batch is skipped must not look healthy.
+    from prometheus_client import CollectorRegistry
+
+    from ingest.source import MemorySource
+    from trainer.loop import TrainingLoop
+    from trainer.metrics import TrainerMetrics
+
+    trainer, _ = trainer_and_batcher({"trainer.batch_size": "64"})
+    registry = CollectorRegistry()
+    loop = TrainingLoop(trainer, MemorySource(list(SyntheticStream(default()).events(192))),
+                        metrics=TrainerMetrics(trainer, registry))
+    forward = trainer.model.forward
+    calls = iter(range(3))
+    trainer.model.forward = lambda *a, **k: forward(*a, **k) * (  # type: ignore[method-assign]
+        math.nan if next(calls) == 1 else 1.0)
+    loop.run()
+    get = registry.get_sample_value
+    assert get("streamrec_trainer_skipped_steps_total") == 1
+    assert get("streamrec_trainer_steps_total") == 2
+    assert get("streamrec_trainer_examples_total") == 128
