@@ -132,6 +132,7 @@ class _State:
         self.model.eval()
         cfg = self.model.config
         self.batcher = Batcher(cfg.sparse_features, cfg.dense_features)
+        self.features = frozenset([*cfg.sparse_features, *cfg.dense_features])
         row_dim = self.model.row_dim
         self.tables: dict[str, EmbeddingTableReplica] = {
             f: EmbeddingTableReplica(f, row_dim) for f in cfg.sparse_features}
@@ -239,7 +240,9 @@ class ModelReplica:
         try:
             self._apply(delta)
         except SyncError:
-            self.metrics.deltas.labels(kind, "gap" if not delta.full and self._state is not None
+            # An empty replica (just restarted) reports a gap too: the resync
+            # after a restart is expected, not an error.
+            self.metrics.deltas.labels(kind, "gap" if not delta.full
                                        and delta.base_version != self.version else "error").inc()
             raise
         self.metrics.deltas.labels(kind, "ok").inc()
@@ -306,10 +309,16 @@ class ModelReplica:
         if candidate_features and len(candidate_features) != len(item_ids):
             raise ValueError(f"{len(candidate_features)} candidate_features for "
                              f"{len(item_ids)} item_ids")
-        shared = dict(features or {})
+        state = self._state
+        # Only the features the model reads are copied into every candidate's
+        # row: a request may name thousands of others (empty or not).
+        used = state.features if state is not None else frozenset()
+        shared = {k: v for k, v in (features or {}).items() if k in used}
         rows: list[tuple[int, int, Features | None]] = []
         for i, item in enumerate(item_ids):
             own = candidate_features[i] if candidate_features else None
+            if own:
+                own = {k: v for k, v in own.items() if k in used}
             # (A merged copy per candidate: the batcher reads each row's
             # features once per feature, which a ChainMap view makes ~5x
             # slower; serving.max_request_ids bounds what the copies hold.)

@@ -24,12 +24,13 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
 from serving.replica import Features, ModelReplica
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from streamrec.runtime import serve_metrics
 from trainer.sync.delta import decode_chunks
 
 __all__ = ["create_server", "serve", "Servers", "features_from_proto"]
@@ -66,10 +67,12 @@ def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: 
     request (its size is bounded by ``serving.max_request_bytes``) before the
     rows, which multiply the shared features, are built.
     """
-    counts = {name: len(values) for name, values in shared.items()}
+    # A name counts as one value at least: names with empty value lists are
+    # copied into every row too.
+    counts = {name: max(1, len(values)) for name, values in shared.items()}
     total = candidates * sum(counts.values())
     for features in own or ():
-        total += sum(len(v) - counts.get(name, 0) for name, v in features.items())
+        total += sum(max(1, len(v)) - counts.get(name, 0) for name, v in features.items())
     return total
 
 
@@ -298,8 +301,8 @@ def serve(config: AppConfig, stop: threading.Event | None = None) -> None:
     replica = ModelReplica(registry=REGISTRY)
     servers = create_server(config.serving, replica, registry=REGISTRY)
     if config.metrics.port >= 0:
-        http, _ = start_http_server(config.metrics.port, addr=config.metrics.host)
-        log.info("metrics on http://%s:%d/metrics", config.metrics.host, http.server_port)
+        port = serve_metrics(config.metrics.host, config.metrics.port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())

@@ -26,8 +26,7 @@ def serve_metrics(host: str, port: int, registry: CollectorRegistry = REGISTRY) 
 
 def kafka_unreachable(servers: list[str], error: Exception) -> StreamrecError:
     """The error for a Kafka client that could not be built (no broker answered)."""
-    return StreamrecError(f"cannot reach Kafka at {','.join(servers)}: "
-                          f"{type(error).__name__}: {error}")
+    return StreamrecError(f"cannot reach Kafka at {','.join(servers)}: {error}")
 
 
 def tune_gc(young: int = 100_000) -> None:

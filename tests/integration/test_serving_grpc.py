@@ -104,6 +104,9 @@ def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> Non
         (dict(user_id=1, item_ids=[1, 2], features={"category": "c1", "price": 1.0},
               candidate_features=[{"category": list(range(500))}, {"tags": list(range(500))}]),
          "make 1,003 feature ids"),
+        # Names with no values are copied into every row too: each counts as one.
+        (dict(user_id=1, item_ids=list(range(10)), features={f"x{i}": [] for i in range(101)}),
+         "make 1,010 feature ids"),
     ]
     for kwargs, reason in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -116,7 +119,7 @@ def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> Non
     # The server is unharmed, and the rejections were counted.
     assert client.predict(user_id=1, item_ids=[1]).model_version == 1
     assert registry.get_sample_value("streamrec_serving_requests_total",
-                                     {"method": "Predict", "code": "INVALID_ARGUMENT"}) == 6
+                                     {"method": "Predict", "code": "INVALID_ARGUMENT"}) == 7
 
 
 def test_recommend_ranks_each_item_once_and_predict_scores_every_position(served,

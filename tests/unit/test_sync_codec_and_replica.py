@@ -250,6 +250,39 @@ def test_publisher_keeps_healthy_replicas_in_step_and_recovers_a_failed_one() ->
     assert_same_scores(trainer, restarted, probe)
 
 
+def test_serving_copies_only_the_features_the_model_reads_into_each_candidates_row() -> None:
+    # Thousands of other names (empty or not) in a request were copied into
+    # every candidate's row: a small request could take gigabytes.
+    trainer = OnlineTrainer(config())
+    train(trainer, list(SyntheticStream(default()).events(256)))
+    replica = ModelReplica(CollectorRegistry())
+    replica.apply(trainer.snapshot(1))
+    rows_scored: list = []
+    score_rows = replica.score_rows
+    replica.score_rows = lambda rows: rows_scored.extend(rows) or score_rows(rows)  # type: ignore[method-assign]
+    items = list(range(40))
+    own = [{"country": ("fr",), "unused": ("a",)}] * len(items)
+    extra = {f"unused{i}": () for i in range(2000)}
+    got, _ = replica.predict(7, items, {**extra, "category": ("c1",)}, own)
+    assert all(set(f) <= {"category", "country"} for _, _, f in rows_scored)
+    want, _ = replica.predict(7, items, {"category": ("c1",)}, [{"country": ("fr",)}] * 40)
+    assert got == want
+
+
+def test_an_empty_replica_counts_a_delta_as_a_gap_not_an_error() -> None:
+    # Every replica restart ends this way before its resync: not an error.
+    trainer = OnlineTrainer(config())
+    registry = CollectorRegistry()
+    replica = ModelReplica(registry)
+    trainer.snapshot(1)
+    with pytest.raises(VersionGapError):
+        replica.apply(trainer.collect_delta(2))
+    get = registry.get_sample_value
+    assert get("streamrec_serving_deltas_applied_total", {"kind": "delta", "result": "gap"}) == 1
+    assert get("streamrec_serving_deltas_applied_total",
+               {"kind": "delta", "result": "error"}) in (None, 0)
+
+
 class HungSink(MemoryDeltaSink):
     """A replica that accepts calls and never answers (until released)."""
 
