@@ -300,9 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drift", type=int, default=50, help="Zipf ranks the id mapping moves per step")
     p.add_argument("--hash-size", type=int, default=1_000_000,
                    help="rows per table of the static arm and MCH zch_size")
-    p.add_argument("--mch-eviction-interval", type=int, default=20,
-                   help="MCH eviction interval in steps (TorchRec's examples use 1-2, its "
-                        "test model 1000; 20 gives several evictions per run)")
+    p.add_argument("--mch-eviction-interval", type=int, default=4,
+                   help="MCH eviction interval in steps. 4: where the MCH arm runs at the "
+                        "issue's own measured MCH throughput on this machine (7-11k mean "
+                        "examples/s: 3 gives ~7k, 5 ~10.5k). TorchRec's "
+                        "McEmbeddingBagCollectionAdapter defaults to 1; the ratio for other "
+                        "intervals is in results/tables_throughput_mch_sweep.txt")
     p.add_argument("--min-count", type=int, default=2, help="dynamic arm: frequency filter")
     p.add_argument("--ttl-s", type=float, default=30.0, help="dynamic arm: TTL in event seconds")
     p.add_argument("--event-s-per-step", type=float, default=1.0,
