@@ -1,9 +1,9 @@
 """The joiner: labels impressions with the actions that follow them (Monolith §2.2).
 
 An impression waits, keyed by ``(request_id, item_id)``, for an action of a
-configured type (click, like, ...). The first such action within
-``window_s`` of event time emits the impression as a positive example at
-once; an impression still unmatched when the event-time watermark (the
+configured type (click, like, ...). The first such action stamped within
+``window_s`` after it (or up to a second before: clocks of different
+services) emits the impression as a positive example at once; an impression still unmatched when the event-time watermark (the
 newest timestamp seen) passes its timestamp + window is emitted as a
 negative. Negatives may be down-sampled: each is kept with probability
 ``rate``, decided by a hash of (seed, request_id, user_id, item_id) so a
@@ -58,6 +58,8 @@ from ingest.metrics import IngestMetrics
 __all__ = ["Joiner"]
 
 Key = tuple[str, int]
+# How much earlier than its impression an action may be stamped and still count.
+_CLOCK_TOLERANCE_MS = 1_000
 Identity = tuple[str, str, int, int]  # (event_id, request key, item, timestamp)
 
 
@@ -143,6 +145,15 @@ class Joiner:
         if len(self._resolved) > self.max_pending:
             self._resolved.popitem(last=False)
 
+    def _within(self, delay_ms: int) -> bool:
+        """Whether an action ``delay_ms`` after an impression is its outcome.
+
+        An action stamped before the impression is another one's (a double or
+        redelivered click on an earlier showing of the same key), except by
+        up to ``_CLOCK_TOLERANCE_MS``: the two come from different services' clocks.
+        """
+        return -_CLOCK_TOLERANCE_MS <= delay_ms <= self.window_ms
+
     def _orphan(self) -> None:
         self._count("orphan_action")
 
@@ -175,7 +186,7 @@ class Joiner:
             return
         early = self._early.pop(key, None)
         if early is not None:
-            if early[0].timestamp_ms - event.timestamp_ms <= self.window_ms:
+            if self._within(early[0].timestamp_ms - event.timestamp_ms):
                 self._positive(event, out)
                 self._resolve(event, at)
                 return
@@ -189,7 +200,7 @@ class Joiner:
 
     def _action(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
-        entry = self._pending.pop(key, None)
+        entry = self._pending.get(key)
         if entry is None:
             # Its impression may still be on its way (another topic or partition).
             if key in self._early:
@@ -201,7 +212,12 @@ class Joiner:
                 self._orphan()
             return
         impression, impression_at = entry
-        if event.timestamp_ms - impression.timestamp_ms > self.window_ms:
+        delay = event.timestamp_ms - impression.timestamp_ms
+        if delay < -_CLOCK_TOLERANCE_MS:
+            self._orphan()  # another showing's action: this impression waits on
+            return
+        del self._pending[key]
+        if delay > self.window_ms:
             self._orphan()
             self._negative(impression, out)
         else:

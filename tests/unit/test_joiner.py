@@ -176,3 +176,25 @@ def test_waiting_actions_and_resolved_impressions_survive_a_checkpoint(tmp_path:
     out = restored.push([imp("r2", 8, 0), seen])
     assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]  # and imp-1 is a duplicate
     assert restored.pending == 0
+
+
+def test_an_action_stamped_before_an_impression_does_not_label_it() -> None:
+    # Without a request_id, the key is (user, item): the same item shown
+    # again later is a new impression, and a double click on the first one
+    # (or a redelivered click) must not label the second positive.
+    def shown(t: int) -> Event:
+        return Event("impression", 1, 7, T0 + t)
+
+    def click(t: int) -> Event:
+        return Event("click", 1, 7, T0 + t)
+
+    j = Joiner(["click"], window_s=10)
+    out = j.push([shown(0), click(1_000), click(2_000), shown(30_000)])
+    out += j.push([click(2_500)])  # a late redelivery, read after the second showing
+    assert [(e.timestamp_ms - T0, e.label) for e in out] == [(0, 1.0)]
+    assert [e.label for e in j.push([click(31_000)])] == [1.0]  # its own click still counts
+    j.push([shown(60_000), click(55_000)])  # shown once more, not clicked (a stale click)
+    assert [(e.timestamp_ms - T0, e.label) for e in j.flush()] == [(60_000, 0.0)]
+    # Clocks of different services: a click stamped just before still counts.
+    k = Joiner(["click"], window_s=10)
+    assert [e.label for e in k.push([click(9_500), shown(10_000)])] == [1.0]
