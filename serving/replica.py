@@ -309,18 +309,24 @@ class ModelReplica:
         if candidate_features and len(candidate_features) != len(item_ids):
             raise ValueError(f"{len(candidate_features)} candidate_features for "
                              f"{len(item_ids)} item_ids")
-        state = self._state
-        # Only the features the model reads are copied into every candidate's
-        # row: a request may name thousands of others (empty or not).
-        used = state.features if state is not None else frozenset()
-        shared = {k: v for k, v in (features or {}).items() if k in used}
-        rows: list[tuple[int, int, Features | None]] = []
-        for i, item in enumerate(item_ids):
-            own = candidate_features[i] if candidate_features else None
-            if own:
-                own = {k: v for k, v in own.items() if k in used}
-            # (A merged copy per candidate: the batcher reads each row's
-            # features once per feature, which a ChainMap view makes ~5x
-            # slower; serving.max_request_ids bounds what the copies hold.)
-            rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
-        return self.score_rows(rows)
+        self._lock.acquire_read()
+        try:
+            state = self._state
+            if state is None:
+                raise NotReadyError("no model yet: the replica has not received parameters")
+            # Only the features this model reads are copied into every
+            # candidate's row: a request may name thousands of others.
+            used = state.features
+            shared = {k: v for k, v in (features or {}).items() if k in used}
+            rows: list[tuple[int, int, Features | None]] = []
+            for i, item in enumerate(item_ids):
+                own = candidate_features[i] if candidate_features else None
+                if own:
+                    own = {k: v for k, v in own.items() if k in used}
+                # (A merged copy per candidate: the batcher reads each row's
+                # features once per feature, which a ChainMap view makes ~5x
+                # slower; serving.max_request_ids bounds what the copies hold.)
+                rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
+            return state.score(rows).tolist(), state.version
+        finally:
+            self._lock.release_read()
