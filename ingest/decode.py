@@ -354,8 +354,17 @@ def event_to_dict(event: Event) -> dict[str, Any]:
 
 
 def encode_json(event: Event) -> bytes:
-    """Compact JSON that :func:`decode_json` turns back into an equal event."""
-    return json.dumps(event_to_dict(event), separators=(",", ":")).encode()
+    """Compact JSON (UTF-8) that :func:`decode_json` turns back into an equal event.
+
+    Not ASCII-escaped: ``\\uXXXX`` escapes triple the size of non-Latin text,
+    which could push an event that fits ``MAX_EVENT_BYTES`` (and a Kafka
+    message) over it. (Lone surrogates, which decoding refuses, stay escaped.)
+    """
+    text = json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(event_to_dict(event), separators=(",", ":")).encode()
 
 
 def encode_protobuf(event: Event) -> bytes:

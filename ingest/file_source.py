@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import itertools
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
+from typing import BinaryIO
 
 from ingest.decode import decode_csv_row
 from ingest.event import Event
 from ingest.metrics import IngestMetrics
 from ingest.source import DeadLetter, SourceBatch, decode_records
-from streamrec.errors import DecodeError
+from streamrec.errors import DecodeError, StreamrecError
 
 __all__ = ["FileSource"]
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 # How one line decodes: None is decode_value in the source's value format.
 _Decode = Callable[[bytes], Event] | None
@@ -23,6 +27,10 @@ _Decode = Callable[[bytes], Event] | None
 
 class FileSource:
     """Reads ``path`` (``.csv`` or JSON lines) lazily; bad lines become dead letters.
+
+    A gzipped file (found by its magic bytes, whatever its name; ``x.csv.gz``
+    is CSV) is read through gzip; one that ends early or is corrupt raises
+    :class:`StreamrecError` naming the line it stopped after.
 
     The offset is the number of data lines consumed, under the key
     ``("file:<path>", 0)``; ``seek`` skips that many lines.
@@ -37,8 +45,13 @@ class FileSource:
     def __init__(self, path: str | os.PathLike[str], value_format: str = "auto",
                  metrics: IngestMetrics | None = None) -> None:
         self.path = os.fspath(path)
-        self._file = open(self.path, "rb")
-        self._csv = self.path.endswith(".csv")
+        self._file: BinaryIO = open(self.path, "rb")
+        if self._file.read(2) == _GZIP_MAGIC:  # read through gzip, whatever the name
+            self._file.close()
+            self._file = gzip.open(self.path, "rb")
+        else:
+            self._file.seek(0)
+        self._csv = self.path.removesuffix(".gz").endswith(".csv")
         self._format = "json" if value_format == "auto" else value_format
         self._metrics = metrics
         # The offset key names the file, not the spelling of its path: a
@@ -89,7 +102,12 @@ class FileSource:
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
         if self._exhausted:  # at EOF, or closed
             return SourceBatch(events=[], offsets={self._key: self._consumed})
-        lines = list(itertools.islice(self._lines, max(0, max_events)))
+        try:
+            lines = list(itertools.islice(self._lines, max(0, max_events)))
+        except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
+            self.close()
+            raise StreamrecError(f"{self.path}: unreadable after line {self._consumed}: "
+                                 f"{e}") from None
         if max_events > 0 and len(lines) < max_events:
             self.close()  # at the end: release the file right away
         events: list[Event] = []

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from ingest.decode import encode_json, encode_protobuf
+from ingest.event import Event
 from ingest.file_source import FileSource
 
 __all__ = ["replay", "ReplayStats"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class ReplayStats:
-    sent: int
+    sent: int  # acknowledged by the broker
     skipped_malformed: int
     seconds: float
+    failed: int = 0  # refused by the client (too large) or the broker
 
 
 def replay(path: str | os.PathLike[str], topic: str, bootstrap_servers: list[str],
@@ -37,7 +43,8 @@ def replay(path: str | os.PathLike[str], topic: str, bootstrap_servers: list[str
     producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=20)
     source = FileSource(path)
     bar = tqdm(desc=f"replay -> {topic}", unit="ev", disable=not progress, file=sys.stderr)
-    sent = skipped = 0
+    attempted = skipped = 0
+    failures: list[Exception] = []  # appended from the producer's I/O thread too
     started = time.monotonic()
     try:
         while not source.exhausted:
@@ -45,16 +52,30 @@ def replay(path: str | os.PathLike[str], topic: str, bootstrap_servers: list[str
             skipped += len(batch.dead_letters)
             for event in batch.events:
                 if rate is not None:
-                    due = started + sent / rate
+                    due = started + attempted / rate
                     delay = due - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
-                producer.send(topic, key=str(event.user_id).encode(), value=encode(event))
-                sent += 1
+                attempted += 1
+                try:
+                    future = producer.send(topic, key=str(event.user_id).encode(),
+                                           value=encode(event))
+                except KafkaError as e:  # too large for one request, say: skip, go on
+                    _failed(failures, event, e)
+                else:
+                    future.add_errback(lambda e, event=event: _failed(failures, event, e))
             bar.update(len(batch.events))
         producer.flush()
     finally:
         bar.close()
         source.close()
         producer.close()
-    return ReplayStats(sent=sent, skipped_malformed=skipped, seconds=time.monotonic() - started)
+    return ReplayStats(sent=attempted - len(failures), skipped_malformed=skipped,
+                       seconds=time.monotonic() - started, failed=len(failures))
+
+
+def _failed(failures: list[Exception], event: Event, error: Exception) -> None:
+    if not failures:  # the first one in full; the count says the rest
+        log.warning("event %s (user %d) not produced: %s", event.event_id or "-",
+                    event.user_id, error)
+    failures.append(error)

@@ -149,8 +149,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except KafkaError as e:
         raise kafka_unreachable(servers, e) from None
     print(json.dumps({"sent": stats.sent, "skipped_malformed": stats.skipped_malformed,
-                      "seconds": round(stats.seconds, 3)}))
-    return 0
+                      "failed": stats.failed, "seconds": round(stats.seconds, 3)}))
+    return 1 if stats.failed else 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:

@@ -223,3 +223,16 @@ def test_integer_literals_beyond_int64_are_out_of_range_not_floats(literal: str)
         with pytest.raises(DecodeError) as info:
             decode_json(raw)
         assert info.value.kind == "out_of_range" and literal in str(info.value)
+
+
+def test_encoded_events_stay_as_small_as_their_utf8_text() -> None:
+    # ASCII escapes (\u00e9: 6 bytes for 2) pushed events that decode within
+    # MAX_EVENT_BYTES over it, and over a Kafka message, when replayed.
+    from ingest.decode import MAX_EVENT_BYTES, encode_json
+
+    tags = ["é" * 400] * 1000
+    raw = json.dumps({**VALID, "features": {"tags": tags}}, ensure_ascii=False).encode()
+    assert len(raw) < MAX_EVENT_BYTES
+    event = decode_json(raw)
+    encoded = encode_json(event)
+    assert len(encoded) <= len(raw) and decode_json(encoded) == event

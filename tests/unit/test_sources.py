@@ -180,3 +180,30 @@ def test_csv_bytes_that_are_not_utf8_are_refused_not_replaced(tmp_path: Path) ->
     assert [(d.kind, d.origin) for d in dead] == [("malformed", f"{path}:2"),
                                                   ("malformed", f"{path}:4")]
     assert "not UTF-8" in dead[0].reason
+
+
+def test_gzipped_files_read_like_plain_ones_and_a_truncated_one_is_a_clear_error(
+        tmp_path: Path) -> None:
+    import gzip
+
+    import pytest
+
+    from streamrec.errors import StreamrecError
+
+    events = list(SyntheticStream(default()).events(300))
+    text = "".join(encode_json(e).decode() + "\n" for e in events)
+    path = tmp_path / "events.jsonl.gz"
+    path.write_bytes(gzip.compress(text.encode()))
+    assert read_all(path) == (events[:100], [])
+    with FileSource(path) as source:
+        source.seek({(f"file:{path}", 0): 250})
+        assert source.poll(100, 0).events == events[250:]
+    csv_path = tmp_path / "events.csv.gz"
+    csv_path.write_bytes(gzip.compress(b"type,label,user_id,item_id,timestamp_ms\n"
+                                       b"example,1,1,2,1000\n"))
+    assert [e.user_id for e in read_all(csv_path)[0]] == [1]
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(path.read_bytes()[:-40])  # a file still being written
+    with FileSource(cut) as source, pytest.raises(StreamrecError, match="unreadable after"):
+        while not source.exhausted:
+            source.poll(100, 0)
