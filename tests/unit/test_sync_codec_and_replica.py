@@ -381,13 +381,76 @@ def test_replicas_at_one_version_serve_one_model_while_training_goes_on() -> Non
     trainer.collect_delta = collect_then_a_step_elsewhere  # type: ignore[method-assign]
     joining = ModelReplica(CollectorRegistry())
     publisher.sinks["joining"] = MemoryDeltaSink(joining)
-    publisher._sent["joining"] = None
     publisher.publish_once()
     assert in_step.version == joining.version == 2
     probe = list(stream.events(30))
     scores = [[r.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in probe]
               for r in (in_step, joining)]
     assert scores[0] == scores[1]
+
+
+class SlowSink(MemoryDeltaSink):
+    """A replica whose full snapshots take longer than the sync interval to apply."""
+
+    def __init__(self, replica: ModelReplica, seconds: float) -> None:
+        super().__init__(replica)
+        self.seconds = seconds
+        self.kinds: list[str] = []
+
+    def push(self, delta: ParameterDelta) -> int:
+        self.kinds.append("full" if delta.full else "delta")
+        if delta.full:
+            time.sleep(self.seconds)
+        return super().push(delta)
+
+
+def test_a_replica_slower_than_the_interval_catches_up_with_the_deltas_it_missed() -> None:
+    # Its snapshot lands rounds later; sending it another snapshot each time
+    # (rebuilt under the trainer's lock) would never end.
+    trainer = OnlineTrainer(config())
+    replica = ModelReplica(CollectorRegistry())
+    slow = SlowSink(replica, seconds=0.35)
+    publisher = Publisher(trainer, {"slow": slow}, interval_s=0.1, registry=CollectorRegistry())
+    stream = SyntheticStream(default())
+    for _ in range(12):
+        train(trainer, list(stream.events(128)))
+        publisher.publish_once()
+    publisher.start()
+    publisher.stop()  # waits for the push in flight, then the last round
+    assert slow.kinds.count("full") == 1 and slow.kinds.count("delta") >= 4
+    assert replica.version == publisher.version
+    assert_same_scores(trainer, replica, list(stream.events(20)))
+
+
+def test_stop_delivers_the_last_version_to_a_replica_busy_at_that_moment() -> None:
+    trainer = OnlineTrainer(config())
+    replica = ModelReplica(CollectorRegistry())
+    publisher = Publisher(trainer, {"slow": SlowSink(replica, seconds=0.3)}, interval_s=0.1,
+                          registry=CollectorRegistry())
+    stream = SyntheticStream(default())
+    train(trainer, list(stream.events(256)))
+    publisher.start()
+    time.sleep(0.15)  # the first round's snapshot is being applied
+    train(trainer, list(stream.events(256)))
+    publisher.stop()
+    assert replica.version == publisher.version
+    assert_same_scores(trainer, replica, list(stream.events(20)))
+
+
+def test_a_replica_added_later_is_served_and_a_hung_one_does_not_starve_it() -> None:
+    trainer = OnlineTrainer(config())
+    hung = HungSink(ModelReplica(CollectorRegistry()))
+    publisher = Publisher(trainer, {"hung": hung}, interval_s=0.2, registry=CollectorRegistry())
+    publisher.publish_once()
+    added = ModelReplica(CollectorRegistry())
+    publisher.sinks["added"] = MemoryDeltaSink(added)
+    stream = SyntheticStream(default())
+    for _ in range(3):
+        train(trainer, list(stream.events(256)))
+        publisher.publish_once()
+    hung.release.set()
+    assert added.version == publisher.version
+    assert_same_scores(trainer, added, list(stream.events(20)))
 
 
 def test_versions_never_go_back_after_a_restart_from_an_older_checkpoint() -> None:

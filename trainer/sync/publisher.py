@@ -1,13 +1,15 @@
 """The publisher: every ``interval_s`` it sends what changed to every replica.
 
 Each round asks every replica for its version (``GetVersion``, concurrently),
-then sends, concurrently too:
+then sends, concurrently too, each replica on its own worker thread:
 
-- the delta (rows touched and ids evicted since the previous version) to a
-  replica at the previous version that this publisher sent it: it is in step,
-  including one that applied a push after the push's deadline had passed;
+- the round's delta (rows touched and ids evicted since the previous version)
+  to a replica at the previous version;
+- to a replica a few versions behind (a push that outlasted its deadline or
+  the round, a missed round), the deltas it missed, kept for the last
+  ``max_lag`` versions, in order, then the round's;
 - a full snapshot to any other replica that answered (new, restarted empty,
-  behind, or fed by an earlier run of the trainer).
+  further behind, or fed by an earlier run of the trainer).
 
 The delta and the snapshot are read under one hold of the trainer's lock, so
 two replicas at one version serve one model. Versions never go back or repeat:
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -52,24 +55,33 @@ class ParameterSource(Protocol):
 
 
 class Publisher:
-    """Pushes versioned deltas from ``source`` to ``sinks`` on a background thread."""
+    """Pushes versioned deltas from ``source`` to ``sinks`` on a background thread.
+
+    ``sinks`` may change between rounds (a replica added or removed).
+    """
 
     def __init__(self, source: ParameterSource, sinks: dict[str, DeltaSink], interval_s: float,
-                 registry: CollectorRegistry | None = None, start_version: int = 0) -> None:
+                 registry: CollectorRegistry | None = None, start_version: int = 0,
+                 max_lag: int = 32) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s={interval_s}: must be > 0")
+        if max_lag < 1:
+            raise ValueError(f"max_lag={max_lag}: must be >= 1")
         self.source = source
         self.sinks = dict(sinks)
         self.interval_s = interval_s
+        self.max_lag = max_lag
         self._version = start_version
-        # The version this publisher last sent to each replica (None: nothing
-        # yet). Only a version sent by this publisher proves a replica in
-        # step: after a trainer restart, equal numbers may name other states.
-        self._sent: dict[str, int | None] = {name: None for name in self.sinks}
-        # What each replica's worker is busy with (a probe or a push).
+        # The first version this publisher made. Versions below it (the
+        # checkpoint's, an earlier run's) may name other states, so a replica
+        # there gets a snapshot. Deltas of the recent versions, by version,
+        # for replicas that fell a little behind.
+        self._lineage = start_version + 1
+        self._deltas: dict[int, ParameterDelta] = {}
+        self._in_step: set[str] = set()  # got the last round's delta (metric labels)
+        # One worker thread per replica: a hung one holds up only itself.
+        self._workers: dict[str, ThreadPoolExecutor] = {}
         self._busy: dict[str, Future[object]] = {}
-        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.sinks)),
-                                        thread_name_prefix="streamrec-push")
         self.metrics = SyncMetrics(list(self.sinks), registry)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,13 +99,25 @@ class Publisher:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread after one last publish, so serving gets the final state."""
+        """Stop the thread after one last publish, so serving gets the final state.
+
+        Pushes still running are waited for first (each within its sink's own
+        deadline), so a replica busy at shutdown gets the last version too.
+        """
         if self._thread is None:
             return
         self._stop.set()
         self._thread.join()
         self._thread = None
+        wait(list(self._busy.values()))
         self.publish_once(wait_all=True)
+
+    def close(self) -> None:
+        """Stop, then end the worker threads."""
+        self.stop()
+        for worker in self._workers.values():
+            worker.shutdown(wait=True)
+        self._workers.clear()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -102,11 +126,12 @@ class Publisher:
             except Exception:  # never let one bad interval kill sync for good
                 log.exception("publishing parameters failed")
 
-    def _kind(self, name: str) -> str:
-        return "delta" if self._sent.get(name) == self._version else "full"
-
-    def _submit(self, name: str, work: object, *args: object) -> Future[object]:
-        future = self._pool.submit(work, *args)  # type: ignore[arg-type]
+    def _submit(self, name: str, work: Callable[..., object], *args: object) -> Future[object]:
+        worker = self._workers.get(name)
+        if worker is None:
+            worker = self._workers[name] = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"streamrec-push-{name}")
+        future = worker.submit(work, *args)
         self._busy[name] = future
         return future
 
@@ -124,29 +149,39 @@ class Publisher:
             try:
                 versions[name] = int(future.result())  # type: ignore[call-overload]
             except SyncError as e:
-                self.metrics.pushes.labels(name, self._kind(name), "error").inc()
+                kind = "delta" if name in self._in_step else "full"
+                self.metrics.pushes.labels(name, kind, "error").inc()
                 log.warning("replica %s unreachable: %s", name, e)
         return versions
 
-    def _push(self, name: str, sink: DeltaSink, delta: ParameterDelta) -> None:
-        kind = "full" if delta.full else "delta"
-        t0 = time.perf_counter()
-        try:
-            acked = sink.push(delta)
-        except VersionGapError:
-            # Moved between the probe and the push (restarted): the next round
-            # sees its version and resyncs it.
-            self.metrics.pushes.labels(name, kind, "gap").inc()
-            log.info("replica %s is out of step; it gets a full snapshot next round", name)
-            return
-        except SyncError as e:
-            self.metrics.pushes.labels(name, kind, "error").inc()
-            log.warning("push of version %d to %s failed: %s", delta.version, name, e)
-            return
-        self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - t0)
-        self.metrics.pushes.labels(name, kind, "ok").inc()
-        self.metrics.rows.labels(kind).inc(delta.num_rows())
-        self.metrics.replica_version.labels(name).set(acked)
+    def _missed(self, reported: int) -> list[ParameterDelta] | None:
+        """The held deltas that bring a replica at ``reported`` to this version, or None."""
+        if not self._lineage <= reported <= self._version:
+            return None
+        chain = [self._deltas.get(v) for v in range(reported + 1, self._version + 1)]
+        return None if None in chain else chain  # type: ignore[return-value]
+
+    def _push(self, name: str, sink: DeltaSink, deltas: list[ParameterDelta]) -> None:
+        """Push ``deltas`` in order; a failure ends the list (the next round sees where it is)."""
+        for delta in deltas:
+            kind = "full" if delta.full else "delta"
+            t0 = time.perf_counter()
+            try:
+                acked = sink.push(delta)
+            except VersionGapError:
+                # Moved between the probe and the push (restarted): the next
+                # round sees its version and resyncs it.
+                self.metrics.pushes.labels(name, kind, "gap").inc()
+                log.info("replica %s is out of step; it gets a full snapshot next round", name)
+                return
+            except SyncError as e:
+                self.metrics.pushes.labels(name, kind, "error").inc()
+                log.warning("push of version %d to %s failed: %s", delta.version, name, e)
+                return
+            self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - t0)
+            self.metrics.pushes.labels(name, kind, "ok").inc()
+            self.metrics.rows.labels(kind).inc(delta.num_rows())
+            self.metrics.replica_version.labels(name).set(acked)
 
     def publish_once(self, *, wait_all: bool = False) -> int:
         """Publish the next version to every replica that answers; returns that version.
@@ -158,31 +193,27 @@ class Publisher:
         with self._lock:
             reported = self._probe()
             version = self._version + 1
-            in_step = [n for n, v in reported.items()
-                       if v == self._version and self._sent[n] == self._version]
+            catch_up = {n: chain for n, r in reported.items()
+                        if (chain := self._missed(r)) is not None}
             ahead = max(reported.values(), default=0)
             if ahead >= version:
                 log.warning("a replica is at version %d, ahead of this trainer's %d (restarted "
                             "from an older checkpoint?): publishing version %d to all",
                             ahead, self._version, ahead + 1)
-                version, in_step = ahead + 1, []
-            behind = [n for n in reported if n not in in_step]
+                version, catch_up = ahead + 1, {}
+                self._lineage = version
+                self._deltas.clear()
+            behind = [n for n in reported if n not in catch_up]
             with self.source.lock:  # one state for the delta and the snapshot
                 delta = self.source.collect_delta(version)
                 snapshot = self.source.snapshot(version) if behind else None
-            pushes = []
-            for name in in_step:
-                pushes.append(self._submit(name, self._push, name, self.sinks[name], delta))
-            for name in behind:
-                pushes.append(self._submit(name, self._push, name, self.sinks[name], snapshot))
-            for name in (*in_step, *behind):
-                self._sent[name] = version
+            pushes = [self._submit(n, self._push, n, self.sinks[n], [*chain, delta])
+                      for n, chain in catch_up.items()]
+            pushes += [self._submit(n, self._push, n, self.sinks[n], [snapshot]) for n in behind]
+            self._in_step = set(catch_up)
+            self._deltas[version] = delta
+            self._deltas.pop(version - self.max_lag, None)
             wait(pushes, timeout=None if wait_all else self.interval_s)
             self._version = version
             self.metrics.version.set(version)
             return version
-
-    def close(self) -> None:
-        """Stop, then release the push threads (waiting for pushes in flight)."""
-        self.stop()
-        self._pool.shutdown(wait=True)
