@@ -23,19 +23,29 @@ FeatureInput = str | int | float | Sequence[str | int | float]
 
 def to_feature_values(value: FeatureInput) -> event_pb2.FeatureValues:
     """A Python value or list -> FeatureValues: str -> strings, int -> ids, float -> numbers."""
-    fv = event_pb2.FeatureValues()
+    # One value (the common case) goes straight into the constructor.
+    kind = type(value)
+    if kind is str:
+        return event_pb2.FeatureValues(strings=(value,))
+    if kind is float:
+        return event_pb2.FeatureValues(numbers=(value,))
+    if kind is int:
+        return event_pb2.FeatureValues(ids=(value,))
+    strings: list[str] = []
+    ids: list[int] = []
+    numbers: list[float] = []
     for v in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(v, bool):
             raise TypeError(f"feature value {v!r}: booleans are not features; use 0/1")
         if isinstance(v, str):
-            fv.strings.append(v)
+            strings.append(v)
         elif isinstance(v, int):
-            fv.ids.append(v)
+            ids.append(v)
         elif isinstance(v, float):
-            fv.numbers.append(v)
+            numbers.append(v)
         else:
             raise TypeError(f"feature value {v!r}: expected str, int or float")
-    return fv
+    return event_pb2.FeatureValues(strings=strings, ids=ids, numbers=numbers)
 
 
 def _features(features: Mapping[str, FeatureInput] | None) -> dict[str, event_pb2.FeatureValues]:

@@ -47,14 +47,16 @@ class _InvalidRequest(ValueError):
 
 def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     """``map<string, FeatureValues>`` -> ``{name: (values...)}``; rejects non-finite numbers."""
+    # Runs once per candidate (thousands per request): each repeated field is
+    # read once, and the wire types already are str, int and float.
     out: dict[str, tuple[Any, ...]] = {}
     for name, fv in features.items():
         if not name:
             raise _InvalidRequest("feature with an empty name")
-        numbers = tuple(float(x) for x in fv.numbers)
-        if not all(math.isfinite(x) for x in numbers):
+        numbers = fv.numbers
+        if numbers and not all(map(math.isfinite, numbers)):
             raise _InvalidRequest(f"feature {name!r}: numbers must be finite")
-        out[name] = (*fv.strings, *(int(i) for i in fv.ids), *numbers)
+        out[name] = (*fv.strings, *fv.ids, *numbers)
     return out
 
 
