@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -284,6 +285,30 @@ def test_an_empty_replica_counts_a_delta_as_a_gap_not_an_error() -> None:
     assert get("streamrec_serving_deltas_applied_total", {"kind": "delta", "result": "gap"}) == 1
     assert get("streamrec_serving_deltas_applied_total",
                {"kind": "delta", "result": "error"}) in (None, 0)
+
+
+def test_ids_admitted_in_a_skipped_step_reach_the_replica() -> None:
+    # A batch whose loss is not finite learns nothing, but its new ids got rows
+    # (their initial values, which the trainer scores with): no update marked
+    # them changed, so no delta carried them and serving read zeros.
+    import math
+
+    from ingest.batch import Batch
+
+    trainer = OnlineTrainer(config())
+    stream = SyntheticStream(default())
+    train(trainer, list(stream.events(256)))
+    replica = ModelReplica(CollectorRegistry())
+    replica.apply(trainer.snapshot(1))
+    newcomers = [dataclasses.replace(e, user_id=10**12 + i, item_id=10**12 + i)
+                 for i, e in enumerate(stream.events(64))]
+    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    batch = batcher.build(newcomers)
+    poisoned = Batch(batch.sparse, torch.full_like(batch.dense, math.nan), batch.labels,
+                     batch.sample_rates, batch.timestamps_ms)
+    assert trainer.train_batch(poisoned).skipped
+    replica.apply(trainer.collect_delta(2))
+    assert_same_scores(trainer, replica, newcomers)
 
 
 class HungSink(MemoryDeltaSink):

@@ -234,6 +234,9 @@ class TableGroup:
         self.live.index_fill_(0, rows, True)
         self.last_seen_ms.index_fill_(0, rows, now_ms)
         self.admitted_ms.index_fill_(0, rows, now_ms)
+        # A new row is a change the replicas must see, even if no update
+        # follows (a step skipped for a non-finite loss admits but learns nothing).
+        self.touched.index_fill_(0, rows, True)
         self.rows_per_tag += torch.bincount(tags, minlength=len(self.names))
         self._version += 1
 
