@@ -27,25 +27,30 @@ _LOGIT_RANGE = 12.0
 _EPS = 1e-7
 
 
-def exact_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """ROC AUC (Mann-Whitney U with tied scores counted as half); NaN with one class."""
+def exact_auc(scores: torch.Tensor, labels: torch.Tensor,
+              weights: torch.Tensor | None = None) -> float:
+    """ROC AUC (Mann-Whitney U with tied scores counted as half); NaN with one class.
+
+    ``weights`` counts each example that many times (importance weights of
+    down-sampled negatives); None counts each once.
+    """
     scores = scores.detach().reshape(-1).to(torch.float64)
     labels = labels.detach().reshape(-1).to(torch.float64)
-    positives = float(labels.sum())
-    negatives = labels.numel() - positives
+    w = torch.ones_like(scores) if weights is None else \
+        weights.detach().reshape(-1).to(torch.float64)
+    pos_w, neg_w = w * labels, w * (1 - labels)
+    positives, negatives = float(pos_w.sum()), float(neg_w.sum())
     if positives == 0 or negatives == 0:
         return math.nan
     order = torch.argsort(scores)
-    sorted_scores = scores[order]
-    # Average ranks (1-based) within runs of equal scores.
-    unique, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True,
-                                                       return_counts=True)
-    ends = torch.cumsum(counts, 0).to(torch.float64)
-    average_rank = ends - (counts.to(torch.float64) - 1) / 2
-    ranks = torch.empty_like(scores)
-    ranks[order] = average_rank[inverse]
-    rank_sum = float((ranks * labels).sum())
-    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
+    # Per run of equal scores: its positive and negative weight; a positive
+    # beats the negatives of lower runs and ties half of its own run's.
+    _, inverse = torch.unique_consecutive(scores[order], return_inverse=True)
+    runs = int(inverse[-1]) + 1
+    pos = torch.zeros(runs, dtype=torch.float64).index_add_(0, inverse, pos_w[order])
+    neg = torch.zeros(runs, dtype=torch.float64).index_add_(0, inverse, neg_w[order])
+    below = torch.cumsum(neg, 0) - neg
+    return float((pos * (below + 0.5 * neg)).sum()) / (positives * negatives)
 
 
 def _logloss_terms(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -57,8 +62,12 @@ def _logloss_terms(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 class ProgressiveMetrics:
     """Running AUC/logloss since start plus exact figures over a recent window.
 
-    ``update(probs, labels)`` takes ``[B]`` click probabilities (scored before
-    learning) and ``[B]`` 0/1 labels. Not thread-safe; the trainer serialises it.
+    ``update(probs, labels, weights)`` takes ``[B]`` click probabilities (scored
+    before learning), ``[B]`` 0/1 labels and optionally ``[B]`` example weights:
+    under negative down-sampling a kept negative stands for 1/rate of the true
+    stream's, so weighted figures are the true stream's (unweighted ones would
+    score a calibrated model against the sampled labels). Not thread-safe; the
+    trainer serialises it.
     """
 
     def __init__(self, window: int = 10_000, bins: int = 8192) -> None:
@@ -71,10 +80,12 @@ class ProgressiveMetrics:
         self._pos_hist = torch.zeros(bins, dtype=torch.float64)
         self._neg_hist = torch.zeros(bins, dtype=torch.float64)
         self._logloss_sum = 0.0
+        self._weight_sum = 0.0
         self.examples = 0
         self.positives = 0.0
         self._ring_probs = torch.zeros(window, dtype=torch.float64)
         self._ring_labels = torch.zeros(window, dtype=torch.float64)
+        self._ring_weights = torch.zeros(window, dtype=torch.float64)
         self._ring_next = 0
         self._ring_full = False
 
@@ -83,45 +94,49 @@ class ProgressiveMetrics:
         scaled = (torch.logit(p) + _LOGIT_RANGE) / (2 * _LOGIT_RANGE)
         return (scaled * self.bins).long().clamp(0, self.bins - 1)
 
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, probs: torch.Tensor, labels: torch.Tensor,
+               weights: torch.Tensor | None = None) -> None:
         probs = probs.detach().reshape(-1)
         labels = labels.detach().reshape(-1).to(torch.float64)
         if probs.numel() != labels.numel():
             raise ValueError(f"{probs.numel()} predictions for {labels.numel()} labels")
         if probs.numel() == 0:
             return
+        w = torch.ones_like(labels) if weights is None else \
+            weights.detach().reshape(-1).to(torch.float64)
+        if w.numel() != labels.numel():
+            raise ValueError(f"{w.numel()} weights for {labels.numel()} labels")
         bins = self._bin(probs)
-        self._pos_hist.index_add_(0, bins, labels)
-        self._neg_hist.index_add_(0, bins, 1 - labels)
-        self._logloss_sum += float(_logloss_terms(probs, labels).sum())
+        self._pos_hist.index_add_(0, bins, w * labels)
+        self._neg_hist.index_add_(0, bins, w * (1 - labels))
+        self._logloss_sum += float((w * _logloss_terms(probs, labels)).sum())
+        self._weight_sum += float(w.sum())
         self.examples += probs.numel()
         self.positives += float(labels.sum())
-        self._remember(probs.to(torch.float64), labels)
+        self._remember(probs.to(torch.float64), labels, w)
 
-    def _remember(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    def _remember(self, probs: torch.Tensor, labels: torch.Tensor, w: torch.Tensor) -> None:
+        rings = (self._ring_probs, self._ring_labels, self._ring_weights)
         if probs.numel() >= self.window:
-            self._ring_probs.copy_(probs[-self.window:])
-            self._ring_labels.copy_(labels[-self.window:])
+            for ring, values in zip(rings, (probs, labels, w)):
+                ring.copy_(values[-self.window:])
             self._ring_next, self._ring_full = 0, True
             return
         start = self._ring_next
         end = start + probs.numel()
-        if end <= self.window:
-            self._ring_probs[start:end] = probs
-            self._ring_labels[start:end] = labels
-        else:
-            head = self.window - start
-            self._ring_probs[start:] = probs[:head]
-            self._ring_labels[start:] = labels[:head]
-            self._ring_probs[: end - self.window] = probs[head:]
-            self._ring_labels[: end - self.window] = labels[head:]
+        for ring, values in zip(rings, (probs, labels, w)):
+            if end <= self.window:
+                ring[start:end] = values
+            else:
+                head = self.window - start
+                ring[start:] = values[:head]
+                ring[: end - self.window] = values[head:]
         self._ring_next = end % self.window
         self._ring_full = self._ring_full or end >= self.window
 
-    def _recent(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._ring_full:
-            return self._ring_probs, self._ring_labels
-        return self._ring_probs[: self._ring_next], self._ring_labels[: self._ring_next]
+    def _recent(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.window if self._ring_full else self._ring_next
+        return self._ring_probs[:n], self._ring_labels[:n], self._ring_weights[:n]
 
     @property
     def auc(self) -> float:
@@ -136,17 +151,19 @@ class ProgressiveMetrics:
 
     @property
     def logloss(self) -> float:
-        return self._logloss_sum / self.examples if self.examples else math.nan
+        return self._logloss_sum / self._weight_sum if self._weight_sum > 0 else math.nan
 
     @property
     def window_auc(self) -> float:
-        probs, labels = self._recent()
-        return exact_auc(probs, labels) if probs.numel() else math.nan
+        probs, labels, w = self._recent()
+        return exact_auc(probs, labels, w) if probs.numel() else math.nan
 
     @property
     def window_logloss(self) -> float:
-        probs, labels = self._recent()
-        return float(_logloss_terms(probs, labels).mean()) if probs.numel() else math.nan
+        probs, labels, w = self._recent()
+        if not probs.numel() or float(w.sum()) <= 0:
+            return math.nan
+        return float((w * _logloss_terms(probs, labels)).sum() / w.sum())
 
     def snapshot(self) -> dict[str, float]:
         return {

@@ -201,7 +201,7 @@ class OnlineTrainer:
         self.embeddings.expire(self.event_time_ms)
         self.history.expire(self.event_time_ms)
         probs = torch.sigmoid(logits.detach())
-        self.progress.update(probs, batch.labels)
+        self.progress.update(probs, batch.labels, weight)  # the true stream's figures
         self.examples += len(batch)
         self.steps += 1
         return StepResult(probs, float(loss), len(batch))

@@ -73,3 +73,21 @@ def test_metrics_are_nan_until_both_classes_were_seen() -> None:
 def test_mismatched_lengths_are_rejected() -> None:
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         ProgressiveMetrics().update(torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.0, 1.0]))
+
+
+def test_weighted_figures_equal_those_of_the_examples_repeated_by_their_weight() -> None:
+    # Under negative down-sampling a kept negative stands for 1/rate negatives
+    # of the true stream: weighting it so must equal counting it that often.
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(500, generator=g)
+    labels = (torch.rand(500, generator=g) < probs).double()
+    weights = torch.randint(1, 6, (500,), generator=g).double()
+    weighted, repeated = ProgressiveMetrics(window=10_000), ProgressiveMetrics(window=10_000)
+    weighted.update(probs[:300], labels[:300], weights[:300])
+    weighted.update(probs[300:], labels[300:], weights[300:])
+    times = weights.long()
+    repeated.update(probs.repeat_interleave(times), labels.repeat_interleave(times))
+    for name in ("auc", "logloss", "window_auc", "window_logloss"):
+        assert getattr(weighted, name) == pytest.approx(getattr(repeated, name), rel=1e-9), name
+    assert exact_auc(probs, labels, weights) == pytest.approx(
+        exact_auc(probs.repeat_interleave(times), labels.repeat_interleave(times)), rel=1e-12)

@@ -387,3 +387,30 @@ def test_the_loop_does_not_count_a_skipped_batch_as_learned() -> None:
     assert get("streamrec_trainer_skipped_steps_total") == 1
     assert get("streamrec_trainer_steps_total") == 2
     assert get("streamrec_trainer_examples_total") == 128
+
+
+def test_progressive_logloss_is_the_true_streams_under_negative_down_sampling() -> None:
+    # The joiner keeps 1 negative in 10 (sample_rate 0.1): the sampled stream
+    # is ~50% clicks while the true one has 10%. The model is calibrated to the
+    # true stream (importance weights), and so must be the dashboard's logloss:
+    # scored against the sampled labels unweighted it read ~1.2 for a model
+    # whose true-stream logloss is ~0.33.
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from ingest.batch import Batch
+
+    torch.manual_seed(0)
+    trainer, _ = trainer_and_batcher({"model.history_features": ""})
+    n = 256
+    for step in range(200):
+        labels = (torch.rand(n) < 0.5).float()
+        sparse = KeyedJaggedTensor(keys=["user_id", "item_id"],
+                                   values=torch.ones(2 * n, dtype=torch.int64),
+                                   lengths=torch.ones(2 * n, dtype=torch.int32), stride=n)
+        result = trainer.train_batch(Batch(sparse, torch.zeros(n, 0), labels,
+                                           torch.where(labels > 0, 1.0, 0.1),
+                                           torch.full((n,), 1000 + step, dtype=torch.int64)))
+    p = float(result.probs.mean())
+    assert 0.07 < p < 0.13  # calibrated to the true stream
+    true_logloss = -(0.1 * math.log(p) + 0.9 * math.log(1 - p))
+    assert trainer.progress.window_logloss == pytest.approx(true_logloss, abs=0.03)
