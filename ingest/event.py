@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple
 
 __all__ = ["Event", "FeatureValue", "EXAMPLE", "IMPRESSION"]
 
@@ -13,9 +14,11 @@ EXAMPLE = "example"
 IMPRESSION = "impression"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One user event.
+_NO_FEATURES: Mapping[str, tuple[FeatureValue, ...]] = MappingProxyType({})
+
+
+class Event(NamedTuple):
+    """One user event (immutable; ``event._replace(label=1.0)`` makes a changed copy).
 
     ``type`` is ``"example"`` (a labeled training example that skips the
     joiner), ``"impression"``, or an action such as ``"click"``. ``user_id``
@@ -25,6 +28,10 @@ class Event:
     are numeric. ``label`` is 0.0 or 1.0 for examples, ``None`` otherwise.
     ``sample_rate`` is the probability with which this example was kept by
     negative down-sampling (1.0 when nothing was dropped).
+
+    A named tuple rather than a frozen dataclass: one is built per decoded
+    event, and a frozen dataclass's ``__init__`` (a guarded ``setattr`` per
+    field) costs ~1 µs of the ~5 µs decoding takes; a tuple ~0.4 µs.
     """
 
     type: str
@@ -33,6 +40,6 @@ class Event:
     timestamp_ms: int
     request_id: str = ""
     event_id: str = ""
-    features: Mapping[str, tuple[FeatureValue, ...]] = field(default_factory=dict)
+    features: Mapping[str, tuple[FeatureValue, ...]] = _NO_FEATURES
     label: float | None = None
     sample_rate: float = 1.0

@@ -44,7 +44,6 @@ timestamps jump.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from collections import OrderedDict
@@ -129,13 +128,12 @@ class Joiner:
         if not self._keep(impression):
             self._count("negative_sampled")
             return
-        out.append(dataclasses.replace(impression, type=EXAMPLE, label=0.0,
-                                       sample_rate=self.rate))
+        out.append(impression._replace(type=EXAMPLE, label=0.0, sample_rate=self.rate))
         if self.metrics is not None:
             self.metrics.joined.labels("negative").inc()
 
     def _positive(self, impression: Event, out: list[Event]) -> None:
-        out.append(dataclasses.replace(impression, type=EXAMPLE, label=1.0))
+        out.append(impression._replace(type=EXAMPLE, label=1.0))
         if self.metrics is not None:
             self.metrics.joined.labels("positive").inc()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
@@ -300,7 +299,7 @@ def test_ids_admitted_in_a_skipped_step_reach_the_replica() -> None:
     train(trainer, list(stream.events(256)))
     replica = ModelReplica(CollectorRegistry())
     replica.apply(trainer.snapshot(1))
-    newcomers = [dataclasses.replace(e, user_id=10**12 + i, item_id=10**12 + i)
+    newcomers = [e._replace(user_id=10**12 + i, item_id=10**12 + i)
                  for i, e in enumerate(stream.events(64))]
     batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
     batch = batcher.build(newcomers)

@@ -9,7 +9,6 @@ recover at least 40% of the AUC lift over chance that the optimum achieves
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 
@@ -212,7 +211,7 @@ def test_one_event_from_a_skewed_clock_does_not_expire_every_row() -> None:
     held = trainer.table_rows()["user_id"]
     clock = trainer.event_time_ms
     last = events[192:]
-    last[0] = dataclasses.replace(last[0], timestamp_ms=last[0].timestamp_ms + 10 * 3600_000)
+    last[0] = last[0]._replace(timestamp_ms=last[0].timestamp_ms + 10 * 3600_000)
     trainer.train_batch(batcher.build(last))
     for _ in range(20):  # let the expiry sweep visit every row
         trainer.embeddings.expire(trainer.event_time_ms)
