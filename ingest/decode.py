@@ -156,6 +156,18 @@ def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
                                   "wrong_type")
             _text("field 'features': a feature name", name)
         kind = type(value)
+        # One plain value, the common case, without a call (as _feature_value checks it).
+        if kind is str:
+            if len(value) <= MAX_STRING and value.isascii():
+                out[name] = (value,)
+                continue
+        elif kind is int:
+            if INT64_MIN <= value <= INT64_MAX:
+                out[name] = (value,)
+                continue
+        elif kind is float and value - value == 0.0:
+            out[name] = (value,)
+            continue
         if kind is str or kind is int or kind is float or not isinstance(value, list):
             out[name] = (_feature_value(name, value),)
             continue
@@ -187,15 +199,16 @@ def event_from_dict(data: Any) -> Event:
     if type(data) is not dict and not isinstance(data, Mapping):
         raise DecodeError(f"an event must be a JSON object, got {type(data).__name__}",
                           "wrong_type")
-    for name in ("type", "user_id", "item_id", "timestamp_ms"):
-        if data.get(name) is None:
-            raise DecodeError(f"missing field {name!r}", "missing_field")
-    type_ = data["type"]
+    get = data.get
+    type_, user_id, item_id, ts = get("type"), get("user_id"), get("item_id"), get("timestamp_ms")
+    if type_ is None or user_id is None or item_id is None or ts is None:
+        for name in ("type", "user_id", "item_id", "timestamp_ms"):
+            if get(name) is None:
+                raise DecodeError(f"missing field {name!r}", "missing_field")
     if type(type_) is not str or not type_ or not type_.isascii():
         if not isinstance(type_, str) or not type_:
             raise DecodeError("field 'type': expected a non-empty string", "wrong_type")
         _text("field 'type'", type_)
-    ts = data["timestamp_ms"]
     if type(ts) is not int:
         if isinstance(ts, bool) or not isinstance(ts, int):
             raise DecodeError(f"field 'timestamp_ms': expected an integer, got "
@@ -206,12 +219,9 @@ def event_from_dict(data: Any) -> Event:
         raise DecodeError(f"field 'timestamp_ms': {ts} is more than a day ahead of this "
                           "machine's clock (micro- or nanoseconds instead of milliseconds?)",
                           "out_of_range")
-    return Event(type=type_, user_id=_id("user_id", data["user_id"]),
-                 item_id=_id("item_id", data["item_id"]), timestamp_ms=ts,
-                 request_id=_string("request_id", data.get("request_id")),
-                 event_id=_string("event_id", data.get("event_id")),
-                 features=_features(data.get("features")),
-                 label=_label(type_, data.get("label")))
+    return Event(type_, _id("user_id", user_id), _id("item_id", item_id), ts,
+                 _string("request_id", get("request_id")), _string("event_id", get("event_id")),
+                 _features(get("features")), _label(type_, get("label")))
 
 
 def decode_json(raw: bytes | str) -> Event:
