@@ -18,7 +18,8 @@ from serving.replica import ModelReplica
 from streamrec.config import AppConfig, load_config
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from streamrec.synthetic import SyntheticStream, default
-from trainer.sync.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks
+from trainer.sync.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks, \
+    merge_deltas
 from trainer.sync.publisher import Publisher
 from trainer.sync.sink import MemoryDeltaSink
 from trainer.trainer import OnlineTrainer
@@ -439,9 +440,13 @@ def test_a_replica_slower_than_the_interval_catches_up_with_the_deltas_it_missed
     for _ in range(12):
         train(trainer, list(stream.events(128)))
         publisher.publish_once()
+        time.sleep(0.1)
     publisher.start()
-    publisher.stop()  # waits for the push in flight, then the last round
+    publisher.stop()  # waits for any push in flight, then the last round
+    # One snapshot; the rounds it missed arrive merged into one delta, then deltas.
     assert slow.kinds.count("full") == 1 and slow.kinds.count("delta") >= 4
+    # What is held for that costs rows, not a copy of the dense weights per version.
+    assert all(not d.dense for d in publisher._deltas.values())
     assert replica.version == publisher.version
     assert_same_scores(trainer, replica, list(stream.events(20)))
 
@@ -475,6 +480,64 @@ def test_a_replica_added_later_is_served_and_a_hung_one_does_not_starve_it() -> 
     hung.release.set()
     assert added.version == publisher.version
     assert_same_scores(trainer, added, list(stream.events(20)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 12), max_size=8),
+                          st.lists(st.integers(0, 12), max_size=8)), min_size=1, max_size=6))
+def test_merged_deltas_equal_the_deltas_applied_in_order(
+        steps: list[tuple[list[int], list[int]]]) -> None:
+    # A replica that fell behind gets the missed deltas as one (atomic) delta.
+    deltas, value = [], 0.0
+    for k, (touched, evicted) in enumerate(steps):
+        touched = list(dict.fromkeys(touched))
+        rows = torch.arange(value, value + len(touched)).reshape(-1, 1)
+        value += len(touched)
+        deltas.append(ParameterDelta(
+            version=k + 2, base_version=k + 1, full=False, dense={"w": torch.tensor([k])},
+            tables=[TableDelta("t", 1, torch.tensor(touched, dtype=torch.int64), rows,
+                               torch.tensor(evicted, dtype=torch.int64))]))
+
+    def apply(state: dict[int, float], delta: ParameterDelta) -> None:
+        for t in delta.tables:  # as the replica does: tombstones, then rows
+            for i in t.evicted_ids.tolist():
+                state.pop(i, None)
+            state.update(zip(t.ids.tolist(), t.rows.reshape(-1).tolist()))
+
+    start = {i: -1.0 for i in range(0, 13, 3)}
+    one_by_one, merged = dict(start), dict(start)
+    for delta in deltas:
+        apply(one_by_one, delta)
+    together = merge_deltas(deltas)
+    apply(merged, together)
+    assert merged == one_by_one
+    assert (together.base_version, together.version) == (1, len(deltas) + 1)
+    assert torch.equal(together.dense["w"], deltas[-1].dense["w"])
+
+
+def test_a_replica_holding_an_earlier_runs_version_gets_a_snapshot() -> None:
+    # Unreachable while the restarted trainer published versions up to the
+    # one it holds from the previous run: equal numbers, other states.
+    stream = SyntheticStream(default())
+    before = OnlineTrainer(config())
+    train(before, list(stream.events(256)))
+    stale = ModelReplica(CollectorRegistry())
+    stale.apply(before.snapshot(5))
+    restarted = OnlineTrainer(config())
+    fresh = ModelReplica(CollectorRegistry())
+    flaky = FlakySink(stale)
+    publisher = Publisher(restarted, {"fresh": MemoryDeltaSink(fresh), "stale": flaky},
+                          interval_s=60, registry=CollectorRegistry(), start_version=2)
+    for _ in range(3):  # versions 3, 4, 5
+        train(restarted, list(stream.events(256)))
+        publisher.publish_once()
+    flaky.fail = False
+    train(restarted, list(stream.events(256)))
+    publisher.publish_once()
+    probe = list(stream.events(20))
+    assert stale.version == fresh.version == 6
+    assert_same_scores(restarted, stale, probe)
+    assert_same_scores(restarted, fresh, probe)
 
 
 def test_versions_never_go_back_after_a_restart_from_an_older_checkpoint() -> None:

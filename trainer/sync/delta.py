@@ -25,7 +25,7 @@ import torch
 from protos import sync_pb2
 from streamrec.errors import SyncError
 
-__all__ = ["TableDelta", "ParameterDelta", "encode_chunks", "decode_chunks"]
+__all__ = ["TableDelta", "ParameterDelta", "encode_chunks", "decode_chunks", "merge_deltas"]
 
 _ID = np.dtype("<i8")
 _F32 = np.dtype("<f4")
@@ -57,6 +57,55 @@ class ParameterDelta:
 
     def num_rows(self) -> int:
         return sum(int(t.ids.numel()) for t in self.tables)
+
+
+def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
+    """One delta equal to applying ``deltas`` (consecutive, incremental) in order.
+
+    From the first's base to the last's version, with the last's dense
+    weights (earlier deltas' may be left out). Per id, what happened last
+    wins: a row touched after its eviction is sent as a row; one evicted after
+    its last touch, as a tombstone. A replica applies it atomically, so one
+    that fell behind catches up in one step instead of through versions whose
+    dense weights the publisher no longer holds.
+    """
+    if not deltas:
+        raise ValueError("no deltas to merge")
+    for before, after in zip(deltas, deltas[1:]):
+        if after.full or after.base_version != before.version:
+            raise ValueError(f"deltas do not follow on: {before.version} -> "
+                             f"{after.base_version}{' (full)' if after.full else ''}")
+    first, last = deltas[0], deltas[-1]
+    names = list(dict.fromkeys(t.table for d in deltas for t in d.tables))
+    tables = []
+    for name in names:
+        parts = [t for d in deltas for t in d.tables if t.table == name]
+        dim = parts[-1].dim
+        # Every event on an id, in order: per delta its tombstones, then its
+        # rows (the order a replica applies them in).
+        ids, order, source = [], [], []
+        for k, t in enumerate(parts):
+            ids += [t.evicted_ids, t.ids]
+            order += [torch.full_like(t.evicted_ids, 2 * k), torch.full_like(t.ids, 2 * k + 1)]
+            source += [torch.full_like(t.evicted_ids, -1),
+                       torch.arange(t.ids.numel()) + sum(p.ids.numel() for p in parts[:k])]
+        all_ids, all_order, all_source = torch.cat(ids), torch.cat(order), torch.cat(source)
+        if all_ids.numel() == 0:
+            tables.append(TableDelta(name, dim, all_ids, torch.zeros(0, dim)))
+            continue
+        rows = torch.cat([t.rows.reshape(-1, dim) for t in parts])
+        by = np.lexsort((all_order.numpy(), all_ids.numpy()))  # by id, then by event order
+        sorted_ids = all_ids.numpy()[by]
+        last_of_id = np.flatnonzero(np.append(sorted_ids[1:] != sorted_ids[:-1], True))
+        final = torch.from_numpy(by[last_of_id])
+        final_source = all_source.index_select(0, final)
+        kept = final_source >= 0
+        tables.append(TableDelta(name, dim, all_ids.index_select(0, final)[kept],
+                                 rows.index_select(0, final_source[kept]),
+                                 all_ids.index_select(0, final)[~kept]))
+    return ParameterDelta(version=last.version, base_version=first.base_version, full=False,
+                          tables=tables, dense=last.dense, event_time_ms=last.event_time_ms,
+                          exported_at_ms=last.exported_at_ms, model_spec=last.model_spec)
 
 
 def _ids_bytes(ids: torch.Tensor) -> bytes:

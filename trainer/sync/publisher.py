@@ -5,9 +5,10 @@ then sends, concurrently too, each replica on its own worker thread:
 
 - the round's delta (rows touched and ids evicted since the previous version)
   to a replica at the previous version;
-- to a replica a few versions behind (a push that outlasted its deadline or
-  the round, a missed round), the deltas it missed, kept for the last
-  ``max_lag`` versions, in order, then the round's;
+- to a replica a few versions behind that this publisher has pushed to (a
+  push that outlasted its deadline or the round, a missed round), the deltas
+  it missed, kept for the last ``max_lag`` versions without their dense
+  weights, merged with the round's into one delta it applies atomically;
 - a full snapshot to any other replica that answered (new, restarted empty,
   further behind, or fed by an earlier run of the trainer).
 
@@ -22,6 +23,7 @@ most ``interval_s`` for it, so a hung replica holds the others back by no more.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -32,7 +34,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from streamrec.errors import SyncError, VersionGapError
-from trainer.sync.delta import ParameterDelta
+from trainer.sync.delta import ParameterDelta, merge_deltas
 from trainer.sync.metrics import SyncMetrics
 from trainer.sync.sink import DeltaSink
 
@@ -78,6 +80,10 @@ class Publisher:
         # for replicas that fell a little behind.
         self._lineage = start_version + 1
         self._deltas: dict[int, ParameterDelta] = {}
+        # Replicas this publisher has pushed to since the lineage began: only
+        # they can hold one of its versions (another at an equal number holds
+        # an earlier run's state).
+        self._pushed: set[str] = set()
         self._in_step: set[str] = set()  # got the last round's delta (metric labels)
         # One worker thread per replica: a hung one holds up only itself.
         self._workers: dict[str, ThreadPoolExecutor] = {}
@@ -154,9 +160,9 @@ class Publisher:
                 log.warning("replica %s unreachable: %s", name, e)
         return versions
 
-    def _missed(self, reported: int) -> list[ParameterDelta] | None:
-        """The held deltas that bring a replica at ``reported`` to this version, or None."""
-        if not self._lineage <= reported <= self._version:
+    def _missed(self, name: str, reported: int) -> list[ParameterDelta] | None:
+        """The held deltas that bring replica ``name`` at ``reported`` to this version, or None."""
+        if name not in self._pushed or not self._lineage <= reported <= self._version:
             return None
         chain = [self._deltas.get(v) for v in range(reported + 1, self._version + 1)]
         return None if None in chain else chain  # type: ignore[return-value]
@@ -171,6 +177,7 @@ class Publisher:
             except VersionGapError:
                 # Moved between the probe and the push (restarted): the next
                 # round sees its version and resyncs it.
+                self._pushed.discard(name)
                 self.metrics.pushes.labels(name, kind, "gap").inc()
                 log.info("replica %s is out of step; it gets a full snapshot next round", name)
                 return
@@ -194,7 +201,7 @@ class Publisher:
             reported = self._probe()
             version = self._version + 1
             catch_up = {n: chain for n, r in reported.items()
-                        if (chain := self._missed(r)) is not None}
+                        if (chain := self._missed(n, r)) is not None}
             ahead = max(reported.values(), default=0)
             if ahead >= version:
                 log.warning("a replica is at version %d, ahead of this trainer's %d (restarted "
@@ -203,15 +210,20 @@ class Publisher:
                 version, catch_up = ahead + 1, {}
                 self._lineage = version
                 self._deltas.clear()
+                self._pushed.clear()
             behind = [n for n in reported if n not in catch_up]
             with self.source.lock:  # one state for the delta and the snapshot
                 delta = self.source.collect_delta(version)
                 snapshot = self.source.snapshot(version) if behind else None
-            pushes = [self._submit(n, self._push, n, self.sinks[n], [*chain, delta])
+            pushes = [self._submit(n, self._push, n, self.sinks[n],
+                                   [merge_deltas([*chain, delta]) if chain else delta])
                       for n, chain in catch_up.items()]
             pushes += [self._submit(n, self._push, n, self.sinks[n], [snapshot]) for n in behind]
+            self._pushed.update(catch_up, behind)
             self._in_step = set(catch_up)
-            self._deltas[version] = delta
+            # Held for replicas that fall behind: the rows and tombstones only
+            # (a merged catch-up carries the newest dense weights).
+            self._deltas[version] = dataclasses.replace(delta, dense={})
             self._deltas.pop(version - self.max_lag, None)
             wait(pushes, timeout=None if wait_all else self.interval_s)
             self._version = version
