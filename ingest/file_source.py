@@ -8,6 +8,7 @@ import io
 import itertools
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import BinaryIO
 
@@ -20,6 +21,8 @@ from streamrec.errors import DecodeError, StreamrecError
 __all__ = ["FileSource"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# What reading a truncated or corrupt gzip stream raises.
+_UNREADABLE = (OSError, EOFError, zlib.error)
 
 # How one line decodes: None is decode_value in the source's value format.
 _Decode = Callable[[bytes], Event] | None
@@ -45,12 +48,11 @@ class FileSource:
     def __init__(self, path: str | os.PathLike[str], value_format: str = "auto",
                  metrics: IngestMetrics | None = None) -> None:
         self.path = os.fspath(path)
-        self._file: BinaryIO = open(self.path, "rb")
-        if self._file.read(2) == _GZIP_MAGIC:  # read through gzip, whatever the name
-            self._file.close()
-            self._file = gzip.open(self.path, "rb")
-        else:
-            self._file.seek(0)
+        self._raw = open(self.path, "rb")
+        self._file: BinaryIO = self._raw
+        # peek, not read + seek: a pipe (`--events <(zcat ...)`) cannot seek.
+        if self._raw.peek(2)[:2] == _GZIP_MAGIC:  # read through gzip, whatever the name
+            self._file = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
         self._csv = self.path.removesuffix(".gz").endswith(".csv")
         self._format = "json" if value_format == "auto" else value_format
         self._metrics = metrics
@@ -104,10 +106,8 @@ class FileSource:
             return SourceBatch(events=[], offsets={self._key: self._consumed})
         try:
             lines = list(itertools.islice(self._lines, max(0, max_events)))
-        except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
-            self.close()
-            raise StreamrecError(f"{self.path}: unreadable after line {self._consumed}: "
-                                 f"{e}") from None
+        except _UNREADABLE as e:
+            raise self._unreadable(e) from None
         if max_events > 0 and len(lines) < max_events:
             self.close()  # at the end: release the file right away
         events: list[Event] = []
@@ -127,13 +127,23 @@ class FileSource:
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         target = offsets.get(self._key, offsets.get(self._legacy_key, 0))
-        while (not self._exhausted and self._consumed < target
-               and next(self._lines, None) is not None):
-            self._consumed += 1
+        try:
+            while (not self._exhausted and self._consumed < target
+                   and next(self._lines, None) is not None):
+                self._consumed += 1
+        except _UNREADABLE as e:
+            raise self._unreadable(e) from None
+
+    def _unreadable(self, error: Exception) -> StreamrecError:
+        """A truncated or corrupt gzip stream: close, and say where reading stopped."""
+        self.close()
+        return StreamrecError(f"{self.path}: unreadable after line {self._consumed}: {error}")
 
     def close(self) -> None:
-        # Closing the text wrapper (CSV) closes the file beneath it too.
+        # The text wrapper (CSV) closes the file beneath it; a GzipFile does
+        # not close the file it reads from.
         (self._text or self._file).close()
+        self._raw.close()
         self._exhausted = True
 
     def __enter__(self) -> FileSource:

@@ -207,3 +207,42 @@ def test_gzipped_files_read_like_plain_ones_and_a_truncated_one_is_a_clear_error
     with FileSource(cut) as source, pytest.raises(StreamrecError, match="unreadable after"):
         while not source.exhausted:
             source.poll(100, 0)
+
+
+def test_a_pipe_reads_like_a_file_gzipped_or_not(tmp_path: Path) -> None:
+    # `streamrec evaluate --events <(zcat log.gz)`: the source cannot seek.
+    import gzip
+    import os
+    import threading
+
+    events = list(SyntheticStream(default()).events(50))
+    text = "".join(encode_json(e).decode() + "\n" for e in events).encode()
+    for name, payload in (("plain", text), ("gzipped", gzip.compress(text))):
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=fifo.write_bytes, args=(payload,))
+        writer.start()
+        assert read_all(fifo) == (events, []), name
+        writer.join()
+
+
+def test_a_corrupt_gzip_is_a_clear_error_when_read_and_when_resumed(tmp_path: Path) -> None:
+    import gzip
+
+    import pytest
+
+    from streamrec.errors import StreamrecError
+
+    text = "".join(encode_json(e).decode() + "\n"
+                   for e in SyntheticStream(default()).events(2000)).encode()
+    data = bytearray(gzip.compress(text))
+    data[len(data) // 2] ^= 0xFF  # a flipped byte mid-stream: zlib's own error
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(bytes(data))
+    with FileSource(corrupt) as source, pytest.raises(StreamrecError, match="unreadable after"):
+        while not source.exhausted:
+            source.poll(100, 0)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(text)[:-40])
+    with FileSource(cut) as source, pytest.raises(StreamrecError, match="unreadable after"):
+        source.seek({(f"file:{cut}", 0): 10_000})  # a resume reads past the cut
