@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import MessageSizeTooLargeError
 from tqdm import tqdm
 
 from ingest.decode import encode_json, encode_protobuf
@@ -60,7 +60,7 @@ def replay(path: str | os.PathLike[str], topic: str, bootstrap_servers: list[str
                 try:
                     future = producer.send(topic, key=str(event.user_id).encode(),
                                            value=encode(event))
-                except KafkaError as e:  # too large for one request, say: skip, go on
+                except MessageSizeTooLargeError as e:  # this record only: skip, go on
                     _failed(failures, event, e)
                 else:
                     future.add_errback(lambda e, event=event: _failed(failures, event, e))

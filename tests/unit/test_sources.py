@@ -246,3 +246,46 @@ def test_a_corrupt_gzip_is_a_clear_error_when_read_and_when_resumed(tmp_path: Pa
     cut.write_bytes(gzip.compress(text)[:-40])
     with FileSource(cut) as source, pytest.raises(StreamrecError, match="unreadable after"):
         source.seek({(f"file:{cut}", 0): 10_000})  # a resume reads past the cut
+
+
+def test_replay_skips_a_record_too_large_but_stops_when_kafka_does_not_answer(
+        tmp_path: Path, monkeypatch) -> None:
+    # One oversized record is that record's problem; a metadata timeout (a
+    # missing topic, no leader) would cost max_block_ms for every event.
+    import pytest
+    from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
+
+    from ingest import replay as replay_module
+
+    events = list(SyntheticStream(default()).events(6))
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(encode_json(e).decode() + "\n" for e in events))
+
+    class Producer:
+        def __init__(self, fail: dict[int, Exception], **_: object) -> None:
+            self.fail, self.sent = fail, 0
+
+        def send(self, topic: str, key: bytes, value: bytes) -> object:
+            self.sent += 1
+            if self.sent in self.fail:
+                raise self.fail[self.sent]
+
+            class Future:
+                def add_errback(self, *_: object) -> None:
+                    pass
+            return Future()
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(replay_module, "KafkaProducer",
+                        lambda **kw: Producer({2: MessageSizeTooLargeError("too big")}, **kw))
+    stats = replay_module.replay(path, "t", ["h:9092"], progress=False)
+    assert (stats.sent, stats.failed) == (5, 1)
+    monkeypatch.setattr(replay_module, "KafkaProducer",
+                        lambda **kw: Producer({3: KafkaTimeoutError("no metadata")}, **kw))
+    with pytest.raises(KafkaTimeoutError):
+        replay_module.replay(path, "t", ["h:9092"], progress=False)
