@@ -59,6 +59,8 @@ __all__ = ["Joiner"]
 Key = tuple[str, int]
 # How much earlier than its impression an action may be stamped and still count.
 _CLOCK_TOLERANCE_MS = 1_000
+# Actions one key may have waiting for its impression.
+_EARLY_PER_KEY = 4
 Identity = tuple[str, str, int, int]  # (event_id, request key, item, timestamp)
 
 
@@ -104,7 +106,9 @@ class Joiner:
         # Each entry keeps the time it expires by (its timestamp, capped at
         # the clock bound when it arrived).
         self._pending: OrderedDict[Key, tuple[Event, int]] = OrderedDict()
-        self._early: OrderedDict[Key, tuple[Event, int]] = OrderedDict()  # actions
+        # Actions waiting for their impression: a few per key (a stale click of
+        # an earlier showing must not crowd out this showing's), newest last.
+        self._early: OrderedDict[Key, list[tuple[Event, int]]] = OrderedDict()
         self._resolved: OrderedDict[Identity, int] = OrderedDict()
         self._watermark = 0
         self._cap = 0
@@ -182,13 +186,16 @@ class Joiner:
         if key in self._pending or _identity(event) in self._resolved:
             self._count("duplicate_impression")
             return
-        early = self._early.pop(key, None)
-        if early is not None:
-            if self._within(early[0].timestamp_ms - event.timestamp_ms):
+        waiting = self._early.pop(key, None)
+        if waiting is not None:
+            matched = any(self._within(action.timestamp_ms - event.timestamp_ms)
+                          for action, _ in waiting)
+            for _ in range(len(waiting) - matched):
+                self._orphan()  # another showing's, or too late for this one
+            if matched:
                 self._positive(event, out)
                 self._resolve(event, at)
                 return
-            self._orphan()  # too late for this impression
         self._pending[key] = (event, at)
         if len(self._pending) > self.max_pending:
             self._count("overflow")
@@ -201,12 +208,16 @@ class Joiner:
         entry = self._pending.get(key)
         if entry is None:
             # Its impression may still be on its way (another topic or partition).
-            if key in self._early:
-                self._orphan()  # a second action before the impression counts once
-                return
-            self._early[key] = (event, at)
-            if len(self._early) > self.max_pending:
-                self._early.popitem(last=False)
+            waiting = self._early.get(key)
+            if waiting is None:
+                self._early[key] = [(event, at)]
+                if len(self._early) > self.max_pending:
+                    for _ in self._early.popitem(last=False)[1]:
+                        self._orphan()
+            elif len(waiting) < _EARLY_PER_KEY:
+                waiting.append((event, at))
+                self._early.move_to_end(key)
+            else:
                 self._orphan()
             return
         impression, impression_at = entry
@@ -232,11 +243,12 @@ class Joiner:
             self._negative(first, out)
             self._resolve(first, at)
         while self._early:
-            key, (_, at) = next(iter(self._early.items()))
-            if at >= horizon:
+            key, waiting = next(iter(self._early.items()))
+            if waiting[-1][1] >= horizon:
                 break
             del self._early[key]
-            self._orphan()
+            for _ in waiting:
+                self._orphan()
         # A redelivery comes soon after the original: two windows are plenty.
         while self._resolved:
             identity, at = next(iter(self._resolved.items()))
@@ -249,8 +261,9 @@ class Joiner:
         out: list[Event] = []
         while self._pending:
             self._negative(self._pending.popitem(last=False)[1][0], out)
-        for _ in range(len(self._early)):
-            self._orphan()
+        for waiting in self._early.values():
+            for _ in waiting:
+                self._orphan()
         self._early.clear()
         if self.metrics is not None:
             self.metrics.pending.set(0)
@@ -260,7 +273,8 @@ class Joiner:
         """Plain containers only: checkpoints are loaded with ``weights_only=True``."""
         return {"watermark": self._watermark,
                 "pending": [event_to_dict(e) for e, _ in self._pending.values()],
-                "early_actions": [event_to_dict(e) for e, _ in self._early.values()],
+                "early_actions": [event_to_dict(e) for waiting in self._early.values()
+                                  for e, _ in waiting],
                 "resolved": [[*identity, at] for identity, at in self._resolved.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -273,7 +287,8 @@ class Joiner:
         self._early = OrderedDict()
         for data in state.get("early_actions", ()):  # (checkpoints before they waited)
             event = event_from_dict(data)
-            self._early[_key(event)] = (event, min(event.timestamp_ms, cap))
+            self._early.setdefault(_key(event), []).append(
+                (event, min(event.timestamp_ms, cap)))
         self._resolved = OrderedDict()
         for event_id, request, item, stamp, at in state.get("resolved", ()):
             self._resolved[(str(event_id), str(request), int(item), int(stamp))] = int(at)

@@ -198,3 +198,19 @@ def test_an_action_stamped_before_an_impression_does_not_label_it() -> None:
     # Clocks of different services: a click stamped just before still counts.
     k = Joiner(["click"], window_s=10)
     assert [e.label for e in k.push([click(9_500), shown(10_000)])] == [1.0]
+
+
+def test_a_stale_waiting_click_does_not_crowd_out_this_showings_click() -> None:
+    # A redelivered click of an earlier showing waits for an impression; the
+    # next showing's real click, read before its impression, must still count.
+    def shown(t: int) -> Event:
+        return Event("impression", 1, 7, T0 + t)
+
+    def click(t: int) -> Event:
+        return Event("click", 1, 7, T0 + t)
+
+    j = Joiner(["click"], window_s=10)
+    out = j.push([shown(0), click(1_000)])  # the first showing, clicked
+    out += j.push([click(1_000)])  # its click, redelivered: waits (no pending impression)
+    out += j.push([click(5_500), shown(5_000)])  # the next showing's click, then itself
+    assert [(e.timestamp_ms - T0, e.label) for e in out] == [(0, 1.0), (5_000, 1.0)]
