@@ -515,9 +515,10 @@ def test_merged_deltas_equal_the_deltas_applied_in_order(
     assert torch.equal(together.dense["w"], deltas[-1].dense["w"])
 
 
-def test_a_replica_holding_an_earlier_runs_version_gets_a_snapshot() -> None:
-    # Unreachable while the restarted trainer published versions up to the
-    # one it holds from the previous run: equal numbers, other states.
+def restart_beside_a_stale_replica() -> tuple[SyntheticStream, OnlineTrainer, Publisher,
+                                                ModelReplica, ModelReplica, FlakySink]:
+    """A trainer restarted from a checkpoint at version 2, publishing to a fresh
+    replica and to one (unreachable for now) holding the earlier run's version 5."""
     stream = SyntheticStream(default())
     before = OnlineTrainer(config())
     train(before, list(stream.events(256)))
@@ -528,6 +529,13 @@ def test_a_replica_holding_an_earlier_runs_version_gets_a_snapshot() -> None:
     flaky = FlakySink(stale)
     publisher = Publisher(restarted, {"fresh": MemoryDeltaSink(fresh), "stale": flaky},
                           interval_s=60, registry=CollectorRegistry(), start_version=2)
+    return stream, restarted, publisher, fresh, stale, flaky
+
+
+def test_a_replica_holding_an_earlier_runs_version_gets_a_snapshot() -> None:
+    # Unreachable while the restarted trainer published versions up to the
+    # one it holds from the previous run: equal numbers, other states.
+    stream, restarted, publisher, fresh, stale, flaky = restart_beside_a_stale_replica()
     for _ in range(3):  # versions 3, 4, 5
         train(restarted, list(stream.events(256)))
         publisher.publish_once()
@@ -538,6 +546,25 @@ def test_a_replica_holding_an_earlier_runs_version_gets_a_snapshot() -> None:
     assert stale.version == fresh.version == 6
     assert_same_scores(restarted, stale, probe)
     assert_same_scores(restarted, fresh, probe)
+
+
+def test_a_failed_snapshot_leaves_an_earlier_runs_replica_off_the_lineage() -> None:
+    # Its snapshot push failed (not applied): it still holds the earlier run's
+    # state at a version number this run has also published.
+    stream, restarted, publisher, fresh, stale, flaky = restart_beside_a_stale_replica()
+    for _ in range(4):  # versions 3-6, the stale replica unreachable
+        train(restarted, list(stream.events(256)))
+        publisher.publish_once()
+    flaky.push = lambda delta: (_ for _ in ()).throw(SyncError("DEADLINE_EXCEEDED"))  # type: ignore[method-assign]
+    flaky.fail = False  # answers GetVersion (5), but its snapshot push fails
+    train(restarted, list(stream.events(256)))
+    publisher.publish_once()
+    assert stale.version == 5
+    del flaky.push  # pushes work again
+    train(restarted, list(stream.events(256)))
+    publisher.publish_once()
+    assert stale.version == fresh.version == 8
+    assert_same_scores(restarted, stale, list(stream.events(20)))
 
 
 def test_versions_never_go_back_after_a_restart_from_an_older_checkpoint() -> None:

@@ -80,10 +80,11 @@ class Publisher:
         # for replicas that fell a little behind.
         self._lineage = start_version + 1
         self._deltas: dict[int, ParameterDelta] = {}
-        # Replicas this publisher has pushed to since the lineage began: only
-        # they can hold one of its versions (another at an equal number holds
-        # an earlier run's state).
-        self._pushed: set[str] = set()
+        # What this publisher pushed to each replica since the lineage began:
+        # only a replica at one of those versions holds this publisher's state
+        # (another at an equal number holds an earlier run's).
+        self._acked: dict[str, int] = {}  # the last version each acknowledged
+        self._tried: dict[str, int] = {}  # the last version sent to each
         self._in_step: set[str] = set()  # got the last round's delta (metric labels)
         # One worker thread per replica: a hung one holds up only itself.
         self._workers: dict[str, ThreadPoolExecutor] = {}
@@ -162,7 +163,10 @@ class Publisher:
 
     def _missed(self, name: str, reported: int) -> list[ParameterDelta] | None:
         """The held deltas that bring replica ``name`` at ``reported`` to this version, or None."""
-        if name not in self._pushed or not self._lineage <= reported <= self._version:
+        # Its version is one of this publisher's pushes to it (acknowledged, or
+        # applied after the push's deadline): it holds that state.
+        ours = reported in (self._acked.get(name), self._tried.get(name))
+        if not ours or not self._lineage <= reported <= self._version:
             return None
         chain = [self._deltas.get(v) for v in range(reported + 1, self._version + 1)]
         return None if None in chain else chain  # type: ignore[return-value]
@@ -177,7 +181,7 @@ class Publisher:
             except VersionGapError:
                 # Moved between the probe and the push (restarted): the next
                 # round sees its version and resyncs it.
-                self._pushed.discard(name)
+                self._acked.pop(name, None)
                 self.metrics.pushes.labels(name, kind, "gap").inc()
                 log.info("replica %s is out of step; it gets a full snapshot next round", name)
                 return
@@ -185,6 +189,8 @@ class Publisher:
                 self.metrics.pushes.labels(name, kind, "error").inc()
                 log.warning("push of version %d to %s failed: %s", delta.version, name, e)
                 return
+            # Acknowledged: from now on this replica is on this publisher's lineage.
+            self._acked[name] = delta.version
             self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - t0)
             self.metrics.pushes.labels(name, kind, "ok").inc()
             self.metrics.rows.labels(kind).inc(delta.num_rows())
@@ -210,7 +216,8 @@ class Publisher:
                 version, catch_up = ahead + 1, {}
                 self._lineage = version
                 self._deltas.clear()
-                self._pushed.clear()
+                self._acked.clear()
+                self._tried.clear()
             behind = [n for n in reported if n not in catch_up]
             with self.source.lock:  # one state for the delta and the snapshot
                 delta = self.source.collect_delta(version)
@@ -219,7 +226,7 @@ class Publisher:
                                    [merge_deltas([*chain, delta]) if chain else delta])
                       for n, chain in catch_up.items()]
             pushes += [self._submit(n, self._push, n, self.sinks[n], [snapshot]) for n in behind]
-            self._pushed.update(catch_up, behind)
+            self._tried.update({n: version for n in (*catch_up, *behind)})
             self._in_step = set(catch_up)
             # Held for replicas that fall behind: the rows and tombstones only
             # (a merged catch-up carries the newest dense weights).
