@@ -29,15 +29,18 @@ What real streams do to a joiner, and what this one does about it:
   skewed event then neither labels every pending impression a negative nor
   blocks the expiry of those behind it for longer than a window.
 
-Not handled: partitions read at different event times (a consumer catching
-up) share one watermark, so the ahead partition can expire the behind one's
-impressions before their actions are read; keep ``window_s`` above the lag
-such catch-ups have, or join upstream.
+- Partitions read at different event times (a consumer catching up on one
+  more than another): with the partition of each event (``push``'s
+  ``origins``), event time is kept per partition and the watermark is the
+  minimum over the partitions heard from within ``idle_s`` of wall time, so
+  an ahead partition cannot expire a behind one's impressions before their
+  actions are read, and a partition that goes quiet (or is assigned away)
+  stops holding the others back.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
 so one that arrives late (older than impressions already pending) waits until
 those before it expire. At most ``max_pending`` impressions (and as many
-early actions, and as many identities of resolved impressions) are held; beyond that the oldest is emitted early as a negative
+waiting actions in all, and as many identities of resolved impressions) are held; beyond that the oldest is emitted early as a negative
 (counted as ``overflow``), which bounds memory when actions stop arriving or
 timestamps jump.
 """
@@ -45,9 +48,10 @@ timestamps jump.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ingest.decode import event_from_dict, event_to_dict
@@ -86,7 +90,8 @@ class Joiner:
 
     def __init__(self, action_types: Iterable[str], window_s: float, rate: float = 1.0,
                  seed: int = 0, metrics: IngestMetrics | None = None,
-                 max_pending: int = 1_000_000, max_clock_skew_s: float = 0.0) -> None:
+                 max_pending: int = 1_000_000, max_clock_skew_s: float = 0.0,
+                 idle_s: float = 10.0) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s={window_s}: must be > 0")
         if not 0 < rate <= 1:
@@ -95,6 +100,8 @@ class Joiner:
             raise ValueError(f"max_pending={max_pending}: must be >= 1")
         if not max_clock_skew_s >= 0:
             raise ValueError(f"max_clock_skew_s={max_clock_skew_s}: must be >= 0")
+        if not idle_s > 0:
+            raise ValueError(f"idle_s={idle_s}: must be > 0")
         self.action_types = frozenset(action_types)
         self.window_ms = int(window_s * 1000)
         self.rate = rate
@@ -109,9 +116,15 @@ class Joiner:
         # Actions waiting for their impression: a few per key (a stale click of
         # an earlier showing must not crowd out this showing's), newest last.
         self._early: OrderedDict[Key, list[tuple[Event, int]]] = OrderedDict()
+        self._early_count = 0  # actions in _early, at most max_pending
         self._resolved: OrderedDict[Identity, int] = OrderedDict()
         self._watermark = 0
         self._cap = 0
+        self.idle_s = idle_s
+        # Per partition: the newest (capped) event time, and when (wall
+        # clock, monotonic) it last delivered an event.
+        self._clocks: dict[tuple[str, int] | None, int] = {}
+        self._heard: dict[tuple[str, int] | None, float] = {}
 
     @property
     def pending(self) -> int:
@@ -159,15 +172,20 @@ class Joiner:
     def _orphan(self) -> None:
         self._count("orphan_action")
 
-    def push(self, events: Iterable[Event]) -> list[Event]:
-        """Feed events in arrival order; returns the training examples ready now."""
+    def push(self, events: Iterable[Event],
+             origins: Sequence[tuple[str, int]] | None = None) -> list[Event]:
+        """Feed events in arrival order; returns the training examples ready now.
+
+        ``origins[i]`` is the partition ``events[i]`` came from (None: one stream).
+        """
         out: list[Event] = []
         self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)
         cap = self._cap
-        for event in events:
+        clocks = self._clocks
+        for event, origin in zip(events, origins or itertools.repeat(None)):
             at = min(event.timestamp_ms, cap)
-            if at > self._watermark:
-                self._watermark = at
+            if at > clocks.get(origin, -1):
+                clocks[origin] = at
             if event.type == EXAMPLE:
                 out.append(event)
             elif event.type == IMPRESSION:
@@ -176,6 +194,7 @@ class Joiner:
                 self._action(event, at, out)
             else:
                 self._count("unknown_type")
+        self._advance(set(origins) if origins is not None else {None})
         self._expire(out)
         if self.metrics is not None:
             self.metrics.pending.set(len(self._pending))
@@ -188,10 +207,18 @@ class Joiner:
             return
         waiting = self._early.pop(key, None)
         if waiting is not None:
-            matched = any(self._within(action.timestamp_ms - event.timestamp_ms)
-                          for action, _ in waiting)
-            for _ in range(len(waiting) - matched):
-                self._orphan()  # another showing's, or too late for this one
+            matched, later = False, []
+            for action in waiting:
+                delay = action[0].timestamp_ms - event.timestamp_ms
+                if not matched and self._within(delay):
+                    matched = True  # this showing's action
+                elif delay < -_CLOCK_TOLERANCE_MS:
+                    self._orphan()  # an earlier showing's
+                else:
+                    later.append(action)  # after the window: a later showing's, maybe
+            self._early_count -= len(waiting) - len(later)
+            if later:
+                self._early[key] = later
             if matched:
                 self._positive(event, out)
                 self._resolve(event, at)
@@ -211,14 +238,17 @@ class Joiner:
             waiting = self._early.get(key)
             if waiting is None:
                 self._early[key] = [(event, at)]
-                if len(self._early) > self.max_pending:
-                    for _ in self._early.popitem(last=False)[1]:
-                        self._orphan()
             elif len(waiting) < _EARLY_PER_KEY:
                 waiting.append((event, at))
                 self._early.move_to_end(key)
             else:
                 self._orphan()
+                return
+            self._early_count += 1
+            if self._early_count > self.max_pending:  # the oldest key's give way
+                for _ in self._early.popitem(last=False)[1]:
+                    self._early_count -= 1
+                    self._orphan()
             return
         impression, impression_at = entry
         delay = event.timestamp_ms - impression.timestamp_ms
@@ -232,6 +262,16 @@ class Joiner:
         else:
             self._positive(impression, out)
         self._resolve(impression, impression_at)
+
+    def _advance(self, delivered: set[tuple[str, int] | None]) -> None:
+        """Move the watermark to the slowest partition heard from within ``idle_s``."""
+        now = time.monotonic()
+        for origin in delivered:
+            self._heard[origin] = now
+        active = [clock for origin, clock in self._clocks.items()
+                  if now - self._heard.get(origin, now) <= self.idle_s]
+        if active:
+            self._watermark = max(self._watermark, min(active))
 
     def _expire(self, out: list[Event]) -> None:
         horizon = self._watermark - self.window_ms
@@ -247,6 +287,7 @@ class Joiner:
             if waiting[-1][1] >= horizon:
                 break
             del self._early[key]
+            self._early_count -= len(waiting)
             for _ in waiting:
                 self._orphan()
         # A redelivery comes soon after the original: two windows are plenty.
@@ -265,6 +306,7 @@ class Joiner:
             for _ in waiting:
                 self._orphan()
         self._early.clear()
+        self._early_count = 0
         if self.metrics is not None:
             self.metrics.pending.set(0)
         return out
@@ -289,6 +331,7 @@ class Joiner:
             event = event_from_dict(data)
             self._early.setdefault(_key(event), []).append(
                 (event, min(event.timestamp_ms, cap)))
+        self._early_count = sum(len(waiting) for waiting in self._early.values())
         self._resolved = OrderedDict()
         for event_id, request, item, stamp, at in state.get("resolved", ()):
             self._resolved[(str(event_id), str(request), int(item), int(stamp))] = int(at)

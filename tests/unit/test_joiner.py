@@ -24,6 +24,15 @@ def act(request: str, item: int, t: int, kind: str = "click") -> Event:
     return Event(kind, 1, item, T0 + t, request_id=request)
 
 
+# Without a request_id: keyed by (user, item), as many producers send them.
+def shown(t: int) -> Event:
+    return Event("impression", 1, 7, T0 + t)
+
+
+def click(t: int) -> Event:
+    return Event("click", 1, 7, T0 + t)
+
+
 def test_an_action_within_the_window_labels_its_impression_positive_at_once() -> None:
     j = Joiner(["click"], window_s=10)
     assert j.push([imp("r1", 7, 0), imp("r1", 8, 0)]) == []
@@ -118,9 +127,10 @@ def test_an_action_read_before_its_impression_still_labels_it_positive() -> None
     # the action is an orphan; a click far after its impression is one too.
     out = j.push([act("r5", 5, 30_000), imp("r5", 5, 2_000)])
     assert [(e.item_id, e.label) for e in out] == [(9, 0.0), (5, 0.0)]
+    # (The late click may be a later showing's: it waits, then is an orphan too.)
+    assert j.flush() == []
     get = registry.get_sample_value
     assert get("streamrec_ingest_joiner_dropped_total", {"reason": "orphan_action"}) == 2
-    assert j.flush() == []
 
 
 def test_a_redelivered_impression_is_not_trained_again_with_the_opposite_label() -> None:
@@ -182,12 +192,6 @@ def test_an_action_stamped_before_an_impression_does_not_label_it() -> None:
     # Without a request_id, the key is (user, item): the same item shown
     # again later is a new impression, and a double click on the first one
     # (or a redelivered click) must not label the second positive.
-    def shown(t: int) -> Event:
-        return Event("impression", 1, 7, T0 + t)
-
-    def click(t: int) -> Event:
-        return Event("click", 1, 7, T0 + t)
-
     j = Joiner(["click"], window_s=10)
     out = j.push([shown(0), click(1_000), click(2_000), shown(30_000)])
     out += j.push([click(2_500)])  # a late redelivery, read after the second showing
@@ -203,14 +207,47 @@ def test_an_action_stamped_before_an_impression_does_not_label_it() -> None:
 def test_a_stale_waiting_click_does_not_crowd_out_this_showings_click() -> None:
     # A redelivered click of an earlier showing waits for an impression; the
     # next showing's real click, read before its impression, must still count.
-    def shown(t: int) -> Event:
-        return Event("impression", 1, 7, T0 + t)
-
-    def click(t: int) -> Event:
-        return Event("click", 1, 7, T0 + t)
-
     j = Joiner(["click"], window_s=10)
     out = j.push([shown(0), click(1_000)])  # the first showing, clicked
     out += j.push([click(1_000)])  # its click, redelivered: waits (no pending impression)
     out += j.push([click(5_500), shown(5_000)])  # the next showing's click, then itself
     assert [(e.timestamp_ms - T0, e.label) for e in out] == [(0, 1.0), (5_000, 1.0)]
+
+
+def test_a_partition_ahead_does_not_expire_a_partition_behind(monkeypatch) -> None:
+    # Catching up after a restart, partition 1 is read 100 s of event time
+    # ahead of partition 0: its events must not expire partition 0's
+    # impressions before their clicks (read later from partition 0) arrive.
+    wall = [1000.0]
+    monkeypatch.setattr("ingest.joiner.time.monotonic", lambda: wall[0])
+    p0, p1 = ("events", 0), ("events", 1)
+    j = Joiner(["click"], window_s=10, idle_s=10)
+    out = j.push([imp("r0", 7, 0), imp("r1", 8, 100_000)], [p0, p1])
+    out += j.push([act("r0", 7, 2_000), act("r1", 8, 101_000)], [p0, p1])
+    assert sorted((e.item_id, e.label) for e in out) == [(7, 1.0), (8, 1.0)]
+    # Partition 0 goes quiet (or is assigned away): after idle_s of wall time
+    # it no longer holds the watermark back, and partition 1's impressions expire.
+    j.push([imp("r2", 9, 110_000)], [p1])
+    wall[0] += 11
+    expired = j.push([imp("r3", 3, 125_000)], [p1])
+    assert [(e.item_id, e.label) for e in expired] == [(9, 0.0)]
+
+
+def test_a_click_after_the_window_waits_for_a_later_showing() -> None:
+    # Without a request_id the key is (user, item): clicks at 10 s and 65 s
+    # read before showings at 0 s and 62 s belong one to each.
+    j = Joiner(["click"], window_s=60)
+    out = j.push([click(10_000), click(65_000), shown(0)])
+    out += j.push([shown(62_000)])
+    assert [(e.timestamp_ms - T0, e.label) for e in out] == [(0, 1.0), (62_000, 1.0)]
+
+
+def test_waiting_actions_are_bounded_in_all() -> None:
+    registry = CollectorRegistry()
+    j = Joiner(["click"], window_s=10, max_pending=10, metrics=IngestMetrics(registry))
+    j.push([act(f"r{i % 5}", 7, i) for i in range(40)])  # 5 keys, 8 actions each
+    state = j.state_dict()
+    assert len(state["early_actions"]) <= 10
+    orphans = registry.get_sample_value("streamrec_ingest_joiner_dropped_total",
+                                        {"reason": "orphan_action"})
+    assert orphans + len(state["early_actions"]) == 40
