@@ -10,7 +10,7 @@ import json
 import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ingest.decode import decode_csv_row
 from ingest.event import Event
@@ -50,9 +50,13 @@ class FileSource:
         self.path = os.fspath(path)
         self._raw = open(self.path, "rb")
         self._file: BinaryIO = self._raw
-        # peek, not read + seek: a pipe (`--events <(zcat ...)`) cannot seek.
-        if self._raw.peek(2)[:2] == _GZIP_MAGIC:  # read through gzip, whatever the name
-            self._file = gzip.GzipFile(fileobj=self._raw, mode="rb")  # type: ignore[assignment]
+        head = self._raw.read(2)
+        if self._raw.seekable():
+            self._raw.seek(0)
+        else:  # a pipe (`--events <(zcat ...)`): the two bytes are put back in front
+            self._file = io.BufferedReader(_Prefixed(head, self._raw))  # type: ignore[assignment]
+        if head == _GZIP_MAGIC:  # read through gzip, whatever the name
+            self._file = gzip.GzipFile(fileobj=self._file, mode="rb")  # type: ignore[assignment]
         self._csv = self.path.removesuffix(".gz").endswith(".csv")
         self._format = "json" if value_format == "auto" else value_format
         self._metrics = metrics
@@ -151,6 +155,27 @@ class FileSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Prefixed(io.RawIOBase):
+    """``head``, then the rest of ``rest``: bytes already read from a pipe, put back."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read1(len(buffer))  # type: ignore[attr-defined]
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class _CountedLines:

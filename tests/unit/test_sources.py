@@ -214,13 +214,20 @@ def test_a_pipe_reads_like_a_file_gzipped_or_not(tmp_path: Path) -> None:
     import gzip
     import os
     import threading
+    import time
 
     events = list(SyntheticStream(default()).events(50))
     text = "".join(encode_json(e).decode() + "\n" for e in events).encode()
+    def write_slowly(path: Path, payload: bytes) -> None:
+        with path.open("wb", buffering=0) as f:
+            f.write(payload[:1])  # a writer whose first write is one byte
+            time.sleep(0.05)
+            f.write(payload[1:])
+
     for name, payload in (("plain", text), ("gzipped", gzip.compress(text))):
         fifo = tmp_path / name
         os.mkfifo(fifo)
-        writer = threading.Thread(target=fifo.write_bytes, args=(payload,))
+        writer = threading.Thread(target=write_slowly, args=(fifo, payload))
         writer.start()
         assert read_all(fifo) == (events, []), name
         writer.join()
