@@ -24,8 +24,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from ingest.event import Event
 from ingest.metrics import IngestMetrics
-from ingest.source import SourceBatch, decode_records
+from ingest.source import DeadLetter, SourceBatch, decode_records
 from streamrec.config import IngestConfig
 
 __all__ = ["KafkaSource", "create_topics"]
@@ -105,19 +106,27 @@ class KafkaSource:
 
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_events)
-        records = []
+        events: list[Event] = []
+        dead: list[DeadLetter] = []
+        origins: list[tuple[str, int]] = []
         offsets: dict[tuple[str, int], int] = {}
         for tp, messages in polled.items():
-            for m in messages:
-                records.append((m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}"))
-                offsets[(tp.topic, tp.partition)] = m.offset + 1
+            if not messages:
+                continue
+            key = (tp.topic, tp.partition)
+            good, bad = decode_records(
+                [(m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}") for m in messages],
+                self.config.value_format, self.metrics, "kafka")
+            events += good
+            dead += bad
+            origins += [key] * len(good)
+            offsets[key] = messages[-1].offset + 1
         for key, offset in offsets.items():
             self._delivered[key] = offset
             self._seek_to.pop(key, None)  # read from: the position supersedes the checkpoint
-        events, dead = decode_records(records, self.config.value_format, self.metrics, "kafka")
         if self.metrics is not None:
             self._lag = self._measure_lag()
-        return SourceBatch(events=events, dead_letters=dead, offsets=offsets)
+        return SourceBatch(events=events, dead_letters=dead, offsets=offsets, origins=origins)
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         # Only partitions this consumer still owns: after a rebalance the new

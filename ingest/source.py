@@ -42,6 +42,9 @@ class SourceBatch:
     events: list[Event]
     dead_letters: list[DeadLetter] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Per event, the partition it came from (the joiner keeps event time per
+    # partition); None when the source is one ordered stream.
+    origins: list[tuple[str, int]] | None = None
 
 
 class EventSource(Protocol):

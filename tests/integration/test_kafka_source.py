@@ -29,10 +29,12 @@ def source(broker: str, topic: str, group: str, metrics: IngestMetrics | None = 
 
 
 def drain(src: KafkaSource, want: int, polls: int = 60, max_events: int = 1000) -> SourceBatch:
-    out = SourceBatch(events=[])
+    out = SourceBatch(events=[], origins=[])
     for _ in range(polls):
         got = src.poll(max_events, 0.5)
+        assert got.origins is not None and len(got.origins) == len(got.events)
         out.events += got.events
+        out.origins += got.origins  # type: ignore[operator]
         out.dead_letters += got.dead_letters
         out.offsets.update(got.offsets)
         if len(out.events) + len(out.dead_letters) >= want:
@@ -62,6 +64,7 @@ def test_consume_route_bad_records_commit_and_resume(kafka_broker: str) -> None:
     assert sum(lag().values()) > 0  # fetched, not yet returned
     rest_of_first = drain(first, 101 - len(got.events) - len(got.dead_letters))
     got.events += rest_of_first.events
+    got.origins += rest_of_first.origins  # type: ignore[operator]
     got.dead_letters += rest_of_first.dead_letters
     got.offsets.update(rest_of_first.offsets)
     assert lag() == {"0": 0, "1": 0}
@@ -69,6 +72,12 @@ def test_consume_route_bad_records_commit_and_resume(kafka_broker: str) -> None:
     assert registry.get_sample_value("streamrec_ingest_dead_letters_total",
                                      {"kind": "missing_field"}) == 1
     assert sorted(e.event_id for e in got.events) == sorted(e.event_id for e in events[:100])
+    # Each event's partition: the producer keys by user, so one user's are in one.
+    partition_of = {}
+    assert got.origins is not None and len(got.origins) == len(got.events)
+    for event, (origin_topic, partition) in zip(got.events, got.origins):
+        assert origin_topic == topic
+        assert partition_of.setdefault(event.user_id, partition) == partition
     assert [d.kind for d in got.dead_letters] == ["missing_field"]
     assert got.dead_letters[0].origin.startswith(f"{topic}/")
     assert sum(got.offsets.values()) == 101  # next offset per partition covers everything
