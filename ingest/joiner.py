@@ -12,7 +12,8 @@ weighs them 1/rate in the loss (predictions stay calibrated to the full stream).
 
 Labeled ``example`` events pass straight through; other event types are
 counted and dropped. Impressions without a ``request_id`` are keyed by
-``(user_id, item_id)``.
+``(user_id, item_id)``; a key holds one showing at a time: a new showing of a
+key still waiting emits the earlier one as a negative.
 
 What real streams do to a joiner, and what this one does about it:
 
@@ -32,10 +33,11 @@ What real streams do to a joiner, and what this one does about it:
 - Partitions read at different event times (a consumer catching up on one
   more than another): with the partition of each event (``push``'s
   ``origins``), event time is kept per partition and the watermark is the
-  minimum over the partitions heard from within ``idle_s`` of wall time, so
-  an ahead partition cannot expire a behind one's impressions before their
-  actions are read, and a partition that goes quiet (or is assigned away)
-  stops holding the others back.
+  minimum over the partitions that have not gone quiet (nothing for
+  ``idle_s`` of wall time and 100 pushes; kept in checkpoints), so an ahead
+  partition cannot expire a behind one's impressions before their actions
+  are read, and a partition that goes quiet (or is assigned away) stops
+  holding the others back.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
 so one that arrives late (older than impressions already pending) waits until
@@ -65,6 +67,8 @@ Key = tuple[str, int]
 _CLOCK_TOLERANCE_MS = 1_000
 # Actions one key may have waiting for its impression.
 _EARLY_PER_KEY = 4
+# Pushes with events, on top of idle_s, before a partition that sent none is quiet.
+_IDLE_PUSHES = 100
 Identity = tuple[str, str, int, int]  # (event_id, request key, item, timestamp)
 
 
@@ -124,7 +128,8 @@ class Joiner:
         # Per partition: the newest (capped) event time, and when (wall
         # clock, monotonic) it last delivered an event.
         self._clocks: dict[tuple[str, int] | None, int] = {}
-        self._heard: dict[tuple[str, int] | None, float] = {}
+        self._heard: dict[tuple[str, int] | None, tuple[float, int]] = {}  # (wall, push)
+        self._pushes = 0
 
     @property
     def pending(self) -> int:
@@ -194,7 +199,7 @@ class Joiner:
                 self._action(event, at, out)
             else:
                 self._count("unknown_type")
-        self._advance(set(origins) if origins is not None else {None})
+        self._advance(set(origins) if origins is not None else {None} if clocks else set())
         self._expire(out)
         if self.metrics is not None:
             self.metrics.pending.set(len(self._pending))
@@ -202,9 +207,18 @@ class Joiner:
 
     def _impression(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
-        if key in self._pending or _identity(event) in self._resolved:
+        identity = _identity(event)
+        earlier = self._pending.get(key)
+        if identity in self._resolved or (earlier is not None
+                                          and _identity(earlier[0]) == identity):
             self._count("duplicate_impression")
             return
+        if earlier is not None:
+            # Another showing of the key (no request_id: the same user and item)
+            # while the first waits: one key holds one showing, the newest.
+            del self._pending[key]
+            self._negative(earlier[0], out)
+            self._resolve(earlier[0], earlier[1])
         waiting = self._early.pop(key, None)
         if waiting is not None:
             matched, later = False, []
@@ -233,43 +247,55 @@ class Joiner:
     def _action(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
         entry = self._pending.get(key)
-        if entry is None:
-            # Its impression may still be on its way (another topic or partition).
-            waiting = self._early.get(key)
-            if waiting is None:
-                self._early[key] = [(event, at)]
-            elif len(waiting) < _EARLY_PER_KEY:
-                waiting.append((event, at))
-                self._early.move_to_end(key)
-            else:
-                self._orphan()
+        if entry is not None:
+            impression, impression_at = entry
+            delay = event.timestamp_ms - impression.timestamp_ms
+            if delay < -_CLOCK_TOLERANCE_MS:
+                self._orphan()  # another showing's action: this impression waits on
                 return
-            self._early_count += 1
-            if self._early_count > self.max_pending:  # the oldest key's give way
-                for _ in self._early.popitem(last=False)[1]:
-                    self._early_count -= 1
-                    self._orphan()
-            return
-        impression, impression_at = entry
-        delay = event.timestamp_ms - impression.timestamp_ms
-        if delay < -_CLOCK_TOLERANCE_MS:
-            self._orphan()  # another showing's action: this impression waits on
-            return
-        del self._pending[key]
-        if delay > self.window_ms:
-            self._orphan()
+            del self._pending[key]
+            self._resolve(impression, impression_at)
+            if delay <= self.window_ms:
+                self._positive(impression, out)
+                return
+            # Too late for this impression (a negative), maybe a later showing's.
             self._negative(impression, out)
+        self._wait(key, event, at)
+
+    def _wait(self, key: Key, event: Event, at: int) -> None:
+        """Keep an action until its impression arrives (another topic or partition)."""
+        waiting = self._early.get(key)
+        if waiting is None:
+            self._early[key] = [(event, at)]
+        elif len(waiting) < _EARLY_PER_KEY:
+            waiting.append((event, at))
+            self._early.move_to_end(key)
         else:
-            self._positive(impression, out)
-        self._resolve(impression, impression_at)
+            self._orphan()
+            return
+        self._early_count += 1
+        if self._early_count > self.max_pending:  # the oldest key's give way
+            for _ in self._early.popitem(last=False)[1]:
+                self._early_count -= 1
+                self._orphan()
 
     def _advance(self, delivered: set[tuple[str, int] | None]) -> None:
-        """Move the watermark to the slowest partition heard from within ``idle_s``."""
+        """Move the watermark to the slowest partition that has not gone quiet.
+
+        Quiet: nothing from it for ``idle_s`` of wall time *and* for
+        ``_IDLE_PUSHES`` pushes that brought events. Both: a pause of the loop
+        (a checkpoint, a slow step) has no pushes, and a burst of pushes takes
+        no time, and neither is a partition going quiet.
+        """
+        if not delivered:
+            return
+        self._pushes += 1
         now = time.monotonic()
         for origin in delivered:
-            self._heard[origin] = now
+            self._heard[origin] = (now, self._pushes)
         active = [clock for origin, clock in self._clocks.items()
-                  if now - self._heard.get(origin, now) <= self.idle_s]
+                  if now - self._heard[origin][0] <= self.idle_s
+                  or self._pushes - self._heard[origin][1] <= _IDLE_PUSHES]
         if active:
             self._watermark = max(self._watermark, min(active))
 
@@ -317,7 +343,11 @@ class Joiner:
                 "pending": [event_to_dict(e) for e, _ in self._pending.values()],
                 "early_actions": [event_to_dict(e) for waiting in self._early.values()
                                   for e, _ in waiting],
-                "resolved": [[*identity, at] for identity, at in self._resolved.items()]}
+                "resolved": [[*identity, at] for identity, at in self._resolved.items()],
+                # Per partition event time: after a restore, a partition not
+                # heard from yet still holds the watermark (until it goes quiet).
+                "clocks": [["" if o is None else o[0], -1 if o is None else o[1], clock]
+                           for o, clock in self._clocks.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._watermark = int(state["watermark"])
@@ -332,6 +362,12 @@ class Joiner:
             self._early.setdefault(_key(event), []).append(
                 (event, min(event.timestamp_ms, cap)))
         self._early_count = sum(len(waiting) for waiting in self._early.values())
+        self._clocks, self._heard, self._pushes = {}, {}, 0
+        now = time.monotonic()
+        for topic, partition, clock in state.get("clocks", ()):
+            origin = None if partition == -1 else (str(topic), int(partition))
+            self._clocks[origin] = int(clock)
+            self._heard[origin] = (now, 0)
         self._resolved = OrderedDict()
         for event_id, request, item, stamp, at in state.get("resolved", ()):
             self._resolved[(str(event_id), str(request), int(item), int(stamp))] = int(at)

@@ -225,12 +225,43 @@ def test_a_partition_ahead_does_not_expire_a_partition_behind(monkeypatch) -> No
     out = j.push([imp("r0", 7, 0), imp("r1", 8, 100_000)], [p0, p1])
     out += j.push([act("r0", 7, 2_000), act("r1", 8, 101_000)], [p0, p1])
     assert sorted((e.item_id, e.label) for e in out) == [(7, 1.0), (8, 1.0)]
-    # Partition 0 goes quiet (or is assigned away): after idle_s of wall time
-    # it no longer holds the watermark back, and partition 1's impressions expire.
-    j.push([imp("r2", 9, 110_000)], [p1])
+    # A pause of the loop (a checkpoint) longer than idle_s is not a partition
+    # going quiet: partition 0 still holds the watermark.
+    assert j.push([imp("r2", 9, 110_000)], [p1]) == []
     wall[0] += 11
-    expired = j.push([imp("r3", 3, 125_000)], [p1])
-    assert [(e.item_id, e.label) for e in expired] == [(9, 0.0)]
+    assert j.push([imp("r3", 3, 125_000)], [p1]) == []
+    # Partition 0 goes quiet (or is assigned away): after idle_s of wall time
+    # and 100 pushes without it, it stops holding the watermark back.
+    expired = []
+    for i in range(100):
+        expired += j.push([Event("example", 1, 1, T0 + 125_000 + i, label=0.0)], [p1])
+    assert [(e.item_id, e.label) for e in expired if e.item_id != 1] == [(9, 0.0)]
+
+
+def test_after_a_restore_a_partition_not_heard_from_yet_still_holds_the_watermark(
+        tmp_path: Path) -> None:
+    # The first poll after a restart often holds one partition only: it must
+    # not expire the other partition's restored impressions.
+    p0, p1 = ("events", 0), ("events", 1)
+    j = Joiner(["click"], window_s=10)
+    j.push([imp("r0", 7, 0), imp("r1", 8, 1_000)], [p0, p1])
+    path = tmp_path / "joiner.pt"
+    torch.save(j.state_dict(), path)
+    restored = Joiner(["click"], window_s=10)
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    out = restored.push([imp("r9", 9, 60_000)], [p1])  # partition 1, far ahead
+    out += restored.push([act("r0", 7, 2_000)], [p0])  # partition 0's click, read next
+    assert [(e.item_id, e.label) for e in out] == [(7, 1.0)]
+
+
+def test_an_action_too_late_for_one_showing_can_be_the_next_ones() -> None:
+    # Same key, impressions at 0 s and 15 s, a click at 20 s (window 10 s):
+    # whatever the order they are read in, the click is the second showing's.
+    for order in ([shown(0), click(20_000), shown(15_000)],
+                  [click(20_000), shown(0), shown(15_000)]):
+        out = Joiner(["click"], window_s=10).push(order)
+        assert sorted((e.timestamp_ms - T0, e.label) for e in out) == \
+            [(0, 0.0), (15_000, 1.0)], order
 
 
 def test_a_click_after_the_window_waits_for_a_later_showing() -> None:
