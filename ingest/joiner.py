@@ -161,7 +161,9 @@ class Joiner:
 
     def _resolve(self, impression: Event, at: int) -> None:
         """Remember a joined or expired impression, so a redelivery is known."""
-        self._resolved[_identity(impression)] = at
+        # Kept two windows from when it was resolved (a late impression's own
+        # time may already be that old: its retry would be trained again).
+        self._resolved[_identity(impression)] = max(at, self._watermark)
         if len(self._resolved) > self.max_pending:
             self._resolved.popitem(last=False)
 
@@ -267,12 +269,13 @@ class Joiner:
         waiting = self._early.get(key)
         if waiting is None:
             self._early[key] = [(event, at)]
-        elif len(waiting) < _EARLY_PER_KEY:
+        else:
             waiting.append((event, at))
             self._early.move_to_end(key)
-        else:
-            self._orphan()
-            return
+            if len(waiting) > _EARLY_PER_KEY:  # the oldest gives way (a burst, a retry)
+                del waiting[0]
+                self._orphan()
+                return
         self._early_count += 1
         if self._early_count > self.max_pending:  # the oldest key's give way
             for _ in self._early.popitem(last=False)[1]:
@@ -293,11 +296,15 @@ class Joiner:
         now = time.monotonic()
         for origin in delivered:
             self._heard[origin] = (now, self._pushes)
-        active = [clock for origin, clock in self._clocks.items()
-                  if now - self._heard[origin][0] <= self.idle_s
-                  or self._pushes - self._heard[origin][1] <= _IDLE_PUSHES]
+        active = [clock for origin, clock in self._clocks.items() if self._active(origin, now)]
         if active:
             self._watermark = max(self._watermark, min(active))
+
+    def _active(self, origin: tuple[str, int] | None, now: float | None = None) -> bool:
+        """Whether ``origin`` has not gone quiet (see :meth:`_advance`)."""
+        heard_at, heard_push = self._heard.get(origin, (0.0, -_IDLE_PUSHES - 1))
+        now = time.monotonic() if now is None else now
+        return now - heard_at <= self.idle_s or self._pushes - heard_push <= _IDLE_PUSHES
 
     def _expire(self, out: list[Event]) -> None:
         horizon = self._watermark - self.window_ms
@@ -310,12 +317,15 @@ class Joiner:
             self._resolve(first, at)
         while self._early:
             key, waiting = next(iter(self._early.items()))
-            if waiting[-1][1] >= horizon:
+            live = [action for action in waiting if action[1] >= horizon]
+            for _ in range(len(waiting) - len(live)):
+                self._orphan()  # each waiting action expires by its own time
+            self._early_count -= len(waiting) - len(live)
+            if live:
+                if len(live) < len(waiting):
+                    self._early[key] = live
                 break
             del self._early[key]
-            self._early_count -= len(waiting)
-            for _ in waiting:
-                self._orphan()
         # A redelivery comes soon after the original: two windows are plenty.
         while self._resolved:
             identity, at = next(iter(self._resolved.items()))
@@ -347,7 +357,7 @@ class Joiner:
                 # Per partition event time: after a restore, a partition not
                 # heard from yet still holds the watermark (until it goes quiet).
                 "clocks": [["" if o is None else o[0], -1 if o is None else o[1], clock]
-                           for o, clock in self._clocks.items()]}
+                           for o, clock in self._clocks.items() if self._active(o)]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._watermark = int(state["watermark"])

@@ -282,3 +282,55 @@ def test_waiting_actions_are_bounded_in_all() -> None:
     orphans = registry.get_sample_value("streamrec_ingest_joiner_dropped_total",
                                         {"reason": "orphan_action"})
     assert orphans + len(state["early_actions"]) == 40
+
+
+def test_a_burst_of_clicks_does_not_crowd_out_the_next_showings_click() -> None:
+    j = Joiner(["click"], window_s=10)
+    out = j.push([shown(0)] + [click(1_000 + 100 * i) for i in range(5)])
+    out += j.push([click(5_500)])  # the next showing's click, read before it
+    out += j.push([shown(5_000)])
+    assert [(e.timestamp_ms - T0, e.label) for e in out] == [(0, 1.0), (5_000, 1.0)]
+
+
+def test_each_waiting_action_expires_by_its_own_time() -> None:
+    # A redelivered old click joins a key after a fresh one: it must not take
+    # the fresh click with it when it expires.
+    j = Joiner(["click"], window_s=10)
+    out = j.push([shown(0), click(1_000)])
+    out += j.push([click(100_000)])  # a later showing's click, read before it
+    out += j.push([click(1_000)])  # a redelivery of the first click
+    out += j.push([shown(99_500)])
+    assert [(e.timestamp_ms - T0, e.label) for e in out] == [(0, 1.0), (99_500, 1.0)]
+
+
+def test_a_late_impressions_retry_is_still_a_duplicate() -> None:
+    # It expires the moment it arrives (its window is long past): the memory of
+    # resolved impressions must outlive that push, or its retry trains again.
+    j = Joiner(["click"], window_s=10)
+    out = j.push([act("o", 1, 100_000)])
+    late = Event("impression", 1, 7, T0 + 50_000, request_id="r1", event_id="imp-1")
+    out += j.push([late])
+    out += j.push([act("r1", 7, 51_000), late])
+    assert [(e.request_id, e.label) for e in out if e.request_id == "r1"] == [("r1", 0.0)]
+
+
+def test_a_partition_quiet_before_a_checkpoint_stays_quiet_after_the_restore(
+        tmp_path: Path, monkeypatch) -> None:
+    wall = [1000.0]
+    monkeypatch.setattr("ingest.joiner.time.monotonic", lambda: wall[0])
+    p0, p1 = ("events", 0), ("events", 1)
+
+    def run(restore: bool) -> tuple[int, int]:
+        j = Joiner(["click"], window_s=10, idle_s=10)
+        j.push([imp("q", 7, 0)], [p0])  # partition 0 then goes quiet (assigned away)
+        wall[0] += 11
+        for i in range(101):
+            j.push([Event("example", 0, 0, T0 + i, label=0.0)], [p1])
+        if restore:
+            torch.save(j.state_dict(), tmp_path / "j.pt")
+            j = Joiner(["click"], window_s=10, idle_s=10)
+            j.load_state_dict(torch.load(tmp_path / "j.pt", weights_only=True))
+        out = j.push([imp(f"n{i}", i, 20_000 + i * 1000) for i in range(40)], [p1] * 40)
+        return len([e for e in out if e.type == "example"]), j.pending
+
+    assert run(restore=True) == run(restore=False)
