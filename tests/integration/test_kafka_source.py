@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -145,6 +146,22 @@ def test_a_rebalance_continues_after_the_last_delivered_record(kafka_broker: str
     # leaving the group (reading another topic) revokes and reassigns the
     # partition twice: the source must go on from 100, neither from the
     # commit (50) nor from the checkpoint (10).
+    #
+    # Sometimes the broker expels the source from the group and kafka-python
+    # does not rejoin within a minute; then nothing at all arrives. That is a
+    # liveness problem of the test's broker and client, not of the seek logic,
+    # so the scenario runs again (at most three times) on a fresh topic and
+    # group. Whatever is delivered is checked.
+    for _ in range(3):
+        assignments, again, events = _rebalance_scenario(kafka_broker)
+        if again:
+            break
+    # (The group did rebalance: the first assignment, then at least one more.)
+    assert assignments.count(True) >= 2, assignments
+    assert [e.event_id for e in again] == [e.event_id for e in events[100:]]
+
+
+def _rebalance_scenario(kafka_broker: str) -> tuple[list[bool], list[Any], list[Any]]:
     import time
 
     topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
@@ -155,7 +172,7 @@ def test_a_rebalance_continues_after_the_last_delivered_record(kafka_broker: str
         producer.send(topic, encode_json(e))
     producer.flush()
     src = source(kafka_broker, topic, group)
-    assignments = []
+    assignments: list[bool] = []
     seek_assigned = src._seek_assigned
 
     def counted(assigned: set[TopicPartition], rebalance: bool = False) -> None:
@@ -171,7 +188,7 @@ def test_a_rebalance_continues_after_the_last_delivered_record(kafka_broker: str
                           enable_auto_commit=False, session_timeout_ms=6000,
                           heartbeat_interval_ms=500)
     other.subscribe([topic + "-other"])
-    again = []
+    again: list[Any] = []
     deadline = time.monotonic() + 12
     while time.monotonic() < deadline and not other.assignment():
         other.poll(100)
@@ -181,10 +198,8 @@ def test_a_rebalance_continues_after_the_last_delivered_record(kafka_broker: str
         producer.send(topic, encode_json(e))
     producer.flush()
     producer.close()
-    deadline = time.monotonic() + 60  # a member expelled under load rejoins first
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(again) < 20:
         again += src.poll(1000, 0.2).events
     src.close()
-    # (The group did rebalance: the first assignment, then at least one more.)
-    assert assignments.count(True) >= 2, assignments
-    assert [e.event_id for e in again] == [e.event_id for e in events[100:]]
+    return assignments, again, events
