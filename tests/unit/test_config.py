@@ -70,6 +70,8 @@ ttl_s = 60
     ("[serving]\nmax_request_bytes = 1023", "serving.max_request_bytes=1023"),
     ("[serving]\nmax_request_bytes = 2147483648", "serving.max_request_bytes=2147483648"),
     ("[serving]\nshutdown_delay_s = -0.5", "serving.shutdown_delay_s=-0.5"),
+    # A denormal strength underflows the smoothing: every loss NaN, nothing learned.
+    ("[model]\nhistory_strength = 1e-320", "model.history_strength"),
     ("[model]\nsparse_features = ['a', 'a']", "model.sparse_features"),
     ("[tables.nosuchfeature]\nttl_s = 1", "nosuchfeature"),
     ("[table_defaults]\nshards = 4\nmax_rows = 2", "table.max_rows=2"),
