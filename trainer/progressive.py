@@ -39,18 +39,28 @@ def exact_auc(scores: torch.Tensor, labels: torch.Tensor,
     w = torch.ones_like(scores) if weights is None else \
         weights.detach().reshape(-1).to(torch.float64)
     pos_w, neg_w = w * labels, w * (1 - labels)
-    positives, negatives = float(pos_w.sum()), float(neg_w.sum())
-    if positives == 0 or negatives == 0:
+    if float(pos_w.sum()) == 0 or float(neg_w.sum()) == 0:
         return math.nan
     order = torch.argsort(scores)
-    # Per run of equal scores: its positive and negative weight; a positive
-    # beats the negatives of lower runs and ties half of its own run's.
+    # Per run of equal scores, its positive and negative weight.
     _, inverse = torch.unique_consecutive(scores[order], return_inverse=True)
     runs = int(inverse[-1]) + 1
     pos = torch.zeros(runs, dtype=torch.float64).index_add_(0, inverse, pos_w[order])
     neg = torch.zeros(runs, dtype=torch.float64).index_add_(0, inverse, neg_w[order])
+    return _grouped_auc(pos, neg)
+
+
+def _grouped_auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """AUC from positive and negative weights per score group, groups in ascending score.
+
+    A positive beats the negatives of lower groups and ties half of its own
+    group's; NaN without both classes.
+    """
+    total_pos, total_neg = float(pos.sum()), float(neg.sum())
+    if total_pos == 0 or total_neg == 0:
+        return math.nan
     below = torch.cumsum(neg, 0) - neg
-    return float((pos * (below + 0.5 * neg)).sum()) / (positives * negatives)
+    return float((pos * (below + 0.5 * neg)).sum()) / (total_pos * total_neg)
 
 
 def _logloss_terms(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -141,13 +151,7 @@ class ProgressiveMetrics:
     @property
     def auc(self) -> float:
         """AUC over every example since start (binned; NaN until both classes were seen)."""
-        pos, neg = self._pos_hist, self._neg_hist
-        total_pos, total_neg = float(pos.sum()), float(neg.sum())
-        if total_pos == 0 or total_neg == 0:
-            return math.nan
-        negatives_below = torch.cumsum(neg, 0) - neg
-        pairs = (pos * (negatives_below + 0.5 * neg)).sum()
-        return float(pairs) / (total_pos * total_neg)
+        return _grouped_auc(self._pos_hist, self._neg_hist)
 
     @property
     def logloss(self) -> float:
