@@ -171,30 +171,29 @@ class Publisher:
         chain = [self._deltas.get(v) for v in range(reported + 1, self._version + 1)]
         return None if None in chain else chain  # type: ignore[return-value]
 
-    def _push(self, name: str, sink: DeltaSink, deltas: list[ParameterDelta]) -> None:
-        """Push ``deltas`` in order; a failure ends the list (the next round sees where it is)."""
-        for delta in deltas:
-            kind = "full" if delta.full else "delta"
-            t0 = time.perf_counter()
-            try:
-                acked = sink.push(delta)
-            except VersionGapError:
-                # Moved between the probe and the push (restarted): the next
-                # round sees its version and resyncs it.
-                self._acked.pop(name, None)
-                self.metrics.pushes.labels(name, kind, "gap").inc()
-                log.info("replica %s is out of step; it gets a full snapshot next round", name)
-                return
-            except SyncError as e:
-                self.metrics.pushes.labels(name, kind, "error").inc()
-                log.warning("push of version %d to %s failed: %s", delta.version, name, e)
-                return
-            # Acknowledged: from now on this replica is on this publisher's lineage.
-            self._acked[name] = delta.version
-            self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - t0)
-            self.metrics.pushes.labels(name, kind, "ok").inc()
-            self.metrics.rows.labels(kind).inc(delta.num_rows())
-            self.metrics.replica_version.labels(name).set(acked)
+    def _push(self, name: str, sink: DeltaSink, delta: ParameterDelta) -> None:
+        """Push ``delta``; a failure is counted and logged (the next round sees where it is)."""
+        kind = "full" if delta.full else "delta"
+        t0 = time.perf_counter()
+        try:
+            acked = sink.push(delta)
+        except VersionGapError:
+            # Moved between the probe and the push (restarted): the next round
+            # sees its version and resyncs it.
+            self._acked.pop(name, None)
+            self.metrics.pushes.labels(name, kind, "gap").inc()
+            log.info("replica %s is out of step; it gets a full snapshot next round", name)
+            return
+        except SyncError as e:
+            self.metrics.pushes.labels(name, kind, "error").inc()
+            log.warning("push of version %d to %s failed: %s", delta.version, name, e)
+            return
+        # Acknowledged: from now on this replica is on this publisher's lineage.
+        self._acked[name] = delta.version
+        self.metrics.push_seconds.labels(kind).observe(time.perf_counter() - t0)
+        self.metrics.pushes.labels(name, kind, "ok").inc()
+        self.metrics.rows.labels(kind).inc(delta.num_rows())
+        self.metrics.replica_version.labels(name).set(acked)
 
     def publish_once(self, *, wait_all: bool = False) -> int:
         """Publish the next version to every replica that answers; returns that version.
@@ -223,9 +222,9 @@ class Publisher:
                 delta = self.source.collect_delta(version)
                 snapshot = self.source.snapshot(version) if behind else None
             pushes = [self._submit(n, self._push, n, self.sinks[n],
-                                   [merge_deltas([*chain, delta]) if chain else delta])
+                                   merge_deltas([*chain, delta]) if chain else delta)
                       for n, chain in catch_up.items()]
-            pushes += [self._submit(n, self._push, n, self.sinks[n], [snapshot]) for n in behind]
+            pushes += [self._submit(n, self._push, n, self.sinks[n], snapshot) for n in behind]
             self._tried.update({n: version for n in (*catch_up, *behind)})
             self._in_step = set(catch_up)
             # Held for replicas that fall behind: the rows and tombstones only
