@@ -84,11 +84,13 @@ def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
         # Every event on an id, in order: per delta its tombstones, then its
         # rows (the order a replica applies them in).
         ids, order, source = [], [], []
+        rows_before = 0  # rows of the earlier parts: where this part's rows start
         for k, t in enumerate(parts):
             ids += [t.evicted_ids, t.ids]
             order += [torch.full_like(t.evicted_ids, 2 * k), torch.full_like(t.ids, 2 * k + 1)]
             source += [torch.full_like(t.evicted_ids, -1),
-                       torch.arange(t.ids.numel()) + sum(p.ids.numel() for p in parts[:k])]
+                       torch.arange(rows_before, rows_before + t.ids.numel())]
+            rows_before += t.ids.numel()
         all_ids, all_order, all_source = torch.cat(ids), torch.cat(order), torch.cat(source)
         if all_ids.numel() == 0:
             tables.append(TableDelta(name, dim, all_ids, torch.zeros(0, dim)))
@@ -98,11 +100,10 @@ def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
         sorted_ids = all_ids.numpy()[by]
         last_of_id = np.flatnonzero(np.append(sorted_ids[1:] != sorted_ids[:-1], True))
         final = torch.from_numpy(by[last_of_id])
-        final_source = all_source.index_select(0, final)
+        final_ids, final_source = all_ids.index_select(0, final), all_source.index_select(0, final)
         kept = final_source >= 0
-        tables.append(TableDelta(name, dim, all_ids.index_select(0, final)[kept],
-                                 rows.index_select(0, final_source[kept]),
-                                 all_ids.index_select(0, final)[~kept]))
+        tables.append(TableDelta(name, dim, final_ids[kept],
+                                 rows.index_select(0, final_source[kept]), final_ids[~kept]))
     return ParameterDelta(version=last.version, base_version=first.base_version, full=False,
                           tables=tables, dense=last.dense, event_time_ms=last.event_time_ms,
                           exported_at_ms=last.exported_at_ms, model_spec=last.model_spec)
