@@ -15,10 +15,11 @@ would. Readers run concurrently with each other.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -287,12 +288,18 @@ class ModelReplica:
     def score_rows(self, rows: Sequence[tuple[int, int, Features | None]]
                    ) -> tuple[list[float], int]:
         """Click probabilities of arbitrary ``(user_id, item_id, features)`` rows, in one batch."""
+        with self._reading() as state:
+            return state.score(list(rows)).tolist(), state.version
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[_State]:
+        """The model state, held against deltas while the block runs (NotReadyError: none yet)."""
         self._lock.acquire_read()
         try:
             state = self._state
             if state is None:
                 raise NotReadyError("no model yet: the replica has not received parameters")
-            return state.score(list(rows)).tolist(), state.version
+            yield state
         finally:
             self._lock.release_read()
 
@@ -309,11 +316,7 @@ class ModelReplica:
         if candidate_features and len(candidate_features) != len(item_ids):
             raise ValueError(f"{len(candidate_features)} candidate_features for "
                              f"{len(item_ids)} item_ids")
-        self._lock.acquire_read()
-        try:
-            state = self._state
-            if state is None:
-                raise NotReadyError("no model yet: the replica has not received parameters")
+        with self._reading() as state:
             # Only the features this model reads are copied into every
             # candidate's row: a request may name thousands of others.
             used = state.features
@@ -328,5 +331,3 @@ class ModelReplica:
                 # slower; serving.max_request_ids bounds what the copies hold.)
                 rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
             return state.score(rows).tolist(), state.version
-        finally:
-            self._lock.release_read()
