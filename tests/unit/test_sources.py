@@ -45,9 +45,7 @@ def test_file_source_seeks_past_what_a_checkpoint_covered(tmp_path: Path) -> Non
     path.write_text("".join(encode_json(e).decode() + "\n" for e in events))
     with FileSource(path) as first:
         offsets = first.poll(12, 0).offsets
-    with FileSource(path) as resumed:
-        resumed.seek(offsets)
-        assert resumed.poll(100, 0).events == events[12:]
+    assert read_on_from(path, offsets) == events[12:]
 
 
 def test_csv_files_decode_like_jsonl(tmp_path: Path) -> None:
@@ -83,6 +81,13 @@ def test_dead_letter_file_keeps_the_record_and_the_reason(tmp_path: Path) -> Non
             .splitlines()]
     assert rows[0]["raw"] == '{"type": "click"}' and rows[0]["kind"] == "missing_field"
     assert "raw_base64" in rows[1] and rows[1]["kind"] == "malformed"
+
+
+def read_on_from(path: Path | str, offsets: dict) -> list:
+    """The events a source over ``path`` returns after seeking to ``offsets``."""
+    with FileSource(path) as resumed:
+        resumed.seek(offsets)
+        return resumed.poll(100, 0).events
 
 
 def read_all(path: Path) -> tuple[list, list]:
@@ -147,13 +152,9 @@ def test_a_resume_finds_the_offset_however_the_path_is_spelled(tmp_path: Path,
     with FileSource(path) as first:
         offsets = first.poll(12, 0).offsets
     monkeypatch.chdir(tmp_path)
-    with FileSource("events.jsonl") as resumed:  # relative, from another directory
-        resumed.seek(offsets)
-        assert resumed.poll(100, 0).events == events[12:]
+    assert read_on_from("events.jsonl", offsets) == events[12:]  # relative, another directory
     # A checkpoint written before the key named the real path: keyed by the spelling.
-    with FileSource("events.jsonl") as old:
-        old.seek({("file:events.jsonl", 0): 12})
-        assert old.poll(100, 0).events == events[12:]
+    assert read_on_from("events.jsonl", {("file:events.jsonl", 0): 12}) == events[12:]
 
 
 def test_csv_text_that_float_reads_as_nan_or_infinity_stays_text(tmp_path: Path) -> None:
@@ -195,9 +196,7 @@ def test_gzipped_files_read_like_plain_ones_and_a_truncated_one_is_a_clear_error
     path = tmp_path / "events.jsonl.gz"
     path.write_bytes(gzip.compress(text.encode()))
     assert read_all(path) == (events[:100], [])
-    with FileSource(path) as source:
-        source.seek({(f"file:{path}", 0): 250})
-        assert source.poll(100, 0).events == events[250:]
+    assert read_on_from(path, {(f"file:{path}", 0): 250}) == events[250:]
     csv_path = tmp_path / "events.csv.gz"
     csv_path.write_bytes(gzip.compress(b"type,label,user_id,item_id,timestamp_ms\n"
                                        b"example,1,1,2,1000\n"))
