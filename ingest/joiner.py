@@ -3,12 +3,13 @@
 An impression waits, keyed by ``(request_id, item_id)``, for an action of a
 configured type (click, like, ...). The first such action stamped within
 ``window_s`` after it (or up to a second before: clocks of different
-services) emits the impression as a positive example at once; an impression still unmatched when the event-time watermark (the
-newest timestamp seen) passes its timestamp + window is emitted as a
-negative. Negatives may be down-sampled: each is kept with probability
-``rate``, decided by a hash of (seed, request_id, user_id, item_id) so a
-replay makes the same choices, and kept ones carry ``sample_rate = rate`` so the trainer
-weighs them 1/rate in the loss (predictions stay calibrated to the full stream).
+services) emits the impression as a positive example at once; an impression
+still unmatched when the event-time watermark (see below) passes its
+timestamp + window is emitted as a negative. Negatives may be down-sampled:
+each is kept with probability ``rate``, decided by a hash of (seed,
+request_id, user_id, item_id) so a replay makes the same choices, and kept
+ones carry ``sample_rate = rate`` so the trainer weighs them 1/rate in the
+loss (predictions stay calibrated to the full stream).
 
 Labeled ``example`` events pass straight through; other event types are
 counted and dropped. Impressions without a ``request_id`` are keyed by
@@ -21,7 +22,7 @@ What real streams do to a joiner, and what this one does about it:
   topics or partitions) waits too, for the impression, until the watermark
   passes its own timestamp + window; only then is it an orphan (counted).
 - An impression delivered twice (a producer's retry) is one impression: a
-  repeat of a pending key, or of an impression joined or expired within the
+  repeat of a pending impression, or of one joined or expired within the
   last two windows (same ``event_id``, or same key and timestamp), is counted
   and dropped, not trained again with the opposite label.
 - A producer whose clock runs ahead: event time cannot be in the future, so an
@@ -29,7 +30,6 @@ What real streams do to a joiner, and what this one does about it:
   ``max_clock_skew_s``, default 0) and expires as if stamped there. One
   skewed event then neither labels every pending impression a negative nor
   blocks the expiry of those behind it for longer than a window.
-
 - Partitions read at different event times (a consumer catching up on one
   more than another): with the partition of each event (``push``'s
   ``origins``), event time is kept per partition and the watermark is the
@@ -37,12 +37,14 @@ What real streams do to a joiner, and what this one does about it:
   ``idle_s`` of wall time and 100 pushes; kept in checkpoints), so an ahead
   partition cannot expire a behind one's impressions before their actions
   are read, and a partition that goes quiet (or is assigned away) stops
-  holding the others back.
+  holding the others back. Without ``origins`` the watermark is the newest
+  (capped) timestamp seen.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
 so one that arrives late (older than impressions already pending) waits until
 those before it expire. At most ``max_pending`` impressions (and as many
-waiting actions in all, and as many identities of resolved impressions) are held; beyond that the oldest is emitted early as a negative
+waiting actions in all, and as many identities of resolved impressions) are
+held; beyond that the oldest impression is emitted early as a negative
 (counted as ``overflow``), which bounds memory when actions stop arriving or
 timestamps jump.
 """
