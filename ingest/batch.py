@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,10 @@ from ingest.event import Event, FeatureValue
 from ingest.ids import INT64_MAX, INT64_MIN, to_id
 
 __all__ = ["Batch", "Batcher", "dense_value"]
+
+_USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP = map(
+    Event._fields.index, ("user_id", "item_id", "features", "label", "sample_rate",
+                          "timestamp_ms"))
 
 
 @dataclass
@@ -55,7 +60,7 @@ def dense_value(values: Sequence[FeatureValue]) -> float:
     return math.copysign(math.log1p(abs(x)), x)
 
 
-def _int64(values: list[int]) -> torch.Tensor:
+def _int64(values: Sequence[int]) -> torch.Tensor:
     # numpy reads a list of ints ~3x faster than torch.tensor does.
     try:
         return torch.from_numpy(np.fromiter(values, dtype=np.int64, count=len(values)))
@@ -64,10 +69,18 @@ def _int64(values: list[int]) -> torch.Tensor:
         raise ValueError(f"id {big} does not fit in a signed 64-bit integer") from None
 
 
-def _float32(values: list[float]) -> torch.Tensor:
+def _float32(values: Sequence[float]) -> torch.Tensor:
     if not values:
         return torch.zeros(0, dtype=torch.float32)
     return torch.frombuffer(array.array("d", values), dtype=torch.float64).float()
+
+
+def _float32_or(values: Sequence[float | None], missing: float) -> torch.Tensor:
+    """``values`` as float32, ``missing`` where a value is None (absent label)."""
+    try:
+        return _float32(values)
+    except TypeError:  # array.array refuses None (and strings, which stay refused below)
+        return _float32([missing if v is None else v for v in values])
 
 
 def _dense_column(raw: list[object]) -> torch.Tensor:
@@ -81,6 +94,15 @@ def _dense_column(raw: list[object]) -> torch.Tensor:
             x = torch.where(torch.isfinite(x), x, 0.0)
             return (torch.sign(x) * torch.log1p(x.abs())).float()
     return _float32([dense_value((v,)) for v in raw])
+
+
+def _firsts(name: str, features: Sequence[Mapping[str, tuple[FeatureValue, ...]] | None]
+            ) -> list[FeatureValue]:
+    """Each example's first value of numeric feature ``name`` (0.0 where it has none)."""
+    try:
+        return [v for (v,) in map(operator.itemgetter(name), features)]  # one value each
+    except (KeyError, TypeError, ValueError):
+        return [(f.get(name) or (0.0,))[0] if f else 0.0 for f in features]
 
 
 class _IdMemo(dict):  # type: ignore[type-arg]
@@ -129,19 +151,30 @@ class Batcher:
             return list(user_ids), None
         if feature == "item_id":
             return list(item_ids), None
-        per_example = [f.get(feature, ()) if f else () for f in features]
-        ids = list(itertools.chain.from_iterable(per_example))
+        lengths: list[int] | None = None
+        try:
+            # The common case, in two C-level passes: every example has exactly
+            # one value (a missing feature or None raises KeyError / TypeError,
+            # any other count ValueError, and the general path takes over).
+            ids: list = [v for (v,) in map(operator.itemgetter(feature), features)]
+        except (KeyError, TypeError, ValueError):
+            per_example = [f.get(feature, ()) if f else () for f in features]
+            ids = list(itertools.chain.from_iterable(per_example))
+            lengths = [len(v) for v in per_example]
         if not set(map(type, ids)) <= {int}:
             ids = list(map(self._ids.__getitem__, ids))
-        return ids, [len(v) for v in per_example]
+        return ids, lengths
 
     def build(self, events: Sequence[Event]) -> Batch:
         """Batch ``events`` (examples; a missing label counts as 0)."""
-        batch = self._build([e.user_id for e in events], [e.item_id for e in events],
-                            [e.features for e in events])
-        batch.labels = _float32([e.label or 0.0 for e in events])
-        batch.sample_rates = _float32([e.sample_rate for e in events])
-        batch.timestamps_ms = _int64([e.timestamp_ms for e in events])
+        if not events:
+            return self._build([], [], [])
+        # Events are named tuples: one transpose gives every field's column.
+        columns = list(zip(*events))
+        batch = self._build(columns[_USER], columns[_ITEM], columns[_FEATURES])
+        batch.labels = _float32_or(columns[_LABEL], 0.0)
+        batch.sample_rates = _float32_or(columns[_SAMPLE_RATE], 1.0)
+        batch.timestamps_ms = _int64(columns[_TIMESTAMP])
         return batch
 
     def build_rows(
@@ -157,21 +190,21 @@ class Batcher:
                features: Sequence[Mapping[str, tuple[FeatureValue, ...]] | None]) -> Batch:
         n = len(user_ids)
         values: list[int] = []
-        lengths: list[int] = []
+        lengths: list[torch.Tensor] = []
         for feature in self.sparse_features:
             ids, counts = self._column(feature, user_ids, item_ids, features)
             values += ids
-            lengths += counts if counts is not None else [1] * n
+            lengths.append(torch.ones(n, dtype=torch.int32) if counts is None else
+                           torch.from_numpy(np.fromiter(counts, dtype=np.int32, count=n)))
         sparse = KeyedJaggedTensor(
             keys=self.sparse_features,
             values=_int64(values),
-            lengths=_int64(lengths).int(),
+            lengths=torch.cat(lengths) if lengths else torch.zeros(0, dtype=torch.int32),
             stride=n,
         )
         if self.dense_features:
-            firsts = [[(f.get(name) or (0.0,))[0] if f else 0.0 for f in features]
-                      for name in self.dense_features]
-            dense = torch.stack([_dense_column(raw) for raw in firsts], dim=1) if n else \
+            dense = torch.stack([_dense_column(_firsts(name, features))
+                                 for name in self.dense_features], dim=1) if n else \
                 torch.zeros((0, len(self.dense_features)), dtype=torch.float32)
         else:
             dense = torch.zeros((n, 0), dtype=torch.float32)
