@@ -37,7 +37,10 @@ What real streams do to a joiner, and what this one does about it:
   ``idle_s`` of wall time and 100 pushes; kept in checkpoints), so an ahead
   partition cannot expire a behind one's impressions before their actions
   are read, and a partition that goes quiet (or is assigned away) stops
-  holding the others back. Without ``origins`` the watermark is the newest
+  holding the others back. With the source's assignment (``assigned``), a
+  partition not read from yet holds the watermark too: at a first start on a
+  backlog, impressions read from one topic do not expire before the clicks
+  topic's first fetch. Without ``origins`` the watermark is the newest
   (capped) timestamp seen.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
@@ -182,11 +185,18 @@ class Joiner:
         self._count("orphan_action")
 
     def push(self, events: Iterable[Event],
-             origins: Sequence[tuple[str, int]] | None = None) -> list[Event]:
+             origins: Sequence[tuple[str, int]] | None = None,
+             assigned: Iterable[tuple[str, int]] | None = None) -> list[Event]:
         """Feed events in arrival order; returns the training examples ready now.
 
         ``origins[i]`` is the partition ``events[i]`` came from (None: one stream).
+        ``assigned`` is every partition the source reads now (Kafka's
+        assignment), delivering or not: one not heard from yet holds the
+        watermark where it is, like a partition behind, until it delivers or
+        goes quiet; one no longer assigned stops holding it at once.
         """
+        if assigned is not None:
+            self._assign(set(assigned))
         out: list[Event] = []
         self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)
         cap = self._cap
@@ -301,6 +311,17 @@ class Joiner:
         active = [clock for origin, clock in self._clocks.items() if self._active(origin, now)]
         if active:
             self._watermark = max(self._watermark, min(active))
+
+    def _assign(self, assigned: set[tuple[str, int]]) -> None:
+        now = time.monotonic()
+        for origin in assigned - self._clocks.keys():
+            # Nothing read from it yet: its clock is below every event time,
+            # so it holds the watermark (which never moves back) where it is.
+            self._clocks[origin] = -1
+            self._heard[origin] = (now, self._pushes)
+        for origin in [o for o in self._clocks if o is not None and o not in assigned]:
+            del self._clocks[origin]
+            self._heard.pop(origin, None)
 
     def _active(self, origin: tuple[str, int] | None, now: float | None = None) -> bool:
         """Whether ``origin`` has not gone quiet (see :meth:`_advance`)."""

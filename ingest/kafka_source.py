@@ -126,7 +126,9 @@ class KafkaSource:
             self._seek_to.pop(key, None)  # read from: the position supersedes the checkpoint
         if self.metrics is not None:
             self._lag = self._measure_lag()
-        return SourceBatch(events=events, dead_letters=dead, offsets=offsets, origins=origins)
+        assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+        return SourceBatch(events=events, dead_letters=dead, offsets=offsets, origins=origins,
+                           assigned=assigned)
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         # Only partitions this consumer still owns: after a rebalance the new

@@ -45,6 +45,10 @@ class SourceBatch:
     # Per event, the partition it came from (the joiner keeps event time per
     # partition); None when the source is one ordered stream.
     origins: list[tuple[str, int]] | None = None
+    # The partitions the source is assigned as of this poll, delivering or
+    # not (the joiner waits for those it has not heard from); None when the
+    # source is not partitioned.
+    assigned: list[tuple[str, int]] | None = None
 
 
 class EventSource(Protocol):

@@ -217,8 +217,8 @@ class TrainingLoop:
                     if self.dead_letters is not None:
                         self.dead_letters.put(got.dead_letters)
                 self._offsets.update(got.offsets)
-                examples = self.joiner.push(got.events, got.origins) if self.joiner \
-                    else got.events
+                examples = self.joiner.push(got.events, got.origins, got.assigned) \
+                    if self.joiner else got.events
                 self._pending.extend(examples)
                 exhausted = self.source.exhausted
                 if exhausted and self.joiner is not None:

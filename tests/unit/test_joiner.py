@@ -238,6 +238,40 @@ def test_a_partition_ahead_does_not_expire_a_partition_behind(monkeypatch) -> No
     assert [(e.item_id, e.label) for e in expired if e.item_id != 1] == [(9, 0.0)]
 
 
+def test_an_assigned_partition_not_read_yet_holds_the_watermark(monkeypatch) -> None:
+    # First start on a backlog, impressions and clicks on separate topics: the
+    # first fetches bring impressions only, 100 s of them. Their clicks, in
+    # the clicks topic, are read later: the impressions must wait for them.
+    wall = [1000.0]
+    monkeypatch.setattr("ingest.joiner.time.monotonic", lambda: wall[0])
+    shows, clicks = ("impressions", 0), ("clicks", 0)
+    both = [shows, clicks]
+    j = Joiner(["click"], window_s=10, idle_s=10)
+    out = j.push([imp("r0", 7, 0), imp("r1", 8, 50_000)], [shows, shows], both)
+    out += j.push([imp("r2", 9, 100_000)], [shows], both)
+    assert out == []
+    out += j.push([act("r0", 7, 2_000), act("r1", 8, 51_000)], [clicks, clicks], both)
+    assert [(e.item_id, e.label) for e in out] == [(7, 1.0), (8, 1.0)]
+    # An assigned partition that never delivers (an empty one) goes quiet as
+    # a silent one does: after idle_s of wall time and 100 pushes.
+    empty = ("clicks", 1)
+    j = Joiner(["click"], window_s=10, idle_s=10)
+    out = j.push([imp("r0", 7, 0)], [shows], [shows, empty])
+    for i in range(100):
+        out += j.push([imp(f"n{i}", 100 + i, 60_000)], [shows], [shows, empty])
+    assert out == []
+    wall[0] += 11
+    out += j.push([imp("late", 5, 60_000)], [shows], [shows, empty])
+    assert [(e.item_id, e.label) for e in out] == [(7, 0.0)]
+    # A partition assigned away stops holding the watermark at once.
+    j = Joiner(["click"], window_s=10, idle_s=10)
+    out = j.push([imp("r0", 7, 0)], [shows], both)
+    out += j.push([imp("r1", 8, 60_000)], [shows], both)
+    assert out == []
+    out += j.push([imp("r2", 9, 60_000)], [shows], [shows])  # clicks revoked
+    assert [(e.item_id, e.label) for e in out] == [(7, 0.0)]
+
+
 def test_after_a_restore_a_partition_not_heard_from_yet_still_holds_the_watermark(
         tmp_path: Path) -> None:
     # The first poll after a restart often holds one partition only: it must
