@@ -61,8 +61,9 @@ class _TrainerCollector(Collector):
                                   "Batches not learned from because their loss was not finite",
                                   value=t.skipped_steps)
         p = t.progress.snapshot()
-        for key, help_ in (("auc", "Progressive (test-then-train) AUC since start"),
-                           ("logloss", "Progressive logloss since start"),
+        for key, help_ in (("auc", "Progressive (test-then-train) AUC since the first example "
+                                   "(checkpoints carry it across restarts)"),
+                           ("logloss", "Progressive logloss since the first example"),
                            ("window_auc", "Progressive AUC over the most recent examples"),
                            ("window_logloss", "Progressive logloss over the most recent examples")):
             value = float(p.get(key, math.nan))

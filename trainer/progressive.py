@@ -6,7 +6,8 @@ example, so these are honest out-of-sample figures over the whole stream
 
 Two views, both O(1) memory in the length of the stream:
 
-- since start: logloss as a running sum; AUC from two histograms (positives
+- since start (the first example; checkpoints carry it across restarts):
+  logloss as a running sum; AUC from two histograms (positives
   and negatives) over score bins in logit space, where CTR scores crowd
   together. With 8192 bins across logits in [-12, 12] a bin is 0.003 wide in
   logit; pairs inside one bin count as ties (half), so the AUC is exact up to
@@ -168,6 +169,40 @@ class ProgressiveMetrics:
         if not probs.numel() or float(w.sum()) <= 0:
             return math.nan
         return float((w * _logloss_terms(probs, labels)).sum() / w.sum())
+
+    def state_dict(self) -> dict[str, object]:
+        """Tensors and numbers only (checkpoints are loaded with ``weights_only=True``)."""
+        probs, labels, w = self._chronological()
+        return {"bins": self.bins, "pos_hist": self._pos_hist.clone(),
+                "neg_hist": self._neg_hist.clone(), "logloss_sum": self._logloss_sum,
+                "weight_sum": self._weight_sum, "examples": self.examples,
+                "positives": self.positives,
+                "recent": torch.stack([probs, labels, w]).clone()}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        """Continue from ``state``; a different ``window`` keeps the newest examples."""
+        if state["bins"] != self.bins:
+            raise ValueError(f"progressive metrics saved with {state['bins']} bins, "
+                             f"configured with {self.bins}")
+        self._pos_hist.copy_(state["pos_hist"])  # type: ignore[arg-type]
+        self._neg_hist.copy_(state["neg_hist"])  # type: ignore[arg-type]
+        self._logloss_sum = float(state["logloss_sum"])  # type: ignore[arg-type]
+        self._weight_sum = float(state["weight_sum"])  # type: ignore[arg-type]
+        self.examples = int(state["examples"])  # type: ignore[call-overload]
+        self.positives = float(state["positives"])  # type: ignore[arg-type]
+        self._ring_next, self._ring_full = 0, False
+        recent = state["recent"]
+        assert isinstance(recent, torch.Tensor)
+        if recent.shape[1]:
+            self._remember(recent[0], recent[1], recent[2])
+
+    def _chronological(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The recent window's examples, oldest first."""
+        rings = (self._ring_probs, self._ring_labels, self._ring_weights)
+        if not self._ring_full:
+            return tuple(ring[: self._ring_next] for ring in rings)  # type: ignore[return-value]
+        return tuple(torch.cat([ring[self._ring_next:], ring[: self._ring_next]])  # type: ignore[return-value]
+                     for ring in rings)
 
     def snapshot(self) -> dict[str, float]:
         return {

@@ -302,6 +302,7 @@ class OnlineTrainer:
                 "tables": {name: t.state_dict() for name, t in self.tables.items()},
                 "counters": {"examples": self.examples, "steps": self.steps,
                              "event_time_ms": self.event_time_ms},
+                "progress": self.progress.state_dict(),
                 "model_spec": self._spec,
             }
 
@@ -322,6 +323,8 @@ class OnlineTrainer:
             self.examples = int(counters["examples"])
             self.steps = int(counters["steps"])
             self.event_time_ms = int(counters["event_time_ms"])
+            if "progress" in state:  # (checkpoints before it was kept)
+                self.progress.load_state_dict(state["progress"])  # type: ignore[arg-type]
 
     def record_tombstones(self, enabled: bool) -> None:
         """Whether evicted ids are kept for the next delta (default on).

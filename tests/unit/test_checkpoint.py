@@ -85,6 +85,8 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
         assert torch.equal(rows[order], restored_rows[restored_order]), name
     assert (restored.steps, restored.examples, restored.event_time_ms) == \
         (original.steps, original.examples, original.event_time_ms)
+    # The progressive figures (dashboards, `streamrec evaluate`) go on, not from zero.
+    assert restored.progress.snapshot() == original.progress.snapshot()
 
 
 def test_a_resumed_loop_reads_on_from_the_checkpoints_offsets(tmp_path: Path) -> None:

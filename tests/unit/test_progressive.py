@@ -91,3 +91,38 @@ def test_weighted_figures_equal_those_of_the_examples_repeated_by_their_weight()
         assert getattr(weighted, name) == pytest.approx(getattr(repeated, name), rel=1e-9), name
     assert exact_auc(probs, labels, weights) == pytest.approx(
         exact_auc(probs.repeat_interleave(times), labels.repeat_interleave(times)), rel=1e-12)
+
+
+def test_saved_metrics_continue_exactly_and_a_new_window_keeps_the_newest() -> None:
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.rand(70, generator=gen), (torch.rand(70, generator=gen) < 0.3).double(),
+                torch.rand(70, generator=gen) + 0.5) for _ in range(6)]
+    whole = ProgressiveMetrics(window=100)
+    for probs, labels, w in batches[:4]:  # 280 examples: the ring has wrapped
+        whole.update(probs, labels, w)
+    state = whole.state_dict()
+    restored = ProgressiveMetrics(window=100)
+    restored.load_state_dict(state)
+    assert restored.snapshot() == whole.snapshot()
+    for probs, labels, w in batches[4:]:
+        whole.update(probs, labels, w)
+        restored.update(probs, labels, w)
+    # (equal up to the order the window's terms are summed in)
+    assert restored.snapshot() == pytest.approx(whole.snapshot(), rel=1e-12)
+    # A smaller window after the restart: the newest 50 of the saved examples.
+    smaller = ProgressiveMetrics(window=50)
+    smaller.load_state_dict(state)
+    newest = ProgressiveMetrics(window=50)
+    for probs, labels, w in batches[:4]:
+        newest.update(probs, labels, w)
+    assert smaller.window_auc == newest.window_auc
+    assert smaller.window_logloss == pytest.approx(newest.window_logloss, rel=1e-12)
+    assert smaller.auc == whole_auc_at(state)
+    with pytest.raises(ValueError, match="bins"):
+        ProgressiveMetrics(bins=16).load_state_dict(state)
+
+
+def whole_auc_at(state: dict) -> float:
+    again = ProgressiveMetrics()
+    again.load_state_dict(state)
+    return again.auc
