@@ -48,7 +48,7 @@ so one that arrives late (older than impressions already pending) waits until
 those before it expire. At most ``max_pending`` impressions (and as many
 waiting actions in all, and as many identities of resolved impressions) are
 held; beyond that the oldest impression is emitted early as a negative
-(counted as ``overflow``), which bounds memory when actions stop arriving or
+(counted in ``streamrec_ingest_joiner_overflow_total``), which bounds memory when actions stop arriving or
 timestamps jump.
 """
 
@@ -253,7 +253,8 @@ class Joiner:
                 return
         self._pending[key] = (event, at)
         if len(self._pending) > self.max_pending:
-            self._count("overflow")
+            if self.metrics is not None:
+                self.metrics.overflow.inc()
             first, first_at = self._pending.popitem(last=False)[1]
             self._negative(first, out)
             self._resolve(first, first_at)

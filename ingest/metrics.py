@@ -64,9 +64,15 @@ class IngestMetrics:
         self.dropped = Counter("streamrec_ingest_joiner_dropped_total",
                                "Events the joiner dropped, by reason", ["reason"],
                                registry=registry)
-        for reason in ("orphan_action", "unknown_type", "negative_sampled", "duplicate_impression",
-                       "overflow"):
+        for reason in ("orphan_action", "unknown_type", "negative_sampled",
+                       "duplicate_impression"):
             self.dropped.labels(reason)
+        # Not a drop: such an impression is emitted, as a negative, too early.
+        self.overflow = Counter(
+            "streamrec_ingest_joiner_overflow_total",
+            "Impressions labelled negative before their window ended, because max_pending "
+            "impressions were waiting (each is also counted in examples_total unless sampled out)",
+            registry=registry)
         self.pending = Gauge("streamrec_ingest_joiner_pending_impressions",
                              "Impressions waiting for actions", registry=registry)
         self._lag = _LagCollector()

@@ -94,6 +94,10 @@ class IngestConfig:
     # Keep each negative with this probability; the trainer weighs kept ones
     # 1/rate in the loss, so predictions stay calibrated to the full stream.
     negative_sample_rate: float = 1.0
+    # Impressions held waiting for actions (memory: ~1 KB each); beyond it the
+    # oldest is labelled negative early (streamrec_ingest_joiner_overflow_total).
+    # Size it above the impressions one join window brings.
+    join_max_pending: int = 1_000_000
 
     def __post_init__(self) -> None:
         s = "ingest"
@@ -116,6 +120,8 @@ class IngestConfig:
         _require(self.join_window_s > 0, s, "join_window_s", self.join_window_s, "must be > 0")
         _require(0 < self.negative_sample_rate <= 1, s, "negative_sample_rate",
                  self.negative_sample_rate, "must be in (0, 1]")
+        _require(self.join_max_pending >= 1, s, "join_max_pending", self.join_max_pending,
+                 "must be >= 1")
 
 
 DEFAULT_HISTORY = ("user_id", "item_id")

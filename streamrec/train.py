@@ -61,7 +61,8 @@ def run_training(config: AppConfig, stop: threading.Event,
     ing = config.ingest
     ingest_metrics = IngestMetrics(registry=REGISTRY)
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
-                    seed=config.trainer.seed, metrics=ingest_metrics)
+                    seed=config.trainer.seed, max_pending=ing.join_max_pending,
+                    metrics=ingest_metrics)
     checkpointer = Checkpointer(config.trainer.checkpoint_dir) \
         if config.trainer.checkpoint_dir else None
     sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,

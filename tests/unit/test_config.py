@@ -63,6 +63,7 @@ ttl_s = 60
     ("[trainer]\nbatch_size = 'big'", "trainer.batch_size='big'"),
     ("[trainer]\nwarmup_batch_size = -1", "trainer.warmup_batch_size=-1"),
     ("[ingest]\nsource = 'carrier-pigeon'", "ingest.source='carrier-pigeon'"),
+    ("[ingest]\njoin_max_pending = 0", "ingest.join_max_pending=0"),
     ("[table_defaults]\nmin_count = -1", "table.min_count=-1"),
     ("[sync]\nreplicas = ['nohostport']", "sync.replicas"),
     ("[serving]\nport = 70000", "serving.port=70000"),

@@ -77,3 +77,22 @@ def test_usage_errors_are_one_line_messages_not_tracebacks(tmp_path: Path) -> No
             assert "Traceback" not in result.stderr, (args, result.stderr)
     finally:
         taken.close()
+
+
+def test_the_joiners_pending_limit_comes_from_the_config(tmp_path: Path) -> None:
+    # 20 impressions, then a click for each: all 20 wait and join, unless
+    # ingest.join_max_pending holds fewer, which labels the rest negative early.
+    from ingest.decode import encode_json
+    from ingest.event import Event
+    from streamrec.config import load_config
+    from streamrec.evaluate import evaluate
+
+    t0 = 1_700_000_000_000
+    shows = [Event("impression", i, 100 + i, t0 + i, request_id=f"r{i}") for i in range(20)]
+    clicks = [Event("click", i, 100 + i, t0 + 1_000 + i, request_id=f"r{i}") for i in range(20)]
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(b"\n".join(encode_json(e) for e in [*shows, *clicks]) + b"\n")
+    for limit, positives in (("1000", 20), ("5", 5)):
+        config = load_config(env={}, overrides={"ingest.join_max_pending": limit})
+        summary = evaluate(config, str(path), progress=False)
+        assert (summary["examples"], summary["positives"]) == (20, positives), limit

@@ -318,6 +318,25 @@ def test_waiting_actions_are_bounded_in_all() -> None:
     assert orphans + len(state["early_actions"]) == 40
 
 
+def test_overflow_labels_the_oldest_negative_early_and_counts_it_once() -> None:
+    # Past max_pending the oldest impression is emitted as a negative before
+    # its window ends. It is not dropped: it counts as an example (negative)
+    # and as overflow, and a click that comes later for it is an orphan.
+    registry = CollectorRegistry()
+    j = Joiner(["click"], window_s=60, max_pending=3, metrics=IngestMetrics(registry))
+    out = j.push([imp(f"r{i}", i, i) for i in range(5)])
+    assert [(e.request_id, e.label) for e in out] == [("r0", 0.0), ("r1", 0.0)]
+    out = j.push([act("r0", 0, 1_000), act("r4", 4, 1_000)])
+    assert [(e.request_id, e.label) for e in out] == [("r4", 1.0)]
+
+    def get(name: str, labels: dict[str, str] | None = None) -> float | None:
+        return registry.get_sample_value(name, labels or {})
+
+    assert get("streamrec_ingest_joiner_overflow_total") == 2
+    assert get("streamrec_ingest_joiner_examples_total", {"label": "negative"}) == 2
+    assert get("streamrec_ingest_joiner_dropped_total", {"reason": "overflow"}) is None
+
+
 def test_a_burst_of_clicks_does_not_crowd_out_the_next_showings_click() -> None:
     j = Joiner(["click"], window_s=10)
     out = j.push([shown(0)] + [click(1_000 + 100 * i) for i in range(5)])
