@@ -230,6 +230,13 @@ class Joiner:
         if earlier is not None:
             # Another showing of the key (no request_id: the same user and item)
             # while the first waits: one key holds one showing, the newest.
+            if event.timestamp_ms < earlier[0].timestamp_ms:
+                # An older showing read late (another partition, a retry): the
+                # newer one keeps waiting; this one's actions, read before it,
+                # went to the newer one or were orphans.
+                self._negative(event, out)
+                self._resolve(event, at)
+                return
             del self._pending[key]
             self._negative(earlier[0], out)
             self._resolve(earlier[0], earlier[1])
