@@ -5,7 +5,6 @@ from __future__ import annotations
 import array
 import itertools
 import math
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,14 +74,6 @@ def _float32(values: Sequence[float]) -> torch.Tensor:
     return torch.frombuffer(array.array("d", values), dtype=torch.float64).float()
 
 
-def _float32_or(values: Sequence[float | None], missing: float) -> torch.Tensor:
-    """``values`` as float32, ``missing`` where a value is None (absent label)."""
-    try:
-        return _float32(values)
-    except TypeError:  # array.array refuses None (and strings, which stay refused below)
-        return _float32([missing if v is None else v for v in values])
-
-
 def _dense_column(raw: list[object]) -> torch.Tensor:
     """:func:`dense_value` of each (first) value, vectorised when all are numbers."""
     if set(map(type, raw)) <= {float, int, bool}:
@@ -96,12 +87,24 @@ def _dense_column(raw: list[object]) -> torch.Tensor:
     return _float32([dense_value((v,)) for v in raw])
 
 
+def _one_each(name: str, features: Sequence[Mapping[str, tuple[FeatureValue, ...]] | None]
+              ) -> list[FeatureValue]:
+    """Each example's only value of ``name``, in two C-level passes: the common case.
+
+    Raises TypeError or ValueError unless every example's features are a dict
+    holding exactly one value for ``name`` (absent: ``None`` does not unpack;
+    None or another Mapping type: ``dict.get`` refuses it). ``dict.get``, not
+    ``[]``: a defaultdict must not invent (and store) the absent ones.
+    """
+    return [v for (v,) in map(dict.get, features, itertools.repeat(name))]  # type: ignore[arg-type]
+
+
 def _firsts(name: str, features: Sequence[Mapping[str, tuple[FeatureValue, ...]] | None]
             ) -> list[FeatureValue]:
     """Each example's first value of numeric feature ``name`` (0.0 where it has none)."""
     try:
-        return [v for (v,) in map(operator.itemgetter(name), features)]  # one value each
-    except (KeyError, TypeError, ValueError):
+        return _one_each(name, features)
+    except (TypeError, ValueError):
         return [(f.get(name) or (0.0,))[0] if f else 0.0 for f in features]
 
 
@@ -153,11 +156,8 @@ class Batcher:
             return list(item_ids), None
         lengths: list[int] | None = None
         try:
-            # The common case, in two C-level passes: every example has exactly
-            # one value (a missing feature or None raises KeyError / TypeError,
-            # any other count ValueError, and the general path takes over).
-            ids: list = [v for (v,) in map(operator.itemgetter(feature), features)]
-        except (KeyError, TypeError, ValueError):
+            ids: list = _one_each(feature, features)
+        except (TypeError, ValueError):
             per_example = [f.get(feature, ()) if f else () for f in features]
             ids = list(itertools.chain.from_iterable(per_example))
             lengths = [len(v) for v in per_example]
@@ -172,8 +172,11 @@ class Batcher:
         # Events are named tuples: one transpose gives every field's column.
         columns = list(zip(*events))
         batch = self._build(columns[_USER], columns[_ITEM], columns[_FEATURES])
-        batch.labels = _float32_or(columns[_LABEL], 0.0)
-        batch.sample_rates = _float32_or(columns[_SAMPLE_RATE], 1.0)
+        try:
+            batch.labels = _float32(columns[_LABEL])
+        except TypeError:  # array.array refuses None (no label: 0, as any falsy one)
+            batch.labels = _float32([v or 0.0 for v in columns[_LABEL]])
+        batch.sample_rates = _float32(columns[_SAMPLE_RATE])
         batch.timestamps_ms = _int64(columns[_TIMESTAMP])
         return batch
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import random
+from collections import OrderedDict, defaultdict
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -84,13 +86,20 @@ def test_batch_equals_the_event_by_event_definition_for_any_mix_of_events() -> N
                     features[name] = (rng.choice([7, "s", 1.5, -2]),)
                 elif rng.random() < 0.8:
                     features[name] = rng.choice(pool)
+            # Any Mapping: a defaultdict must read as absent what it lacks,
+            # and nobody's features may change.
+            features = rng.choice([dict, OrderedDict, MappingProxyType,
+                                   lambda f: defaultdict(lambda: ("unknown",), f)])(features)
             if shape == "mixed" and rng.random() < 0.1:
                 features = None
             events.append(Event(type="example", user_id=rng.randint(-5, 5), item_id=i,
                                 timestamp_ms=rng.randint(0, 10**13), features=features,
-                                label=rng.choice([None, 0.0, 1.0]),
+                                label=rng.choice([None, 0.0, 1.0, 0, True]),
                                 sample_rate=rng.choice([1.0, 0.25])))
+        before = [dict(e.features) if e.features is not None else None for e in events]
         batch = Batcher(["user_id", "tag", "item_id"], ["x"]).build(events)
+        assert [dict(e.features) if e.features is not None else None
+                for e in events] == before
         for name in ("user_id", "tag", "item_id"):
             per_event = [(e.user_id,) if name == "user_id" else (e.item_id,)
                          if name == "item_id" else (e.features or {}).get(name, ())
