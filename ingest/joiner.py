@@ -195,7 +195,7 @@ class Joiner:
         watermark where it is, like a partition behind, until it delivers or
         goes quiet; one no longer assigned stops holding it at once.
         """
-        if assigned is not None:
+        if assigned:  # (empty before a group join and during a rebalance: not news)
             self._assign(set(assigned))
         out: list[Event] = []
         self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)

@@ -270,6 +270,16 @@ def test_an_assigned_partition_not_read_yet_holds_the_watermark(monkeypatch) -> 
     assert out == []
     out += j.push([imp("r2", 9, 60_000)], [shows], [shows])  # clicks revoked
     assert [(e.item_id, e.label) for e in out] == [(7, 0.0)]
+    # An empty assignment (before the group join, during a rebalance) revokes
+    # nothing: a partition that had gone quiet does not hold the watermark again.
+    j = Joiner(["click"], window_s=10, idle_s=10)
+    out = j.push([imp("r0", 7, 0)], [shows], [shows, empty])
+    wall[0] += 11
+    for i in range(101):
+        out += j.push([imp(f"n{i}", 100 + i, 1_000 + i)], [shows], [shows, empty])
+    assert j.push([], [], []) == []
+    out += j.push([imp("r1", 8, 30_000)], [shows], [shows, empty])
+    assert (7, 0.0) in [(e.item_id, e.label) for e in out]
 
 
 def test_after_a_restore_a_partition_not_heard_from_yet_still_holds_the_watermark(
