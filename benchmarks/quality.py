@@ -49,7 +49,7 @@ import torch
 from benchmarks.report import format_table, write_result
 from ingest.batch import Batcher
 from ingest.event import Event
-from streamrec.config import load_config
+from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
 from trainer.progressive import ProgressiveMetrics, exact_auc
 from trainer.trainer import OnlineTrainer
@@ -58,13 +58,18 @@ FEATURES = "user_id,item_id,category,country,hour"
 Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)
 
 
-def trainer(batch: int | None, **overrides: str) -> tuple[OnlineTrainer, Batcher]:
-    """The default config with the benchmark's features and ``overrides`` ("model.hidden"...)."""
-    settings = {"model.sparse_features": FEATURES, "model.dense_features": "price",
-                **{key.replace("__", "."): value for key, value in overrides.items()}}
-    if batch is not None:
+def config_for(batch: int | None, overrides: dict[str, str]) -> AppConfig:
+    """The default config with the benchmark's features, ``overrides`` ("model.hidden": "32")
+    and, unless they set it, the steady-state ``batch``."""
+    settings = {"model.sparse_features": FEATURES, "model.dense_features": "price", **overrides}
+    if batch is not None and "trainer.batch_size" not in overrides:
         settings["trainer.batch_size"] = str(batch)
-    config = load_config(env={}, overrides=settings)
+    return load_config(env={}, overrides=settings)
+
+
+def trainer(batch: int | None, **overrides: str) -> tuple[OnlineTrainer, Batcher]:
+    """``overrides``: config fields with ``__`` for ``.`` (``model__hidden="32"``)."""
+    config = config_for(batch, {key.replace("__", "."): value for key, value in overrides.items()})
     return OnlineTrainer(config), Batcher(config.model.sparse_features,
                                           config.model.dense_features)
 
@@ -165,19 +170,18 @@ ARMS: dict[str, Callable[[list[Event], argparse.Namespace], Scored]] = {
 }
 
 
-def variant(spec: str) -> tuple[str, Callable[[list[Event], argparse.Namespace], Scored]]:
-    """``NAME:key=value;key=value`` -> an arm running streamrec with those config overrides.
-
-    Raises ``ValueError`` for a malformed spec or a setting the config refuses.
-    """
+def variant(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME:key=value;key=value`` -> (NAME, config overrides); ValueError if malformed."""
     name, sep, settings = spec.partition(":")
     pairs = [item.partition("=") for item in settings.split(";") if item.strip()]
     if not sep or not name or any(not key.strip() or not eq for key, eq, _ in pairs):
         raise ValueError(f"--variant {spec!r}: expected NAME:key=value[;key=value...], "
                          "e.g. fm:model.hidden=")
-    overrides = {key.strip(): value.strip() for key, _, value in pairs}
-    load_config(env={}, overrides=overrides)  # a bad key or value fails here, not mid-run
-    return name, lambda ev, a: arm_streamrec(
+    return name, {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def variant_arm(overrides: dict[str, str]) -> Callable[[list[Event], argparse.Namespace], Scored]:
+    return lambda ev, a: arm_streamrec(
         ev, a, **{key.replace(".", "__"): value for key, value in overrides.items()})
 
 
@@ -213,12 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.events = 20_000
     torch.set_num_threads(args.threads)
-    try:
-        variants = dict(variant(spec) for spec in args.variant)
-    except ValueError as e:  # (ConfigError is one)
-        p.error(str(e))
-    arms = {**ARMS, **variants}
-    names = [*args.arms.split(","), *variants]
+    arms = dict(ARMS)
+    names = args.arms.split(",")
+    for spec in args.variant:
+        try:
+            name, overrides = variant(spec)
+            # The config the arm will run with: a bad key or value fails now, not mid-run.
+            config_for(args.batch, overrides)
+        except ValueError as e:  # (ConfigError is one)
+            p.error(str(e))
+        if name in arms:
+            p.error(f"--variant {spec!r}: an arm named {name!r} exists already")
+        arms[name] = variant_arm(overrides)
+        names.append(name)
     unknown = [name for name in names if name not in arms]
     if unknown:
         p.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(arms)}")
