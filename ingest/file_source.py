@@ -7,6 +7,7 @@ import gzip
 import io
 import itertools
 import json
+import logging
 import os
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,8 @@ from ingest.event import Event
 from ingest.metrics import IngestMetrics
 from ingest.source import DeadLetter, SourceBatch, decode_records
 from streamrec.errors import DecodeError, StreamrecError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FileSource"]
 
@@ -130,6 +133,14 @@ class FileSource:
         """Files are replayed from the start or a checkpoint; there is nothing to commit."""
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        if self._key not in offsets and self._legacy_key not in offsets:
+            # Legitimate (a new day's file), but a moved or renamed file is
+            # then learned again from its first line: say so.
+            for topic, _ in offsets:
+                if topic.startswith("file:"):
+                    log.warning("the checkpoint's offsets are for %s, not %s: reading this "
+                                "file from its first line", topic[len("file:"):], self._key[0][5:])
+                    break
         target = offsets.get(self._key, offsets.get(self._legacy_key, 0))
         try:
             while (not self._exhausted and self._consumed < target

@@ -63,7 +63,7 @@ def run_training(config: AppConfig, stop: threading.Event,
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending,
                     metrics=ingest_metrics)
-    checkpointer = Checkpointer(config.trainer.checkpoint_dir) \
+    checkpointer = Checkpointer(config.trainer.checkpoint_dir, exclusive=True) \
         if config.trainer.checkpoint_dir else None
     sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,
                                  config.sync.timeout_s) for addr in config.sync.replicas}
@@ -97,3 +97,5 @@ def run_training(config: AppConfig, stop: threading.Event,
         dead_letters.close()
         for sink in sinks.values():
             sink.close()
+        if checkpointer is not None:
+            checkpointer.close()

@@ -13,6 +13,7 @@ Files hold tensors and plain containers only and are read back with
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import time
@@ -30,6 +31,7 @@ __all__ = ["Checkpointer", "Checkpoint"]
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 # What :meth:`Checkpointer.save` writes before the rename: ``ckpt-<step>.pt.tmp<pid>``.
 _TEMP = re.compile(r"^ckpt-\d{12}\.pt\.tmp\d+$")
+_OLDER = " (move it away to resume from the next older checkpoint, if there is one)"
 
 
 @dataclass
@@ -46,20 +48,48 @@ class Checkpointer:
 
     The directory belongs to one trainer at a time: on construction the
     temporary files a killed earlier process left behind (``ckpt-*.pt.tmp<pid>``,
-    possibly as large as a checkpoint) are deleted.
+    possibly as large as a checkpoint) are deleted. ``exclusive`` enforces it
+    (``streamrec train`` does): the directory's ``.lock`` file is locked
+    (``flock``) for the life of the process, first, and a second trainer gets a
+    :class:`CheckpointError` instead of resuming from the first one's state and
+    overwriting its checkpoints.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
+    def __init__(self, directory: str | os.PathLike[str], keep: int = 3,
+                 exclusive: bool = False) -> None:
         self.directory = Path(directory)
         self.keep = keep
+        self._lock: int | None = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if exclusive:
+                self._lock = self._take_lock()
             for stale in self.directory.iterdir():
                 if _TEMP.match(stale.name):
                     stale.unlink(missing_ok=True)
         except OSError as e:
             raise CheckpointError(f"checkpoint directory {str(directory)!r}: "
                                   f"{e.strerror or e}") from None
+
+    def _take_lock(self) -> int:
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(
+                f"checkpoint directory {str(self.directory)!r} is in use by another trainer "
+                f"(pid {holder}); give each trainer its own trainer.checkpoint_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+
+    def close(self) -> None:
+        """Release the directory (``exclusive``); the process's exit does it too."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _paths(self) -> list[Path]:
         found = [p for p in self.directory.iterdir() if _NAME.match(p.name)]
@@ -109,7 +139,12 @@ class Checkpointer:
         try:
             payload = torch.load(path, weights_only=True)
         except Exception as e:  # torch raises several types for bad files
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-        offsets = {(str(t), int(p)): int(o) for t, p, o in payload["offsets"]}
-        return Checkpoint(step=int(payload["step"]), state=payload["state"],
-                          offsets=offsets, version=int(payload["version"]), path=path)
+            raise CheckpointError(f"cannot read checkpoint {path}: "
+                                  f"{str(e) or type(e).__name__}{_OLDER}") from e
+        try:
+            offsets = {(str(t), int(p)): int(o) for t, p, o in payload["offsets"]}
+            return Checkpoint(step=int(payload["step"]), state=dict(payload["state"]),
+                              offsets=offsets, version=int(payload["version"]), path=path)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a streamrec checkpoint "
+                                  f"({type(e).__name__}: {e}){_OLDER}") from e

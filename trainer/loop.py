@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ingest.batch import Batcher
 from ingest.event import Event
+from streamrec.errors import CheckpointError
 from trainer.checkpoint import Checkpointer
 from trainer.metrics import TrainerMetrics
 from trainer.trainer import OnlineTrainer
@@ -95,9 +96,16 @@ class TrainingLoop:
         ckpt = self.checkpointer.latest()
         if ckpt is None:
             return 0
-        self.trainer.load_state_dict(ckpt.state)
-        if self.joiner is not None and "joiner" in ckpt.state:
-            self.joiner.load_state_dict(ckpt.state["joiner"])
+        try:
+            self.trainer.load_state_dict(ckpt.state)
+            if self.joiner is not None and "joiner" in ckpt.state:
+                self.joiner.load_state_dict(ckpt.state["joiner"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as e:
+            reason = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
+            raise CheckpointError(
+                f"cannot resume from {ckpt.path}: {reason}. Restore the config it was written "
+                f"with, or set trainer.checkpoint_dir to another directory to start afresh "
+                f"(or move this file away to resume from an older one)") from e
         self._offsets = dict(ckpt.offsets)
         if self._offsets:
             # The checkpoint's offsets win over the broker's committed ones:
@@ -150,10 +158,14 @@ class TrainingLoop:
             if not first[0]:
                 self._arrivals.popleft()
 
-    def checkpoint(self) -> None:
-        """Train what is pending, write a checkpoint, then commit the offsets it covers."""
+    def checkpoint(self) -> bool:
+        """Train what is pending, write a checkpoint, then commit the offsets it covers.
+
+        Returns False when no checkpoint could be written (logged and counted;
+        the offsets stay uncommitted).
+        """
         if self.checkpointer is None:
-            return
+            return True
         self._drain(final=True)
         t0 = time.perf_counter()
         if self.dead_letters is not None:
@@ -166,7 +178,7 @@ class TrainingLoop:
                     self.metrics.checkpoints.labels("error").inc()
                 log.exception("dead letters not confirmed written; checkpoint skipped, "
                               "offsets stay uncommitted")
-                return
+                return False
         version = self.publisher.version if self.publisher is not None else 0
         state = self.trainer.state_dict()
         if self.joiner is not None:
@@ -179,12 +191,13 @@ class TrainingLoop:
             if self.metrics is not None:
                 self.metrics.checkpoints.labels("error").inc()
             log.exception("checkpoint failed; offsets stay uncommitted")
-            return
+            return False
         if self.metrics is not None:
             self.metrics.checkpoints.labels("ok").inc()
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
         if self._offsets:
             self.source.commit(self._offsets)
+        return True
 
     def _report(self) -> None:
         self.stats.wall_seconds = time.perf_counter() - self._started
@@ -236,7 +249,12 @@ class TrainingLoop:
                 if max_seconds is not None and now - self._started >= max_seconds:
                     break
             self._drain(final=True)
-            self.checkpoint()
+            if not self.checkpoint():
+                # What was learned since the last checkpoint is lost with this
+                # process: the caller (and the exit status) must know.
+                raise CheckpointError("the final checkpoint could not be written (the log "
+                                      "says why); the events since the last checkpoint will "
+                                      "be trained again after a restart")
         finally:
             if self.publisher is not None:
                 self.publisher.stop()

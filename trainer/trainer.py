@@ -8,6 +8,7 @@ validation, Blum et al. 1999; the "test-then-train" protocol of river and MOA).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import threading
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from ingest.batch import Batch
 from streamrec.config import AppConfig
-from streamrec.errors import ConfigError
+from streamrec.errors import CheckpointError, ConfigError
 from trainer.embedding import DynamicEmbeddingCollection
 from trainer.history import HistoryFeatures, history_table_name
 from trainer.model import CTRModel, model_spec
@@ -301,25 +302,47 @@ class OnlineTrainer:
                 "optimizer": self.optimizer.state_dict(),
                 "tables": {name: t.state_dict() for name, t in self.tables.items()},
                 "counters": {"examples": self.examples, "steps": self.steps,
-                             "event_time_ms": self.event_time_ms},
+                             "event_time_ms": self.event_time_ms,
+                             "world_size": self._world_size()},
                 "progress": self.progress.state_dict(),
                 "model_spec": self._spec,
             }
 
+    def _world_size(self) -> int:
+        return dist.get_world_size(self.group) if self.distributed else 1
+
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Raises :class:`CheckpointError` naming what differs when ``state`` was
+        written under another model config or number of ranks (checked before
+        anything is loaded) or table layout (shards, frequency filter; found
+        while loading the table): the trainer is then to be discarded.
+        """
         with self.lock:
             if state["model_spec"] != self._spec:
-                raise ValueError("checkpoint was written for a different model config")
+                raise CheckpointError("written for another model config: " + _spec_changes(
+                    str(state["model_spec"]), self._spec))
+            counters = state["counters"]
+            assert isinstance(counters, dict)
+            saved_world = int(counters.get("world_size", self._world_size()))
+            if saved_world != self._world_size():
+                raise CheckpointError(f"written by {saved_world} trainer rank(s), loaded by "
+                                      f"{self._world_size()}: each rank holds only its shard "
+                                      f"of the rows")
+            tables = state["tables"]
+            assert isinstance(tables, dict)
+            for name, table in self.tables.items():
+                try:
+                    table.load_state_dict(tables[name])
+                except (KeyError, ValueError, RuntimeError) as e:
+                    reason = _reason(e)
+                    raise CheckpointError(reason if reason.startswith(f"table {name}:")
+                                          else f"table {name}: {reason}") from e
             self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
             with torch.no_grad():
                 self.embeddings.thresholds.copy_(state["prune_thresholds"])  # type: ignore[arg-type]
             self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
-            tables = state["tables"]
-            assert isinstance(tables, dict)
-            for name, table in self.tables.items():
-                table.load_state_dict(tables[name])
-            counters = state["counters"]
-            assert isinstance(counters, dict)
             self.examples = int(counters["examples"])
             self.steps = int(counters["steps"])
             self.event_time_ms = int(counters["event_time_ms"])
@@ -364,3 +387,21 @@ def _views_of(table: EmbeddingTable) -> list[GroupTableView]:
     if isinstance(table, DistributedEmbeddingTable):
         return _views_of(table.shard)
     return []
+
+
+def _reason(error: BaseException) -> str:
+    """An exception's message, or its type where it has none (``KeyError('x')`` -> 'x')."""
+    if isinstance(error, KeyError) and error.args:
+        return f"no state for {error.args[0]!r}"
+    return str(error) or type(error).__name__
+
+
+def _spec_changes(saved: str, current: str) -> str:
+    """The model fields that differ between two :func:`model_spec` strings, one clause each."""
+    try:
+        old, new = json.loads(saved)["model"], json.loads(current)["model"]
+    except (ValueError, KeyError, TypeError):
+        return "its model description is unreadable"
+    changed = [f"model.{key} = {old.get(key)!r} in the checkpoint, {new.get(key)!r} now"
+               for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    return "; ".join(changed) or "the architecture differs"

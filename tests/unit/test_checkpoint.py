@@ -156,11 +156,15 @@ def test_dead_letters_are_durable_before_a_checkpoint_passes_their_offsets(
     source = MemorySource(records)
     loop = TrainingLoop(OnlineTrainer(config), source, dead_letters=_RecordingSink(log, fail),
                         checkpointer=LoggingCheckpointer(tmp_path))
-    loop.run()
     if fail:
+        # The last checkpoint failing is the caller's business: what was
+        # learned since the last one is lost with the process.
+        with pytest.raises(CheckpointError, match="final checkpoint"):
+            loop.run()
         assert "save" not in log and source.committed == {}
         assert Checkpointer(tmp_path).latest() is None
     else:
+        loop.run()
         assert log == ["put 1", "flush", "save"]
         assert source.committed == {("memory", 0): 200}
 
@@ -174,3 +178,73 @@ def test_the_file_sink_flushes_to_disk(tmp_path: Path) -> None:
     sink.flush()
     assert (tmp_path / "dlq.jsonl").read_text().count("\n") == 1
     sink.close()
+
+
+def _trained_loop(tmp_path: Path, **overrides: str) -> Any:
+    """A loop over 300 synthetic events whose checkpoints go to ``tmp_path / 'ck'``."""
+    from ingest.source import MemorySource
+    from streamrec.config import load_config
+    from streamrec.synthetic import SyntheticStream, default
+    from trainer.loop import TrainingLoop
+    from trainer.trainer import OnlineTrainer
+
+    torch.set_num_threads(1)
+    config = load_config(env={}, overrides={"trainer.batch_size": "64", **overrides})
+    source = MemorySource(list(SyntheticStream(default()).events(300)))
+    return TrainingLoop(OnlineTrainer(config), source, checkpointer=Checkpointer(tmp_path / "ck"))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model.embedding_dim": "8"}, "model.embedding_dim = 16 in the checkpoint, 8 now"),
+    ({"model.hidden": "32"}, "model.hidden = [64, 32] in the checkpoint, [32] now"),
+    # Fewer shards used to resume quietly with half of every table's rows.
+    ({"table_defaults.shards": "2"}, "the checkpoint has 4 shards, the config 2"),
+    ({"table_defaults.shards": "8"}, "the checkpoint has 4 shards, the config 8"),
+    ({"table_defaults.min_count": "3"}, "min_count"),
+])
+def test_resuming_under_another_config_names_what_changed(
+        tmp_path: Path, change: dict[str, str], message: str) -> None:
+    _trained_loop(tmp_path, **{"table_defaults.shards": "4"}).run()
+    resumed = _trained_loop(tmp_path, **{"table_defaults.shards": "4", **change})
+    with pytest.raises(CheckpointError) as info:
+        resumed.resume()
+    assert message in str(info.value)
+    assert "cannot resume from" in str(info.value) and "ckpt-" in str(info.value)
+    # Settings the state does not depend on resume as before.
+    assert _trained_loop(tmp_path, **{"table_defaults.shards": "4",
+                                      "trainer.batch_size": "32"}).resume() == 0
+
+
+def test_a_state_of_two_ranks_is_refused_by_one() -> None:
+    from streamrec.config import load_config
+    from trainer.trainer import OnlineTrainer
+
+    config = load_config(env={})
+    state = OnlineTrainer(config).state_dict()
+    state["counters"]["world_size"] = 2  # type: ignore[index]
+    with pytest.raises(CheckpointError, match="written by 2 trainer rank"):
+        OnlineTrainer(config).load_state_dict(state)
+
+
+def test_one_trainer_at_a_time_per_checkpoint_directory(tmp_path: Path) -> None:
+    first = Checkpointer(tmp_path, exclusive=True)
+    live = tmp_path / "ckpt-000000000005.pt.tmp999999"  # the first trainer, mid-write
+    live.write_bytes(b"partial")
+    with pytest.raises(CheckpointError, match=r"in use by another trainer \(pid \d+\)"):
+        Checkpointer(tmp_path, exclusive=True)
+    assert live.exists()  # the refused one deleted nothing
+    first.close()
+    Checkpointer(tmp_path, exclusive=True).close()
+    assert not live.exists()  # once the directory is free, leftovers are cleaned
+
+
+def test_unreadable_checkpoints_say_why_and_point_at_older_ones(tmp_path: Path) -> None:
+    checkpointer = Checkpointer(tmp_path)
+    checkpointer.save(1, {"w": torch.ones(1)}, {}, version=0)
+    newest = tmp_path / "ckpt-000000000002.pt"
+    newest.write_bytes(b"")  # a zero-byte file: EOFError, whose message is empty
+    with pytest.raises(CheckpointError, match="EOFError.*older checkpoint"):
+        checkpointer.latest()
+    torch.save({"something": "else"}, newest)  # a torch file, not a checkpoint
+    with pytest.raises(CheckpointError, match="not a streamrec checkpoint"):
+        checkpointer.latest()

@@ -96,3 +96,16 @@ def test_the_joiners_pending_limit_comes_from_the_config(tmp_path: Path) -> None
         config = load_config(env={}, overrides={"ingest.join_max_pending": limit})
         summary = evaluate(config, str(path), progress=False)
         assert (summary["examples"], summary["positives"]) == (20, positives), limit
+
+
+def test_a_restart_under_another_model_config_is_a_one_line_error(tmp_path: Path) -> None:
+    events = tmp_path / "e.jsonl"
+    assert cli("generate", str(events), "--events", "300").returncode == 0
+    train = ("train", "--set", "ingest.source=file", "--set", f"ingest.path={events}",
+             "--set", "metrics.port=-1", "--set", f"trainer.checkpoint_dir={tmp_path / 'ck'}")
+    first = cli(*train)
+    assert first.returncode == 0, first.stderr
+    again = cli(*train, "--set", "model.embedding_dim=8")
+    assert again.returncode == 2, again.stderr
+    assert "model.embedding_dim = 16 in the checkpoint, 8 now" in again.stderr
+    assert "Traceback" not in again.stderr

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from ingest.deadletter import FileDeadLetterSink
@@ -157,6 +159,22 @@ def test_a_resume_finds_the_offset_however_the_path_is_spelled(tmp_path: Path,
     assert read_on_from("events.jsonl", {("file:events.jsonl", 0): 12}) == events[12:]
 
 
+def test_offsets_of_another_file_read_from_the_start_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A new day's file after yesterday's checkpoint is normal; a moved or
+    # renamed one is then learned twice: the log says which happened.
+    events = list(SyntheticStream(default()).events(10))
+    path = tmp_path / "moved.jsonl"
+    path.write_text("".join(encode_json(e).decode() + "\n" for e in events))
+    with caplog.at_level(logging.WARNING, logger="ingest.file_source"):
+        assert read_on_from(path, {(f"file:{tmp_path}/events.jsonl", 0): 4}) == events
+    assert f"offsets are for {tmp_path}/events.jsonl, not {path}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ingest.file_source"):
+        assert read_on_from(path, {(f"file:{path}", 0): 4}) == events[4:]
+    assert caplog.text == ""
+
+
 def test_csv_text_that_float_reads_as_nan_or_infinity_stays_text(tmp_path: Path) -> None:
     path = tmp_path / "names.csv"
     path.write_text("type,label,user_id,item_id,timestamp_ms,f.first_name,f.tags\n"
@@ -186,8 +204,6 @@ def test_csv_bytes_that_are_not_utf8_are_refused_not_replaced(tmp_path: Path) ->
 def test_gzipped_files_read_like_plain_ones_and_a_truncated_one_is_a_clear_error(
         tmp_path: Path) -> None:
     import gzip
-
-    import pytest
 
     from streamrec.errors import StreamrecError
 

@@ -105,6 +105,8 @@ class FrequencyFilter:
         return {"counts": self.counts[tag].clone(), "since_decay": self._since_decay[tag].clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], tag: int = 0) -> None:
+        if "counts" not in state:
+            raise ValueError("the checkpoint has no frequency-filter state (min_count changed?)")
         if state["counts"].shape != self.counts.shape[1:]:
             raise ValueError(
                 f"filter state shape {tuple(state['counts'].shape)} does not match "

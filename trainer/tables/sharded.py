@@ -119,6 +119,12 @@ class ShardedEmbeddingTable:
                 for k, v in shard.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        saved = {key.split(".", 1)[0] for key in state if key.startswith("shard")}
+        if len(saved) != self.n:
+            # Fewer shards would silently leave the other shards' rows behind.
+            raise ValueError(f"table {self.name}: the checkpoint has {len(saved)} shards, the "
+                             f"config {self.n} (tables.<feature>.shards or "
+                             f"table_defaults.shards); rows cannot move between shard counts")
         for s, shard in enumerate(self.shards):
             prefix = f"shard{s}."
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
