@@ -230,7 +230,7 @@ class Joiner:
         if earlier is not None:
             # Another showing of the key (no request_id: the same user and item)
             # while the first waits: one key holds one showing, the newest.
-            if event.timestamp_ms < earlier[0].timestamp_ms:
+            if at < earlier[1]:  # (clock-capped: one stamped ahead is not "newest" for long)
                 # An older showing read late (another partition, a retry): the
                 # newer one keeps waiting; this one's actions, read before it,
                 # went to the newer one or were orphans.

@@ -6,6 +6,7 @@ replica in ``sync.replicas``; checkpoints with offsets; /metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -63,39 +64,41 @@ def run_training(config: AppConfig, stop: threading.Event,
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending,
                     metrics=ingest_metrics)
-    checkpointer = Checkpointer(config.trainer.checkpoint_dir, exclusive=True) \
-        if config.trainer.checkpoint_dir else None
-    sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,
-                                 config.sync.timeout_s) for addr in config.sync.replicas}
-    dead_letters = _dead_letter_sink(config, ingest_metrics)
-    if ing.source == "file":
-        source: EventSource = FileSource(ing.path, ing.value_format, metrics=ingest_metrics)
-    elif ing.source == "kafka":
-        try:
-            source = KafkaSource(ing, metrics=ingest_metrics)
-        except KafkaError as e:  # no broker answered: a usage error, not a traceback
-            raise kafka_unreachable(ing.bootstrap_servers, e) from None
-    else:
-        raise ConfigError(f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
-
-    def report(stats: LoopStats) -> None:
-        p = stats.progress
-        log.info("examples=%d (%.0f/s) auc=%.4f logloss=%.4f rows=%s", stats.examples,
-                 stats.examples_per_second, p.get("auc", float("nan")),
-                 p.get("logloss", float("nan")), trainer.table_rows())
-
-    loop = TrainingLoop(trainer, source, joiner=joiner, dead_letters=dead_letters,
-                        checkpointer=checkpointer, metrics=metrics, on_progress=report)
-    version = loop.resume()
-    loop.publisher = Publisher(trainer, sinks, config.sync.interval_s, registry=REGISTRY,
-                               start_version=version) if sinks else None
-    trainer.record_tombstones(bool(sinks))  # every replica starts from a full snapshot
-    try:
-        return loop.run(stop, max_seconds=max_seconds)
-    finally:
-        source.close()
-        dead_letters.close()
-        for sink in sinks.values():
-            sink.close()
+    # Whatever was opened is closed on every way out (a refused resume, an
+    # unreachable broker): the checkpoint directory's lock above all.
+    with contextlib.ExitStack() as opened:
+        checkpointer = Checkpointer(config.trainer.checkpoint_dir, exclusive=True) \
+            if config.trainer.checkpoint_dir else None
         if checkpointer is not None:
-            checkpointer.close()
+            opened.callback(checkpointer.close)
+        sinks = {addr: GrpcDeltaSink(addr, config.sync.token, config.sync.max_chunk_bytes,
+                                     config.sync.timeout_s) for addr in config.sync.replicas}
+        for sink in sinks.values():
+            opened.callback(sink.close)
+        dead_letters = _dead_letter_sink(config, ingest_metrics)
+        opened.callback(dead_letters.close)
+        if ing.source == "file":
+            source: EventSource = FileSource(ing.path, ing.value_format, metrics=ingest_metrics)
+        elif ing.source == "kafka":
+            try:
+                source = KafkaSource(ing, metrics=ingest_metrics)
+            except KafkaError as e:  # no broker answered: a usage error, not a traceback
+                raise kafka_unreachable(ing.bootstrap_servers, e) from None
+        else:
+            raise ConfigError(
+                f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
+        opened.callback(source.close)
+
+        def report(stats: LoopStats) -> None:
+            p = stats.progress
+            log.info("examples=%d (%.0f/s) auc=%.4f logloss=%.4f rows=%s", stats.examples,
+                     stats.examples_per_second, p.get("auc", float("nan")),
+                     p.get("logloss", float("nan")), trainer.table_rows())
+
+        loop = TrainingLoop(trainer, source, joiner=joiner, dead_letters=dead_letters,
+                            checkpointer=checkpointer, metrics=metrics, on_progress=report)
+        version = loop.resume()
+        loop.publisher = Publisher(trainer, sinks, config.sync.interval_s, registry=REGISTRY,
+                                   start_version=version) if sinks else None
+        trainer.record_tombstones(bool(sinks))  # every replica starts from a full snapshot
+        return loop.run(stop, max_seconds=max_seconds)

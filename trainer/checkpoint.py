@@ -68,6 +68,7 @@ class Checkpointer:
                 if _TEMP.match(stale.name):
                     stale.unlink(missing_ok=True)
         except OSError as e:
+            self.close()
             raise CheckpointError(f"checkpoint directory {str(directory)!r}: "
                                   f"{e.strerror or e}") from None
 

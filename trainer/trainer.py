@@ -29,7 +29,7 @@ from trainer.sync.delta import ParameterDelta, TableDelta
 from trainer.tables.base import EmbeddingTable, make_tables
 from trainer.tables.distributed import DistributedEmbeddingTable
 from trainer.tables.group import GroupTableView
-from trainer.tables.sharded import ShardedEmbeddingTable
+from trainer.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
 
 __all__ = ["OnlineTrainer", "StepResult"]
 
@@ -315,9 +315,9 @@ class OnlineTrainer:
         """Restore a :meth:`state_dict`.
 
         Raises :class:`CheckpointError` naming what differs when ``state`` was
-        written under another model config or number of ranks (checked before
-        anything is loaded) or table layout (shards, frequency filter; found
-        while loading the table): the trainer is then to be discarded.
+        written under another model config, number of ranks, pruning or shard
+        layout (checked before anything is loaded) or frequency filter (found
+        while loading the table; the trainer is then to be discarded).
         """
         with self.lock:
             if state["model_spec"] != self._spec:
@@ -330,9 +330,20 @@ class OnlineTrainer:
                 raise CheckpointError(f"written by {saved_world} trainer rank(s), loaded by "
                                       f"{self._world_size()}: each rank holds only its shard "
                                       f"of the rows")
+            thresholds = state["prune_thresholds"]
+            assert isinstance(thresholds, torch.Tensor)
+            if thresholds.shape != self.embeddings.thresholds.shape:
+                raise CheckpointError(
+                    f"OptEmbed pruning is on for {thresholds.numel()} feature(s) in the "
+                    f"checkpoint, {self.embeddings.thresholds.numel()} now (prune_alpha turned "
+                    f"on or off for a table)")
             tables = state["tables"]
             assert isinstance(tables, dict)
             for name, table in self.tables.items():
+                configured = table.n if isinstance(table, ShardedEmbeddingTable) else 1
+                if name in tables and saved_shards(tables[name]) != configured:
+                    raise CheckpointError(shard_mismatch(name, saved_shards(tables[name]),
+                                                         configured))
                 try:
                     table.load_state_dict(tables[name])
                 except (KeyError, ValueError, RuntimeError) as e:
@@ -341,7 +352,7 @@ class OnlineTrainer:
                                           else f"table {name}: {reason}") from e
             self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
             with torch.no_grad():
-                self.embeddings.thresholds.copy_(state["prune_thresholds"])  # type: ignore[arg-type]
+                self.embeddings.thresholds.copy_(thresholds)
             self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
             self.examples = int(counters["examples"])
             self.steps = int(counters["steps"])

@@ -194,25 +194,58 @@ def _trained_loop(tmp_path: Path, **overrides: str) -> Any:
     return TrainingLoop(OnlineTrainer(config), source, checkpointer=Checkpointer(tmp_path / "ck"))
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"model.embedding_dim": "8"}, "model.embedding_dim = 16 in the checkpoint, 8 now"),
-    ({"model.hidden": "32"}, "model.hidden = [64, 32] in the checkpoint, [32] now"),
+FOUR = {"table_defaults.shards": "4"}
+
+
+@pytest.mark.parametrize("base, change, message", [
+    ({}, {"model.embedding_dim": "8"}, "model.embedding_dim = 16 in the checkpoint, 8 now"),
+    ({}, {"model.hidden": "32"}, "model.hidden = [64, 32] in the checkpoint, [32] now"),
     # Fewer shards used to resume quietly with half of every table's rows.
-    ({"table_defaults.shards": "2"}, "the checkpoint has 4 shards, the config 2"),
-    ({"table_defaults.shards": "8"}, "the checkpoint has 4 shards, the config 8"),
-    ({"table_defaults.min_count": "3"}, "min_count"),
+    (FOUR, {"table_defaults.shards": "2"}, "the checkpoint has 4 shard(s), the config 2"),
+    (FOUR, {"table_defaults.shards": "8"}, "the checkpoint has 4 shard(s), the config 8"),
+    ({}, FOUR, "table user_id: the checkpoint has 1 shard(s), the config 4"),
+    (FOUR, {"table_defaults.shards": "1"}, "the checkpoint has 4 shard(s), the config 1"),
+    ({}, {"table_defaults.min_count": "3"}, "min_count"),
+    ({}, {"table_defaults.prune_alpha": "0.0001"},
+     "OptEmbed pruning is on for 0 feature(s) in the checkpoint, 2 now"),
 ])
 def test_resuming_under_another_config_names_what_changed(
-        tmp_path: Path, change: dict[str, str], message: str) -> None:
-    _trained_loop(tmp_path, **{"table_defaults.shards": "4"}).run()
-    resumed = _trained_loop(tmp_path, **{"table_defaults.shards": "4", **change})
+        tmp_path: Path, base: dict[str, str], change: dict[str, str], message: str) -> None:
+    _trained_loop(tmp_path, **base).run()
+    resumed = _trained_loop(tmp_path, **{**base, **change})
     with pytest.raises(CheckpointError) as info:
         resumed.resume()
     assert message in str(info.value)
     assert "cannot resume from" in str(info.value) and "ckpt-" in str(info.value)
     # Settings the state does not depend on resume as before.
-    assert _trained_loop(tmp_path, **{"table_defaults.shards": "4",
-                                      "trainer.batch_size": "32"}).resume() == 0
+    assert _trained_loop(tmp_path, **{**base, "trainer.batch_size": "32"}).resume() == 0
+
+
+def test_a_refused_start_releases_the_checkpoint_directory(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # `streamrec train` locks the directory; a start that fails (here: an
+    # unreadable checkpoint) must not leave it locked for the next attempt.
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from ingest.decode import encode_json
+    from streamrec import train
+    from streamrec.config import load_config
+    from streamrec.synthetic import SyntheticStream, default
+
+    monkeypatch.setattr(train, "REGISTRY", CollectorRegistry())
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(encode_json(e) + b"\n"
+                                for e in SyntheticStream(default()).events(50)))
+    (tmp_path / "ck").mkdir()
+    torch.save({"something": "else"}, tmp_path / "ck" / "ckpt-000000000001.pt")
+    config = load_config(env={}, overrides={
+        "ingest.source": "file", "ingest.path": str(events), "metrics.port": "-1",
+        "trainer.checkpoint_dir": str(tmp_path / "ck")})
+    with pytest.raises(CheckpointError, match="not a streamrec checkpoint"):
+        train.run_training(config, threading.Event())
+    Checkpointer(tmp_path / "ck", exclusive=True).close()
 
 
 def test_a_state_of_two_ranks_is_refused_by_one() -> None:

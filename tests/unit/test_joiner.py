@@ -347,7 +347,7 @@ def test_overflow_labels_the_oldest_negative_early_and_counts_it_once() -> None:
     assert get("streamrec_ingest_joiner_dropped_total", {"reason": "overflow"}) is None
 
 
-def test_an_older_showing_read_late_does_not_displace_the_newer_one() -> None:
+def test_an_older_showing_read_late_does_not_displace_the_newer_one(monkeypatch) -> None:
     # Showings of one key at 5 s and (read second) 0 s, then a click at 6 s:
     # the click is the 5 s showing's, whatever order the showings came in.
     for order in ([shown(5_000), shown(0)], [shown(0), shown(5_000)]):
@@ -356,6 +356,18 @@ def test_an_older_showing_read_late_does_not_displace_the_newer_one() -> None:
         out += j.push([click(6_000)])
         out += j.flush()
         assert sorted((e.timestamp_ms - T0, e.label) for e in out) == [(0, 0.0), (5_000, 1.0)]
+    # "Newer" by the clock-capped time: a showing stamped an hour ahead (a
+    # skewed producer) counts as shown when it arrived, so the key's real next
+    # showing, two seconds later, still takes its click.
+    wall = [T0 / 1000]
+    monkeypatch.setattr("ingest.joiner.time.time", lambda: wall[0])
+    j = Joiner(["click"], window_s=10)
+    out = j.push([shown(3_600_000)])
+    wall[0] += 2
+    out += j.push([shown(2_000)])
+    out += j.push([click(2_500)])
+    assert sorted((e.timestamp_ms - T0, e.label) for e in out) == [(2_000, 1.0),
+                                                                   (3_600_000, 0.0)]
 
 
 def test_a_burst_of_clicks_does_not_crowd_out_the_next_showings_click() -> None:

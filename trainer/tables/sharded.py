@@ -119,12 +119,10 @@ class ShardedEmbeddingTable:
                 for k, v in shard.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        saved = {key.split(".", 1)[0] for key in state if key.startswith("shard")}
-        if len(saved) != self.n:
+        saved = saved_shards(state)
+        if saved != self.n:
             # Fewer shards would silently leave the other shards' rows behind.
-            raise ValueError(f"table {self.name}: the checkpoint has {len(saved)} shards, the "
-                             f"config {self.n} (tables.<feature>.shards or "
-                             f"table_defaults.shards); rows cannot move between shard counts")
+            raise ValueError(shard_mismatch(self.name, saved, self.n))
         for s, shard in enumerate(self.shards):
             prefix = f"shard{s}."
             part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -132,3 +130,14 @@ class ShardedEmbeddingTable:
                 raise ValueError(f"table {self.name}: checkpoint has no state for shard {s} "
                                  f"(was it saved with a different shard count?)")
             shard.load_state_dict(part)
+
+
+def saved_shards(state: dict[str, torch.Tensor]) -> int:
+    """How many shards a table's :meth:`state_dict` holds (1: an unsharded table's)."""
+    return len({key.split(".", 1)[0] for key in state if key.startswith("shard")}) or 1
+
+
+def shard_mismatch(name: str, saved: int, configured: int) -> str:
+    return (f"table {name}: the checkpoint has {saved} shard(s), the config {configured} "
+            f"(tables.{name}.shards or table_defaults.shards); rows cannot move between "
+            f"shard counts")
