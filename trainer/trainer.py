@@ -176,7 +176,7 @@ class OnlineTrainer:
         # each contributes its sum over the global count, times the world size
         # because gradients are averaged over ranks: slices of any sizes (even
         # empty) then train exactly like one process on the whole batch.
-        world = dist.get_world_size(self.group) if self.distributed else 1
+        world = self._world_size()
         total = float(self._all_reduce(torch.tensor([float(len(batch))])))
         objective = loss_sum * (world / max(total, 1.0))
         loss = loss_sum.detach() / max(len(batch), 1)  # reported: this rank's mean
@@ -344,6 +344,7 @@ class OnlineTrainer:
                 if name in tables and saved_shards(tables[name]) != configured:
                     raise CheckpointError(shard_mismatch(name, saved_shards(tables[name]),
                                                          configured))
+            for name, table in self.tables.items():
                 try:
                     table.load_state_dict(tables[name])
                 except (KeyError, ValueError, RuntimeError) as e:
