@@ -452,12 +452,15 @@ def load_config(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> AppConfig:
-    """Load the app config from a TOML file, the environment and CLI overrides.
+    """Load the app config from a TOML file (``path``, else ``$STREAMREC_CONFIG``), the
+    environment and CLI overrides.
 
     ``overrides`` maps ``"section.field"`` to a value (strings are coerced like
     environment variables). Raises :class:`ConfigError` on any invalid value.
     """
     raw: dict[str, Any] = {}
+    if not path:
+        path = (os.environ if env is None else env).get("STREAMREC_CONFIG") or None
     if path:
         try:
             # TOML files are UTF-8 by definition, whatever the locale says.

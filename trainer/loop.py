@@ -249,14 +249,17 @@ class TrainingLoop:
                 if max_seconds is not None and now - self._started >= max_seconds:
                     break
             self._drain(final=True)
-            if not self.checkpoint():
-                # What was learned since the last checkpoint is lost with this
-                # process: the caller (and the exit status) must know.
-                raise CheckpointError("the final checkpoint could not be written (the log "
-                                      "says why); the events since the last checkpoint will "
-                                      "be trained again after a restart")
         finally:
             if self.publisher is not None:
-                self.publisher.stop()
+                self.publisher.stop()  # publishes the final state, as one more version
+        # After the last publish, so the checkpoint records the version replicas
+        # hold: a restart then continues from it (instead of finding every
+        # replica "ahead" of the trainer and resending snapshots to all).
+        if not self.checkpoint():
+            # What was learned since the last checkpoint is lost with this
+            # process: the caller (and the exit status) must know.
+            raise CheckpointError("the final checkpoint could not be written (the log "
+                                  "says why); the events since the last checkpoint will "
+                                  "be trained again after a restart")
         self._report()
         return self.stats

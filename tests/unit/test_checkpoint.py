@@ -281,3 +281,23 @@ def test_unreadable_checkpoints_say_why_and_point_at_older_ones(tmp_path: Path) 
     torch.save({"something": "else"}, newest)  # a torch file, not a checkpoint
     with pytest.raises(CheckpointError, match="not a streamrec checkpoint"):
         checkpointer.latest()
+
+
+def test_the_final_checkpoint_records_the_version_replicas_hold(tmp_path: Path) -> None:
+    # Stopping the publisher pushes the final state as one more version. The
+    # final checkpoint must come after it: it recorded the version before, so
+    # every restart found each replica "ahead" of the trainer.
+    from prometheus_client import CollectorRegistry
+
+    from serving.replica import ModelReplica
+    from trainer.sync.publisher import Publisher
+    from trainer.sync.sink import MemoryDeltaSink
+
+    loop = _trained_loop(tmp_path)
+    replica = ModelReplica(registry=CollectorRegistry())
+    loop.publisher = Publisher(loop.trainer, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+                               registry=CollectorRegistry())
+    loop.run()
+    checkpoint = Checkpointer(tmp_path / "ck").latest()
+    assert checkpoint is not None and replica.version >= 1
+    assert checkpoint.version == replica.version == loop.publisher.version

@@ -236,3 +236,13 @@ def test_serve_on_a_port_in_use_exits_with_status_2_naming_it() -> None:
         result = cli("serve", "--set", f"serving.port={port}", "--set", "metrics.port=0")
     assert result.returncode == 2, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "cannot bind" in result.stderr
+
+
+def test_the_config_file_can_be_named_by_the_environment(tmp_path: Path) -> None:
+    # Containers set STREAMREC_CONFIG instead of passing --config.
+    path = write(tmp_path, "[trainer]\nbatch_size = 512")
+    assert load_config(env={"STREAMREC_CONFIG": str(path)}).trainer.batch_size == 512
+    assert load_config(path, env={"STREAMREC_CONFIG": "/elsewhere.toml"}).trainer.batch_size \
+        == 512  # --config wins
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(env={"STREAMREC_CONFIG": str(tmp_path / "absent.toml")})
