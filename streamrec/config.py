@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -47,6 +48,8 @@ SYNC_MAX_MESSAGE_BYTES = 64 << 20
 # fit the replica's limit, or every push of a large delta fails with
 # RESOURCE_EXHAUSTED.
 MAX_CHUNK_BYTES = SYNC_MAX_MESSAGE_BYTES - (64 << 10)
+
+_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 def _require(ok: bool, section: str, name: str, value: Any, why: str) -> None:
@@ -105,6 +108,16 @@ class IngestConfig:
                  "must be kafka, file or memory")
         _require(self.value_format in ("json", "protobuf", "auto"), s, "value_format",
                  self.value_format, "must be json, protobuf or auto")
+        # Kafka's own rule; kafka-python checks it only when a name is first
+        # used, with a ValueError that ends the trainer mid-run (the dead-letter
+        # topic: at the first malformed record, again after every restart).
+        named = [("topics", topic) for topic in self.topics]
+        if self.dead_letter_topic:
+            named.append(("dead_letter_topic", self.dead_letter_topic))
+        for name, topic in named:
+            _require(bool(_KAFKA_TOPIC.fullmatch(topic)) and topic not in (".", ".."), s, name,
+                     getattr(self, name),
+                     f"{topic!r} is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)")
         _require(bool(self.topics) or self.source != "kafka", s, "topics", self.topics,
                  "at least one topic is needed for source = kafka")
         _require(bool(self.bootstrap_servers) or self.source != "kafka", s,

@@ -64,6 +64,11 @@ ttl_s = 60
     ("[trainer]\nwarmup_batch_size = -1", "trainer.warmup_batch_size=-1"),
     ("[ingest]\nsource = 'carrier-pigeon'", "ingest.source='carrier-pigeon'"),
     ("[ingest]\njoin_max_pending = 0", "ingest.join_max_pending=0"),
+    # kafka-python refuses these only when first used: the dead-letter topic
+    # at the first malformed record, ending the trainer mid-run.
+    ("[ingest]\ndead_letter_topic = 'dead letters'", "ingest.dead_letter_topic='dead letters'"),
+    ("[ingest]\ntopics = ['events', 'a/b']", "'a/b' is not a Kafka topic name"),
+    ("[ingest]\ntopics = ['..']", "ingest.topics"),
     ("[table_defaults]\nmin_count = -1", "table.min_count=-1"),
     ("[sync]\nreplicas = ['nohostport']", "sync.replicas"),
     ("[serving]\nport = 70000", "serving.port=70000"),
