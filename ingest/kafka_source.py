@@ -44,6 +44,13 @@ class _SeekOnAssign(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.source._seek_assigned(assigned, rebalance=True)
 
+# A commit runs on the training loop's thread, and kafka-python's default
+# waits out its 30 s request timeout while it looks for a coordinator that is
+# gone (a broker down): every checkpoint, and a shutdown, stalled that long.
+# Failing sooner loses nothing: the checkpoint holds the offsets, and the next
+# commit covers these.
+_COMMIT_TIMEOUT_MS = 5_000
+
 
 class KafkaSource:
     """An :class:`~ingest.source.EventSource` over ``config.topics`` in ``config.group_id``."""
@@ -139,7 +146,7 @@ class KafkaSource:
         if not todo:
             return
         try:
-            self._consumer.commit(todo)
+            self._consumer.commit(todo, timeout_ms=_COMMIT_TIMEOUT_MS)
         except KafkaError as e:
             if self.metrics is not None:
                 self.metrics.commits.labels("error").inc()

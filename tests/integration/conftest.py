@@ -7,6 +7,7 @@ groups, admin, commits) and keeps its log in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -47,9 +48,9 @@ def _accepts_kafka(port: int) -> bool:
         admin.close()
 
 
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[str]:
-    """``127.0.0.1:PORT`` of a Tansu broker started for this test session."""
+@contextlib.contextmanager
+def start_broker() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fresh Tansu broker (in-memory storage): ``(127.0.0.1:PORT, its process)``."""
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     workdir = tempfile.mkdtemp(prefix="tansu-")
@@ -74,11 +75,19 @@ def kafka_broker() -> Iterator[str]:
                 raise RuntimeError(f"tansu did not come up on {url}:\n"
                                    f"{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a Tansu broker started for this test session."""
+    with start_broker() as (address, _):
+        yield address

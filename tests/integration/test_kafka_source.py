@@ -207,3 +207,61 @@ def _rebalance_scenario(kafka_broker: str) -> tuple[list[bool], list[Any], list[
         again += src.poll(1000, 0.2).events
     src.close()
     return assignments, again, events
+
+
+_COMMIT_AFTER_KILL = """
+import json, sys, time
+from prometheus_client import CollectorRegistry
+from ingest.metrics import IngestMetrics
+from tests.integration.test_kafka_source import drain, source
+registry = CollectorRegistry()
+src = source(sys.argv[1], sys.argv[2], sys.argv[3], IngestMetrics(registry))
+got = drain(src, 20)
+print(len(got.events), flush=True)
+sys.stdin.readline()  # the broker is gone now
+time.sleep(4)  # the heartbeat thread finds the group coordinator gone
+started = time.monotonic()
+src.commit(got.offsets)
+print(json.dumps([time.monotonic() - started, registry.get_sample_value(
+    "streamrec_ingest_commits_total", {"result": "error"})]), flush=True)
+"""
+
+
+def test_a_commit_to_a_broker_that_went_away_fails_within_seconds() -> None:
+    # Commits run on the training loop's thread. With kafka-python's default
+    # each waited out a 30 s timeout looking for the group's coordinator: a
+    # SIGTERM with the broker down took ~57 s (past docker compose's 30 s
+    # stop grace period). The consumer runs in a process of its own:
+    # kafka-python abandons the sockets of a broker that died under it.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import start_broker
+
+    root = Path(__file__).resolve().parents[2]
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    with start_broker() as (address, broker):
+        create_topics(address, [topic], partitions=1)
+        producer = KafkaProducer(bootstrap_servers=address)
+        for e in SyntheticStream(default()).events(20):
+            producer.send(topic, encode_json(e))
+        producer.flush()
+        producer.close()
+        with subprocess.Popen(
+                [sys.executable, "-c", _COMMIT_AFTER_KILL, address, topic, group],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}) as child:
+            try:
+                assert child.stdout is not None and child.stdin is not None
+                assert child.stdout.readline().strip() == "20"
+                broker.kill()
+                broker.wait()
+                child.stdin.write("go\n")
+                child.stdin.flush()
+                seconds, errors = json.loads(child.stdout.readline())
+            finally:
+                child.kill()
+    assert errors == 1
+    assert seconds < 15
