@@ -38,9 +38,9 @@ What real streams do to a joiner, and what this one does about it:
   partition cannot expire a behind one's impressions before their actions
   are read, and a partition that goes quiet (or is assigned away) stops
   holding the others back. With the source's assignment (``assigned``), a
-  partition not read from yet holds the watermark too: at a first start on a
-  backlog, impressions read from one topic do not expire before the clicks
-  topic's first fetch. Without ``origins`` the watermark is the newest
+  partition not read from yet holds the watermark too, for ``idle_s``: at a
+  first start on a backlog, impressions read from one topic do not expire
+  before the clicks topic's first fetch. Without ``origins`` the watermark is the newest
   (capped) timestamp seen.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
@@ -193,7 +193,7 @@ class Joiner:
         ``assigned`` is every partition the source reads now (Kafka's
         assignment), delivering or not: one not heard from yet holds the
         watermark where it is, like a partition behind, until it delivers or
-        goes quiet; one no longer assigned stops holding it at once.
+        ``idle_s`` passes; one no longer assigned stops holding it at once.
         """
         if assigned:  # (empty before a group join and during a rebalance: not news)
             self._assign(set(assigned))
@@ -324,9 +324,11 @@ class Joiner:
         now = time.monotonic()
         for origin in assigned - self._clocks.keys():
             # Nothing read from it yet: its clock is below every event time,
-            # so it holds the watermark (which never moves back) where it is.
+            # so it holds the watermark (which never moves back) where it is,
+            # for idle_s of wall time only (a first fetch comes within seconds;
+            # an empty partition must not wait out 100 pushes of a slow stream).
             self._clocks[origin] = -1
-            self._heard[origin] = (now, self._pushes)
+            self._heard[origin] = (now, self._pushes - _IDLE_PUSHES - 1)
         for origin in [o for o in self._clocks if o is not None and o not in assigned]:
             del self._clocks[origin]
             self._heard.pop(origin, None)

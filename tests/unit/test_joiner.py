@@ -252,15 +252,24 @@ def test_an_assigned_partition_not_read_yet_holds_the_watermark(monkeypatch) -> 
     assert out == []
     out += j.push([act("r0", 7, 2_000), act("r1", 8, 51_000)], [clicks, clicks], both)
     assert [(e.item_id, e.label) for e in out] == [(7, 1.0), (8, 1.0)]
-    # An assigned partition that never delivers (an empty one) goes quiet as
-    # a silent one does: after idle_s of wall time and 100 pushes.
+    # An assigned partition that never delivers (an empty one) holds the
+    # watermark for idle_s of wall time, however many polls bring events (a
+    # first fetch comes within seconds), then goes quiet: on a slow stream,
+    # 100 pushes would be minutes.
     empty = ("clicks", 1)
     j = Joiner(["click"], window_s=10, idle_s=10)
     out = j.push([imp("r0", 7, 0)], [shows], [shows, empty])
-    for i in range(100):
+    for i in range(150):
         out += j.push([imp(f"n{i}", 100 + i, 60_000)], [shows], [shows, empty])
-    assert out == []
+    assert out == []  # many polls in no time: held
     wall[0] += 11
+    out += j.push([imp("late", 5, 60_000)], [shows], [shows, empty])
+    assert [(e.item_id, e.label) for e in out] == [(7, 0.0)]
+    j = Joiner(["click"], window_s=10, idle_s=10)
+    out = j.push([imp("r0", 7, 0)], [shows], [shows, empty])
+    out += j.push([imp("r1", 8, 60_000)], [shows], [shows, empty])
+    assert out == []
+    wall[0] += 11  # a slow stream: a few polls in idle_s
     out += j.push([imp("late", 5, 60_000)], [shows], [shows, empty])
     assert [(e.item_id, e.label) for e in out] == [(7, 0.0)]
     # A partition assigned away stops holding the watermark at once.
