@@ -230,6 +230,13 @@ class TrainingLoop:
                     if self.dead_letters is not None:
                         self.dead_letters.put(got.dead_letters)
                 self._offsets.update(got.offsets)
+                if got.assigned:  # (empty during a rebalance: not news)
+                    # A partition gone to another consumer is that one's to
+                    # commit: our stale offset, committed when it came back,
+                    # moved the group's offset backwards (and a checkpoint
+                    # holding it would re-train what the other one learned).
+                    for key in self._offsets.keys() - set(got.assigned):
+                        del self._offsets[key]
                 examples = self.joiner.push(got.events, got.origins, got.assigned) \
                     if self.joiner else got.events
                 self._pending.extend(examples)

@@ -301,3 +301,52 @@ def test_the_final_checkpoint_records_the_version_replicas_hold(tmp_path: Path) 
     checkpoint = Checkpointer(tmp_path / "ck").latest()
     assert checkpoint is not None and replica.version >= 1
     assert checkpoint.version == replica.version == loop.publisher.version
+
+
+def test_offsets_of_a_partition_gone_to_another_consumer_are_neither_kept_nor_committed(
+        tmp_path: Path) -> None:
+    # Two partitions, then a rebalance gives partition 1 to another member of
+    # the group. Its last offset here must not be committed when it comes back
+    # (the other member's commit is ahead: the group's offset went backwards),
+    # nor kept in checkpoints (a restart re-trained what the other learned).
+    from ingest.source import SourceBatch
+    from streamrec.config import load_config
+    from streamrec.synthetic import SyntheticStream, default
+    from trainer.loop import TrainingLoop
+    from trainer.trainer import OnlineTrainer
+
+    p0, p1 = ("events", 0), ("events", 1)
+    events = list(SyntheticStream(default()).events(40))
+    polls = [SourceBatch(events[:20], offsets={p0: 10, p1: 10}, origins=[p0] * 10 + [p1] * 10,
+                         assigned=[p0, p1]),
+             SourceBatch([], assigned=[]),  # mid-rebalance
+             SourceBatch(events[20:30], offsets={p0: 20}, origins=[p0] * 10, assigned=[p0]),
+             SourceBatch(events[30:], offsets={p0: 30}, origins=[p0] * 10, assigned=[p0, p1])]
+
+    class Rebalanced:
+        def __init__(self) -> None:
+            self.exhausted = False
+            self.committed: list[dict[tuple[str, int], int]] = []
+
+        def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+            batch = polls.pop(0)
+            self.exhausted = not polls
+            return batch
+
+        def commit(self, offsets: Any) -> None:
+            self.committed.append(dict(offsets))
+
+        def seek(self, offsets: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    torch.set_num_threads(1)
+    source = Rebalanced()
+    loop = TrainingLoop(OnlineTrainer(load_config(env={}, overrides={"trainer.batch_size": "8"})),
+                        source, checkpointer=Checkpointer(tmp_path))  # type: ignore[arg-type]
+    loop.run()
+    assert source.committed[-1] == {p0: 30}
+    checkpoint = Checkpointer(tmp_path).latest()
+    assert checkpoint is not None and checkpoint.offsets == {p0: 30}
