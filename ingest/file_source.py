@@ -139,7 +139,8 @@ class FileSource:
             for topic, _ in offsets:
                 if topic.startswith("file:"):
                     log.warning("the checkpoint's offsets are for %s, not %s: reading this "
-                                "file from its first line", topic[len("file:"):], self._key[0][5:])
+                                "file from its first line", topic.removeprefix("file:"),
+                                self._key[0].removeprefix("file:"))
                     break
         target = offsets.get(self._key, offsets.get(self._legacy_key, 0))
         try:

@@ -40,16 +40,16 @@ What real streams do to a joiner, and what this one does about it:
   holding the others back. With the source's assignment (``assigned``), a
   partition not read from yet holds the watermark too, for ``idle_s``: at a
   first start on a backlog, impressions read from one topic do not expire
-  before the clicks topic's first fetch. Without ``origins`` the watermark is the newest
-  (capped) timestamp seen.
+  before the clicks topic's first fetch. Without ``origins`` the watermark is
+  the newest (capped) timestamp seen.
 
 Expiry follows arrival order: impressions leave from the front of the queue,
 so one that arrives late (older than impressions already pending) waits until
 those before it expire. At most ``max_pending`` impressions (and as many
 waiting actions in all, and as many identities of resolved impressions) are
 held; beyond that the oldest impression is emitted early as a negative
-(counted in ``streamrec_ingest_joiner_overflow_total``), which bounds memory when actions stop arriving or
-timestamps jump.
+(counted in ``streamrec_ingest_joiner_overflow_total``), which bounds memory
+when actions stop arriving or timestamps jump.
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ class _SeekOnAssign(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.source._seek_assigned(assigned, rebalance=True)
 
+
 # A commit runs on the training loop's thread, and kafka-python's default
 # waits out its 30 s request timeout while it looks for a coordinator that is
 # gone (a broker down): every checkpoint, and a shutdown, stalled that long.

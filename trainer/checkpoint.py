@@ -26,12 +26,22 @@ import torch
 
 from streamrec.errors import CheckpointError
 
-__all__ = ["Checkpointer", "Checkpoint"]
+__all__ = ["Checkpointer", "Checkpoint", "describe"]
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 # What :meth:`Checkpointer.save` writes before the rename: ``ckpt-<step>.pt.tmp<pid>``.
 _TEMP = re.compile(r"^ckpt-\d{12}\.pt\.tmp\d+$")
 _OLDER = " (move it away to resume from the next older checkpoint, if there is one)"
+
+
+def describe(error: BaseException) -> str:
+    """Why reading or loading a checkpoint failed, in words (some errors carry none).
+
+    ``KeyError('x')`` -> "no state for 'x'"; an ``EOFError()`` -> "EOFError".
+    """
+    if isinstance(error, KeyError) and error.args:
+        return f"no state for {error.args[0]!r}"
+    return str(error) or type(error).__name__
 
 
 @dataclass
@@ -140,8 +150,7 @@ class Checkpointer:
         try:
             payload = torch.load(path, weights_only=True)
         except Exception as e:  # torch raises several types for bad files
-            raise CheckpointError(f"cannot read checkpoint {path}: "
-                                  f"{str(e) or type(e).__name__}{_OLDER}") from e
+            raise CheckpointError(f"cannot read checkpoint {path}: {describe(e)}{_OLDER}") from e
         try:
             offsets = {(str(t), int(p)): int(o) for t, p, o in payload["offsets"]}
             return Checkpoint(step=int(payload["step"]), state=dict(payload["state"]),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ingest.batch import Batcher
 from ingest.event import Event
 from streamrec.errors import CheckpointError
-from trainer.checkpoint import Checkpointer
+from trainer.checkpoint import Checkpointer, describe
 from trainer.metrics import TrainerMetrics
 from trainer.trainer import OnlineTrainer
 
@@ -101,9 +101,8 @@ class TrainingLoop:
             if self.joiner is not None and "joiner" in ckpt.state:
                 self.joiner.load_state_dict(ckpt.state["joiner"])
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
-            reason = f"no {e.args[0]!r}" if isinstance(e, KeyError) else str(e)
             raise CheckpointError(
-                f"cannot resume from {ckpt.path}: {reason}. Restore the config it was written "
+                f"cannot resume from {ckpt.path}: {describe(e)}. Restore the config it was written "
                 f"with, or set trainer.checkpoint_dir to another directory to start afresh "
                 f"(or move this file away to resume from an older one)") from e
         self._offsets = dict(ckpt.offsets)

@@ -197,12 +197,12 @@ class ProgressiveMetrics:
             self._remember(recent[0], recent[1], recent[2])
 
     def _chronological(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The recent window's examples, oldest first."""
-        rings = (self._ring_probs, self._ring_labels, self._ring_weights)
+        """The recent window's examples, oldest first (a full ring's oldest is at its cursor)."""
+        probs, labels, w = self._recent()
         if not self._ring_full:
-            return tuple(ring[: self._ring_next] for ring in rings)  # type: ignore[return-value]
-        return tuple(torch.cat([ring[self._ring_next:], ring[: self._ring_next]])  # type: ignore[return-value]
-                     for ring in rings)
+            return probs, labels, w
+        shift = -self._ring_next
+        return probs.roll(shift), labels.roll(shift), w.roll(shift)
 
     def snapshot(self) -> dict[str, float]:
         return {

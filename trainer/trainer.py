@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ingest.batch import Batch
 from streamrec.config import AppConfig
 from streamrec.errors import CheckpointError, ConfigError
+from trainer.checkpoint import describe
 from trainer.embedding import DynamicEmbeddingCollection
 from trainer.history import HistoryFeatures, history_table_name
 from trainer.model import CTRModel, model_spec
@@ -341,14 +342,14 @@ class OnlineTrainer:
             assert isinstance(tables, dict)
             for name, table in self.tables.items():
                 configured = table.n if isinstance(table, ShardedEmbeddingTable) else 1
-                if name in tables and saved_shards(tables[name]) != configured:
-                    raise CheckpointError(shard_mismatch(name, saved_shards(tables[name]),
-                                                         configured))
+                saved = saved_shards(tables[name]) if name in tables else configured
+                if saved != configured:
+                    raise CheckpointError(shard_mismatch(name, saved, configured))
             for name, table in self.tables.items():
                 try:
                     table.load_state_dict(tables[name])
                 except (KeyError, ValueError, RuntimeError) as e:
-                    reason = _reason(e)
+                    reason = describe(e)
                     raise CheckpointError(reason if reason.startswith(f"table {name}:")
                                           else f"table {name}: {reason}") from e
             self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
@@ -399,13 +400,6 @@ def _views_of(table: EmbeddingTable) -> list[GroupTableView]:
     if isinstance(table, DistributedEmbeddingTable):
         return _views_of(table.shard)
     return []
-
-
-def _reason(error: BaseException) -> str:
-    """An exception's message, or its type where it has none (``KeyError('x')`` -> 'x')."""
-    if isinstance(error, KeyError) and error.args:
-        return f"no state for {error.args[0]!r}"
-    return str(error) or type(error).__name__
 
 
 def _spec_changes(saved: str, current: str) -> str:
