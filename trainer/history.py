@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from trainer import native
 from trainer.tables.base import expire_tables
 from trainer.tables.group import TableGroup, group_views, unique_pairs
 from trainer.tables.sort import stable_argsort
@@ -128,14 +129,18 @@ class HistoryFeatures:
             else:
                 rows = target.lookup(pair_ids, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
             stored = target.read(rows)  # type: ignore[attr-defined]
-            before = stored.index_select(0, inverse)
             if train:
                 assert labels is not None
                 y = labels.index_select(0, all_slots // n_features)
-                before = before + _exclusive_prefix(inverse, y)
-                totals = torch.zeros((pair_ids.numel(), 2)).index_add_(
-                    0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
+                if native.available(stored, y):
+                    before, totals = native.history_prefix(stored, inverse, y)
+                else:
+                    before = stored.index_select(0, inverse) + _exclusive_prefix(inverse, y)
+                    totals = torch.zeros((pair_ids.numel(), 2)).index_add_(
+                        0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
                 self._pending.append((target, rows, stored, totals))
+            else:
+                before = stored.index_select(0, inverse)
             out.index_copy_(0, all_slots, before)
         return out.view(batch, n_features, 2)
 

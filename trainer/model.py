@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import ModelConfig
+from trainer import native
 from trainer.history import history_inputs
 
 __all__ = ["CTRModel", "fm_interaction", "pool_features", "model_spec", "model_from_spec"]
@@ -75,6 +76,36 @@ def fm_interaction(factors: torch.Tensor) -> torch.Tensor:
     return _FMInteraction.apply(factors)
 
 
+class _FMHead(torch.autograd.Function):
+    """An FM's whole per-field part, by the C kernels of :mod:`trainer.native`:
+    first-order terms, the second-order interactions over the rows' factors
+    and one dense field's, and a linear layer over all those factors.
+
+    This is the model without hidden layers, and its step is dominated by
+    passes over the ``[F, B, d+1]`` pooled rows: autograd of the layer-wise
+    expression (:meth:`CTRModel.forward`'s general path, the reference the
+    tests compare with) makes about ten, this one each way, and writes the
+    rows' gradient in their own layout, first-order column included.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, rows: torch.Tensor,
+                extra: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
+        # rows [F, B, d+1]; extra [B, d] or None; weight [F (+1 with extra), d].
+        if rows.stride(2) != 1:
+            rows = rows.contiguous()
+        extra = extra.contiguous() if extra is not None else None
+        weight = weight.contiguous()
+        out, sums = native.fm_head_forward(rows, extra, weight)
+        ctx.save_for_backward(rows, extra, weight, sums)
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        return native.fm_head_backward(*ctx.saved_tensors, grad)  # type: ignore[attr-defined]
+
+
 class CTRModel(nn.Module):
     """DeepFM: bias + first-order + FM second-order + MLP, over F fields.
 
@@ -125,6 +156,9 @@ class CTRModel(nn.Module):
                 raise ValueError("this model reads history features: pass history counts")
             dense = torch.cat([dense, history_inputs(history, self.prior_ctr,
                                                      self.config.history_strength)], dim=1)
+        if not self.config.hidden:
+            if native.available(pooled, dense):
+                return self._fm(pooled, dense)
         factors = pooled[..., :-1]
         first_order = pooled[..., -1].sum(dim=1)
         if self.dense_proj is not None:
@@ -135,6 +169,19 @@ class CTRModel(nn.Module):
             deep = layer(deep)
         deep = deep.squeeze(1)
         return self.bias + first_order + fm + deep
+
+    def _fm(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without hidden layers (an FM with a linear layer over
+        its factors): the same function, by the C kernels (:class:`_FMHead`)."""
+        linear = self.mlp[0]
+        assert isinstance(linear, nn.Linear)
+        d = self.config.embedding_dim
+        k = linear.in_features - dense.shape[1]  # the factor columns, fields first
+        extra = self.dense_proj(dense) if self.dense_proj is not None else None
+        out = _FMHead.apply(pooled.transpose(0, 1), extra, linear.weight[0, :k].view(-1, d))
+        if dense.shape[1]:
+            out = out + F.linear(dense, linear.weight[:, k:]).squeeze(1)
+        return self.bias + linear.bias + out
 
     def _first_layer(self, factors: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """``mlp[0]`` applied to ``cat([factors, dense])`` without building the concatenation.

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
-from trainer.model import fm_interaction
+from ingest.batch import Batcher
+from streamrec.config import ModelConfig, load_config
+from streamrec.synthetic import PRESETS, SyntheticStream
+from trainer import native
+from trainer.history import _exclusive_prefix
+from trainer.model import CTRModel, fm_interaction
 from trainer.tables.sort import stable_argsort, unique
+from trainer.trainer import OnlineTrainer
 
 INT64 = torch.iinfo(torch.int64)
 
@@ -53,3 +64,123 @@ def test_fm_interaction_value_and_gradient() -> None:
     # The pairwise definition: sum over i < j of <v_i, v_j>.
     pairs = sum((v[:, i] * v[:, j]).sum(dim=1) for i in range(4) for j in range(i + 1, 4))
     assert torch.allclose(fm_interaction(v), pairs)
+
+
+# The C kernels (trainer/native) against the torch code they replace ---------
+
+
+@pytest.fixture
+def without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the torch versions: as on a machine where the kernels cannot be built."""
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_tried", True)
+
+
+def _kernels_or_skip() -> None:
+    if not native.available():
+        pytest.skip("no C compiler here: the torch versions are what runs")
+
+
+def test_kernels_are_built_and_used_where_a_compiler_exists() -> None:
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert native.available(torch.empty(1))
+    assert not native.available(torch.empty(1, dtype=torch.float64))  # float32 only
+
+
+def _fm_model(dense: list[str], history: list[str]) -> CTRModel:
+    model = CTRModel(ModelConfig(sparse_features=["user_id", "item_id", "category"],
+                                 dense_features=dense, embedding_dim=8, hidden=[],
+                                 history_features=history))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("layout", ["fields-first", "examples-first"])
+@pytest.mark.parametrize("dense", [[], ["price"]])
+@pytest.mark.parametrize("history", [[], ["user_id"]])
+def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str], history: list[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _kernels_or_skip()
+    model = _fm_model(dense, history)
+    g = torch.Generator().manual_seed(3)
+    batch = 37
+    if layout == "fields-first":  # as the embedding collection pools a table group
+        pooled = torch.randn(3, batch, 9, generator=g).transpose(0, 1)
+    else:
+        pooled = torch.randn(batch, 3, 9, generator=g)
+    pooled.requires_grad_(True)
+    dense_x = torch.randn(batch, len(dense), generator=g)
+    counts = torch.rand(batch, len(history), 2, generator=g) * 20 if history else None
+    upstream = torch.randn(batch, generator=g)
+    inputs = [pooled, *model.parameters()]
+
+    def run() -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        out = model(pooled, dense_x, counts)
+        return out, torch.autograd.grad(out, inputs, upstream, allow_unused=True)
+
+    fast, fast_grads = run()
+    monkeypatch.setattr(native, "_library", None)
+    reference, reference_grads = run()
+    assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-5)
+    for got, want in zip(fast_grads, reference_grads):
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_history_prefix_kernel_matches_the_sorting_version() -> None:
+    _kernels_or_skip()
+    g = torch.Generator().manual_seed(4)
+    stored = torch.randint(0, 9, (50, 2), generator=g).float()
+    inverse = torch.randint(0, 50, (3000,), generator=g)
+    y = torch.randint(0, 2, (3000,), generator=g).float()
+    before, totals = native.history_prefix(stored, inverse, y)
+    assert torch.equal(before, stored[inverse] + _exclusive_prefix(inverse, y))
+    assert torch.equal(totals, torch.zeros(50, 2).index_add_(
+        0, inverse, torch.stack([torch.ones_like(y), y], dim=1)))
+
+
+def _train_fm(steps: int) -> list[torch.Tensor]:
+    config = load_config(env={}, overrides={
+        "model.sparse_features": "user_id,item_id,category", "model.dense_features": "price",
+        "model.hidden": "", "model.embedding_dim": "8", "trainer.batch_size": "256"})
+    trainer, batcher = OnlineTrainer(config), Batcher(["user_id", "item_id", "category"],
+                                                     ["price"])
+    events = list(SyntheticStream(PRESETS["bursty_new_users"]()).events(256 * steps))
+    return [trainer.train_batch(batcher.build(events[i:i + 256])).probs
+            for i in range(0, len(events), 256)]
+
+
+def test_training_with_kernels_follows_training_without(without_kernels: None) -> None:
+    reference = _train_fm(6)
+    native._tried = False  # build (or find) the kernels again
+    _kernels_or_skip()
+    fast = _train_fm(6)
+    for got, want in zip(fast, reference):
+        assert torch.allclose(got, want, atol=1e-4)
+
+
+def test_a_failed_build_falls_back_to_torch_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("STREAMREC_NATIVE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    with caplog.at_level(logging.WARNING, logger="trainer.native"):
+        assert not native.available()
+    assert "native kernels unavailable" in caplog.text and "false failed" in caplog.text
+    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
+    model = _fm_model([], [])
+    assert model(torch.randn(4, 3, 9), torch.empty(4, 0)).shape == (4,)
+
+
+def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(native, "_library", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("STREAMREC_NATIVE", "0")
+    assert not native.available()

@@ -1,0 +1,168 @@
+"""Small C kernels for the hot loops of a training step, built on first use.
+
+Plain C (no Python or torch headers), compiled with the system C compiler
+(``$CC``, else ``cc``) into a cache directory the first time a process needs
+it, keyed by a hash of the source and flags, and called through ctypes on
+tensors' data pointers. Building takes well under a second; a machine
+without a compiler, or ``STREAMREC_NATIVE=0``, runs the torch versions of the
+same functions (the reference the tests compare against), slower.
+
+``STREAMREC_NATIVE_DIR`` sets the cache directory (default
+``$XDG_CACHE_HOME/streamrec`` or ``~/.cache/streamrec``); a container image
+builds the library at image build time (``python -m trainer.native``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "build", "fm_head_backward", "fm_head_forward", "history_prefix"]
+
+log = logging.getLogger(__name__)
+
+_SOURCES = [Path(__file__).with_name("kernels.c")]
+_FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
+_library: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cache_dir() -> Path:
+    configured = os.environ.get("STREAMREC_NATIVE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "streamrec"
+
+
+def build() -> Path:
+    """The compiled library's path, compiling it if the cache lacks it.
+
+    Raises ``RuntimeError`` (with the compiler's message) when it cannot be built.
+    """
+    compiler = os.environ.get("CC") or "cc"
+    digest = hashlib.sha256()
+    for source in _SOURCES:
+        digest.update(source.read_bytes())
+    digest.update(" ".join([compiler, *_FLAGS, sys.platform]).encode())
+    target = _cache_dir() / f"streamrec-native-{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C compiler ({compiler!r} not found; set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename: concurrent processes never load a half-written file.
+    fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *_FLAGS, "-o", partial, *map(str, _SOURCES)],
+                              capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    lib.fm_head_forward.argtypes = [p, i, i, i, i, i, p, p, p, p]
+    lib.fm_head_forward.restype = None
+    lib.fm_head_backward.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p]
+    lib.fm_head_backward.restype = None
+    lib.history_prefix.argtypes = [p, p, p, i, i, p, p]
+    lib.history_prefix.restype = None
+
+
+def _load() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (switched off, or not buildable: logged once)."""
+    global _library, _tried
+    if _tried:
+        return _library
+    _tried = True
+    if os.environ.get("STREAMREC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+        _declare(lib)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("native kernels unavailable, using the torch versions (slower): %s", e)
+        return None
+    _library = lib
+    return lib
+
+
+def available(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels are loaded and take these tensors (float32 on the CPU)."""
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu")
+               for t in tensors) and _load() is not None
+
+
+def _ptr(tensor: torch.Tensor | None) -> int | None:
+    return tensor.data_ptr() if tensor is not None else None
+
+
+def _lib() -> ctypes.CDLL:
+    lib = _load()
+    if lib is None:
+        raise RuntimeError("native kernels are not available (see available())")
+    return lib
+
+
+def fm_head_forward(rows: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out [B], sums [B, d])`` of the FM head (kernels.c) for ``rows`` ``[F, B, d+1]``
+    (unit column stride), ``extra`` ``[B, d]`` or None and ``weight`` ``[F (+1), d]``."""
+    assert rows.stride(2) == 1 and weight.is_contiguous()
+    assert extra is None or extra.is_contiguous()
+    n_fields, batch, width = rows.shape
+    out = torch.empty(batch)
+    sums = torch.empty((batch, width - 1))
+    _lib().fm_head_forward(rows.data_ptr(), n_fields, batch, width - 1, rows.stride(0),
+                           rows.stride(1), _ptr(extra), weight.data_ptr(), out.data_ptr(),
+                           sums.data_ptr())
+    return out, sums
+
+
+def fm_head_backward(rows: torch.Tensor, extra: torch.Tensor | None, weight: torch.Tensor,
+                     sums: torch.Tensor, grad: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Gradients ``(rows [F, B, d+1] contiguous, extra, weight)`` for the output's ``grad``."""
+    grad = grad.contiguous()
+    grad_rows = torch.empty(rows.shape)
+    grad_extra = torch.empty_like(extra) if extra is not None else None
+    grad_weight = torch.empty_like(weight)
+    _lib().fm_head_backward(rows.data_ptr(), rows.shape[0], rows.shape[1], rows.shape[2] - 1,
+                            rows.stride(0), rows.stride(1), _ptr(extra), weight.data_ptr(),
+                            sums.data_ptr(), grad.data_ptr(), grad_rows.data_ptr(),
+                            _ptr(grad_extra), grad_weight.data_ptr())
+    return grad_rows, grad_extra, grad_weight
+
+
+def history_prefix(stored: torch.Tensor, inverse: torch.Tensor, y: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(before [N, 2], totals [U, 2])``: per element (in order), its key's stored
+    (n, c) plus the count and label sum of the earlier elements with the same key
+    (``inverse`` [N] indexes ``stored`` [U, 2]); and per key, the batch's (count, sum)."""
+    stored, inverse, y = stored.contiguous(), inverse.contiguous(), y.contiguous()
+    assert inverse.dtype == torch.int64 and stored.shape[1] == 2
+    before = torch.empty((inverse.numel(), 2))
+    totals = torch.empty((stored.shape[0], 2))
+    _lib().history_prefix(stored.data_ptr(), inverse.data_ptr(), y.data_ptr(), inverse.numel(),
+                          stored.shape[0], before.data_ptr(), totals.data_ptr())
+    return before, totals
+
+
+if __name__ == "__main__":
+    print(build())

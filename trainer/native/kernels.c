@@ -1,0 +1,104 @@
+/* Kernels of the training step that torch runs in many passes.
+ *
+ * fm_head_*: an FM's per-field part, forward and backward, one pass over the rows each way.
+ *
+ * The model is trainer.model.CTRModel without hidden layers (its layer-wise
+ * path is the reference the tests compare with). Rows are laid out fields
+ * first, [F, B, D+1] with any field and example strides and unit column
+ * stride; the last column is the first-order weight, the others the factors.
+ * `extra` ([B, D], contiguous, may be NULL) is one more field's factors
+ * without a first-order weight; `weight` ([F (+1 with extra), D], contiguous)
+ * the linear layer over all factors.
+ *
+ * Plain C with no Python or torch headers: built by trainer/native/__init__.py
+ * with the system compiler in well under a second and called through ctypes.
+ */
+#include <stdint.h>
+#include <string.h>
+
+void fm_head_forward(const float *rows, int64_t n_fields, int64_t batch, int64_t dim,
+                     int64_t field_stride, int64_t example_stride, const float *extra,
+                     const float *weight, float *out, float *sums) {
+    for (int64_t b = 0; b < batch; ++b) {
+        float *s = sums + b * dim;
+        double squares = 0.0, linear = 0.0;
+        if (extra) {
+            const float *e = extra + b * dim;
+            const float *w = weight + n_fields * dim;
+            for (int64_t k = 0; k < dim; ++k) {
+                s[k] = e[k];
+                squares += (double)e[k] * e[k];
+                linear += (double)w[k] * e[k];
+            }
+        } else {
+            memset(s, 0, sizeof(float) * dim);
+        }
+        for (int64_t f = 0; f < n_fields; ++f) {
+            const float *r = rows + f * field_stride + b * example_stride;
+            const float *w = weight + f * dim;
+            float sq = 0.f, lin = 0.f;
+            for (int64_t k = 0; k < dim; ++k) {
+                s[k] += r[k];
+                sq += r[k] * r[k];
+                lin += w[k] * r[k];
+            }
+            squares += sq;
+            linear += lin + r[dim];
+        }
+        double total = 0.0;
+        for (int64_t k = 0; k < dim; ++k) total += (double)s[k] * s[k];
+        out[b] = (float)(linear + 0.5 * (total - squares));
+    }
+}
+
+/* grad_rows: [F, B, D+1] contiguous (written); grad_extra: [B, D] (written, or NULL);
+ * grad_weight: [F (+1), D] (written). */
+void fm_head_backward(const float *rows, int64_t n_fields, int64_t batch, int64_t dim,
+                      int64_t field_stride, int64_t example_stride, const float *extra,
+                      const float *weight, const float *sums, const float *grad,
+                      float *grad_rows, float *grad_extra, float *grad_weight) {
+    int64_t n_weights = (n_fields + (extra ? 1 : 0)) * dim;
+    memset(grad_weight, 0, sizeof(float) * n_weights);
+    for (int64_t b = 0; b < batch; ++b) {
+        const float g = grad[b];
+        const float *s = sums + b * dim;
+        for (int64_t f = 0; f < n_fields; ++f) {
+            const float *r = rows + f * field_stride + b * example_stride;
+            const float *w = weight + f * dim;
+            float *gr = grad_rows + (f * batch + b) * (dim + 1);
+            float *gw = grad_weight + f * dim;
+            for (int64_t k = 0; k < dim; ++k) {
+                gr[k] = g * (s[k] - r[k] + w[k]);
+                gw[k] += g * r[k];
+            }
+            gr[dim] = g;
+        }
+        if (extra) {
+            const float *e = extra + b * dim;
+            const float *w = weight + n_fields * dim;
+            float *ge = grad_extra + b * dim;
+            float *gw = grad_weight + n_fields * dim;
+            for (int64_t k = 0; k < dim; ++k) {
+                ge[k] = g * (s[k] - e[k] + w[k]);
+                gw[k] += g * e[k];
+            }
+        }
+    }
+}
+
+/* History counts before each element (trainer.history): for elements in batch
+ * order with unique-key index inverse[i] and label y[i], before[i] = stored[u]
+ * plus (count, sum of y) over the earlier elements with the same key, and
+ * totals[u] = (count, sum of y) over all of them. stored, before, totals:
+ * [*, 2] contiguous. */
+void history_prefix(const float *stored, const int64_t *inverse, const float *y, int64_t n,
+                    int64_t n_keys, float *before, float *totals) {
+    memset(totals, 0, sizeof(float) * 2 * n_keys);
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t u = inverse[i];
+        before[2 * i] = stored[2 * u] + totals[2 * u];
+        before[2 * i + 1] = stored[2 * u + 1] + totals[2 * u + 1];
+        totals[2 * u] += 1.f;
+        totals[2 * u + 1] += y[i];
+    }
+}
