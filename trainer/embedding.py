@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from trainer import native
 from trainer.model import pool_features
 from trainer.tables.base import EmbeddingTable, expire_tables
 from trainer.tables.group import TableGroup, group_views, unique_pairs
@@ -132,8 +133,7 @@ class DynamicEmbeddingCollection:
         if train:
             leaf.requires_grad_(True)
             self._leaves.append((group, rows, leaf))
-        # index_select: its backward is index_add_, much cheaper than indexing's.
-        values = self._prune_group(group, pair_tags, leaf).index_select(0, inverse)
+        values = self._gather(self._prune_group(group, pair_tags, leaf), inverse)
         if values.shape[0] == lengths.numel() and bool((lengths == 1).all()):
             # One id per example and feature (the common schema): the mean is the row.
             return values.view(len(features), batch, leaf.shape[1])
@@ -141,6 +141,14 @@ class DynamicEmbeddingCollection:
         sums = torch.zeros((lengths.numel(), leaf.shape[1])).index_add(0, segment, values)
         means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
         return means.view(len(features), batch, leaf.shape[1])
+
+    @staticmethod
+    def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``rows[index]``, differentiable in ``rows``."""
+        if native.available(rows):
+            return native.gather_rows(rows, index)
+        # index_select: its backward is index_add_, much cheaper than indexing's.
+        return rows.index_select(0, index)
 
     def _prune_group(self, group: TableGroup, tags: torch.Tensor, rows: torch.Tensor
                      ) -> torch.Tensor:

@@ -184,3 +184,28 @@ def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setenv("STREAMREC_NATIVE", "0")
     assert not native.available()
+
+
+def test_gather_rows_kernel_matches_index_select_both_ways() -> None:
+    _kernels_or_skip()
+    g = torch.Generator().manual_seed(5)
+    table = torch.randn(40, 9, generator=g, requires_grad=True)
+    index = torch.randint(0, 40, (500,), generator=g)
+    upstream = torch.randn(500, 9, generator=g)
+    fast = native.gather_rows(table, index)
+    (fast_grad,) = torch.autograd.grad(fast, table, upstream)
+    reference = table.index_select(0, index)
+    (reference_grad,) = torch.autograd.grad(reference, table, upstream)
+    assert torch.equal(fast, reference)
+    assert torch.allclose(fast_grad, reference_grad, atol=1e-5)
+
+
+def test_unique_pairs_kernel_dedups_exactly_in_first_seen_order() -> None:
+    _kernels_or_skip()
+    ids = torch.tensor([5, INT64.min, 5, 5, INT64.max, INT64.min, 0])
+    tags = torch.tensor([0, 1, 1, 0, 1, 1, 0])
+    pair_ids, pair_tags, inverse, counts = native.unique_pairs(ids, tags)
+    assert list(zip(pair_ids.tolist(), pair_tags.tolist())) == [
+        (5, 0), (INT64.min, 1), (5, 1), (INT64.max, 1), (0, 0)]
+    assert inverse.tolist() == [0, 1, 2, 0, 3, 1, 4]
+    assert counts.tolist() == [2, 2, 1, 1, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
@@ -115,8 +116,14 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
     assert grouped.lookup(torch.tensor([424242]), now_ms=10).item() >= 0
 
 
-def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids() -> None:
+@pytest.mark.parametrize("kernels", ["native", "sorting"])
+def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids(
+        kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer import native
     from trainer.tables.group import unique_pairs
+    if kernels == "sorting":  # as where the kernels cannot be built
+        monkeypatch.setattr(native, "_library", None)
+        monkeypatch.setattr(native, "_tried", True)
     gen = torch.Generator().manual_seed(0)
     small = torch.randint(-50, 50, (400,), generator=gen)
     extreme = torch.cat([small, torch.tensor([-(1 << 63), (1 << 63) - 1, -(1 << 63)])])

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "fm_head_backward", "fm_head_forward", "history_prefix"]
+__all__ = ["available", "build", "fm_head_backward", "fm_head_forward", "gather_rows",
+           "history_prefix", "unique_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.fm_head_backward.restype = None
     lib.history_prefix.argtypes = [p, p, p, i, i, p, p]
     lib.history_prefix.restype = None
+    lib.unique_pairs.argtypes = [p, p, i, p, i, p, p, p, p]
+    lib.unique_pairs.restype = i
+    lib.gather_rows.argtypes = [p, p, i, i, p]
+    lib.gather_rows.restype = None
+    lib.scatter_add_rows.argtypes = [p, p, i, i, i, p]
+    lib.scatter_add_rows.restype = None
 
 
 def _load() -> ctypes.CDLL | None:
@@ -162,6 +169,53 @@ def history_prefix(stored: torch.Tensor, inverse: torch.Tensor, y: torch.Tensor
     _lib().history_prefix(stored.data_ptr(), inverse.data_ptr(), y.data_ptr(), inverse.numel(),
                           stored.shape[0], before.data_ptr(), totals.data_ptr())
     return before, totals
+
+
+def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact dedup of the int64 pairs ``(ids[i], tags[i])`` by hashing:
+    ``(ids, tags, inverse, counts)`` of the unique pairs, in order of first occurrence."""
+    ids, tags = ids.contiguous(), tags.contiguous()
+    assert ids.dtype == tags.dtype == torch.int64
+    n = ids.numel()
+    capacity = 1 << max(4, (2 * n).bit_length())  # under half full
+    slots = torch.empty(capacity, dtype=torch.int64)
+    uniq_ids, uniq_tags, counts = (torch.empty(n, dtype=torch.int64) for _ in range(3))
+    inverse = torch.empty(n, dtype=torch.int64)
+    found = _lib().unique_pairs(ids.data_ptr(), tags.data_ptr(), n, slots.data_ptr(), capacity,
+                                uniq_ids.data_ptr(), uniq_tags.data_ptr(), counts.data_ptr(),
+                                inverse.data_ptr())
+    return uniq_ids[:found], uniq_tags[:found], inverse, counts[:found]
+
+
+class _GatherRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, table: torch.Tensor,
+                index: torch.Tensor) -> torch.Tensor:
+        table, index = table.contiguous(), index.contiguous()
+        out = torch.empty((index.numel(), table.shape[1]))
+        _lib().gather_rows(table.data_ptr(), index.data_ptr(), index.numel(), table.shape[1],
+                           out.data_ptr())
+        ctx.save_for_backward(index)
+        ctx.rows = table.shape[0]  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
+                 ) -> tuple[torch.Tensor, None]:
+        (index,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad = grad.contiguous()
+        out = torch.empty((ctx.rows, grad.shape[1]))  # type: ignore[attr-defined]
+        _lib().scatter_add_rows(grad.data_ptr(), index.data_ptr(), index.numel(), grad.shape[1],
+                                out.shape[0], out.data_ptr())
+        return out, None
+
+
+def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table.index_select(0, index)`` for a 2-D float32 ``table`` and int64 ``index``
+    (in range), differentiable in ``table``: torch's copies rows of a few floats one
+    generic loop iteration at a time, and its backward is a scatter_add as slow."""
+    return _GatherRows.apply(table, index)
 
 
 if __name__ == "__main__":

@@ -102,3 +102,59 @@ void history_prefix(const float *stored, const int64_t *inverse, const float *y,
         totals[2 * u + 1] += y[i];
     }
 }
+
+/* out[i] = table[index[i]] for rows of `width` floats (index_select on dim 0). */
+void gather_rows(const float *table, const int64_t *index, int64_t n, int64_t width,
+                 float *out) {
+    for (int64_t i = 0; i < n; ++i)
+        memcpy(out + i * width, table + index[i] * width, sizeof(float) * width);
+}
+
+/* out[index[i]] += rows[i] (out zeroed first): gather_rows' backward. */
+void scatter_add_rows(const float *rows, const int64_t *index, int64_t n, int64_t width,
+                      int64_t n_out, float *out) {
+    memset(out, 0, sizeof(float) * n_out * width);
+    for (int64_t i = 0; i < n; ++i) {
+        float *o = out + index[i] * width;
+        const float *r = rows + i * width;
+        for (int64_t k = 0; k < width; ++k) o[k] += r[k];
+    }
+}
+
+/* Exact dedup of the pairs (ids[i], tags[i]), by hashing: the unique pairs in
+ * order of first occurrence go to uniq_ids / uniq_tags, how often each occurs
+ * to counts, and each element's unique index to inverse. `slots` is scratch
+ * of `capacity` entries, a power of two above n. Returns the number of unique
+ * pairs. */
+int64_t unique_pairs(const int64_t *ids, const int64_t *tags, int64_t n, int64_t *slots,
+                     int64_t capacity, int64_t *uniq_ids, int64_t *uniq_tags, int64_t *counts,
+                     int64_t *inverse) {
+    const uint64_t mask = (uint64_t)capacity - 1;
+    memset(slots, 0xff, sizeof(int64_t) * capacity); /* -1: empty */
+    int64_t n_unique = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = ids[i], tag = tags[i];
+        /* splitmix64's finaliser over the id, offset by the tag */
+        uint64_t h = (uint64_t)id + (uint64_t)tag * 0x9E3779B97F4A7C15ull;
+        h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9ull;
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EBull;
+        h ^= h >> 31;
+        for (uint64_t s = h & mask;; s = (s + 1) & mask) {
+            const int64_t u = slots[s];
+            if (u < 0) {
+                slots[s] = n_unique;
+                uniq_ids[n_unique] = id;
+                uniq_tags[n_unique] = tag;
+                counts[n_unique] = 1;
+                inverse[i] = n_unique++;
+                break;
+            }
+            if (uniq_ids[u] == id && uniq_tags[u] == tag) {
+                counts[u] += 1;
+                inverse[i] = u;
+                break;
+            }
+        }
+    }
+    return n_unique;
+}

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from streamrec.config import TableConfig
+from trainer import native
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
@@ -49,6 +50,8 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dedup of ``(tags[i], ids[i])``: ``(ids, tags, inverse, counts)`` of the unique pairs.
 
+    By the native kernel (:mod:`trainer.native`: hashing, first-occurrence
+    order) where it is built; else by sorting, as follows (ascending order).
     One sort of ``id * n_tags + tag`` when every id leaves room for that in
     int64 (small ids). Otherwise, when ``tags`` come in runs (each table's ids
     together, as the callers lay them out), a dedup per run; failing that the
@@ -58,6 +61,8 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
     if ids.numel() == 0:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone(), empty.clone(), empty.clone()
+    if native.available():
+        return native.unique_pairs(ids, tags)  # one hashing pass, no sort
     low, high = torch.aminmax(ids)
     limit = (torch.iinfo(torch.int64).max - n_tags) // n_tags
     if -limit <= int(low) and int(high) <= limit:
