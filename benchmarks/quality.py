@@ -9,13 +9,16 @@ stream and over its last 20%, events/s, and the Bayes-optimal AUC of the
 stream (the generator knows every event's true click probability).
 
 Arms:
-- ``streamrec``          the default config: history features on, batch 2048 after a
-                         warm-up that starts at 128 and grows with the examples learned;
-- ``streamrec-plain``    the same without history features (plain mini-batch);
-- ``streamrec-no-warmup`` the default without the warm-up (batch 2048 from the start);
+- ``streamrec``          the default config: an FM (first-order, pairwise interactions and
+                         one linear layer over the factors; embedding dim 8) with history
+                         features, batch 8192 after a warm-up that starts at 1024 and grows
+                         with the examples learned, on the C kernels of trainer/native;
+- ``streamrec-torch``    the same on the torch versions of those kernels (no compiler);
+- ``streamrec-plain``    the default without history features (plain mini-batch);
+- ``streamrec-no-warmup`` the default without the warm-up (batch 8192 from the start);
 - ``streamrec-b256``     batch 256, no warm-up (the default until this benchmark moved it);
-- ``streamrec-fm``       the default without the MLP's hidden layers (FM, first-order and
-                         one linear layer over the fields: what these streams' generators need);
+- ``streamrec-deepfm``   the default with hidden layers [64, 32] (DeepFM, the default
+                         until session 8; its MLP has no C kernel);
 - ``river-lr`` / ``river-fm``  River LogisticRegression / FMClassifier, event by event;
 - ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes, history
                          counts cleared before each pass after the first),
@@ -51,6 +54,7 @@ from ingest.batch import Batcher
 from ingest.event import Event
 from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
+from trainer import native
 from trainer.progressive import ProgressiveMetrics, exact_auc
 from trainer.trainer import OnlineTrainer
 
@@ -92,6 +96,11 @@ def arm_streamrec(events: list[Event], args: argparse.Namespace, batch: int | No
     started = time.perf_counter()
     probs = online(events, t, b)
     return probs, time.perf_counter() - started
+
+
+def arm_torch(events: list[Event], args: argparse.Namespace) -> Scored:
+    with native.disabled():
+        return arm_streamrec(events, args)
 
 
 def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: bool) -> Scored:
@@ -161,7 +170,8 @@ ARMS: dict[str, Callable[[list[Event], argparse.Namespace], Scored]] = {
     "streamrec-no-warmup": lambda ev, a: arm_streamrec(ev, a, trainer__warmup_batch_size="0"),
     "streamrec-b256": lambda ev, a: arm_streamrec(ev, a, batch=256,
                                                   trainer__warmup_batch_size="0"),
-    "streamrec-fm": lambda ev, a: arm_streamrec(ev, a, model__hidden=""),
+    "streamrec-torch": lambda ev, a: arm_torch(ev, a),
+    "streamrec-deepfm": lambda ev, a: arm_streamrec(ev, a, model__hidden="64,32"),
     "river-lr": lambda ev, a: arm_river(ev, a, "lr"),
     "river-fm": lambda ev, a: arm_river(ev, a, "fm"),
     "offline-frozen": lambda ev, a: arm_offline(ev, a, continue_online=False),

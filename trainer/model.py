@@ -1,4 +1,6 @@
-"""The CTR model: DeepFM over per-feature pooled embeddings.
+"""The CTR model: DeepFM over per-feature pooled embeddings; without hidden
+layers (the default) an FM with one linear layer over its factors, whose
+forward and backward run on the C kernels of :mod:`trainer.native`.
 
 The embedding tables are not part of this module: they are dynamic (rows come
 and go with the id space) and live in :mod:`trainer.tables`, or in serving's

@@ -198,8 +198,8 @@ FOUR = {"table_defaults.shards": "4"}
 
 
 @pytest.mark.parametrize("base, change, message", [
-    ({}, {"model.embedding_dim": "8"}, "model.embedding_dim = 16 in the checkpoint, 8 now"),
-    ({}, {"model.hidden": "32"}, "model.hidden = [64, 32] in the checkpoint, [32] now"),
+    ({}, {"model.embedding_dim": "16"}, "model.embedding_dim = 8 in the checkpoint, 16 now"),
+    ({}, {"model.hidden": "32"}, "model.hidden = [] in the checkpoint, [32] now"),
     # Fewer shards used to resume quietly with half of every table's rows.
     (FOUR, {"table_defaults.shards": "2"}, "the checkpoint has 4 shard(s), the config 2"),
     (FOUR, {"table_defaults.shards": "8"}, "the checkpoint has 4 shard(s), the config 8"),

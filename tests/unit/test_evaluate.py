@@ -105,7 +105,7 @@ def test_a_restart_under_another_model_config_is_a_one_line_error(tmp_path: Path
              "--set", "metrics.port=-1", "--set", f"trainer.checkpoint_dir={tmp_path / 'ck'}")
     first = cli(*train)
     assert first.returncode == 0, first.stderr
-    again = cli(*train, "--set", "model.embedding_dim=8")
+    again = cli(*train, "--set", "model.embedding_dim=16")
     assert again.returncode == 2, again.stderr
-    assert "model.embedding_dim = 16 in the checkpoint, 8 now" in again.stderr
+    assert "model.embedding_dim = 8 in the checkpoint, 16 now" in again.stderr
     assert "Traceback" not in again.stderr

@@ -69,13 +69,6 @@ def test_fm_interaction_value_and_gradient() -> None:
 # The C kernels (trainer/native) against the torch code they replace ---------
 
 
-@pytest.fixture
-def without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the torch versions: as on a machine where the kernels cannot be built."""
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_tried", True)
-
-
 def _kernels_or_skip() -> None:
     if not native.available():
         pytest.skip("no C compiler here: the torch versions are what runs")
@@ -102,8 +95,8 @@ def _fm_model(dense: list[str], history: list[str]) -> CTRModel:
 @pytest.mark.parametrize("layout", ["fields-first", "examples-first"])
 @pytest.mark.parametrize("dense", [[], ["price"]])
 @pytest.mark.parametrize("history", [[], ["user_id"]])
-def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str], history: list[str],
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str],
+                                              history: list[str]) -> None:
     _kernels_or_skip()
     model = _fm_model(dense, history)
     g = torch.Generator().manual_seed(3)
@@ -123,13 +116,29 @@ def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str], his
         return out, torch.autograd.grad(out, inputs, upstream, allow_unused=True)
 
     fast, fast_grads = run()
-    monkeypatch.setattr(native, "_library", None)
-    reference, reference_grads = run()
+    with native.disabled():
+        reference, reference_grads = run()
     assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-5)
     for got, want in zip(fast_grads, reference_grads):
         assert (got is None) == (want is None)
         if want is not None:
             assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fm_kernels_on_an_empty_slice_give_zero_weight_gradients() -> None:
+    # A rank's slice of a global batch may be empty; its (all-reduced)
+    # gradients must then be zeros, not whatever memory the buffers held.
+    _kernels_or_skip()
+    model = _fm_model(["price"], [])
+    for _ in range(3):
+        out = model(torch.randn(0, 3, 9), torch.randn(0, 1))
+        out.sum().backward()
+        for p in model.parameters():
+            assert p.grad is None or not p.grad.any()
+        model.zero_grad(set_to_none=False)
+        for p in model.parameters():  # garbage in the buffers the kernel reuses
+            p.grad = torch.full_like(p, 7.0)
+        model.zero_grad()
 
 
 def test_history_prefix_kernel_matches_the_sorting_version() -> None:
@@ -155,10 +164,10 @@ def _train_fm(steps: int) -> list[torch.Tensor]:
             for i in range(0, len(events), 256)]
 
 
-def test_training_with_kernels_follows_training_without(without_kernels: None) -> None:
-    reference = _train_fm(6)
-    native._tried = False  # build (or find) the kernels again
+def test_training_with_kernels_follows_training_without() -> None:
     _kernels_or_skip()
+    with native.disabled():
+        reference = _train_fm(6)
     fast = _train_fm(6)
     for got, want in zip(fast, reference):
         assert torch.allclose(got, want, atol=1e-4)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -117,13 +119,14 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
 
 
 @pytest.mark.parametrize("kernels", ["native", "sorting"])
-def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids(
-        kernels: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids(kernels: str) -> None:
     from trainer import native
     from trainer.tables.group import unique_pairs
-    if kernels == "sorting":  # as where the kernels cannot be built
-        monkeypatch.setattr(native, "_library", None)
-        monkeypatch.setattr(native, "_tried", True)
+    with native.disabled() if kernels == "sorting" else contextlib.nullcontext():
+        _check_unique_pairs(unique_pairs)
+
+
+def _check_unique_pairs(unique_pairs: Callable[..., tuple[torch.Tensor, ...]]) -> None:
     gen = torch.Generator().manual_seed(0)
     small = torch.randint(-50, 50, (400,), generator=gen)
     extreme = torch.cat([small, torch.tensor([-(1 << 63), (1 << 63) - 1, -(1 << 63)])])

@@ -32,11 +32,14 @@ def trainer_and_batcher(settings: dict[str, str]) -> tuple[OnlineTrainer, Batche
                                           config.model.dense_features)
 
 
-def test_progressive_auc_after_warm_up_recovers_a_good_share_of_the_achievable_lift() -> None:
+@pytest.mark.parametrize("hidden", ["", "64,32"], ids=["fm", "deepfm"])
+def test_progressive_auc_after_warm_up_recovers_a_good_share_of_the_achievable_lift(
+        hidden: str) -> None:
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id,category,country,hour",
         "model.dense_features": "price",
+        "model.hidden": hidden,
         "trainer.batch_size": "256",
     })
     trainer = OnlineTrainer(config)

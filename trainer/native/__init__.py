@@ -14,6 +14,7 @@ builds the library at image build time (``python -m trainer.native``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -22,11 +23,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "fm_head_backward", "fm_head_forward", "gather_rows",
+__all__ = ["available", "build", "disabled", "fm_head_backward", "fm_head_forward", "gather_rows",
            "history_prefix", "unique_pairs"]
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ _SOURCES = [Path(__file__).with_name("kernels.c")]
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
 _library: ctypes.CDLL | None = None
 _tried = False
+_disabled = 0  # depth of disabled() blocks
 
 
 def _cache_dir() -> Path:
@@ -78,9 +81,9 @@ def build() -> Path:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int64
-    lib.fm_head_forward.argtypes = [p, i, i, i, i, i, p, p, p, p]
+    lib.fm_head_forward.argtypes = [p, i, i, i, i, i, i, p, p, p, p]
     lib.fm_head_forward.restype = None
-    lib.fm_head_backward.argtypes = [p, i, i, i, i, i, p, p, p, p, p, p, p]
+    lib.fm_head_backward.argtypes = [p, i, i, i, i, i, i, p, p, p, p, p, p, p]
     lib.fm_head_backward.restype = None
     lib.history_prefix.argtypes = [p, p, p, i, i, p, p]
     lib.history_prefix.restype = None
@@ -112,8 +115,20 @@ def _load() -> ctypes.CDLL | None:
 
 def available(*tensors: torch.Tensor | None) -> bool:
     """Whether the kernels are loaded and take these tensors (float32 on the CPU)."""
-    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu")
-               for t in tensors) and _load() is not None
+    return not _disabled and all(
+        t is None or (t.dtype == torch.float32 and t.device.type == "cpu")
+        for t in tensors) and _load() is not None
+
+
+@contextlib.contextmanager
+def disabled() -> Iterator[None]:
+    """Within the block, callers run the torch versions (to compare the two)."""
+    global _disabled
+    _disabled += 1
+    try:
+        yield
+    finally:
+        _disabled -= 1
 
 
 def _ptr(tensor: torch.Tensor | None) -> int | None:
@@ -137,8 +152,8 @@ def fm_head_forward(rows: torch.Tensor, extra: torch.Tensor | None, weight: torc
     out = torch.empty(batch)
     sums = torch.empty((batch, width - 1))
     _lib().fm_head_forward(rows.data_ptr(), n_fields, batch, width - 1, rows.stride(0),
-                           rows.stride(1), _ptr(extra), weight.data_ptr(), out.data_ptr(),
-                           sums.data_ptr())
+                           rows.stride(1), extra is not None, _ptr(extra), weight.data_ptr(),
+                           out.data_ptr(), sums.data_ptr())
     return out, sums
 
 
@@ -151,7 +166,8 @@ def fm_head_backward(rows: torch.Tensor, extra: torch.Tensor | None, weight: tor
     grad_extra = torch.empty_like(extra) if extra is not None else None
     grad_weight = torch.empty_like(weight)
     _lib().fm_head_backward(rows.data_ptr(), rows.shape[0], rows.shape[1], rows.shape[2] - 1,
-                            rows.stride(0), rows.stride(1), _ptr(extra), weight.data_ptr(),
+                            rows.stride(0), rows.stride(1), extra is not None, _ptr(extra),
+                            weight.data_ptr(),
                             sums.data_ptr(), grad.data_ptr(), grad_rows.data_ptr(),
                             _ptr(grad_extra), grad_weight.data_ptr())
     return grad_rows, grad_extra, grad_weight

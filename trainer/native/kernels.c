@@ -6,7 +6,7 @@
  * path is the reference the tests compare with). Rows are laid out fields
  * first, [F, B, D+1] with any field and example strides and unit column
  * stride; the last column is the first-order weight, the others the factors.
- * `extra` ([B, D], contiguous, may be NULL) is one more field's factors
+ * `extra` ([B, D], contiguous; has_extra says whether there is one) is one more field's factors
  * without a first-order weight; `weight` ([F (+1 with extra), D], contiguous)
  * the linear layer over all factors.
  *
@@ -17,12 +17,12 @@
 #include <string.h>
 
 void fm_head_forward(const float *rows, int64_t n_fields, int64_t batch, int64_t dim,
-                     int64_t field_stride, int64_t example_stride, const float *extra,
-                     const float *weight, float *out, float *sums) {
+                     int64_t field_stride, int64_t example_stride, int64_t has_extra,
+                     const float *extra, const float *weight, float *out, float *sums) {
     for (int64_t b = 0; b < batch; ++b) {
         float *s = sums + b * dim;
         double squares = 0.0, linear = 0.0;
-        if (extra) {
+        if (has_extra) {
             const float *e = extra + b * dim;
             const float *w = weight + n_fields * dim;
             for (int64_t k = 0; k < dim; ++k) {
@@ -51,14 +51,16 @@ void fm_head_forward(const float *rows, int64_t n_fields, int64_t batch, int64_t
     }
 }
 
-/* grad_rows: [F, B, D+1] contiguous (written); grad_extra: [B, D] (written, or NULL);
- * grad_weight: [F (+1), D] (written). */
+/* grad_rows: [F, B, D+1] contiguous (written); grad_extra: [B, D] (written, if
+ * has_extra); grad_weight: [F (+1 if has_extra), D] (written). An empty tensor's
+ * data pointer may be NULL: whether there is an extra field is has_extra's to say. */
 void fm_head_backward(const float *rows, int64_t n_fields, int64_t batch, int64_t dim,
-                      int64_t field_stride, int64_t example_stride, const float *extra,
-                      const float *weight, const float *sums, const float *grad,
-                      float *grad_rows, float *grad_extra, float *grad_weight) {
-    int64_t n_weights = (n_fields + (extra ? 1 : 0)) * dim;
-    memset(grad_weight, 0, sizeof(float) * n_weights);
+                      int64_t field_stride, int64_t example_stride, int64_t has_extra,
+                      const float *extra, const float *weight, const float *sums,
+                      const float *grad, float *grad_rows, float *grad_extra,
+                      float *grad_weight) {
+    const int64_t n_weights = (n_fields + (has_extra ? 1 : 0)) * dim;
+    if (n_weights > 0) memset(grad_weight, 0, sizeof(float) * n_weights);
     for (int64_t b = 0; b < batch; ++b) {
         const float g = grad[b];
         const float *s = sums + b * dim;
@@ -73,7 +75,7 @@ void fm_head_backward(const float *rows, int64_t n_fields, int64_t batch, int64_
             }
             gr[dim] = g;
         }
-        if (extra) {
+        if (has_extra) {
             const float *e = extra + b * dim;
             const float *w = weight + n_fields * dim;
             float *ge = grad_extra + b * dim;
@@ -93,7 +95,7 @@ void fm_head_backward(const float *rows, int64_t n_fields, int64_t batch, int64_
  * [*, 2] contiguous. */
 void history_prefix(const float *stored, const int64_t *inverse, const float *y, int64_t n,
                     int64_t n_keys, float *before, float *totals) {
-    memset(totals, 0, sizeof(float) * 2 * n_keys);
+    if (n_keys > 0) memset(totals, 0, sizeof(float) * 2 * n_keys);
     for (int64_t i = 0; i < n; ++i) {
         const int64_t u = inverse[i];
         before[2 * i] = stored[2 * u] + totals[2 * u];
@@ -113,7 +115,7 @@ void gather_rows(const float *table, const int64_t *index, int64_t n, int64_t wi
 /* out[index[i]] += rows[i] (out zeroed first): gather_rows' backward. */
 void scatter_add_rows(const float *rows, const int64_t *index, int64_t n, int64_t width,
                       int64_t n_out, float *out) {
-    memset(out, 0, sizeof(float) * n_out * width);
+    if (n_out > 0 && width > 0) memset(out, 0, sizeof(float) * n_out * width);
     for (int64_t i = 0; i < n; ++i) {
         float *o = out + index[i] * width;
         const float *r = rows + i * width;
