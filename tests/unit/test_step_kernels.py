@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -16,6 +17,8 @@ from streamrec.synthetic import PRESETS, SyntheticStream
 from trainer import native
 from trainer.history import _exclusive_prefix
 from trainer.model import CTRModel, fm_interaction
+from trainer.tables.index import IdIndex
+from trainer.tables.rows import id_normal
 from trainer.tables.sort import stable_argsort, unique
 from trainer.trainer import OnlineTrainer
 
@@ -218,3 +221,40 @@ def test_unique_pairs_kernel_dedups_exactly_in_first_seen_order() -> None:
         (5, 0), (INT64.min, 1), (5, 1), (INT64.max, 1), (0, 0)]
     assert inverse.tolist() == [0, 1, 2, 0, 3, 1, 4]
     assert counts.tolist() == [2, 2, 1, 1, 1]
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["plain", "tagged"])
+def test_id_index_kernels_hash_as_the_torch_probes_do(tagged: bool) -> None:
+    # Both write and read the same slot arrays: an index filled by one is read by the other.
+    _kernels_or_skip()
+    g = torch.Generator().manual_seed(6)
+    ids = torch.unique(torch.cat([torch.randint(-(2**62), 2**62, (3000,), generator=g),
+                                  torch.tensor([INT64.min, INT64.max, 0, -1])]))
+    tags = torch.randint(0, 4, (ids.numel(),), generator=g) if tagged else None
+    for writer, reader in ((native.disabled, contextlib.nullcontext),
+                           (contextlib.nullcontext, native.disabled)):
+        index = IdIndex(initial_slots=64, tagged=tagged)  # grows (rehashes) on the way
+        with writer():
+            rows = torch.cat([index.insert(ids[i:i + 500], None if tags is None
+                                           else tags[i:i + 500])
+                              for i in range(0, ids.numel(), 500)])
+            index.remove(ids[:700], None if tags is None else tags[:700])  # tombstones
+        with reader():
+            got = index.lookup(ids, tags)
+            assert torch.equal(got[700:], rows[700:])
+            assert bool((got[:700] == -1).all())
+            others = ids + 1 if not tagged else ids
+            other_tags = None if tags is None else tags + 4  # same ids, other tables
+            assert bool((index.lookup(others[~torch.isin(others, ids)] if not tagged else others,
+                                      other_tags) == -1).all())
+
+
+def test_id_normal_kernel_draws_the_torch_versions_values() -> None:
+    _kernels_or_skip()
+    ids = torch.tensor([0, 1, -1, INT64.min, INT64.max, 123456789012345])
+    for dim, seed in ((8, 0), (17, 3), (1, 2**40)):
+        fast = id_normal(ids, dim, seed)
+        with native.disabled():
+            reference = id_normal(ids, dim, seed)
+        assert fast.shape == reference.shape == (6, dim)
+        assert torch.allclose(fast, reference, rtol=1e-6, atol=1e-6)

@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "build", "disabled", "fm_head_backward", "fm_head_forward", "gather_rows",
-           "history_prefix", "unique_pairs"]
+           "history_prefix", "id_normal", "index_find", "index_place", "unique_pairs"]
 
 log = logging.getLogger(__name__)
 
 _SOURCES = [Path(__file__).with_name("kernels.c")]
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
+_LIBS = ["-lm"]
 _library: ctypes.CDLL | None = None
 _tried = False
 _disabled = 0  # depth of disabled() blocks
@@ -57,7 +58,7 @@ def build() -> Path:
     digest = hashlib.sha256()
     for source in _SOURCES:
         digest.update(source.read_bytes())
-    digest.update(" ".join([compiler, *_FLAGS, sys.platform]).encode())
+    digest.update(" ".join([compiler, *_FLAGS, *_LIBS, sys.platform]).encode())
     target = _cache_dir() / f"streamrec-native-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -68,7 +69,7 @@ def build() -> Path:
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *_FLAGS, "-o", partial, *map(str, _SOURCES)],
+        done = subprocess.run([compiler, *_FLAGS, "-o", partial, *map(str, _SOURCES), *_LIBS],
                               capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
@@ -89,6 +90,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.history_prefix.restype = None
     lib.unique_pairs.argtypes = [p, p, i, p, i, p, p, p, p]
     lib.unique_pairs.restype = i
+    lib.index_find.argtypes = [p, p, p, i, p, p, i, p]
+    lib.index_find.restype = None
+    lib.index_place.argtypes = [p, p, p, p, i, p, p, p, i]
+    lib.index_place.restype = i
+    lib.id_normal.argtypes = [p, i, i, i, p]
+    lib.id_normal.restype = None
     lib.gather_rows.argtypes = [p, p, i, i, p]
     lib.gather_rows.restype = None
     lib.scatter_add_rows.argtypes = [p, p, i, i, i, p]
@@ -202,6 +209,36 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
                                 uniq_ids.data_ptr(), uniq_tags.data_ptr(), counts.data_ptr(),
                                 inverse.data_ptr())
     return uniq_ids[:found], uniq_tags[:found], inverse, counts[:found]
+
+
+def index_find(keys: torch.Tensor, key_tags: torch.Tensor | None, state: torch.Tensor,
+               bits: int, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+    """trainer.tables.index.IdIndex._find over its slot arrays (``key_tags`` None: untagged)."""
+    ids = ids.contiguous()
+    tags = tags.contiguous() if tags is not None else None
+    slots = torch.empty(ids.numel(), dtype=torch.int64)
+    _lib().index_find(keys.data_ptr(), _ptr(key_tags), state.data_ptr(), bits, ids.data_ptr(),
+                      _ptr(tags), ids.numel(), slots.data_ptr())
+    return slots
+
+
+def index_place(keys: torch.Tensor, key_tags: torch.Tensor | None, vals: torch.Tensor,
+                state: torch.Tensor, bits: int, ids: torch.Tensor, tags: torch.Tensor | None,
+                rows: torch.Tensor) -> int:
+    """trainer.tables.index.IdIndex._place, in place; returns the empty slots it used."""
+    ids, rows = ids.contiguous(), rows.contiguous()
+    tags = tags.contiguous() if tags is not None else None
+    return int(_lib().index_place(keys.data_ptr(), _ptr(key_tags), vals.data_ptr(),
+                                  state.data_ptr(), bits, ids.data_ptr(), _ptr(tags),
+                                  rows.data_ptr(), ids.numel()))
+
+
+def id_normal(ids: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
+    """trainer.tables.rows.id_normal's ``[len(ids), dim]`` (``offset``: its seed offset)."""
+    ids = ids.contiguous()
+    out = torch.empty((ids.numel(), dim))
+    _lib().id_normal(ids.data_ptr(), ids.numel(), dim, offset, out.data_ptr())
+    return out
 
 
 class _GatherRows(torch.autograd.Function):

@@ -13,6 +13,7 @@
  * Plain C with no Python or torch headers: built by trainer/native/__init__.py
  * with the system compiler in well under a second and called through ctypes.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -159,4 +160,81 @@ int64_t unique_pairs(const int64_t *ids, const int64_t *tags, int64_t n, int64_t
         }
     }
     return n_unique;
+}
+
+/* trainer.tables.index.IdIndex's probes: open addressing with linear probing
+ * over power-of-two slot arrays (keys, tags if tagged, vals, state: 0 empty,
+ * 1 full, 2 deleted), hashed exactly as the torch version hashes. */
+static inline uint64_t index_slot(int64_t id, int64_t tag, int tagged, int64_t bits) {
+    uint64_t key = (uint64_t)id;
+    if (tagged) key += (uint64_t)tag * 0x2545F4914F6CDD1Dull;
+    return (key * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+}
+
+/* slot_out[i]: the slot holding (tags[i], ids[i]), or -1. */
+void index_find(const int64_t *keys, const int64_t *key_tags, const int8_t *state, int64_t bits,
+                const int64_t *ids, const int64_t *tags, int64_t n, int64_t *slot_out) {
+    const uint64_t mask = ((uint64_t)1 << bits) - 1;
+    const int tagged = key_tags != NULL && tags != NULL;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = ids[i], tag = tagged ? tags[i] : 0;
+        int64_t found = -1;
+        for (uint64_t s = index_slot(id, tag, tagged, bits);; s = (s + 1) & mask) {
+            if (state[s] == 0) break;
+            if (state[s] == 1 && keys[s] == id && (!tagged || key_tags[s] == tag)) {
+                found = (int64_t)s;
+                break;
+            }
+        }
+        slot_out[i] = found;
+    }
+}
+
+/* Writes (tags[i], ids[i]) -> rows[i] into free slots (the pairs are absent and
+ * unique, and the table has room). Returns how many were empty, not deleted. */
+int64_t index_place(int64_t *keys, int64_t *key_tags, int64_t *vals, int8_t *state, int64_t bits,
+                    const int64_t *ids, const int64_t *tags, const int64_t *rows, int64_t n) {
+    const uint64_t mask = ((uint64_t)1 << bits) - 1;
+    const int tagged = key_tags != NULL && tags != NULL;
+    int64_t newly_used = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t tag = tagged ? tags[i] : 0;
+        uint64_t s = index_slot(ids[i], tag, tagged, bits);
+        while (state[s] == 1) s = (s + 1) & mask;
+        newly_used += state[s] == 0;
+        keys[s] = ids[i];
+        if (tagged) key_tags[s] = tag;
+        vals[s] = rows[i];
+        state[s] = 1;
+    }
+    return newly_used;
+}
+
+/* trainer.tables.rows.id_normal: out[i, j] (j < dim) a standard normal that
+ * depends only on (seed, ids[i], j), by splitmix64 and Box-Muller, bit for bit
+ * the torch version's integers (the transcendental functions may round the
+ * last bit of a double differently). `offset` is seed * 4 * dim, wrapped. */
+static inline uint64_t splitmix_mix(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+static inline double id_uniform(uint64_t id, uint64_t column) {
+    const uint64_t golden = 0x9E3779B97F4A7C15ull;
+    const uint64_t bits = (splitmix_mix((id * golden + column) * golden) >> 40) & 0xFFFFFF;
+    return ((double)bits + 0.5) / 16777216.0;
+}
+
+void id_normal(const int64_t *ids, int64_t n, int64_t dim, int64_t offset, float *out) {
+    for (int64_t i = 0; i < n; ++i) {
+        const uint64_t id = (uint64_t)ids[i];
+        for (int64_t j = 0; j < dim; ++j) {
+            const double u1 = id_uniform(id, (uint64_t)j + (uint64_t)offset);
+            const double u2 = id_uniform(id, (uint64_t)(dim + j) + (uint64_t)offset);
+            out[i * dim + j] = (float)(sqrt(-2 * log(u1)) * cos(2 * 3.141592653589793 * u2));
+        }
+    }
 }

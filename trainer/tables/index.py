@@ -1,8 +1,9 @@
 """A collisionless, vectorized id → row index for raw int64 ids.
 
-Open addressing with linear probing over power-of-two slot arrays, in torch
-tensor operations only: a batch of ids is resolved in a few passes over the
-still-unresolved ids, never with a per-id Python loop. Keys are the raw ids
+Open addressing with linear probing over power-of-two slot arrays: a batch of
+ids is resolved in a few torch passes over the still-unresolved ids, never
+with a per-id Python loop, or by one loop in C (:mod:`trainer.native`) over
+the same arrays, hashed the same way. Keys are the raw ids
 themselves (no sentinel value is stolen from the id space: slot state lives in
 a separate byte array), so any two distinct ids, including negative and
 extreme ones, always get distinct rows. This is the property Monolith's
@@ -20,6 +21,8 @@ step resolves every feature's ids in one pass instead of one pass per table
 from __future__ import annotations
 
 import torch
+
+from trainer import native
 
 __all__ = ["IdIndex"]
 
@@ -87,6 +90,11 @@ class IdIndex:
 
     def _find(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Slot of each id (of each ``(tag, id)`` in a tagged index), or -1 where absent."""
+        if self.tagged and tags is None:
+            raise ValueError("a tagged IdIndex needs tags with every id")
+        if native.available() and ids.numel():
+            return native.index_find(self._keys, self._tags if self.tagged else None,
+                                     self._state, self._bits, ids, tags)
         # index_select, not advanced indexing: several times faster on CPU.
         mask = (1 << self._bits) - 1
         slot = torch.full_like(ids, -1)
@@ -126,6 +134,13 @@ class IdIndex:
     def _place(self, ids: torch.Tensor, rows: torch.Tensor,
                tags: torch.Tensor | None = None) -> None:
         """Write ids known to be absent and unique into free slots."""
+        if self.tagged and tags is None:
+            raise ValueError("a tagged IdIndex needs tags with every id")
+        if native.available() and ids.numel():
+            self._used += native.index_place(self._keys, self._tags if self.tagged else None,
+                                             self._vals, self._state, self._bits, ids, tags,
+                                             rows)
+            return
         mask = (1 << self._bits) - 1
         pos = self._hash(ids, tags)
         todo = torch.arange(ids.numel())

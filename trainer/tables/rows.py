@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from trainer import native
+
 __all__ = ["TableStats", "id_normal", "sweep_window"]
 
 def _signed(x: int) -> int:
@@ -31,8 +33,10 @@ def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     same values whatever the shard layout, process count or admission order —
     a 2-rank run can match a 1-rank run — and checkpoints need no RNG state.
     """
-    cols = torch.arange(2 * dim, dtype=torch.int64)
     offset = _signed((seed * 4 * dim) & ((1 << 64) - 1))  # wraps as the int64 arithmetic does
+    if native.available() and ids.numel():
+        return native.id_normal(ids.reshape(-1), dim, offset)
+    cols = torch.arange(2 * dim, dtype=torch.int64)
     x = (ids.unsqueeze(1) * _GOLDEN + (cols + offset).unsqueeze(0)) * _GOLDEN
     bits = (_splitmix(x) >> 40) & ((1 << 24) - 1)  # 24 uniform bits
     u = (bits.to(torch.float64) + 0.5) / (1 << 24)
