@@ -12,7 +12,7 @@ Arms:
 - ``streamrec``          the default config: an FM (first-order, pairwise interactions and
                          one linear layer over the factors; embedding dim 8) with history
                          features, batch 8192 after a warm-up that starts at 1024 and grows
-                         with the examples learned, on the C kernels of trainer/native;
+                         with the examples learned, on the C kernels of streamrec/native;
 - ``streamrec-torch``    the same on the torch versions of those kernels (no compiler);
 - ``streamrec-plain``    the default without history features (plain mini-batch);
 - ``streamrec-no-warmup`` the default without the warm-up (batch 8192 from the start);
@@ -54,7 +54,7 @@ from ingest.batch import Batcher
 from ingest.event import Event
 from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
-from trainer import native
+from streamrec import native
 from trainer.progressive import ProgressiveMetrics, exact_auc
 from trainer.trainer import OnlineTrainer
 

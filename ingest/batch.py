@@ -14,6 +14,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ingest.event import Event, FeatureValue
 from ingest.ids import INT64_MAX, INT64_MIN, to_id
+from streamrec import native
 
 __all__ = ["Batch", "Batcher", "dense_value"]
 
@@ -140,6 +141,7 @@ class Batcher:
         # Strings repeat (countries, categories): a dict hit instead of to_id's
         # type checks and digest memo, per value.
         self._ids = _IdMemo(1 << 16)
+        self._native_spec: tuple[int | str, ...] | None = None
 
     # Built column by column (one comprehension per feature over the whole
     # batch) rather than event by event: the batcher runs once per event on
@@ -169,6 +171,9 @@ class Batcher:
         """Batch ``events`` (examples; a missing label counts as 0)."""
         if not events:
             return self._build([], [], [])
+        fast = self._build_native(events)
+        if fast is not None:
+            return fast
         # Events are named tuples: one transpose gives every field's column.
         columns = list(zip(*events))
         batch = self._build(columns[_USER], columns[_ITEM], columns[_FEATURES])
@@ -179,6 +184,26 @@ class Batcher:
         batch.sample_rates = _float32(columns[_SAMPLE_RATE])
         batch.timestamps_ms = _int64(columns[_TIMESTAMP])
         return batch
+
+    def _build_native(self, events: Sequence[Event]) -> Batch | None:
+        """:meth:`build` in one pass over the events (streamrec.native's batch.c),
+        where every sparse feature has one value per example; else None."""
+        if self._native_spec is None:
+            self._native_spec = tuple({"user_id": 0, "item_id": 1}.get(f, f)
+                                      for f in self.sparse_features)
+        columns = native.batch_columns(
+            events if type(events) is list else list(events), self._native_spec,
+            tuple(self.dense_features), self._ids,
+            (_USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP))
+        if columns is None:
+            return None
+        values, dense, labels, rates, stamps = columns
+        n = len(events)
+        sparse = KeyedJaggedTensor(
+            keys=self.sparse_features, values=values,
+            lengths=torch.ones(len(self.sparse_features) * n, dtype=torch.int32), stride=n)
+        return Batch(sparse=sparse, dense=dense, labels=labels, sample_rates=rates,
+                     timestamps_ms=stamps)
 
     def build_rows(
         self, rows: Sequence[tuple[int, int, Mapping[str, tuple[FeatureValue, ...]] | None]]

@@ -2,7 +2,8 @@
 
 The packages: ``ingest`` (events to batches), ``trainer`` (dynamic tables,
 model, online loop, parameter sync), ``serving`` (gRPC replicas), ``protos``
-(contracts). This package holds what spans them: config, errors, the CLI.
+(contracts). This package holds what spans them: config, errors, the CLI, and
+``native`` (C kernels of the training step and the batcher, built on first use).
 """
 
 from streamrec.config import (

@@ -154,7 +154,7 @@ class ModelConfig:
     dense_features: list[str] = field(default_factory=list)
     # The default is an FM (first-order + pairwise interactions + one linear
     # layer over the factors), whose step runs on the C kernels of
-    # trainer/native; hidden layers make it a DeepFM (e.g. [64, 32]), for logs
+    # streamrec/native; hidden layers make it a DeepFM (e.g. [64, 32]), for logs
     # with higher-order interactions, at about half the events/s. On every
     # synthetic stream of benchmarks/quality the FM is as good (issue 4).
     embedding_dim: int = 8

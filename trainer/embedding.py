@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer import native
+from streamrec import native
 from trainer.model import pool_features
 from trainer.tables.base import EmbeddingTable, expire_tables
 from trainer.tables.group import TableGroup, group_views, unique_pairs

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer import native
+from streamrec import native
 from trainer.tables.base import expire_tables
 from trainer.tables.group import TableGroup, group_views, unique_pairs
 from trainer.tables.sort import stable_argsort

@@ -1,6 +1,6 @@
 """The CTR model: DeepFM over per-feature pooled embeddings; without hidden
 layers (the default) an FM with one linear layer over its factors, whose
-forward and backward run on the C kernels of :mod:`trainer.native`.
+forward and backward run on the C kernels of :mod:`streamrec.native`.
 
 The embedding tables are not part of this module: they are dynamic (rows come
 and go with the id space) and live in :mod:`trainer.tables`, or in serving's
@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import ModelConfig
-from trainer import native
+from streamrec import native
 from trainer.history import history_inputs
 
 __all__ = ["CTRModel", "fm_interaction", "pool_features", "model_spec", "model_from_spec"]
@@ -79,7 +79,7 @@ def fm_interaction(factors: torch.Tensor) -> torch.Tensor:
 
 
 class _FMHead(torch.autograd.Function):
-    """An FM's whole per-field part, by the C kernels of :mod:`trainer.native`:
+    """An FM's whole per-field part, by the C kernels of :mod:`streamrec.native`:
     first-order terms, the second-order interactions over the rows' factors
     and one dense field's, and a linear layer over all those factors.
 

@@ -10,10 +10,12 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from ingest.batch import Batcher, dense_value
+from ingest.batch import Batch, Batcher, dense_value
 from ingest.event import Event
 from ingest.ids import hash_id, to_id
 from streamrec.config import ModelConfig
+from streamrec.synthetic import PRESETS, SyntheticStream
+from streamrec import native
 from trainer.model import CTRModel, model_from_spec, model_spec, pool_features
 
 
@@ -147,3 +149,73 @@ def test_first_order_column_adds_linearly_to_the_logit() -> None:
     base = model(pooled, torch.zeros(1, 0))
     pooled[0, 1, -1] = 0.7
     assert torch.allclose(model(pooled, torch.zeros(1, 0)), base + 0.7)
+
+
+def _same_batch(a: Batch, b: Batch) -> None:
+    assert a.sparse.keys() == b.sparse.keys()
+    assert torch.equal(a.sparse.values(), b.sparse.values())
+    assert torch.equal(a.sparse.lengths(), b.sparse.lengths())
+    for x, y in ((a.dense, b.dense), (a.labels, b.labels), (a.sample_rates, b.sample_rates),
+                 (a.timestamps_ms, b.timestamps_ms)):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_one_pass_builder_batches_as_the_python_path(preset: str) -> None:
+    if not native.available():
+        pytest.skip("no C compiler here: the Python path is what runs")
+    features = ["user_id", "item_id", "category", "country", "hour"]
+    events = list(SyntheticStream(PRESETS[preset]()).events(3000))
+    fast = Batcher(features, ["price"])
+    assert native.batch_columns(events, (0, 1, "category", "country", "hour"),
+                                ("price",), fast._ids, (1, 2, 6, 7, 8, 3)) is not None
+    with native.disabled():
+        reference = Batcher(features, ["price"]).build(events)
+    _same_batch(fast.build(events), reference)
+
+
+def test_the_one_pass_builder_converts_every_value_type_as_the_python_path() -> None:
+    if not native.available():
+        pytest.skip("no C compiler here: the Python path is what runs")
+    big = 2**70
+    events = [
+        Event(type="example", user_id=u, item_id=-u, timestamp_ms=10**12 + u,
+              features={"tag": (tag,), "x": x, "y": y}, label=label,
+              sample_rate=rate)
+        for u, (tag, x, y, label, rate) in enumerate([
+            ("a", (2.5,), (), None, 1.0),
+            (True, (-3,), ("text",), 1, 0.25),
+            (1.0, (float("inf"),), (big,), True, 1),
+            (2**63 - 1, (float("nan"),), (True, 4.0), 0.0, 0.5),
+            (-(2**63), (0.0, 1.0), (-0.5,), 1.0, 1.0),
+            (1e20, (10**6,), (False,), 0, 1.0),
+        ])]
+    batcher = Batcher(["user_id", "tag", "item_id"], ["x", "y"])
+    columns = native.batch_columns(events, (0, "tag", 1), ("x", "y"), batcher._ids,
+                                   (1, 2, 6, 7, 8, 3))
+    assert columns is not None  # all of it in one pass
+    with native.disabled():
+        reference = Batcher(["user_id", "tag", "item_id"], ["x", "y"]).build(events)
+    _same_batch(batcher.build(events), reference)
+
+
+@pytest.mark.parametrize("odd", [
+    {"tag": ("a", "b")},            # jagged
+    {},                             # absent
+    {"tag": ["a"]},                 # a list, not a tuple
+    {"tag": (2**64,)},              # does not fit: the Python path raises
+    {"tag": (None,)},               # not a categorical value
+])
+def test_the_one_pass_builder_leaves_other_batches_to_the_python_path(odd: dict) -> None:
+    events = [event(1, 2, tag=("a",)), Event(type="example", user_id=3, item_id=4,
+                                             timestamp_ms=5, features=odd, label=1.0)]
+    with native.disabled():
+        try:
+            reference: Batch | Exception = Batcher(["tag"], []).build(events)
+        except Exception as e:  # noqa: BLE001 (whatever the Python path raises)
+            reference = e
+    if isinstance(reference, Exception):
+        with pytest.raises(type(reference)):
+            Batcher(["tag"], []).build(events)
+    else:
+        _same_batch(Batcher(["tag"], []).build(events), reference)

@@ -14,7 +14,7 @@ import torch
 from ingest.batch import Batcher
 from streamrec.config import ModelConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
-from trainer import native
+from streamrec import native
 from trainer.history import _exclusive_prefix
 from trainer.model import CTRModel, fm_interaction
 from trainer.tables.index import IdIndex
@@ -69,7 +69,7 @@ def test_fm_interaction_value_and_gradient() -> None:
     assert torch.allclose(fm_interaction(v), pairs)
 
 
-# The C kernels (trainer/native) against the torch code they replace ---------
+# The C kernels (streamrec/native) against the torch code they replace ---------
 
 
 def _kernels_or_skip() -> None:
@@ -183,7 +183,7 @@ def test_a_failed_build_falls_back_to_torch_with_a_warning(
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setenv("STREAMREC_NATIVE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
-    with caplog.at_level(logging.WARNING, logger="trainer.native"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.native"):
         assert not native.available()
     assert "native kernels unavailable" in caplog.text and "false failed" in caplog.text
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind

@@ -120,7 +120,7 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
 
 @pytest.mark.parametrize("kernels", ["native", "sorting"])
 def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids(kernels: str) -> None:
-    from trainer import native
+    from streamrec import native
     from trainer.tables.group import unique_pairs
     with native.disabled() if kernels == "sorting" else contextlib.nullcontext():
         _check_unique_pairs(unique_pairs)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from streamrec.config import TableConfig
-from trainer import native
+from streamrec import native
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
 from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
@@ -50,7 +50,7 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact dedup of ``(tags[i], ids[i])``: ``(ids, tags, inverse, counts)`` of the unique pairs.
 
-    By the native kernel (:mod:`trainer.native`: hashing, first-occurrence
+    By the native kernel (:mod:`streamrec.native`: hashing, first-occurrence
     order) where it is built; else by sorting, as follows (ascending order).
     One sort of ``id * n_tags + tag`` when every id leaves room for that in
     int64 (small ids). Otherwise, when ``tags`` come in runs (each table's ids

@@ -2,7 +2,7 @@
 
 Open addressing with linear probing over power-of-two slot arrays: a batch of
 ids is resolved in a few torch passes over the still-unresolved ids, never
-with a per-id Python loop, or by one loop in C (:mod:`trainer.native`) over
+with a per-id Python loop, or by one loop in C (:mod:`streamrec.native`) over
 the same arrays, hashed the same way. Keys are the raw ids
 themselves (no sentinel value is stolen from the id space: slot state lives in
 a separate byte array), so any two distinct ids, including negative and
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer import native
+from streamrec import native
 
 __all__ = ["IdIndex"]
 

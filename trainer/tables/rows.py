@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer import native
+from streamrec import native
 
 __all__ = ["TableStats", "id_normal", "sweep_window"]
 

@@ -9,7 +9,7 @@ same functions (the reference the tests compare against), slower.
 
 ``STREAMREC_NATIVE_DIR`` sets the cache directory (default
 ``$XDG_CACHE_HOME/streamrec`` or ``~/.cache/streamrec``); a container image
-builds the library at image build time (``python -m trainer.native``).
+builds the library at image build time (``python -m streamrec.native``).
 """
 
 from __future__ import annotations
@@ -22,22 +22,24 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "build", "disabled", "fm_head_backward", "fm_head_forward", "gather_rows",
+__all__ = ["available", "batch_columns", "build", "disabled", "fm_head_backward", "fm_head_forward", "gather_rows",
            "history_prefix", "id_normal", "index_find", "index_place", "unique_pairs"]
 
 log = logging.getLogger(__name__)
 
-_SOURCES = [Path(__file__).with_name("kernels.c")]
+_HERE = Path(__file__).parent
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
-_LIBS = ["-lm"]
 _library: ctypes.CDLL | None = None
+_batch_library: ctypes.PyDLL | None = None
 _tried = False
+_batch_tried = False
 _disabled = 0  # depth of disabled() blocks
 
 
@@ -49,17 +51,14 @@ def _cache_dir() -> Path:
     return Path(base) / "streamrec"
 
 
-def build() -> Path:
-    """The compiled library's path, compiling it if the cache lacks it.
-
-    Raises ``RuntimeError`` (with the compiler's message) when it cannot be built.
-    """
+def _compile(name: str, source: str, extra: list[str]) -> Path:
+    """The library built from ``source`` (under this package), compiling it if the
+    cache lacks it. Raises ``RuntimeError`` (with the compiler's message) on failure."""
     compiler = os.environ.get("CC") or "cc"
-    digest = hashlib.sha256()
-    for source in _SOURCES:
-        digest.update(source.read_bytes())
-    digest.update(" ".join([compiler, *_FLAGS, *_LIBS, sys.platform]).encode())
-    target = _cache_dir() / f"streamrec-native-{digest.hexdigest()[:16]}.so"
+    flags = [*_FLAGS, *extra]
+    digest = hashlib.sha256((_HERE / source).read_bytes())
+    digest.update(" ".join([compiler, *flags, sys.platform]).encode())
+    target = _cache_dir() / f"streamrec-{name}-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     if shutil.which(compiler) is None:
@@ -69,8 +68,8 @@ def build() -> Path:
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *_FLAGS, "-o", partial, *map(str, _SOURCES), *_LIBS],
-                              capture_output=True, text=True, timeout=120)
+        command = [compiler, *_FLAGS, "-o", partial, str(_HERE / source), *extra]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
         os.replace(partial, target)
@@ -78,6 +77,22 @@ def build() -> Path:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _batch_flags() -> list[str]:
+    # Symbols of the C API resolve against the running interpreter, as an
+    # extension module's do (macOS's linker must be told so).
+    flags = ["-I" + sysconfig.get_paths()["include"]]
+    return flags + (["-undefined", "dynamic_lookup"] if sys.platform == "darwin" else [])
+
+
+def build() -> list[Path]:
+    """Both libraries' paths, compiling what the cache lacks (``python -m streamrec.native``).
+
+    Raises ``RuntimeError`` when one cannot be built.
+    """
+    return [_compile("native", "kernels.c", ["-lm"]),
+            _compile("batch", "batch.c", [*_batch_flags(), "-lm"])]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -108,16 +123,67 @@ def _load() -> ctypes.CDLL | None:
     if _tried:
         return _library
     _tried = True
-    if os.environ.get("STREAMREC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off():
         return None
     try:
-        lib = ctypes.CDLL(str(build()))
+        lib = ctypes.CDLL(str(_compile("native", "kernels.c", ["-lm"])))
         _declare(lib)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         log.warning("native kernels unavailable, using the torch versions (slower): %s", e)
         return None
     _library = lib
     return lib
+
+
+def _switched_off() -> bool:
+    return os.environ.get("STREAMREC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _load_batch() -> ctypes.PyDLL | None:
+    """The batcher's one-pass builder (batch.c), or None (logged once)."""
+    global _batch_library, _batch_tried
+    if _batch_tried:
+        return _batch_library
+    _batch_tried = True
+    if _switched_off():
+        return None
+    try:
+        lib = ctypes.PyDLL(str(_compile("batch", "batch.c", [*_batch_flags(), "-lm"])))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        log.warning("native batch builder unavailable, batching in Python (slower): %s", e)
+        return None
+    p, i, o = ctypes.c_void_p, ctypes.c_int64, ctypes.py_object
+    lib.batch_columns.argtypes = [o, o, o, o, i, i, i, i, i, i, p, p, p, p, p]
+    lib.batch_columns.restype = ctypes.c_int
+    _batch_library = lib
+    return lib
+
+
+Columns = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def batch_columns(events: list[object], sparse: tuple[int | str, ...], dense: tuple[str, ...],
+                  memo: dict[object, int], fields: tuple[int, int, int, int, int, int]
+                  ) -> Columns | None:
+    """ingest.batch.Batcher's common case in one pass (batch.c): ``(values, dense,
+    labels, sample_rates, timestamps_ms)``, or None where the batch needs the
+    general path (or the builder is not available). ``sparse`` holds 0 for the
+    user id, 1 for the item id, or a feature name; ``fields`` the Event's indexes
+    of user_id, item_id, features, label, sample_rate and timestamp_ms."""
+    if _disabled:
+        return None
+    lib = _load_batch()
+    if lib is None:
+        return None
+    n = len(events)
+    values = torch.empty(len(sparse) * n, dtype=torch.int64)
+    dense_out = torch.empty((n, len(dense)))
+    labels, rates = torch.empty(n), torch.empty(n)
+    stamps = torch.empty(n, dtype=torch.int64)
+    done = lib.batch_columns(events, sparse, dense, memo, *fields, values.data_ptr(),
+                             dense_out.data_ptr(), labels.data_ptr(), rates.data_ptr(),
+                             stamps.data_ptr())
+    return (values, dense_out, labels, rates, stamps) if done else None
 
 
 def available(*tensors: torch.Tensor | None) -> bool:
@@ -270,6 +336,3 @@ def gather_rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     generic loop iteration at a time, and its backward is a scatter_add as slow."""
     return _GatherRows.apply(table, index)
 
-
-if __name__ == "__main__":
-    print(build())

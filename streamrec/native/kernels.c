@@ -10,7 +10,7 @@
  * without a first-order weight; `weight` ([F (+1 with extra), D], contiguous)
  * the linear layer over all factors.
  *
- * Plain C with no Python or torch headers: built by trainer/native/__init__.py
+ * Plain C with no Python or torch headers: built by streamrec/native/__init__.py
  * with the system compiler in well under a second and called through ctypes.
  */
 #include <math.h>
