@@ -11,11 +11,11 @@ stream (the generator knows every event's true click probability).
 Arms:
 - ``streamrec``          the default config: an FM (first-order, pairwise interactions and
                          one linear layer over the factors; embedding dim 8) with history
-                         features, batch 8192 after a warm-up that starts at 1024 and grows
+                         features, batch 4096 after a warm-up that starts at 1024 and grows
                          with the examples learned, on the C kernels of streamrec/native;
 - ``streamrec-torch``    the same on the torch versions of those kernels (no compiler);
 - ``streamrec-plain``    the default without history features (plain mini-batch);
-- ``streamrec-no-warmup`` the default without the warm-up (batch 8192 from the start);
+- ``streamrec-no-warmup`` the default without the warm-up (batch 4096 from the start);
 - ``streamrec-b256``     batch 256, no warm-up (the default until this benchmark moved it);
 - ``streamrec-deepfm``   the default with hidden layers [64, 32] (DeepFM, the default
                          until session 8; its MLP has no C kernel);

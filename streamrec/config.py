@@ -249,10 +249,11 @@ class TrainerConfig:
     # the batch grows with what it has learned (a quarter of the examples so
     # far) up to batch_size: early events see a model updated every few dozen
     # events, as a per-event learner would, and the steady state runs at full
-    # batch throughput (0 = no warm-up). See benchmarks/quality.py: from
-    # 128 or 1024 the same AUC, from 4096 up to 0.013 less; without a
-    # warm-up 0.02 less.
-    batch_size: int = 8192
+    # batch throughput (0 = no warm-up). See benchmarks/quality.py
+    # (results/quality_sweep.json): 4096 gains 0.001-0.003 AUC over 8192 at
+    # about the same speed, 2048 0.002-0.005 at 0.7-0.8x; a warm-up from 128
+    # gives the same AUC as from 1024, from 4096 up to 0.013 less, none 0.02 less.
+    batch_size: int = 4096
     warmup_batch_size: int = 1024
     # A partial batch is trained once its oldest example has waited this long
     # (wall time), so a slow stream is not held back until a full batch arrives.

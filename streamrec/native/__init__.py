@@ -24,7 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -36,10 +36,7 @@ log = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
 _FLAGS = ["-O3", "-shared", "-fPIC", "-std=c99"]
-_library: ctypes.CDLL | None = None
-_batch_library: ctypes.PyDLL | None = None
-_tried = False
-_batch_tried = False
+_loaded: dict[str, ctypes.CDLL | None] = {}  # by name, once tried
 _disabled = 0  # depth of disabled() blocks
 
 
@@ -117,46 +114,44 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.scatter_add_rows.restype = None
 
 
-def _load() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (switched off, or not buildable: logged once)."""
-    global _library, _tried
-    if _tried:
-        return _library
-    _tried = True
-    if _switched_off():
+def _open(build: Callable[[], ctypes.CDLL], what: str) -> ctypes.CDLL | None:
+    """``build()``'s library, or None when switched off or failing (``what`` is logged)."""
+    if os.environ.get("STREAMREC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        lib = ctypes.CDLL(str(_compile("native", "kernels.c", ["-lm"])))
-        _declare(lib)
+        return build()
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        log.warning("native kernels unavailable, using the torch versions (slower): %s", e)
+        log.warning("native %s unavailable, using the slower versions: %s", what, e)
         return None
-    _library = lib
+
+
+def _kernels() -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(_compile("native", "kernels.c", ["-lm"])))
+    _declare(lib)
     return lib
 
 
-def _switched_off() -> bool:
-    return os.environ.get("STREAMREC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
-
-
-def _load_batch() -> ctypes.PyDLL | None:
-    """The batcher's one-pass builder (batch.c), or None (logged once)."""
-    global _batch_library, _batch_tried
-    if _batch_tried:
-        return _batch_library
-    _batch_tried = True
-    if _switched_off():
-        return None
-    try:
-        lib = ctypes.PyDLL(str(_compile("batch", "batch.c", [*_batch_flags(), "-lm"])))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        log.warning("native batch builder unavailable, batching in Python (slower): %s", e)
-        return None
+def _batcher() -> ctypes.CDLL:
+    lib = ctypes.PyDLL(str(_compile("batch", "batch.c", [*_batch_flags(), "-lm"])))
     p, i, o = ctypes.c_void_p, ctypes.c_int64, ctypes.py_object
     lib.batch_columns.argtypes = [o, o, o, o, i, i, i, i, i, i, p, p, p, p, p]
     lib.batch_columns.restype = ctypes.c_int
-    _batch_library = lib
     return lib
+
+
+_BUILDERS = {"kernels": (_kernels, "kernels (torch versions run)"),
+             "batch": (_batcher, "batch builder (the Python batcher runs)")}
+
+
+def _get(name: str) -> ctypes.CDLL | None:
+    """Library ``name`` of _BUILDERS, loaded (or found missing, logged) once per process."""
+    if name not in _loaded:
+        _loaded[name] = _open(*_BUILDERS[name])
+    return _loaded[name]
+
+
+def _load() -> ctypes.CDLL | None:
+    return _get("kernels")
 
 
 Columns = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -172,7 +167,7 @@ def batch_columns(events: list[object], sparse: tuple[int | str, ...], dense: tu
     of user_id, item_id, features, label, sample_rate and timestamp_ms."""
     if _disabled:
         return None
-    lib = _load_batch()
+    lib = _get("batch")
     if lib is None:
         return None
     n = len(events)

@@ -179,23 +179,27 @@ def test_training_with_kernels_follows_training_without() -> None:
 def test_a_failed_build_falls_back_to_torch_with_a_warning(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
         ) -> None:
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_loaded", {})  # as in a fresh process
     monkeypatch.setenv("STREAMREC_NATIVE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    events = list(SyntheticStream(PRESETS["drifting"]()).events(50))
     with caplog.at_level(logging.WARNING, logger="streamrec.native"):
         assert not native.available()
-    assert "native kernels unavailable" in caplog.text and "false failed" in caplog.text
+        batch = Batcher(["user_id", "item_id", "category"], ["price"]).build(events)
+    assert "native kernels (torch versions run) unavailable" in caplog.text
+    assert "native batch builder (the Python batcher runs) unavailable" in caplog.text
+    assert "false failed" in caplog.text
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
     model = _fm_model([], [])
     assert model(torch.randn(4, 3, 9), torch.empty(4, 0)).shape == (4,)
+    assert len(batch) == 50 and batch.sparse.values().numel() == 150
 
 
 def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "_library", None)
-    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setenv("STREAMREC_NATIVE", "0")
     assert not native.available()
+    assert native.batch_columns([], (), (), {}, (1, 2, 6, 7, 8, 3)) is None
 
 
 def test_gather_rows_kernel_matches_index_select_both_ways() -> None:
