@@ -6,7 +6,8 @@ process-wide, and a process that imported torch differs from one that did
 not):
 
 - ``json``      ``json.loads`` of every line: the floor of any JSON decoder;
-- ``decode``    the file source's polls (orjson + validation into events), no training;
+- ``decode``    the file source's polls (orjson + validation into events), no training,
+                with the garbage-collector settings of ``loop``;
 - ``loop-default-gc``  the training loop (``TrainingLoop`` over ``FileSource`` with the
                 joiner), with Python's default garbage-collector settings;
 - ``loop``      the same, after :func:`streamrec.runtime.tune_gc` (what the
@@ -46,6 +47,9 @@ def run_arm(arm: str, path: str, threads: int) -> dict[str, float]:
     from ingest.file_source import FileSource
 
     if arm == "decode":
+        from streamrec.runtime import tune_gc
+
+        tune_gc()  # as the loop arm: the ratio is then what batching + training add
         source = FileSource(path, "json")
         started = time.perf_counter()
         n = 0
