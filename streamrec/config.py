@@ -450,6 +450,11 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in _SECTIONS}
 
 
+# STREAMREC_* variables that are not config fields: the config file's path, and the
+# native kernels' switch and cache directory (streamrec.native).
+_NOT_CONFIG = ("config", "native", "native_dir")
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     types_ = _section_types()
@@ -462,7 +467,7 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                 out.setdefault(section, {})[rest[len(section) + 1:]] = value
                 break
         else:
-            if rest not in ("config",):
+            if rest not in _NOT_CONFIG:
                 raise ConfigError(f"{key}: names no config section ({', '.join(_SECTIONS)})")
     return out
 

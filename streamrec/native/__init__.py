@@ -19,11 +19,14 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,30 +53,67 @@ def _cache_dir() -> Path:
 
 def _compile(name: str, source: str, extra: list[str]) -> Path:
     """The library built from ``source`` (under this package), compiling it if the
-    cache lacks it. Raises ``RuntimeError`` (with the compiler's message) on failure."""
-    compiler = os.environ.get("CC") or "cc"
+    cache lacks it or holds a damaged copy. Raises ``RuntimeError`` (with the
+    compiler's message) or ``OSError`` when it cannot be built."""
+    compiler = shlex.split(os.environ.get("CC") or "cc")
     flags = [*_FLAGS, *extra]
     digest = hashlib.sha256((_HERE / source).read_bytes())
-    digest.update(" ".join([compiler, *flags, sys.platform]).encode())
+    digest.update(" ".join([*compiler, *flags, sys.platform, platform.machine()]).encode())
     target = _cache_dir() / f"streamrec-{name}-{digest.hexdigest()[:16]}.so"
+    # Each library has a sidecar with its own hash, checked before loading: a
+    # truncated or overwritten file would crash the process inside dlopen (SIGBUS).
+    check = target.with_suffix(".sha256")
     if target.exists():
-        return target
-    if shutil.which(compiler) is None:
-        raise RuntimeError(f"no C compiler ({compiler!r} not found; set CC)")
+        if check.exists() and check.read_text().strip() == _file_hash(target):
+            return target
+        log.warning("native library %s is damaged; building it again", target)
+    if not compiler or shutil.which(compiler[0]) is None:
+        raise RuntimeError(f"no C compiler ({' '.join(compiler)!r} not found; set CC)")
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target.parent)
     # Build beside the target and rename: concurrent processes never load a half-written file.
     fd, partial = tempfile.mkstemp(dir=target.parent, suffix=".so.partial")
     os.close(fd)
     try:
-        command = [compiler, *_FLAGS, "-o", partial, str(_HERE / source), *extra]
+        command = [*compiler, *_FLAGS, "-o", partial, str(_HERE / source), *extra]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
-            raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{' '.join(compiler)} failed: {done.stderr.strip()[-2000:]}")
+        with open(partial, "rb") as f:
+            head = f.read(4)
+        if sys.platform.startswith("linux") and head != b"\x7fELF":
+            raise RuntimeError(f"{' '.join(compiler)} wrote no shared library ({partial})")
+        # mkstemp makes the file 0600 and the linker keeps that: the runtime user of
+        # an image built as root could not load it.
+        os.chmod(partial, 0o755)
+        _replace_text(check, _file_hash(Path(partial)))
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _replace_text(path: Path, text: str) -> None:
+    fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(partial, 0o644)
+    os.replace(partial, path)
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Temporary files of builds killed midway (over an hour old)."""
+    for leftover in directory.glob("*.partial"):
+        try:
+            if time.time() - leftover.stat().st_mtime > 3600:
+                leftover.unlink()
+        except OSError:
+            pass  # another process's, just finished or removed
 
 
 def _batch_flags() -> list[str]:
@@ -84,12 +124,12 @@ def _batch_flags() -> list[str]:
 
 
 def build() -> list[Path]:
-    """Both libraries' paths, compiling what the cache lacks (``python -m streamrec.native``).
+    """Both libraries' paths, compiling what the cache lacks and loading each (so that
+    a library that would not load fails here): ``python -m streamrec.native``.
 
-    Raises ``RuntimeError`` when one cannot be built.
+    Raises ``RuntimeError``, ``OSError`` or ``AttributeError`` when one cannot be built.
     """
-    return [_compile("native", "kernels.c", ["-lm"]),
-            _compile("batch", "batch.c", [*_batch_flags(), "-lm"])]
+    return [Path(lib._name) for lib in (_kernels(), _batcher())]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -117,11 +157,12 @@ def _declare(lib: ctypes.CDLL) -> None:
 def _open(build: Callable[[], ctypes.CDLL], what: str) -> ctypes.CDLL | None:
     """``build()``'s library, or None when switched off or failing (``what`` is logged)."""
     if os.environ.get("STREAMREC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        log.info("native %s switched off by STREAMREC_NATIVE", what)
         return None
     try:
         return build()
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        log.warning("native %s unavailable, using the slower versions: %s", what, e)
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
+        log.warning("native %s unavailable: %s", what, e)
         return None
 
 
@@ -139,8 +180,8 @@ def _batcher() -> ctypes.CDLL:
     return lib
 
 
-_BUILDERS = {"kernels": (_kernels, "kernels (torch versions run)"),
-             "batch": (_batcher, "batch builder (the Python batcher runs)")}
+_BUILDERS = {"kernels": (_kernels, "kernels (the slower torch versions run)"),
+             "batch": (_batcher, "batch builder (the slower Python batcher runs)")}
 
 
 def _get(name: str) -> ctypes.CDLL | None:

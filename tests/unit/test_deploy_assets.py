@@ -412,3 +412,11 @@ def test_trainer_keeps_checkpoints_on_its_claim(k8s: list[dict[str, Any]], tmp_p
                 if PurePosixPath(m["mountPath"]) in checkpoints.parents]
     claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
     _one(k8s, "PersistentVolumeClaim", claim)
+
+
+def test_the_images_streamrec_variables_are_accepted_by_the_config_loader() -> None:
+    # An ENV the config loader refuses would stop every command in the image at start.
+    text = (DEPLOY / "Dockerfile").read_text()
+    env = dict(re.findall(r"\b(STREAMREC_[A-Z_]+)=(\S+)", text))
+    assert "STREAMREC_NATIVE_DIR" in env
+    load_config(env=env)

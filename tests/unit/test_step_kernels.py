@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,8 +188,8 @@ def test_a_failed_build_falls_back_to_torch_with_a_warning(
     with caplog.at_level(logging.WARNING, logger="streamrec.native"):
         assert not native.available()
         batch = Batcher(["user_id", "item_id", "category"], ["price"]).build(events)
-    assert "native kernels (torch versions run) unavailable" in caplog.text
-    assert "native batch builder (the Python batcher runs) unavailable" in caplog.text
+    assert "native kernels (the slower torch versions run) unavailable" in caplog.text
+    assert "native batch builder (the slower Python batcher runs) unavailable" in caplog.text
     assert "false failed" in caplog.text
     assert list(tmp_path.iterdir()) == []  # no half-written library left behind
     model = _fm_model([], [])
@@ -262,3 +264,28 @@ def test_id_normal_kernel_draws_the_torch_versions_values() -> None:
             reference = id_normal(ids, dim, seed)
         assert fast.shape == reference.shape == (6, dim)
         assert torch.allclose(fast, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_a_damaged_cached_library_is_built_again_and_any_user_can_load_it(
+        tmp_path: Path) -> None:
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    # Fresh processes: a process keeps the library it loaded mapped.
+    env = {**os.environ, "STREAMREC_NATIVE_DIR": str(tmp_path),
+           "CC": "cc -O2"}  # a compiler command with arguments
+    built = subprocess.run([sys.executable, "-m", "streamrec.native"], env=env,
+                           capture_output=True, text=True, check=True)
+    paths = [Path(line) for line in built.stdout.split()]
+    assert len(paths) == 2
+    for path in paths:  # images build as root and train as another user
+        assert path.stat().st_mode & 0o005 == 0o005, oct(path.stat().st_mode)
+    # A truncated library would kill the process in dlopen (SIGBUS): it is rebuilt.
+    damaged = paths[0]
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    check = subprocess.run(
+        [sys.executable, "-c", "from streamrec import native; print(native.available())"],
+        env=env, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
+    assert "damaged; building it again" in check.stderr
+    assert damaged.stat().st_size > 1000
+    assert not list(tmp_path.glob("*.partial"))
