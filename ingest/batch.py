@@ -192,7 +192,7 @@ class Batcher:
             self._native_spec = tuple({"user_id": 0, "item_id": 1}.get(f, f)
                                       for f in self.sparse_features)
         columns = native.batch_columns(
-            events if type(events) is list else list(events), self._native_spec,
+            list(events), self._native_spec,  # a private list: see batch.c
             tuple(self.dense_features), self._ids,
             (_USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP))
         if columns is None:

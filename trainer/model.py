@@ -159,7 +159,7 @@ class CTRModel(nn.Module):
             dense = torch.cat([dense, history_inputs(history, self.prior_ctr,
                                                      self.config.history_strength)], dim=1)
         if not self.config.hidden:
-            if native.available(pooled, dense):
+            if native.available(pooled, dense, self.mlp[0].weight):
                 return self._fm(pooled, dense)
         factors = pooled[..., :-1]
         first_order = pooled[..., -1].sum(dim=1)

@@ -213,8 +213,8 @@ def batch_columns(events: list[object], sparse: tuple[int | str, ...], dense: tu
         return None
     n = len(events)
     values = torch.empty(len(sparse) * n, dtype=torch.int64)
-    dense_out = torch.empty((n, len(dense)))
-    labels, rates = torch.empty(n), torch.empty(n)
+    dense_out = torch.empty((n, len(dense)), dtype=torch.float32)
+    labels, rates = torch.empty(n, dtype=torch.float32), torch.empty(n, dtype=torch.float32)
     stamps = torch.empty(n, dtype=torch.int64)
     done = lib.batch_columns(events, sparse, dense, memo, *fields, values.data_ptr(),
                              dense_out.data_ptr(), labels.data_ptr(), rates.data_ptr(),
@@ -255,11 +255,12 @@ def fm_head_forward(rows: torch.Tensor, extra: torch.Tensor | None, weight: torc
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out [B], sums [B, d])`` of the FM head (kernels.c) for ``rows`` ``[F, B, d+1]``
     (unit column stride), ``extra`` ``[B, d]`` or None and ``weight`` ``[F (+1), d]``."""
-    assert rows.stride(2) == 1 and weight.is_contiguous()
+    assert (rows.numel() == 0 or rows.stride(2) == 1) and weight.is_contiguous()
+    assert rows.dtype == weight.dtype == torch.float32
     assert extra is None or extra.is_contiguous()
     n_fields, batch, width = rows.shape
-    out = torch.empty(batch)
-    sums = torch.empty((batch, width - 1))
+    out = torch.empty(batch, dtype=torch.float32)
+    sums = torch.empty((batch, width - 1), dtype=torch.float32)
     _lib().fm_head_forward(rows.data_ptr(), n_fields, batch, width - 1, rows.stride(0),
                            rows.stride(1), extra is not None, _ptr(extra), weight.data_ptr(),
                            out.data_ptr(), sums.data_ptr())
@@ -271,7 +272,7 @@ def fm_head_backward(rows: torch.Tensor, extra: torch.Tensor | None, weight: tor
                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Gradients ``(rows [F, B, d+1] contiguous, extra, weight)`` for the output's ``grad``."""
     grad = grad.contiguous()
-    grad_rows = torch.empty(rows.shape)
+    grad_rows = torch.empty(rows.shape, dtype=torch.float32)
     grad_extra = torch.empty_like(extra) if extra is not None else None
     grad_weight = torch.empty_like(weight)
     _lib().fm_head_backward(rows.data_ptr(), rows.shape[0], rows.shape[1], rows.shape[2] - 1,
@@ -289,8 +290,8 @@ def history_prefix(stored: torch.Tensor, inverse: torch.Tensor, y: torch.Tensor
     (``inverse`` [N] indexes ``stored`` [U, 2]); and per key, the batch's (count, sum)."""
     stored, inverse, y = stored.contiguous(), inverse.contiguous(), y.contiguous()
     assert inverse.dtype == torch.int64 and stored.shape[1] == 2
-    before = torch.empty((inverse.numel(), 2))
-    totals = torch.empty((stored.shape[0], 2))
+    before = torch.empty((inverse.numel(), 2), dtype=torch.float32)
+    totals = torch.empty((stored.shape[0], 2), dtype=torch.float32)
     _lib().history_prefix(stored.data_ptr(), inverse.data_ptr(), y.data_ptr(), inverse.numel(),
                           stored.shape[0], before.data_ptr(), totals.data_ptr())
     return before, totals
@@ -316,6 +317,7 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
 def index_find(keys: torch.Tensor, key_tags: torch.Tensor | None, state: torch.Tensor,
                bits: int, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
     """trainer.tables.index.IdIndex._find over its slot arrays (``key_tags`` None: untagged)."""
+    assert ids.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
     ids = ids.contiguous()
     tags = tags.contiguous() if tags is not None else None
     slots = torch.empty(ids.numel(), dtype=torch.int64)
@@ -328,6 +330,7 @@ def index_place(keys: torch.Tensor, key_tags: torch.Tensor | None, vals: torch.T
                 state: torch.Tensor, bits: int, ids: torch.Tensor, tags: torch.Tensor | None,
                 rows: torch.Tensor) -> int:
     """trainer.tables.index.IdIndex._place, in place; returns the empty slots it used."""
+    assert ids.dtype == rows.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
     ids, rows = ids.contiguous(), rows.contiguous()
     tags = tags.contiguous() if tags is not None else None
     return int(_lib().index_place(keys.data_ptr(), _ptr(key_tags), vals.data_ptr(),
@@ -338,7 +341,8 @@ def index_place(keys: torch.Tensor, key_tags: torch.Tensor | None, vals: torch.T
 def id_normal(ids: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
     """trainer.tables.rows.id_normal's ``[len(ids), dim]`` (``offset``: its seed offset)."""
     ids = ids.contiguous()
-    out = torch.empty((ids.numel(), dim))
+    assert ids.dtype == torch.int64
+    out = torch.empty((ids.numel(), dim), dtype=torch.float32)
     _lib().id_normal(ids.data_ptr(), ids.numel(), dim, offset, out.data_ptr())
     return out
 
@@ -348,7 +352,8 @@ class _GatherRows(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, table: torch.Tensor,
                 index: torch.Tensor) -> torch.Tensor:
         table, index = table.contiguous(), index.contiguous()
-        out = torch.empty((index.numel(), table.shape[1]))
+        assert index.dtype == torch.int64 and table.dtype == torch.float32
+        out = torch.empty((index.numel(), table.shape[1]), dtype=torch.float32)
         _lib().gather_rows(table.data_ptr(), index.data_ptr(), index.numel(), table.shape[1],
                            out.data_ptr())
         ctx.save_for_backward(index)
@@ -360,7 +365,8 @@ class _GatherRows(torch.autograd.Function):
                  ) -> tuple[torch.Tensor, None]:
         (index,) = ctx.saved_tensors  # type: ignore[attr-defined]
         grad = grad.contiguous()
-        out = torch.empty((ctx.rows, grad.shape[1]))  # type: ignore[attr-defined]
+        rows = ctx.rows  # type: ignore[attr-defined]
+        out = torch.empty((rows, grad.shape[1]), dtype=torch.float32)
         _lib().scatter_add_rows(grad.data_ptr(), index.data_ptr(), index.numel(), grad.shape[1],
                                 out.shape[0], out.data_ptr())
         return out, None

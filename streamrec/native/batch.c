@@ -17,7 +17,9 @@
  * non-finite values and strings read as 0.
  *
  * Built (with the CPython headers) and loaded through ctypes.PyDLL, which
- * holds the GIL, by streamrec/native/__init__.py.
+ * holds the GIL, by streamrec/native/__init__.py. `events` must be a list
+ * nobody else holds (the caller passes a private copy): Python code the memo
+ * runs could otherwise shrink it under the loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -128,7 +130,12 @@ int batch_columns(PyObject *events, PyObject *sparse, PyObject *dense, PyObject 
                 PyErr_Clear();
                 return 0; /* absent or jagged: the general path */
             }
-            if (!categorical(PyTuple_GET_ITEM(ids, 0), memo, slot)) return 0;
+            /* The memo may run Python code (to_id, a value's __hash__) that
+             * changes the features dict: hold the tuple while its value is used. */
+            Py_INCREF(ids);
+            int ok = categorical(PyTuple_GET_ITEM(ids, 0), memo, slot);
+            Py_DECREF(ids);
+            if (!ok) return 0;
         }
         if (n_dense && !have_dict) return 0;
         for (Py_ssize_t d = 0; d < n_dense; ++d)

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ingest.batch import Batcher
-from streamrec.config import ModelConfig, load_config
-from streamrec.synthetic import PRESETS, SyntheticStream
 from streamrec import native
+from streamrec.config import ModelConfig, TableConfig, load_config
+from streamrec.synthetic import PRESETS, SyntheticStream
+from trainer.embedding import DynamicEmbeddingCollection
 from trainer.history import _exclusive_prefix
 from trainer.model import CTRModel, fm_interaction
 from trainer.tables.index import IdIndex
@@ -289,3 +291,71 @@ def test_a_damaged_cached_library_is_built_again_and_any_user_can_load_it(
     assert "damaged; building it again" in check.stderr
     assert damaged.stat().st_size > 1000
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_full_table_admits_the_same_ids_with_and_without_kernels() -> None:
+    # max_rows: who gets the last rows must not depend on the dedup's order.
+    from trainer.tables.base import make_tables
+    admitted = []
+    for context in (contextlib.nullcontext, native.disabled):
+        with context():
+            tables = make_tables(["a", "b"], 3, lambda name: TableConfig(max_rows=2), seed=0)
+            ec = DynamicEmbeddingCollection(tables)
+            ids = {"a": [30, 10, 20, 30], "b": [7, 5, 6, 5]}
+            kjt = KeyedJaggedTensor.from_lengths_sync(
+                keys=["a", "b"], values=torch.tensor(ids["a"] + ids["b"]),
+                lengths=torch.ones(8, dtype=torch.int32))
+            ec.forward(kjt, now_ms=1)
+            admitted.append({name: sorted(t.export_all()[0].tolist())
+                             for name, t in tables.items()})
+    assert admitted[0] == admitted[1] == {"a": [10, 20], "b": [5, 6]}
+
+
+def test_kernels_write_float32_whatever_the_default_dtype() -> None:
+    _kernels_or_skip()
+    events = list(SyntheticStream(PRESETS["drifting"]()).events(64))
+    ids = torch.tensor([1, 2, 3])
+    with native.disabled():
+        batch, init = Batcher(["user_id", "category"], ["price"]).build(events), \
+            id_normal(ids, 4, 0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        fast, fast_init = Batcher(["user_id", "category"], ["price"]).build(events), \
+            id_normal(ids, 4, 0)
+    finally:
+        torch.set_default_dtype(previous)
+    assert torch.equal(fast.labels, batch.labels) and fast.labels.dtype == torch.float32
+    assert torch.equal(fast.dense, batch.dense)
+    assert torch.equal(fast_init, init)
+
+
+def test_the_fm_kernels_take_an_empty_batch_in_any_layout() -> None:
+    _kernels_or_skip()
+    model = _fm_model([], [])
+    pooled = torch.empty(0, 10).as_strided((0, 3, 9), (10, 1, 3))  # no unit column stride
+    assert model(pooled, torch.empty(0, 0)).shape == (0,)
+
+
+def test_a_value_that_empties_the_events_list_cannot_crash_the_batcher(tmp_path: Path) -> None:
+    # The batcher's C pass calls the id memo, which may run Python code (a value's
+    # __hash__): it walks a private copy of the list, not the caller's.
+    script = tmp_path / "mutate.py"
+    script.write_text(
+        "from ingest.batch import Batcher\n"
+        "from ingest.event import Event\n"
+        "events = []\n"
+        "class Sneaky(str):\n"
+        "    def __hash__(self):\n"
+        "        events.clear()\n"
+        "        return str.__hash__(self)\n"
+        "events += [Event(type='example', user_id=i, item_id=i, timestamp_ms=i,\n"
+        "                 features={'tag': (Sneaky('v%d' % i),)}, label=1.0)\n"
+        "           for i in range(200)]\n"
+        "try:\n"
+        "    print(len(Batcher(['tag'], []).build(events)))\n"
+        "except Exception as e:\n"
+        "    print(type(e).__name__)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

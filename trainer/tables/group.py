@@ -200,7 +200,7 @@ class TableGroup:
             admit = self.filter.observe(miss_ids, miss_counts, miss_tags)
             self._count("filtered", miss_tags[~admit])  # (room refusals count as rejected_full)
             if self.config.max_rows:
-                admit &= self._within_room(miss_tags, admit)
+                admit &= self._within_room(miss_ids, miss_tags, admit)
             new = torch.nonzero(admit).reshape(-1)
             if new.numel():
                 new_ids, new_tags = miss_ids.index_select(0, new), miss_tags.index_select(0, new)
@@ -212,13 +212,20 @@ class TableGroup:
         self.last_seen_ms.index_fill_(0, rows[rows >= 0], now_ms)
         return rows
 
-    def _within_room(self, tags: torch.Tensor, admit: torch.Tensor) -> torch.Tensor:
-        """Mask of admitted candidates that still fit under ``max_rows`` in their table."""
+    def _within_room(self, ids: torch.Tensor, tags: torch.Tensor, admit: torch.Tensor
+                     ) -> torch.Tensor:
+        """Mask of admitted candidates that still fit under ``max_rows`` in their table.
+
+        Where not all fit, the smallest ids win: a rule that does not depend on
+        the order the candidates come in (the dedup's order differs between its
+        native and sorting versions, and between a table group and a lone table).
+        """
         room = (self.config.max_rows - self.rows_per_tag).clamp(min=0)
         cand = torch.nonzero(admit).reshape(-1)
+        cand = cand[torch.argsort(ids[cand], stable=True)]
         order = torch.sort(tags[cand], stable=True)
         sorted_tags = order.values
-        # Rank of each candidate among its table's candidates, in batch order.
+        # Rank of each candidate among its table's candidates, by id.
         first = torch.searchsorted(sorted_tags, sorted_tags)
         rank = torch.arange(sorted_tags.numel()) - first
         fits = torch.zeros_like(admit)
