@@ -63,6 +63,8 @@ class KafkaSource:
         # last record delivered per partition (see the module docstring).
         self._seek_to: dict[tuple[str, int], int] = {}
         self._delivered: dict[tuple[str, int], int] = {}
+        # Checkpoint offsets not yet compared with their partition's end (see _check_ends).
+        self._unchecked: set[tuple[str, int]] = set()
         # Lag as of the last poll. Prometheus scrapes from its own thread and
         # KafkaConsumer is not thread-safe (position() may talk to the
         # coordinator), so the polling thread measures and the scrape reads.
@@ -95,6 +97,7 @@ class KafkaSource:
                 # position nor the checkpoint we started from.
                 self._delivered.pop(key, None)
                 self._seek_to.pop(key, None)
+                self._unchecked.discard(key)
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if key in self._seek_to:
@@ -110,9 +113,42 @@ class KafkaSource:
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self._seek_to.update(offsets)
+        self._unchecked.update(offsets)
         self._seek_assigned(set(self._consumer.assignment()))
 
+    def _check_ends(self) -> None:
+        """Read from the start any partition whose checkpoint offset is past its end.
+
+        The topic was deleted and recreated, or truncated, since the checkpoint.
+        Kafka answers a fetch there with OFFSET_OUT_OF_RANGE and the consumer
+        resets to the earliest offset; a broker that answers with no records
+        instead (Tansu) would have the trainer wait for the new log to grow
+        past the old offset and skip everything before it, silently. Once per
+        checkpoint offset, on the polling thread (end_offsets blocks).
+        """
+        assigned = {(tp.topic, tp.partition): tp for tp in self._consumer.assignment()}
+        todo = [assigned[key] for key in self._unchecked if key in assigned]
+        if not todo:
+            return
+        try:
+            ends = self._consumer.end_offsets(todo)
+        except KafkaError as e:
+            log.warning("could not read partition ends (will retry): %s", e)
+            return
+        for tp in todo:
+            key = (tp.topic, tp.partition)
+            self._unchecked.discard(key)
+            end, offset = ends.get(tp), self._seek_to.get(key)
+            if end is not None and offset is not None and offset > end:
+                log.warning("%s/%d: checkpoint offset %d is past the end of the partition "
+                            "(%d): the topic was recreated or truncated; reading it from "
+                            "the start", tp.topic, tp.partition, offset, end)
+                self._seek_to.pop(key)
+                self._consumer.seek_to_beginning(tp)
+
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+        if self._unchecked:
+            self._check_ends()
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_events)
         events: list[Event] = []
         dead: list[DeadLetter] = []
@@ -132,6 +168,7 @@ class KafkaSource:
         for key, offset in offsets.items():
             self._delivered[key] = offset
             self._seek_to.pop(key, None)  # read from: the position supersedes the checkpoint
+            self._unchecked.discard(key)
         if self.metrics is not None:
             self._lag = self._measure_lag()
         assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]

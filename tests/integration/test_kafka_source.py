@@ -265,3 +265,27 @@ def test_a_commit_to_a_broker_that_went_away_fails_within_seconds() -> None:
                 child.kill()
     assert errors == 1
     assert seconds < 15
+
+
+def test_a_checkpoint_offset_past_the_end_of_the_log_reads_it_from_the_start(
+        kafka_broker: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A topic deleted and recreated (or truncated) under a trainer: its checkpoint
+    # holds offsets of the old log. Waiting for the new log to grow past them would
+    # skip everything before silently; Kafka's answer is OFFSET_OUT_OF_RANGE and a
+    # reset to the earliest offset, which some brokers (Tansu) never send.
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_broker, [topic], partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker)
+    for e in SyntheticStream(default()).events(10):
+        producer.send(topic, value=encode_json(e))
+    producer.flush()
+    src = source(kafka_broker, topic, group)
+    try:
+        src.seek({(topic, 0): 1000})  # from the old log
+        with caplog.at_level("WARNING", logger="ingest.kafka_source"):
+            got = drain(src, want=10, polls=30)
+    finally:
+        src.close()
+    assert len(got.events) == 10
+    assert got.offsets == {(topic, 0): 10}
+    assert "past the end of the partition" in caplog.text
