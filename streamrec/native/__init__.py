@@ -1,15 +1,22 @@
-"""Small C kernels for the hot loops of a training step, built on first use.
+"""Small C kernels for the hot loops of training, built on first use.
 
-Plain C (no Python or torch headers), compiled with the system C compiler
+Two libraries: ``kernels.c`` (plain C, on tensors' data pointers: the FM head,
+the id dedup, the id index's probes, row initialisation, the gather of rows,
+the history counts) and ``batch.c`` (against the CPython headers: the
+batcher's one-pass build). Each is compiled with the system C compiler
 (``$CC``, else ``cc``) into a cache directory the first time a process needs
-it, keyed by a hash of the source and flags, and called through ctypes on
-tensors' data pointers. Building takes well under a second; a machine
-without a compiler, or ``STREAMREC_NATIVE=0``, runs the torch versions of the
-same functions (the reference the tests compare against), slower.
+it, keyed by a hash of its source, flags and platform, with a sidecar hash
+checked before loading, and called through ctypes. Building takes about a
+second; a machine without a compiler, or ``STREAMREC_NATIVE=0``, runs the
+torch and Python versions of the same functions (the reference the tests
+compare against), slower; so does code inside :func:`disabled`.
+
+The kernels trust their inputs (indices in range, an id index under its load
+factor): callers pass tensors the trainer built itself.
 
 ``STREAMREC_NATIVE_DIR`` sets the cache directory (default
 ``$XDG_CACHE_HOME/streamrec`` or ``~/.cache/streamrec``); a container image
-builds the library at image build time (``python -m streamrec.native``).
+builds the libraries at image build time (``python -m streamrec.native``).
 """
 
 from __future__ import annotations
@@ -32,8 +39,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "batch_columns", "build", "disabled", "fm_head_backward", "fm_head_forward", "gather_rows",
-           "history_prefix", "id_normal", "index_find", "index_place", "unique_pairs"]
+__all__ = ["available", "batch_columns", "build", "disabled", "fm_head_backward",
+           "fm_head_forward", "gather_rows", "history_prefix", "id_normal", "index_find",
+           "index_place", "unique_pairs"]
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,19 @@
-/* Kernels of the training step that torch runs in many passes.
+/* Kernels of the training step that torch runs in many small passes.
  *
- * fm_head_*: an FM's per-field part, forward and backward, one pass over the rows each way.
+ * Plain C with no Python or torch headers, on tensors' data pointers: built by
+ * streamrec/native/__init__.py with the system compiler and called through
+ * ctypes. Each function replaces torch code that stays as the fallback and as
+ * the reference the tests compare with (named at each function). Inputs are
+ * trusted: the trainer built them (indices in range, tables under their load
+ * factor).
  *
- * The model is trainer.model.CTRModel without hidden layers (its layer-wise
- * path is the reference the tests compare with). Rows are laid out fields
- * first, [F, B, D+1] with any field and example strides and unit column
- * stride; the last column is the first-order weight, the others the factors.
- * `extra` ([B, D], contiguous; has_extra says whether there is one) is one more field's factors
- * without a first-order weight; `weight` ([F (+1 with extra), D], contiguous)
- * the linear layer over all factors.
- *
- * Plain C with no Python or torch headers: built by streamrec/native/__init__.py
- * with the system compiler in well under a second and called through ctypes.
+ * fm_head_*: an FM's per-field part, forward and backward, one pass over the
+ * rows each way: trainer.model.CTRModel without hidden layers. Rows are laid
+ * out fields first, [F, B, D+1] with any field and example strides and unit
+ * column stride; the last column is the first-order weight, the others the
+ * factors. `extra` ([B, D], contiguous; has_extra says whether there is one)
+ * is one more field's factors without a first-order weight; `weight`
+ * ([F (+1 with extra), D], contiguous) the linear layer over all factors.
  */
 #include <math.h>
 #include <stdint.h>

@@ -8,6 +8,7 @@ from streamrec import native
 
 __all__ = ["TableStats", "id_normal", "sweep_window"]
 
+
 def _signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
@@ -42,6 +43,8 @@ def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     u = (bits.to(torch.float64) + 0.5) / (1 << 24)
     u1, u2 = u[:, :dim], u[:, dim:]
     return ((-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)).to(torch.float32)
+
+
 def sweep_window(cursor: int, max_rows: int, end_all: int) -> tuple[torch.Tensor, int]:
     """The next ``max_rows`` rows after ``cursor`` in ``0..end_all-1``, wrapping; and the new cursor.
 
