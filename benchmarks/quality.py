@@ -27,7 +27,9 @@ Arms:
 - ``item-ctr``           each item's smoothed click rate so far (the floor).
 
     python -m benchmarks.quality              # ~1 min (River FM is most of it)
-    python -m benchmarks.quality --quick      # ~20 s
+    python -m benchmarks.quality --quick      # ~20 s; 20k events, over half of them in
+                                              # the warm-up's small batches: streamrec's
+                                              # events/s there is not its steady state
 
 Other configurations run as extra arms, each named and given as config
 overrides separated by ``;`` (the sweep recorded in results/quality_sweep.json):
