@@ -1,7 +1,6 @@
 """Serving latency: Predict over gRPC from a real ``streamrec serve`` process, with and without sync.
 
-One model (the default config's DeepFM, trained on the default synthetic
-stream) is pushed to a ``streamrec serve`` process over its sync port. Then,
+One model (the default config's, trained on the default synthetic stream) is pushed to a ``streamrec serve`` process over its sync port. Then,
 for each candidate count, the same sequence of Predict requests (one user,
 shared ``country``/``hour`` features, per-candidate ``category``/``price``)
 is timed in three arms:
@@ -9,7 +8,9 @@ is timed in three arms:
 - ``in-process``  ``ModelReplica.predict`` on the same snapshot in this process:
                   the scoring floor, no RPC;
 - ``grpc``        ``RecommenderClient.predict`` against the serve process, requests
-                  one after another from a client process of its own;
+                  one after another from a client process of its own, per-candidate
+                  features as ``candidate_features`` (one mapping per candidate);
+- ``grpc-columns`` the same with them as ``candidate_columns`` (one list per feature);
 - ``grpc+sync``   the same while this process pushes a delta (rows the trainer
                   touched, collected beforehand) every ``--sync-interval-s``: what
                   applying parameters costs the requests served meanwhile.
@@ -73,6 +74,10 @@ def run_client(args: argparse.Namespace) -> int:
     from serving.client import RecommenderClient
 
     requests = _requests(args.candidates, args.requests + args.warmup, args.seed)
+    if args.columns:  # (the application's data in that form already: not timed)
+        for r in requests:
+            own = r.pop("candidate_features")
+            r["candidate_columns"] = {name: [c[name] for c in own] for name in own[0]}
     seconds = []
     with RecommenderClient(args.client, timeout_s=30) as client:
         for i, r in enumerate(requests):
@@ -85,12 +90,13 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def _client(address: str, candidates: int, args: argparse.Namespace, tmp: Path,
-            env: dict[str, str]) -> list[float]:
+            env: dict[str, str], columns: bool = False) -> list[float]:
     out = tmp / f"client-{candidates}-{time.monotonic_ns()}.json"
     subprocess.run([sys.executable, "-m", "benchmarks.serving_latency", "--client", address,
                     "--candidates", str(candidates), "--requests", str(args.requests),
                     "--warmup", str(args.warmup), "--seed", str(args.seed),
-                    "--client-out", str(out)], check=True, cwd=ROOT, env=env)
+                    "--client-out", str(out), *(["--columns"] if columns else [])],
+                   check=True, cwd=ROOT, env=env)
     return json.loads(out.read_text())
 
 
@@ -121,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--client", help=argparse.SUPPRESS)
     p.add_argument("--client-out", help=argparse.SUPPRESS)
+    p.add_argument("--columns", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.client:
         args.candidates = int(args.candidates)
@@ -193,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                     if i >= args.warmup:
                         local.append(time.perf_counter() - t0)
                 remote = _client(address, n, args, Path(tmp), env)
+                by_columns = _client(address, n, args, Path(tmp), env, columns=True)
                 # The sync arm: deltas every interval while the client runs. The
                 # server is put back on the snapshot first (a full push), so
                 # every delta applies on its base.
@@ -216,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                 stop.set()
                 pusher.join()
                 results[str(n)] = {"in_process": _stats(local), "grpc": _stats(remote),
+                                   "grpc_columns": _stats(by_columns),
                                    "grpc_sync": _stats(synced), "deltas_pushed": len(pushed),
                                    "delta_push_ms": _stats(pushed)["p50_ms"] if pushed else None}
         sink.close()
@@ -226,14 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n, r in results.items():
         rows.append([int(n), r["in_process"]["p50_ms"], r["grpc"]["p50_ms"], r["grpc"]["p99_ms"],
-                     r["grpc_sync"]["p50_ms"], r["grpc_sync"]["p99_ms"], r["deltas_pushed"],
+                     r["grpc_columns"]["p50_ms"], r["grpc_sync"]["p50_ms"],
+                     r["grpc_sync"]["p99_ms"], r["deltas_pushed"],
                      r["grpc"]["p50_ms"] / r["in_process"]["p50_ms"],
+                     r["grpc_columns"]["p50_ms"] / r["in_process"]["p50_ms"],
                      r["grpc_sync"]["p99_ms"] / r["grpc"]["p99_ms"]])
     print(f"\nPredict latency (ms), {args.requests} requests per arm after {args.warmup} "
           f"untimed; model learned {args.events:,} events; deltas of ~{mean_rows:,.0f} rows "
           f"every {args.sync_interval_s} s in the sync arm; one torch thread per process")
-    print(format_table(["candidates", "in-process p50", "grpc p50", "grpc p99", "grpc+sync p50",
-                        "grpc+sync p99", "deltas", "grpc/in-process p50",
+    print(format_table(["candidates", "in-process p50", "grpc p50", "grpc p99",
+                        "columns p50", "grpc+sync p50", "grpc+sync p99", "deltas",
+                        "grpc/in-process p50", "columns/in-process p50",
                         "sync/no-sync p99"], rows))
     path = write_result("serving_latency" + ("_quick" if args.quick else ""),
                         {"args": vars(args), "threads": 1, "mean_rows_per_delta": mean_rows,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("user_id", "features", "item_ids", "candidate_features")
+    __slots__ = ("user_id", "features", "item_ids", "candidate_features", "candidate_columns")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -16,15 +16,24 @@ class PredictRequest(_message.Message):
         key: str
         value: _event_pb2.FeatureValues
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_event_pb2.FeatureValues, _Mapping]] = ...) -> None: ...
+    class CandidateColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureColumn, _Mapping]] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     features: _containers.MessageMap[str, _event_pb2.FeatureValues]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
     candidate_features: _containers.RepeatedCompositeFieldContainer[CandidateFeatures]
-    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ...) -> None: ...
+    candidate_columns: _containers.MessageMap[str, FeatureColumn]
+    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., candidate_columns: _Optional[_Mapping[str, FeatureColumn]] = ...) -> None: ...
 
 class CandidateFeatures(_message.Message):
     __slots__ = ("features",)
@@ -39,6 +48,16 @@ class CandidateFeatures(_message.Message):
     features: _containers.MessageMap[str, _event_pb2.FeatureValues]
     def __init__(self, features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ...) -> None: ...
 
+class FeatureColumn(_message.Message):
+    __slots__ = ("strings", "numbers", "ids")
+    STRINGS_FIELD_NUMBER: _ClassVar[int]
+    NUMBERS_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    strings: _containers.RepeatedScalarFieldContainer[str]
+    numbers: _containers.RepeatedScalarFieldContainer[float]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, strings: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class PredictResponse(_message.Message):
     __slots__ = ("scores", "model_version")
     SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -48,7 +67,7 @@ class PredictResponse(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "features", "item_ids", "candidate_features", "k")
+    __slots__ = ("user_id", "features", "item_ids", "candidate_features", "k", "candidate_columns")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,17 +75,26 @@ class RecommendRequest(_message.Message):
         key: str
         value: _event_pb2.FeatureValues
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_event_pb2.FeatureValues, _Mapping]] = ...) -> None: ...
+    class CandidateColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FeatureColumn
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureColumn, _Mapping]] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     user_id: int
     features: _containers.MessageMap[str, _event_pb2.FeatureValues]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
     candidate_features: _containers.RepeatedCompositeFieldContainer[CandidateFeatures]
     k: int
-    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., k: _Optional[int] = ...) -> None: ...
+    candidate_columns: _containers.MessageMap[str, FeatureColumn]
+    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., k: _Optional[int] = ..., candidate_columns: _Optional[_Mapping[str, FeatureColumn]] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score")

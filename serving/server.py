@@ -60,6 +60,30 @@ def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+def features_from_columns(columns: Any, candidates: int, positions: Sequence[int]
+                          ) -> list[dict[str, tuple[Any, ...]]]:
+    """``map<string, FeatureColumn>`` -> the features of the candidates at ``positions``.
+
+    Each column holds exactly one of strings, ids or numbers, with one value
+    per candidate (``candidates`` of them); numbers must be finite.
+    """
+    names: list[str] = []
+    values: list[list[Any]] = []
+    for name, column in columns.items():
+        if not name:
+            raise _InvalidRequest("candidate column with an empty name")
+        filled = [list(v) for v in (column.strings, column.ids, column.numbers) if len(v)]
+        if len(filled) != 1 or len(filled[0]) != candidates:
+            raise _InvalidRequest(
+                f"candidate column {name!r}: send one value per item_id ({candidates}) in "
+                f"exactly one of strings, ids, numbers")
+        if len(column.numbers) and not all(map(math.isfinite, filled[0])):
+            raise _InvalidRequest(f"candidate column {name!r}: numbers must be finite")
+        names.append(name)
+        values.append(filled[0])
+    return [{name: (column[i],) for name, column in zip(names, values)} for i in positions]
+
+
 def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int) -> int:
     """Feature values the scored rows will hold.
 
@@ -105,14 +129,19 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         if len(items) > self.config.max_candidates:
             raise _InvalidRequest(f"{len(items)} candidates, over the limit of "
                                   f"{self.config.max_candidates} (serving.max_candidates)")
-        candidates = request.candidate_features
+        candidates, columns = request.candidate_features, request.candidate_columns
+        if len(candidates) and len(columns):
+            raise _InvalidRequest("send candidate_features or candidate_columns, not both")
         if len(candidates) and len(candidates) != len(items):
             raise _InvalidRequest(f"{len(candidates)} candidate_features "
                                   f"for {len(items)} item_ids: send none or one per item")
         positions: Sequence[int] = _first_occurrences(items) if distinct else range(len(items))
         shared = features_from_proto(request.features)
-        per_item = [features_from_proto(candidates[i].features) for i in positions] \
-            if len(candidates) else None
+        per_item: list[dict[str, tuple[Any, ...]]] | None = None
+        if len(candidates):
+            per_item = [features_from_proto(candidates[i].features) for i in positions]
+        elif len(columns):
+            per_item = features_from_columns(columns, len(items), positions)
         # Before the rows are built: a small request can expand to a huge batch.
         total = _expanded_ids(shared, per_item, len(positions))
         if total > self.config.max_request_ids:

@@ -138,6 +138,52 @@ def test_recommend_ranks_each_item_once_and_predict_scores_every_position(served
     assert ranked == pytest.approx({3: scores[0], 5: scores[1]})
 
 
+def test_candidate_columns_score_as_candidate_features(served, trainer) -> None:
+    # The columnar form of per-candidate features: one list per feature.
+    servers, _, client, _ = served
+    sink(servers).push(trainer.snapshot(1))
+    items = [3, 5, 3, 7]
+    own = [{"category": "c1", "price": 2.5}, {"category": "c2", "price": 9.0},
+           {"category": "c3", "price": 0.5}, {"category": "c1", "price": 4.0}]
+    columns = {"category": ["c1", "c2", "c3", "c1"], "price": [2.5, 9.0, 0.5, 4.0]}
+    shared = {"country": "k1", "hour": 3}
+    by_rows = client.predict(1, items, features=shared, candidate_features=own).scores
+    by_columns = client.predict(1, items, features=shared, candidate_columns=columns).scores
+    assert by_columns == by_rows and len(set(by_rows)) == 4
+    assert client.recommend(1, items, k=0, features=shared, candidate_columns=columns).items \
+        == client.recommend(1, items, k=0, features=shared, candidate_features=own).items
+
+
+def test_bad_candidate_columns_get_invalid_argument_with_a_reason(served, trainer) -> None:
+    servers, _, client, _ = served
+    sink(servers).push(trainer.snapshot(1))
+    channel = grpc.insecure_channel(f"127.0.0.1:{servers.port}")  # raw requests
+    stub = serving_pb2_grpc.RecommenderStub(channel)
+    column = serving_pb2.FeatureColumn
+    cases = [
+        (dict(candidate_columns={"category": column(strings=["a"])}),
+         "one value per item_id (2)"),
+        (dict(candidate_columns={"category": column(strings=["a", "b"], ids=[1, 2])}),
+         "exactly one of strings, ids, numbers"),
+        (dict(candidate_columns={"price": column(numbers=[1.0, float("inf")])}),
+         "numbers must be finite"),
+        (dict(candidate_columns={"": column(ids=[1, 2])}), "empty name"),
+        (dict(candidate_columns={"category": column(strings=["a", "b"])},
+              candidate_features=[serving_pb2.CandidateFeatures()] * 2),
+         "not both"),
+    ]
+    for fields, reason in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(serving_pb2.PredictRequest(user_id=1, item_ids=[1, 2], **fields),
+                         timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason in info.value.details()
+    channel.close()
+    with pytest.raises(TypeError, match="one type"):
+        client.predict(1, [1, 2], candidate_columns={"x": ["a", 1]})
+    assert client.predict(1, [1, 2], candidate_columns={"x": [1, 2]}).model_version == 1
+
+
 def test_request_size_limit_is_max_request_bytes(served) -> None:
     # One 5 MiB string: over gRPC's default 4 MiB receive limit, within max_candidates.
     request = serving_pb2.PredictRequest(
