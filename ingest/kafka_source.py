@@ -17,6 +17,7 @@ comes back later starts from the group's committed offset.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
@@ -51,6 +52,10 @@ class _SeekOnAssign(ConsumerRebalanceListener):
 # Failing sooner loses nothing: the checkpoint holds the offsets, and the next
 # commit covers these.
 _COMMIT_TIMEOUT_MS = 5_000
+# The same for reading partitions' first and end offsets (_check_ends), and how long
+# to wait before trying again.
+_OFFSETS_TIMEOUT_MS = 2_000
+_OFFSETS_RETRY_S = 30.0
 
 
 class KafkaSource:
@@ -63,8 +68,12 @@ class KafkaSource:
         # last record delivered per partition (see the module docstring).
         self._seek_to: dict[tuple[str, int], int] = {}
         self._delivered: dict[tuple[str, int], int] = {}
-        # Checkpoint offsets not yet compared with their partition's end (see _check_ends).
+        # Checkpoint offsets not yet compared with their partition's end (see
+        # _check_ends), when to try again after a failure, and partitions reset
+        # to their start whose new offset the next poll reports.
         self._unchecked: set[tuple[str, int]] = set()
+        self._check_after = 0.0
+        self._reset: dict[tuple[str, int], int] = {}
         # Lag as of the last poll. Prometheus scrapes from its own thread and
         # KafkaConsumer is not thread-safe (position() may talk to the
         # coordinator), so the polling thread measures and the scrape reads.
@@ -98,6 +107,7 @@ class KafkaSource:
                 self._delivered.pop(key, None)
                 self._seek_to.pop(key, None)
                 self._unchecked.discard(key)
+                self._reset.pop(key, None)
         for tp in assigned:
             key = (tp.topic, tp.partition)
             if key in self._seek_to:
@@ -128,23 +138,31 @@ class KafkaSource:
         """
         assigned = {(tp.topic, tp.partition): tp for tp in self._consumer.assignment()}
         todo = [assigned[key] for key in self._unchecked if key in assigned]
-        if not todo:
+        if not todo or time.monotonic() < self._check_after:
             return
         try:
-            ends = self._consumer.end_offsets(todo)
+            ends = self._consumer.end_offsets(todo, timeout_ms=_OFFSETS_TIMEOUT_MS)
+            starts = self._consumer.beginning_offsets(todo, timeout_ms=_OFFSETS_TIMEOUT_MS)
         except KafkaError as e:
-            log.warning("could not read partition ends (will retry): %s", e)
+            # (Broker unreachable: the training loop must not block on this every poll.)
+            self._check_after = time.monotonic() + _OFFSETS_RETRY_S
+            log.warning("could not read partition offsets (retrying in %.0f s): %s",
+                        _OFFSETS_RETRY_S, e)
             return
         for tp in todo:
             key = (tp.topic, tp.partition)
             self._unchecked.discard(key)
             end, offset = ends.get(tp), self._seek_to.get(key)
             if end is not None and offset is not None and offset > end:
+                start = starts.get(tp, 0)
                 log.warning("%s/%d: checkpoint offset %d is past the end of the partition "
                             "(%d): the topic was recreated or truncated; reading it from "
-                            "the start", tp.topic, tp.partition, offset, end)
+                            "the start (%d)", tp.topic, tp.partition, offset, end, start)
                 self._seek_to.pop(key)
-                self._consumer.seek_to_beginning(tp)
+                self._consumer.seek(tp, start)
+                # The old offset must leave the loop's checkpoints and commits too,
+                # even if the new log stays empty: reported by the next poll.
+                self._delivered[key] = self._reset[key] = start
 
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
         if self._unchecked:
@@ -169,6 +187,9 @@ class KafkaSource:
             self._delivered[key] = offset
             self._seek_to.pop(key, None)  # read from: the position supersedes the checkpoint
             self._unchecked.discard(key)
+        for key, start in self._reset.items():
+            offsets.setdefault(key, start)
+        self._reset.clear()
         if self.metrics is not None:
             self._lag = self._measure_lag()
         assigned = [(tp.topic, tp.partition) for tp in self._consumer.assignment()]

@@ -7,7 +7,7 @@ replica has a model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +53,17 @@ def _features(features: Mapping[str, FeatureInput] | None) -> dict[str, event_pb
     return {k: to_feature_values(v) for k, v in (features or {}).items()}
 
 
-def to_feature_column(values: Sequence[str | int | float]) -> serving_pb2.FeatureColumn:
+def to_feature_column(values: Iterable[str | int | float]) -> serving_pb2.FeatureColumn:
     """One feature's value for every candidate -> FeatureColumn: all str -> strings,
-    all int -> ids, all float -> numbers (the types of :func:`to_feature_values`)."""
+    all int -> ids, all float -> numbers (the types of :func:`to_feature_values`).
+
+    Any iterable of them, numpy arrays included; not a single string.
+    """
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"a candidate column is a list of values, one per candidate, "
+                        f"not a single {type(values).__name__}")
+    tolist = getattr(values, "tolist", None)  # numpy: its elements as Python numbers
+    values = tolist() if callable(tolist) else list(values)
     kinds = set(map(type, values))
     if kinds == {str}:
         return serving_pb2.FeatureColumn(strings=values)
@@ -67,7 +75,7 @@ def to_feature_column(values: Sequence[str | int | float]) -> serving_pb2.Featur
                     f"{sorted(k.__name__ for k in kinds) or 'none'}")
 
 
-def _columns(columns: Mapping[str, Sequence[str | int | float]] | None
+def _columns(columns: Mapping[str, Iterable[str | int | float]] | None
              ) -> dict[str, serving_pb2.FeatureColumn]:
     return {k: to_feature_column(v) for k, v in (columns or {}).items()}
 
@@ -95,7 +103,7 @@ class RecommenderClient:
     def _request(self, cls: Any, user_id: int, item_ids: Sequence[int],
                  features: Mapping[str, FeatureInput] | None,
                  candidate_features: Sequence[Mapping[str, FeatureInput]] | None,
-                 candidate_columns: Mapping[str, Sequence[str | int | float]] | None,
+                 candidate_columns: Mapping[str, Iterable[str | int | float]] | None,
                  **extra: Any) -> Any:
         return cls(user_id=user_id, item_ids=list(item_ids), features=_features(features),
                    candidate_features=[serving_pb2.CandidateFeatures(features=_features(c))
@@ -105,7 +113,7 @@ class RecommenderClient:
     def predict(self, user_id: int, item_ids: Sequence[int],
                 features: Mapping[str, FeatureInput] | None = None,
                 candidate_features: Sequence[Mapping[str, FeatureInput]] | None = None,
-                candidate_columns: Mapping[str, Sequence[str | int | float]] | None = None
+                candidate_columns: Mapping[str, Iterable[str | int | float]] | None = None
                 ) -> Prediction:
         """One click probability per candidate, in order.
 
@@ -121,7 +129,7 @@ class RecommenderClient:
     def recommend(self, user_id: int, item_ids: Sequence[int], k: int = 10,
                   features: Mapping[str, FeatureInput] | None = None,
                   candidate_features: Sequence[Mapping[str, FeatureInput]] | None = None,
-                  candidate_columns: Mapping[str, Sequence[str | int | float]] | None = None
+                  candidate_columns: Mapping[str, Iterable[str | int | float]] | None = None
                   ) -> Recommendation:
         """The top ``k`` candidates by score (all of them for k = 0), best first."""
         request = self._request(serving_pb2.RecommendRequest, user_id, item_ids, features,

@@ -289,3 +289,18 @@ def test_a_checkpoint_offset_past_the_end_of_the_log_reads_it_from_the_start(
     assert len(got.events) == 10
     assert got.offsets == {(topic, 0): 10}
     assert "past the end of the partition" in caplog.text
+    # A new log still empty: the old offset must still leave the next checkpoint and
+    # commit (kept, it would skip the new log's first records once it grew past it).
+    empty = f"t-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_broker, [empty], partitions=1)
+    src = source(kafka_broker, empty, group + "-2")
+    try:
+        src.seek({(empty, 0): 1000})
+        reported: dict[tuple[str, int], int] = {}
+        for _ in range(30):
+            reported.update(src.poll(100, 0.5).offsets)
+            if reported:
+                break
+    finally:
+        src.close()
+    assert reported == {(empty, 0): 0}

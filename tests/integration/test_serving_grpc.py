@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
@@ -181,7 +182,15 @@ def test_bad_candidate_columns_get_invalid_argument_with_a_reason(served, traine
     channel.close()
     with pytest.raises(TypeError, match="one type"):
         client.predict(1, [1, 2], candidate_columns={"x": ["a", 1]})
+    with pytest.raises(TypeError, match="not a single str"):  # not split into characters
+        client.predict(1, [1, 2], candidate_columns={"category": "ab"})
     assert client.predict(1, [1, 2], candidate_columns={"x": [1, 2]}).model_version == 1
+    # Any iterable: a generator, a numpy array (of numpy numbers).
+    by_list = client.predict(1, [1, 2], candidate_columns={"price": [1.5, 2.5]}).scores
+    assert client.predict(1, [1, 2], candidate_columns={
+        "price": (p for p in (1.5, 2.5))}).scores == by_list
+    assert client.predict(1, [1, 2], candidate_columns={
+        "price": np.array([1.5, 2.5])}).scores == by_list
 
 
 def test_request_size_limit_is_max_request_bytes(served) -> None:
