@@ -21,6 +21,7 @@ __all__ = ["Batch", "Batcher", "dense_value"]
 _USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP = map(
     Event._fields.index, ("user_id", "item_id", "features", "label", "sample_rate",
                           "timestamp_ms"))
+_NATIVE_FIELDS = (_USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP)
 
 
 @dataclass
@@ -141,7 +142,11 @@ class Batcher:
         # Strings repeat (countries, categories): a dict hit instead of to_id's
         # type checks and digest memo, per value.
         self._ids = _IdMemo(1 << 16)
-        self._native_spec: tuple[int | str, ...] | None = None
+        # The one-pass builder's view of the schema: 0 / 1 for the event's
+        # user / item id, else the feature's name.
+        self._native_sparse = tuple({"user_id": 0, "item_id": 1}.get(f, f)
+                                    for f in self.sparse_features)
+        self._native_dense = tuple(self.dense_features)
 
     # Built column by column (one comprehension per feature over the whole
     # batch) rather than event by event: the batcher runs once per event on
@@ -188,13 +193,9 @@ class Batcher:
     def _build_native(self, events: Sequence[Event]) -> Batch | None:
         """:meth:`build` in one pass over the events (streamrec.native's batch.c),
         where every sparse feature has one value per example; else None."""
-        if self._native_spec is None:
-            self._native_spec = tuple({"user_id": 0, "item_id": 1}.get(f, f)
-                                      for f in self.sparse_features)
         columns = native.batch_columns(
-            list(events), self._native_spec,  # a private list: see batch.c
-            tuple(self.dense_features), self._ids,
-            (_USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP))
+            list(events),  # a private list: see batch.c
+            self._native_sparse, self._native_dense, self._ids, _NATIVE_FIELDS)
         if columns is None:
             return None
         values, dense, labels, rates, stamps = columns

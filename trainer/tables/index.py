@@ -81,20 +81,27 @@ class IdIndex:
         return (self._keys.numel() * 8 + self._tags.numel() * 8 + self._vals.numel() * 8
                 + self._state.numel() + self._free_rows.numel() * 8)
 
+    def _key_tags(self, tags: torch.Tensor | None) -> torch.Tensor | None:
+        """The tag of each slot (None for an untagged index), where ``tags`` come with
+        the ids; ValueError if a tagged index gets ids without them."""
+        if not self.tagged:
+            return None
+        if tags is None:
+            raise ValueError("a tagged IdIndex needs tags with every id")
+        return self._tags
+
     def _hash(self, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+        # (Callers checked the tags with _key_tags.)
         if self.tagged:
-            if tags is None:
-                raise ValueError("a tagged IdIndex needs tags with every id")
+            assert tags is not None
             return _slot_hash(ids + tags * _TAG_MULT, self._bits)
         return _slot_hash(ids, self._bits)
 
     def _find(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Slot of each id (of each ``(tag, id)`` in a tagged index), or -1 where absent."""
-        if self.tagged and tags is None:
-            raise ValueError("a tagged IdIndex needs tags with every id")
+        key_tags = self._key_tags(tags)
         if native.available() and ids.numel():
-            return native.index_find(self._keys, self._tags if self.tagged else None,
-                                     self._state, self._bits, ids, tags)
+            return native.index_find(self._keys, key_tags, self._state, self._bits, ids, tags)
         # index_select, not advanced indexing: several times faster on CPU.
         mask = (1 << self._bits) - 1
         slot = torch.full_like(ids, -1)
@@ -134,12 +141,10 @@ class IdIndex:
     def _place(self, ids: torch.Tensor, rows: torch.Tensor,
                tags: torch.Tensor | None = None) -> None:
         """Write ids known to be absent and unique into free slots."""
-        if self.tagged and tags is None:
-            raise ValueError("a tagged IdIndex needs tags with every id")
+        key_tags = self._key_tags(tags)
         if native.available() and ids.numel():
-            self._used += native.index_place(self._keys, self._tags if self.tagged else None,
-                                             self._vals, self._state, self._bits, ids, tags,
-                                             rows)
+            self._used += native.index_place(self._keys, key_tags, self._vals, self._state,
+                                             self._bits, ids, tags, rows)
             return
         mask = (1 << self._bits) - 1
         pos = self._hash(ids, tags)
