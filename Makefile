@@ -32,7 +32,7 @@ prometheus:
 
 # Regenerate protos/*_pb2*.py after editing a .proto (tests fail when stale).
 protos: setup
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. protos/*.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. streamrec/protos/*.proto
 	rm -f protos/event_pb2_grpc.py
 
 clean:

@@ -44,7 +44,7 @@ def run_arm(arm: str, path: str, threads: int) -> dict[str, float]:
             n = sum(1 for line in f if json.loads(line) is not None)
         return {"events": n, "seconds": time.perf_counter() - started}
 
-    from ingest.file_source import FileSource
+    from streamrec.ingest.file_source import FileSource
 
     if arm == "decode":
         from streamrec.runtime import tune_gc
@@ -59,11 +59,11 @@ def run_arm(arm: str, path: str, threads: int) -> dict[str, float]:
 
     import torch
 
-    from ingest.joiner import Joiner
+    from streamrec.ingest.joiner import Joiner
     from streamrec.config import load_config
     from streamrec.runtime import tune_gc
-    from trainer.loop import TrainingLoop
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.loop import TrainingLoop
+    from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(threads)
     config = load_config(env={}, overrides={"model.sparse_features": FEATURES,

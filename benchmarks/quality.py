@@ -52,13 +52,13 @@ from typing import Any
 import torch
 
 from benchmarks.report import format_table, write_result
-from ingest.batch import Batcher
-from ingest.event import Event
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import Event
 from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
 from streamrec import native
-from trainer.progressive import ProgressiveMetrics, exact_auc
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
+from streamrec.trainer.trainer import OnlineTrainer
 
 FEATURES = "user_id,item_id,category,country,hour"
 Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)

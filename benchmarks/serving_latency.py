@@ -71,7 +71,7 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 def run_client(args: argparse.Namespace) -> int:
     """Child: time ``--requests`` Predicts against ``--client``; latencies (s) as JSON."""
-    from serving.client import RecommenderClient
+    from streamrec.serving.client import RecommenderClient
 
     requests = _requests(args.candidates, args.requests + args.warmup, args.seed)
     if args.columns:  # (the application's data in that form already: not timed)
@@ -101,7 +101,7 @@ def _client(address: str, candidates: int, args: argparse.Namespace, tmp: Path,
 
 
 def _wait_ready(address: str, deadline_s: float = 60.0) -> None:
-    from serving.client import RecommenderClient
+    from streamrec.serving.client import RecommenderClient
 
     with RecommenderClient(address, timeout_s=1.0) as client:
         t0 = time.monotonic()
@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from prometheus_client import CollectorRegistry
 
-    from ingest.batch import Batcher
-    from serving.replica import ModelReplica
+    from streamrec.ingest.batch import Batcher
+    from streamrec.serving.replica import ModelReplica
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
-    from trainer.sync.sink import GrpcDeltaSink
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.sync.sink import GrpcDeltaSink
+    from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={

@@ -26,14 +26,14 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from benchmarks.report import format_table, write_result
-from ingest.batch import Batcher
-from serving.replica import ModelReplica
+from streamrec.ingest.batch import Batcher
+from streamrec.serving.replica import ModelReplica
 from streamrec.config import load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
-from trainer.progressive import ProgressiveMetrics
-from trainer.sync.publisher import Publisher
-from trainer.sync.sink import MemoryDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.progressive import ProgressiveMetrics
+from streamrec.trainer.sync.publisher import Publisher
+from streamrec.trainer.sync.sink import MemoryDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 EVENTS_PER_EVENT_SECOND = 200
 

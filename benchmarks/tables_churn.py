@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from benchmarks.report import format_table, write_result
-from ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher
 from streamrec.config import load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
-from trainer.progressive import ProgressiveMetrics
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.progressive import ProgressiveMetrics
+from streamrec.trainer.trainer import OnlineTrainer
 
 FEATURES = "user_id,item_id,category,country,hour"
 

@@ -1,54 +1,32 @@
-"""Ingestion: decode and validate events, read them from sources, join, batch.
+"""Ingestion: decode and validate events, read them from sources, join, batch."""
 
-``replay`` (file -> Kafka topic) stays in :mod:`ingest.replay`, so the package
-attribute keeps naming the module.
-"""
+from streamrec._lazy import lazy_exports
 
-from ingest.batch import Batch, Batcher
-from ingest.deadletter import (
-    DeadLetterSink,
-    FileDeadLetterSink,
-    KafkaDeadLetterSink,
-    MemoryDeadLetterSink,
-)
-from ingest.decode import (
-    decode_csv_row,
-    decode_json,
-    decode_protobuf,
-    decode_value,
-    encode_json,
-    encode_protobuf,
-)
-from ingest.event import Event
-from ingest.file_source import FileSource
-from ingest.iter_source import IteratorSource
-from ingest.joiner import Joiner
-from ingest.kafka_source import KafkaSource, create_topics
-from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
+_EXPORTS = {
+    "Batch": "streamrec.ingest.batch",
+    "Batcher": "streamrec.ingest.batch",
+    "DeadLetter": "streamrec.ingest.source",
+    "DeadLetterSink": "streamrec.ingest.deadletter",
+    "Event": "streamrec.ingest.event",
+    "EventSource": "streamrec.ingest.source",
+    "FileDeadLetterSink": "streamrec.ingest.deadletter",
+    "FileSource": "streamrec.ingest.file_source",
+    "IngestMetrics": "streamrec.ingest.metrics",
+    "IteratorSource": "streamrec.ingest.iter_source",
+    "Joiner": "streamrec.ingest.joiner",
+    "KafkaDeadLetterSink": "streamrec.ingest.deadletter",
+    "KafkaSource": "streamrec.ingest.kafka_source",
+    "MemoryDeadLetterSink": "streamrec.ingest.deadletter",
+    "MemorySource": "streamrec.ingest.source",
+    "SourceBatch": "streamrec.ingest.source",
+    "create_topics": "streamrec.ingest.kafka_source",
+    "decode_csv_row": "streamrec.ingest.decode",
+    "decode_json": "streamrec.ingest.decode",
+    "decode_protobuf": "streamrec.ingest.decode",
+    "decode_value": "streamrec.ingest.decode",
+    "encode_json": "streamrec.ingest.decode",
+    "encode_protobuf": "streamrec.ingest.decode",
+}
 
-__all__ = [
-    "Batch",
-    "Batcher",
-    "DeadLetter",
-    "DeadLetterSink",
-    "Event",
-    "EventSource",
-    "FileDeadLetterSink",
-    "FileSource",
-    "IngestMetrics",
-    "IteratorSource",
-    "Joiner",
-    "KafkaDeadLetterSink",
-    "KafkaSource",
-    "MemoryDeadLetterSink",
-    "MemorySource",
-    "SourceBatch",
-    "create_topics",
-    "decode_csv_row",
-    "decode_json",
-    "decode_protobuf",
-    "decode_value",
-    "encode_json",
-    "encode_protobuf",
-]
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

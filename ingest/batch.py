@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ingest.event import Event, FeatureValue
-from ingest.ids import INT64_MAX, INT64_MIN, to_id
+from streamrec.ingest.event import Event, FeatureValue
+from streamrec.ingest.ids import INT64_MAX, INT64_MIN, to_id
 from streamrec import native
 
 __all__ = ["Batch", "Batcher", "dense_value"]

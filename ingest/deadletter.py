@@ -9,10 +9,10 @@ import os
 import threading
 from typing import TYPE_CHECKING, Protocol
 
-from ingest.source import DeadLetter
+from streamrec.ingest.source import DeadLetter
 
 if TYPE_CHECKING:
-    from ingest.metrics import IngestMetrics
+    from streamrec.ingest.metrics import IngestMetrics
 
 __all__ = ["DeadLetterSink", "MemoryDeadLetterSink", "FileDeadLetterSink", "KafkaDeadLetterSink",
            "dead_letter_to_dict"]

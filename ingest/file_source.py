@@ -13,10 +13,10 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
-from ingest.decode import decode_csv_row
-from ingest.event import Event
-from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter, SourceBatch, decode_records
+from streamrec.ingest.decode import decode_csv_row
+from streamrec.ingest.event import Event
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import DeadLetter, SourceBatch, decode_records
 from streamrec.errors import DecodeError, StreamrecError
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from ingest.event import Event
-from ingest.source import SourceBatch
+from streamrec.ingest.event import Event
+from streamrec.ingest.source import SourceBatch
 from streamrec.errors import StreamrecError
 
 __all__ = ["IteratorSource"]

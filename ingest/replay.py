@@ -12,9 +12,9 @@ from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 from tqdm import tqdm
 
-from ingest.decode import encode_json, encode_protobuf
-from ingest.event import Event
-from ingest.file_source import FileSource
+from streamrec.ingest.decode import encode_json, encode_protobuf
+from streamrec.ingest.event import Event
+from streamrec.ingest.file_source import FileSource
 
 __all__ = ["replay", "ReplayStats"]
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import serving_pb2 as protos_dot_serving__pb2
+from streamrec.protos import serving_pb2 as streamrec_dot_protos_dot_serving__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/serving_pb2_grpc.py depends on'
+        + ' but the generated code in streamrec/protos/serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class RecommenderStub:
         """
         self.Predict = channel.unary_unary(
                 '/streamrec.serving.Recommender/Predict',
-                request_serializer=protos_dot_serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=protos_dot_serving__pb2.PredictResponse.FromString,
+                request_serializer=streamrec_dot_protos_dot_serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=streamrec_dot_protos_dot_serving__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.Recommend = channel.unary_unary(
                 '/streamrec.serving.Recommender/Recommend',
-                request_serializer=protos_dot_serving__pb2.RecommendRequest.SerializeToString,
-                response_deserializer=protos_dot_serving__pb2.RecommendResponse.FromString,
+                request_serializer=streamrec_dot_protos_dot_serving__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=streamrec_dot_protos_dot_serving__pb2.RecommendResponse.FromString,
                 _registered_method=True)
 
 
@@ -66,13 +66,13 @@ def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=protos_dot_serving__pb2.PredictRequest.FromString,
-                    response_serializer=protos_dot_serving__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=streamrec_dot_protos_dot_serving__pb2.PredictRequest.FromString,
+                    response_serializer=streamrec_dot_protos_dot_serving__pb2.PredictResponse.SerializeToString,
             ),
             'Recommend': grpc.unary_unary_rpc_method_handler(
                     servicer.Recommend,
-                    request_deserializer=protos_dot_serving__pb2.RecommendRequest.FromString,
-                    response_serializer=protos_dot_serving__pb2.RecommendResponse.SerializeToString,
+                    request_deserializer=streamrec_dot_protos_dot_serving__pb2.RecommendRequest.FromString,
+                    response_serializer=streamrec_dot_protos_dot_serving__pb2.RecommendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -100,8 +100,8 @@ class Recommender:
             request,
             target,
             '/streamrec.serving.Recommender/Predict',
-            protos_dot_serving__pb2.PredictRequest.SerializeToString,
-            protos_dot_serving__pb2.PredictResponse.FromString,
+            streamrec_dot_protos_dot_serving__pb2.PredictRequest.SerializeToString,
+            streamrec_dot_protos_dot_serving__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -127,8 +127,8 @@ class Recommender:
             request,
             target,
             '/streamrec.serving.Recommender/Recommend',
-            protos_dot_serving__pb2.RecommendRequest.SerializeToString,
-            protos_dot_serving__pb2.RecommendResponse.FromString,
+            streamrec_dot_protos_dot_serving__pb2.RecommendRequest.SerializeToString,
+            streamrec_dot_protos_dot_serving__pb2.RecommendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import sync_pb2 as protos_dot_sync__pb2
+from streamrec.protos import sync_pb2 as streamrec_dot_protos_dot_sync__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/sync_pb2_grpc.py depends on'
+        + ' but the generated code in streamrec/protos/sync_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class ParameterSyncStub:
         """
         self.Push = channel.stream_unary(
                 '/streamrec.sync.ParameterSync/Push',
-                request_serializer=protos_dot_sync__pb2.ParameterChunk.SerializeToString,
-                response_deserializer=protos_dot_sync__pb2.PushAck.FromString,
+                request_serializer=streamrec_dot_protos_dot_sync__pb2.ParameterChunk.SerializeToString,
+                response_deserializer=streamrec_dot_protos_dot_sync__pb2.PushAck.FromString,
                 _registered_method=True)
         self.GetVersion = channel.unary_unary(
                 '/streamrec.sync.ParameterSync/GetVersion',
-                request_serializer=protos_dot_sync__pb2.VersionRequest.SerializeToString,
-                response_deserializer=protos_dot_sync__pb2.VersionResponse.FromString,
+                request_serializer=streamrec_dot_protos_dot_sync__pb2.VersionRequest.SerializeToString,
+                response_deserializer=streamrec_dot_protos_dot_sync__pb2.VersionResponse.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_ParameterSyncServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Push': grpc.stream_unary_rpc_method_handler(
                     servicer.Push,
-                    request_deserializer=protos_dot_sync__pb2.ParameterChunk.FromString,
-                    response_serializer=protos_dot_sync__pb2.PushAck.SerializeToString,
+                    request_deserializer=streamrec_dot_protos_dot_sync__pb2.ParameterChunk.FromString,
+                    response_serializer=streamrec_dot_protos_dot_sync__pb2.PushAck.SerializeToString,
             ),
             'GetVersion': grpc.unary_unary_rpc_method_handler(
                     servicer.GetVersion,
-                    request_deserializer=protos_dot_sync__pb2.VersionRequest.FromString,
-                    response_serializer=protos_dot_sync__pb2.VersionResponse.SerializeToString,
+                    request_deserializer=streamrec_dot_protos_dot_sync__pb2.VersionRequest.FromString,
+                    response_serializer=streamrec_dot_protos_dot_sync__pb2.VersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class ParameterSync:
             request_iterator,
             target,
             '/streamrec.sync.ParameterSync/Push',
-            protos_dot_sync__pb2.ParameterChunk.SerializeToString,
-            protos_dot_sync__pb2.PushAck.FromString,
+            streamrec_dot_protos_dot_sync__pb2.ParameterChunk.SerializeToString,
+            streamrec_dot_protos_dot_sync__pb2.PushAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class ParameterSync:
             request,
             target,
             '/streamrec.sync.ParameterSync/GetVersion',
-            protos_dot_sync__pb2.VersionRequest.SerializeToString,
-            protos_dot_sync__pb2.VersionResponse.FromString,
+            streamrec_dot_protos_dot_sync__pb2.VersionRequest.SerializeToString,
+            streamrec_dot_protos_dot_sync__pb2.VersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,16 +1,17 @@
 """Serving replicas: parameters from the trainer in, CTR scores out over gRPC."""
 
-from serving.client import Prediction, Recommendation, RecommenderClient
-from serving.replica import EmbeddingTableReplica, ModelReplica
-from serving.server import Servers, create_server, serve
+from streamrec._lazy import lazy_exports
 
-__all__ = [
-    "ModelReplica",
-    "EmbeddingTableReplica",
-    "RecommenderClient",
-    "Prediction",
-    "Recommendation",
-    "Servers",
-    "create_server",
-    "serve",
-]
+_EXPORTS = {
+    "ModelReplica": "streamrec.serving.replica",
+    "EmbeddingTableReplica": "streamrec.serving.replica",
+    "RecommenderClient": "streamrec.serving.client",
+    "Prediction": "streamrec.serving.client",
+    "Recommendation": "streamrec.serving.client",
+    "Servers": "streamrec.serving.server",
+    "create_server": "streamrec.serving.server",
+    "serve": "streamrec.serving.server",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,47 +1,32 @@
 """streamrec: a streaming recommender with online training.
 
-The packages: ``ingest`` (events to batches), ``trainer`` (dynamic tables,
-model, online loop, parameter sync), ``serving`` (gRPC replicas), ``protos``
-(contracts). This package holds what spans them: config, errors, the CLI, and
-``native`` (C kernels of the training step and the batcher, built on first use).
+Subpackages: ``ingest`` (events to batches), ``trainer`` (the online step, loop,
+checkpoints, parameter publishing), ``serving`` (gRPC replicas), ``protos`` (the
+contracts), ``native`` (C kernels); ``client`` is the thin gRPC client, ``cli`` the
+command line. This module exposes the configuration and the error tree.
 """
 
-from streamrec.config import (
-    AppConfig,
-    IngestConfig,
-    MetricsConfig,
-    ModelConfig,
-    ServingConfig,
-    SyncConfig,
-    TableConfig,
-    TrainerConfig,
-    load_config,
-)
-from streamrec.errors import (
-    CheckpointError,
-    ConfigError,
-    DecodeError,
-    StreamrecError,
-    SyncError,
-    VersionGapError,
-)
+from streamrec._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AppConfig",
-    "IngestConfig",
-    "MetricsConfig",
-    "ModelConfig",
-    "ServingConfig",
-    "SyncConfig",
-    "TableConfig",
-    "TrainerConfig",
-    "load_config",
-    "CheckpointError",
-    "ConfigError",
-    "DecodeError",
-    "StreamrecError",
-    "SyncError",
-    "VersionGapError",
-]
+_EXPORTS = {
+    "AppConfig": "streamrec.config",
+    "IngestConfig": "streamrec.config",
+    "MetricsConfig": "streamrec.config",
+    "ModelConfig": "streamrec.config",
+    "ServingConfig": "streamrec.config",
+    "SyncConfig": "streamrec.config",
+    "TableConfig": "streamrec.config",
+    "TrainerConfig": "streamrec.config",
+    "load_config": "streamrec.config",
+    "CheckpointError": "streamrec.errors",
+    "ConfigError": "streamrec.errors",
+    "DecodeError": "streamrec.errors",
+    "StreamrecError": "streamrec.errors",
+    "SyncError": "streamrec.errors",
+    "VersionGapError": "streamrec.errors",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -124,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    from serving.server import serve  # torch: only once the config is known good
+    from streamrec.serving.server import serve  # torch: only once the config is known good
 
     tune_gc()
     try:
@@ -138,7 +138,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _input_file(args.file, "file")
     from kafka.errors import KafkaError
 
-    from ingest.replay import replay
+    from streamrec.ingest.replay import replay
     from streamrec.runtime import kafka_unreachable
 
     tune_gc()
@@ -233,8 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream=sys.stderr)
     # Our own packages log at INFO; third-party libraries (fbgemm announces
     # every kernel library it loads) only from WARNING unless --verbose.
-    for package in ("streamrec", "ingest", "trainer", "serving"):
-        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("streamrec").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # torchrec's import trips a torch.fx notice about tracing APIs, not about us.
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
     try:

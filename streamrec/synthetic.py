@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.decode import encode_json
-from ingest.event import EXAMPLE, Event
+from streamrec.ingest.decode import encode_json
+from streamrec.ingest.event import EXAMPLE, Event
 
 __all__ = [
     "SyntheticConfig",

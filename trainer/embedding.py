@@ -21,10 +21,10 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec import native
-from trainer.model import pool_features
-from trainer.tables.base import EmbeddingTable, expire_tables
-from trainer.tables.group import TableGroup, group_views, unique_pairs
-from trainer.tables.sort import unique
+from streamrec.trainer.model import pool_features
+from streamrec.trainer.tables.base import EmbeddingTable, expire_tables
+from streamrec.trainer.tables.group import TableGroup, group_views, unique_pairs
+from streamrec.trainer.tables.sort import unique
 
 __all__ = ["DynamicEmbeddingCollection"]
 

@@ -28,9 +28,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec import native
-from trainer.tables.base import expire_tables
-from trainer.tables.group import TableGroup, group_views, unique_pairs
-from trainer.tables.sort import stable_argsort
+from streamrec.trainer.tables.base import expire_tables
+from streamrec.trainer.tables.group import TableGroup, group_views, unique_pairs
+from streamrec.trainer.tables.sort import stable_argsort
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 

@@ -13,10 +13,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, bounds, config
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.trainer import OnlineTrainer
 
 
 def main(out_dir: str) -> None:

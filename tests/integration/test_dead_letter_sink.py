@@ -13,10 +13,10 @@ from kafka.future import Future
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from ingest.deadletter import KafkaDeadLetterSink
-from ingest.kafka_source import create_topics
-from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter
+from streamrec.ingest.deadletter import KafkaDeadLetterSink
+from streamrec.ingest.kafka_source import create_topics
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import DeadLetter
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, config
 from tests.integration.processes import ROOT, free_port
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.trainer import OnlineTrainer
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
-from ingest.kafka_source import create_topics
-from serving.client import RecommenderClient
+from streamrec.ingest.kafka_source import create_topics
+from streamrec.serving.client import RecommenderClient
 from streamrec.synthetic import default, write_jsonl
 from tests.integration.processes import ROOT, free_port, scrape, start_cli, stop, wait_until
 

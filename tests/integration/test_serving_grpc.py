@@ -14,18 +14,18 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from ingest.batch import Batcher
-from protos import event_pb2, serving_pb2, serving_pb2_grpc
-from serving.client import RecommenderClient
-from serving.replica import ModelReplica
-from serving.server import RECOMMENDER, Servers, create_server
+from streamrec.ingest.batch import Batcher
+from streamrec.protos import event_pb2, serving_pb2, serving_pb2_grpc
+from streamrec.serving.client import RecommenderClient
+from streamrec.serving.replica import ModelReplica
+from streamrec.serving.server import RECOMMENDER, Servers, create_server
 from streamrec.config import ServingConfig, load_config
 from streamrec.errors import SyncError
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.processes import free_port, start_cli, stop, wait_until
-from trainer.sync.delta import ParameterDelta, TableDelta
-from trainer.sync.sink import GrpcDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.sync.delta import ParameterDelta, TableDelta
+from streamrec.trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"

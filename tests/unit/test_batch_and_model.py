@@ -10,13 +10,13 @@ from types import MappingProxyType
 import pytest
 import torch
 
-from ingest.batch import Batch, Batcher, dense_value
-from ingest.event import Event
-from ingest.ids import hash_id, to_id
+from streamrec.ingest.batch import Batch, Batcher, dense_value
+from streamrec.ingest.event import Event
+from streamrec.ingest.ids import hash_id, to_id
 from streamrec.config import ModelConfig
 from streamrec.synthetic import PRESETS, SyntheticStream
 from streamrec import native
-from trainer.model import CTRModel, model_from_spec, model_spec, pool_features
+from streamrec.trainer.model import CTRModel, model_from_spec, model_spec, pool_features
 
 
 def event(user: int, item: int, **features: tuple) -> Event:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from streamrec.errors import CheckpointError
-from trainer.checkpoint import Checkpointer
+from streamrec.trainer.checkpoint import Checkpointer
 
 
 def test_a_write_that_fails_inside_torch_save_leaves_the_previous_checkpoint(
@@ -52,10 +52,10 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
     # table rows with their Adagrad state and last-seen times, the frequency
     # filter, history counts, OptEmbed thresholds, counters and the clock. The
     # restored trainer then scores and learns exactly like the original.
-    from ingest.batch import Batcher
+    from streamrec.ingest.batch import Batcher
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={
@@ -92,11 +92,11 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
 def test_a_resumed_loop_reads_on_from_the_checkpoints_offsets(tmp_path: Path) -> None:
     # Killed after a checkpoint at event 600: the next process restores the
     # trainer and reads on from event 600, so every event is learned once.
-    from ingest.source import MemorySource
+    from streamrec.ingest.source import MemorySource
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
-    from trainer.loop import TrainingLoop
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.loop import TrainingLoop
+    from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={"trainer.batch_size": "128"})
@@ -136,11 +136,11 @@ def test_dead_letters_are_durable_before_a_checkpoint_passes_their_offsets(
     # A checkpoint (and the commit after it) moves the resume point past the
     # rejected records: a restart never reads them again, so the sink must
     # hold them first. A sink that cannot confirm it skips the checkpoint.
-    from ingest.source import MemorySource
+    from streamrec.ingest.source import MemorySource
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
-    from trainer.loop import TrainingLoop
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.loop import TrainingLoop
+    from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={"trainer.batch_size": "64"})
@@ -170,8 +170,8 @@ def test_dead_letters_are_durable_before_a_checkpoint_passes_their_offsets(
 
 
 def test_the_file_sink_flushes_to_disk(tmp_path: Path) -> None:
-    from ingest.deadletter import FileDeadLetterSink
-    from ingest.source import DeadLetter
+    from streamrec.ingest.deadletter import FileDeadLetterSink
+    from streamrec.ingest.source import DeadLetter
 
     sink = FileDeadLetterSink(tmp_path / "dlq.jsonl")
     sink.put([DeadLetter(raw=b"x", kind="malformed", reason="r", origin="o")])
@@ -182,11 +182,11 @@ def test_the_file_sink_flushes_to_disk(tmp_path: Path) -> None:
 
 def _trained_loop(tmp_path: Path, **overrides: str) -> Any:
     """A loop over 300 synthetic events whose checkpoints go to ``tmp_path / 'ck'``."""
-    from ingest.source import MemorySource
+    from streamrec.ingest.source import MemorySource
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
-    from trainer.loop import TrainingLoop
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.loop import TrainingLoop
+    from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={"trainer.batch_size": "64", **overrides})
@@ -229,7 +229,7 @@ def test_a_refused_start_releases_the_checkpoint_directory(tmp_path: Path,
 
     from prometheus_client import CollectorRegistry
 
-    from ingest.decode import encode_json
+    from streamrec.ingest.decode import encode_json
     from streamrec import train
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
@@ -250,7 +250,7 @@ def test_a_refused_start_releases_the_checkpoint_directory(tmp_path: Path,
 
 def test_a_state_of_two_ranks_is_refused_by_one() -> None:
     from streamrec.config import load_config
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.trainer import OnlineTrainer
 
     config = load_config(env={})
     state = OnlineTrainer(config).state_dict()
@@ -289,9 +289,9 @@ def test_the_final_checkpoint_records_the_version_replicas_hold(tmp_path: Path) 
     # every restart found each replica "ahead" of the trainer.
     from prometheus_client import CollectorRegistry
 
-    from serving.replica import ModelReplica
-    from trainer.sync.publisher import Publisher
-    from trainer.sync.sink import MemoryDeltaSink
+    from streamrec.serving.replica import ModelReplica
+    from streamrec.trainer.sync.publisher import Publisher
+    from streamrec.trainer.sync.sink import MemoryDeltaSink
 
     loop = _trained_loop(tmp_path)
     replica = ModelReplica(registry=CollectorRegistry())
@@ -309,11 +309,11 @@ def test_offsets_of_a_partition_gone_to_another_consumer_are_neither_kept_nor_co
     # the group. Its last offset here must not be committed when it comes back
     # (the other member's commit is ahead: the group's offset went backwards),
     # nor kept in checkpoints (a restart re-trained what the other learned).
-    from ingest.source import SourceBatch
+    from streamrec.ingest.source import SourceBatch
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
-    from trainer.loop import TrainingLoop
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.loop import TrainingLoop
+    from streamrec.trainer.trainer import OnlineTrainer
 
     p0, p1 = ("events", 0), ("events", 1)
     events = list(SyntheticStream(default()).events(40))

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import TopicPartition
 
-from ingest.kafka_source import KafkaSource, _SeekOnAssign
+from streamrec.ingest.kafka_source import KafkaSource, _SeekOnAssign
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 RECORD = b'{"type":"example","user_id":1,"item_id":2,"timestamp_ms":1700000000000,"label":1}'

@@ -11,16 +11,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_generated_code_is_not_stale(tmp_path: Path) -> None:
-    (tmp_path / "protos").mkdir()
+    # Compiled as streamrec/protos/*.proto: the generated code imports
+    # streamrec.protos, the installed package's name.
+    out = tmp_path / "streamrec" / "protos"
+    out.mkdir(parents=True)
     for proto in (ROOT / "protos").glob("*.proto"):
-        shutil.copy(proto, tmp_path / "protos" / proto.name)
+        shutil.copy(proto, out / proto.name)
     protos = sorted(p.name for p in (ROOT / "protos").glob("*.proto"))
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{tmp_path}", f"--python_out={tmp_path}",
          f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
-         *(f"protos/{p}" for p in protos)],
+         *(f"streamrec/protos/{p}" for p in protos)],
         check=True, cwd=tmp_path)
-    generated = sorted(p for p in (tmp_path / "protos").iterdir() if p.suffix in (".py", ".pyi"))
+    generated = sorted(p for p in out.iterdir() if p.suffix in (".py", ".pyi"))
     # A .proto without services yields an empty *_grpc.py that `make protos` removes.
     without_services = {f"{p[:-len('.proto')]}_pb2_grpc.py" for p in protos
                         if "\nservice " not in (ROOT / "protos" / p).read_text()}

@@ -6,8 +6,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import TableConfig
-from trainer.embedding import DynamicEmbeddingCollection
-from trainer.tables.table import DynamicEmbeddingTable
+from streamrec.trainer.embedding import DynamicEmbeddingCollection
+from streamrec.trainer.tables.table import DynamicEmbeddingTable
 
 DIM = 4
 

@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ingest.event import Event
+from streamrec.ingest.event import Event
 from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream, default, drifting
 
 

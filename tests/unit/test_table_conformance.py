@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from streamrec.config import TableConfig
-from trainer.tables.base import EmbeddingTable
-from trainer.tables.filter import FrequencyFilter
-from trainer.tables.group import TableGroup
-from trainer.tables.sharded import ShardedEmbeddingTable
-from trainer.tables.table import DynamicEmbeddingTable
+from streamrec.trainer.tables.base import EmbeddingTable
+from streamrec.trainer.tables.filter import FrequencyFilter
+from streamrec.trainer.tables.group import TableGroup
+from streamrec.trainer.tables.sharded import ShardedEmbeddingTable
+from streamrec.trainer.tables.table import DynamicEmbeddingTable
 
 DIM = 5
 Factory = Callable[..., EmbeddingTable]

@@ -15,11 +15,11 @@ import math
 import pytest
 import torch
 
-from ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher
 from streamrec.config import load_config
 from streamrec.synthetic import SyntheticStream, default
-from trainer.progressive import ProgressiveMetrics, exact_auc
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
+from streamrec.trainer.trainer import OnlineTrainer
 
 EVENTS = 40_000
 WARM_UP = 15_000
@@ -98,8 +98,8 @@ def test_a_slow_stream_is_trained_without_waiting_for_a_full_batch() -> None:
     import threading
     import time
 
-    from ingest.source import MemorySource, SourceBatch
-    from trainer.loop import TrainingLoop
+    from streamrec.ingest.source import MemorySource, SourceBatch
+    from streamrec.trainer.loop import TrainingLoop
 
     class LiveSource(MemorySource):
         @property
@@ -154,8 +154,8 @@ def test_predictions_stay_calibrated_under_negative_down_sampling() -> None:
     # the true stream's 5%, not the sampled stream's ~34%.
     import random
 
-    from ingest.event import EXAMPLE, Event
-    from ingest.joiner import Joiner
+    from streamrec.ingest.event import EXAMPLE, Event
+    from streamrec.ingest.joiner import Joiner
 
     torch.set_num_threads(1)
     rng = random.Random(0)
@@ -253,9 +253,9 @@ def test_under_steady_load_batches_are_full_and_none_waits_past_the_delay(
     # waited 1 s, not before, not much after.
     import types
 
-    import trainer.loop as loop_module
-    from ingest.source import SourceBatch
-    from trainer.loop import TrainingLoop
+    import streamrec.trainer.loop as loop_module
+    from streamrec.ingest.source import SourceBatch
+    from streamrec.trainer.loop import TrainingLoop
 
     clock = [0.0]
     monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
@@ -339,7 +339,7 @@ def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> No
     # and learns from the next batch as usual.
     from prometheus_client import CollectorRegistry
 
-    from trainer.metrics import TrainerMetrics
+    from streamrec.trainer.metrics import TrainerMetrics
 
     trainer, batcher = trainer_and_batcher({"trainer.batch_size": "64"})
     registry = CollectorRegistry()
@@ -372,9 +372,9 @@ def test_the_loop_does_not_count_a_skipped_batch_as_learned() -> None:
     # every batch is skipped must not look healthy.
     from prometheus_client import CollectorRegistry
 
-    from ingest.source import MemorySource
-    from trainer.loop import TrainingLoop
-    from trainer.metrics import TrainerMetrics
+    from streamrec.ingest.source import MemorySource
+    from streamrec.trainer.loop import TrainingLoop
+    from streamrec.trainer.metrics import TrainerMetrics
 
     trainer, _ = trainer_and_batcher({"trainer.batch_size": "64"})
     registry = CollectorRegistry()
@@ -399,7 +399,7 @@ def test_progressive_logloss_is_the_true_streams_under_negative_down_sampling() 
     # whose true-stream logloss is ~0.33.
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-    from ingest.batch import Batch
+    from streamrec.ingest.batch import Batch
 
     torch.manual_seed(0)
     trainer, _ = trainer_and_batcher({"model.history_features": ""})

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from protos import sync_pb2
+from streamrec.protos import sync_pb2
 from streamrec.errors import SyncError
 
 __all__ = ["TableDelta", "ParameterDelta", "encode_chunks", "decode_chunks", "merge_deltas"]

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
-from protos import sync_pb2, sync_pb2_grpc
+from streamrec.protos import sync_pb2, sync_pb2_grpc
 from streamrec.config import MAX_CHUNK_BYTES, SYNC_MAX_MESSAGE_BYTES
 from streamrec.errors import SyncError, VersionGapError
-from trainer.sync.delta import ParameterDelta, encode_chunks
+from streamrec.trainer.sync.delta import ParameterDelta, encode_chunks
 
 if TYPE_CHECKING:
-    from serving.replica import ModelReplica
+    from streamrec.serving.replica import ModelReplica
 
 __all__ = ["DeltaSink", "GrpcDeltaSink", "MemoryDeltaSink"]
 

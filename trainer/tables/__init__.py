@@ -1,26 +1,22 @@
 """Dynamic embedding tables: collisionless, frequency-filtered, expirable, prunable, sharded."""
 
-from trainer.tables.base import EmbeddingTable, make_table, make_tables
-from trainer.tables.distributed import DistributedEmbeddingTable
-from trainer.tables.filter import FrequencyFilter
-from trainer.tables.group import GroupTableView, TableGroup
-from trainer.tables.index import IdIndex
-from trainer.tables.sharded import ShardedEmbeddingTable, shard_of
-from trainer.tables.rows import TableStats, id_normal
-from trainer.tables.table import DynamicEmbeddingTable
+from streamrec._lazy import lazy_exports
 
-__all__ = [
-    "EmbeddingTable",
-    "make_table",
-    "make_tables",
-    "GroupTableView",
-    "TableGroup",
-    "FrequencyFilter",
-    "IdIndex",
-    "DynamicEmbeddingTable",
-    "DistributedEmbeddingTable",
-    "ShardedEmbeddingTable",
-    "TableStats",
-    "shard_of",
-    "id_normal",
-]
+_EXPORTS = {
+    "EmbeddingTable": "streamrec.trainer.tables.base",
+    "make_table": "streamrec.trainer.tables.base",
+    "make_tables": "streamrec.trainer.tables.base",
+    "GroupTableView": "streamrec.trainer.tables.group",
+    "TableGroup": "streamrec.trainer.tables.group",
+    "FrequencyFilter": "streamrec.trainer.tables.filter",
+    "IdIndex": "streamrec.trainer.tables.index",
+    "DynamicEmbeddingTable": "streamrec.trainer.tables.table",
+    "DistributedEmbeddingTable": "streamrec.trainer.tables.distributed",
+    "ShardedEmbeddingTable": "streamrec.trainer.tables.sharded",
+    "TableStats": "streamrec.trainer.tables.rows",
+    "shard_of": "streamrec.trainer.tables.sharded",
+    "id_normal": "streamrec.trainer.tables.rows",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from trainer.tables.sort import unique
+from streamrec.trainer.tables.sort import unique
 
 __all__ = ["FrequencyFilter"]
 

@@ -35,10 +35,10 @@ import torch
 
 from streamrec.config import TableConfig
 from streamrec import native
-from trainer.tables.filter import FrequencyFilter
-from trainer.tables.index import IdIndex
-from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
-from trainer.tables.sort import unique, unique_np
+from streamrec.trainer.tables.filter import FrequencyFilter
+from streamrec.trainer.tables.index import IdIndex
+from streamrec.trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
+from streamrec.trainer.tables.sort import unique, unique_np
 
 __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from streamrec.config import TableConfig
-from trainer.tables.group import GroupTableView, TableGroup
+from streamrec.trainer.tables.group import GroupTableView, TableGroup
 
 __all__ = ["DynamicEmbeddingTable"]
 
