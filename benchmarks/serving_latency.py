@@ -71,7 +71,7 @@ def _stats(seconds: list[float]) -> dict[str, float]:
 
 def run_client(args: argparse.Namespace) -> int:
     """Child: time ``--requests`` Predicts against ``--client``; latencies (s) as JSON."""
-    from streamrec.serving.client import RecommenderClient
+    from streamrec.client import RecommenderClient
 
     requests = _requests(args.candidates, args.requests + args.warmup, args.seed)
     if args.columns:  # (the application's data in that form already: not timed)
@@ -101,7 +101,7 @@ def _client(address: str, candidates: int, args: argparse.Namespace, tmp: Path,
 
 
 def _wait_ready(address: str, deadline_s: float = 60.0) -> None:
-    from streamrec.serving.client import RecommenderClient
+    from streamrec.client import RecommenderClient
 
     with RecommenderClient(address, timeout_s=1.0) as client:
         t0 = time.monotonic()

@@ -214,8 +214,8 @@ class DynamicArm(Arm):
     def __init__(self, args: argparse.Namespace, names: list[str]) -> None:
         super().__init__(args, names)
         from streamrec.config import TableConfig
-        from streamrec.trainer.embedding import DynamicEmbeddingCollection
-        from streamrec.trainer.tables.base import make_table, make_tables
+        from streamrec.model.embedding import DynamicEmbeddingCollection
+        from streamrec.model.tables.base import make_table, make_tables
         config = TableConfig(min_count=args.min_count, ttl_s=args.ttl_s, shards=args.shards,
                              initial_capacity=args.initial_capacity, lr=args.lr)
         if args.per_feature:

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+try:
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+except ModuleNotFoundError as e:  # not declared in the package metadata: see pyproject.toml
+    raise ImportError("streamrec needs torchrec: pip install --no-deps torchrec==1.8.0 (its "
+                      "metadata asks for the CUDA fbgemm-gpu; fbgemm-gpu-cpu serves it)") from e
 
 from streamrec.ingest.event import Event, FeatureValue
 from streamrec.ingest.ids import INT64_MAX, INT64_MIN, to_id

@@ -28,17 +28,13 @@ from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import FeatureValue
 from streamrec.serving.metrics import ServingMetrics
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
-from streamrec.trainer.embedding import DynamicEmbeddingCollection
-from streamrec.trainer.history import HistoryFeatures, history_table_name
-from streamrec.trainer.model import CTRModel, model_from_spec
-from streamrec.trainer.sync.delta import ParameterDelta
-from streamrec.trainer.tables.index import IdIndex
+from streamrec.model.embedding import DynamicEmbeddingCollection, split_thresholds
+from streamrec.model.history import HistoryFeatures, history_table_name
+from streamrec.model.ctr import CTRModel, model_from_spec
+from streamrec.model.delta import ParameterDelta
+from streamrec.model.tables.index import IdIndex
 
-__all__ = ["ModelReplica", "EmbeddingTableReplica", "PRUNE_THRESHOLD_PREFIX"]
-
-# Dense tensors named "<prefix><feature>" carry OptEmbed's learned
-# threshold for that feature (see OnlineTrainer._dense_state).
-PRUNE_THRESHOLD_PREFIX = "prune_threshold/"
+__all__ = ["ModelReplica", "EmbeddingTableReplica"]
 
 Features = Mapping[str, Sequence[FeatureValue]]
 
@@ -156,14 +152,14 @@ class _State:
         """
         if delta.dense:
             want = {k: v.shape for k, v in self.model.state_dict().items()}
-            got = {k: v.shape for k, v in delta.dense.items()
-                   if not k.startswith(PRUNE_THRESHOLD_PREFIX)}
+            weights, thresholds = split_thresholds(delta.dense)
+            got = {k: v.shape for k, v in weights.items()}
             if want != got:
                 wrong = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
                 raise SyncError(f"dense weights do not fit the model spec: {wrong[:5]}")
-            for k, v in delta.dense.items():
-                if k.startswith(PRUNE_THRESHOLD_PREFIX) and v.numel() != 1:
-                    raise SyncError(f"{k}: a threshold is one value, got shape {tuple(v.shape)}")
+            for f, v in thresholds.items():
+                if v.numel() != 1:
+                    raise SyncError(f"{f}: a threshold is one value, got shape {tuple(v.shape)}")
         for t in delta.tables:
             table = self.tables.get(t.table)
             if table is None or table.dim != t.dim:
@@ -173,9 +169,7 @@ class _State:
                                 f"{tuple(t.rows.shape)}")
 
     def set_dense(self, dense: Mapping[str, torch.Tensor]) -> None:
-        thresholds = {k[len(PRUNE_THRESHOLD_PREFIX):]: v for k, v in dense.items()
-                      if k.startswith(PRUNE_THRESHOLD_PREFIX)}
-        weights = {k: v for k, v in dense.items() if not k.startswith(PRUNE_THRESHOLD_PREFIX)}
+        weights, thresholds = split_thresholds(dense)
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as e:
@@ -185,9 +179,7 @@ class _State:
             # the collection's mask for them (alpha only matters in training).
             self.embeddings = DynamicEmbeddingCollection(
                 self.embeddings.tables, {f: 1.0 for f in thresholds})
-        with torch.no_grad():
-            for f, i in self.embeddings._pruned_index.items():
-                self.embeddings.thresholds[i] = thresholds[f].reshape(())
+        self.embeddings.set_thresholds(thresholds)
 
     def apply_tables(self, delta: ParameterDelta) -> None:
         for t in delta.tables:

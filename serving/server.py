@@ -31,7 +31,7 @@ from streamrec.serving.replica import Features, ModelReplica
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
-from streamrec.trainer.sync.delta import decode_chunks
+from streamrec.model.delta import decode_chunks
 
 __all__ = ["create_server", "serve", "Servers", "features_from_proto"]
 

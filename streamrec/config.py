@@ -160,7 +160,7 @@ class ModelConfig:
     embedding_dim: int = 8
     hidden: list[int] = field(default_factory=list)
     # Per-id outcome counts as features, exact per event within a batch
-    # (trainer/history.py); each must also be a sparse feature. By default
+    # (streamrec/model/history.py); each must also be a sparse feature. By default
     # user_id and item_id, where they are sparse features: on every synthetic
     # stream they add 0.008-0.033 progressive AUC (issue 4). "" turns them off.
     history_features: list[str] = field(default_factory=lambda: _DefaultHistory(DEFAULT_HISTORY))

@@ -22,15 +22,15 @@ from streamrec.ingest.batch import Batch
 from streamrec.config import AppConfig
 from streamrec.errors import CheckpointError, ConfigError
 from streamrec.trainer.checkpoint import describe
-from streamrec.trainer.embedding import DynamicEmbeddingCollection
-from streamrec.trainer.history import HistoryFeatures, history_table_name
-from streamrec.trainer.model import CTRModel, model_spec
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.history import HistoryFeatures, history_table_name
+from streamrec.model.ctr import CTRModel, model_spec
 from streamrec.trainer.progressive import ProgressiveMetrics
-from streamrec.trainer.sync.delta import ParameterDelta, TableDelta
-from streamrec.trainer.tables.base import EmbeddingTable, make_tables
-from streamrec.trainer.tables.distributed import DistributedEmbeddingTable
-from streamrec.trainer.tables.group import GroupTableView
-from streamrec.trainer.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
+from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.tables.base import EmbeddingTable, make_tables
+from streamrec.model.tables.distributed import DistributedEmbeddingTable
+from streamrec.model.tables.group import GroupTableView
+from streamrec.model.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
 
 __all__ = ["OnlineTrainer", "StepResult"]
 
@@ -260,13 +260,8 @@ class OnlineTrainer:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def _sync_dense(self) -> dict[str, torch.Tensor]:
-        # Serving applies the same OptEmbed mask, so it needs the thresholds
-        # (named as serving.replica.PRUNE_THRESHOLD_PREFIX expects).
-        dense = self._dense_state()
-        thresholds = self.embeddings.thresholds.detach()
-        for feature, i in self.embeddings._pruned_index.items():
-            dense[f"prune_threshold/{feature}"] = thresholds[i].clone()
-        return dense
+        # Serving applies the same OptEmbed mask, so it needs the thresholds.
+        return {**self._dense_state(), **self.embeddings.threshold_state()}
 
     def collect_delta(self, version: int) -> ParameterDelta:
         """Rows touched and ids evicted since the previous call, plus dense weights."""

@@ -324,7 +324,7 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
 
 def index_find(keys: torch.Tensor, key_tags: torch.Tensor | None, state: torch.Tensor,
                bits: int, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
-    """trainer.tables.index.IdIndex._find over its slot arrays (``key_tags`` None: untagged)."""
+    """streamrec.model.tables.index.IdIndex._find over its slot arrays (``key_tags`` None: untagged)."""
     assert ids.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
     ids = ids.contiguous()
     tags = tags.contiguous() if tags is not None else None
@@ -337,7 +337,7 @@ def index_find(keys: torch.Tensor, key_tags: torch.Tensor | None, state: torch.T
 def index_place(keys: torch.Tensor, key_tags: torch.Tensor | None, vals: torch.Tensor,
                 state: torch.Tensor, bits: int, ids: torch.Tensor, tags: torch.Tensor | None,
                 rows: torch.Tensor) -> int:
-    """trainer.tables.index.IdIndex._place, in place; returns the empty slots it used."""
+    """streamrec.model.tables.index.IdIndex._place, in place; returns the empty slots it used."""
     assert ids.dtype == rows.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
     ids, rows = ids.contiguous(), rows.contiguous()
     tags = tags.contiguous() if tags is not None else None
@@ -347,7 +347,7 @@ def index_place(keys: torch.Tensor, key_tags: torch.Tensor | None, vals: torch.T
 
 
 def id_normal(ids: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
-    """trainer.tables.rows.id_normal's ``[len(ids), dim]`` (``offset``: its seed offset)."""
+    """streamrec.model.tables.rows.id_normal's ``[len(ids), dim]`` (``offset``: its seed offset)."""
     ids = ids.contiguous()
     assert ids.dtype == torch.int64
     out = torch.empty((ids.numel(), dim), dtype=torch.float32)

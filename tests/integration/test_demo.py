@@ -8,7 +8,7 @@ import urllib.request
 import pytest
 
 from streamrec.config import load_config
-from streamrec.demo import run_demo
+from streamrec.cli.demo import run_demo
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ import torch
 from kafka import KafkaProducer
 
 from streamrec.ingest.kafka_source import create_topics
-from streamrec.serving.client import RecommenderClient
+from streamrec.client import RecommenderClient
 from streamrec.synthetic import default, write_jsonl
 from tests.integration.processes import ROOT, free_port, scrape, start_cli, stop, wait_until
 

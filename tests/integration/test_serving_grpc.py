@@ -16,14 +16,14 @@ from prometheus_client import CollectorRegistry
 
 from streamrec.ingest.batch import Batcher
 from streamrec.protos import event_pb2, serving_pb2, serving_pb2_grpc
-from streamrec.serving.client import RecommenderClient
+from streamrec.client import RecommenderClient
 from streamrec.serving.replica import ModelReplica
 from streamrec.serving.server import RECOMMENDER, Servers, create_server
 from streamrec.config import ServingConfig, load_config
 from streamrec.errors import SyncError
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.processes import free_port, start_cli, stop, wait_until
-from streamrec.trainer.sync.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import ParameterDelta, TableDelta
 from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
 

@@ -16,7 +16,7 @@ from streamrec.ingest.ids import hash_id, to_id
 from streamrec.config import ModelConfig
 from streamrec.synthetic import PRESETS, SyntheticStream
 from streamrec import native
-from streamrec.trainer.model import CTRModel, model_from_spec, model_spec, pool_features
+from streamrec.model.ctr import CTRModel, model_from_spec, model_spec, pool_features
 
 
 def event(user: int, item: int, **features: tuple) -> Event:

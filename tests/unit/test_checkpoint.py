@@ -230,7 +230,7 @@ def test_a_refused_start_releases_the_checkpoint_directory(tmp_path: Path,
     from prometheus_client import CollectorRegistry
 
     from streamrec.ingest.decode import encode_json
-    from streamrec import train
+    from streamrec.cli import train
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
 

@@ -85,7 +85,7 @@ def test_the_joiners_pending_limit_comes_from_the_config(tmp_path: Path) -> None
     from streamrec.ingest.decode import encode_json
     from streamrec.ingest.event import Event
     from streamrec.config import load_config
-    from streamrec.evaluate import evaluate
+    from streamrec.cli.evaluate import evaluate
 
     t0 = 1_700_000_000_000
     shows = [Event("impression", i, 100 + i, t0 + i, request_id=f"r{i}") for i in range(20)]

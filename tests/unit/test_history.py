@@ -6,8 +6,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import TableConfig
-from streamrec.trainer.history import HistoryFeatures, history_inputs, history_table_name
-from streamrec.trainer.tables.table import DynamicEmbeddingTable
+from streamrec.model.history import HistoryFeatures, history_inputs, history_table_name
+from streamrec.model.tables.table import DynamicEmbeddingTable
 
 
 def users(ids: list[int]) -> KeyedJaggedTensor:
@@ -64,7 +64,7 @@ def test_inputs_are_neutral_for_an_unseen_id() -> None:
 def test_grouped_history_tables_count_like_separate_ones() -> None:
     # Two history features whose ids overlap, looked up together through one
     # TableGroup, give the counts two separate tables give.
-    from streamrec.trainer.tables.base import make_table, make_tables
+    from streamrec.model.tables.base import make_table, make_tables
     features = ["user_id", "item_id"]
     names = [history_table_name(f) for f in features]
     config = TableConfig(initial_capacity=16, init_std=0.0)

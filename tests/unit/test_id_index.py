@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.trainer.tables.index import IdIndex
+from streamrec.model.tables.index import IdIndex
 
 INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
 

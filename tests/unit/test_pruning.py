@@ -6,8 +6,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import TableConfig
-from streamrec.trainer.embedding import DynamicEmbeddingCollection
-from streamrec.trainer.tables.table import DynamicEmbeddingTable
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.tables.table import DynamicEmbeddingTable
 
 DIM = 4
 

@@ -18,7 +18,7 @@ from streamrec.serving.replica import ModelReplica
 from streamrec.config import AppConfig, load_config
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from streamrec.synthetic import SyntheticStream, default
-from streamrec.trainer.sync.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks, \
+from streamrec.model.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks, \
     merge_deltas
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import MemoryDeltaSink

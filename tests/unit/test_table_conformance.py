@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from streamrec.config import TableConfig
-from streamrec.trainer.tables.base import EmbeddingTable
-from streamrec.trainer.tables.filter import FrequencyFilter
-from streamrec.trainer.tables.group import TableGroup
-from streamrec.trainer.tables.sharded import ShardedEmbeddingTable
-from streamrec.trainer.tables.table import DynamicEmbeddingTable
+from streamrec.model.tables.base import EmbeddingTable
+from streamrec.model.tables.filter import FrequencyFilter
+from streamrec.model.tables.group import TableGroup
+from streamrec.model.tables.sharded import ShardedEmbeddingTable
+from streamrec.model.tables.table import DynamicEmbeddingTable
 
 DIM = 5
 Factory = Callable[..., EmbeddingTable]

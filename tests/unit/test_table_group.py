@@ -11,10 +11,10 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import TableConfig
-from streamrec.trainer.embedding import DynamicEmbeddingCollection
-from streamrec.trainer.tables.base import make_table, make_tables
-from streamrec.trainer.tables.filter import FrequencyFilter
-from streamrec.trainer.tables.group import GroupTableView
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.tables.base import make_table, make_tables
+from streamrec.model.tables.filter import FrequencyFilter
+from streamrec.model.tables.group import GroupTableView
 
 FEATURES = ["user", "item", "tag"]
 DIM = 4
@@ -121,7 +121,7 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
 @pytest.mark.parametrize("kernels", ["native", "sorting"])
 def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids(kernels: str) -> None:
     from streamrec import native
-    from streamrec.trainer.tables.group import unique_pairs
+    from streamrec.model.tables.group import unique_pairs
     with native.disabled() if kernels == "sorting" else contextlib.nullcontext():
         _check_unique_pairs(unique_pairs)
 

@@ -1,12 +1,9 @@
-"""Parameter sync: versioned deltas from the trainer to serving replicas."""
+"""Parameter sync: the publisher of versioned deltas and the sinks that carry them
+(the delta codec is :mod:`streamrec.model.delta`)."""
 
 from streamrec._lazy import lazy_exports
 
 _EXPORTS = {
-    "ParameterDelta": "streamrec.trainer.sync.delta",
-    "TableDelta": "streamrec.trainer.sync.delta",
-    "encode_chunks": "streamrec.trainer.sync.delta",
-    "decode_chunks": "streamrec.trainer.sync.delta",
     "Publisher": "streamrec.trainer.sync.publisher",
     "ParameterSource": "streamrec.trainer.sync.publisher",
     "DeltaSink": "streamrec.trainer.sync.sink",

@@ -34,7 +34,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 
 from streamrec.errors import SyncError, VersionGapError
-from streamrec.trainer.sync.delta import ParameterDelta, merge_deltas
+from streamrec.model.delta import ParameterDelta, merge_deltas
 from streamrec.trainer.sync.metrics import SyncMetrics
 from streamrec.trainer.sync.sink import DeltaSink
 

@@ -8,17 +8,23 @@ the delta's base (the publisher then sends a full snapshot) and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import grpc
 
 from streamrec.protos import sync_pb2, sync_pb2_grpc
 from streamrec.config import MAX_CHUNK_BYTES, SYNC_MAX_MESSAGE_BYTES
 from streamrec.errors import SyncError, VersionGapError
-from streamrec.trainer.sync.delta import ParameterDelta, encode_chunks
+from streamrec.model.delta import ParameterDelta, encode_chunks
 
-if TYPE_CHECKING:
-    from streamrec.serving.replica import ModelReplica
+
+class DeltaApplier(Protocol):
+    """What :class:`MemoryDeltaSink` pushes to: a serving replica in this process."""
+
+    @property
+    def version(self) -> int: ...
+
+    def apply(self, delta: ParameterDelta) -> None: ...
 
 __all__ = ["DeltaSink", "GrpcDeltaSink", "MemoryDeltaSink"]
 
@@ -72,7 +78,7 @@ class GrpcDeltaSink:
 class MemoryDeltaSink:
     """Applies deltas straight to an in-process replica (tests, single-process setups)."""
 
-    def __init__(self, replica: ModelReplica) -> None:
+    def __init__(self, replica: DeltaApplier) -> None:
         self.replica = replica
         self.pushed = 0
 

@@ -25,12 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec import native
-from streamrec.trainer.tables.base import expire_tables
-from streamrec.trainer.tables.group import TableGroup, group_views, unique_pairs
-from streamrec.trainer.tables.sort import stable_argsort
+from streamrec.model.tables.base import expire_tables
+from streamrec.model.tables.group import TableGroup, group_views, unique_pairs
+from streamrec.model.tables.sort import stable_argsort
+from streamrec.ingest.batch import KeyedJaggedTensor
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 

@@ -6,7 +6,7 @@ that touches only the rows a batch used. Autograd sees one small leaf tensor
 per table group (the batch's unique rows), never the whole table, so a step
 costs O(ids in the batch), whatever the table size.
 
-Tables that are views of one :class:`~trainer.tables.group.TableGroup` (what
+Tables that are views of one :class:`~streamrec.model.tables.group.TableGroup` (what
 ``make_tables`` builds for features sharing a config) are handled together:
 one dedup, one lookup, one pooling and one update for all of them, as fbgemm's
 TableBatchedEmbeddingBags does for static tables. Other tables (sharded,
@@ -18,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec import native
-from streamrec.trainer.model import pool_features
-from streamrec.trainer.tables.base import EmbeddingTable, expire_tables
-from streamrec.trainer.tables.group import TableGroup, group_views, unique_pairs
-from streamrec.trainer.tables.sort import unique
+from streamrec.model.ctr import pool_features
+from streamrec.model.tables.base import EmbeddingTable, expire_tables
+from streamrec.model.tables.group import TableGroup, group_views, unique_pairs
+from streamrec.model.tables.sort import unique
+from streamrec.ingest.batch import KeyedJaggedTensor
 
 __all__ = ["DynamicEmbeddingCollection"]
 
@@ -50,6 +50,19 @@ def _masked(rows: torch.Tensor, margin: torch.Tensor, on: torch.Tensor | None = 
     return rows * step.unsqueeze(1) + (rows - rows.detach()) * off.unsqueeze(1)
 
 
+# A delta's dense tensors named "<prefix><feature>" carry that feature's OptEmbed
+# threshold, so that serving applies the same mask as training.
+PRUNE_THRESHOLD_PREFIX = "prune_threshold/"
+
+
+def split_thresholds(dense: Mapping[str, torch.Tensor]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(model weights, thresholds by feature)`` of a delta's dense tensors."""
+    n = len(PRUNE_THRESHOLD_PREFIX)
+    thresholds = {k[n:]: v for k, v in dense.items() if k.startswith(PRUNE_THRESHOLD_PREFIX)}
+    weights = {k: v for k, v in dense.items() if not k.startswith(PRUNE_THRESHOLD_PREFIX)}
+    return weights, thresholds
+
 class DynamicEmbeddingCollection:
     """Pools each feature's rows and applies row-wise Adagrad after backward.
 
@@ -69,6 +82,17 @@ class DynamicEmbeddingCollection:
         self.thresholds = torch.nn.Parameter(torch.zeros(len(self.prune_alpha)))
         # Features by the group that holds their tables; the rest go one by one.
         self._groups, self._single = group_views(self.tables)
+
+    def threshold_state(self) -> dict[str, torch.Tensor]:
+        """The pruned features' thresholds as named dense tensors, for deltas."""
+        values = self.thresholds.detach()
+        return {PRUNE_THRESHOLD_PREFIX + f: values[i].clone() for f, i in self._pruned_index.items()}
+
+    def set_thresholds(self, by_feature: Mapping[str, torch.Tensor]) -> None:
+        """Load every pruned feature's threshold (one value each) from ``by_feature``."""
+        with torch.no_grad():
+            for f, i in self._pruned_index.items():
+                self.thresholds[i] = by_feature[f].reshape(())
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Dense parameters to train with the model's optimizer (the thresholds)."""

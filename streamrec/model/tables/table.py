@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 
 from streamrec.config import TableConfig
-from streamrec.trainer.tables.group import GroupTableView, TableGroup
+from streamrec.model.tables.group import GroupTableView, TableGroup
 
 __all__ = ["DynamicEmbeddingTable"]
 
@@ -34,7 +34,7 @@ class DynamicEmbeddingTable(GroupTableView):
     :meth:`update`; -1 stands for "no row" (an id not admitted yet), which reads
     as zeros and takes no update. Not thread-safe: the trainer serialises calls.
 
-    It is a :class:`~trainer.tables.group.TableGroup` of one table, so there is
+    It is a :class:`~streamrec.model.tables.group.TableGroup` of one table, so there is
     one implementation of the table semantics: ``make_tables`` puts the tables
     of features that share a config in one group instead, and sharded and
     distributed tables are built from these. ``config.shards`` is not looked

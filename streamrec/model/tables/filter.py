@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from streamrec.trainer.tables.sort import unique
+from streamrec.model.tables.sort import unique
 
 __all__ = ["FrequencyFilter"]
 
@@ -36,7 +36,7 @@ class FrequencyFilter:
 
     ``min_count <= 1`` admits every id at first sight and allocates nothing.
     With ``tags > 1`` it holds one independent sketch per tag (per table of a
-    :class:`~trainer.tables.group.TableGroup`), updated together in one pass.
+    :class:`~streamrec.model.tables.group.TableGroup`), updated together in one pass.
     """
 
     def __init__(self, min_count: int, width: int = 1 << 20, depth: int = 2,

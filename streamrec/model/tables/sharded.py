@@ -15,8 +15,8 @@ import dataclasses
 import torch
 
 from streamrec.config import TableConfig
-from streamrec.trainer.tables.rows import TableStats
-from streamrec.trainer.tables.table import DynamicEmbeddingTable
+from streamrec.model.tables.rows import TableStats
+from streamrec.model.tables.table import DynamicEmbeddingTable
 
 __all__ = ["ShardedEmbeddingTable", "shard_of"]
 

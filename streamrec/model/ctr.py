@@ -3,7 +3,7 @@ layers (the default) an FM with one linear layer over its factors, whose
 forward and backward run on the C kernels of :mod:`streamrec.native`.
 
 The embedding tables are not part of this module: they are dynamic (rows come
-and go with the id space) and live in :mod:`trainer.tables`, or in serving's
+and go with the id space) and live in :mod:`streamrec.model.tables`, or in serving's
 replica. The model receives pooled rows and dense features and returns logits,
 so trainer and serving run exactly the same dense computation.
 
@@ -21,11 +21,11 @@ from dataclasses import asdict
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import ModelConfig
 from streamrec import native
-from streamrec.trainer.history import history_inputs
+from streamrec.model.history import history_inputs
+from streamrec.ingest.batch import KeyedJaggedTensor
 
 __all__ = ["CTRModel", "fm_interaction", "pool_features", "model_spec", "model_from_spec"]
 

@@ -10,17 +10,17 @@ TableBatchedEmbeddingBags for all of them).
 
 A :class:`TableGroup` holds the tables of features that share one
 :class:`TableConfig` in one set of row tensors: a tagged
-:class:`~trainer.tables.index.IdIndex` keyed by ``(feature, id)`` (still
+:class:`~streamrec.model.tables.index.IdIndex` keyed by ``(feature, id)`` (still
 collisionless: the same id in two features gets two rows), one count-min
 sketch per feature updated in one pass, one expiry sweep. Each feature is seen
 through a :class:`GroupTableView`, which implements the ordinary
-:class:`~trainer.tables.base.EmbeddingTable` interface (sync, checkpoints,
+:class:`~streamrec.model.tables.base.EmbeddingTable` interface (sync, checkpoints,
 metrics and serving deal with per-feature tables as before), while
 :class:`~trainer.embedding.DynamicEmbeddingCollection` drives the group's
 fused ``lookup`` / ``read`` / ``update`` / ``expire`` directly.
 
 This module is the one implementation of the table semantics described in
-:mod:`trainer.tables.table`: a :class:`~trainer.tables.table.DynamicEmbeddingTable`
+:mod:`streamrec.model.tables.table`: a :class:`~streamrec.model.tables.table.DynamicEmbeddingTable`
 is a group of one. The conformance suite runs against a table alone, a view
 inside a group and a sharded table, and a test checks that training through a
 group matches per-feature tables on the same stream.
@@ -35,10 +35,10 @@ import torch
 
 from streamrec.config import TableConfig
 from streamrec import native
-from streamrec.trainer.tables.filter import FrequencyFilter
-from streamrec.trainer.tables.index import IdIndex
-from streamrec.trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
-from streamrec.trainer.tables.sort import unique, unique_np
+from streamrec.model.tables.filter import FrequencyFilter
+from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
+from streamrec.model.tables.sort import unique, unique_np
 
 __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 
@@ -238,7 +238,7 @@ class TableGroup:
         # A function of (seed, id) only: the same id starts from the same
         # values whatever the grouping, sharding or admission order.
         init = id_normal(ids, self.dim, self.seed) * self.config.init_std
-        init[:, -1] = 0.0  # the first-order weight starts at zero (see trainer.model)
+        init[:, -1] = 0.0  # the first-order weight starts at zero (see streamrec.model.ctr)
         self.weights.index_copy_(0, rows, init)
         self.momentum.index_fill_(0, rows, 0.0)
         self.row_ids.index_copy_(0, rows, ids)

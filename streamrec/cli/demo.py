@@ -18,7 +18,7 @@ from typing import TextIO
 from prometheus_client import CollectorRegistry
 
 from streamrec.ingest.iter_source import IteratorSource
-from streamrec.serving.client import RecommenderClient
+from streamrec.client import RecommenderClient
 from streamrec.serving.replica import ModelReplica
 from streamrec.serving.server import create_server
 from streamrec.config import AppConfig, TableConfig

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from streamrec.config import TableConfig
-from streamrec.trainer.tables.sharded import shard_of
-from streamrec.trainer.tables.rows import TableStats
-from streamrec.trainer.tables.table import DynamicEmbeddingTable
+from streamrec.model.tables.sharded import shard_of
+from streamrec.model.tables.rows import TableStats
+from streamrec.model.tables.table import DynamicEmbeddingTable
 
 __all__ = ["DistributedEmbeddingTable"]
 

@@ -15,7 +15,7 @@ caller can keep row-aligned tensors (weights, optimizer state, timestamps).
 A *tagged* index keys rows by ``(tag, id)`` pairs instead: several tables (tag =
 the table's number) share one index and one set of row tensors, so a training
 step resolves every feature's ids in one pass instead of one pass per table
-(see :mod:`trainer.tables.group`). The same id under two tags gets two rows.
+(see :mod:`streamrec.model.tables.group`). The same id under two tags gets two rows.
 """
 
 from __future__ import annotations

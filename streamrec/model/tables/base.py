@@ -13,10 +13,10 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from streamrec.config import TableConfig
-from streamrec.trainer.tables.group import TableGroup, group_views
-from streamrec.trainer.tables.sharded import ShardedEmbeddingTable
-from streamrec.trainer.tables.rows import _SWEEP_ROWS, TableStats
-from streamrec.trainer.tables.table import DynamicEmbeddingTable
+from streamrec.model.tables.group import TableGroup, group_views
+from streamrec.model.tables.sharded import ShardedEmbeddingTable
+from streamrec.model.tables.rows import _SWEEP_ROWS, TableStats
+from streamrec.model.tables.table import DynamicEmbeddingTable
 
 __all__ = ["EmbeddingTable", "expire_tables", "make_table", "make_tables"]
 

@@ -1,0 +1,5 @@
+"""The command line: ``streamrec demo | generate | evaluate | replay | train | serve``."""
+
+from streamrec.cli.main import build_parser, main
+
+__all__ = ["build_parser", "main"]
