@@ -8,11 +8,11 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the local CPU build (any other version pulls GBs of CUDA).
 	$(PIP) install torch==2.13.0
-	$(PIP) install -r requirements.txt
+	$(PIP) install -r requirements-test.txt
 	$(PIP) install --no-deps torchrec==1.8.0
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
