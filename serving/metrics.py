@@ -6,17 +6,20 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from streamrec.serving.replica import ModelReplica
 
-__all__ = ["ServingMetrics", "METHODS", "CODES"]
+__all__ = ["ServingMetrics", "METHODS", "CODES", "SHED_REASONS"]
 
 METHODS = ("Predict", "Recommend")
-CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "INTERNAL")
+CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "INTERNAL", "RESOURCE_EXHAUSTED",
+         "DEADLINE_EXCEEDED", "CANCELLED")
+# Why a request was not scored (serving/admission.py).
+SHED_REASONS = ("overload", "deadline", "cancelled")
 
 
 class _ReplicaCollector(Collector):
@@ -62,4 +65,14 @@ class ServingMetrics:
         for kind in ("delta", "full"):
             for result in ("ok", "gap", "error", "unauthenticated"):
                 self.deltas.labels(kind, result)
+        self.shed = Counter("streamrec_serving_shed_total",
+                            "Requests refused before scoring, by method and reason (overload: "
+                            "the queue was full; deadline, cancelled: while waiting)",
+                            ["method", "reason"], registry=registry)
+        for method in METHODS:
+            for reason in SHED_REASONS:
+                self.shed.labels(method, reason)
+        self.in_flight = Gauge("streamrec_serving_in_flight",
+                               "Predict/Recommend requests admitted: scoring or waiting",
+                               registry=registry)
         registry.register(_ReplicaCollector(replica))

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from streamrec.protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
+from streamrec.serving.admission import Admission, Shed
 from streamrec.serving.replica import Features, ModelReplica
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
@@ -115,6 +116,7 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         self.replica = replica
         self.config = config
         self.metrics = replica.metrics
+        self.admission = Admission(config.max_concurrent, config.max_queue)
 
     def _score(self, request: Any, distinct: bool = False) -> tuple[list[int], list[float], int]:
         """``(items, scores, version)`` of the request's candidates, validated first.
@@ -158,8 +160,14 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
     def _call(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
         t0 = time.perf_counter()
         code = "OK"
+        self.metrics.in_flight.inc()
         try:
-            return body()
+            with self.admission.slot(context):
+                return body()
+        except Shed as e:
+            code = e.code.name
+            self.metrics.shed.labels(method, e.reason).inc()
+            context.abort(e.code, str(e))
         except _InvalidRequest as e:
             code = "INVALID_ARGUMENT"
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -171,6 +179,7 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
             log.exception("%s failed", method)
             context.abort(grpc.StatusCode.INTERNAL, f"{method} failed; see the server log")
         finally:
+            self.metrics.in_flight.dec()
             self.metrics.requests.labels(method, code).inc()
             self.metrics.latency.labels(method).observe(time.perf_counter() - t0)
         raise AssertionError("unreachable: context.abort raises")
@@ -291,6 +300,7 @@ def create_server(config: ServingConfig, replica: ModelReplica,
     del registry  # the replica's metrics are already registered where it was built
     public = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                     thread_name_prefix="serving"),
+                         maximum_concurrent_rpcs=config.max_workers,
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
                                   _NO_REUSEPORT])
     health_servicer = health.HealthServicer()

@@ -323,7 +323,16 @@ class ServingConfig:
     # The public port's largest request message (gRPC's receive limit); a
     # larger one is refused with RESOURCE_EXHAUSTED.
     max_request_bytes: int = 4 << 20
-    max_workers: int = 8
+    # Admission control (serving/admission.py): at most max_concurrent requests
+    # score at once and max_queue more wait; past that a request is refused at
+    # once with RESOURCE_EXHAUSTED (counted in streamrec_serving_shed_total), and
+    # one whose deadline passes while it waits is not scored.
+    max_concurrent: int = 2
+    max_queue: int = 16
+    # Threads that take calls off the public port, health checks included; at
+    # most this many calls are in the process at once (gRPC refuses the next
+    # with RESOURCE_EXHAUSTED itself), so it must exceed the two above.
+    max_workers: int = 32
     # On SIGTERM: report NOT_SERVING but keep answering for shutdown_delay_s, so
     # load balancers and readiness probes take the replica out first; then
     # stop, letting in-flight calls finish for grace_s.
@@ -343,7 +352,13 @@ class ServingConfig:
         # gRPC takes the limit as a signed 32-bit integer.
         _require(1024 <= self.max_request_bytes <= 2**31 - 1, s, "max_request_bytes",
                  self.max_request_bytes, "must be in [1024, 2**31 - 1]")
-        _require(self.max_workers >= 1, s, "max_workers", self.max_workers, "must be >= 1")
+        _require(self.max_concurrent >= 1, s, "max_concurrent", self.max_concurrent,
+                 "must be >= 1")
+        _require(self.max_queue >= 0, s, "max_queue", self.max_queue, "must be >= 0")
+        _require(self.max_workers > self.max_concurrent + self.max_queue, s, "max_workers",
+                 self.max_workers, f"must exceed max_concurrent + max_queue "
+                 f"({self.max_concurrent} + {self.max_queue}): the rest answer health "
+                 f"checks and refusals")
         _require(math.isfinite(self.shutdown_delay_s) and self.shutdown_delay_s >= 0, s,
                  "shutdown_delay_s", self.shutdown_delay_s, "must be a finite number >= 0")
         _require(self.grace_s >= 0, s, "grace_s", self.grace_s, "must be >= 0")

@@ -1,0 +1,102 @@
+"""Admission control for the public port: bounded concurrency and a bounded queue.
+
+A replica scores at most ``slots`` requests at once (scoring holds the
+interpreter lock for most of a request, so more at once only stretch every
+request's latency); up to ``queue`` more wait for a slot. A request that finds
+the queue full is refused at once with RESOURCE_EXHAUSTED, so that a client
+retries another replica while its deadline still allows; one whose deadline
+passes or whose caller cancels while it waits is never scored. Goodput then
+stays near capacity past it, instead of every request queueing until its
+deadline (the collapse of an unbounded queue).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+import grpc
+
+__all__ = ["Admission", "Shed"]
+
+
+class _Context(Protocol):
+    def time_remaining(self) -> float | None: ...
+
+    def is_active(self) -> bool: ...
+
+    def add_callback(self, callback: object) -> bool: ...
+
+
+class Shed(Exception):
+    """A request refused before scoring; ``reason``: overload, deadline or cancelled."""
+
+    def __init__(self, reason: str, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.code = code
+
+
+class Admission:
+    """``with admission.slot(context):`` around scoring; raises :class:`Shed`."""
+
+    # How often a waiting request looks at its caller (a cancelled RPC also
+    # wakes the waiters through its callback, so this only bounds the worst case).
+    _POLL_S = 0.05
+
+    def __init__(self, slots: int, queue: int) -> None:
+        if slots < 1 or queue < 0:
+            raise ValueError(f"slots={slots} must be >= 1 and queue={queue} >= 0")
+        self.slots = slots
+        self.queue = queue
+        self.running = 0
+        self.waiting = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def slot(self, context: _Context) -> Iterator[None]:
+        self._enter(context)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.running -= 1
+                self._cond.notify_all()
+
+    def _enter(self, context: _Context) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # expired in gRPC's own queue
+            raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+                       "the deadline passed before the request was read")
+        with self._cond:
+            if self.running < self.slots and not self.waiting:
+                self.running += 1
+                return
+            if self.waiting >= self.queue:
+                raise Shed("overload", grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"replica at capacity ({self.running} requests scoring, "
+                           f"{self.waiting} waiting): retry on another replica")
+            self.waiting += 1
+        context.add_callback(self._wake)
+        try:
+            with self._cond:
+                while self.running >= self.slots:
+                    if not context.is_active():
+                        raise Shed("cancelled", grpc.StatusCode.CANCELLED,
+                                   "the caller cancelled the request while it waited")
+                    remaining = context.time_remaining()
+                    if remaining is not None and remaining <= 0:
+                        raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "the deadline passed while the request waited for a slot")
+                    wait = self._POLL_S if remaining is None else min(self._POLL_S, remaining)
+                    self._cond.wait(wait)
+                self.running += 1
+        finally:
+            with self._cond:
+                self.waiting -= 1
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
