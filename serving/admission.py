@@ -3,9 +3,10 @@
 A replica scores at most ``slots`` requests at once (scoring holds the
 interpreter lock for most of a request, so more at once only stretch every
 request's latency); up to ``queue`` more wait for a slot. A request that finds
-the queue full is refused at once with RESOURCE_EXHAUSTED, so that a client
-retries another replica while its deadline still allows; one whose deadline
-passes or whose caller cancels while it waits is never scored. Goodput then
+the queue full, or a queue it could not get through before its deadline (at
+the recent scoring time), is refused at once with RESOURCE_EXHAUSTED, so that a
+client retries another replica while its deadline still allows; one whose
+deadline passes or whose caller cancels while it waits is never scored. Goodput then
 stays near capacity past it, instead of every request queueing until its
 deadline (the collapse of an unbounded queue).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -53,16 +55,21 @@ class Admission:
         self.queue = queue
         self.running = 0
         self.waiting = 0
+        # Moving average of the seconds a request holds its slot.
+        self.service_s = 0.0
         self._cond = threading.Condition()
 
     @contextlib.contextmanager
     def slot(self, context: _Context) -> Iterator[None]:
         self._enter(context)
+        t0 = time.perf_counter()
         try:
             yield
         finally:
+            held = time.perf_counter() - t0
             with self._cond:
                 self.running -= 1
+                self.service_s += (held - self.service_s) * (0.1 if self.service_s else 1.0)
                 self._cond.notify_all()
 
     def _enter(self, context: _Context) -> None:
@@ -74,10 +81,12 @@ class Admission:
             if self.running < self.slots and not self.waiting:
                 self.running += 1
                 return
-            if self.waiting >= self.queue:
+            expected = (self.waiting + 1) * self.service_s / self.slots
+            if self.waiting >= self.queue or (remaining is not None and expected > remaining):
                 raise Shed("overload", grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"replica at capacity ({self.running} requests scoring, "
-                           f"{self.waiting} waiting): retry on another replica")
+                           f"{self.waiting} waiting, ~{expected * 1e3:.0f} ms to a slot): "
+                           f"retry on another replica")
             self.waiting += 1
         context.add_callback(self._wake)
         try:

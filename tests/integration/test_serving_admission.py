@@ -118,3 +118,29 @@ def test_a_request_whose_deadline_passes_while_it_waits_is_not_scored(slow) -> N
     assert replica.scored == 1
     assert _sample(registry, "streamrec_serving_shed_total", method="Predict",
                    reason="deadline") == 1
+
+
+def test_a_request_that_could_not_be_scored_in_time_is_refused_at_once(slow) -> None:
+    servers, replica, registry = slow
+    address = f"127.0.0.1:{servers.port}"
+    with RecommenderClient(address, timeout_s=30) as client:
+        client.predict(user_id=1, item_ids=[1])  # the replica learns how long scoring takes
+
+    def occupy() -> None:
+        with RecommenderClient(address, timeout_s=30) as client:
+            client.predict(user_id=1, item_ids=[1])
+
+    first = threading.Thread(target=occupy)
+    first.start()
+    time.sleep(SCORING_S / 3)
+    with RecommenderClient(address, timeout_s=SCORING_S / 2) as client:
+        t0 = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict(user_id=2, item_ids=[2])
+        waited = time.monotonic() - t0
+    first.join(30)
+    # A slot frees in ~2/3 of a scoring time, more than the deadline allows: refused
+    # at once (so the client can try another replica in time), never scored.
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert waited < SCORING_S / 2
+    assert replica.scored == 2
