@@ -256,8 +256,9 @@ class TrainerConfig:
     batch_size: int = 4096
     warmup_batch_size: int = 1024
     # A partial batch is trained once its oldest example has waited this long
-    # (wall time), so a slow stream is not held back until a full batch arrives.
-    max_batch_delay_s: float = 1.0
+    # (wall time), so a slow stream is not held back until a full batch arrives:
+    # at low traffic, the part of freshness that batching adds.
+    max_batch_delay_s: float = 0.2
     dense_lr: float = 0.02
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -287,7 +288,11 @@ class SyncConfig:
     """Parameter push from trainer to serving replicas."""
 
     replicas: list[str] = field(default_factory=list)  # host:port of each sync port
+    # A training step triggers a push, at most every min_interval_s; without
+    # steps a round still runs every interval_s (which also bounds how long a
+    # round waits for a slow replica).
     interval_s: float = 1.0
+    min_interval_s: float = 0.1
     token: str = ""
     max_chunk_bytes: int = 1 << 20
     timeout_s: float = 10.0
@@ -296,6 +301,8 @@ class SyncConfig:
         s = "sync"
         self.token = _token(s, self.token)
         _require(self.interval_s > 0, s, "interval_s", self.interval_s, "must be > 0")
+        _require(0 <= self.min_interval_s <= self.interval_s, s, "min_interval_s",
+                 self.min_interval_s, f"must be in [0, interval_s={self.interval_s}]")
         _require(self.max_chunk_bytes >= 65536, s, "max_chunk_bytes", self.max_chunk_bytes,
                  "must be >= 65536 (one dense weight matrix travels whole in a chunk)")
         _require(self.max_chunk_bytes <= MAX_CHUNK_BYTES, s, "max_chunk_bytes",

@@ -120,6 +120,8 @@ class TrainingLoop:
         t0 = time.perf_counter()
         if self.trainer.train_batch(batch).skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
+        if self.publisher is not None:
+            self.publisher.notify()
         positives = int(batch.labels.sum())
         self.stats.examples += len(events)
         self.stats.positives += positives

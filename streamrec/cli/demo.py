@@ -77,6 +77,7 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     sink = GrpcDeltaSink(f"{serving_cfg.sync_host}:{servers.sync_port}", serving_cfg.token,
                          config.sync.max_chunk_bytes, config.sync.timeout_s)
     publisher = Publisher(trainer, {"replica-0": sink}, config.sync.interval_s,
+                          min_interval_s=config.sync.min_interval_s,
                           registry=trainer_registry)
     port = config.metrics.port
     trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)

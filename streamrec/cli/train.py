@@ -99,6 +99,7 @@ def run_training(config: AppConfig, stop: threading.Event,
                             checkpointer=checkpointer, metrics=metrics, on_progress=report)
         version = loop.resume()
         loop.publisher = Publisher(trainer, sinks, config.sync.interval_s, registry=REGISTRY,
-                                   start_version=version) if sinks else None
+                                   start_version=version,
+                                   min_interval_s=config.sync.min_interval_s) if sinks else None
         trainer.record_tombstones(bool(sinks))  # every replica starts from a full snapshot
         return loop.run(stop, max_seconds=max_seconds)

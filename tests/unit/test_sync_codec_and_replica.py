@@ -636,3 +636,35 @@ def test_candidate_features_replace_shared_ones_of_the_same_name() -> None:
                                   for item, mine in zip([1, 2, 3], own)])
     assert got == want
     assert got[0] != replica.predict(7, [1], shared)[0][0]  # c2 really replaced c1
+
+
+def test_a_step_is_pushed_at_once_and_pushes_are_at_most_every_min_interval() -> None:
+    trainer = OnlineTrainer(config())
+    replica = ModelReplica(CollectorRegistry())
+    publisher = Publisher(trainer, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+                          min_interval_s=0.3, registry=CollectorRegistry())
+    stream = SyntheticStream(default())
+    publisher.start()
+    try:
+        train(trainer, list(stream.events(256)))
+        publisher.notify()  # what the training loop does after each step
+        deadline = time.monotonic() + 30
+        while replica.version == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Pushed on the step's notice, not after the 60 s interval.
+        assert replica.version == 1
+        assert_same_scores(trainer, replica, list(stream.events(20)))
+        # Steps in quick succession: one round per min_interval_s, the last
+        # step's parameters included.
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:
+            train(trainer, list(stream.events(128)))
+            publisher.notify()
+        deadline = time.monotonic() + 30
+        while replica.version < publisher.version and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        assert 2 <= publisher.version <= 1 + 5, publisher.version
+        assert_same_scores(trainer, replica, list(stream.events(20)))
+    finally:
+        publisher.stop()

@@ -1,4 +1,5 @@
-"""The publisher: every ``interval_s`` it sends what changed to every replica.
+"""The publisher: after each training step (at most every ``min_interval_s``),
+and at least every ``interval_s``, it sends what changed to every replica.
 
 Each round asks every replica for its version (``GetVersion``, concurrently),
 then sends, concurrently too, each replica on its own worker thread:
@@ -64,14 +65,17 @@ class Publisher:
 
     def __init__(self, source: ParameterSource, sinks: dict[str, DeltaSink], interval_s: float,
                  registry: CollectorRegistry | None = None, start_version: int = 0,
-                 max_lag: int = 32) -> None:
+                 max_lag: int = 32, min_interval_s: float = 0.0) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s={interval_s}: must be > 0")
+        if not 0 <= min_interval_s <= interval_s:
+            raise ValueError(f"min_interval_s={min_interval_s}: must be in [0, interval_s]")
         if max_lag < 1:
             raise ValueError(f"max_lag={max_lag}: must be >= 1")
         self.source = source
         self.sinks = dict(sinks)
         self.interval_s = interval_s
+        self.min_interval_s = min_interval_s
         self.max_lag = max_lag
         self._version = start_version
         # The first version this publisher made. Versions below it (the
@@ -91,6 +95,7 @@ class Publisher:
         self._busy: dict[str, Future[object]] = {}
         self.metrics = SyncMetrics(list(self.sinks), registry)
         self._stop = threading.Event()
+        self._learned = threading.Event()  # set by notify(): a step changed the parameters
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -114,6 +119,7 @@ class Publisher:
         if self._thread is None:
             return
         self._stop.set()
+        self._learned.set()
         self._thread.join()
         self._thread = None
         wait(list(self._busy.values()))
@@ -126,12 +132,24 @@ class Publisher:
             worker.shutdown(wait=True)
         self._workers.clear()
 
+    def notify(self) -> None:
+        """A training step changed the parameters: publish them soon (the loop calls this)."""
+        self._learned.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
+        while True:
+            self._learned.wait(self.interval_s)
+            if self._stop.is_set():
+                return
+            self._learned.clear()
+            started = time.monotonic()
             try:
                 self.publish_once()
-            except Exception:  # never let one bad interval kill sync for good
+            except Exception:  # never let one bad round kill sync for good
                 log.exception("publishing parameters failed")
+            # Bounded rate: a fast trainer publishes every min_interval_s, not every step.
+            if self._stop.wait(self.min_interval_s - (time.monotonic() - started)):
+                return
 
     def _submit(self, name: str, work: Callable[..., object], *args: object) -> Future[object]:
         worker = self._workers.get(name)
