@@ -1,0 +1,258 @@
+"""Serving under open-loop load: goodput and latency of one replica as the offered rate grows.
+
+One ``streamrec serve`` process gets the default model (trained on the default
+synthetic stream) and a delta every second while a load generator, a process
+of its own, sends Predict requests (100 candidates, request and per-candidate
+features) on a fixed schedule: open loop, so a slow answer delays no later
+send, and latency runs from the scheduled send time (no coordinated omission).
+Each request carries a deadline (``--deadline-ms``).
+
+Arms, side by side on the same requests and rates:
+
+- ``admission``     the default serving config: 2 requests scoring at once,
+                    16 waiting, the rest refused at once (RESOURCE_EXHAUSTED);
+- ``unbounded``     no admission control (every call admitted at once, as a
+                    replica without it behaves).
+
+Reported per arm and offered rate: goodput (answers within the deadline per
+second), refused and timed-out requests per second, p50 / p99 latency of the
+answers, and the CPU the server and the load generator took (cores), since the
+generator shares the machine's 2 cores with the replica.
+
+    python -m benchmarks.serving_load            # ~3 min
+    python -m benchmarks.serving_load --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import format_table, quantile, write_result
+from benchmarks.serving_latency import ROOT, TOKEN, _free_port, _requests, _wait_ready
+
+ARMS = {
+    "admission": [],
+    "unbounded": ["--set", "serving.max_concurrent=1000", "--set", "serving.max_queue=0",
+                  "--set", "serving.max_workers=1001"],
+}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_generator(args: argparse.Namespace) -> int:
+    """Child: send ``--rate`` Predicts/s for ``--seconds`` on a fixed schedule; results as JSON."""
+    import grpc
+
+    from streamrec.client import to_feature_column, to_feature_values
+    from streamrec.protos import serving_pb2, serving_pb2_grpc
+
+    def message(r: dict[str, Any]) -> Any:
+        own = r["candidate_features"]
+        return serving_pb2.PredictRequest(
+            user_id=r["user_id"], item_ids=r["item_ids"],
+            features={k: to_feature_values(v) for k, v in r["features"].items()},
+            candidate_columns={k: to_feature_column([c[k] for c in own]) for k in own[0]})
+
+    count = int(args.rate * args.seconds)
+    # Built before the clock starts: the application has its request ready.
+    messages = [message(r) for r in _requests(args.candidates, min(count, 2000), args.seed)]
+    channel = grpc.insecure_channel(args.generate)
+    stub = serving_pb2_grpc.RecommenderStub(channel)
+    done: list[tuple[float, float, str]] = []
+    lock = threading.Lock()
+    finished = threading.Event()
+    deadline_s = args.deadline_ms / 1e3
+
+    def record(scheduled: float) -> Any:
+        def on_done(future: Any) -> None:
+            t = time.perf_counter()
+            code = future.code().name if future.code() is not None else "OK"
+            with lock:
+                done.append((scheduled, t, code))
+                if len(done) == count:
+                    finished.set()
+        return on_done
+
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.perf_counter() + 0.2
+    for i in range(count):
+        scheduled = start + i / args.rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        future = stub.Predict.future(messages[i % len(messages)], timeout=deadline_s)
+        future.add_done_callback(record(scheduled))
+    finished.wait(deadline_s + 30)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    wall = time.perf_counter() - start
+    channel.close()
+    Path(args.out).write_text(json.dumps({
+        "done": done, "wall_s": wall,
+        "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)}))
+    return 0
+
+
+def _summary(raw: dict[str, Any], rate: float, seconds: float, deadline_ms: float
+             ) -> dict[str, Any]:
+    done = raw["done"]
+    ok = [t - s for s, t, code in done if code == "OK"]
+    by_code: dict[str, int] = {}
+    for _, _, code in done:
+        by_code[code] = by_code.get(code, 0) + 1
+    return {
+        "offered_per_s": rate,
+        "goodput_per_s": len([x for x in ok if x <= deadline_ms / 1e3]) / seconds,
+        "refused_per_s": by_code.get("RESOURCE_EXHAUSTED", 0) / seconds,
+        "timed_out_per_s": by_code.get("DEADLINE_EXCEEDED", 0) / seconds,
+        "codes": by_code,
+        "p50_ms": quantile(ok, 0.5) * 1e3 if ok else None,
+        "p99_ms": quantile(ok, 0.99) * 1e3 if ok else None,
+        "generator_cores": raw["cpu_s"] / raw["wall_s"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer rates, shorter runs")
+    p.add_argument("--rates", default="50,100,150,200,300,400,600",
+                   help="offered requests/s (comma list)")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of load per rate")
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--deadline-ms", type=float, default=200.0)
+    p.add_argument("--events", type=int, default=50_000, help="events the model learns first")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--generate", help=argparse.SUPPRESS)
+    p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.generate:
+        return run_generator(args)
+    if args.quick:
+        args.rates, args.seconds, args.events = "100,300", 4.0, 10_000
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    from streamrec.config import load_config
+    from streamrec.ingest.batch import Batcher
+    from streamrec.synthetic import SyntheticStream, default
+    from streamrec.trainer.sync.sink import GrpcDeltaSink
+    from streamrec.trainer.trainer import OnlineTrainer
+
+    torch.set_num_threads(1)
+    config = load_config(env={}, overrides={
+        "model.sparse_features": "user_id,item_id,category,country,hour",
+        "model.dense_features": "price"})
+    trainer = OnlineTrainer(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    size = config.trainer.batch_size
+    stream = SyntheticStream(default()).events(args.events + 200 * size)
+    events = [next(stream) for _ in range(args.events)]
+    for start in range(0, len(events), size):
+        trainer.train_batch(batcher.build(events[start:start + size]))
+    snapshot = trainer.snapshot(1)
+    deltas = []
+    for version in range(2, 2 + 60):
+        trainer.train_batch(batcher.build([next(stream) for _ in range(size)]))
+        deltas.append(trainer.collect_delta(version))
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    rates = [float(r) for r in args.rates.split(",")]
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="serving_load_") as tmp:
+        for arm in args.arms.split(","):
+            port, sync_port = _free_port(), _free_port()
+            server = subprocess.Popen(
+                [sys.executable, "-m", "streamrec.cli", "serve", "--set", f"serving.port={port}",
+                 "--set", f"serving.sync_port={sync_port}", "--set", f"serving.token={TOKEN}",
+                 "--set", "metrics.port=-1", *ARMS[arm]], cwd=ROOT, env=env)
+            address = f"127.0.0.1:{port}"
+            try:
+                sink = GrpcDeltaSink(f"127.0.0.1:{sync_port}", TOKEN, timeout_s=30.0)
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        sink.push(snapshot)
+                        break
+                    except Exception:  # noqa: BLE001 - the sync port is not up yet
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
+                _wait_ready(address)
+                results[arm] = []
+                for rate in rates:
+                    sink.push(snapshot)  # every rate starts the delta chain again
+                    stop = threading.Event()
+
+                    def push_deltas() -> None:
+                        for delta in deltas:
+                            if stop.wait(1.0):
+                                return
+                            sink.push(delta)
+
+                    pusher = threading.Thread(target=push_deltas, daemon=True)
+                    out = Path(tmp) / f"{arm}-{rate}.json"
+                    cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
+                    pusher.start()
+                    subprocess.run(
+                        [sys.executable, "-m", "benchmarks.serving_load", "--generate", address,
+                         "--rate", str(rate), "--seconds", str(args.seconds),
+                         "--candidates", str(args.candidates), "--deadline-ms",
+                         str(args.deadline_ms), "--seed", str(args.seed), "--out", str(out)],
+                        check=True, cwd=ROOT, env=env)
+                    stop.set()
+                    pusher.join()
+                    server_cores = (_cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
+                    row = _summary(json.loads(out.read_text()), rate, args.seconds,
+                                   args.deadline_ms)
+                    row["server_cores"] = server_cores
+                    results[arm].append(row)
+                    print(f"{arm} {rate:.0f}/s: goodput {row['goodput_per_s']:.0f}/s, "
+                          f"p99 {row['p99_ms']} ms, codes {row['codes']}", file=sys.stderr,
+                          flush=True)
+                sink.close()
+            finally:
+                server.terminate()
+                server.wait(30)
+
+    table = []
+    for arm, rows in results.items():
+        for r in rows:
+            table.append([arm, r["offered_per_s"], r["goodput_per_s"], r["refused_per_s"],
+                          r["timed_out_per_s"], r["p50_ms"], r["p99_ms"], r["server_cores"],
+                          r["generator_cores"]])
+    capacity = {arm: max(r["goodput_per_s"] for r in rows) for arm, rows in results.items()}
+    print(f"\nOpen-loop Predict load, {args.candidates} candidates, deadline "
+          f"{args.deadline_ms:.0f} ms, a delta every second, {args.seconds:.0f} s per rate; "
+          f"one torch thread in the server")
+    print(format_table(["arm", "offered/s", "goodput/s", "refused/s", "timed out/s", "p50 ms",
+                        "p99 ms", "server cores", "generator cores"], table))
+    for arm, rows in results.items():
+        top = rows[-1]
+        print(f"{arm}: capacity (best goodput) {capacity[arm]:.0f}/s; at the highest rate "
+              f"goodput is {top['goodput_per_s'] / capacity[arm]:.2f}x capacity")
+    path = write_result("serving_load" + ("_quick" if args.quick else ""),
+                        {"args": vars(args), "threads": 1, "capacity_per_s": capacity,
+                         "arms": results})
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
