@@ -13,10 +13,14 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from serving.replica import ModelReplica
 
-__all__ = ["ServingMetrics", "METHODS", "CODES"]
+__all__ = ["ServingMetrics", "METHODS", "CODES", "RESULTS"]
 
 METHODS = ("Predict", "Recommend")
 CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "INTERNAL")
+# Results of a push to this replica: applied; a gap (the trainer resends a
+# snapshot); refused as stale (not above the version held), non-finite, or
+# not fitting the model (error); a bad token.
+RESULTS = ("ok", "gap", "stale", "non_finite", "error", "unauthenticated")
 
 
 class _ReplicaCollector(Collector):
@@ -60,6 +64,10 @@ class ServingMetrics:
                               "Parameter deltas received, by kind and result",
                               ["kind", "result"], registry=registry)
         for kind in ("delta", "full"):
-            for result in ("ok", "gap", "error", "unauthenticated"):
+            for result in RESULTS:
                 self.deltas.labels(kind, result)
+        self.non_finite_scores = Counter(
+            "streamrec_serving_non_finite_scores_total",
+            "Candidates the model scored NaN or infinite (the request fails with INTERNAL)",
+            registry=registry)
         registry.register(_ReplicaCollector(replica))

@@ -27,9 +27,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
-from serving.replica import Features, ModelReplica
+from serving.replica import Features, ModelReplica, NonFiniteScoreError
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
-from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from streamrec.errors import NotReadyError, StaleVersionError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
 from trainer.sync.delta import decode_chunks
 
@@ -166,6 +166,10 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         except NotReadyError as e:
             code = "FAILED_PRECONDITION"
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except NonFiniteScoreError as e:
+            code = "INTERNAL"
+            log.error("%s: %s", method, e)
+            context.abort(grpc.StatusCode.INTERNAL, str(e))
         except Exception:
             code = "INTERNAL"
             log.exception("%s failed", method)
@@ -216,7 +220,7 @@ class _ParameterSync(sync_pb2_grpc.ParameterSyncServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed push: {e}")
         try:
             self.replica.apply(delta)
-        except VersionGapError as e:
+        except (VersionGapError, StaleVersionError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except SyncError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
