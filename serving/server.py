@@ -27,7 +27,9 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
+from serving.metrics import METHODS
 from serving.replica import Features, ModelReplica, NonFiniteScoreError
+from serving.undecodable import InvalidArgumentOnUndecodable
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, StaleVersionError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
@@ -293,10 +295,17 @@ def create_server(config: ServingConfig, replica: ModelReplica,
                   registry: CollectorRegistry | None = None) -> Servers:
     """Build (not start) the public and sync servers; ports 0 pick free ports."""
     del registry  # the replica's metrics are already registered where it was built
+
+    def count_undecodable(method: str) -> None:
+        name = method.rpartition("/")[2]
+        if name in METHODS:
+            replica.metrics.requests.labels(name, "INVALID_ARGUMENT").inc()
+
     public = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                     thread_name_prefix="serving"),
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
-                                  _NO_REUSEPORT])
+                                  _NO_REUSEPORT],
+                         interceptors=[InvalidArgumentOnUndecodable(count_undecodable)])
     health_servicer = health.HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
@@ -306,7 +315,8 @@ def create_server(config: ServingConfig, replica: ModelReplica,
     port = _bind(public, "serving", config.host, config.port)
     sync = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync"),
                        options=[("grpc.max_receive_message_length", SYNC_MAX_MESSAGE_BYTES),
-                                _NO_REUSEPORT])
+                                _NO_REUSEPORT],
+                       interceptors=[InvalidArgumentOnUndecodable()])
     servers: Servers | None = None
 
     def on_version(version: int) -> None:
