@@ -31,10 +31,17 @@ class _ReplicaCollector(Collector):
         yield GaugeMetricFamily("streamrec_serving_model_version",
                                 "Parameter version being served (0 = none yet)",
                                 value=self.replica.version)
+        learned_ms = self.replica.learned_event_time_ms()
+        yield GaugeMetricFamily(
+            "streamrec_serving_learned_event_time_seconds",
+            "Event time (Unix seconds) of the newest examples the served model has learned "
+            "(NaN before any)",
+            value=learned_ms / 1000 if learned_ms else float("nan"))
         staleness = self.replica.staleness_seconds()
         yield GaugeMetricFamily(
             "streamrec_serving_staleness_seconds",
-            "Wall seconds since the trainer exported the version being served",
+            "Wall seconds since the event time the served model has learned up to: grows "
+            "while nothing new is learned or delivered",
             value=staleness if math.isfinite(staleness) else float("nan"))
         rows = GaugeMetricFamily("streamrec_serving_table_rows", "Rows held per table",
                                  labels=["table"])

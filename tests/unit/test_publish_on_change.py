@@ -85,3 +85,20 @@ def test_a_replica_holding_another_run_at_the_same_version_gets_a_new_one() -> N
     assert publisher.publish_once() == 4  # nothing learned, but "3" names two models
     assert stale.version == fresh.version == 4
     assert same_scores(restarted, stale) and same_scores(restarted, fresh)
+
+
+def test_staleness_is_measured_from_the_event_time_learned_not_the_export() -> None:
+    # Exported a moment ago, but its newest learned events are an hour old:
+    # the old export-time staleness read ~0 s and could not show a stall.
+    import dataclasses
+    import time
+
+    trainer, registry = small_trainer(), CollectorRegistry()
+    replica = ModelReplica(registry)
+    hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    replica.apply(dataclasses.replace(trainer.snapshot(1), event_time_ms=hour_ago_ms,
+                                      exported_at_ms=int(time.time() * 1000)))
+    assert 3600 <= replica.staleness_seconds() < 3700
+    assert registry.get_sample_value("streamrec_serving_learned_event_time_seconds") \
+        == hour_ago_ms / 1000
+    assert 3600 <= registry.get_sample_value("streamrec_serving_staleness_seconds") < 3700
