@@ -27,13 +27,13 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from benchmarks.report import format_table, quantile, write_result
-from ingest.batch import Batcher
-from protos import serving_pb2, serving_pb2_grpc
-from serving.replica import ModelReplica
-from serving.server import _Recommender, create_server
+from streamrec.ingest.batch import Batcher
+from streamrec.protos import serving_pb2, serving_pb2_grpc
+from streamrec.serving.replica import ModelReplica
+from streamrec.serving.server import _Recommender, create_server
 from streamrec.config import ServingConfig, load_config
 from streamrec.synthetic import SyntheticStream, default
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.trainer import OnlineTrainer
 
 
 def _replica() -> ModelReplica:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher
 from streamrec.config import load_config
 from streamrec.synthetic import SyntheticStream, default
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["small_trainer"]
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from serving.replica import ModelReplica, NonFiniteScoreError
+from streamrec.serving.replica import ModelReplica, NonFiniteScoreError
 from streamrec.errors import NonFiniteError, StaleVersionError
 from streamrec.synthetic import SyntheticStream, default
-from trainer.sync.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import ParameterDelta, TableDelta
 from tests.trained import small_trainer
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.trainer import OnlineTrainer
 
 
 @pytest.fixture(scope="module")

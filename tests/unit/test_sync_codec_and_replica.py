@@ -12,17 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from ingest.batch import Batcher
-from ingest.event import Event
-from serving.replica import ModelReplica
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import Event
+from streamrec.serving.replica import ModelReplica
 from streamrec.config import AppConfig, load_config
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from streamrec.synthetic import SyntheticStream, default
-from trainer.sync.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks, \
+from streamrec.model.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks, \
     merge_deltas
-from trainer.sync.publisher import Publisher
-from trainer.sync.sink import MemoryDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.sync.publisher import Publisher
+from streamrec.trainer.sync.sink import MemoryDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 CHUNK = 65536
 
@@ -294,7 +294,7 @@ def test_ids_admitted_in_a_skipped_step_reach_the_replica() -> None:
     # them changed, so no delta carried them and serving read zeros.
     import math
 
-    from ingest.batch import Batch
+    from streamrec.ingest.batch import Batch
 
     trainer = OnlineTrainer(config())
     stream = SyntheticStream(default())
@@ -595,7 +595,7 @@ def test_versions_never_go_back_after_a_restart_from_an_older_checkpoint() -> No
 ], ids=["int64-overflow", "overflow-3d", "empty-huge", "too-many-dims"])
 def test_dense_shapes_numpy_cannot_build_are_sync_errors(shape: list[int], data: bytes) -> None:
     # A ValueError here escaped the sync servicer as gRPC UNKNOWN.
-    from protos import sync_pb2  # imported here: this file's header is edited elsewhere
+    from streamrec.protos import sync_pb2  # imported here: this file's header is edited elsewhere
 
     chunk = sync_pb2.ParameterChunk(version=1, full=True, last=True, model_spec="{}",
                                     dense=[sync_pb2.DenseTensor(name="w", shape=shape, data=data)])
@@ -605,7 +605,7 @@ def test_dense_shapes_numpy_cannot_build_are_sync_errors(shape: list[int], data:
 
 def test_a_second_server_on_ports_in_use_fails_to_bind() -> None:
     # gRPC's default SO_REUSEPORT let a second replica share both ports silently.
-    from serving.server import create_server
+    from streamrec.serving.server import create_server
     from streamrec.config import ServingConfig
 
     first = create_server(ServingConfig(port=0, sync_port=0),
