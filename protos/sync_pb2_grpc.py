@@ -51,7 +51,11 @@ class ParameterSyncServicer:
 
     def Push(self, request_iterator, context):
         """FAILED_PRECONDITION when base_version differs from the replica's version
-        (the trainer then sends a full snapshot); UNAUTHENTICATED on a bad token.
+        (the trainer then sends a full snapshot) or version is not above it (a
+        replica never goes back; an empty one takes any snapshot);
+        INVALID_ARGUMENT when the push is malformed, does not fit the model, or
+        holds a NaN or infinite value (nothing of it is applied) or cannot be
+        decoded; UNAUTHENTICATED on a bad token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -13,13 +13,17 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from streamrec.serving.replica import ModelReplica
 
-__all__ = ["ServingMetrics", "METHODS", "CODES", "SHED_REASONS"]
+__all__ = ["ServingMetrics", "METHODS", "CODES", "RESULTS", "SHED_REASONS"]
 
 METHODS = ("Predict", "Recommend")
 CODES = ("OK", "INVALID_ARGUMENT", "FAILED_PRECONDITION", "INTERNAL", "RESOURCE_EXHAUSTED",
          "DEADLINE_EXCEEDED", "CANCELLED")
 # Why a request was not scored (serving/admission.py).
 SHED_REASONS = ("overload", "deadline", "cancelled")
+# Results of a push to this replica: applied; a gap (the trainer resends a
+# snapshot); refused as stale (not above the version held), non-finite, or
+# not fitting the model (error); a bad token.
+RESULTS = ("ok", "gap", "stale", "non_finite", "error", "unauthenticated")
 
 
 class _ReplicaCollector(Collector):
@@ -30,10 +34,17 @@ class _ReplicaCollector(Collector):
         yield GaugeMetricFamily("streamrec_serving_model_version",
                                 "Parameter version being served (0 = none yet)",
                                 value=self.replica.version)
+        learned_ms = self.replica.learned_event_time_ms()
+        yield GaugeMetricFamily(
+            "streamrec_serving_learned_event_time_seconds",
+            "Event time (Unix seconds) of the newest examples the served model has learned "
+            "(NaN before any)",
+            value=learned_ms / 1000 if learned_ms else float("nan"))
         staleness = self.replica.staleness_seconds()
         yield GaugeMetricFamily(
             "streamrec_serving_staleness_seconds",
-            "Wall seconds since the trainer exported the version being served",
+            "Wall seconds since the event time the served model has learned up to: grows "
+            "while nothing new is learned or delivered",
             value=staleness if math.isfinite(staleness) else float("nan"))
         rows = GaugeMetricFamily("streamrec_serving_table_rows", "Rows held per table",
                                  labels=["table"])
@@ -63,7 +74,7 @@ class ServingMetrics:
                               "Parameter deltas received, by kind and result",
                               ["kind", "result"], registry=registry)
         for kind in ("delta", "full"):
-            for result in ("ok", "gap", "error", "unauthenticated"):
+            for result in RESULTS:
                 self.deltas.labels(kind, result)
         self.shed = Counter("streamrec_serving_shed_total",
                             "Requests refused before scoring, by method and reason (overload: "
@@ -75,4 +86,8 @@ class ServingMetrics:
         self.in_flight = Gauge("streamrec_serving_in_flight",
                                "Predict/Recommend requests admitted: scoring or waiting",
                                registry=registry)
+        self.non_finite_scores = Counter(
+            "streamrec_serving_non_finite_scores_total",
+            "Candidates the model scored NaN or infinite (the request fails with INTERNAL)",
+            registry=registry)
         registry.register(_ReplicaCollector(replica))

@@ -27,14 +27,15 @@ from prometheus_client import CollectorRegistry
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import FeatureValue
 from streamrec.serving.metrics import ServingMetrics
-from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from streamrec.errors import NonFiniteError, NotReadyError, StaleVersionError, SyncError, \
+    VersionGapError
 from streamrec.model.embedding import DynamicEmbeddingCollection, split_thresholds
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.ctr import CTRModel, model_from_spec
 from streamrec.model.delta import ParameterDelta
 from streamrec.model.tables.index import IdIndex
 
-__all__ = ["ModelReplica", "EmbeddingTableReplica"]
+__all__ = ["ModelReplica", "EmbeddingTableReplica", "NonFiniteScoreError"]
 
 Features = Mapping[str, Sequence[FeatureValue]]
 
@@ -148,8 +149,16 @@ class _State:
         """Raise SyncError if ``delta`` does not fit this state, before anything changes.
 
         A rejected delta must leave the version served intact: applying half
-        of one would score requests with a mix of two versions.
+        of one would score requests with a mix of two versions. Non-finite
+        values (NonFiniteError) are refused too: one NaN row scores NaN for
+        every request that reads it.
         """
+        for name, tensor in delta.dense.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise NonFiniteError(f"dense {name!r} holds NaN or infinite values")
+        for t in delta.tables:
+            if t.rows.numel() and not bool(torch.isfinite(t.rows).all()):
+                raise NonFiniteError(f"table {t.table!r} has rows with NaN or infinite values")
         if delta.dense:
             want = {k: v.shape for k, v in self.model.state_dict().items()}
             weights, thresholds = split_thresholds(delta.dense)
@@ -199,6 +208,10 @@ class _State:
         return torch.sigmoid(self.model(pooled, batch.dense, history))
 
 
+class NonFiniteScoreError(NonFiniteError):
+    """The model scored some candidates NaN (finite parameters that overflow): none is served."""
+
+
 class ModelReplica:
     """Holds one model version; ``apply`` moves it forward, ``predict`` scores with it."""
 
@@ -220,18 +233,39 @@ class ModelReplica:
         state = self._state
         return {n: len(t) for n, t in state.tables.items()} if state is not None else {}
 
-    def staleness_seconds(self) -> float:
-        """Wall seconds since the trainer exported the version served (NaN before any)."""
+    def learned_event_time_ms(self) -> int:
+        """Event time of the newest examples the model served has learned (0 before any)."""
         state = self._state
-        if state is None or not state.exported_at_ms:
+        return state.event_time_ms if state is not None else 0
+
+    def staleness_seconds(self) -> float:
+        """Wall seconds since the event time the served model has learned up to (NaN before any).
+
+        It grows while nothing new is learned or delivered (a stalled trainer,
+        failing pushes), whatever the versions do.
+        """
+        learned = self.learned_event_time_ms()
+        if not learned:
             return math.nan
-        return max(0.0, time.time() - state.exported_at_ms / 1000)
+        return max(0.0, time.time() - learned / 1000)
 
     def apply(self, delta: ParameterDelta) -> None:
-        """Move to ``delta.version``; raises VersionGapError if it does not follow on."""
+        """Move to ``delta.version``, atomically, or change nothing and raise.
+
+        Raises VersionGapError if a delta does not follow on the version held,
+        StaleVersionError if ``delta.version`` is not above it (a replica never
+        goes back; an empty one takes any snapshot), NonFiniteError if any
+        parameter is NaN or infinite, SyncError if it does not fit the model.
+        """
         kind = "full" if delta.full else "delta"
         try:
             self._apply(delta)
+        except StaleVersionError:
+            self.metrics.deltas.labels(kind, "stale").inc()
+            raise
+        except NonFiniteError:
+            self.metrics.deltas.labels(kind, "non_finite").inc()
+            raise
         except SyncError:
             # An empty replica (just restarted) reports a gap too: the resync
             # after a restart is expected, not an error.
@@ -241,7 +275,11 @@ class ModelReplica:
         self.metrics.deltas.labels(kind, "ok").inc()
 
     def _apply(self, delta: ParameterDelta) -> None:
+        if delta.version <= 0:
+            raise SyncError(f"version {delta.version}: versions start at 1")
         if delta.full:
+            if self._state is not None and delta.version <= self._state.version:
+                raise StaleVersionError(self._state.version, delta.version)
             if not delta.model_spec:
                 raise SyncError("full snapshot without a model spec")
             try:
@@ -254,6 +292,9 @@ class ModelReplica:
             self._stamp(state, delta)
             self._lock.acquire_write()
             try:
+                # Checked again: another push may have moved it meanwhile.
+                if self._state is not None and delta.version <= self._state.version:
+                    raise StaleVersionError(self._state.version, delta.version)
                 self._state = state
             finally:
                 self._lock.release_write()
@@ -263,6 +304,8 @@ class ModelReplica:
             state = self._state
             if state is None or delta.base_version != state.version:
                 raise VersionGapError(self.version, delta.base_version)
+            if delta.version <= state.version:
+                raise StaleVersionError(state.version, delta.version)
             state.check(delta)
             if delta.dense:
                 state.set_dense(delta.dense)
@@ -281,7 +324,17 @@ class ModelReplica:
                    ) -> tuple[list[float], int]:
         """Click probabilities of arbitrary ``(user_id, item_id, features)`` rows, in one batch."""
         with self._reading() as state:
-            return state.score(list(rows)).tolist(), state.version
+            return self._finite(state.score(list(rows)), state.version), state.version
+
+    def _finite(self, scores: torch.Tensor, version: int) -> list[float]:
+        """``scores`` as a list; NonFiniteScoreError (counted) if any is NaN or infinite."""
+        bad = int((~torch.isfinite(scores)).sum())
+        if bad:
+            self.metrics.non_finite_scores.inc(bad)
+            raise NonFiniteScoreError(
+                f"model version {version} scored {bad} of {scores.numel()} candidates NaN or "
+                f"infinite; none is served (its parameters overflow: check the trainer)")
+        return scores.tolist()  # type: ignore[no-any-return]
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[_State]:
@@ -322,4 +375,4 @@ class ModelReplica:
                 # features once per feature, which a ChainMap view makes ~5x
                 # slower; serving.max_request_ids bounds what the copies hold.)
                 rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
-            return state.score(rows).tolist(), state.version
+            return self._finite(state.score(rows), state.version), state.version

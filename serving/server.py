@@ -29,8 +29,11 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from streamrec.protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
 from streamrec.serving.admission import Admission, Shed
 from streamrec.serving.replica import Features, ModelReplica
+from streamrec.serving.metrics import METHODS
+from streamrec.serving.replica import Features, ModelReplica, NonFiniteScoreError
+from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
-from streamrec.errors import NotReadyError, SyncError, VersionGapError
+from streamrec.errors import NotReadyError, StaleVersionError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
 from streamrec.model.delta import decode_chunks
 
@@ -174,6 +177,10 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         except NotReadyError as e:
             code = "FAILED_PRECONDITION"
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except NonFiniteScoreError as e:
+            code = "INTERNAL"
+            log.error("%s: %s", method, e)
+            context.abort(grpc.StatusCode.INTERNAL, str(e))
         except Exception:
             code = "INTERNAL"
             log.exception("%s failed", method)
@@ -225,7 +232,7 @@ class _ParameterSync(sync_pb2_grpc.ParameterSyncServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed push: {e}")
         try:
             self.replica.apply(delta)
-        except VersionGapError as e:
+        except (VersionGapError, StaleVersionError) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         except SyncError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
@@ -298,11 +305,18 @@ def create_server(config: ServingConfig, replica: ModelReplica,
                   registry: CollectorRegistry | None = None) -> Servers:
     """Build (not start) the public and sync servers; ports 0 pick free ports."""
     del registry  # the replica's metrics are already registered where it was built
+
+    def count_undecodable(method: str) -> None:
+        name = method.rpartition("/")[2]
+        if name in METHODS:
+            replica.metrics.requests.labels(name, "INVALID_ARGUMENT").inc()
+
     public = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers,
                                                     thread_name_prefix="serving"),
                          maximum_concurrent_rpcs=config.max_workers,
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
-                                  _NO_REUSEPORT])
+                                  _NO_REUSEPORT],
+                         interceptors=[InvalidArgumentOnUndecodable(count_undecodable)])
     health_servicer = health.HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
@@ -312,7 +326,8 @@ def create_server(config: ServingConfig, replica: ModelReplica,
     port = _bind(public, "serving", config.host, config.port)
     sync = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync"),
                        options=[("grpc.max_receive_message_length", SYNC_MAX_MESSAGE_BYTES),
-                                _NO_REUSEPORT])
+                                _NO_REUSEPORT],
+                       interceptors=[InvalidArgumentOnUndecodable()])
     servers: Servers | None = None
 
     def on_version(version: int) -> None:

@@ -12,6 +12,8 @@ __all__ = [
     "DecodeError",
     "SyncError",
     "VersionGapError",
+    "StaleVersionError",
+    "NonFiniteError",
     "NotReadyError",
     "CheckpointError",
 ]
@@ -54,6 +56,21 @@ class VersionGapError(SyncError):
         )
         self.replica_version = replica_version
         self.base_version = base_version
+
+
+class StaleVersionError(SyncError):
+    """A push would take a replica to a version not above the one it holds (versions only grow)."""
+
+    def __init__(self, replica_version: int, version: int) -> None:
+        super().__init__(
+            f"version {version} is not above the replica's version {replica_version}: a "
+            f"replica never goes back (a restarted trainer publishes above what replicas hold)")
+        self.replica_version = replica_version
+        self.version = version
+
+
+class NonFiniteError(SyncError):
+    """Parameters, or the scores computed from them, hold NaN or infinite values."""
 
 
 class NotReadyError(StreamrecError, RuntimeError):

@@ -83,7 +83,10 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)
     serving_url = _metrics_server(config.metrics.host, 0 if port >= 0 else -1, serving_registry)
     client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
-    stream = SyntheticStream(default())
+    # Event time starts now (and, at a given rate, keeps pace with the wall
+    # clock), so serving staleness reads as it would on a live stream.
+    stream = SyntheticStream(replace(default(), start_ms=int(time.time() * 1000),
+                                     events_per_second=rate or default().events_per_second))
     source = IteratorSource(stream.events(10**12), rate=rate, name="synthetic")
     stop = threading.Event()
     candidates = list(range(1, 51))

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,17 +27,36 @@ def wait_until(what: str, check: Callable[[], T | None], timeout_s: float = 60.0
                interval_s: float = 0.2) -> T:
     """Poll ``check`` until it returns a truthy value; fail naming ``what`` on timeout."""
     deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
+    # Only the error's text is kept: the exception itself references this
+    # frame through its traceback, a cycle that would keep whatever it holds
+    # (an HTTP response, a socket) alive until a later garbage collection,
+    # whose ResourceWarning then fails whichever test runs at that moment.
+    last_error = ""
     while time.monotonic() < deadline:
         try:
             value = check()
             if value:
                 return value
         except Exception as e:  # the thing is not up yet
-            last_error = e
+            last_error = repr(e)
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}"
-                         + (f" (last error: {last_error!r})" if last_error else ""))
+                         + (f" (last error: {last_error})" if last_error else ""))
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> bytes:
+    """The body of a GET that answered 200; AssertionError with the status otherwise.
+
+    An error status's response (``HTTPError``) holds an open socket: it is
+    closed here, not left to the garbage collector.
+    """
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return bytes(r.read())
+    except urllib.error.HTTPError as e:
+        with e:
+            body = e.read()[:300]
+        raise AssertionError(f"GET {url}: HTTP {e.code}: {body!r}") from None
 
 
 def start_cli(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None
@@ -63,8 +83,7 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
 
 def scrape(port: int) -> dict[str, float]:
     """One /metrics scrape, as {'name{labels}': value} for every sample."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
+    text = http_get(f"http://127.0.0.1:{port}/metrics").decode()
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from kafka import KafkaProducer
 
 from streamrec.ingest.kafka_source import create_topics
 from streamrec.synthetic import default, write_jsonl
-from tests.integration.processes import free_port, start_cli, stop, wait_until
+from tests.integration.processes import free_port, http_get, start_cli, stop, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -158,8 +157,7 @@ def prometheus(demo: dict[str, int], kafka_trainer: int,
 
     def ready() -> bool:
         assert proc.poll() is None, (tmp / "prometheus.log").read_text()[-3000:]
-        with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
-            return r.status == 200
+        return bool(http_get(f"{url}/-/ready", timeout_s=2))
 
     try:
         wait_until("Prometheus to be ready", ready, timeout_s=60)
@@ -171,8 +169,7 @@ def prometheus(demo: dict[str, int], kafka_trainer: int,
 
 def api(url: str, path: str, **params: str) -> Any:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
-    with urllib.request.urlopen(f"{url}/api/v1/{path}{query}", timeout=10) as r:
-        body = json.loads(r.read())
+    body = json.loads(http_get(f"{url}/api/v1/{path}{query}", timeout_s=10))
     assert body["status"] == "success", body
     return body["data"]
 

@@ -1,6 +1,12 @@
 """The publisher: after each training step (at most every ``min_interval_s``),
 and at least every ``interval_s``, it sends what changed to every replica.
 
+A round makes a new version only when the parameters changed since the last
+one (rows touched or evicted, or dense weights that differ): while the
+trainer learns nothing, versions stand still, and a replica behind or empty
+gets the last version again, unchanged (from held deltas, with the last dense
+weights, or a snapshot).
+
 Each round asks every replica for its version (``GetVersion``, concurrently),
 then sends, concurrently too, each replica on its own worker thread:
 
@@ -32,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
 from prometheus_client import CollectorRegistry
 
 from streamrec.errors import SyncError, VersionGapError
@@ -84,6 +91,9 @@ class Publisher:
         # for replicas that fell a little behind.
         self._lineage = start_version + 1
         self._deltas: dict[int, ParameterDelta] = {}
+        # The dense weights of the last version published (None: none yet),
+        # to tell a round where nothing was learned.
+        self._published_dense: dict[str, torch.Tensor] | None = None
         # What this publisher pushed to each replica since the lineage began:
         # only a replica at one of those versions holds this publisher's state
         # (another at an equal number holds an earlier run's).
@@ -179,14 +189,16 @@ class Publisher:
                 log.warning("replica %s unreachable: %s", name, e)
         return versions
 
-    def _missed(self, name: str, reported: int) -> list[ParameterDelta] | None:
-        """The held deltas that bring replica ``name`` at ``reported`` to this version, or None."""
-        # Its version is one of this publisher's pushes to it (acknowledged, or
-        # applied after the push's deadline): it holds that state.
-        ours = reported in (self._acked.get(name), self._tried.get(name))
-        if not ours or not self._lineage <= reported <= self._version:
+    def _holds(self, name: str, reported: int) -> bool:
+        """Whether replica ``name``'s version is one this publisher pushed to it."""
+        # (Acknowledged, or applied after the push's deadline: it holds that state.)
+        return reported in (self._acked.get(name), self._tried.get(name))
+
+    def _missed(self, name: str, reported: int, upto: int) -> list[ParameterDelta] | None:
+        """The held deltas that bring replica ``name`` from ``reported`` to ``upto``, or None."""
+        if not self._holds(name, reported) or not self._lineage <= reported <= upto:
             return None
-        chain = [self._deltas.get(v) for v in range(reported + 1, self._version + 1)]
+        chain = [self._deltas.get(v) for v in range(reported + 1, upto + 1)]
         return None if None in chain else chain  # type: ignore[return-value]
 
     def _push(self, name: str, sink: DeltaSink, delta: ParameterDelta) -> None:
@@ -213,9 +225,23 @@ class Publisher:
         self.metrics.rows.labels(kind).inc(delta.num_rows())
         self.metrics.replica_version.labels(name).set(acked)
 
-    def publish_once(self, *, wait_all: bool = False) -> int:
-        """Publish the next version to every replica that answers; returns that version.
+    def _changed(self, delta: ParameterDelta) -> bool:
+        """Whether ``delta`` changes the state last published (rows, tombstones or dense)."""
+        published = self._published_dense
+        if published is None:
+            return True
+        if any(t.ids.numel() or t.evicted_ids.numel() for t in delta.tables):
+            return True
+        return published.keys() != delta.dense.keys() or not all(
+            torch.equal(v, published[k]) for k, v in delta.dense.items())
 
+    def publish_once(self, *, wait_all: bool = False) -> int:
+        """Publish the next version to every replica that answers; returns the version served.
+
+        A version is made only when the parameters changed since the last one
+        (or a replica holds a version this publisher cannot resend): while the
+        trainer learns nothing, replicas keep their version, and one that is
+        behind or empty gets what was last published, at its version.
         Waits for the pushes up to ``interval_s`` (``wait_all``: until each ends,
         within its sink's own deadline). A push still running goes on in the
         background, and its replica sits out the rounds until it ends.
@@ -223,21 +249,29 @@ class Publisher:
         with self._lock:
             reported = self._probe()
             version = self._version + 1
-            catch_up = {n: chain for n, r in reported.items()
-                        if (chain := self._missed(n, r)) is not None}
             ahead = max(reported.values(), default=0)
-            if ahead >= version:
-                log.warning("a replica is at version %d, ahead of this trainer's %d (restarted "
-                            "from an older checkpoint?): publishing version %d to all",
-                            ahead, self._version, ahead + 1)
-                version, catch_up = ahead + 1, {}
-                self._lineage = version
-                self._deltas.clear()
-                self._acked.clear()
-                self._tried.clear()
-            behind = [n for n in reported if n not in catch_up]
+            # A replica at this version that did not get it from this
+            # publisher holds another state under the same number: only a new
+            # version can replace it.
+            foreign = any(r == self._version and not self._holds(n, r)
+                          for n, r in reported.items())
             with self.source.lock:  # one state for the delta and the snapshot
                 delta = self.source.collect_delta(version)
+                if not (ahead >= version or foreign or self._changed(delta)):
+                    return self._resend(reported, wait_all)
+                if ahead >= version:
+                    log.warning("a replica is at version %d, ahead of this trainer's %d "
+                                "(restarted from an older checkpoint?): publishing version %d "
+                                "to all", ahead, self._version, ahead + 1)
+                    version = ahead + 1
+                    delta = dataclasses.replace(delta, version=version, base_version=version - 1)
+                    self._lineage = version
+                    self._deltas.clear()
+                    self._acked.clear()
+                    self._tried.clear()
+                catch_up = {n: chain for n, r in reported.items()
+                            if (chain := self._missed(n, r, version - 1)) is not None}
+                behind = [n for n in reported if n not in catch_up]
                 snapshot = self.source.snapshot(version) if behind else None
             pushes = [self._submit(n, self._push, n, self.sinks[n],
                                    merge_deltas([*chain, delta]) if chain else delta)
@@ -249,7 +283,34 @@ class Publisher:
             # (a merged catch-up carries the newest dense weights).
             self._deltas[version] = dataclasses.replace(delta, dense={})
             self._deltas.pop(version - self.max_lag, None)
+            self._published_dense = delta.dense
             wait(pushes, timeout=None if wait_all else self.interval_s)
             self._version = version
             self.metrics.version.set(version)
             return version
+
+    def _resend(self, reported: dict[str, int], wait_all: bool) -> int:
+        """Nothing changed: bring replicas behind to the version last published, unchanged.
+
+        Called under the source's lock, with no new delta collected (the one
+        read was empty). A replica this publisher already brought there is
+        left alone; one further behind gets the deltas it missed, or a
+        snapshot (of the same, unchanged state).
+        """
+        version = self._version
+        late = {n: r for n, r in reported.items() if r != version}
+        if not late:
+            return version
+        catch_up = {n: chain for n, r in late.items()
+                    if (chain := self._missed(n, r, version)) is not None}
+        behind = [n for n in late if n not in catch_up]
+        snapshot = self.source.snapshot(version) if behind else None
+        # (The held deltas carry no dense weights: the last published ones go along.)
+        pushes = [self._submit(n, self._push, n, self.sinks[n],
+                               dataclasses.replace(merge_deltas(chain),
+                                                   dense=self._published_dense or {}))
+                  for n, chain in catch_up.items() if chain]
+        pushes += [self._submit(n, self._push, n, self.sinks[n], snapshot) for n in behind]
+        self._tried.update({n: version for n in late})
+        wait(pushes, timeout=None if wait_all else self.interval_s)
+        return version
