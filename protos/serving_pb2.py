@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import event_pb2 as protos_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/serving.proto\x12\x11streamrec.serving\x1a\x12protos/event.proto\"\xb9\x03\n\x0ePredictRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x12\x12\x41\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32/.streamrec.serving.PredictRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12R\n\x11\x63\x61ndidate_columns\x18\x05 \x03(\x0b\x32\x37.streamrec.serving.PredictRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\"\xab\x01\n\x11\x43\x61ndidateFeatures\x12\x44\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x32.streamrec.serving.CandidateFeatures.FeaturesEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\">\n\rFeatureColumn\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x0b\n\x03ids\x18\x03 \x03(\x12\"8\n\x0fPredictResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\xca\x03\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x12\x12\x43\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x31.streamrec.serving.RecommendRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12\t\n\x01k\x18\x05 \x01(\r\x12T\n\x11\x63\x61ndidate_columns\x18\x06 \x03(\x0b\x32\x39.streamrec.serving.RecommendRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x12\x12\r\n\x05score\x18\x02 \x01(\x02\"X\n\x11RecommendResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.streamrec.serving.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x32\xb7\x01\n\x0bRecommender\x12P\n\x07Predict\x12!.streamrec.serving.PredictRequest\x1a\".streamrec.serving.PredictResponse\x12V\n\tRecommend\x12#.streamrec.serving.RecommendRequest\x1a$.streamrec.serving.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/serving.proto\x12\x11streamrec.serving\x1a\x12protos/event.proto\"\xea\x03\n\x0ePredictRequest\x12\x11\n\x07user_id\x18\x01 \x01(\x12H\x00\x12\x12\n\x08user_key\x18\x06 \x01(\tH\x00\x12\x41\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32/.streamrec.serving.PredictRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12\x11\n\titem_keys\x18\x07 \x03(\t\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12R\n\x11\x63\x61ndidate_columns\x18\x05 \x03(\x0b\x32\x37.streamrec.serving.PredictRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\x42\x06\n\x04user\"\xab\x01\n\x11\x43\x61ndidateFeatures\x12\x44\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x32.streamrec.serving.CandidateFeatures.FeaturesEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\">\n\rFeatureColumn\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x0b\n\x03ids\x18\x03 \x03(\x12\"8\n\x0fPredictResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\xfb\x03\n\x10RecommendRequest\x12\x11\n\x07user_id\x18\x01 \x01(\x12H\x00\x12\x12\n\x08user_key\x18\x07 \x01(\tH\x00\x12\x43\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x31.streamrec.serving.RecommendRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12\x11\n\titem_keys\x18\x08 \x03(\t\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12\t\n\x01k\x18\x05 \x01(\r\x12T\n\x11\x63\x61ndidate_columns\x18\x06 \x03(\x0b\x32\x39.streamrec.serving.RecommendRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\x42\x06\n\x04user\"J\n\nScoredItem\x12\x11\n\x07item_id\x18\x01 \x01(\x12H\x00\x12\x12\n\x08item_key\x18\x03 \x01(\tH\x00\x12\r\n\x05score\x18\x02 \x01(\x02\x42\x06\n\x04item\"X\n\x11RecommendResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.streamrec.serving.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x32\xb7\x01\n\x0bRecommender\x12P\n\x07Predict\x12!.streamrec.serving.PredictRequest\x1a\".streamrec.serving.PredictResponse\x12V\n\tRecommend\x12#.streamrec.serving.RecommendRequest\x1a$.streamrec.serving.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,29 +43,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=64
-  _globals['_PREDICTREQUEST']._serialized_end=505
-  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_start=334
-  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_end=414
-  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=416
-  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=505
-  _globals['_CANDIDATEFEATURES']._serialized_start=508
-  _globals['_CANDIDATEFEATURES']._serialized_end=679
-  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_start=334
-  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_end=414
-  _globals['_FEATURECOLUMN']._serialized_start=681
-  _globals['_FEATURECOLUMN']._serialized_end=743
-  _globals['_PREDICTRESPONSE']._serialized_start=745
-  _globals['_PREDICTRESPONSE']._serialized_end=801
-  _globals['_RECOMMENDREQUEST']._serialized_start=804
-  _globals['_RECOMMENDREQUEST']._serialized_end=1262
-  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_start=334
-  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_end=414
-  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=416
-  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=505
-  _globals['_SCOREDITEM']._serialized_start=1264
-  _globals['_SCOREDITEM']._serialized_end=1308
-  _globals['_RECOMMENDRESPONSE']._serialized_start=1310
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1398
-  _globals['_RECOMMENDER']._serialized_start=1401
-  _globals['_RECOMMENDER']._serialized_end=1584
+  _globals['_PREDICTREQUEST']._serialized_end=554
+  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_start=375
+  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_end=455
+  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=457
+  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=546
+  _globals['_CANDIDATEFEATURES']._serialized_start=557
+  _globals['_CANDIDATEFEATURES']._serialized_end=728
+  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_start=375
+  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_end=455
+  _globals['_FEATURECOLUMN']._serialized_start=730
+  _globals['_FEATURECOLUMN']._serialized_end=792
+  _globals['_PREDICTRESPONSE']._serialized_start=794
+  _globals['_PREDICTRESPONSE']._serialized_end=850
+  _globals['_RECOMMENDREQUEST']._serialized_start=853
+  _globals['_RECOMMENDREQUEST']._serialized_end=1360
+  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_start=375
+  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_end=455
+  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=457
+  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=546
+  _globals['_SCOREDITEM']._serialized_start=1362
+  _globals['_SCOREDITEM']._serialized_end=1436
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1438
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1526
+  _globals['_RECOMMENDER']._serialized_start=1529
+  _globals['_RECOMMENDER']._serialized_end=1712
 # @@protoc_insertion_point(module_scope)
