@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
+from serving.health import HealthServicer
 from serving.ids import IdError, request_ids, scored_item
 from serving.replica import Features, ModelReplica
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
@@ -242,7 +243,7 @@ class Servers:
 
     public: grpc.Server
     sync: grpc.Server
-    health: health.HealthServicer
+    health: HealthServicer
     port: int
     sync_port: int
 
@@ -301,7 +302,7 @@ def create_server(config: ServingConfig, replica: ModelReplica,
                                                     thread_name_prefix="serving"),
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
                                   _NO_REUSEPORT])
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
     reflection.enable_server_reflection(

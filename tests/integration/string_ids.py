@@ -1,4 +1,8 @@
-"""A model trained on events with string ids, served on real gRPC ports (test helpers)."""
+"""A model trained on events with string ids, served on real gRPC ports.
+
+Test helpers, and the fixtures ``model`` (trained once per test module) and
+``served`` for the modules that import them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
+import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -78,3 +83,14 @@ def serving(model: StringIdModel) -> Iterator[tuple[Servers, RecommenderClient]]
         sink.close()
         client.close()
         servers.stop(0)
+
+
+@pytest.fixture(scope="module", name="model")
+def model_fixture() -> StringIdModel:
+    return train_on_string_ids()
+
+
+@pytest.fixture(name="served")
+def served_fixture(model: StringIdModel) -> Iterator[tuple[Servers, RecommenderClient]]:
+    with serving(model) as pair:
+        yield pair

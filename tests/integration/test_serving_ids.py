@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 import torch
 
 from protos import serving_pb2, serving_pb2_grpc
-from serving.client import RecommenderClient
-from serving.server import Servers
-from tests.integration.string_ids import StringIdModel, serving, train_on_string_ids
+from tests.integration.string_ids import model_fixture, served_fixture  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
 ITEMS = [f"sku-{i}" for i in range(12)]
-
-
-@pytest.fixture(scope="module")
-def model() -> StringIdModel:
-    return train_on_string_ids()
-
-
-@pytest.fixture
-def served(model: StringIdModel) -> Iterator[tuple[Servers, RecommenderClient]]:
-    with serving(model) as pair:
-        yield pair
 
 
 def test_string_ids_score_the_items_the_events_named(model, served) -> None:
