@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     from prometheus_client import CollectorRegistry
 
-    from protos import serving_pb2
-    from serving.client import RecommenderClient
-    from serving.ids import request_ids
-    from serving.replica import ModelReplica
-    from serving.server import create_server
+    from streamrec.protos import serving_pb2
+    from streamrec.client import RecommenderClient
+    from streamrec.serving.ids import request_ids
+    from streamrec.serving.replica import ModelReplica
+    from streamrec.serving.server import create_server
     from streamrec.config import ServingConfig, load_config
-    from trainer.sync.sink import GrpcDeltaSink
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.sync.sink import GrpcDeltaSink
+    from streamrec.trainer.trainer import OnlineTrainer
 
     requests = 40 if args.quick else 200
     trainer = OnlineTrainer(load_config(env={}))

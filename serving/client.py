@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos import event_pb2, serving_pb2, serving_pb2_grpc
+from streamrec.protos import event_pb2, serving_pb2, serving_pb2_grpc
 
 __all__ = ["RecommenderClient", "Prediction", "Recommendation", "to_feature_column",
            "to_feature_values"]

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.decode import MAX_STRING
-from ingest.ids import hash_id
-from protos import serving_pb2
+from streamrec.ingest.decode import MAX_STRING
+from streamrec.ingest.ids import hash_id
+from streamrec.protos import serving_pb2
 
 __all__ = ["IdError", "RequestIds", "request_ids", "scored_item"]
 

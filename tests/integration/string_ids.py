@@ -15,15 +15,15 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from ingest.batch import Batcher
-from ingest.decode import decode_json, event_to_dict
-from serving.client import RecommenderClient
-from serving.replica import ModelReplica
-from serving.server import Servers, create_server
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.decode import decode_json, event_to_dict
+from streamrec.client import RecommenderClient
+from streamrec.serving.replica import ModelReplica
+from streamrec.serving.server import Servers, create_server
 from streamrec.config import ServingConfig, load_config
 from streamrec.synthetic import SyntheticStream, default
-from trainer.sync.sink import GrpcDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 TOKEN = "s3cret"
 

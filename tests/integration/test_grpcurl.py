@@ -21,11 +21,11 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from serving.replica import ModelReplica
-from serving.server import RECOMMENDER, create_server
+from streamrec.serving.replica import ModelReplica
+from streamrec.serving.server import RECOMMENDER, create_server
 from streamrec.config import ServingConfig
 from tests.integration.string_ids import TOKEN, model_fixture, served_fixture  # noqa: F401
-from trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.sync.sink import GrpcDeltaSink
 
 pytestmark = pytest.mark.integration
 

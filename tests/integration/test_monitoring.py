@@ -28,7 +28,7 @@ from tests.deploy_assets import (BUILTIN_SERIES, DEPLOY, ROOT, alert_rules, dash
                                  metric_names_in)
 from kafka import KafkaProducer
 
-from ingest.kafka_source import create_topics
+from streamrec.ingest.kafka_source import create_topics
 from streamrec.synthetic import default, write_jsonl
 from tests.integration.processes import (free_port, running_prometheus, start_cli, stop,
                                          wait_until)

@@ -6,7 +6,7 @@ import grpc
 import pytest
 import torch
 
-from protos import serving_pb2, serving_pb2_grpc
+from streamrec.protos import serving_pb2, serving_pb2_grpc
 from tests.integration.string_ids import model_fixture, served_fixture  # noqa: F401
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from streamrec import cli
-from trainer.loop import LoopStats, RecentRate
+from streamrec.trainer.loop import LoopStats, RecentRate
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -61,7 +61,7 @@ def test_demo_ports_are_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     def fake_demo(config: Any, **kwargs: Any) -> None:
         seen.update(kwargs, metrics_port=config.metrics.port)
 
-    monkeypatch.setattr("streamrec.demo.run_demo", fake_demo)
+    monkeypatch.setattr("streamrec.cli.demo.run_demo", fake_demo)
     monkeypatch.setattr(cli, "tune_gc", lambda: None)
     assert cli.main(["demo", "--metrics-port", "9200", "--serving-metrics-port", "9300",
                      "--serving-port", "6000", "--sync-port", "6001"]) == 0
@@ -72,7 +72,7 @@ def test_demo_ports_are_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_serving_metrics_port_follows_the_trainers() -> None:
-    from streamrec.demo import serving_metrics_port
+    from streamrec.cli.demo import serving_metrics_port
 
     assert [serving_metrics_port(p) for p in (9100, 0, -1)] == [9101, 0, -1]
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ingest.decode import decode_value, encode_protobuf
-from ingest.event import Event
-from ingest.source import MemorySource
+from streamrec.ingest.decode import decode_value, encode_protobuf
+from streamrec.ingest.event import Event
+from streamrec.ingest.source import MemorySource
 
 VALID = {"type": "example", "label": 1, "user_id": 42, "item_id": 7,
          "timestamp_ms": 1_700_000_000_000}

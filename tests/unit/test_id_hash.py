@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.ids import hash_id
+from streamrec.ingest.ids import hash_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
