@@ -281,8 +281,17 @@ def decode_protobuf(raw: bytes) -> Event:
         "label": msg.label if msg.HasField("label") else None})
 
 
+# Control characters other than tab, newline and carriage return: text has none,
+# while every protobuf Event has one (0x12, the tag of field 2, `type`).
+_CONTROL = bytes([*range(0x09), 0x0b, 0x0c, *range(0x0e, 0x20), 0x7f])
+
+
 def decode_value(raw: bytes, value_format: str = "auto") -> Event:
-    """Decode a Kafka message value or a file line; ``auto``: JSON if it reads as JSON."""
+    """Decode a Kafka message value or a file line; ``auto``: JSON if it reads as JSON.
+
+    With ``auto``, a value that is text (no control characters) is JSON, or
+    reported as invalid JSON: a JSON producer hears about its own mistake.
+    """
     if value_format == "json":
         return decode_json(raw)
     if value_format == "protobuf":
@@ -291,6 +300,8 @@ def decode_value(raw: bytes, value_format: str = "auto") -> Event:
         raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
     text = raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw  # a UTF-8 byte order mark
     if text.lstrip()[:1] not in (b"{", b"[", b'"'):
+        if len(text.translate(None, _CONTROL)) == len(text):  # text: never an Event
+            return decode_json(raw)
         return decode_protobuf(raw)
     try:
         return decode_json(raw)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from streamrec.protos import event_pb2 as streamrec_dot_protos_dot_event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estreamrec/protos/serving.proto\x12\x11streamrec.serving\x1a\x1cstreamrec/protos/event.proto\"\xb9\x03\n\x0ePredictRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x12\x12\x41\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32/.streamrec.serving.PredictRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12R\n\x11\x63\x61ndidate_columns\x18\x05 \x03(\x0b\x32\x37.streamrec.serving.PredictRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\"\xab\x01\n\x11\x43\x61ndidateFeatures\x12\x44\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x32.streamrec.serving.CandidateFeatures.FeaturesEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\">\n\rFeatureColumn\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x0b\n\x03ids\x18\x03 \x03(\x12\"8\n\x0fPredictResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\xca\x03\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x12\x12\x43\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x31.streamrec.serving.RecommendRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12\t\n\x01k\x18\x05 \x01(\r\x12T\n\x11\x63\x61ndidate_columns\x18\x06 \x03(\x0b\x32\x39.streamrec.serving.RecommendRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x12\x12\r\n\x05score\x18\x02 \x01(\x02\"X\n\x11RecommendResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.streamrec.serving.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x32\xb7\x01\n\x0bRecommender\x12P\n\x07Predict\x12!.streamrec.serving.PredictRequest\x1a\".streamrec.serving.PredictResponse\x12V\n\tRecommend\x12#.streamrec.serving.RecommendRequest\x1a$.streamrec.serving.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1estreamrec/protos/serving.proto\x12\x11streamrec.serving\x1a\x1cstreamrec/protos/event.proto\"\xea\x03\n\x0ePredictRequest\x12\x11\n\x07user_id\x18\x01 \x01(\x12H\x00\x12\x12\n\x08user_key\x18\x06 \x01(\tH\x00\x12\x41\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32/.streamrec.serving.PredictRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12\x11\n\titem_keys\x18\x07 \x03(\t\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12R\n\x11\x63\x61ndidate_columns\x18\x05 \x03(\x0b\x32\x37.streamrec.serving.PredictRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\x42\x06\n\x04user\"\xab\x01\n\x11\x43\x61ndidateFeatures\x12\x44\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x32.streamrec.serving.CandidateFeatures.FeaturesEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\">\n\rFeatureColumn\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x0b\n\x03ids\x18\x03 \x03(\x12\"8\n\x0fPredictResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\"\xfb\x03\n\x10RecommendRequest\x12\x11\n\x07user_id\x18\x01 \x01(\x12H\x00\x12\x12\n\x08user_key\x18\x07 \x01(\tH\x00\x12\x43\n\x08\x66\x65\x61tures\x18\x02 \x03(\x0b\x32\x31.streamrec.serving.RecommendRequest.FeaturesEntry\x12\x10\n\x08item_ids\x18\x03 \x03(\x12\x12\x11\n\titem_keys\x18\x08 \x03(\t\x12@\n\x12\x63\x61ndidate_features\x18\x04 \x03(\x0b\x32$.streamrec.serving.CandidateFeatures\x12\t\n\x01k\x18\x05 \x01(\r\x12T\n\x11\x63\x61ndidate_columns\x18\x06 \x03(\x0b\x32\x39.streamrec.serving.RecommendRequest.CandidateColumnsEntry\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x1aY\n\x15\x43\x61ndidateColumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12/\n\x05value\x18\x02 \x01(\x0b\x32 .streamrec.serving.FeatureColumn:\x02\x38\x01\x42\x06\n\x04user\"J\n\nScoredItem\x12\x11\n\x07item_id\x18\x01 \x01(\x12H\x00\x12\x12\n\x08item_key\x18\x03 \x01(\tH\x00\x12\r\n\x05score\x18\x02 \x01(\x02\x42\x06\n\x04item\"X\n\x11RecommendResponse\x12,\n\x05items\x18\x01 \x03(\x0b\x32\x1d.streamrec.serving.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x32\xb7\x01\n\x0bRecommender\x12P\n\x07Predict\x12!.streamrec.serving.PredictRequest\x1a\".streamrec.serving.PredictResponse\x12V\n\tRecommend\x12#.streamrec.serving.RecommendRequest\x1a$.streamrec.serving.RecommendResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,29 +43,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_options = b'8\001'
   _globals['_PREDICTREQUEST']._serialized_start=84
-  _globals['_PREDICTREQUEST']._serialized_end=525
-  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_start=354
-  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_end=434
-  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=436
-  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=525
-  _globals['_CANDIDATEFEATURES']._serialized_start=528
-  _globals['_CANDIDATEFEATURES']._serialized_end=699
-  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_start=354
-  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_end=434
-  _globals['_FEATURECOLUMN']._serialized_start=701
-  _globals['_FEATURECOLUMN']._serialized_end=763
-  _globals['_PREDICTRESPONSE']._serialized_start=765
-  _globals['_PREDICTRESPONSE']._serialized_end=821
-  _globals['_RECOMMENDREQUEST']._serialized_start=824
-  _globals['_RECOMMENDREQUEST']._serialized_end=1282
-  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_start=354
-  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_end=434
-  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=436
-  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=525
-  _globals['_SCOREDITEM']._serialized_start=1284
-  _globals['_SCOREDITEM']._serialized_end=1328
-  _globals['_RECOMMENDRESPONSE']._serialized_start=1330
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1418
-  _globals['_RECOMMENDER']._serialized_start=1421
-  _globals['_RECOMMENDER']._serialized_end=1604
+  _globals['_PREDICTREQUEST']._serialized_end=574
+  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_start=395
+  _globals['_PREDICTREQUEST_FEATURESENTRY']._serialized_end=475
+  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=477
+  _globals['_PREDICTREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=566
+  _globals['_CANDIDATEFEATURES']._serialized_start=577
+  _globals['_CANDIDATEFEATURES']._serialized_end=748
+  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_start=395
+  _globals['_CANDIDATEFEATURES_FEATURESENTRY']._serialized_end=475
+  _globals['_FEATURECOLUMN']._serialized_start=750
+  _globals['_FEATURECOLUMN']._serialized_end=812
+  _globals['_PREDICTRESPONSE']._serialized_start=814
+  _globals['_PREDICTRESPONSE']._serialized_end=870
+  _globals['_RECOMMENDREQUEST']._serialized_start=873
+  _globals['_RECOMMENDREQUEST']._serialized_end=1380
+  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_start=395
+  _globals['_RECOMMENDREQUEST_FEATURESENTRY']._serialized_end=475
+  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_start=477
+  _globals['_RECOMMENDREQUEST_CANDIDATECOLUMNSENTRY']._serialized_end=566
+  _globals['_SCOREDITEM']._serialized_start=1382
+  _globals['_SCOREDITEM']._serialized_end=1456
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1458
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1546
+  _globals['_RECOMMENDER']._serialized_start=1549
+  _globals['_RECOMMENDER']._serialized_end=1732
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PredictRequest(_message.Message):
-    __slots__ = ("user_id", "features", "item_ids", "candidate_features", "candidate_columns")
+    __slots__ = ("user_id", "user_key", "features", "item_ids", "item_keys", "candidate_features", "candidate_columns")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,16 +24,20 @@ class PredictRequest(_message.Message):
         value: FeatureColumn
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureColumn, _Mapping]] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_KEY_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_KEYS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     user_id: int
+    user_key: str
     features: _containers.MessageMap[str, _event_pb2.FeatureValues]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
+    item_keys: _containers.RepeatedScalarFieldContainer[str]
     candidate_features: _containers.RepeatedCompositeFieldContainer[CandidateFeatures]
     candidate_columns: _containers.MessageMap[str, FeatureColumn]
-    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., candidate_columns: _Optional[_Mapping[str, FeatureColumn]] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[int] = ..., user_key: _Optional[str] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., item_keys: _Optional[_Iterable[str]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., candidate_columns: _Optional[_Mapping[str, FeatureColumn]] = ...) -> None: ...
 
 class CandidateFeatures(_message.Message):
     __slots__ = ("features",)
@@ -67,7 +71,7 @@ class PredictResponse(_message.Message):
     def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "features", "item_ids", "candidate_features", "k", "candidate_columns")
+    __slots__ = ("user_id", "user_key", "features", "item_ids", "item_keys", "candidate_features", "k", "candidate_columns")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -83,26 +87,32 @@ class RecommendRequest(_message.Message):
         value: FeatureColumn
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FeatureColumn, _Mapping]] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_KEY_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_KEYS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_FEATURES_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     user_id: int
+    user_key: str
     features: _containers.MessageMap[str, _event_pb2.FeatureValues]
     item_ids: _containers.RepeatedScalarFieldContainer[int]
+    item_keys: _containers.RepeatedScalarFieldContainer[str]
     candidate_features: _containers.RepeatedCompositeFieldContainer[CandidateFeatures]
     k: int
     candidate_columns: _containers.MessageMap[str, FeatureColumn]
-    def __init__(self, user_id: _Optional[int] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., k: _Optional[int] = ..., candidate_columns: _Optional[_Mapping[str, FeatureColumn]] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[int] = ..., user_key: _Optional[str] = ..., features: _Optional[_Mapping[str, _event_pb2.FeatureValues]] = ..., item_ids: _Optional[_Iterable[int]] = ..., item_keys: _Optional[_Iterable[str]] = ..., candidate_features: _Optional[_Iterable[_Union[CandidateFeatures, _Mapping]]] = ..., k: _Optional[int] = ..., candidate_columns: _Optional[_Mapping[str, FeatureColumn]] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score")
+    __slots__ = ("item_id", "item_key", "score")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_KEY_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     item_id: int
+    item_key: str
     score: float
-    def __init__(self, item_id: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
+    def __init__(self, item_id: _Optional[int] = ..., item_key: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_version")

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from streamrec.protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
 from streamrec.serving.admission import Admission, Shed
-from streamrec.serving.replica import Features, ModelReplica
+from streamrec.serving.health import HealthServicer
+from streamrec.serving.ids import IdError, request_ids, scored_item
 from streamrec.serving.metrics import METHODS
 from streamrec.serving.replica import Features, ModelReplica, NonFiniteScoreError
 from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
@@ -121,14 +122,21 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         self.metrics = replica.metrics
         self.admission = Admission(config.max_concurrent, config.max_queue)
 
-    def _score(self, request: Any, distinct: bool = False) -> tuple[list[int], list[float], int]:
+    def _score(self, request: Any, distinct: bool = False
+               ) -> tuple[Sequence[int | str], list[float], int]:
         """``(items, scores, version)`` of the request's candidates, validated first.
+
+        ``items`` are named as the request sent them (integer ids or string keys).
 
         ``distinct`` scores each item once, at its first occurrence (with that
         position's ``candidate_features``), for Recommend; otherwise every
         position is scored, as Predict answers one score per position.
         """
-        items = list(request.item_ids)
+        try:
+            ids = request_ids(request, self.config.max_candidates)
+        except IdError as e:
+            raise _InvalidRequest(str(e)) from None
+        items = ids.items
         if not items:
             raise _InvalidRequest("item_ids is empty: send at least one candidate")
         if len(items) > self.config.max_candidates:
@@ -157,8 +165,8 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
                 f"candidate's row")
         items = [items[i] for i in positions]
         self.metrics.candidates.observe(len(items))
-        scores, version = self.replica.predict(request.user_id, items, shared, per_item)
-        return items, scores, version
+        scores, version = self.replica.predict(ids.user, items, shared, per_item)
+        return [ids.sent[i] for i in positions] if distinct else ids.sent, scores, version
 
     def _call(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
         t0 = time.perf_counter()
@@ -204,7 +212,7 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
             ranked = sorted(zip(items, scores), key=lambda p: -p[1])
             k = request.k or len(ranked)
             return serving_pb2.RecommendResponse(
-                items=[serving_pb2.ScoredItem(item_id=i, score=s) for i, s in ranked[:k]],
+                items=[scored_item(i, s) for i, s in ranked[:k]],
                 model_version=version)
         return self._call("Recommend", context, body)
 
@@ -250,7 +258,7 @@ class Servers:
 
     public: grpc.Server
     sync: grpc.Server
-    health: health.HealthServicer
+    health: HealthServicer
     port: int
     sync_port: int
 
@@ -317,7 +325,7 @@ def create_server(config: ServingConfig, replica: ModelReplica,
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
                                   _NO_REUSEPORT],
                          interceptors=[InvalidArgumentOnUndecodable(count_undecodable)])
-    health_servicer = health.HealthServicer()
+    health_servicer = HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
     reflection.enable_server_reflection(

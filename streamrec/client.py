@@ -1,6 +1,9 @@
 """A small Python client for the Recommender service.
 
-gRPC errors reach the caller unchanged (``grpc.RpcError`` with its status
+Users and items are named by integer ids or string ids, as in events: the
+server hashes a string to the id the model knows it by (the hash is part of
+the API, see protos/serving.proto), and Recommend names each item as it was
+sent. gRPC errors reach the caller unchanged (``grpc.RpcError`` with its status
 code): INVALID_ARGUMENT for a bad request, FAILED_PRECONDITION before the
 replica has a model.
 """
@@ -20,6 +23,28 @@ __all__ = ["RecommenderClient", "Prediction", "Recommendation", "to_feature_colu
            "to_feature_values"]
 
 FeatureInput = str | int | float | Sequence[str | int | float]
+Id = int | str
+
+
+def _user(user_id: Id) -> dict[str, Id]:
+    """The request's user field: user_key for a string, user_id for an integer."""
+    if isinstance(user_id, str):
+        return {"user_key": user_id}
+    return {"user_id": user_id}  # protobuf refuses what is not an integer
+
+
+def _items(item_ids: Iterable[Id]) -> dict[str, list[Id]]:
+    """The request's candidates: item_keys for strings, item_ids for integers, not mixed."""
+    if isinstance(item_ids, (str, bytes)):
+        raise TypeError(f"item_ids is a list of ids, not a single {type(item_ids).__name__}")
+    tolist = getattr(item_ids, "tolist", None)  # numpy: its elements as Python ints
+    items = tolist() if callable(tolist) else list(item_ids)
+    strings = sum(isinstance(i, str) for i in items)
+    if strings and strings == len(items):
+        return {"item_keys": items}
+    if strings:
+        raise TypeError("item_ids are all ints or all strs, not a mix")
+    return {"item_ids": items}  # protobuf refuses what is not an integer
 
 
 def to_feature_values(value: FeatureInput) -> event_pb2.FeatureValues:
@@ -88,8 +113,12 @@ class Prediction:
 
 @dataclass
 class Recommendation:
-    items: list[tuple[int, float]]
+    items: list[tuple[Id, float]]
     model_version: int
+
+
+def _sent(item: Any) -> Id:
+    return str(item.item_key) if item.WhichOneof("item") == "item_key" else int(item.item_id)
 
 
 class RecommenderClient:
@@ -100,22 +129,24 @@ class RecommenderClient:
         self._stub = serving_pb2_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    def _request(self, cls: Any, user_id: int, item_ids: Sequence[int],
+    def _request(self, cls: Any, user_id: Id, item_ids: Iterable[Id],
                  features: Mapping[str, FeatureInput] | None,
                  candidate_features: Sequence[Mapping[str, FeatureInput]] | None,
                  candidate_columns: Mapping[str, Iterable[str | int | float]] | None,
                  **extra: Any) -> Any:
-        return cls(user_id=user_id, item_ids=list(item_ids), features=_features(features),
+        return cls(**_user(user_id), **_items(item_ids), features=_features(features),
                    candidate_features=[serving_pb2.CandidateFeatures(features=_features(c))
                                        for c in candidate_features or []],
                    candidate_columns=_columns(candidate_columns), **extra)
 
-    def predict(self, user_id: int, item_ids: Sequence[int],
+    def predict(self, user_id: Id, item_ids: Iterable[Id],
                 features: Mapping[str, FeatureInput] | None = None,
                 candidate_features: Sequence[Mapping[str, FeatureInput]] | None = None,
                 candidate_columns: Mapping[str, Iterable[str | int | float]] | None = None
                 ) -> Prediction:
         """One click probability per candidate, in order.
+
+        ``user_id`` is an int or a str; ``item_ids`` all ints or all strs.
 
         Per-candidate features come either as ``candidate_features`` (one mapping
         per candidate) or as ``candidate_columns`` (one list per feature, one
@@ -126,16 +157,19 @@ class RecommenderClient:
         reply = self._stub.Predict(request, timeout=self.timeout_s)
         return Prediction(scores=list(reply.scores), model_version=int(reply.model_version))
 
-    def recommend(self, user_id: int, item_ids: Sequence[int], k: int = 10,
+    def recommend(self, user_id: Id, item_ids: Iterable[Id], k: int = 10,
                   features: Mapping[str, FeatureInput] | None = None,
                   candidate_features: Sequence[Mapping[str, FeatureInput]] | None = None,
                   candidate_columns: Mapping[str, Iterable[str | int | float]] | None = None
                   ) -> Recommendation:
-        """The top ``k`` candidates by score (all of them for k = 0), best first."""
+        """The top ``k`` candidates by score (all of them for k = 0), best first.
+
+        Each item comes back as it was sent: a str for string ids, an int otherwise.
+        """
         request = self._request(serving_pb2.RecommendRequest, user_id, item_ids, features,
                                 candidate_features, candidate_columns, k=k)
         reply = self._stub.Recommend(request, timeout=self.timeout_s)
-        return Recommendation(items=[(int(i.item_id), float(i.score)) for i in reply.items],
+        return Recommendation(items=[(_sent(i), float(i.score)) for i in reply.items],
                               model_version=int(reply.model_version))
 
     def health(self, service: str = "") -> bool:

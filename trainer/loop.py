@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from streamrec.ingest.source import EventSource
     from streamrec.trainer.sync.publisher import Publisher
 
-__all__ = ["TrainingLoop", "LoopStats"]
+__all__ = ["TrainingLoop", "LoopStats", "RecentRate"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,29 @@ class LoopStats:
     @property
     def examples_per_second(self) -> float:
         return self.examples / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+class RecentRate:
+    """Examples per second since the previous progress report, not since the start.
+
+    A report less than ``min_window_s`` after the previous one (the final
+    report, as the loop ends) is measured from the report before, so it
+    never divides a handful of examples by a few milliseconds.
+    """
+
+    def __init__(self, min_window_s: float = 0.5) -> None:
+        self.min_window_s = min_window_s
+        self._last = (0.0, 0)  # (wall_seconds, examples) at the previous report
+        self._before = (0.0, 0)
+
+    def update(self, stats: LoopStats) -> float:
+        """The rate up to ``stats``, which becomes the next window's start."""
+        if stats.wall_seconds - self._last[0] >= self.min_window_s:
+            self._before = self._last
+        t, n = self._before
+        self._last = (stats.wall_seconds, stats.examples)
+        window = stats.wall_seconds - t
+        return (stats.examples - n) / window if window > 0 else 0.0
 
 
 class TrainingLoop:

@@ -3,7 +3,9 @@
 A synthetic event stream feeds the online trainer; the trainer pushes
 parameter deltas over real gRPC to a serving replica it started on localhost;
 the demo queries that replica and prints one line every few seconds. The
-trainer and the replica each expose their own /metrics endpoint.
+trainer and the replica each expose their own /metrics endpoint. Every port
+is a parameter: 0 picks a free one (printed at start), -1 turns a /metrics
+endpoint off.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from streamrec.serving.server import create_server
 from streamrec.config import AppConfig, TableConfig
 from streamrec.runtime import serve_metrics
 from streamrec.synthetic import SyntheticStream, default
-from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.loop import LoopStats, RecentRate, TrainingLoop
 from streamrec.trainer.metrics import TrainerMetrics
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import GrpcDeltaSink
@@ -63,12 +65,24 @@ def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
     return f"http://{host}:{serve_metrics(host, port, registry)}/metrics"
 
 
+def serving_metrics_port(trainer_port: int) -> int:
+    """The replica's default /metrics port: the trainer's + 1 (0 and -1 as the trainer's)."""
+    return trainer_port + 1 if trainer_port > 0 else trainer_port
+
+
 def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float | None = None,
-             out: TextIO = sys.stdout, install_signal_handlers: bool = True) -> DemoSummary:
-    """Run the demo until ``duration_s`` passes or Ctrl-C; returns what it measured."""
+             out: TextIO = sys.stdout, install_signal_handlers: bool = True,
+             serving_port: int = 0, sync_port: int = 0,
+             serving_metrics: int | None = None) -> DemoSummary:
+    """Run the demo until ``duration_s`` passes or Ctrl-C; returns what it measured.
+
+    The replica listens on ``serving_port`` and ``sync_port`` and serves its
+    /metrics on ``serving_metrics`` (default :func:`serving_metrics_port` of
+    ``config.metrics.port``, the trainer's).
+    """
     config = demo_config(config)
     trainer_registry, serving_registry = CollectorRegistry(), CollectorRegistry()
-    serving_cfg = replace(config.serving, port=0, sync_port=0)
+    serving_cfg = replace(config.serving, port=serving_port, sync_port=sync_port)
     replica = ModelReplica(registry=serving_registry)
     servers = create_server(serving_cfg, replica, registry=serving_registry)
     servers.start()
@@ -81,7 +95,9 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
                           registry=trainer_registry)
     port = config.metrics.port
     trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)
-    serving_url = _metrics_server(config.metrics.host, 0 if port >= 0 else -1, serving_registry)
+    if serving_metrics is None:
+        serving_metrics = serving_metrics_port(port)
+    serving_url = _metrics_server(config.metrics.host, serving_metrics, serving_registry)
     client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
     # Event time starts now (and, at a given rate, keeps pace with the wall
     # clock), so serving staleness reads as it would on a live stream.
@@ -90,16 +106,11 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     source = IteratorSource(stream.events(10**12), rate=rate, name="synthetic")
     stop = threading.Event()
     candidates = list(range(1, 51))
-    last = {"t": time.perf_counter(), "examples": 0, "version": 0}
+    last = {"version": 0}
+    recent = RecentRate()
 
     def on_progress(stats: LoopStats) -> None:
-        now = time.perf_counter()
-        window = now - last["t"]
-        # The final report follows the last one closely: give the run's average
-        # there rather than a rate over a near-empty window.
-        rate_label, rate_now = ("events/s", (stats.examples - last["examples"]) / window) \
-            if window >= 0.5 else ("events/s(avg)", stats.examples / max(1e-9, stats.wall_seconds))
-        last.update(t=now, examples=stats.examples)
+        rate_now = recent.update(stats)
         try:
             served = client.predict(user_id=1, item_ids=candidates)
             version = served.model_version
@@ -109,7 +120,7 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         staleness = replica.staleness_seconds()
         p = stats.progress
         rows = " ".join(f"{k}={v:,}" for k, v in trainer.table_rows().items())
-        print(f"[{stats.wall_seconds:6.1f}s] {rate_label}={rate_now:,.0f} "
+        print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "
               f"logloss={p.get('logloss', float('nan')):.4f} rows[{rows}] "
@@ -121,7 +132,8 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     if install_signal_handlers:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    print(f"streamrec demo: serving on 127.0.0.1:{servers.port} (sync {servers.sync_port}); "
+    print(f"streamrec demo: serving on {serving_cfg.host}:{servers.port} "
+          f"(sync {servers.sync_port}); "
           f"metrics: trainer {trainer_url or 'off'}, serving {serving_url or 'off'}; "
           f"Ctrl-C to stop", file=out, flush=True)
     try:

@@ -16,7 +16,7 @@ from streamrec.ingest.deadletter import MemoryDeadLetterSink
 from streamrec.ingest.file_source import FileSource
 from streamrec.ingest.joiner import Joiner
 from streamrec.config import AppConfig
-from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.loop import LoopStats, RecentRate, TrainingLoop
 from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["evaluate"]
@@ -36,12 +36,15 @@ def evaluate(config: AppConfig, path: str, progress: bool = True) -> dict[str, A
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending)
 
+    rate = RecentRate()
+
     def report(stats: LoopStats) -> None:
         if progress:
             p = stats.progress
             print(f"evaluate: {stats.examples:,} examples, auc={p.get('auc', math.nan):.4f} "
                   f"logloss={p.get('logloss', math.nan):.4f} "
-                  f"{stats.examples_per_second:,.0f} examples/s", file=sys.stderr, flush=True)
+                  f"{rate.update(stats):,.0f} examples/s (since the last report)",
+                  file=sys.stderr, flush=True)
 
     loop = TrainingLoop(trainer, source, joiner=joiner, dead_letters=MemoryDeadLetterSink(),
                         on_progress=report)

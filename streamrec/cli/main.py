@@ -27,6 +27,11 @@ __all__ = ["main"]
 
 log = logging.getLogger("streamrec")
 
+# streamrec.synthetic's presets, named here because importing it loads torch
+# (seconds) just to print --help; a unit test keeps the two lists equal.
+PRESETS = ("default", "drifting", "bursty_new_users", "popularity_churn",
+           "dense_vs_sparse_users")
+
 
 def _overrides(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
@@ -89,7 +94,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         extra["metrics.port"] = args.metrics_port
     config = _config(args, extra)
     tune_gc()
-    run_demo(config, duration_s=args.duration, rate=args.rate)
+    run_demo(config, duration_s=args.duration, rate=args.rate, serving_port=args.serving_port,
+             sync_port=args.sync_port, serving_metrics=args.serving_metrics_port)
     return 0
 
 
@@ -156,11 +162,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from streamrec import synthetic
 
-    preset = getattr(synthetic, args.preset, None)
-    if preset is None or args.preset not in synthetic.PRESETS:
-        raise StreamrecError(f"--preset {args.preset!r}: choose one of "
-                             f"{', '.join(synthetic.PRESETS)}")
-    cfg = preset()
+    cfg = synthetic.PRESETS[args.preset]()  # --preset's choices are PRESETS' names
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
     if args.file.endswith(".csv"):
@@ -172,62 +174,100 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamrec", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _port(text: str) -> int:
+    """argparse type: -1 (off), 0 (a free port) or a port number."""
+    value = _at_least(-1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value}: a port is at most 65535")
+    return value
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="TOML config file")
-        p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                       help="override one config value (repeatable)")
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``streamrec`` parser; each subcommand's parser is its ``parser`` default."""
+    parser = argparse.ArgumentParser(prog="streamrec", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging (default: info for streamrec, warnings for the rest)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, config: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(parser=p)
+        if config:
+            p.add_argument("--config", metavar="FILE",
+                           help="TOML config file (default: none; built-in defaults, then "
+                                "STREAMREC_<SECTION>_<FIELD> environment variables)")
+            p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                           help="override one config value, over the file and the environment "
+                                "(repeatable; default: none)")
         return p
 
-    p = with_config(sub.add_parser("demo", help="synthetic stream -> trainer -> gRPC serving, "
-                                                "in one process"))
+    p = command("demo", "synthetic stream -> trainer -> gRPC serving, in one process")
     p.add_argument("--duration", type=_positive, default=None, help="seconds to run (default: "
                    "until Ctrl-C)")
     p.add_argument("--rate", type=_positive, default=None, help="events per second (default: "
                    "as fast as the trainer goes)")
-    p.add_argument("--metrics-port", type=int, default=None,
-                   help="trainer /metrics port (serving's is picked free); -1 disables")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="the trainer's /metrics port; 0 picks a free one, -1 turns it off "
+                        "(default: [metrics] port, 9100)")
+    p.add_argument("--serving-metrics-port", type=_port, default=None, metavar="PORT",
+                   help="the replica's /metrics port; 0 picks a free one, -1 turns it off "
+                        "(default: --metrics-port + 1, 9101; 0 or -1 when that is)")
+    p.add_argument("--serving-port", type=_port, default=0, metavar="PORT",
+                   help="the replica's Predict/Recommend gRPC port (default: 0, a free port, "
+                        "printed at start)")
+    p.add_argument("--sync-port", type=_port, default=0, metavar="PORT",
+                   help="the replica's parameter sync port (default: 0, a free port)")
     p.set_defaults(func=_cmd_demo)
 
-    p = with_config(sub.add_parser("evaluate", help="replay an event file test-then-train and "
-                                                    "print progressive metrics as JSON"))
-    p.add_argument("--events", required=True, help=".jsonl or .csv event file, time-ordered")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p = command("evaluate", "replay an event file test-then-train and print progressive "
+                            "metrics as JSON")
+    p.add_argument("--events", required=True, metavar="FILE",
+                   help=".jsonl or .csv event file, time-ordered (required)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines on stderr (default: one per trainer.log_interval_s)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = with_config(sub.add_parser("train", help="consume Kafka and train online, pushing "
-                                                 "parameters to serving replicas"))
-    p.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    p = command("train", "consume Kafka (or ingest.path) and train online, pushing "
+                         "parameters to serving replicas")
+    p.add_argument("--max-seconds", type=_positive, default=None, metavar="SECONDS",
+                   help="stop after this long, as on SIGTERM (default: until SIGTERM/SIGINT)")
     p.set_defaults(func=_cmd_train)
 
-    p = with_config(sub.add_parser("serve", help="run a serving replica"))
+    p = command("serve", "run a serving replica")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("replay", help="produce a file's events into Kafka")
-    p.add_argument("file")
-    p.add_argument("--topic", required=True)
-    p.add_argument("--bootstrap-servers", required=True, help="host:port[,host:port...]")
-    p.add_argument("--rate", type=_positive, default=None, help="events per second")
-    p.add_argument("--format", choices=("json", "protobuf"), default="json")
-    p.add_argument("--quiet", action="store_true")
+    p = command("replay", "produce a file's events into Kafka", config=False)
+    p.add_argument("file", help=".jsonl or .csv event file")
+    p.add_argument("--topic", required=True, help="the Kafka topic to produce to (required)")
+    p.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="Kafka brokers to connect to (required)")
+    p.add_argument("--rate", type=_positive, default=None,
+                   help="events per second (default: as fast as Kafka takes them)")
+    p.add_argument("--format", choices=("json", "protobuf"), default="json",
+                   help="message value encoding: json or protobuf streamrec.events.Event "
+                        "(default: json)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar on stderr (default: shown)")
     p.set_defaults(func=_cmd_replay)
 
-    p = sub.add_parser("generate", help="write a synthetic event file (JSONL)")
-    p.add_argument("file")
-    p.add_argument("--events", type=_at_least(1), default=200_000)
-    p.add_argument("--preset", default="default")
-    p.add_argument("--seed", type=_at_least(0), default=None)
+    p = command("generate", "write a synthetic event file (JSONL)", config=False)
+    p.add_argument("file", help="the .jsonl file to write (replaced if it exists)")
+    p.add_argument("--events", type=_at_least(1), default=200_000, metavar="N",
+                   help="how many events to write (default: 200000)")
+    p.add_argument("--preset", choices=PRESETS, default="default", metavar="NAME",
+                   help=f"the stream's shape, one of: {', '.join(PRESETS)} (default: default)")
+    p.add_argument("--seed", type=_at_least(0), default=None, metavar="N",
+                   help="random seed; the same preset and seed write the same file (default: "
+                        "the preset's, 7)")
     p.set_defaults(func=_cmd_generate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would report them with the top-level usage
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -25,7 +25,7 @@ from streamrec.config import AppConfig
 from streamrec.errors import ConfigError
 from streamrec.runtime import kafka_unreachable, serve_metrics
 from streamrec.trainer.checkpoint import Checkpointer
-from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.loop import LoopStats, RecentRate, TrainingLoop
 from streamrec.trainer.metrics import TrainerMetrics
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import GrpcDeltaSink
@@ -89,10 +89,12 @@ def run_training(config: AppConfig, stop: threading.Event,
                 f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
         opened.callback(source.close)
 
+        rate = RecentRate()
+
         def report(stats: LoopStats) -> None:
             p = stats.progress
-            log.info("examples=%d (%.0f/s) auc=%.4f logloss=%.4f rows=%s", stats.examples,
-                     stats.examples_per_second, p.get("auc", float("nan")),
+            log.info("examples=%d (%.0f/s since the last report) auc=%.4f logloss=%.4f rows=%s",
+                     stats.examples, rate.update(stats), p.get("auc", float("nan")),
                      p.get("logloss", float("nan")), trainer.table_rows())
 
         loop = TrainingLoop(trainer, source, joiner=joiner, dead_letters=dead_letters,

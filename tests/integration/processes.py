@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -9,9 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -79,6 +81,36 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
             proc.kill()
             proc.wait()
     return int(proc.returncode)
+
+
+@contextlib.contextmanager
+def running_prometheus(binary: Path, config: dict[str, Any], tmp: Path) -> Iterator[str]:
+    """Prometheus ``binary`` with ``config`` on a free port, data and log in ``tmp``; its URL."""
+    path = tmp / "prometheus.yml"
+    path.write_text(json.dumps(config))  # JSON is YAML: no YAML writer needed
+    port = free_port()
+    log = (tmp / "prometheus.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), f"--config.file={path}", f"--storage.tsdb.path={tmp / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert proc.poll() is None, (tmp / "prometheus.log").read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except urllib.error.HTTPError as e:  # 503 while starting: close its socket
+            e.close()
+            return False
+
+    try:
+        wait_until("Prometheus to be ready", ready, timeout_s=60)
+        yield url
+    finally:
+        stop(proc)
+        log.close()
 
 
 def scrape(port: int) -> dict[str, float]:

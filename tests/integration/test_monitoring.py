@@ -29,7 +29,8 @@ from kafka import KafkaProducer
 
 from streamrec.ingest.kafka_source import create_topics
 from streamrec.synthetic import default, write_jsonl
-from tests.integration.processes import free_port, http_get, start_cli, stop, wait_until
+from tests.integration.processes import (free_port, http_get, running_prometheus, start_cli,
+                                         stop, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +71,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, int]]:
     log = tmp / "demo.log"
     trainer_port = free_port()
     # A duration longer than the module runs: the demo is stopped below.
+    # A free serving /metrics port: the default, the trainer's + 1, may be taken.
     proc = start_cli(["demo", "--duration", "900", "--rate", "2000",
-                      "--metrics-port", str(trainer_port), "--set", "trainer.threads=1"], log)
+                      "--metrics-port", str(trainer_port), "--serving-metrics-port",
+                      str(free_port()), "--set", "trainer.threads=1"], log)
 
     def serving_port() -> int | None:
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -135,36 +138,17 @@ def kafka_trainer(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
 def prometheus(demo: dict[str, int], kafka_trainer: int,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus scraping every process each second, with deploy's alert rules."""
-    binary = tool("prometheus")
-    tmp = tmp_path_factory.mktemp("prometheus")
-    config = tmp / "prometheus.yml"
-    # JSON is YAML: no YAML writer needed.
-    config.write_text(json.dumps({
+    config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
         "scrape_configs": [
             {"job_name": f"streamrec-{name}",
              "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
             for name, port in (*demo.items(), ("kafka-trainer", kafka_trainer))],
-    }))
-    port = free_port()
-    log = (tmp / "prometheus.log").open("wb")
-    proc = subprocess.Popen(
-        [str(binary), f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, (tmp / "prometheus.log").read_text()[-3000:]
-        return bool(http_get(f"{url}/-/ready", timeout_s=2))
-
-    try:
-        wait_until("Prometheus to be ready", ready, timeout_s=60)
+    }
+    with running_prometheus(tool("prometheus"), config,
+                            tmp_path_factory.mktemp("prometheus")) as url:
         yield url
-    finally:
-        stop(proc)
-        log.close()
 
 
 def api(url: str, path: str, **params: str) -> Any:
