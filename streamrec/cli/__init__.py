@@ -1,5 +1,5 @@
 """The command line: ``streamrec demo | generate | evaluate | replay | train | serve``."""
 
-from streamrec.cli.main import build_parser, main
+from streamrec.cli.commands import build_parser, main
 
 __all__ = ["build_parser", "main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from streamrec.cli.main import main
+from streamrec.cli.commands import main
 
 sys.exit(main())

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streamrec import cli
+from streamrec.cli import commands as cli
 from streamrec.trainer.loop import LoopStats, RecentRate
 
 

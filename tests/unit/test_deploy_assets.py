@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from streamrec.cli.main import build_parser
+from streamrec.cli.commands import build_parser
 from streamrec.config import AppConfig, load_config
 from tests.deploy_assets import (BUILTIN_SERIES, DEPLOY, ROOT, MetricCatalogue, alert_rules,
                                  dashboard, dashboard_exprs, dashboard_panels, load_yaml,
