@@ -63,7 +63,7 @@ MAX_FUTURE_MS = 24 * 3600 * 1000
 _DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _LONG_DIGITS = b"0" * 19
 _KNOWN = {"type", "user_id", "item_id", "timestamp_ms", "request_id", "event_id", "features",
-          "label"}
+          "label", "served_score", "model_version"}
 
 
 def _text(name: str, value: str) -> str:
@@ -194,6 +194,27 @@ def _label(type_: str, value: Any) -> float | None:
     return float(value)
 
 
+def _served(data: Mapping[str, Any]) -> tuple[float | None, int | None]:
+    """The optional ``served_score`` (a probability) and ``model_version`` (an integer >= 0)."""
+    score, version = data.get("served_score"), data.get("model_version")
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise DecodeError(f"field 'served_score': expected a number, got "
+                              f"{type(score).__name__}", "wrong_type")
+        if not 0 <= score <= 1:  # (NaN fails this too)
+            raise DecodeError(f"field 'served_score': {score} is not a probability in [0, 1]",
+                              "out_of_range")
+        score = float(score)
+    if version is not None:
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DecodeError(f"field 'model_version': expected an integer, got "
+                              f"{type(version).__name__}", "wrong_type")
+        if not 0 <= version <= INT64_MAX:
+            raise DecodeError(f"field 'model_version': {version} is out of range",
+                              "out_of_range")
+    return score, version
+
+
 def event_from_dict(data: Any) -> Event:
     """Validate a decoded JSON object (or equivalent mapping) into an :class:`Event`."""
     if type(data) is not dict and not isinstance(data, Mapping):
@@ -219,9 +240,11 @@ def event_from_dict(data: Any) -> Event:
         raise DecodeError(f"field 'timestamp_ms': {ts} is more than a day ahead of this "
                           "machine's clock (micro- or nanoseconds instead of milliseconds?)",
                           "out_of_range")
+    served = (None, None) if "served_score" not in data and "model_version" not in data \
+        else _served(data)
     return Event(type_, _id("user_id", user_id), _id("item_id", item_id), ts,
                  _string("request_id", get("request_id")), _string("event_id", get("event_id")),
-                 _features(get("features")), _label(type_, get("label")))
+                 _features(get("features")), _label(type_, get("label")), 1.0, *served)
 
 
 def decode_json(raw: bytes | str) -> Event:
@@ -278,7 +301,9 @@ def decode_protobuf(raw: bytes) -> Event:
         "type": msg.type, "user_id": msg.user_id, "item_id": msg.item_id,
         "timestamp_ms": msg.timestamp_ms, "request_id": msg.request_id,
         "event_id": msg.event_id, "features": features,
-        "label": msg.label if msg.HasField("label") else None})
+        "label": msg.label if msg.HasField("label") else None,
+        "served_score": msg.served_score if msg.HasField("served_score") else None,
+        "model_version": msg.model_version if msg.HasField("model_version") else None})
 
 
 # Control characters other than tab, newline and carriage return: text has none,
@@ -348,11 +373,13 @@ def decode_csv_row(row: Mapping[str, str | None]) -> Event:
         if column.startswith("f."):
             values = [_csv_scalar(v) for v in text.split("|")]
             data["features"][column[2:]] = values if len(values) > 1 else values[0]
-        elif column in ("user_id", "item_id", "timestamp_ms", "label"):
+        elif column in ("user_id", "item_id", "timestamp_ms", "label", "served_score",
+                        "model_version"):
             # Integers stay integers; anything else is left as text for the
             # validator to hash (ids) or reject (timestamp_ms, label).
             value = _csv_scalar(text)
-            data[column] = value if isinstance(value, int) or column == "label" else text
+            data[column] = value if isinstance(value, int) or column in (
+                "label", "served_score") else text
         elif column in _KNOWN:
             data[column] = text
     return event_from_dict(data)
@@ -371,6 +398,10 @@ def event_to_dict(event: Event) -> dict[str, Any]:
                             for k, v in event.features.items()}
     if event.label is not None:
         data["label"] = int(event.label)
+    if event.served_score is not None:
+        data["served_score"] = event.served_score
+    if event.model_version is not None:
+        data["model_version"] = event.model_version
     return data
 
 
@@ -404,4 +435,8 @@ def encode_protobuf(event: Event) -> bytes:
                 fv.numbers.append(v)
     if event.label is not None:
         msg.label = event.label
+    if event.served_score is not None:
+        msg.served_score = event.served_score
+    if event.model_version is not None:
+        msg.model_version = event.model_version
     return msg.SerializeToString()

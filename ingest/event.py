@@ -29,6 +29,13 @@ class Event(NamedTuple):
     ``sample_rate`` is the probability with which this example was kept by
     negative down-sampling (1.0 when nothing was dropped).
 
+    ``served_score`` and ``model_version`` are what the application reports
+    it served with an impression (the replica's click probability and the
+    parameter version that gave it), or None. ``predicted`` is the trainer's
+    own click probability for the impression when it arrived (served-time
+    metrics), None until scored; ``fake_negative`` marks a training example
+    that the fake-negative method emitted at the impression's arrival.
+
     A named tuple rather than a frozen dataclass: one is built per decoded
     event, and a frozen dataclass's ``__init__`` (a guarded ``setattr`` per
     field) costs ~1 µs of the ~5 µs decoding takes; a tuple ~0.4 µs.
@@ -43,3 +50,7 @@ class Event(NamedTuple):
     features: Mapping[str, tuple[FeatureValue, ...]] = _NO_FEATURES
     label: float | None = None
     sample_rate: float = 1.0
+    served_score: float | None = None
+    model_version: int | None = None
+    predicted: float | None = None
+    fake_negative: bool = False

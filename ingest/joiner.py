@@ -11,6 +11,23 @@ request_id, user_id, item_id) so a replay makes the same choices, and kept
 ones carry ``sample_rate = rate`` so the trainer weighs them 1/rate in the
 loss (predictions stay calibrated to the full stream).
 
+Clicks join within seconds while non-clicks wait for the window, so labels
+that leave as they become known come sorted: a cold model would learn from
+all-positive batches, then all-negative ones. ``delayed_feedback`` chooses
+what leaves instead (``streamrec.config.DelayedFeedback``):
+
+- ``wait``: every labeled impression is held until the watermark passes its
+  timestamp + window, clicked or not, and leaves in impression-time order,
+  so training batches are time-ordered and label-mixed, ``window_s`` late.
+- ``fake_negative``: an impression leaves at once as a negative, and again as
+  a positive when its action joins; both carry ``fake_negative=True`` and the
+  trainer weighs them to undo the duplication (Ktena et al. 2019, FNW).
+  Nothing leaves when the window closes unclicked.
+
+Either way, each impression's final label is also reported once it is known
+(``take_outcomes``), carrying the score the trainer gave the impression on
+arrival (``Event.predicted``): served-time metrics are computed on those.
+
 Labeled ``example`` events pass straight through; other event types are
 counted and dropped. Impressions without a ``request_id`` are keyed by
 ``(user_id, item_id)``; a key holds one showing at a time: a new showing of a
@@ -55,7 +72,9 @@ when actions stop arriving or timestamps jump.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import itertools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -64,6 +83,7 @@ from typing import Any
 from streamrec.ingest.decode import event_from_dict, event_to_dict
 from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.metrics import IngestMetrics
+from streamrec.config import DelayedFeedback
 
 __all__ = ["Joiner"]
 
@@ -92,15 +112,18 @@ def _identity(event: Event) -> Identity:
 class Joiner:
     """Turns impressions and actions into labeled examples; see the module docstring.
 
-    ``push`` and ``flush`` return ``example`` events: positives carry
-    ``label=1.0`` and ``sample_rate=1.0``, kept negatives ``label=0.0`` and
-    ``sample_rate=rate``. Not thread-safe: one loop thread owns it.
+    ``push`` and ``flush`` return ``example`` events to train on: positives
+    carry ``label=1.0`` and ``sample_rate=1.0``, kept negatives ``label=0.0``
+    and ``sample_rate=rate``. ``take_outcomes`` returns every impression
+    whose label became known since its last call (sampled-out negatives
+    included). Not thread-safe: one loop thread owns it.
     """
 
     def __init__(self, action_types: Iterable[str], window_s: float, rate: float = 1.0,
                  seed: int = 0, metrics: IngestMetrics | None = None,
                  max_pending: int = 1_000_000, max_clock_skew_s: float = 0.0,
-                 idle_s: float = 10.0) -> None:
+                 idle_s: float = 10.0,
+                 delayed_feedback: DelayedFeedback | str = DelayedFeedback.WAIT) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s={window_s}: must be > 0")
         if not 0 < rate <= 1:
@@ -111,6 +134,7 @@ class Joiner:
             raise ValueError(f"max_clock_skew_s={max_clock_skew_s}: must be >= 0")
         if not idle_s > 0:
             raise ValueError(f"idle_s={idle_s}: must be > 0")
+        self.delayed_feedback = DelayedFeedback(delayed_feedback)
         self.action_types = frozenset(action_types)
         self.window_ms = int(window_s * 1000)
         self.rate = rate
@@ -127,6 +151,10 @@ class Joiner:
         self._early: OrderedDict[Key, list[tuple[Event, int]]] = OrderedDict()
         self._early_count = 0  # actions in _early, at most max_pending
         self._resolved: OrderedDict[Identity, int] = OrderedDict()
+        # "wait": labeled examples held until their window closes, by (time, arrival).
+        self._held: list[tuple[int, int, Event]] = []
+        self._held_seq = 0
+        self._outcomes: list[Event] = []
         self._watermark = 0
         self._cap = 0
         self.idle_s = idle_s
@@ -151,18 +179,43 @@ class Joiner:
                                  f"{event.item_id}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") / 2**64 < self.rate
 
-    def _negative(self, impression: Event, out: list[Event]) -> None:
+    def _settle(self, impression: Event, at: int, label: float, out: list[Event]) -> None:
+        """The impression's label is known: report it, and train on it as the mode says."""
+        labeled = impression._replace(type=EXAMPLE, label=label)
+        self._outcomes.append(labeled)
+        if self.metrics is not None:
+            self.metrics.joined.labels("positive" if label else "negative").inc()
+        if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
+            if label:  # (its negative left on arrival)
+                out.append(labeled._replace(fake_negative=True))
+            return
+        if not label:
+            if not self._keep(impression):
+                self._count("negative_sampled")
+                return
+            labeled = labeled._replace(sample_rate=self.rate)
+        self._hold(at, labeled, out)
+
+    def _hold(self, at: int, example: Event, out: list[Event]) -> None:
+        heapq.heappush(self._held, (at, self._held_seq, example))
+        self._held_seq += 1
+        if len(self._held) > self.max_pending:  # the oldest leaves early
+            if self.metrics is not None:
+                self.metrics.overflow.inc()
+            out.append(heapq.heappop(self._held)[2])
+
+    def _fake_negative(self, impression: Event, out: list[Event]) -> None:
+        """An impression's negative on arrival (``fake_negative``; sampled like a negative)."""
         if not self._keep(impression):
             self._count("negative_sampled")
             return
-        out.append(impression._replace(type=EXAMPLE, label=0.0, sample_rate=self.rate))
-        if self.metrics is not None:
-            self.metrics.joined.labels("negative").inc()
+        out.append(impression._replace(type=EXAMPLE, label=0.0, sample_rate=self.rate,
+                                       fake_negative=True))
 
-    def _positive(self, impression: Event, out: list[Event]) -> None:
-        out.append(impression._replace(type=EXAMPLE, label=1.0))
-        if self.metrics is not None:
-            self.metrics.joined.labels("positive").inc()
+    def take_outcomes(self) -> list[Event]:
+        """Impressions labeled since the last call (as ``example`` events), in that order."""
+        outcomes, self._outcomes = self._outcomes, []
+        return outcomes
 
     def _resolve(self, impression: Event, at: int) -> None:
         """Remember a joined or expired impression, so a redelivery is known."""
@@ -234,12 +287,14 @@ class Joiner:
                 # An older showing read late (another partition, a retry): the
                 # newer one keeps waiting; this one's actions, read before it,
                 # went to the newer one or were orphans.
-                self._negative(event, out)
+                self._arrive(event, out)
+                self._settle(event, at, 0.0, out)
                 self._resolve(event, at)
                 return
             del self._pending[key]
-            self._negative(earlier[0], out)
+            self._settle(earlier[0], earlier[1], 0.0, out)
             self._resolve(earlier[0], earlier[1])
+        self._arrive(event, out)
         waiting = self._early.pop(key, None)
         if waiting is not None:
             matched, later = False, []
@@ -255,7 +310,7 @@ class Joiner:
             if later:
                 self._early[key] = later
             if matched:
-                self._positive(event, out)
+                self._settle(event, at, 1.0, out)
                 self._resolve(event, at)
                 return
         self._pending[key] = (event, at)
@@ -263,8 +318,12 @@ class Joiner:
             if self.metrics is not None:
                 self.metrics.overflow.inc()
             first, first_at = self._pending.popitem(last=False)[1]
-            self._negative(first, out)
+            self._settle(first, first_at, 0.0, out)
             self._resolve(first, first_at)
+
+    def _arrive(self, impression: Event, out: list[Event]) -> None:
+        if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
+            self._fake_negative(impression, out)
 
     def _action(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
@@ -278,10 +337,10 @@ class Joiner:
             del self._pending[key]
             self._resolve(impression, impression_at)
             if delay <= self.window_ms:
-                self._positive(impression, out)
+                self._settle(impression, impression_at, 1.0, out)
                 return
             # Too late for this impression (a negative), maybe a later showing's.
-            self._negative(impression, out)
+            self._settle(impression, impression_at, 0.0, out)
         self._wait(key, event, at)
 
     def _wait(self, key: Key, event: Event, at: int) -> None:
@@ -346,8 +405,11 @@ class Joiner:
             if at >= horizon:
                 break
             del self._pending[key]
-            self._negative(first, out)
+            self._settle(first, at, 0.0, out)
             self._resolve(first, at)
+        held = self._held
+        while held and held[0][0] < horizon:
+            out.append(heapq.heappop(held)[2])
         while self._early:
             key, waiting = next(iter(self._early.items()))
             live = [action for action in waiting if action[1] >= horizon]
@@ -367,10 +429,13 @@ class Joiner:
             del self._resolved[identity]
 
     def flush(self) -> list[Event]:
-        """Emit every pending impression as a negative (end of a finite stream)."""
+        """Label every pending impression negative and emit what is held (end of a finite stream)."""
         out: list[Event] = []
         while self._pending:
-            self._negative(self._pending.popitem(last=False)[1][0], out)
+            first, at = self._pending.popitem(last=False)[1]
+            self._settle(first, at, 0.0, out)
+        while self._held:
+            out.append(heapq.heappop(self._held)[2])
         for waiting in self._early.values():
             for _ in waiting:
                 self._orphan()
@@ -384,6 +449,14 @@ class Joiner:
         """Plain containers only: checkpoints are loaded with ``weights_only=True``."""
         return {"watermark": self._watermark,
                 "pending": [event_to_dict(e) for e, _ in self._pending.values()],
+                # Served-time scores of the pending impressions (NaN: not scored).
+                "predicted": [math.nan if e.predicted is None else e.predicted
+                              for e, _ in self._pending.values()],
+                # Labeled examples waiting for their window ("wait"), with their
+                # sample rates and served-time scores.
+                "held": [[event_to_dict(e), at, e.sample_rate,
+                          math.nan if e.predicted is None else e.predicted]
+                         for at, _, e in sorted(self._held)],
                 "early_actions": [event_to_dict(e) for waiting in self._early.values()
                                   for e, _ in waiting],
                 "resolved": [[*identity, at] for identity, at in self._resolved.items()],
@@ -396,9 +469,19 @@ class Joiner:
         self._watermark = int(state["watermark"])
         cap = int(time.time() * 1000) + self.max_clock_skew_ms
         self._pending = OrderedDict()
-        for data in state["pending"]:
+        scores = state.get("predicted") or [math.nan] * len(state["pending"])
+        for data, score in zip(state["pending"], scores):
             event = event_from_dict(data)
+            if math.isfinite(score):
+                event = event._replace(predicted=float(score))
             self._pending[_key(event)] = (event, min(event.timestamp_ms, cap))
+        self._held, self._held_seq = [], 0
+        for data, at, rate, score in state.get("held", ()):
+            example = event_from_dict(data)._replace(sample_rate=float(rate))
+            if math.isfinite(score):
+                example = example._replace(predicted=float(score))
+            self._hold(int(at), example, [])
+        self._outcomes = []
         self._early = OrderedDict()
         for data in state.get("early_actions", ()):  # (checkpoints before they waited)
             event = event_from_dict(data)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamrec/protos/event.proto\x12\x10streamrec.events\">\n\rFeatureValues\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x0b\n\x03ids\x18\x03 \x03(\x12\"\x9c\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\x12\x12\x0f\n\x07item_id\x18\x05 \x01(\x12\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x37\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32%.streamrec.events.Event.FeaturesEntry\x12\x12\n\x05label\x18\x08 \x01(\x02H\x00\x88\x01\x01\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x42\x08\n\x06_labelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstreamrec/protos/event.proto\x12\x10streamrec.events\">\n\rFeatureValues\x12\x0f\n\x07strings\x18\x01 \x03(\t\x12\x0f\n\x07numbers\x18\x02 \x03(\x01\x12\x0b\n\x03ids\x18\x03 \x03(\x12\"\xf6\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\x12\x12\x0f\n\x07item_id\x18\x05 \x01(\x12\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x37\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32%.streamrec.events.Event.FeaturesEntry\x12\x12\n\x05label\x18\x08 \x01(\x02H\x00\x88\x01\x01\x12\x19\n\x0cserved_score\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x1a\n\rmodel_version\x18\n \x01(\x03H\x02\x88\x01\x01\x1aP\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12.\n\x05value\x18\x02 \x01(\x0b\x32\x1f.streamrec.events.FeatureValues:\x02\x38\x01\x42\x08\n\x06_labelB\x0f\n\r_served_scoreB\x10\n\x0e_model_versionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATUREVALUES']._serialized_start=50
   _globals['_FEATUREVALUES']._serialized_end=112
   _globals['_EVENT']._serialized_start=115
-  _globals['_EVENT']._serialized_end=399
-  _globals['_EVENT_FEATURESENTRY']._serialized_start=309
-  _globals['_EVENT_FEATURESENTRY']._serialized_end=389
+  _globals['_EVENT']._serialized_end=489
+  _globals['_EVENT_FEATURESENTRY']._serialized_start=364
+  _globals['_EVENT_FEATURESENTRY']._serialized_end=444
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class FeatureValues(_message.Message):
     def __init__(self, strings: _Optional[_Iterable[str]] = ..., numbers: _Optional[_Iterable[float]] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("event_id", "type", "request_id", "user_id", "item_id", "timestamp_ms", "features", "label")
+    __slots__ = ("event_id", "type", "request_id", "user_id", "item_id", "timestamp_ms", "features", "label", "served_score", "model_version")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,8 @@ class Event(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    SERVED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     type: str
     request_id: str
@@ -41,4 +43,6 @@ class Event(_message.Message):
     timestamp_ms: int
     features: _containers.MessageMap[str, FeatureValues]
     label: float
-    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., item_id: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, FeatureValues]] = ..., label: _Optional[float] = ...) -> None: ...
+    served_score: float
+    model_version: int
+    def __init__(self, event_id: _Optional[str] = ..., type: _Optional[str] = ..., request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., item_id: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., features: _Optional[_Mapping[str, FeatureValues]] = ..., label: _Optional[float] = ..., served_score: _Optional[float] = ..., model_version: _Optional[int] = ...) -> None: ...

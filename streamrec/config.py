@@ -15,6 +15,7 @@ Every dataclass validates itself in ``__post_init__`` and raises
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
@@ -36,6 +37,7 @@ __all__ = [
     "ServingConfig",
     "MetricsConfig",
     "AppConfig",
+    "DelayedFeedback",
     "load_config",
     "SYNC_MAX_MESSAGE_BYTES",
     "MAX_CHUNK_BYTES",
@@ -73,6 +75,20 @@ def _token(section: str, value: str) -> str:
     return token
 
 
+class DelayedFeedback(str, enum.Enum):
+    """How joined impressions become training examples (clicks come late; see ingest/joiner.py).
+
+    ``wait``: every example waits for its impression's join window to close,
+    clicked or not, and leaves in impression order: unbiased, ``join_window_s``
+    late. ``fake_negative``: an impression is learned at once as a negative and
+    again as a positive when its click joins, with importance weights that undo
+    the duplication (Ktena et al. 2019, FNW): fresh, as noisy as its weights.
+    """
+
+    WAIT = "wait"
+    FAKE_NEGATIVE = "fake_negative"
+
+
 @dataclass
 class IngestConfig:
     """Where events come from and how they become training examples."""
@@ -101,6 +117,8 @@ class IngestConfig:
     # oldest is labelled negative early (streamrec_ingest_joiner_overflow_total).
     # Size it above the impressions one join window brings.
     join_max_pending: int = 1_000_000
+    # How the delay of clicks behind their impressions is handled in training.
+    delayed_feedback: DelayedFeedback = DelayedFeedback.WAIT
 
     def __post_init__(self) -> None:
         s = "ingest"
@@ -135,6 +153,10 @@ class IngestConfig:
                  self.negative_sample_rate, "must be in (0, 1]")
         _require(self.join_max_pending >= 1, s, "join_max_pending", self.join_max_pending,
                  "must be >= 1")
+        choices = [mode.value for mode in DelayedFeedback]
+        _require(self.delayed_feedback in choices, s, "delayed_feedback", self.delayed_feedback,
+                 f"must be one of {', '.join(choices)}")
+        self.delayed_feedback = DelayedFeedback(self.delayed_feedback)
 
 
 DEFAULT_HISTORY = ("user_id", "item_id")
@@ -444,6 +466,11 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError("expected a string")
             return value
+        if isinstance(tp, type) and issubclass(tp, enum.Enum):
+            choices = [member.value for member in tp]
+            if value not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}")
+            return tp(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{section}.{name}={value!r}: {e}") from None
     raise ConfigError(f"{section}.{name}: unsupported field type {tp!r}")

@@ -16,6 +16,18 @@ stream has the properties that make online learning matter:
   has moved ``k`` steps and what was learned goes stale.
 - Bursts (optional): a new user arrives with a burst of consecutive events,
   as real sessions do; this is where per-event adaptivity shows.
+- List features (optional, ``tags > 0``): each item carries 1-3 tags, and
+  users' countries like some tags more than others.
+- Delayed clicks: a click comes ``click_delay`` after its impression,
+  log-normally distributed (a long tail; a few percent come after
+  ``join_window_s``). A click that late does not count: the labeled form's
+  label is "clicked within the window", what a joiner with that window
+  decides from the production form.
+
+Two forms of one stream: labeled ``example`` events (:meth:`SyntheticStream.events`)
+or production form (:meth:`SyntheticStream.joined_events`): an ``impression``
+per showing and a ``click`` with the same ``request_id`` when it comes, in
+event-time order.
 
 Because the true click probability of every example is known,
 :meth:`SyntheticStream.events_with_truth` lets tests and benchmarks measure
@@ -27,6 +39,8 @@ at a time: the stream depends on the seed, not on the chunk size.
 
 from __future__ import annotations
 
+import enum
+import heapq
 import math
 import os
 from collections.abc import Iterator
@@ -35,7 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamrec.ingest.decode import encode_json
-from streamrec.ingest.event import EXAMPLE, Event
+from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 
 __all__ = [
     "SyntheticConfig",
@@ -46,8 +60,17 @@ __all__ = [
     "bursty_new_users",
     "popularity_churn",
     "dense_vs_sparse_users",
+    "production",
+    "StreamForm",
     "write_jsonl",
 ]
+
+
+class StreamForm(str, enum.Enum):
+    """How a stream is written: labeled examples, or impressions and clicks."""
+
+    LABELED = "labeled"
+    JOINED = "joined"
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,13 @@ class SyntheticConfig:
     burst_length: int = 30  # mean events per burst
     events_per_second: float = 200.0  # event-time density of the stream
     start_ms: int = 1_700_000_000_000
+    tags: int = 0  # tag vocabulary of the list feature "tags" (0: no such feature)
+    tag_std: float = 0.5  # country x tag affinity
+    # Click delay behind its impression: log-normal, this median and sigma (of
+    # the log); clicks later than join_window_s count as misses.
+    click_delay_median_s: float = 3.0
+    click_delay_sigma: float = 1.5
+    join_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("user_slots", "item_slots", "dim", "categories", "countries",
@@ -82,9 +112,12 @@ class SyntheticConfig:
         for name in ("new_user_rate", "new_item_rate", "burst_rate", "drift"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"synthetic.{name}={getattr(self, name)!r}: must be in [0, 1)")
-        if self.events_per_second <= 0:
-            raise ValueError(f"synthetic.events_per_second={self.events_per_second!r}: "
-                             "must be > 0")
+        for name in ("events_per_second", "click_delay_median_s", "join_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"synthetic.{name}={getattr(self, name)!r}: must be > 0")
+        for name in ("tags", "tag_std", "click_delay_sigma"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"synthetic.{name}={getattr(self, name)!r}: must be >= 0")
 
 
 def default() -> SyntheticConfig:
@@ -112,8 +145,30 @@ def dense_vs_sparse_users() -> SyntheticConfig:
     return SyntheticConfig(user_slots=50_000, user_zipf=1.4, new_user_rate=0.05)
 
 
+def production() -> SyntheticConfig:
+    """As production sends it: bursts of one user's events, a list feature (tags)."""
+    return SyntheticConfig(burst_rate=0.01, burst_length=20, tags=30, tag_std=0.6)
+
+
 PRESETS = {f.__name__: f for f in (default, drifting, bursty_new_users, popularity_churn,
-                                   dense_vs_sparse_users)}
+                                   dense_vs_sparse_users, production)}
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 of uint64 ``x``: a deterministic hash of each id."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _item_tags(item_ids: np.ndarray, tags: int) -> np.ndarray:
+    """``[n, 3]`` tags of each item (a function of its id), -1 past its 1-3 tags."""
+    base = _mix(item_ids.astype(np.uint64))
+    count = 1 + (base % np.uint64(3)).astype(np.int64)
+    out = np.stack([(_mix(base + np.uint64(k + 1)) % np.uint64(tags)).astype(np.int64)
+                    for k in range(3)], axis=1)
+    return np.where(np.arange(3)[None, :] < count[:, None], out, -1)
 
 
 def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
@@ -282,10 +337,15 @@ class SyntheticStream:
         # Hour-of-day effect per (hour, category), tabled once.
         hours = np.arange(24)[:, None]
         self._hour_effect = 0.3 * np.sin(2 * np.pi * hours / 24 + np.arange(cfg.categories))
+        # Drawn after everything above, so streams without tags are unchanged.
+        if cfg.tags:
+            self._tag_affinity = self.rng.standard_normal((cfg.countries, cfg.tags)) * cfg.tag_std
+        (self._delay,) = self.rng.spawn(1)
         self.emitted = 0
         self._bursts: dict[int, int] = {}  # user slot -> events left in its burst
 
-    def _chunk(self, n: int) -> tuple[list[Event], np.ndarray]:
+    def _chunk(self, n: int) -> tuple[list[Event], np.ndarray, np.ndarray]:
+        """``n`` labeled events, their true click probabilities and click times (-1: none)."""
         cfg, users, items = self.config, self.users, self.items
         user_slot = users.slots_for(self._pick_user.random(n))
         item_slot = items.slots_for(self._pick_item.random(n))
@@ -319,24 +379,35 @@ class SyntheticStream:
                  + cfg.interaction_scale * (u * v).sum(1) / math.sqrt(cfg.dim)
                  + self.affinity[country, category] + self._hour_effect[hour, category]
                  + cfg.price_effect * (log_price - 2.5))
+        item_ids = item.seen("ids")
+        if cfg.tags:
+            tags = _item_tags(item_ids, cfg.tags)
+            has = tags >= 0
+            effect = np.where(has, self._tag_affinity[country[:, None], tags.clip(0)], 0.0)
+            logit = logit + effect.sum(1) / has.sum(1)
         truth = 1.0 / (1.0 + np.exp(-logit))
-        labels = (self._label.random(n) < truth).astype(np.float64)
+        clicked = self._label.random(n) < truth
+        delay_ms = (1000 * cfg.click_delay_median_s
+                    * np.exp(cfg.click_delay_sigma * self._delay.standard_normal(n))
+                    ).astype(np.int64)
+        labels = (clicked & (delay_ms <= 1000 * cfg.join_window_s)).astype(np.float64)
         price = np.exp(log_price)
-        user_ids, item_ids = user.seen("ids"), item.seen("ids")
+        user_ids = user.seen("ids")
         user.commit(users)
         item.commit(items)
 
         events = []
         for i in range(n):
+            features = {"category": (f"c{category[i]}",), "country": (f"k{country[i]}",),
+                        "hour": (int(hour[i]),), "price": (round(float(price[i]), 2),)}
+            if cfg.tags:
+                features["tags"] = tuple(f"t{t}" for t in tags[i] if t >= 0)
             events.append(Event(
                 type=EXAMPLE, user_id=int(user_ids[i]), item_id=int(item_ids[i]),
                 timestamp_ms=int(timestamps[i]), request_id=f"s{self.emitted + i}",
-                event_id=f"e{self.emitted + i}",
-                features={"category": (f"c{category[i]}",), "country": (f"k{country[i]}",),
-                          "hour": (int(hour[i]),), "price": (round(float(price[i]), 2),)},
-                label=float(labels[i])))
+                event_id=f"e{self.emitted + i}", features=features, label=float(labels[i])))
         self.emitted += n
-        return events, truth
+        return events, truth, np.where(clicked, timestamps + delay_ms, -1)
 
     def _route_bursts(self, user_slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Route events to active bursts, in place; a burst starts by handing a slot to a new user.
@@ -373,7 +444,7 @@ class SyntheticStream:
             raise ValueError(f"chunk={chunk!r}: must be >= 1")
         left = n
         while left > 0:
-            events, truth = self._chunk(min(chunk, left))
+            events, truth, _ = self._chunk(min(chunk, left))
             left -= len(events)
             yield from zip(events, truth.tolist())
 
@@ -382,14 +453,44 @@ class SyntheticStream:
         for event, _ in self.events_with_truth(n, chunk):
             yield event
 
+    def joined_events(self, n: int, chunk: int = 1024) -> Iterator[Event]:
+        """The same stream in production form, in event-time order.
 
-def write_jsonl(path: str | os.PathLike[str], n: int, config: SyntheticConfig | None = None
-                ) -> int:
-    """Write ``n`` events of the stream as JSONL; returns the count written."""
+        ``n`` impressions (the examples of :meth:`events`, unlabeled, same
+        ids and ``request_id``) and a ``click`` (event_id ``k<i>``) for each
+        clicked one, at its delay, late clicks included. A joiner with
+        ``join_window_s`` labels the impressions as :meth:`events` does.
+        """
+        if chunk < 1:
+            raise ValueError(f"chunk={chunk!r}: must be >= 1")
+        clicks: list[tuple[int, int, Event]] = []  # (time, impression index, click)
+        left, seq = n, 0
+        while left > 0:
+            events, _, click_at = self._chunk(min(chunk, left))
+            left -= len(events)
+            for event, at in zip(events, click_at.tolist()):
+                seq += 1
+                while clicks and clicks[0][0] <= event.timestamp_ms:
+                    yield heapq.heappop(clicks)[2]
+                yield event._replace(type=IMPRESSION, label=None)
+                if at >= 0:
+                    heapq.heappush(clicks, (at, seq, Event(
+                        "click", event.user_id, event.item_id, at, request_id=event.request_id,
+                        event_id="k" + event.event_id[1:])))
+        while clicks:
+            yield heapq.heappop(clicks)[2]
+
+
+def write_jsonl(path: str | os.PathLike[str], n: int, config: SyntheticConfig | None = None,
+                form: StreamForm | str = StreamForm.LABELED) -> int:
+    """Write ``n`` examples of the stream (``form``: as examples, or as impressions
+    and clicks) as JSONL; returns the count of events written."""
     stream = SyntheticStream(config)
+    events = stream.joined_events(n) if StreamForm(form) is StreamForm.JOINED \
+        else stream.events(n)
     written = 0
     with open(path, "w", encoding="utf-8") as f:
-        for event in stream.events(n):
+        for event in events:
             f.write(encode_json(event).decode())
             f.write("\n")
             written += 1

@@ -2,6 +2,9 @@
 
 One thread polls the source, routes malformed records to the dead-letter
 sink, labels impressions through the joiner, and trains on full mini-batches.
+With a joiner, each poll's impressions are scored on arrival by the current
+model (what a replica would serve then), and that score is what the
+progressive metrics take once the joiner reports the impression's label.
 Parameter sync runs on the publisher's own thread. Offsets are committed to
 the source only after a checkpoint that covers them (see trainer.checkpoint).
 """
@@ -16,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import torch
+
 from streamrec.ingest.batch import Batcher
-from streamrec.ingest.event import Event
+from streamrec.ingest.event import IMPRESSION, Event
 from streamrec.errors import CheckpointError
 from streamrec.trainer.checkpoint import Checkpointer, describe
 from streamrec.trainer.metrics import TrainerMetrics
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["TrainingLoop", "LoopStats", "RecentRate"]
 
 log = logging.getLogger(__name__)
+
+# Fewest events scored at once on arrival (a prediction call costs ~1 ms).
+MIN_SCORING_SLICE = 256
 
 
 @dataclass
@@ -141,7 +149,11 @@ class TrainingLoop:
     def _train(self, events: list[Event]) -> None:
         batch = self.batcher.build(events)
         t0 = time.perf_counter()
-        if self.trainer.train_batch(batch).skipped:
+        scored = fake = None
+        if self.joiner is not None:
+            scored = torch.tensor([e.predicted is not None for e in events])
+            fake = torch.tensor([e.fake_negative for e in events])
+        if self.trainer.train_batch(batch, scored, fake).skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
         if self.publisher is not None:
             self.publisher.notify()
@@ -153,6 +165,58 @@ class TrainingLoop:
             self.metrics.steps.inc()
             self.metrics.examples.inc(len(events))
             self.metrics.positives.inc(positives)
+
+    def _score_arrivals(self, events: list[Event]) -> list[Event]:
+        """``events`` with each impression's served-time click probability (``predicted``).
+
+        One batched prediction per poll: the model of this moment, as a
+        replica holding the newest parameters would score the impressions.
+        """
+        at = [i for i, e in enumerate(events) if e.type == IMPRESSION]
+        if not at:
+            return events
+        impressions = [events[i] for i in at]
+        probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
+        events = list(events)
+        for i, event, p in zip(at, impressions, probs):
+            events[i] = event._replace(predicted=p)
+        return events
+
+    def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
+              assigned: list[tuple[str, int]] | None) -> None:
+        """Score, join and train ``events`` in slices that end about where a step does.
+
+        An impression is scored by the model of its arrival: one that arrives
+        after the examples of a step have arrived is scored after that step.
+        """
+        start = 0
+        while True:
+            size = max(MIN_SCORING_SLICE, self.trainer.batch_size_now() - len(self._pending))
+            end = min(len(events), start + size)
+            part = self._score_arrivals(events[start:end])
+            self._pending.extend(self.joiner.push(  # type: ignore[union-attr]
+                part, origins[start:end] if origins is not None else None, assigned))
+            self._record_outcomes()
+            if end >= len(events):
+                return
+            start = end
+            self._drain(final=False)
+
+    def _record_outcomes(self) -> None:
+        """Served-time metrics of the impressions labeled since the last call."""
+        assert self.joiner is not None
+        outcomes = self.joiner.take_outcomes()
+        scored = [e for e in outcomes if e.predicted is not None]
+        if scored:
+            self.trainer.record_served(
+                torch.tensor([e.predicted for e in scored], dtype=torch.float64),
+                torch.tensor([e.label for e in scored], dtype=torch.float64))
+        served = [e for e in outcomes if e.served_score is not None]
+        if served:
+            self.trainer.record_replica(
+                torch.tensor([e.served_score for e in served], dtype=torch.float64),
+                torch.tensor([e.label for e in served], dtype=torch.float64),
+                [e.model_version for e in served])
 
     def _drain(self, final: bool) -> None:
         """Train full batches; with ``final``, or once the oldest pending example
@@ -261,12 +325,14 @@ class TrainingLoop:
                     # holding it would re-train what the other one learned).
                     for key in self._offsets.keys() - set(got.assigned):
                         del self._offsets[key]
-                examples = self.joiner.push(got.events, got.origins, got.assigned) \
-                    if self.joiner else got.events
-                self._pending.extend(examples)
+                if self.joiner is not None:
+                    self._join(got.events, got.origins, got.assigned)
+                else:
+                    self._pending.extend(got.events)
                 exhausted = self.source.exhausted
                 if exhausted and self.joiner is not None:
                     self._pending.extend(self.joiner.flush())
+                    self._record_outcomes()
                 self._drain(final=exhausted)
                 now = time.perf_counter()
                 if now >= next_log:

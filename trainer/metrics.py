@@ -61,18 +61,59 @@ class _TrainerCollector(Collector):
                                   "Batches not learned from because their loss was not finite",
                                   value=t.skipped_steps)
         p = t.progress.snapshot()
-        for key, help_ in (("auc", "Progressive (test-then-train) AUC since the first example "
+        # On joined streams the score is the one given when the impression
+        # arrived (served time); labeled examples are scored test-then-train.
+        for key, help_ in (("auc", "Progressive AUC (served-time scores on joined impressions, "
+                                   "test-then-train on labeled examples) since the first example "
                                    "(checkpoints carry it across restarts)"),
                            ("logloss", "Progressive logloss since the first example"),
+                           ("calibration", "Mean predicted over observed click rate since the "
+                                           "first example (1 = calibrated)"),
                            ("window_auc", "Progressive AUC over the most recent examples"),
-                           ("window_logloss", "Progressive logloss over the most recent examples")):
+                           ("window_logloss", "Progressive logloss over the most recent examples"),
+                           ("window_calibration", "Mean predicted over observed click rate over "
+                                                  "the most recent examples")):
             value = float(p.get(key, math.nan))
             yield GaugeMetricFamily(f"streamrec_trainer_progressive_{key}", help_, value=value)
+        yield from _replica_families(t)
         lag = GaugeMetricFamily("streamrec_trainer_event_time_lag_seconds",
                                 "Wall clock minus the newest event time learned from")
         if t.event_time_ms:
             lag.add_metric([], time.time() - t.event_time_ms / 1000)
         yield lag
+
+
+def _replica_families(t: OnlineTrainer) -> Iterator[Metric]:
+    """Quality of the scores replicas served, as applications report them with impressions."""
+    r = t.replica.snapshot()
+    for key, help_ in (("auc", "AUC of the scores replicas served (Event.served_score), since "
+                               "the first one reported"),
+                       ("logloss", "Logloss of the scores replicas served"),
+                       ("calibration", "Mean served score over observed click rate")):
+        yield GaugeMetricFamily(f"streamrec_trainer_served_{key}", help_,
+                                value=float(r.get(key, math.nan)))
+    yield CounterMetricFamily("streamrec_trainer_served_scores",
+                              "Labeled impressions that carried a served score",
+                              value=t.replica.examples)
+    versions = t.replica_versions
+    auc = GaugeMetricFamily("streamrec_trainer_served_version_auc",
+                            "AUC of the scores served by each of the newest model versions "
+                            "(\"none\": no version reported)", labels=["model_version"])
+    calibration = GaugeMetricFamily("streamrec_trainer_served_version_calibration",
+                                    "Mean served score over observed click rate, per model version",
+                                    labels=["model_version"])
+    scores = GaugeMetricFamily("streamrec_trainer_served_version_scores",
+                               "Labeled impressions scored by each model version",
+                               labels=["model_version"])
+    for version, metrics in versions.by_version.items():
+        label = ["none" if version is None else str(version)]
+        auc.add_metric(label, metrics.auc)
+        calibration.add_metric(label, metrics.calibration)
+        scores.add_metric(label, metrics.examples)
+    yield from (auc, calibration, scores)
+    yield CounterMetricFamily("streamrec_trainer_served_untracked_scores",
+                              "Served scores of a model version older than every tracked one "
+                              "(not in the per-version figures)", value=versions.untracked)
 
 
 class TrainerMetrics:

@@ -1,8 +1,11 @@
-"""Progressive (test-then-train) validation metrics: AUC and logloss.
+"""Progressive (test-then-train) validation metrics: AUC, logloss, calibration.
 
 Every prediction the trainer records was made before it learned from that
 example, so these are honest out-of-sample figures over the whole stream
-(Blum, Kalai & Langford 1999; river's ``progressive_val_score``).
+(Blum, Kalai & Langford 1999; river's ``progressive_val_score``). On joined
+streams the prediction is the one made when the impression arrived.
+Calibration is the mean predicted click rate over the observed one (1.0:
+calibrated; above 1: clicks over-predicted).
 
 Two views, both O(1) memory in the length of the stream:
 
@@ -22,7 +25,10 @@ import math
 
 import torch
 
-__all__ = ["ProgressiveMetrics", "exact_auc"]
+__all__ = ["ProgressiveMetrics", "ServedByVersion", "exact_auc", "SERVED_VERSIONS"]
+
+# Model versions whose served quality is reported (the newest ones).
+SERVED_VERSIONS = 8
 
 _LOGIT_RANGE = 12.0
 _EPS = 1e-7
@@ -92,6 +98,8 @@ class ProgressiveMetrics:
         self._neg_hist = torch.zeros(bins, dtype=torch.float64)
         self._logloss_sum = 0.0
         self._weight_sum = 0.0
+        self._predicted_sum = 0.0  # weighted sum of probabilities
+        self._clicked_sum = 0.0  # weighted sum of labels
         self.examples = 0
         self.positives = 0.0
         self._ring_probs = torch.zeros(window, dtype=torch.float64)
@@ -122,6 +130,8 @@ class ProgressiveMetrics:
         self._neg_hist.index_add_(0, bins, w * (1 - labels))
         self._logloss_sum += float((w * _logloss_terms(probs, labels)).sum())
         self._weight_sum += float(w.sum())
+        self._predicted_sum += float((w * probs.to(torch.float64)).sum())
+        self._clicked_sum += float((w * labels).sum())
         self.examples += probs.numel()
         self.positives += float(labels.sum())
         self._remember(probs.to(torch.float64), labels, w)
@@ -159,6 +169,18 @@ class ProgressiveMetrics:
         return self._logloss_sum / self._weight_sum if self._weight_sum > 0 else math.nan
 
     @property
+    def calibration(self) -> float:
+        """Mean predicted over observed click rate since start (NaN before a click)."""
+        return self._predicted_sum / self._clicked_sum if self._clicked_sum > 0 else math.nan
+
+    @property
+    def window_calibration(self) -> float:
+        """Mean predicted over observed click rate in the recent window."""
+        probs, labels, w = self._recent()
+        clicked = float((w * labels).sum())
+        return float((w * probs).sum()) / clicked if clicked > 0 else math.nan
+
+    @property
     def window_auc(self) -> float:
         probs, labels, w = self._recent()
         return exact_auc(probs, labels, w) if probs.numel() else math.nan
@@ -176,6 +198,7 @@ class ProgressiveMetrics:
         return {"bins": self.bins, "pos_hist": self._pos_hist.clone(),
                 "neg_hist": self._neg_hist.clone(), "logloss_sum": self._logloss_sum,
                 "weight_sum": self._weight_sum, "examples": self.examples,
+                "predicted_sum": self._predicted_sum, "clicked_sum": self._clicked_sum,
                 "positives": self.positives,
                 "recent": torch.stack([probs, labels, w]).clone()}
 
@@ -188,6 +211,9 @@ class ProgressiveMetrics:
         self._neg_hist.copy_(state["neg_hist"])  # type: ignore[arg-type]
         self._logloss_sum = float(state["logloss_sum"])  # type: ignore[arg-type]
         self._weight_sum = float(state["weight_sum"])  # type: ignore[arg-type]
+        # (Checkpoints without them: calibration restarts from here.)
+        self._predicted_sum = float(state.get("predicted_sum", 0.0))  # type: ignore[arg-type]
+        self._clicked_sum = float(state.get("clicked_sum", 0.0))  # type: ignore[arg-type]
         self.examples = int(state["examples"])  # type: ignore[call-overload]
         self.positives = float(state["positives"])  # type: ignore[arg-type]
         self._ring_next, self._ring_full = 0, False
@@ -210,6 +236,68 @@ class ProgressiveMetrics:
             "logloss": self.logloss,
             "window_auc": self.window_auc,
             "window_logloss": self.window_logloss,
+            "calibration": self.calibration,
+            "window_calibration": self.window_calibration,
             "examples": float(self.examples),
             "positives": self.positives,
         }
+
+
+class ServedByVersion:
+    """Served-score quality per model version, for the newest ``versions`` versions.
+
+    ``update`` takes ``[B]`` scores, ``[B]`` labels and each score's model
+    version (None: the application did not say); a version older than every
+    tracked one, once ``versions`` are tracked, is not tracked again: its
+    scores are counted in ``untracked``. The label set of the exported
+    metrics is thereby bounded.
+    """
+
+    def __init__(self, versions: int = SERVED_VERSIONS, bins: int = 1024) -> None:
+        if versions < 1:
+            raise ValueError(f"versions={versions}: must be >= 1")
+        self.versions = versions
+        self.bins = bins
+        self.by_version: dict[int | None, ProgressiveMetrics] = {}
+        self.untracked = 0
+
+    def update(self, scores: torch.Tensor, labels: torch.Tensor,
+               versions: list[int | None]) -> None:
+        if len(versions) != scores.numel():
+            raise ValueError(f"{len(versions)} versions for {scores.numel()} scores")
+        groups: dict[int | None, list[int]] = {}
+        for i, version in enumerate(versions):
+            groups.setdefault(version, []).append(i)
+        for version, rows in groups.items():
+            metrics = self._tracker(version)
+            if metrics is None:
+                self.untracked += len(rows)
+                continue
+            index = torch.tensor(rows)
+            metrics.update(scores[index], labels[index])
+
+    def _tracker(self, version: int | None) -> ProgressiveMetrics | None:
+        metrics = self.by_version.get(version)
+        if metrics is not None:
+            return metrics
+        known = [v for v in self.by_version if v is not None]
+        if version is not None and len(known) >= self.versions:
+            oldest = min(known)
+            if version < oldest:
+                return None
+            del self.by_version[oldest]
+        metrics = self.by_version[version] = ProgressiveMetrics(window=1, bins=self.bins)
+        return metrics
+
+    def state_dict(self) -> dict[str, object]:
+        return {"versions": [-1 if v is None else v for v in self.by_version],
+                "metrics": [m.state_dict() for m in self.by_version.values()],
+                "untracked": self.untracked}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.by_version = {}
+        for version, metrics in zip(state["versions"], state["metrics"]):  # type: ignore[call-overload]
+            tracked = ProgressiveMetrics(window=1, bins=self.bins)
+            tracked.load_state_dict(metrics)
+            self.by_version[None if version == -1 else int(version)] = tracked
+        self.untracked = int(state["untracked"])  # type: ignore[call-overload]

@@ -3,6 +3,9 @@
 Every batch is scored with the current parameters before it is learned from,
 so the recorded predictions are honest out-of-sample predictions (progressive
 validation, Blum et al. 1999; the "test-then-train" protocol of river and MOA).
+Examples joined from impressions were scored when the impression arrived
+(what serving showed then): their progressive metrics take that score, given
+through :meth:`OnlineTrainer.record_served` once the label is known.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from streamrec.trainer.checkpoint import describe
 from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.ctr import CTRModel, model_spec
-from streamrec.trainer.progressive import ProgressiveMetrics
+from streamrec.trainer.progressive import ProgressiveMetrics, ServedByVersion
 from streamrec.model.delta import ParameterDelta, TableDelta
 from streamrec.model.tables.base import EmbeddingTable, make_tables
 from streamrec.model.tables.distributed import DistributedEmbeddingTable
@@ -105,6 +108,9 @@ class OnlineTrainer:
             [*self.model.parameters(), *self.embeddings.parameters()], lr=config.trainer.dense_lr,
             fused=True)
         self.progress = ProgressiveMetrics()
+        # What replicas served, as the application reported it (Event.served_score).
+        self.replica = ProgressiveMetrics()
+        self.replica_versions = ServedByVersion()
         self.lock = threading.RLock()  # the publisher holds it across delta + snapshot
         self.examples = 0
         self.steps = 0
@@ -119,8 +125,18 @@ class OnlineTrainer:
             return cfg.batch_size
         return min(cfg.batch_size, max(cfg.warmup_batch_size, self.examples // 4))
 
-    def train_batch(self, batch: Batch) -> StepResult:
+    def train_batch(self, batch: Batch, scored: torch.Tensor | None = None,
+                    fake_negative: torch.Tensor | None = None) -> StepResult:
         """Score ``batch``, then take one optimizer step on it.
+
+        ``scored``: ``[B]`` bool, examples whose progressive metrics were (or
+        will be) recorded from their served-time score (:meth:`record_served`),
+        left out of the test-then-train figures. ``fake_negative``: ``[B]``
+        bool, examples of the fake-negative method (``Event.fake_negative``),
+        weighted as FNW (Ktena et al. 2019, eq. 5): a positive ``1 + p``, a
+        negative ``(1 - p)(1 + p)``, ``p`` the model's current probability
+        (no gradient through the weight), so the expected loss is that of the
+        true labels though each clicked impression is learned twice.
 
         An empty batch changes nothing (no optimizer step, no step counted),
         except under ``distributed``, where every rank joins every step's
@@ -129,7 +145,19 @@ class OnlineTrainer:
         if not len(batch) and not self.distributed:
             return StepResult(torch.empty(0), float("nan"), 0)
         with self.lock:
-            return self._step(batch)
+            return self._step(batch, scored, fake_negative)
+
+    def record_served(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Progressive metrics of ``[B]`` served-time probabilities, now that ``[B]`` labels are known."""
+        with self.lock:
+            self.progress.update(probs, labels)
+
+    def record_replica(self, scores: torch.Tensor, labels: torch.Tensor,
+                       versions: list[int | None]) -> None:
+        """Quality of what replicas served (``Event.served_score``), overall and per version."""
+        with self.lock:
+            self.replica.update(scores, labels)
+            self.replica_versions.update(scores, labels, versions)
 
     def _all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM
                     ) -> torch.Tensor:
@@ -151,7 +179,8 @@ class OnlineTrainer:
         dist.all_gather(parts, padded, group=self.group)
         return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
 
-    def _step(self, batch: Batch) -> StepResult:
+    def _step(self, batch: Batch, scored: torch.Tensor | None = None,
+              fake_negative: torch.Tensor | None = None) -> StepResult:
         # The trainer's clock (TTL expiry) is the running maximum of batch
         # medians: one event stamped hours ahead (a skewed producer clock)
         # cannot move it, and with it expire every row at once.
@@ -170,7 +199,12 @@ class OnlineTrainer:
         # the true stream's, and the predictions stay calibrated to it.
         # (Shifting each example's logit by its own -log(rate) would not:
         # positives carry rate 1, and the fixed point over-predicts clicks.)
-        weight = batch.sample_rates.clamp(min=1e-6).reciprocal()
+        sampled = batch.sample_rates.clamp(min=1e-6).reciprocal()
+        weight = sampled
+        if fake_negative is not None and bool(fake_negative.any()):
+            p = torch.sigmoid(logits.detach())
+            fnw = torch.where(batch.labels > 0, 1 + p, (1 - p) * (1 + p))
+            weight = torch.where(fake_negative, sampled * fnw, sampled)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=weight,
                                                       reduction="sum")
         # The objective is the mean over the global batch. With several ranks
@@ -203,7 +237,11 @@ class OnlineTrainer:
         self.embeddings.expire(self.event_time_ms)
         self.history.expire(self.event_time_ms)
         probs = torch.sigmoid(logits.detach())
-        self.progress.update(probs, batch.labels, weight)  # the true stream's figures
+        if scored is None:
+            self.progress.update(probs, batch.labels, sampled)  # the true stream's figures
+        elif not bool(scored.all()):
+            fresh = ~scored
+            self.progress.update(probs[fresh], batch.labels[fresh], sampled[fresh])
         self.examples += len(batch)
         self.steps += 1
         return StepResult(probs, float(loss), len(batch))
@@ -301,6 +339,8 @@ class OnlineTrainer:
                              "event_time_ms": self.event_time_ms,
                              "world_size": self._world_size()},
                 "progress": self.progress.state_dict(),
+                "replica": self.replica.state_dict(),
+                "replica_versions": self.replica_versions.state_dict(),
                 "model_spec": self._spec,
             }
 
@@ -356,6 +396,10 @@ class OnlineTrainer:
             self.event_time_ms = int(counters["event_time_ms"])
             if "progress" in state:  # (checkpoints before it was kept)
                 self.progress.load_state_dict(state["progress"])  # type: ignore[arg-type]
+            if "replica" in state:
+                self.replica.load_state_dict(state["replica"])  # type: ignore[arg-type]
+                self.replica_versions.load_state_dict(
+                    state["replica_versions"])  # type: ignore[arg-type]
 
     def record_tombstones(self, enabled: bool) -> None:
         """Whether evicted ids are kept for the next delta (default on).

@@ -168,7 +168,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.file.endswith(".csv"):
         raise StreamrecError(f"{args.file!r}: generate writes JSON lines; name the file .jsonl")
     try:
-        synthetic.write_jsonl(args.file, args.events, cfg)
+        synthetic.write_jsonl(args.file, args.events, cfg, form=args.form)
     except OSError as e:
         raise StreamrecError(f"cannot write {args.file!r}: {e.strerror or e}") from None
     return 0
@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_at_least(0), default=None, metavar="N",
                    help="random seed; the same preset and seed write the same file (default: "
                         "the preset's, 7)")
+    p.add_argument("--form", choices=["labeled", "joined"], default="labeled",
+                   help="labeled examples, or impressions and delayed clicks (production form; "
+                        "evaluate it with --set ingest.join_window_s=60, the generator's window) "
+                        "(default: labeled)")
     p.set_defaults(func=_cmd_generate)
     return parser
 

@@ -63,6 +63,7 @@ def run_training(config: AppConfig, stop: threading.Event,
     ingest_metrics = IngestMetrics(registry=REGISTRY)
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending,
+                    delayed_feedback=ing.delayed_feedback,
                     metrics=ingest_metrics)
     # Whatever was opened is closed on every way out (a refused resume, an
     # unreachable broker): the checkpoint directory's lock above all.

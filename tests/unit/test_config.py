@@ -64,6 +64,8 @@ ttl_s = 60
     ("[trainer]\nwarmup_batch_size = -1", "trainer.warmup_batch_size=-1"),
     ("[ingest]\nsource = 'carrier-pigeon'", "ingest.source='carrier-pigeon'"),
     ("[ingest]\njoin_max_pending = 0", "ingest.join_max_pending=0"),
+    ("[ingest]\ndelayed_feedback = 'later'",
+     "ingest.delayed_feedback='later': expected one of wait, fake_negative"),
     # kafka-python refuses these only when first used: the dead-letter topic
     # at the first malformed record, ending the trainer mid-run.
     ("[ingest]\ndead_letter_topic = 'dead letters'", "ingest.dead_letter_topic='dead letters'"),

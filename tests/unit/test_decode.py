@@ -34,12 +34,17 @@ def events(draw: st.DrawFn) -> Event:
                  timestamp_ms=draw(st.integers(1, PAST_MS)), request_id=draw(st.text(max_size=8)),
                  event_id=draw(st.text(max_size=8)),
                  features={k: tuple(v) for k, v in features.items()},
-                 label=float(draw(st.booleans())) if type_ == "example" else None)
+                 label=float(draw(st.booleans())) if type_ == "example" else None,
+                 # (float32 on the wire: scores exact in it)
+                 served_score=draw(st.none() | st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+                 model_version=draw(st.none() | st.integers(0, 2**63 - 1)))
 
 
 def same_values(a: Event, b: Event) -> None:
-    assert (a.type, a.user_id, a.item_id, a.timestamp_ms, a.request_id, a.event_id, a.label) == \
-        (b.type, b.user_id, b.item_id, b.timestamp_ms, b.request_id, b.event_id, b.label)
+    assert (a.type, a.user_id, a.item_id, a.timestamp_ms, a.request_id, a.event_id, a.label,
+            a.served_score, a.model_version) == \
+        (b.type, b.user_id, b.item_id, b.timestamp_ms, b.request_id, b.event_id, b.label,
+         b.served_score, b.model_version)
     assert a.features.keys() == b.features.keys()
     for k in a.features:  # protobuf groups strings, ids, numbers; order within a type holds
         assert sorted(map(repr, a.features[k])) == sorted(map(repr, b.features[k]))
@@ -88,6 +93,10 @@ def test_documented_json_form_decodes_with_string_ids_hashed() -> None:
     ({"timestamp_ms": -5}, "out_of_range", "timestamp_ms"),
     ({"item_id": 2**63}, "out_of_range", "item_id"),
     ({"features": {"f": list(range(2000))}}, "too_large", "f"),
+    ({"served_score": 1.5}, "out_of_range", "served_score"),
+    ({"served_score": "high"}, "wrong_type", "served_score"),
+    ({"model_version": -1}, "out_of_range", "model_version"),
+    ({"model_version": 2.5}, "wrong_type", "model_version"),
 ])
 def test_invalid_fields_are_named_with_their_kind(change: dict, kind: str, field: str) -> None:
     data = {k: v for k, v in {**VALID, **change}.items() if v is not None}

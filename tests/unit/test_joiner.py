@@ -9,10 +9,26 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from streamrec.ingest.event import Event
-from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.joiner import Joiner as TrainingJoiner
 from streamrec.ingest.metrics import IngestMetrics
 
 T0 = 1_700_000_000_000
+
+
+class Joiner(TrainingJoiner):
+    """The labels the joiner decides, as it decides them (``take_outcomes``).
+
+    Every ``delayed_feedback`` mode labels alike; what each trains on, and
+    when, is tested apart (``TrainingJoiner``).
+    """
+
+    def push(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().push(*args, **kwargs)
+        return self.take_outcomes()
+
+    def flush(self):  # type: ignore[no-untyped-def]
+        super().flush()
+        return self.take_outcomes()
 
 
 def imp(request: str, item: int, t: int, user: int = 1) -> Event:
@@ -58,7 +74,7 @@ def test_unmatched_impressions_become_negatives_once_the_watermark_passes_the_wi
 
 def test_examples_pass_through_and_other_types_are_dropped_and_counted() -> None:
     registry = CollectorRegistry()
-    j = Joiner(["click"], window_s=10, metrics=IngestMetrics(registry))
+    j = TrainingJoiner(["click"], window_s=10, metrics=IngestMetrics(registry))
     example = Event("example", 1, 2, T0, label=1.0)
     assert j.push([example, Event("hover", 1, 2, T0), act("x", 1, 0)]) == [example]
     assert j.flush() == []  # the action's impression never came: an orphan
@@ -69,7 +85,7 @@ def test_examples_pass_through_and_other_types_are_dropped_and_counted() -> None
 
 def test_negative_sampling_is_deterministic_and_records_the_rate() -> None:
     def run() -> list[Event]:
-        j = Joiner(["click"], window_s=1, rate=0.25, seed=3)
+        j = TrainingJoiner(["click"], window_s=1, rate=0.25, seed=3)
         j.push([imp(f"r{i}", i, 0) for i in range(4000)])
         return j.flush()
 
@@ -79,9 +95,10 @@ def test_negative_sampling_is_deterministic_and_records_the_rate() -> None:
     assert 0.2 < kept < 0.3
     assert {e.sample_rate for e in first} == {0.25}
     # Positives are never sampled away.
-    j = Joiner(["click"], window_s=1, rate=0.01)
+    j = TrainingJoiner(["click"], window_s=1, rate=0.01)
     j.push([imp(f"r{i}", i, 0) for i in range(100)])
-    assert len(j.push([act(f"r{i}", i, 10) for i in range(100)])) == 100
+    j.push([act(f"r{i}", i, 10) for i in range(100)])
+    assert len(j.flush()) == 100
 
 
 def test_pending_impressions_survive_a_checkpoint(tmp_path: Path) -> None:
@@ -429,3 +446,41 @@ def test_a_partition_quiet_before_a_checkpoint_stays_quiet_after_the_restore(
         return len([e for e in out if e.type == "example"]), j.pending
 
     assert run(restore=True) == run(restore=False)
+
+
+def test_wait_holds_a_clicked_impression_until_its_window_closes_then_keeps_time_order() -> None:
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
+    assert j.push([imp("r1", 7, 0), imp("r2", 8, 1_000), act("r2", 8, 2_000)]) == []
+    # The click's label is known at once (served-time metrics), the example is not out yet.
+    assert [(e.item_id, e.label) for e in j.take_outcomes()] == [(8, 1.0)]
+    out = j.push([imp("r3", 9, 11_500)])
+    # Window of r1 closed (a negative), then r2's: impression-time order, both labels.
+    assert [(e.item_id, e.label) for e in out] == [(7, 0.0), (8, 1.0)]
+    assert [(e.item_id, e.label) for e in j.take_outcomes()] == [(7, 0.0)]
+    assert [(e.item_id, e.label) for e in j.flush()] == [(9, 0.0)]
+
+
+def test_fake_negative_learns_an_impression_at_once_and_again_when_clicked() -> None:
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="fake_negative")
+    out = j.push([imp("r1", 7, 0), imp("r2", 8, 0)])
+    assert [(e.item_id, e.label, e.fake_negative) for e in out] == [(7, 0.0, True),
+                                                                    (8, 0.0, True)]
+    out = j.push([act("r1", 7, 3_000)])
+    assert [(e.item_id, e.label, e.fake_negative) for e in out] == [(7, 1.0, True)]
+    # r2's window closes: its label is known (a negative) but nothing more is learned.
+    assert j.push([imp("r3", 9, 12_000)]) == [imp("r3", 9, 12_000)._replace(
+        type="example", label=0.0, fake_negative=True)]
+    assert [(e.item_id, e.label) for e in j.take_outcomes()] == [(7, 1.0), (8, 0.0)]
+
+
+def test_outcomes_carry_the_score_given_on_arrival_across_a_checkpoint() -> None:
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
+    j.push([imp("r1", 7, 0)._replace(predicted=0.25), imp("r2", 8, 500)._replace(predicted=0.5),
+            act("r2", 8, 1_000)])
+    j.take_outcomes()
+    restored = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
+    restored.load_state_dict(j.state_dict())
+    out = restored.push([imp("r3", 9, 20_000)])
+    # The held positive and the pending impression both come back with their scores.
+    assert [(e.item_id, e.label, e.predicted) for e in out] == [(7, 0.0, 0.25), (8, 1.0, 0.5)]
+    assert [(e.item_id, e.predicted) for e in restored.take_outcomes()] == [(7, 0.25)]

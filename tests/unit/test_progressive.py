@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
+from streamrec.trainer.progressive import ProgressiveMetrics, ServedByVersion, exact_auc
 
 
 def pairwise_auc(scores: list[float], labels: list[float]) -> float:
@@ -126,3 +126,27 @@ def whole_auc_at(state: dict) -> float:
     again = ProgressiveMetrics()
     again.load_state_dict(state)
     return again.auc
+
+
+def test_calibration_is_mean_predicted_over_observed_click_rate() -> None:
+    m = ProgressiveMetrics(window=2)
+    m.update(torch.tensor([0.2, 0.2, 0.2, 0.2]), torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert m.calibration == pytest.approx(0.2 / 0.25)
+    m.update(torch.tensor([0.9, 0.9]), torch.tensor([1.0, 0.0]))
+    assert m.window_calibration == pytest.approx(0.9 / 0.5)  # the last two only
+    restored = ProgressiveMetrics(window=2)
+    restored.load_state_dict(m.state_dict())
+    assert restored.calibration == pytest.approx(m.calibration)
+
+
+def test_served_quality_is_kept_for_the_newest_versions_only() -> None:
+    served = ServedByVersion(versions=3)
+    for version in [1, 2, 3, 4, None]:
+        served.update(torch.tensor([0.8, 0.1]), torch.tensor([1.0, 0.0]), [version, version])
+    assert set(served.by_version) == {2, 3, 4, None}  # version 1 gave way to 4
+    served.update(torch.tensor([0.5]), torch.tensor([1.0]), [1])  # older than every tracked one
+    assert served.untracked == 1 and 1 not in served.by_version
+    assert served.by_version[4].auc == 1.0 and served.by_version[4].examples == 2
+    restored = ServedByVersion(versions=3)
+    restored.load_state_dict(served.state_dict())
+    assert set(restored.by_version) == {2, 3, 4, None} and restored.untracked == 1

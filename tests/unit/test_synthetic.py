@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from streamrec.ingest.event import Event
-from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream, default, drifting
+from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream, default, drifting, \
+    production
 
 
 def test_same_seed_same_stream_and_another_seed_another_stream() -> None:
@@ -91,3 +92,33 @@ def test_a_new_id_shows_from_the_event_that_hands_it_out() -> None:
         assert len(new_ids) > 5
         # ids are handed out in event order, and none shows before its own event
         assert new_ids == list(range(slots + 1, slots + 1 + len(new_ids)))
+
+
+def test_production_form_is_the_labeled_stream_as_impressions_and_delayed_clicks() -> None:
+    from streamrec.ingest.joiner import Joiner
+
+    config = production()
+    labeled = list(SyntheticStream(config).events(6000))
+    joined = list(SyntheticStream(config).joined_events(6000))
+    times = [e.timestamp_ms for e in joined]
+    assert times == sorted(times)
+    impressions = [e for e in joined if e.type == "impression"]
+    clicks = [e for e in joined if e.type == "click"]
+    assert [e._replace(type="example", label=None) for e in impressions] == \
+        [e._replace(label=None) for e in labeled]
+    shown = {e.request_id: e.timestamp_ms for e in impressions}
+    delays = sorted(c.timestamp_ms - shown[c.request_id] for c in clicks)
+    window_ms = config.join_window_s * 1000
+    late = sum(d > window_ms for d in delays)
+    assert 0 < late < 0.1 * len(delays)  # a long tail: some clicks come after the window
+    assert delays[len(delays) // 2] < 10_000  # most within seconds
+    # A joiner with the generator's window labels the impressions as the labeled form does.
+    j = Joiner(["click"], window_s=config.join_window_s)
+    j.push(joined)
+    j.flush()
+    decided = {e.event_id: e.label for e in j.take_outcomes()}
+    assert decided == {e.event_id: e.label for e in labeled}
+    # List features, and bursts of one user's events.
+    assert {len(e.features["tags"]) for e in labeled} == {1, 2, 3}
+    users = [e.user_id for e in labeled]
+    assert max(Counter(users[i:i + 40]).most_common(1)[0][1] for i in range(0, 6000, 40)) >= 10
