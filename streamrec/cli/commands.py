@@ -30,7 +30,7 @@ log = logging.getLogger("streamrec")
 # streamrec.synthetic's presets, named here because importing it loads torch
 # (seconds) just to print --help; a unit test keeps the two lists equal.
 PRESETS = ("default", "drifting", "bursty_new_users", "popularity_churn",
-           "dense_vs_sparse_users")
+           "dense_vs_sparse_users", "production")
 
 
 def _overrides(pairs: Sequence[str]) -> dict[str, str]:
