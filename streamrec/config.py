@@ -4,8 +4,9 @@ Precedence, lowest first: dataclass defaults < TOML file < ``STREAMREC_*``
 environment variables < CLI ``--set section.field=value`` overrides.
 
 Environment variables are named ``STREAMREC_<SECTION>_<FIELD>``, for example
-``STREAMREC_TRAINER_BATCH_SIZE=512`` or ``STREAMREC_SYNC_TOKEN=s3cret``; list
-fields take comma-separated values. Per-table overrides live in TOML under
+``STREAMREC_TRAINER_BATCH_SIZE=512`` or ``STREAMREC_SYNC_TOKEN=s3cret``; they and
+``--set`` values are read by :func:`streamrec.config_text.parse_text` (lists as a
+TOML array or comma-separated). Per-table overrides live in TOML under
 ``[tables.<feature>]`` and fall back to ``[table_defaults]``.
 
 Every dataclass validates itself in ``__post_init__`` and raises
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamrec.config_text import parse_text
 from streamrec.errors import ConfigError
 
 __all__ = [
@@ -392,7 +394,7 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
         if origin is list:
             (item_tp,) = typing.get_args(tp)
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                value = parse_text(f"{section}.{name}", tp, value)
             if not isinstance(value, list):
                 raise TypeError("expected a list")
             return [_coerce(section, name, item_tp, v) for v in value]
@@ -422,6 +424,8 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError("expected a string")
             return value
+    except ConfigError:
+        raise  # an item's error already names the field
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{section}.{name}={value!r}: {e}") from None
     raise ConfigError(f"{section}.{name}: unsupported field type {tp!r}")
@@ -433,6 +437,13 @@ def _table(value: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}={value!r}: expected a table of fields ([{where}]), "
                           f"got a {type(value).__name__}")
     return dict(value)
+
+
+def _from_text(cls: type, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Environment / --set values of ``cls``'s fields, read by :func:`parse_text`."""
+    hints = typing.get_type_hints(cls)
+    return {k: parse_text(f"{section}.{k}", hints[k], v) if isinstance(v, str) and k in hints
+            else v for k, v in values.items()}
 
 
 def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
@@ -504,8 +515,9 @@ def load_config(
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(known)}")
     layered: dict[str, dict[str, Any]] = {s: _table(raw.get(s, {}), s) for s in _SECTIONS}
+    types_ = _section_types()
     for section, values in _env_overrides(os.environ if env is None else env).items():
-        layered[section].update(values)
+        layered[section].update(_from_text(types_[section], section, values))
     table_raw: dict[str, dict[str, Any]] = {
         feature: _table(values, f"tables.{feature}")
         for feature, values in _table(raw.get("tables", {}), "tables").items()}
@@ -513,13 +525,13 @@ def load_config(
         section, _, name = dotted.partition(".")
         if section == "tables":
             feature, _, name = name.partition(".")
-            table_raw.setdefault(feature, {})[name] = value
+            table_raw.setdefault(feature, {}).update(
+                _from_text(TableConfig, f"tables.{feature}", {name: value}))
         elif section in layered and name:
-            layered[section][name] = value
+            layered[section].update(_from_text(types_[section], section, {name: value}))
         else:
             raise ConfigError(f"override {dotted!r}: expected section.field with section in "
                               f"{', '.join(_SECTIONS)} or tables.<feature>.field")
-    types_ = _section_types()
     built = {s: _build(types_[s], s, layered[s]) for s in _SECTIONS}
     defaults = dataclasses.asdict(built["table_defaults"])
     tables = {
