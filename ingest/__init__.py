@@ -20,6 +20,7 @@ from ingest.decode import (
     encode_protobuf,
 )
 from ingest.event import Event
+from ingest.feature_audit import AuditedSource, FeatureAudit
 from ingest.file_source import FileSource
 from ingest.iter_source import IteratorSource
 from ingest.joiner import Joiner
@@ -28,12 +29,14 @@ from ingest.metrics import IngestMetrics
 from ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
 
 __all__ = [
+    "AuditedSource",
     "Batch",
     "Batcher",
     "DeadLetter",
     "DeadLetterSink",
     "Event",
     "EventSource",
+    "FeatureAudit",
     "FileDeadLetterSink",
     "FileSource",
     "IngestMetrics",
