@@ -26,6 +26,7 @@ from ingest.iter_source import IteratorSource
 from ingest.joiner import Joiner
 from ingest.kafka_source import KafkaSource, create_topics
 from ingest.metrics import IngestMetrics
+from ingest.schema import FeatureSchema, SchemaScan
 from ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Event",
     "EventSource",
     "FeatureAudit",
+    "FeatureSchema",
     "FileDeadLetterSink",
     "FileSource",
     "IngestMetrics",
@@ -46,6 +48,7 @@ __all__ = [
     "KafkaSource",
     "MemoryDeadLetterSink",
     "MemorySource",
+    "SchemaScan",
     "SourceBatch",
     "create_topics",
     "decode_csv_row",

@@ -99,7 +99,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from streamrec.evaluate import evaluate  # torch: only once the inputs are known good
 
     tune_gc()
-    result = evaluate(config, args.events, progress=not args.quiet)
+    result = evaluate(config, args.events, progress=not args.quiet,
+                      discover_events=args.discover_events)
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "print progressive metrics as JSON"))
     p.add_argument("--events", required=True, help=".jsonl or .csv event file, time-ordered")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument("--discover-events", type=_at_least(1), default=10_000, metavar="N",
+                   help="without model.sparse_features / dense_features set, the model "
+                        "takes the features of the first N impressions and examples")
     p.set_defaults(func=_cmd_evaluate)
 
     p = with_config(sub.add_parser("train", help="consume Kafka and train online, pushing "

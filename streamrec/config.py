@@ -146,14 +146,20 @@ class _DefaultHistory(list):  # type: ignore[type-arg]
     """Marks history_features as not set by the user (resolved against sparse_features)."""
 
 
+class _Unset(list):  # type: ignore[type-arg]
+    """Marks a feature list as the default, not set by the user (see ModelConfig)."""
+
+
 @dataclass
 class ModelConfig:
     """The CTR model: which features it reads and its shape."""
 
     # Each sparse feature gets its own embedding table, keyed by raw 64-bit ids.
     # "user_id" and "item_id" read the event's ids; others read event features.
-    sparse_features: list[str] = field(default_factory=lambda: ["user_id", "item_id"])
-    dense_features: list[str] = field(default_factory=list)
+    # Left unset (in the file, the environment and --set), `streamrec evaluate`
+    # takes every feature its event file carries (ingest/schema.py) instead.
+    sparse_features: list[str] = field(default_factory=lambda: _Unset(["user_id", "item_id"]))
+    dense_features: list[str] = field(default_factory=lambda: _Unset())
     # The default is an FM (first-order + pairwise interactions + one linear
     # layer over the factors), whose step runs on the C kernels of
     # streamrec/native; hidden layers make it a DeepFM (e.g. [64, 32]), for logs
@@ -168,6 +174,12 @@ class ModelConfig:
     history_features: list[str] = field(default_factory=lambda: _DefaultHistory(DEFAULT_HISTORY))
     history_cap: float = 200.0
     history_strength: float = 10.0
+
+    @property
+    def features_configured(self) -> bool:
+        """False when neither feature list was set: the model may take the stream's."""
+        return not (isinstance(self.sparse_features, _Unset)
+                    and isinstance(self.dense_features, _Unset))
 
     def __post_init__(self) -> None:
         s = "model"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from streamrec.config import load_config
+from streamrec.config import ModelConfig, load_config
 from streamrec.errors import ConfigError
 
 
@@ -61,3 +63,15 @@ def test_a_string_field_keeps_odd_text_without_echoing_it_in_an_error() -> None:
     assert config.sync.token == '"s3cret'
     assert load_config(env={}, overrides={"ingest.group_id": "[g]"}).ingest.group_id == "[g]"
 
+
+def test_the_feature_lists_are_unset_until_the_user_sets_one(tmp_path: Path) -> None:
+    assert not ModelConfig().features_configured
+    assert not load_config(env={}).model.features_configured
+    path = tmp_path / "c.toml"
+    path.write_text("[model]\ndense_features = []\n")
+    assert load_config(path, env={}).model.features_configured
+    assert load_config(env={"STREAMREC_MODEL_SPARSE_FEATURES": "user_id"}
+                       ).model.features_configured
+    assert load_config(env={}, overrides={"model.sparse_features": "user_id,item_id"}
+                       ).model.features_configured
+    assert ModelConfig(sparse_features=["user_id", "item_id"]).features_configured
