@@ -8,7 +8,9 @@ feature name and a Prometheus counter per name:
   at most ``max_names`` distinct names, the rest counted as ``_other``;
 - a model feature an event does not carry (``..._feature_missing_events_total``),
   logged once if none of the first ``report_after`` events carries it (a
-  misspelt name in the config trains a table that never sees an id).
+  misspelt name in the config trains a table that never sees an id);
+- a dense feature whose value is not one number (``..._feature_mistyped_events_total``):
+  the model reads a string as 0 and only the first of several values.
 
 :class:`AuditedSource` runs the audit on every poll of an event source.
 """
@@ -19,6 +21,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from ingest.event import Event
 from ingest.metrics import IngestMetrics
@@ -37,7 +40,8 @@ class FeatureAudit:
 
     ``ignored`` maps a name (or :data:`OTHER`) to the checked events carrying it;
     ``missing`` maps each model feature to the checked events without it;
-    ``checked`` counts the impressions and examples seen.
+    ``mistyped`` each dense feature to the checked events whose value for it is
+    not one number; ``checked`` counts the impressions and examples seen.
     """
 
     def __init__(self, sparse_features: Sequence[str], dense_features: Sequence[str],
@@ -49,17 +53,21 @@ class FeatureAudit:
         self.model_features = tuple(f for f in (*sparse_features, *dense_features)
                                     if f not in EVENT_IDS)
         self._model = frozenset(self.model_features)
+        self._dense = tuple(f for f in dense_features if f not in EVENT_IDS)
         self.metrics = metrics
         self.report_after = report_after
         self.max_names = max_names
         self.checked = 0
         self.ignored: dict[str, int] = {}
         self.missing = dict.fromkeys(self.model_features, 0)
+        self.mistyped = dict.fromkeys(self._dense, 0)
         self._reported_missing = False
         if metrics is not None:
             metrics.feature_ignored.labels(OTHER)
             for name in self.model_features:
                 metrics.feature_missing.labels(name)
+            for name in self._dense:
+                metrics.feature_mistyped.labels(name)
 
     def never_carried(self) -> list[str]:
         """The model features no checked event has carried."""
@@ -82,10 +90,26 @@ class FeatureAudit:
                 self.missing[name] += lacking
                 if m is not None:
                     m.feature_missing.labels(name).inc(lacking)
+        for name in self._dense:
+            if carried.get(name):
+                self._count_mistyped(name, featured)
         if not carried.keys() <= self._model:
             self._count_ignored({n: c for n, c in carried.items() if n not in self._model})
         if not self._reported_missing and self.checked >= self.report_after:
             self.report_missing()
+
+    def _count_mistyped(self, name: str, featured: list[Mapping[str, tuple[Any, ...]]]
+                        ) -> None:
+        bad = sum(1 for v in (f.get(name) for f in featured)
+                  if v is not None and (len(v) != 1 or type(v[0]) is str))
+        if not bad:
+            return
+        if not self.mistyped[name]:
+            log.warning("dense feature %r: an event carries a string or several values for "
+                        "it (a string reads as 0; values after the first are dropped)", name)
+        self.mistyped[name] += bad
+        if self.metrics is not None:
+            self.metrics.feature_mistyped.labels(name).inc(bad)
 
     def _count_ignored(self, counts: Mapping[str, int]) -> None:
         for name, n in counts.items():

@@ -89,6 +89,11 @@ class IngestMetrics:
             "streamrec_ingest_feature_missing_events_total",
             "Checked events carrying no value for one of the model's features, by feature",
             ["feature"], registry=registry)
+        self.feature_mistyped = Counter(
+            "streamrec_ingest_feature_mistyped_events_total",
+            "Checked events whose value for a dense feature is not one number (a string "
+            "reads as 0; values after the first are dropped), by feature",
+            ["feature"], registry=registry)
         self._lag = _LagCollector()
         registry.register(self._lag)
 

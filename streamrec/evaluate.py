@@ -72,8 +72,9 @@ def evaluate(config: AppConfig, path: str, progress: bool = True,
     Without a configured feature list, the features are those of the first
     ``discover_events`` impressions and examples (:mod:`ingest.schema`). The
     result's ``features`` says which the model read (``from``: ``stream`` or
-    ``config``), the stream features it ignored (events carrying each) and the
-    model features no event carried.
+    ``config``), the stream features it ignored (events carrying each), the
+    model features no event carried and the dense features events gave a value
+    other than one number (events, each).
     """
     if discover_events < 1:
         raise ValueError("discover_events must be >= 1")
@@ -109,7 +110,8 @@ def evaluate(config: AppConfig, path: str, progress: bool = True,
     features.update(sparse=list(config.model.sparse_features),
                     dense=list(config.model.dense_features),
                     ignored=dict(sorted(audit.ignored.items())),
-                    never_seen=audit.never_carried())
+                    never_seen=audit.never_carried(),
+                    mistyped={f: n for f, n in audit.mistyped.items() if n})
     return {
         "events": stats.events,
         "examples": stats.examples,

@@ -78,12 +78,15 @@ def test_the_audit_counts_ignored_and_missing_features_per_name(
     audit.observe([example({"country": ["fr"], "price": [1.5], "genre": ["rock"]}),
                    example({"country": ["de"], "genre": ["jazz"], "mood": ["calm"]}),
                    example({"button": ["buy"]}, "click")])
-    audit.observe([example({"country": ["fr"], "genre": ["pop"]})])
-    audit.observe([example({"country": ["fr"], "genre": ["pop"]})])
+    audit.observe([example({"country": ["fr"], "genre": ["pop"], "price": ["n/a"]})])
+    audit.observe([example({"country": ["fr"], "genre": ["pop"], "price": [1.0, 2.0]})])
     ignored = sample(registry, "streamrec_ingest_feature_ignored_events_total", "genre")
     assert ignored == 4 and audit.ignored == {"genre": 4, "mood": 1}
     assert sample(registry, "streamrec_ingest_feature_missing_events_total", "colour") == 4
-    assert sample(registry, "streamrec_ingest_feature_missing_events_total", "price") == 3
+    assert sample(registry, "streamrec_ingest_feature_missing_events_total", "price") == 1
+    # A string or several values for a dense feature: the model reads 0 or the first.
+    assert sample(registry, "streamrec_ingest_feature_mistyped_events_total", "price") == 2
+    assert audit.mistyped == {"price": 2}
     assert sample(registry, "streamrec_ingest_feature_checked_events_total") == 4
     assert audit.never_carried() == ["colour"]
     messages = [r.getMessage() for r in caplog.records]
@@ -92,6 +95,7 @@ def test_the_audit_counts_ignored_and_missing_features_per_name(
     assert sum("'mood' is not a model feature" in m for m in messages) == 1
     assert sum("model feature 'colour': none of the first 3" in m for m in messages) == 1
     assert not any("'price': none" in m for m in messages)
+    assert sum("dense feature 'price'" in m for m in messages) == 1
 
 
 def test_ignored_names_beyond_the_cap_are_counted_as_one_label() -> None:

@@ -20,7 +20,7 @@ FAST = ("--set", "trainer.threads=1", "--set", "trainer.batch_size=512",
 def write_stream(path: Path, n: int = 10_000, late_after: int = 5_000) -> Path:
     """Examples whose label depends on the item (odd ones are liked), strongly on the
     genre, a little on the price; tags and user ids are noise; ``late`` appears at
-    event ``late_after``."""
+    event ``late_after``, and from there every 100th price is "n/a"."""
     rng = random.Random(7)
     with path.open("w") as f:
         for i in range(n):
@@ -31,6 +31,8 @@ def write_stream(path: Path, n: int = 10_000, late_after: int = 5_000) -> Path:
                         "tags": [f"t{rng.randrange(30)}" for _ in range(rng.randrange(1, 4))]}
             if i >= late_after:
                 features["late"] = "x"
+                if i % 100 == 0:
+                    features["price"] = "n/a"
             f.write(json.dumps({
                 "type": "example", "label": int(rng.random() < 1 / (1 + math.exp(-logit))),
                 "user_id": rng.randrange(10**6), "item_id": item,
@@ -48,7 +50,10 @@ def test_evaluate_learns_every_feature_the_events_carry(tmp_path: Path) -> None:
     summary = json.loads(result.stdout)
     assert summary["features"] == {
         "from": "stream", "scanned_events": 1000, "sparse": ["user_id", "item_id", "genre", "tags"],
-        "dense": ["price"], "bags": ["tags"], "ignored": {"late": 5000}, "never_seen": []}
+        "dense": ["price"], "bags": ["tags"], "ignored": {"late": 5000}, "never_seen": [],
+        "mistyped": {"price": 50}}
+    # A string where the scan saw numbers reads as 0: said once, counted per event.
+    assert result.stderr.count("dense feature 'price': an event carries a string") == 1
     assert summary["examples"] == 10_000  # the scanned events are trained on too
     # The same stream with the ids only: the genre and price are what it misses.
     ids_only = evaluate(load_config(env={}, overrides={
@@ -103,3 +108,4 @@ def test_train_logs_features_it_ignores_and_features_it_never_sees(tmp_path: Pat
         assert result.stderr.count(f"stream feature {name!r} is not a model feature") == 1
     assert result.stderr.count("model feature 'genra': none of the first 3000 impressions") == 1
     assert "'price': none" not in result.stderr
+    assert result.stderr.count("dense feature 'price': an event carries a string") == 1
