@@ -119,6 +119,9 @@ class FeatureAudit:
                         log.warning("more than %d stream features are not model features: "
                                     "the others are counted as %r", self.max_names, OTHER)
                     name = OTHER
+                elif name in EVENT_IDS:
+                    log.warning("stream feature %r is ignored: the model's %s is the event's "
+                                "own field", name, name)
                 else:
                     log.warning("stream feature %r is not a model feature "
                                 "(model.sparse_features, model.dense_features): ignored", name)

@@ -15,7 +15,8 @@ The rule, per feature name, over every value the prefix carries:
   a category id, a string cannot be a number.
 
 ``user_id`` and ``item_id`` are always the first two sparse features (the
-event's ids); a feature of that name inside ``features`` is shadowed by them.
+event's ids); a feature of that name inside ``features`` is not read (the
+feature audit reports it as ignored).
 """
 
 from __future__ import annotations
@@ -39,14 +40,12 @@ class FeatureSchema:
     """The feature lists a model is built with, and what they were found in.
 
     ``bags`` are the sparse features seen with several values in one event;
-    ``shadowed`` the feature names that the event's ids take the place of;
     ``events`` how many impressions and examples were scanned.
     """
 
     sparse: tuple[str, ...]
     dense: tuple[str, ...]
     bags: tuple[str, ...] = ()
-    shadowed: tuple[str, ...] = ()
     events: int = 0
 
     def describe(self) -> str:
@@ -91,6 +90,5 @@ class SchemaScan:
             sparse.append(name)
             if seen & _SEVERAL:
                 bags.append(name)
-        shadowed = tuple(n for n in EVENT_IDS if n in self._kinds)
         return FeatureSchema(sparse=tuple(sparse), dense=tuple(dense), bags=tuple(bags),
-                             shadowed=shadowed, events=self.events)
+                             events=self.events)

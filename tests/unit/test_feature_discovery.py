@@ -50,15 +50,22 @@ def test_mixed_types_resolve_to_sparse() -> None:
     assert schema.bags == ("weights",)
 
 
-def test_only_learned_events_count_and_event_ids_are_not_shadowed() -> None:
+def test_only_learned_events_count_and_event_ids_stay_the_events_own(
+        caplog: pytest.LogCaptureFixture) -> None:
+    events = [example({"device": ["ios"]}, "impression"),
+              example({"button": ["buy"]}, "click"),     # an action: never learned
+              example({"user_id": ["u"]})]
     scan = SchemaScan()
-    scan.observe([example({"device": ["ios"]}, "impression"),
-                  example({"button": ["buy"]}, "click"),     # an action: never learned
-                  example({"user_id": ["u"]})])
+    scan.observe(events)
     schema = scan.schema()
     assert schema.sparse == ("user_id", "item_id", "device")
-    assert schema.shadowed == ("user_id",)
     assert schema.events == 2
+    # A feature named like an event id is not what the model's user_id reads: said so.
+    audit = FeatureAudit(schema.sparse, schema.dense)
+    caplog.set_level(logging.INFO, logger="ingest.feature_audit")
+    audit.observe(events)
+    assert audit.ignored == {"user_id": 1}
+    assert "the model's user_id is the event's own field" in caplog.text
 
 
 def sample(registry: CollectorRegistry, name: str, feature: str | None = None) -> float:
