@@ -38,8 +38,8 @@ SPARSE = "user_id,item_id,category,country,hour"
 
 def run_arm(arm: str, path: str) -> dict[str, Any]:
     """One run of ``arm`` over ``path``: events, seconds and (evaluate) AUC / logloss."""
-    from ingest.feature_audit import AuditedSource, FeatureAudit
-    from ingest.file_source import FileSource
+    from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
+    from streamrec.ingest.file_source import FileSource
 
     if arm.startswith("decode"):
         source: Any = FileSource(path, "json")
@@ -64,7 +64,7 @@ def run_arm(arm: str, path: str) -> dict[str, Any]:
         return {"events": n, "seconds": seconds, "audit_us_per_event": in_audit[0] / n * 1e6}
 
     from streamrec.config import load_config
-    from streamrec.evaluate import evaluate
+    from streamrec.cli.evaluate import evaluate
 
     overrides = {"trainer.threads": "1"}
     if arm == "evaluate-ids":

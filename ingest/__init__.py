@@ -4,14 +4,14 @@
 attribute keeps naming the module.
 """
 
-from ingest.batch import Batch, Batcher
-from ingest.deadletter import (
+from streamrec.ingest.batch import Batch, Batcher
+from streamrec.ingest.deadletter import (
     DeadLetterSink,
     FileDeadLetterSink,
     KafkaDeadLetterSink,
     MemoryDeadLetterSink,
 )
-from ingest.decode import (
+from streamrec.ingest.decode import (
     decode_csv_row,
     decode_json,
     decode_protobuf,
@@ -19,15 +19,15 @@ from ingest.decode import (
     encode_json,
     encode_protobuf,
 )
-from ingest.event import Event
-from ingest.feature_audit import AuditedSource, FeatureAudit
-from ingest.file_source import FileSource
-from ingest.iter_source import IteratorSource
-from ingest.joiner import Joiner
-from ingest.kafka_source import KafkaSource, create_topics
-from ingest.metrics import IngestMetrics
-from ingest.schema import FeatureSchema, SchemaScan
-from ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
+from streamrec.ingest.event import Event
+from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
+from streamrec.ingest.file_source import FileSource
+from streamrec.ingest.iter_source import IteratorSource
+from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.kafka_source import KafkaSource, create_topics
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.schema import FeatureSchema, SchemaScan
+from streamrec.ingest.source import DeadLetter, EventSource, MemorySource, SourceBatch
 
 __all__ = [
     "AuditedSource",

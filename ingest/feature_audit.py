@@ -23,10 +23,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ingest.event import Event
-from ingest.metrics import IngestMetrics
-from ingest.schema import EVENT_IDS, LEARNED_TYPES
-from ingest.source import EventSource, ForwardingSource, SourceBatch
+from streamrec.ingest.event import Event
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.schema import EVENT_IDS, LEARNED_TYPES
+from streamrec.ingest.source import EventSource, ForwardingSource, SourceBatch
 
 __all__ = ["FeatureAudit", "AuditedSource", "OTHER"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ingest.event import EXAMPLE, IMPRESSION, Event
+from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 
 __all__ = ["FeatureSchema", "SchemaScan", "EVENT_IDS", "LEARNED_TYPES"]
 

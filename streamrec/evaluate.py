@@ -18,15 +18,15 @@ from typing import Any
 
 import torch
 
-from ingest.deadletter import MemoryDeadLetterSink
-from ingest.feature_audit import AuditedSource, FeatureAudit
-from ingest.file_source import FileSource
-from ingest.joiner import Joiner
-from ingest.schema import FeatureSchema, SchemaScan
-from ingest.source import EventSource, ForwardingSource, SourceBatch
+from streamrec.ingest.deadletter import MemoryDeadLetterSink
+from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
+from streamrec.ingest.file_source import FileSource
+from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.schema import FeatureSchema, SchemaScan
+from streamrec.ingest.source import EventSource, ForwardingSource, SourceBatch
 from streamrec.config import AppConfig
-from trainer.loop import LoopStats, TrainingLoop
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["evaluate", "DISCOVER_EVENTS"]
 

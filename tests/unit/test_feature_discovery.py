@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.event import Event, FeatureValue
-from ingest.feature_audit import OTHER, AuditedSource, FeatureAudit
-from ingest.metrics import IngestMetrics
-from ingest.schema import SchemaScan
-from ingest.source import MemorySource
+from streamrec.ingest.event import Event, FeatureValue
+from streamrec.ingest.feature_audit import OTHER, AuditedSource, FeatureAudit
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.schema import SchemaScan
+from streamrec.ingest.source import MemorySource
 
 
 def example(features: Mapping[str, Sequence[FeatureValue]], type_: str = "example") -> Event:
@@ -62,7 +62,7 @@ def test_only_learned_events_count_and_event_ids_stay_the_events_own(
     assert schema.events == 2
     # A feature named like an event id is not what the model's user_id reads: said so.
     audit = FeatureAudit(schema.sparse, schema.dense)
-    caplog.set_level(logging.INFO, logger="ingest.feature_audit")
+    caplog.set_level(logging.INFO, logger="streamrec.ingest.feature_audit")
     audit.observe(events)
     assert audit.ignored == {"user_id": 1}
     assert "the model's user_id is the event's own field" in caplog.text
@@ -81,7 +81,7 @@ def test_the_audit_counts_ignored_and_missing_features_per_name(
     metrics = IngestMetrics(registry=registry)
     audit = FeatureAudit(["user_id", "item_id", "country", "colour"], ["price"], metrics,
                          report_after=3)
-    caplog.set_level(logging.INFO, logger="ingest.feature_audit")
+    caplog.set_level(logging.INFO, logger="streamrec.ingest.feature_audit")
     audit.observe([example({"country": ["fr"], "price": [1.5], "genre": ["rock"]}),
                    example({"country": ["de"], "genre": ["jazz"], "mood": ["calm"]}),
                    example({"button": ["buy"]}, "click")])
@@ -124,7 +124,7 @@ def test_an_audited_source_checks_every_poll_and_reports_at_close(
     events = [example({"colr": ["red"]}) for _ in range(5)]
     audit = FeatureAudit(["user_id", "item_id", "color"], [], report_after=100)
     source = AuditedSource(MemorySource(events), audit)
-    caplog.set_level(logging.INFO, logger="ingest.feature_audit")
+    caplog.set_level(logging.INFO, logger="streamrec.ingest.feature_audit")
     while not source.exhausted:
         source.poll(2, 0.0)
     assert audit.checked == 5 and audit.ignored == {"colr": 5}

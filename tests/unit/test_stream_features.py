@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 from streamrec.config import load_config
-from streamrec.evaluate import evaluate
+from streamrec.cli.evaluate import evaluate
 from tests.unit.test_evaluate import cli
 
 # Small batches: a 10,000-event stream is learned in many steps.
