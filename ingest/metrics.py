@@ -1,4 +1,5 @@
-"""Prometheus metrics of ingestion: records, dead letters by kind, commits, joiner, lag."""
+"""Prometheus metrics of ingestion: records, dead letters by kind, commits, joiner, lag,
+features the model ignores or misses."""
 
 from __future__ import annotations
 
@@ -75,6 +76,24 @@ class IngestMetrics:
             registry=registry)
         self.pending = Gauge("streamrec_ingest_joiner_pending_impressions",
                              "Impressions waiting for actions", registry=registry)
+        # ingest/feature_audit.py: the stream's features against the model's.
+        self.feature_checked = Counter(
+            "streamrec_ingest_feature_checked_events_total",
+            "Impressions and examples whose features were checked against the model's",
+            registry=registry)
+        self.feature_ignored = Counter(
+            "streamrec_ingest_feature_ignored_events_total",
+            "Checked events carrying a feature the model does not read, by feature name "
+            "(the first names seen; the rest as _other)", ["feature"], registry=registry)
+        self.feature_missing = Counter(
+            "streamrec_ingest_feature_missing_events_total",
+            "Checked events carrying no value for one of the model's features, by feature",
+            ["feature"], registry=registry)
+        self.feature_mistyped = Counter(
+            "streamrec_ingest_feature_mistyped_events_total",
+            "Checked events whose value for a dense feature is not one number (a string "
+            "reads as 0; values after the first are dropped), by feature",
+            ["feature"], registry=registry)
         self._lag = _LagCollector()
         registry.register(self._lag)
 

@@ -18,7 +18,8 @@ from streamrec.errors import DecodeError
 if TYPE_CHECKING:
     from streamrec.ingest.metrics import IngestMetrics
 
-__all__ = ["DeadLetter", "SourceBatch", "EventSource", "MemorySource", "decode_records"]
+__all__ = ["DeadLetter", "SourceBatch", "EventSource", "ForwardingSource", "MemorySource",
+           "decode_records"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,30 @@ class EventSource(Protocol):
         """Resume from a checkpoint's offsets (they win over committed ones)."""
 
     def close(self) -> None: ...
+
+
+class ForwardingSource:
+    """An :class:`EventSource` that hands every call to ``source``; a wrapper
+    subclasses it and overrides what it changes."""
+
+    def __init__(self, source: EventSource) -> None:
+        self.source = source
+
+    @property
+    def exhausted(self) -> bool:
+        return self.source.exhausted
+
+    def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+        return self.source.poll(max_events, timeout_s)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.source.commit(offsets)
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.source.seek(offsets)
+
+    def close(self) -> None:
+        self.source.close()
 
 
 def decode_records(records: Iterable[tuple[bytes, str]], value_format: str,

@@ -4,8 +4,9 @@ Precedence, lowest first: dataclass defaults < TOML file < ``STREAMREC_*``
 environment variables < CLI ``--set section.field=value`` overrides.
 
 Environment variables are named ``STREAMREC_<SECTION>_<FIELD>``, for example
-``STREAMREC_TRAINER_BATCH_SIZE=512`` or ``STREAMREC_SYNC_TOKEN=s3cret``; list
-fields take comma-separated values. Per-table overrides live in TOML under
+``STREAMREC_TRAINER_BATCH_SIZE=512`` or ``STREAMREC_SYNC_TOKEN=s3cret``; they and
+``--set`` values are read by :func:`streamrec.config_text.parse_text` (lists as a
+TOML array or comma-separated). Per-table overrides live in TOML under
 ``[tables.<feature>]`` and fall back to ``[table_defaults]``.
 
 Every dataclass validates itself in ``__post_init__`` and raises
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamrec.config_text import parse_text
 from streamrec.errors import ConfigError
 
 __all__ = [
@@ -166,14 +168,20 @@ class _DefaultHistory(list):  # type: ignore[type-arg]
     """Marks history_features as not set by the user (resolved against sparse_features)."""
 
 
+class _Unset(list):  # type: ignore[type-arg]
+    """Marks a feature list as the default, not set by the user (see ModelConfig)."""
+
+
 @dataclass
 class ModelConfig:
     """The CTR model: which features it reads and its shape."""
 
     # Each sparse feature gets its own embedding table, keyed by raw 64-bit ids.
     # "user_id" and "item_id" read the event's ids; others read event features.
-    sparse_features: list[str] = field(default_factory=lambda: ["user_id", "item_id"])
-    dense_features: list[str] = field(default_factory=list)
+    # Left unset (in the file, the environment and --set), `streamrec evaluate`
+    # takes every feature its event file carries (ingest/schema.py) instead.
+    sparse_features: list[str] = field(default_factory=lambda: _Unset(["user_id", "item_id"]))
+    dense_features: list[str] = field(default_factory=lambda: _Unset())
     # The default is an FM (first-order + pairwise interactions + one linear
     # layer over the factors), whose step runs on the C kernels of
     # streamrec/native; hidden layers make it a DeepFM (e.g. [64, 32]), for logs
@@ -188,6 +196,12 @@ class ModelConfig:
     history_features: list[str] = field(default_factory=lambda: _DefaultHistory(DEFAULT_HISTORY))
     history_cap: float = 200.0
     history_strength: float = 10.0
+
+    @property
+    def features_configured(self) -> bool:
+        """False when neither feature list was set: the model may take the stream's."""
+        return not (isinstance(self.sparse_features, _Unset)
+                    and isinstance(self.dense_features, _Unset))
 
     def __post_init__(self) -> None:
         s = "model"
@@ -436,7 +450,7 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
         if origin is list:
             (item_tp,) = typing.get_args(tp)
             if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
+                value = parse_text(f"{section}.{name}", tp, value)
             if not isinstance(value, list):
                 raise TypeError("expected a list")
             return [_coerce(section, name, item_tp, v) for v in value]
@@ -471,6 +485,8 @@ def _coerce(section: str, name: str, tp: Any, value: Any) -> Any:
             if value not in choices:
                 raise ValueError(f"expected one of {', '.join(choices)}")
             return tp(value)
+    except ConfigError:
+        raise  # an item's error already names the field
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{section}.{name}={value!r}: {e}") from None
     raise ConfigError(f"{section}.{name}: unsupported field type {tp!r}")
@@ -482,6 +498,13 @@ def _table(value: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}={value!r}: expected a table of fields ([{where}]), "
                           f"got a {type(value).__name__}")
     return dict(value)
+
+
+def _from_text(cls: type, section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Environment / --set values of ``cls``'s fields, read by :func:`parse_text`."""
+    hints = typing.get_type_hints(cls)
+    return {k: parse_text(f"{section}.{k}", hints[k], v) if isinstance(v, str) and k in hints
+            else v for k, v in values.items()}
 
 
 def _build(cls: type, section: str, values: Mapping[str, Any]) -> Any:
@@ -553,8 +576,9 @@ def load_config(
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(known)}")
     layered: dict[str, dict[str, Any]] = {s: _table(raw.get(s, {}), s) for s in _SECTIONS}
+    types_ = _section_types()
     for section, values in _env_overrides(os.environ if env is None else env).items():
-        layered[section].update(values)
+        layered[section].update(_from_text(types_[section], section, values))
     table_raw: dict[str, dict[str, Any]] = {
         feature: _table(values, f"tables.{feature}")
         for feature, values in _table(raw.get("tables", {}), "tables").items()}
@@ -562,13 +586,13 @@ def load_config(
         section, _, name = dotted.partition(".")
         if section == "tables":
             feature, _, name = name.partition(".")
-            table_raw.setdefault(feature, {})[name] = value
+            table_raw.setdefault(feature, {}).update(
+                _from_text(TableConfig, f"tables.{feature}", {name: value}))
         elif section in layered and name:
-            layered[section][name] = value
+            layered[section].update(_from_text(types_[section], section, {name: value}))
         else:
             raise ConfigError(f"override {dotted!r}: expected section.field with section in "
                               f"{', '.join(_SECTIONS)} or tables.<feature>.field")
-    types_ = _section_types()
     built = {s: _build(types_[s], s, layered[s]) for s in _SECTIONS}
     defaults = dataclasses.asdict(built["table_defaults"])
     tables = {

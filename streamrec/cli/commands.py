@@ -105,7 +105,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from streamrec.cli.evaluate import evaluate  # torch: only once the inputs are known good
 
     tune_gc()
-    result = evaluate(config, args.events, progress=not args.quiet)
+    result = evaluate(config, args.events, progress=not args.quiet,
+                      discover_events=args.discover_events)
     print(json.dumps(result, sort_keys=True))
     return 0
 
@@ -225,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=".jsonl or .csv event file, time-ordered (required)")
     p.add_argument("--quiet", action="store_true",
                    help="no progress lines on stderr (default: one per trainer.log_interval_s)")
+    p.add_argument("--discover-events", type=_at_least(1), default=10_000, metavar="N",
+                   help="without model.sparse_features / dense_features set, the model "
+                        "takes the features of the first N impressions and examples "
+                        "(default: 10000)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = command("train", "consume Kafka (or ingest.path) and train online, pushing "

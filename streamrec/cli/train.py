@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from streamrec.ingest.deadletter import DeadLetterSink, FileDeadLetterSink, KafkaDeadLetterSink, \
     MemoryDeadLetterSink
+from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
 from streamrec.ingest.file_source import FileSource
 from streamrec.ingest.joiner import Joiner
 from streamrec.ingest.kafka_source import KafkaSource
@@ -88,6 +89,9 @@ def run_training(config: AppConfig, stop: threading.Event,
         else:
             raise ConfigError(
                 f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
+        # Reports stream features the model ignores and model features never carried.
+        source = AuditedSource(source, FeatureAudit(
+            config.model.sparse_features, config.model.dense_features, ingest_metrics))
         opened.callback(source.close)
 
         rate = RecentRate()

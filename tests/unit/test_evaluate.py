@@ -37,7 +37,10 @@ def test_generate_then_evaluate_prints_the_documented_summary(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert set(summary) == {"events", "examples", "positives", "dead_letters", "auc",
-                            "logloss", "events_per_second", "wall_seconds"}
+                            "logloss", "events_per_second", "wall_seconds", "features"}
+    # No feature list configured: the model reads every feature the events carry.
+    assert summary["features"]["sparse"] == ["user_id", "item_id", "category", "country", "hour"]
+    assert summary["features"]["dense"] == ["price"]
     examples = [e for e in stream if e.type == "example"]
     assert summary["events"] == 3000 and summary["dead_letters"] == 1
     assert summary["examples"] == len(examples)
