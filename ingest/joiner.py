@@ -12,7 +12,8 @@ ones carry ``sample_rate = rate`` so the trainer weighs them 1/rate in the
 loss (predictions stay calibrated to the full stream).
 
 Labeled ``example`` events pass straight through; other event types are
-counted and dropped. Impressions without a ``request_id`` are keyed by
+counted and dropped (the training loop turns them into dead letters first:
+``ingest.schema``). Impressions without a ``request_id`` are keyed by
 ``(user_id, item_id)``; a key holds one showing at a time: a new showing of a
 key still waiting emits the earlier one as a negative.
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from ingest.batch import Batcher
 from ingest.event import Event
+from ingest.schema import EventSchema
 from streamrec.errors import CheckpointError
 from trainer.checkpoint import Checkpointer, describe
 from trainer.metrics import TrainerMetrics
@@ -76,6 +77,9 @@ class TrainingLoop:
         self.on_progress = on_progress
         model = self.config.model
         self.batcher = Batcher(model.sparse_features, model.dense_features)
+        # Events of an unknown type or with wrongly typed features: dead letters.
+        self.schema = EventSchema.from_config(self.config,
+                                              joiner.metrics if joiner is not None else None)
         self.stats = LoopStats()
         self._pending: list[Event] = []
         # When the pending examples arrived: [count, time] per drain that
@@ -222,7 +226,7 @@ class TrainingLoop:
                     want = min(want, max_events - self.stats.events - self.stats.dead_letters)
                     if want <= 0:
                         break
-                got = self.source.poll(want, poll_timeout)
+                got = self.schema.screen(self.source.poll(want, poll_timeout))
                 self.stats.events += len(got.events)
                 if got.dead_letters:
                     self.stats.dead_letters += len(got.dead_letters)
