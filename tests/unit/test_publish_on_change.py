@@ -102,3 +102,30 @@ def test_staleness_is_measured_from_the_event_time_learned_not_the_export() -> N
     assert registry.get_sample_value("streamrec_serving_learned_event_time_seconds") \
         == hour_ago_ms / 1000
     assert 3600 <= registry.get_sample_value("streamrec_serving_staleness_seconds") < 3700
+
+
+def test_resending_the_last_version_does_not_hold_the_trainer_back() -> None:
+    # The push of an unchanged snapshot to a slow replica ran while holding
+    # the trainer's lock: no step could run meanwhile.
+    import threading
+    import time
+
+    class SlowSink(MemoryDeltaSink):
+        def push(self, delta):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)
+            return super().push(delta)
+
+    trainer = small_trainer()
+    publisher = Publisher(trainer, {"r": MemoryDeltaSink(ModelReplica(CollectorRegistry()))},
+                          interval_s=60, registry=CollectorRegistry())
+    publisher.publish_once()
+    slow = ModelReplica(CollectorRegistry())
+    publisher.sinks["slow"] = SlowSink(slow)  # joins while nothing is learned
+    rounds = threading.Thread(target=publisher.publish_once)
+    rounds.start()
+    time.sleep(0.3)  # the push is under way
+    got = trainer.lock.acquire(timeout=0.5)
+    if got:
+        trainer.lock.release()
+    rounds.join()
+    assert got and slow.version == 1
