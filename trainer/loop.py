@@ -261,7 +261,7 @@ class TrainingLoop:
             self._drain(final=True)
         finally:
             if self.publisher is not None:
-                self.publisher.stop()  # publishes the final state, as one more version
+                self.publisher.stop()  # publishes the final state (a version if it changed)
         # After the last publish, so the checkpoint records the version replicas
         # hold: a restart then continues from it (instead of finding every
         # replica "ahead" of the trainer and resending snapshots to all).

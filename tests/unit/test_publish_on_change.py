@@ -129,3 +129,28 @@ def test_resending_the_last_version_does_not_hold_the_trainer_back() -> None:
         trainer.lock.release()
     rounds.join()
     assert got and slow.version == 1
+
+
+def test_a_replica_moved_above_between_probe_and_push_is_resynced_above() -> None:
+    # Another trainer pushed version 9 after this one's probe: the refused
+    # (stale) push counts as out of step, and the next round goes above 9.
+    trainer, other = small_trainer(), small_trainer(256)
+    replica, registry = ModelReplica(CollectorRegistry()), CollectorRegistry()
+
+    class RacedSink(MemoryDeltaSink):
+        raced = False
+
+        def version(self) -> int:
+            reported = super().version()
+            if not self.raced:
+                self.raced = True
+                self.replica.apply(other.snapshot(9))
+            return reported
+
+    publisher = Publisher(trainer, {"r": RacedSink(replica)}, interval_s=60, registry=registry)
+    publisher.publish_once()
+    assert replica.version == 9
+    assert registry.get_sample_value("streamrec_sync_pushes_total",
+                                     {"replica": "r", "kind": "full", "result": "gap"}) == 1
+    assert publisher.publish_once() == 10 and replica.version == 10
+    assert same_scores(trainer, replica)

@@ -40,7 +40,7 @@ from typing import Protocol
 import torch
 from prometheus_client import CollectorRegistry
 
-from streamrec.errors import SyncError, VersionGapError
+from streamrec.errors import StaleVersionError, SyncError, VersionGapError
 from trainer.sync.delta import ParameterDelta, merge_deltas
 from trainer.sync.metrics import SyncMetrics
 from trainer.sync.sink import DeltaSink
@@ -189,9 +189,10 @@ class Publisher:
         t0 = time.perf_counter()
         try:
             acked = sink.push(delta)
-        except VersionGapError:
-            # Moved between the probe and the push (restarted): the next round
-            # sees its version and resyncs it.
+        except (VersionGapError, StaleVersionError):
+            # Moved between the probe and the push (restarted, or another
+            # trainer pushed above): the next round sees its version and
+            # resyncs it, above it if need be.
             self._acked.pop(name, None)
             self.metrics.pushes.labels(name, kind, "gap").inc()
             log.info("replica %s is out of step; it gets a full snapshot next round", name)
