@@ -20,9 +20,9 @@ import argparse
 import time
 
 from benchmarks.report import format_table, write_result
-from ingest.decode import encode_json
-from ingest.schema import EventSchema
-from ingest.source import SourceBatch, decode_records
+from streamrec.ingest.decode import encode_json
+from streamrec.ingest.schema import EventSchema
+from streamrec.ingest.source import SourceBatch, decode_records
 from streamrec.synthetic import SyntheticStream, default
 
 

@@ -25,12 +25,12 @@ from itertools import chain
 from operator import attrgetter, methodcaller
 from typing import TYPE_CHECKING
 
-from ingest.decode import encode_json
-from ingest.event import EXAMPLE, IMPRESSION, Event
-from ingest.source import DeadLetter, SourceBatch
+from streamrec.ingest.decode import encode_json
+from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
+from streamrec.ingest.source import DeadLetter, SourceBatch
 
 if TYPE_CHECKING:
-    from ingest.metrics import IngestMetrics
+    from streamrec.ingest.metrics import IngestMetrics
     from streamrec.config import AppConfig
 
 __all__ = ["EventSchema"]

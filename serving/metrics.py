@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from serving.replica import ModelReplica
+    from streamrec.serving.replica import ModelReplica
 
 __all__ = ["ServingMetrics", "METHODS", "CODES", "RESULTS"]
 

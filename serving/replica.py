@@ -24,16 +24,16 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from prometheus_client import CollectorRegistry
 
-from ingest.batch import Batcher
-from ingest.event import FeatureValue
-from serving.metrics import ServingMetrics
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import FeatureValue
+from streamrec.serving.metrics import ServingMetrics
 from streamrec.errors import NonFiniteError, NotReadyError, StaleVersionError, SyncError, \
     VersionGapError
-from trainer.embedding import DynamicEmbeddingCollection
-from trainer.history import HistoryFeatures, history_table_name
-from trainer.model import CTRModel, model_from_spec
-from trainer.sync.delta import ParameterDelta
-from trainer.tables.index import IdIndex
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.history import HistoryFeatures, history_table_name
+from streamrec.model.ctr import CTRModel, model_from_spec
+from streamrec.model.delta import ParameterDelta
+from streamrec.model.tables.index import IdIndex
 
 __all__ = ["ModelReplica", "EmbeddingTableReplica", "NonFiniteScoreError", "PRUNE_THRESHOLD_PREFIX"]
 

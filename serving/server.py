@@ -28,14 +28,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
-from serving.metrics import METHODS
-from serving.replica import Features, ModelReplica, NonFiniteScoreError
-from serving.undecodable import InvalidArgumentOnUndecodable
+from streamrec.protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
+from streamrec.serving.metrics import METHODS
+from streamrec.serving.replica import Features, ModelReplica, NonFiniteScoreError
+from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, StaleVersionError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
-from trainer.sync.delta import decode_chunks
+from streamrec.model.delta import decode_chunks
 
 __all__ = ["create_server", "serve", "Servers", "features_from_proto"]
 

@@ -15,8 +15,8 @@ from streamrec.errors import SyncError, VersionGapError
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.test_serving_grpc import TOKEN, served, sink  # noqa: F401 (fixture)
 from tests.trained import small_trainer
-from trainer.sync.delta import ParameterDelta, TableDelta
-from trainer.trainer import OnlineTrainer
+from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.trainer.trainer import OnlineTrainer
 
 pytestmark = pytest.mark.integration
 # Field 15, wire type 7 (none such): protobuf refuses it.

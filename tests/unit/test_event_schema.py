@@ -9,14 +9,14 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.deadletter import MemoryDeadLetterSink
-from ingest.joiner import Joiner
-from ingest.metrics import IngestMetrics
-from ingest.source import MemorySource
+from streamrec.ingest.deadletter import MemoryDeadLetterSink
+from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import MemorySource
 from streamrec.config import load_config
 from streamrec.errors import ConfigError
-from trainer.loop import TrainingLoop
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import TrainingLoop
+from streamrec.trainer.trainer import OnlineTrainer
 
 T0 = 1_700_000_000_000
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import torch
 from prometheus_client import CollectorRegistry
 
-from ingest.batch import Batcher
-from serving.replica import ModelReplica
+from streamrec.ingest.batch import Batcher
+from streamrec.serving.replica import ModelReplica
 from streamrec.synthetic import SyntheticStream, default
 from tests.trained import small_trainer
-from trainer.sync.publisher import Publisher
-from trainer.sync.sink import MemoryDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.sync.publisher import Publisher
+from streamrec.trainer.sync.sink import MemoryDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 
 def learn(trainer: OnlineTrainer, stream: SyntheticStream, n: int = 256) -> None:

@@ -41,9 +41,9 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from streamrec.errors import StaleVersionError, SyncError, VersionGapError
-from trainer.sync.delta import ParameterDelta, merge_deltas
-from trainer.sync.metrics import SyncMetrics
-from trainer.sync.sink import DeltaSink
+from streamrec.model.delta import ParameterDelta, merge_deltas
+from streamrec.trainer.sync.metrics import SyncMetrics
+from streamrec.trainer.sync.sink import DeltaSink
 
 __all__ = ["Publisher", "ParameterSource"]
 
