@@ -29,7 +29,8 @@ Either way, each impression's final label is also reported once it is known
 arrival (``Event.predicted``): served-time metrics are computed on those.
 
 Labeled ``example`` events pass straight through; other event types are
-counted and dropped. Impressions without a ``request_id`` are keyed by
+counted and dropped (the training loop turns them into dead letters first:
+``ingest.schema``). Impressions without a ``request_id`` are keyed by
 ``(user_id, item_id)``; a key holds one showing at a time: a new showing of a
 key still waiting emits the earlier one as a negative.
 

@@ -86,6 +86,12 @@ class ServingMetrics:
         self.in_flight = Gauge("streamrec_serving_in_flight",
                                "Predict/Recommend requests admitted: scoring or waiting",
                                registry=registry)
+        self.ignored_features = Counter(
+            "streamrec_serving_ignored_features_total",
+            "Requests carrying feature names the model does not read (ignored; the replica "
+            "log names them)", ["method"], registry=registry)
+        for method in METHODS:
+            self.ignored_features.labels(method)
         self.non_finite_scores = Counter(
             "streamrec_serving_non_finite_scores_total",
             "Candidates the model scored NaN or infinite (the request fails with INTERNAL)",

@@ -229,6 +229,14 @@ class ModelReplica:
     def ready(self) -> bool:
         return self._state is not None
 
+    def feature_kinds(self) -> tuple[frozenset[str], frozenset[str]] | None:
+        """The served model's ``(id features, dense features)``; None before any model."""
+        state = self._state
+        if state is None:
+            return None
+        cfg = state.model.config
+        return frozenset(cfg.sparse_features), frozenset(cfg.dense_features)
+
     def table_rows(self) -> dict[str, int]:
         state = self._state
         return {n: len(t) for n, t in state.tables.items()} if state is not None else {}

@@ -17,6 +17,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
+from operator import methodcaller
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -89,6 +91,37 @@ def features_from_columns(columns: Any, candidates: int, positions: Sequence[int
     return [{name: (column[i],) for name, column in zip(names, values)} for i in positions]
 
 
+class _FeatureRules:
+    """The model's feature names and types, which request features must follow.
+
+    As for events (``ingest.schema``): a dense feature takes numbers (ids or
+    numbers, not strings) and an id feature strings or ids (not numbers), or
+    the request is refused naming it. A name the model does not read is
+    ignored (clients may send more than one model reads), and counted.
+    """
+
+    def __init__(self, ids: frozenset[str], dense: frozenset[str]) -> None:
+        self.ids, self.dense, self.known = ids, dense, ids | dense
+
+    def check(self, rows: Sequence[Features], where: Callable[[int], str]) -> list[str]:
+        """Refuse a mistyped known feature of any of ``rows``; the names none of them may use.
+
+        Column-wise passes that run in C (a request may hold thousands of
+        rows); ``where(i)`` names row i in the error.
+        """
+        names = set(chain.from_iterable(rows))
+        for known, bad, rule in ((self.dense, str, "is dense: send numbers (numbers or ids), "
+                                  "not strings"),
+                                 (self.ids, float, "is an id feature: send strings or ids, "
+                                  "not numbers")):
+            for name in known & names:
+                if bad in map(type, chain.from_iterable(map(methodcaller("get", name, ()),
+                                                            rows))):
+                    row = next(i for i, r in enumerate(rows) if bad in map(type, r.get(name, ())))
+                    raise _InvalidRequest(f"{where(row)}: feature {name!r} {rule}")
+        return sorted(names - self.known)
+
+
 def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int) -> int:
     """Feature values the scored rows will hold.
 
@@ -121,8 +154,18 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         self.config = config
         self.metrics = replica.metrics
         self.admission = Admission(config.max_concurrent, config.max_queue)
+        self._logged_names: set[str] = set()
 
-    def _score(self, request: Any, distinct: bool = False
+    def _ignored(self, method: str, names: list[str]) -> None:
+        """Count a request carrying features the model does not read; log each new name once."""
+        self.metrics.ignored_features.labels(method).inc()
+        new = sorted(set(names) - self._logged_names)
+        if new and len(self._logged_names) < 1000:
+            self._logged_names.update(new)
+            log.warning("%s: ignoring features the model does not read: %s (a client's typo, "
+                        "or a feature the model is trained without)", method, new[:20])
+
+    def _score(self, request: Any, method: str, distinct: bool = False
                ) -> tuple[Sequence[int | str], list[float], int]:
         """``(items, scores, version)`` of the request's candidates, validated first.
 
@@ -155,6 +198,15 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
             per_item = [features_from_proto(candidates[i].features) for i in positions]
         elif len(columns):
             per_item = features_from_columns(columns, len(items), positions)
+        kinds = self.replica.feature_kinds()
+        if kinds is not None:  # (none: predict answers FAILED_PRECONDITION)
+            rules = _FeatureRules(*kinds)
+            ignored = rules.check([shared], lambda _: "features")
+            if per_item:
+                ignored += rules.check(per_item, (lambda i: f"candidate_features[{positions[i]}]")
+                                       if len(candidates) else (lambda _: "candidate_columns"))
+            if ignored:
+                self._ignored(method, ignored)
         # Before the rows are built: a small request can expand to a huge batch.
         total = _expanded_ids(shared, per_item, len(positions))
         if total > self.config.max_request_ids:
@@ -201,14 +253,14 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            _, scores, version = self._score(request)
+            _, scores, version = self._score(request, "Predict")
             return serving_pb2.PredictResponse(scores=scores, model_version=version)
         return self._call("Predict", context, body)
 
     def Recommend(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
             # A duplicated candidate is ranked once, or it could fill the top k.
-            items, scores, version = self._score(request, distinct=True)
+            items, scores, version = self._score(request, "Recommend", distinct=True)
             ranked = sorted(zip(items, scores), key=lambda p: -p[1])
             k = request.k or len(ranked)
             return serving_pb2.RecommendResponse(

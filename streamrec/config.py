@@ -111,6 +111,10 @@ class IngestConfig:
     # Joiner: an impression is positive when one of these actions for the same
     # (request_id, item_id) arrives within join_window_s of event time.
     action_types: list[str] = field(default_factory=lambda: ["click", "like", "share", "purchase"])
+    # Event types (example, impression, action_types) match without regard to
+    # case ("Click" is a click); true: only as written. An event of any other
+    # type is a dead letter (kind unknown_type).
+    types_case_sensitive: bool = False
     join_window_s: float = 300.0
     # Keep each negative with this probability; the trainer weighs kept ones
     # 1/rate in the loss, so predictions stay calibrated to the full stream.
@@ -159,6 +163,16 @@ class IngestConfig:
         _require(self.delayed_feedback in choices, s, "delayed_feedback", self.delayed_feedback,
                  f"must be one of {', '.join(choices)}")
         self.delayed_feedback = DelayedFeedback(self.delayed_feedback)
+        fold = (lambda t: t) if self.types_case_sensitive else str.lower
+        _require(all(isinstance(t, str) and t.strip() == t and t for t in self.action_types),
+                 s, "action_types", self.action_types, "each must be a non-empty word")
+        _require(not {fold(t) for t in self.action_types} & {"example", "impression"}, s,
+                 "action_types", self.action_types, "example and impression are not actions")
+        _require(len({fold(t) for t in self.action_types}) == len(self.action_types), s,
+                 "action_types", self.action_types,
+                 "listed twice" + ("" if self.types_case_sensitive else
+                                   " (types match without regard to case: "
+                                   "ingest.types_case_sensitive)"))
 
 
 DEFAULT_HISTORY = ("user_id", "item_id")

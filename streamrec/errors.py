@@ -32,10 +32,12 @@ class DecodeError(StreamrecError, ValueError):
 
     ``kind`` says which way, for dead-letter routing and metrics:
     ``malformed`` (not JSON/protobuf at all), ``missing_field``,
-    ``wrong_type``, ``out_of_range`` or ``too_large``.
+    ``wrong_type``, ``out_of_range``, ``too_large`` or ``unknown_type`` (an
+    event type that is neither example, impression nor a configured action).
     """
 
-    KINDS = ("malformed", "missing_field", "wrong_type", "out_of_range", "too_large")
+    KINDS = ("malformed", "missing_field", "wrong_type", "out_of_range", "too_large",
+             "unknown_type")
 
     def __init__(self, message: str, kind: str = "malformed") -> None:
         super().__init__(message)

@@ -23,6 +23,7 @@ import torch
 
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import IMPRESSION, Event
+from streamrec.ingest.event_schema import EventSchema
 from streamrec.errors import CheckpointError
 from streamrec.trainer.checkpoint import Checkpointer, describe
 from streamrec.trainer.metrics import TrainerMetrics
@@ -107,6 +108,9 @@ class TrainingLoop:
         self.on_progress = on_progress
         model = self.config.model
         self.batcher = Batcher(model.sparse_features, model.dense_features)
+        # Events of an unknown type or with wrongly typed features: dead letters.
+        self.schema = EventSchema.from_config(self.config,
+                                              joiner.metrics if joiner is not None else None)
         self.stats = LoopStats()
         self._pending: list[Event] = []
         # When the pending examples arrived: [count, time] per drain that
@@ -311,7 +315,7 @@ class TrainingLoop:
                     want = min(want, max_events - self.stats.events - self.stats.dead_letters)
                     if want <= 0:
                         break
-                got = self.source.poll(want, poll_timeout)
+                got = self.schema.screen(self.source.poll(want, poll_timeout))
                 self.stats.events += len(got.events)
                 if got.dead_letters:
                     self.stats.dead_letters += len(got.dead_letters)
@@ -348,7 +352,7 @@ class TrainingLoop:
             self._drain(final=True)
         finally:
             if self.publisher is not None:
-                self.publisher.stop()  # publishes the final state, as one more version
+                self.publisher.stop()  # publishes the final state (a version if it changed)
         # After the last publish, so the checkpoint records the version replicas
         # hold: a restart then continues from it (instead of finding every
         # replica "ahead" of the trainer and resending snapshots to all).

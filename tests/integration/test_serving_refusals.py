@@ -106,3 +106,38 @@ def test_a_non_finite_score_is_internal_not_ok(served, trainer) -> None:
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "NaN or infinite" in info.value.details()
     assert registry.get_sample_value("streamrec_serving_non_finite_scores_total") == 1
+
+
+def test_wrongly_typed_features_get_invalid_argument_naming_them(served, trainer) -> None:
+    servers, _, client, registry = served
+    sink(servers).push(trainer.snapshot(1))
+    cases = [
+        (dict(features={"category": 3.5}), "features: feature 'category' is an id feature"),
+        (dict(features={"price": "NaN"}), "features: feature 'price' is dense"),
+        (dict(candidate_features=[{"price": 1.0}, {"price": "cheap"}]),
+         "candidate_features[1]: feature 'price' is dense"),
+        (dict(candidate_columns={"category": [1.5, 2.5]}),
+         "candidate_columns: feature 'category' is an id feature"),
+    ]
+    for kwargs, reason in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict(user_id=1, item_ids=[1, 2], **kwargs)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason in info.value.details()
+    # Integers are numbers for a dense feature, as in events.
+    assert len(client.predict(user_id=1, item_ids=[1, 2], features={"price": 3}).scores) == 2
+
+
+def test_features_the_model_does_not_read_are_ignored_and_counted(served, trainer,
+                                                                 caplog) -> None:
+    servers, _, client, registry = served
+    sink(servers).push(trainer.snapshot(1))
+    plain = client.predict(user_id=1, item_ids=[1, 2]).scores
+    # A typo scores as if the feature were absent: counted, and named in the log.
+    assert client.predict(user_id=1, item_ids=[1, 2], features={"categroy": "c1"}).scores \
+        == plain
+    client.recommend(user_id=1, item_ids=[1, 2], candidate_features=[{"tags": "a"}, {}])
+    for method in ("Predict", "Recommend"):
+        assert registry.get_sample_value("streamrec_serving_ignored_features_total",
+                                         {"method": method}) == 1
+    assert "categroy" in caplog.text

@@ -8,8 +8,9 @@ import re
 from tests.deploy_assets import MetricCatalogue, alert_rules, metric_names_in
 
 # Counter families whose names say data was dropped, refused, rejected,
-# skipped or lost, and those whose labels carry such outcomes.
-_LOSS = re.compile(r"dropped|refused|rejected|skipped|lost|non_finite|overflow|dead_letters")
+# skipped, ignored or lost, and those whose labels carry such outcomes.
+_LOSS = re.compile(r"dropped|refused|rejected|skipped|lost|ignored|non_finite|overflow|"
+                   r"dead_letters")
 _OUTCOMES = {"streamrec_serving_deltas_applied", "streamrec_sync_pushes",
              "streamrec_trainer_checkpoints"}
 # Counted on purpose, not lost: what the configuration asks for.

@@ -102,3 +102,55 @@ def test_staleness_is_measured_from_the_event_time_learned_not_the_export() -> N
     assert registry.get_sample_value("streamrec_serving_learned_event_time_seconds") \
         == hour_ago_ms / 1000
     assert 3600 <= registry.get_sample_value("streamrec_serving_staleness_seconds") < 3700
+
+
+def test_resending_the_last_version_does_not_hold_the_trainer_back() -> None:
+    # The push of an unchanged snapshot to a slow replica ran while holding
+    # the trainer's lock: no step could run meanwhile.
+    import threading
+    import time
+
+    class SlowSink(MemoryDeltaSink):
+        def push(self, delta):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)
+            return super().push(delta)
+
+    trainer = small_trainer()
+    publisher = Publisher(trainer, {"r": MemoryDeltaSink(ModelReplica(CollectorRegistry()))},
+                          interval_s=60, registry=CollectorRegistry())
+    publisher.publish_once()
+    slow = ModelReplica(CollectorRegistry())
+    publisher.sinks["slow"] = SlowSink(slow)  # joins while nothing is learned
+    rounds = threading.Thread(target=publisher.publish_once)
+    rounds.start()
+    time.sleep(0.3)  # the push is under way
+    got = trainer.lock.acquire(timeout=0.5)
+    if got:
+        trainer.lock.release()
+    rounds.join()
+    assert got and slow.version == 1
+
+
+def test_a_replica_moved_above_between_probe_and_push_is_resynced_above() -> None:
+    # Another trainer pushed version 9 after this one's probe: the refused
+    # (stale) push counts as out of step, and the next round goes above 9.
+    trainer, other = small_trainer(), small_trainer(256)
+    replica, registry = ModelReplica(CollectorRegistry()), CollectorRegistry()
+
+    class RacedSink(MemoryDeltaSink):
+        raced = False
+
+        def version(self) -> int:
+            reported = super().version()
+            if not self.raced:
+                self.raced = True
+                self.replica.apply(other.snapshot(9))
+            return reported
+
+    publisher = Publisher(trainer, {"r": RacedSink(replica)}, interval_s=60, registry=registry)
+    publisher.publish_once()
+    assert replica.version == 9
+    assert registry.get_sample_value("streamrec_sync_pushes_total",
+                                     {"replica": "r", "kind": "full", "result": "gap"}) == 1
+    assert publisher.publish_once() == 10 and replica.version == 10
+    assert same_scores(trainer, replica)

@@ -41,7 +41,7 @@ from typing import Protocol
 import torch
 from prometheus_client import CollectorRegistry
 
-from streamrec.errors import SyncError, VersionGapError
+from streamrec.errors import StaleVersionError, SyncError, VersionGapError
 from streamrec.model.delta import ParameterDelta, merge_deltas
 from streamrec.trainer.sync.metrics import SyncMetrics
 from streamrec.trainer.sync.sink import DeltaSink
@@ -207,9 +207,10 @@ class Publisher:
         t0 = time.perf_counter()
         try:
             acked = sink.push(delta)
-        except VersionGapError:
-            # Moved between the probe and the push (restarted): the next round
-            # sees its version and resyncs it.
+        except (VersionGapError, StaleVersionError):
+            # Moved between the probe and the push (restarted, or another
+            # trainer pushed above): the next round sees its version and
+            # resyncs it, above it if need be.
             self._acked.pop(name, None)
             self.metrics.pushes.labels(name, kind, "gap").inc()
             log.info("replica %s is out of step; it gets a full snapshot next round", name)
@@ -255,24 +256,24 @@ class Publisher:
             # version can replace it.
             foreign = any(r == self._version and not self._holds(n, r)
                           for n, r in reported.items())
+            resend: list[tuple[str, ParameterDelta]] | None = None
             with self.source.lock:  # one state for the delta and the snapshot
                 delta = self.source.collect_delta(version)
-                if not (ahead >= version or foreign or self._changed(delta)):
-                    return self._resend(reported, wait_all)
-                if ahead >= version:
-                    log.warning("a replica is at version %d, ahead of this trainer's %d "
-                                "(restarted from an older checkpoint?): publishing version %d "
-                                "to all", ahead, self._version, ahead + 1)
-                    version = ahead + 1
-                    delta = dataclasses.replace(delta, version=version, base_version=version - 1)
-                    self._lineage = version
-                    self._deltas.clear()
-                    self._acked.clear()
-                    self._tried.clear()
-                catch_up = {n: chain for n, r in reported.items()
-                            if (chain := self._missed(n, r, version - 1)) is not None}
-                behind = [n for n in reported if n not in catch_up]
-                snapshot = self.source.snapshot(version) if behind else None
+                if ahead >= version or foreign or self._changed(delta):
+                    if ahead >= version:
+                        version = self._new_lineage(ahead)
+                        delta = dataclasses.replace(delta, version=version,
+                                                    base_version=version - 1)
+                    catch_up = {n: chain for n, r in reported.items()
+                                if (chain := self._missed(n, r, version - 1)) is not None}
+                    behind = [n for n in reported if n not in catch_up]
+                    snapshot = self.source.snapshot(version) if behind else None
+                else:
+                    resend = self._resend(reported)
+            if resend is not None:  # (pushed with the trainer's lock released)
+                futures = [self._submit(n, self._push, n, self.sinks[n], d) for n, d in resend]
+                wait(futures, timeout=None if wait_all else self.interval_s)
+                return self._version
             pushes = [self._submit(n, self._push, n, self.sinks[n],
                                    merge_deltas([*chain, delta]) if chain else delta)
                       for n, chain in catch_up.items()]
@@ -289,28 +290,33 @@ class Publisher:
             self.metrics.version.set(version)
             return version
 
-    def _resend(self, reported: dict[str, int], wait_all: bool) -> int:
-        """Nothing changed: bring replicas behind to the version last published, unchanged.
+    def _new_lineage(self, ahead: int) -> int:
+        """Start versions above ``ahead``, a replica's version at or above the next one."""
+        log.warning("a replica is at version %d, ahead of this trainer's %d (restarted from an "
+                    "older checkpoint?): publishing version %d to all",
+                    ahead, self._version, ahead + 1)
+        self._lineage = ahead + 1
+        self._deltas.clear()
+        self._acked.clear()
+        self._tried.clear()
+        return ahead + 1
 
-        Called under the source's lock, with no new delta collected (the one
-        read was empty). A replica this publisher already brought there is
-        left alone; one further behind gets the deltas it missed, or a
-        snapshot (of the same, unchanged state).
+    def _resend(self, reported: dict[str, int]) -> list[tuple[str, ParameterDelta]]:
+        """Nothing changed: what brings replicas behind to the last version, unchanged.
+
+        Called under the source's lock (a snapshot then is of that version's
+        state). A replica at that version is left alone; one further behind
+        gets the deltas it missed, or a snapshot.
         """
         version = self._version
         late = {n: r for n, r in reported.items() if r != version}
-        if not late:
-            return version
         catch_up = {n: chain for n, r in late.items()
                     if (chain := self._missed(n, r, version)) is not None}
         behind = [n for n in late if n not in catch_up]
         snapshot = self.source.snapshot(version) if behind else None
         # (The held deltas carry no dense weights: the last published ones go along.)
-        pushes = [self._submit(n, self._push, n, self.sinks[n],
-                               dataclasses.replace(merge_deltas(chain),
-                                                   dense=self._published_dense or {}))
+        pushes = [(n, dataclasses.replace(merge_deltas(chain), dense=self._published_dense or {}))
                   for n, chain in catch_up.items() if chain]
-        pushes += [self._submit(n, self._push, n, self.sinks[n], snapshot) for n in behind]
+        pushes += [(n, snapshot) for n in behind]  # type: ignore[misc]
         self._tried.update({n: version for n in late})
-        wait(pushes, timeout=None if wait_all else self.interval_s)
-        return version
+        return pushes
