@@ -10,7 +10,8 @@ feature name and a Prometheus counter per name:
   logged once if none of the first ``report_after`` events carries it (a
   misspelt name in the config trains a table that never sees an id);
 - a dense feature whose value is not one number (``..._feature_mistyped_events_total``):
-  the model reads a string as 0 and only the first of several values.
+  an event with a string there is a dead letter (``wrong_type``, see
+  :mod:`streamrec.ingest.event_schema`); of several numbers the model reads the first.
 
 :class:`AuditedSource` runs the audit on every poll of an event source.
 """
@@ -106,7 +107,8 @@ class FeatureAudit:
             return
         if not self.mistyped[name]:
             log.warning("dense feature %r: an event carries a string or several values for "
-                        "it (a string reads as 0; values after the first are dropped)", name)
+                        "it (an event with a string is a dead letter, wrong_type; of several "
+                        "numbers the first is read)", name)
         self.mistyped[name] += bad
         if self.metrics is not None:
             self.metrics.feature_mistyped.labels(name).inc(bad)

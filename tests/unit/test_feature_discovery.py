@@ -91,7 +91,7 @@ def test_the_audit_counts_ignored_and_missing_features_per_name(
     assert ignored == 4 and audit.ignored == {"genre": 4, "mood": 1}
     assert sample(registry, "streamrec_ingest_feature_missing_events_total", "colour") == 4
     assert sample(registry, "streamrec_ingest_feature_missing_events_total", "price") == 1
-    # A string or several values for a dense feature: the model reads 0 or the first.
+    # A string (a dead letter in the training loop) or several values for a dense feature.
     assert sample(registry, "streamrec_ingest_feature_mistyped_events_total", "price") == 2
     assert audit.mistyped == {"price": 2}
     assert sample(registry, "streamrec_ingest_feature_checked_events_total") == 4

@@ -52,9 +52,11 @@ def test_evaluate_learns_every_feature_the_events_carry(tmp_path: Path) -> None:
         "from": "stream", "scanned_events": 1000, "sparse": ["user_id", "item_id", "genre", "tags"],
         "dense": ["price"], "bags": ["tags"], "ignored": {"late": 5000}, "never_seen": [],
         "mistyped": {"price": 50}}
-    # A string where the scan saw numbers reads as 0: said once, counted per event.
+    # A string where the scan saw numbers: said once, counted per event, and each such
+    # event is a dead letter (wrong_type); the rest, scanned ones too, are trained on.
     assert result.stderr.count("dense feature 'price': an event carries a string") == 1
-    assert summary["examples"] == 10_000  # the scanned events are trained on too
+    assert summary["dead_letters"] == 50
+    assert summary["examples"] == 10_000 - 50
     # The same stream with the ids only: the genre and price are what it misses.
     ids_only = evaluate(load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id", "trainer.threads": "1",
