@@ -56,6 +56,11 @@ class IngestMetrics:
                                ["result"], registry=registry)
         for result in ("ok", "error"):
             self.commits.labels(result)
+        self.log_replacements = Counter(
+            "streamrec_ingest_log_replacements_total",
+            "Topics found replaced (a new topic id: deleted and recreated, or another "
+            "cluster); their partitions are read again from their start", ["topic"],
+            registry=registry)
         self.joined = Counter("streamrec_ingest_joiner_examples_total",
                               "Examples the joiner emitted, by label", ["label"],
                               registry=registry)
