@@ -101,3 +101,44 @@ def test_a_lineage_abandoned_for_an_older_checkpoint_is_not_read(tmp_path: Path)
     assert [c["seq"] for c in chain] == [1, 2, 3, 4, 5]
     assert coverage(chain)[("t", 0, "a")] == {"first": 0, "next": 50, "records": 50,
                                               "examples": 50, "twice": [], "gaps": []}
+
+
+def test_impressions_waiting_at_a_checkpoint_are_learned_once_after_a_restart(
+        tmp_path: Path) -> None:
+    # A restart resumes after the checkpoint's offsets: impressions read before
+    # them and still waiting for their window must come back from the checkpoint
+    # (neither lost nor read again), and be labelled as without the restart.
+    from ingest.joiner import Joiner
+    from ingest.source import MemorySource
+
+    torch.set_num_threads(1)
+    config = load_config(env={}, overrides={"trainer.batch_size": "16"})
+    # Impressions a second apart, and a click 5 s after each positive one.
+    events: list[Any] = []
+    for i, e in enumerate(SyntheticStream(default()).events(1500)):
+        t = 1_700_000_000_000 + i * 1000
+        events.append(e._replace(type="impression", label=None, request_id=f"r{i}",
+                                 timestamp_ms=t))
+        if e.label:
+            events.append(e._replace(type="click", label=None, request_id=f"r{i}",
+                                     timestamp_ms=t + 5000))
+    events.sort(key=lambda e: e.timestamp_ms)
+
+    def joiner() -> Joiner:
+        return Joiner(config.ingest.action_types, config.ingest.join_window_s)
+
+    whole = TrainingLoop(OnlineTrainer(config), MemorySource(events), joiner=joiner())
+    expected = whole.run()
+    assert 0 < expected.positives < expected.examples < len(events)
+
+    first = TrainingLoop(OnlineTrainer(config), MemorySource(events), joiner=joiner(),
+                         checkpointer=Checkpointer(tmp_path / "ckpt"))
+    first.run(max_events=900)  # ends with a checkpoint, impressions waiting
+    assert first.joiner is not None and first.joiner.pending > 0
+    second = TrainingLoop(OnlineTrainer(config), MemorySource(events), joiner=joiner(),
+                          checkpointer=Checkpointer(tmp_path / "ckpt"))
+    second.resume()
+    assert second.joiner is not None and second.joiner.pending == first.joiner.pending
+    second.run()
+    assert second.trainer.examples == expected.examples
+    assert first.stats.positives + second.stats.positives == expected.positives
