@@ -194,7 +194,7 @@ class KafkaSource:
             log.warning("topic %s was replaced (topic id %s -> %s): reading its partitions "
                         "from their start", topic, known, now)
             if self.metrics is not None:
-                self.metrics.log_replacements.labels(topic).inc()
+                self.metrics.log_replacements.labels(topic, "topic_id").inc()
             # Offset 0 is at or before the new log's start (a fetch below the start is
             # answered out of range, and the consumer resets to the earliest offset);
             # the start itself takes a blocking request. Partitions assigned later go
@@ -210,6 +210,22 @@ class KafkaSource:
                 # even while the new log is empty.
                 self._delivered[key] = self._reset[key] = 0
 
+    def _check_back(self, key: tuple[str, int], first: int) -> None:
+        """Count a partition the consumer sent back behind where this source put it.
+
+        Only the client's reset after the broker's out-of-range answer does that:
+        the log was truncated, or replaced where no topic id told (its records are
+        read, as the new log's, from its start).
+        """
+        expected = self._delivered.get(key, self._seek_to.get(key))
+        if expected is None or first >= expected:
+            return
+        log.warning("%s/%d: the broker answered offset %d out of range and the consumer went "
+                    "back to %d: the log was truncated or replaced; reading it from there",
+                    key[0], key[1], expected, first)
+        if self.metrics is not None:
+            self.metrics.log_replacements.labels(key[0], "out_of_range").inc()
+
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
         self._send_commit()
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_events)
@@ -223,6 +239,7 @@ class KafkaSource:
             if not messages:
                 continue
             key = (tp.topic, tp.partition)
+            self._check_back(key, messages[0].offset)
             good, bad = decode_records(
                 [(m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}") for m in messages],
                 self.config.value_format, self.metrics, "kafka")

@@ -58,9 +58,10 @@ class IngestMetrics:
             self.commits.labels(result)
         self.log_replacements = Counter(
             "streamrec_ingest_log_replacements_total",
-            "Topics found replaced (a new topic id: deleted and recreated, or another "
-            "cluster); their partitions are read again from their start", ["topic"],
-            registry=registry)
+            "Topic logs found replaced, by evidence: a new topic id (deleted and recreated, "
+            "or another cluster), or the broker's out-of-range answer (truncated, or "
+            "replaced where no topic id tells); read again from their start",
+            ["topic", "evidence"], registry=registry)
         self.joined = Counter("streamrec_ingest_joiner_examples_total",
                               "Examples the joiner emitted, by label", ["label"],
                               registry=registry)

@@ -348,7 +348,7 @@ def test_a_topic_replaced_since_the_checkpoint_is_read_from_its_start(
     assert len(got.events) == 10 and got.offsets == {(topic, 0): 10}
     assert f"topic {topic} was replaced" in caplog.text
     assert registry.get_sample_value("streamrec_ingest_log_replacements_total",
-                                     {"topic": topic}) == 1
+                                     {"topic": topic, "evidence": "topic_id"}) == 1
 
 
 def test_a_topic_recreated_under_a_running_source_is_read_from_its_start(
@@ -365,7 +365,7 @@ def test_a_topic_recreated_under_a_running_source_is_read_from_its_start(
 
     def replaced() -> float | None:
         return registry.get_sample_value("streamrec_ingest_log_replacements_total",
-                                         {"topic": topic})
+                                         {"topic": topic, "evidence": "topic_id"})
 
     try:
         assert len(drain(src, 1000).events) == 1000

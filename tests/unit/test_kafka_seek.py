@@ -34,6 +34,7 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.assigned: set[TopicPartition] = set()
         self.seeks: list[tuple[int, int]] = []
+        self.position = 100  # partition 0's
         self._cluster = FakeCluster()
         self.commits: list[tuple[dict[TopicPartition, OffsetAndMetadata], Any]] = []
 
@@ -42,12 +43,15 @@ class FakeConsumer:
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.seeks.append((tp.partition, offset))
+        if tp == P0:
+            self.position = offset
 
     def poll(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[object]]:
-        # Five records of partition 0 only: fetches come a partition at a time.
+        # Five records of partition 0 only (fetches come a partition at a time).
         if P0 not in self.assigned:
             return {}
-        return {P0: [SimpleNamespace(value=RECORD, offset=o) for o in range(100, 105)]}
+        first, self.position = self.position, self.position + 5
+        return {P0: [SimpleNamespace(value=RECORD, offset=o) for o in range(first, first + 5)]}
 
     def highwater(self, tp: TopicPartition) -> None:
         return None  # (no lag measured)
@@ -72,8 +76,9 @@ def rebalance(consumer: FakeConsumer, listener: _SeekOnAssign, *parts: TopicPart
     listener.on_partitions_assigned(set(parts))
 
 
-def replacements(source: KafkaSource) -> float:
-    return source.metrics.log_replacements.labels("t")._value.get()  # type: ignore[union-attr]
+def replacements(source: KafkaSource, evidence: str = "topic_id") -> float:
+    metric = source.metrics.log_replacements  # type: ignore[union-attr]
+    return float(metric.labels("t", evidence)._value.get())
 
 
 def test_kept_partitions_go_on_and_returning_ones_start_at_the_groups_commit() -> None:
@@ -156,3 +161,17 @@ def test_commits_never_wait_and_go_out_one_at_a_time_in_order() -> None:
     consumer.commits[1][1](consumer.commits[1][0], object())
     commits = source.metrics.commits  # type: ignore[union-attr]
     assert (commits.labels("ok")._value.get(), commits.labels("error")._value.get()) == (1, 1)
+
+
+def test_a_partition_the_consumer_sends_back_is_counted() -> None:
+    # The broker answered out of range and kafka-python reset to the earliest
+    # offset (a truncated log, or one replaced where no topic id tells).
+    source, consumer, listener = fake_source()
+    rebalance(consumer, listener, P0)
+    assert source.poll(5, 0.1).offsets == {("t", 0): 105}
+    consumer.position = 0  # the client's own reset
+    got = source.poll(5, 0.1)
+    assert got.spans == {("t", 0): (0, 5)} and len(got.events) == 5  # read from there
+    assert replacements(source, "out_of_range") == 1 and replacements(source) == 0
+    source.poll(5, 0.1)
+    assert replacements(source, "out_of_range") == 1
