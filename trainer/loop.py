@@ -242,7 +242,7 @@ class TrainingLoop:
         if self.ledger is not None and line is not None:
             try:
                 self.ledger.append(line)
-            except OSError:  # (resume rewrites it from the checkpoint)
+            except OSError:  # (the checkpoint holds it: resume rewrites it if last)
                 log.exception("could not append to the learned-offsets ledger %s",
                               self.ledger.path)
         if self.metrics is not None:
