@@ -30,10 +30,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from ingest.event import Event
-from ingest.kafka_lag import EndOffsets
-from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter, SourceBatch, decode_records
+from streamrec.ingest.event import Event
+from streamrec.ingest.kafka_lag import EndOffsets
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import DeadLetter, SourceBatch, decode_records
 from streamrec.config import IngestConfig
 
 __all__ = ["KafkaSource", "create_topics"]

@@ -16,19 +16,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ingest.batch import Batcher
-from ingest.event import EXAMPLE, Event
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import EXAMPLE, Event
 from streamrec.errors import CheckpointError
-from trainer.checkpoint import Checkpointer, checkpoint_name, describe
-from trainer.ledger import Ledger
-from trainer.metrics import TrainerMetrics
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.checkpoint import Checkpointer, checkpoint_name, describe
+from streamrec.trainer.ledger import Ledger
+from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.trainer import OnlineTrainer
 
 if TYPE_CHECKING:
-    from ingest.deadletter import DeadLetterSink
-    from ingest.joiner import Joiner
-    from ingest.source import EventSource, SourceBatch
-    from trainer.sync.publisher import Publisher
+    from streamrec.ingest.deadletter import DeadLetterSink
+    from streamrec.ingest.joiner import Joiner
+    from streamrec.ingest.source import EventSource, SourceBatch
+    from streamrec.trainer.sync.publisher import Publisher
 
 __all__ = ["TrainingLoop", "LoopStats"]
 

@@ -24,12 +24,12 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
-from ingest.decode import encode_json
-from ingest.kafka_source import create_topics
+from streamrec.ingest.decode import encode_json
+from streamrec.ingest.kafka_source import create_topics
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.conftest import start_broker
 from tests.integration.processes import start_cli, stop, wait_until
-from trainer.ledger import LEDGER_NAME, coverage, read_ledger
+from streamrec.trainer.ledger import LEDGER_NAME, coverage, read_ledger
 
 pytestmark = pytest.mark.integration
 

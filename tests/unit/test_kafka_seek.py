@@ -15,8 +15,8 @@ from kafka.errors import KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from ingest.kafka_source import KafkaSource, _SeekOnAssign
-from ingest.metrics import IngestMetrics
+from streamrec.ingest.kafka_source import KafkaSource, _SeekOnAssign
+from streamrec.ingest.metrics import IngestMetrics
 
 P0, P1 = TopicPartition("t", 0), TopicPartition("t", 1)
 RECORD = b'{"type":"example","user_id":1,"item_id":2,"timestamp_ms":1700000000000,"label":1}'

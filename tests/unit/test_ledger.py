@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from ingest.source import SourceBatch
+from streamrec.ingest.source import SourceBatch
 from streamrec.config import load_config
 from streamrec.synthetic import SyntheticStream, default
-from trainer.checkpoint import Checkpointer
-from trainer.ledger import LEDGER_NAME, coverage, read_ledger
-from trainer.loop import TrainingLoop
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.checkpoint import Checkpointer
+from streamrec.trainer.ledger import LEDGER_NAME, coverage, read_ledger
+from streamrec.trainer.loop import TrainingLoop
+from streamrec.trainer.trainer import OnlineTrainer
 
 P0, P1 = ("events", 0), ("events", 1)
 
@@ -108,8 +108,8 @@ def test_impressions_waiting_at_a_checkpoint_are_learned_once_after_a_restart(
     # A restart resumes after the checkpoint's offsets: impressions read before
     # them and still waiting for their window must come back from the checkpoint
     # (neither lost nor read again), and be labelled as without the restart.
-    from ingest.joiner import Joiner
-    from ingest.source import MemorySource
+    from streamrec.ingest.joiner import Joiner
+    from streamrec.ingest.source import MemorySource
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={"trainer.batch_size": "16"})
