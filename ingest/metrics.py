@@ -57,6 +57,12 @@ class IngestMetrics:
                                ["result"], registry=registry)
         for result in ("ok", "error"):
             self.commits.labels(result)
+        self.log_replacements = Counter(
+            "streamrec_ingest_log_replacements_total",
+            "Topic logs found replaced, by evidence: a new topic id (deleted and recreated, "
+            "or another cluster), or the broker's out-of-range answer (truncated, or "
+            "replaced where no topic id tells); read again from their start",
+            ["topic", "evidence"], registry=registry)
         self.joined = Counter("streamrec_ingest_joiner_examples_total",
                               "Examples the joiner emitted, by label", ["label"],
                               registry=registry)

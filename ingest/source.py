@@ -50,6 +50,13 @@ class SourceBatch:
     # not (the joiner waits for those it has not heard from); None when the
     # source is not partitioned.
     assigned: list[tuple[str, int]] | None = None
+    # Per partition delivering in this poll: the offset of its first record and how
+    # many records it delivered (the learned-offsets ledger), when the source has
+    # offsets of its own.
+    spans: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    # The log each topic's offsets belong to (Kafka: topic -> topic id), for the
+    # checkpoint; None when the source's offsets need no such name.
+    logs: dict[str, str] | None = None
 
 
 class EventSource(Protocol):
@@ -62,7 +69,11 @@ class EventSource(Protocol):
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Resume from a checkpoint's offsets (they win over committed ones)."""
+        """Resume from a checkpoint's offsets (they win over committed ones).
+
+        A source that reports ``SourceBatch.logs`` also takes them back, as
+        ``seek(offsets, logs)``.
+        """
 
     def close(self) -> None: ...
 

@@ -5,7 +5,10 @@ into place (rename is atomic on POSIX), so a crash mid-write leaves the
 previous checkpoint intact. Kafka offsets are stored inside the same file and
 committed to the broker only after the file is in place: on restart the
 trainer resumes from exactly the events its state has learned from, and
-anything after them is re-delivered (at-least-once, never lost).
+anything after them is delivered again, so each event is learned once. The
+file also carries the learned-offsets ledger's view (trainer.ledger): the log
+each topic's offsets belong to, and the records taken in since the previous
+checkpoint.
 
 Files hold tensors and plain containers only and are read back with
 ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
@@ -18,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +29,17 @@ import torch
 
 from streamrec.errors import CheckpointError
 
-__all__ = ["Checkpointer", "Checkpoint", "describe"]
+__all__ = ["Checkpointer", "Checkpoint", "checkpoint_name", "describe"]
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 # What :meth:`Checkpointer.save` writes before the rename: ``ckpt-<step>.pt.tmp<pid>``.
 _TEMP = re.compile(r"^ckpt-\d{12}\.pt\.tmp\d+$")
 _OLDER = " (move it away to resume from the next older checkpoint, if there is one)"
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint written at ``step``."""
+    return f"ckpt-{step:012d}.pt"
 
 
 def describe(error: BaseException) -> str:
@@ -51,6 +59,10 @@ class Checkpoint:
     offsets: dict[tuple[str, int], int]
     version: int  # last parameter version published before the checkpoint
     path: Path
+    # The learned-offsets ledger's view (trainer.ledger): ``logs`` (topic -> the
+    # id of the log the offsets belong to), ``seq``, and this checkpoint's ledger
+    # ``line`` (None when it took in no new records). Empty in older checkpoints.
+    ledger: dict[str, Any] = field(default_factory=dict)
 
 
 class Checkpointer:
@@ -107,15 +119,20 @@ class Checkpointer:
         return sorted(found)
 
     def save(self, step: int, state: Mapping[str, Any],
-             offsets: Mapping[tuple[str, int], int], version: int) -> Path:
-        """Write a checkpoint atomically; returns its path."""
-        path = self.directory / f"ckpt-{step:012d}.pt"
+             offsets: Mapping[tuple[str, int], int], version: int,
+             ledger: Mapping[str, Any] | None = None) -> Path:
+        """Write a checkpoint atomically; returns its path.
+
+        ``ledger`` holds plain containers only (see :attr:`Checkpoint.ledger`).
+        """
+        path = self.directory / checkpoint_name(step)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         payload = {
             "state": dict(state),
             "offsets": [[t, p, o] for (t, p), o in sorted(offsets.items())],
             "version": version,
             "step": step,
+            "ledger": dict(ledger or {}),
             "written_at": time.time(),
         }
         try:
@@ -154,7 +171,8 @@ class Checkpointer:
         try:
             offsets = {(str(t), int(p)): int(o) for t, p, o in payload["offsets"]}
             return Checkpoint(step=int(payload["step"]), state=dict(payload["state"]),
-                              offsets=offsets, version=int(payload["version"]), path=path)
+                              offsets=offsets, version=int(payload["version"]), path=path,
+                              ledger=dict(payload.get("ledger", {})))
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} is not a streamrec checkpoint "
                                   f"({type(e).__name__}: {e}){_OLDER}") from e

@@ -22,17 +22,18 @@ from typing import TYPE_CHECKING
 import torch
 
 from streamrec.ingest.batch import Batcher
-from streamrec.ingest.event import IMPRESSION, Event
+from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.event_schema import EventSchema
 from streamrec.errors import CheckpointError
-from streamrec.trainer.checkpoint import Checkpointer, describe
+from streamrec.trainer.checkpoint import Checkpointer, checkpoint_name, describe
+from streamrec.trainer.ledger import Ledger
 from streamrec.trainer.metrics import TrainerMetrics
 from streamrec.trainer.trainer import OnlineTrainer
 
 if TYPE_CHECKING:
     from streamrec.ingest.deadletter import DeadLetterSink
     from streamrec.ingest.joiner import Joiner
-    from streamrec.ingest.source import EventSource
+    from streamrec.ingest.source import EventSource, SourceBatch
     from streamrec.trainer.sync.publisher import Publisher
 
 __all__ = ["TrainingLoop", "LoopStats", "RecentRate"]
@@ -118,6 +119,13 @@ class TrainingLoop:
         self._arrivals: collections.deque[list[float]] = collections.deque()
         self._timed = 0
         self._offsets: dict[tuple[str, int], int] = {}
+        # The learned-offsets ledger (trainer.ledger): the log each topic's offsets
+        # belong to, the lineage's line count, and the spans of records taken in
+        # since the last checkpoint: [first, next, records, examples] per partition.
+        self.ledger = Ledger(checkpointer.directory) if checkpointer is not None else None
+        self._logs: dict[str, str] = {}
+        self._seq = 0
+        self._spans: dict[tuple[str, int], list[list[int]]] = {}
         self._started = 0.0
 
     def resume(self) -> int:
@@ -141,14 +149,50 @@ class TrainingLoop:
                 f"with, or set trainer.checkpoint_dir to another directory to start afresh "
                 f"(or move this file away to resume from an older one)") from e
         self._offsets = dict(ckpt.offsets)
+        self._logs = {str(t): str(i) for t, i in ckpt.ledger.get("logs", {}).items()}
+        self._seq = int(ckpt.ledger.get("seq", 0))
+        if self.ledger is not None:
+            self.ledger.repair(ckpt.ledger.get("line"))
         if self._offsets:
             # The checkpoint's offsets win over the broker's committed ones:
             # a trainer killed between writing a checkpoint and committing
-            # would otherwise learn the events in between twice.
-            self.source.seek(self._offsets)
+            # would otherwise learn the events in between twice. With the logs
+            # they belong to, a source notices a log replaced since.
+            if self._logs:
+                self.source.seek(self._offsets, self._logs)  # type: ignore[call-arg]
+            else:
+                self.source.seek(self._offsets)
         log.info("resumed from %s (step %d, %d examples)", ckpt.path, ckpt.step,
                  self.trainer.examples)
         return ckpt.version
+
+    def _note(self, got: SourceBatch) -> None:
+        """Add a poll's records to the ledger's spans since the last checkpoint."""
+        if got.logs is not None:
+            self._logs.update(got.logs)
+        if not got.spans:
+            return
+        examples: collections.Counter[tuple[str, int]] = collections.Counter()
+        if got.origins is not None:
+            examples.update(o for e, o in zip(got.events, got.origins) if e.type == EXAMPLE)
+        for key, (first, records) in got.spans.items():
+            runs = self._spans.setdefault(key, [])
+            nxt = got.offsets[key]
+            if runs and runs[-1][1] == first:
+                runs[-1][1] = nxt
+                runs[-1][2] += records
+                runs[-1][3] += examples[key]
+            else:
+                runs.append([first, nxt, records, examples[key]])
+
+    def _ledger_line(self, path_name: str) -> dict[str, object] | None:
+        if not self._spans:
+            return None
+        return {"seq": self._seq + 1, "checkpoint": path_name, "written_at": time.time(),
+                "spans": [{"topic": t, "partition": p, "log": self._logs.get(t, ""),
+                           "first": run[0], "next": run[1], "records": run[2],
+                           "examples": run[3]}
+                          for (t, p), runs in sorted(self._spans.items()) for run in runs]}
 
     def _train(self, events: list[Event]) -> None:
         batch = self.batcher.build(events)
@@ -277,13 +321,23 @@ class TrainingLoop:
             # Impressions still waiting for actions sit before the committed
             # offsets; without them a restart would never label them.
             state["joiner"] = self.joiner.state_dict()
+        line = self._ledger_line(checkpoint_name(self.trainer.steps))
+        seq = self._seq + (line is not None)
+        ledger = {"logs": dict(self._logs), "seq": seq, "line": line}
         try:
-            self.checkpointer.save(self.trainer.steps, state, self._offsets, version)
+            self.checkpointer.save(self.trainer.steps, state, self._offsets, version, ledger)
         except Exception:
             if self.metrics is not None:
                 self.metrics.checkpoints.labels("error").inc()
             log.exception("checkpoint failed; offsets stay uncommitted")
             return False
+        self._seq, self._spans = seq, {}
+        if self.ledger is not None and line is not None:
+            try:
+                self.ledger.append(line)
+            except OSError:  # (the checkpoint holds it: resume rewrites it if last)
+                log.exception("could not append to the learned-offsets ledger %s",
+                              self.ledger.path)
         if self.metrics is not None:
             self.metrics.checkpoints.labels("ok").inc()
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
@@ -322,6 +376,7 @@ class TrainingLoop:
                     if self.dead_letters is not None:
                         self.dead_letters.put(got.dead_letters)
                 self._offsets.update(got.offsets)
+                self._note(got)
                 if got.assigned:  # (empty during a rebalance: not news)
                     # A partition gone to another consumer is that one's to
                     # commit: our stale offset, committed when it came back,

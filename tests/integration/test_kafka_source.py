@@ -86,9 +86,10 @@ def test_consume_route_bad_records_commit_and_resume(kafka_broker: str) -> None:
     assert [d.kind for d in got.dead_letters] == ["missing_field"]
     assert got.dead_letters[0].origin.startswith(f"{topic}/")
     assert sum(got.offsets.values()) == 101  # next offset per partition covers everything
-    first.commit(got.offsets)
-    assert registry.get_sample_value("streamrec_ingest_commits_total", {"result": "ok"}) == 1
+    first.commit(got.offsets)  # sent without waiting; closing waits for it
     first.close()
+    assert registry.get_sample_value("streamrec_ingest_commits_total", {"result": "ok"}) >= 1
+    assert registry.get_sample_value("streamrec_ingest_commits_total", {"result": "error"}) == 0
     assert lag() == {}  # a closed source reports nothing
 
     for e in events[100:]:
@@ -222,17 +223,25 @@ sys.stdin.readline()  # the broker is gone now
 time.sleep(4)  # the heartbeat thread finds the group coordinator gone
 started = time.monotonic()
 src.commit(got.offsets)
-print(json.dumps([time.monotonic() - started, registry.get_sample_value(
-    "streamrec_ingest_commits_total", {"result": "error"})]), flush=True)
+commit_s = time.monotonic() - started
+def errors():
+    return registry.get_sample_value("streamrec_ingest_commits_total", {"result": "error"})
+polls = []
+while not errors() and time.monotonic() - started < 60:
+    t0 = time.monotonic()
+    src.poll(100, 0.5)
+    polls.append(time.monotonic() - t0)
+print(json.dumps([commit_s, max(polls), errors()]), flush=True)
 """
 
 
-def test_a_commit_to_a_broker_that_went_away_fails_within_seconds() -> None:
-    # Commits run on the training loop's thread. With kafka-python's default
-    # each waited out a 30 s timeout looking for the group's coordinator: a
-    # SIGTERM with the broker down took ~57 s (past docker compose's 30 s
-    # stop grace period). The consumer runs in a process of its own:
-    # kafka-python abandons the sockets of a broker that died under it.
+def test_a_commit_to_a_broker_that_went_away_never_blocks_the_loop() -> None:
+    # Commits run on the training loop's thread: a commit that waited for an
+    # answer stalled training (5 s per checkpoint while the broker was down, 30 s
+    # with kafka-python's default). Sent asynchronously, the commit returns at
+    # once, no poll takes longer than its own timeout, and the failure is counted
+    # when it comes. The consumer runs in a process of its own: kafka-python
+    # abandons the sockets of a broker that died under it.
     import json
     import os
     import subprocess
@@ -260,47 +269,149 @@ def test_a_commit_to_a_broker_that_went_away_fails_within_seconds() -> None:
                 broker.wait()
                 child.stdin.write("go\n")
                 child.stdin.flush()
-                seconds, errors = json.loads(child.stdout.readline())
+                commit_s, slowest_poll_s, errors = json.loads(child.stdout.readline())
             finally:
                 child.kill()
     assert errors == 1
-    assert seconds < 15
+    # (Not a timing benchmark: 0.5 s polls against a wait of 5 s or more before.)
+    assert commit_s < 0.5 and slowest_poll_s < 2.5, (commit_s, slowest_poll_s)
 
 
-def test_a_checkpoint_offset_past_the_end_of_the_log_reads_it_from_the_start(
-        kafka_broker: str, caplog: pytest.LogCaptureFixture) -> None:
-    # A topic deleted and recreated (or truncated) under a trainer: its checkpoint
-    # holds offsets of the old log. Waiting for the new log to grow past them would
-    # skip everything before silently; Kafka's answer is OFFSET_OUT_OF_RANGE and a
-    # reset to the earliest offset, which some brokers (Tansu) never send.
-    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
-    create_topics(kafka_broker, [topic], partitions=1)
-    producer = KafkaProducer(bootstrap_servers=kafka_broker)
-    for e in SyntheticStream(default()).events(10):
+def _produce(broker: str, topic: str, events: list[Any]) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker)
+    for e in events:
         producer.send(topic, value=encode_json(e))
     producer.flush()
-    src = source(kafka_broker, topic, group)
+    producer.close()
+
+
+def _reading(broker: str, events: list[Any]) -> tuple[str, CollectorRegistry, KafkaSource]:
+    """A new one-partition topic holding ``events``, and a source with metrics on it."""
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    create_topics(broker, [topic], partitions=1)
+    _produce(broker, topic, events)
+    registry = CollectorRegistry()
+    return topic, registry, source(broker, topic, group, IngestMetrics(registry))
+
+
+def _topic_id(broker: str, topic: str) -> str:
+    consumer = KafkaConsumer(bootstrap_servers=broker)
     try:
-        src.seek({(topic, 0): 1000})  # from the old log
+        consumer.partitions_for_topic(topic)
+        return str(consumer._cluster.topic_id(topic))
+    finally:
+        consumer.close()
+
+
+def test_a_restart_after_catching_up_goes_on_at_the_checkpoint(kafka_broker: str) -> None:
+    # The broker reports a partition's end low (Tansu: the start of the last batch):
+    # a checkpoint at the true end looked "past the end", and every restart of a
+    # trainer that had caught up read the partition again from offset 0.
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_broker, [topic], partitions=1)
+    events = list(SyntheticStream(default()).events(300))
+    _produce(kafka_broker, topic, events[:200])
+    first = source(kafka_broker, topic, group)
+    try:
+        got = drain(first, 200)
+        logs = first.poll(10, 0.1).logs
+    finally:
+        first.close()
+    assert got.offsets == {(topic, 0): 200} and logs == {topic: _topic_id(kafka_broker, topic)}
+    second = source(kafka_broker, topic, group + "-restarted")  # (no committed offset)
+    try:
+        second.seek(got.offsets, logs)  # at the end: nothing to read
+        idle = drain(second, 1, polls=10)
+        _produce(kafka_broker, topic, events[200:])
+        again = drain(second, 100, polls=30)
+    finally:
+        second.close()
+    assert idle.events == []
+    assert [e.event_id for e in again.events] == [e.event_id for e in events[200:]]
+
+
+def test_a_topic_replaced_since_the_checkpoint_is_read_from_its_start(
+        kafka_broker: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The checkpoint's offsets belong to a log (topic id) the topic no longer has:
+    # waiting for the new log to grow past them would skip its head silently.
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_broker, [topic], partitions=1)
+    _produce(kafka_broker, topic, list(SyntheticStream(default()).events(10)))
+    registry = CollectorRegistry()
+    src = source(kafka_broker, topic, group, IngestMetrics(registry))
+    try:
+        src.seek({(topic, 0): 1000}, {topic: str(uuid.uuid4())})  # from the old log
         with caplog.at_level("WARNING", logger="streamrec.ingest.kafka_source"):
             got = drain(src, want=10, polls=30)
     finally:
         src.close()
-    assert len(got.events) == 10
-    assert got.offsets == {(topic, 0): 10}
-    assert "past the end of the partition" in caplog.text
-    # A new log still empty: the old offset must still leave the next checkpoint and
-    # commit (kept, it would skip the new log's first records once it grew past it).
-    empty = f"t-{uuid.uuid4().hex[:8]}"
-    create_topics(kafka_broker, [empty], partitions=1)
-    src = source(kafka_broker, empty, group + "-2")
+    assert len(got.events) == 10 and got.offsets == {(topic, 0): 10}
+    assert f"topic {topic} was replaced" in caplog.text
+    assert registry.get_sample_value("streamrec_ingest_log_replacements_total",
+                                     {"topic": topic, "evidence": "topic_id"}) == 1
+
+
+def test_a_topic_recreated_under_a_running_source_is_read_from_its_start(
+        kafka_broker: str) -> None:
+    # Deleted and recreated while read: the source sat at the old log's offset,
+    # learned nothing until the new log grew past it, then skipped its head.
+    # (The new log's first 500 records stay below the old offset until the source
+    # has seen the new topic id: records the new log has past the old offset before
+    # that would be read twice, see KafkaSource.)
+    from kafka.admin import KafkaAdminClient
+
+    events = list(SyntheticStream(default()).events(3000))
+    topic, registry, src = _reading(kafka_broker, events[:1000])
+
+    def replaced() -> float | None:
+        return registry.get_sample_value("streamrec_ingest_log_replacements_total",
+                                         {"topic": topic, "evidence": "topic_id"})
+
     try:
-        src.seek({(empty, 0): 1000})
-        reported: dict[tuple[str, int], int] = {}
-        for _ in range(30):
-            reported.update(src.poll(100, 0.5).offsets)
-            if reported:
-                break
+        assert len(drain(src, 1000).events) == 1000
+        admin = KafkaAdminClient(bootstrap_servers=kafka_broker)
+        try:
+            admin.delete_topics([topic])
+        finally:
+            admin.close()
+        create_topics(kafka_broker, [topic], partitions=1)
+        _produce(kafka_broker, topic, events[1000:1500])
+        got = drain(src, 500, polls=60)  # (a metadata refresh shows the new id)
+        assert replaced() == 1
+        _produce(kafka_broker, topic, events[1500:])
+        rest = drain(src, 2000 - len(got.events), polls=60)
+        got.events += rest.events
+        got.offsets.update(rest.offsets)
     finally:
         src.close()
-    assert reported == {(empty, 0): 0}
+    assert [e.event_id for e in got.events] == [e.event_id for e in events[1000:]]
+    assert got.offsets == {(topic, 0): 2000} and replaced() == 1
+
+
+def test_the_lag_counts_records_waiting_at_the_broker(kafka_broker: str) -> None:
+    # The consumer learns a high watermark only from fetches, and fetches a
+    # partition only once its buffered records are returned: records produced
+    # meanwhile did not show, and the gauge read 0 with thousands waiting.
+    events = list(SyntheticStream(default()).events(3000))
+    topic, registry, src = _reading(kafka_broker, events[:500])
+
+    def lag() -> float | None:
+        return registry.get_sample_value("streamrec_ingest_consumer_lag_records",
+                                         {"topic": topic, "partition": "0"})
+
+    try:
+        got = drain(src, 10, max_events=10)  # the rest of the 500 stay buffered
+        _produce(kafka_broker, topic, events[500:])
+        delivered = len(got.events)
+        while delivered < 500:  # the buffer, to its last record
+            delivered += len(src.poll(min(100, 500 - delivered), 0.5).events)
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (lag() or 0) > 2000:
+            time.sleep(0.2)
+        # 2500 wait; a broker that reports the end low (Tansu: the start of the last
+        # batch) hides at most that batch.
+        assert 2000 < (lag() or 0) <= 2500
+    finally:
+        src.close()
