@@ -17,7 +17,7 @@ checkpoint (a newer one moved away) writes on from that checkpoint's ``seq``, so
 a lineage abandoned. The checkpoint holds its own line: a trainer killed between
 the two writes rewrites it when it resumes.
 
-``python -m trainer.ledger CHECKPOINT_DIR`` prints, per partition and log, the
+``python -m streamrec.trainer.ledger CHECKPOINT_DIR`` prints, per partition and log, the
 records learned and every offset learned twice or skipped.
 """
 
@@ -123,7 +123,7 @@ def coverage(lines: Iterable[dict[str, Any]]) -> dict[tuple[str, int, str], dict
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m trainer.ledger CHECKPOINT_DIR", file=sys.stderr)
+        print("usage: python -m streamrec.trainer.ledger CHECKPOINT_DIR", file=sys.stderr)
         return 2
     lines = read_ledger(argv[0])
     for (topic, partition, log_id), c in sorted(coverage(lines).items()):
