@@ -132,7 +132,8 @@ class FileSource:
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Files are replayed from the start or a checkpoint; there is nothing to commit."""
 
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def seek(self, offsets: Mapping[tuple[str, int], int],
+             logs: Mapping[str, str] | None = None) -> None:
         if self._key not in offsets and self._legacy_key not in offsets:
             # Legitimate (a new day's file), but a moved or renamed file is
             # then learned again from its first line: say so.

@@ -57,7 +57,8 @@ class IteratorSource:
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Nothing to commit: an iterator cannot be replayed."""
 
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def seek(self, offsets: Mapping[tuple[str, int], int],
+             logs: Mapping[str, str] | None = None) -> None:
         """Skip ahead to a checkpoint's offset (an iterator cannot go back)."""
         target = offsets.get(self._key, self._emitted)
         if target < self._emitted:

@@ -98,6 +98,9 @@ class KafkaSource:
             self._ends = EndOffsets(config.bootstrap_servers, f"streamrec-{config.group_id}-lag",
                                     lambda: self._assigned)
             metrics.watch_lag(self.lag)
+            for topic in config.topics:  # exported at 0 from the start (rate() needs it)
+                for evidence in ("topic_id", "out_of_range"):
+                    metrics.log_replacements.labels(topic, evidence)
 
     def _init_state(self) -> None:
         # Checkpoint offsets not read from yet, and the next offset after the

@@ -68,11 +68,12 @@ class EventSource(Protocol):
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None: ...
 
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def seek(self, offsets: Mapping[tuple[str, int], int],
+             logs: Mapping[str, str] | None = None) -> None:
         """Resume from a checkpoint's offsets (they win over committed ones).
 
-        A source that reports ``SourceBatch.logs`` also takes them back, as
-        ``seek(offsets, logs)``.
+        ``logs`` are the ``SourceBatch.logs`` the checkpoint recorded with them
+        (a source whose offsets need no log name ignores them).
         """
 
     def close(self) -> None: ...
@@ -95,8 +96,9 @@ class ForwardingSource:
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self.source.commit(offsets)
 
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self.source.seek(offsets)
+    def seek(self, offsets: Mapping[tuple[str, int], int],
+             logs: Mapping[str, str] | None = None) -> None:
+        self.source.seek(offsets, logs)
 
     def close(self) -> None:
         self.source.close()
@@ -165,7 +167,8 @@ class MemorySource:
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self.committed.update(offsets)
 
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+    def seek(self, offsets: Mapping[tuple[str, int], int],
+             logs: Mapping[str, str] | None = None) -> None:
         self._next = offsets.get(("memory", 0), self._next)
 
     def close(self) -> None:

@@ -158,10 +158,7 @@ class TrainingLoop:
             # a trainer killed between writing a checkpoint and committing
             # would otherwise learn the events in between twice. With the logs
             # they belong to, a source notices a log replaced since.
-            if self._logs:
-                self.source.seek(self._offsets, self._logs)  # type: ignore[call-arg]
-            else:
-                self.source.seek(self._offsets)
+            self.source.seek(self._offsets, self._logs or None)
         log.info("resumed from %s (step %d, %d examples)", ckpt.path, ckpt.step,
                  self.trainer.examples)
         return ckpt.version
