@@ -35,7 +35,8 @@ def evaluate(config: AppConfig, path: str, progress: bool = True) -> dict[str, A
     source = FileSource(path, value_format=ing.value_format)
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending,
-                    delayed_feedback=ing.delayed_feedback)
+                    delayed_feedback=ing.delayed_feedback,
+                    elapsed_s=ing.fake_negative_delay_s)
 
     def report(stats: LoopStats) -> None:
         if progress:

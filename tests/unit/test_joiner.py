@@ -484,3 +484,16 @@ def test_outcomes_carry_the_score_given_on_arrival_across_a_checkpoint() -> None
     # The held positive and the pending impression both come back with their scores.
     assert [(e.item_id, e.label, e.predicted) for e in out] == [(7, 0.0, 0.25), (8, 1.0, 0.5)]
     assert [(e.item_id, e.predicted) for e in restored.take_outcomes()] == [(7, 0.25)]
+
+
+def test_fake_negative_after_an_elapsed_time_learns_early_clicks_once() -> None:
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="fake_negative", elapsed_s=2)
+    # r1 clicked within the 2 s, r2 after them, r3 never.
+    assert j.push([imp("r1", 7, 0), imp("r2", 8, 0), imp("r3", 9, 0), act("r1", 7, 1_000)]) == []
+    out = j.push([imp("r4", 10, 2_500)])  # 2 s have passed for r1..r3
+    assert sorted((e.item_id, e.label) for e in out) == [(7, 1.0), (8, 0.0), (9, 0.0)]
+    assert all(e.fake_negative for e in out)
+    out = j.push([act("r2", 8, 4_000)])
+    assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]  # learned a second time
+    assert j.duplicated_share == (1 + 1) / (2 + 1)  # one of two clicks came after its negative
+    assert [(e.item_id, e.label) for e in j.flush()] == [(10, 0.0)]
