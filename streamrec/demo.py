@@ -1,27 +1,36 @@
 """`streamrec demo`: the whole loop in one process, no Kafka needed.
 
-A synthetic event stream feeds the online trainer; the trainer pushes
-parameter deltas over real gRPC to a serving replica it started on localhost;
-the demo queries that replica and prints one line every few seconds. The
-trainer and the replica each expose their own /metrics endpoint.
+A synthetic event stream in production form (impressions, and clicks seconds
+later) feeds the online trainer through the joiner; each impression carries the
+score the serving replica gave it (``served_score``, ``model_version``), so the
+trainer reports what serving showed. The trainer pushes parameter deltas over
+real gRPC to the replica it started on localhost; the demo queries that replica
+and prints one line every few seconds. The trainer and the replica each expose
+their own /metrics endpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
+from ingest.event import IMPRESSION
 from ingest.iter_source import IteratorSource
+from ingest.joiner import Joiner
+from ingest.source import SourceBatch
 from serving.client import RecommenderClient
 from serving.replica import ModelReplica
 from serving.server import create_server
 from streamrec.config import AppConfig, TableConfig
+from streamrec.errors import NotReadyError
 from streamrec.runtime import serve_metrics
 from streamrec.synthetic import SyntheticStream, default
 from trainer.loop import LoopStats, TrainingLoop
@@ -57,6 +66,47 @@ def demo_config(config: AppConfig) -> AppConfig:
     return replace(config, model=model, table_defaults=tables, tables={})
 
 
+class _ServedSource:
+    """The stream's impressions, each with the score the replica serves for it now.
+
+    What an application does: log the score and the model version it showed.
+    Before the replica has a model, impressions carry none.
+    """
+
+    def __init__(self, source: IteratorSource, replica: ModelReplica) -> None:
+        self.source = source
+        self.replica = replica
+
+    @property
+    def exhausted(self) -> bool:
+        return self.source.exhausted
+
+    def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+        got = self.source.poll(max_events, timeout_s)
+        at = [i for i, e in enumerate(got.events) if e.type == IMPRESSION]
+        if not at:
+            return got
+        try:
+            scores, version = self.replica.score_rows(
+                [(got.events[i].user_id, got.events[i].item_id, got.events[i].features)
+                 for i in at])
+        except NotReadyError:
+            return got
+        events = list(got.events)
+        for i, score in zip(at, scores):
+            events[i] = events[i]._replace(served_score=score, model_version=version)
+        return dataclasses.replace(got, events=events)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.source.commit(offsets)
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.source.seek(offsets)
+
+    def close(self) -> None:
+        self.source.close()
+
+
 def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
     if port < 0:
         return ""
@@ -82,8 +132,14 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)
     serving_url = _metrics_server(config.metrics.host, 0 if port >= 0 else -1, serving_registry)
     client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
-    stream = SyntheticStream(default())
-    source = IteratorSource(stream.events(10**12), rate=rate, name="synthetic")
+    synthetic = default()
+    stream = SyntheticStream(synthetic)
+    source = _ServedSource(IteratorSource(stream.joined_events(10**12), rate=rate,
+                                         name="synthetic"), replica)
+    ing = config.ingest
+    joiner = Joiner(ing.action_types, synthetic.join_window_s, seed=config.trainer.seed,
+                    max_pending=ing.join_max_pending, delayed_feedback=ing.delayed_feedback,
+                    elapsed_s=min(ing.fake_negative_delay_s, synthetic.join_window_s / 2))
     stop = threading.Event()
     candidates = list(range(1, 51))
     last = {"t": time.perf_counter(), "examples": 0, "version": 0}
@@ -108,10 +164,12 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         print(f"[{stats.wall_seconds:6.1f}s] {rate_label}={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "
-              f"logloss={p.get('logloss', float('nan')):.4f} rows[{rows}] "
+              f"logloss={p.get('logloss', float('nan')):.4f} "
+              f"calibration={p.get('calibration', float('nan')):.2f} "
+              f"served_auc={trainer.replica.auc:.4f} rows[{rows}] "
               f"serving_version={version} staleness={staleness:.2f}s", file=out, flush=True)
 
-    loop = TrainingLoop(trainer, source, publisher=publisher, metrics=metrics,
+    loop = TrainingLoop(trainer, source, joiner=joiner, publisher=publisher, metrics=metrics,
                         on_progress=on_progress)
     previous = {}
     if install_signal_handlers:
