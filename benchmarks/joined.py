@@ -38,8 +38,8 @@ class _RecordingJoiner(Joiner):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.scores: dict[str, float | None] = {}
 
-    def take_outcomes(self) -> list[Event]:
-        outcomes = super().take_outcomes()
+    def take_outcomes(self, settled: bool = True) -> list[Event]:
+        outcomes = super().take_outcomes(settled)
         for e in outcomes:
             self.scores[e.event_id] = e.predicted
         return outcomes

@@ -162,7 +162,11 @@ class Joiner:
         # "wait": labeled examples held until their window closes, by (time, arrival).
         self._held: list[tuple[int, int, Event]] = []
         self._held_seq = 0
-        self._outcomes: list[Event] = []
+        # Labeled impressions, (timestamp, order, example), until every
+        # label of their time is known (``take_outcomes``).
+        self._outcomes: list[tuple[int, int, Event]] = []
+        self._outcome_seq = 0
+        self._flushed = False  # since the last push: every outcome is settled
         # "fake_negative": impressions not yet learned as a negative, in arrival
         # order, and those learned as one whose label is still unknown.
         self._unobserved: collections.deque[tuple[int, Identity, Event]] = collections.deque()
@@ -195,7 +199,8 @@ class Joiner:
     def _settle(self, impression: Event, at: int, label: float, out: list[Event]) -> None:
         """The impression's label is known: report it, and train on it as the mode says."""
         labeled = impression._replace(type=EXAMPLE, label=label)
-        self._outcomes.append(labeled)
+        heapq.heappush(self._outcomes, (impression.timestamp_ms, self._outcome_seq, labeled))
+        self._outcome_seq += 1
         if self.metrics is not None:
             self.metrics.joined.labels("positive" if label else "negative").inc()
         if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
@@ -244,18 +249,20 @@ class Joiner:
         """
         return (self._duplicated + 1) / (self._positives + 1)
 
-    @property
-    def settled_before_ms(self) -> int:
-        """Event time before which every impression read so far has its final label.
+    def take_outcomes(self, settled: bool = True) -> list[Event]:
+        """Labeled impressions (as ``example`` events) not taken yet, in impression-time order.
 
-        Outcomes taken in impression-time order up to here are a fair sample:
-        a click's label is known at once, a miss's only when its window closes.
+        With ``settled``, only those stamped before every impression of their
+        time has its final label (the watermark minus the window), so that
+        figures taken from them are fair at any moment: a click is known
+        seconds after its impression, a miss only when the window closes.
+        Without, every label decided so far. ``flush`` settles them all.
         """
-        return self._watermark - self.window_ms
-
-    def take_outcomes(self) -> list[Event]:
-        """Impressions labeled since the last call (as ``example`` events), in that order."""
-        outcomes, self._outcomes = self._outcomes, []
+        horizon = self._watermark - self.window_ms
+        settled = settled and not self._flushed
+        outcomes, heap = [], self._outcomes
+        while heap and (not settled or heap[0][0] < horizon):
+            outcomes.append(heapq.heappop(heap)[2])
         return outcomes
 
     def _resolve(self, impression: Event, at: int) -> None:
@@ -291,6 +298,7 @@ class Joiner:
         """
         if assigned:  # (empty before a group join and during a rebalance: not news)
             self._assign(set(assigned))
+        self._flushed = False
         out: list[Event] = []
         self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)
         cap = self._cap
@@ -489,7 +497,11 @@ class Joiner:
             del self._resolved[identity]
 
     def flush(self) -> list[Event]:
-        """Label every pending impression negative and emit what is held (end of a finite stream)."""
+        """Label every pending impression negative and emit what is held (end of a finite stream).
+
+        Every outcome is settled: ``take_outcomes`` returns them all.
+        """
+        self._flushed = True
         out: list[Event] = []
         while self._pending:
             first, at = self._pending.popitem(last=False)[1]
@@ -521,6 +533,9 @@ class Joiner:
                 "held": [[event_to_dict(e), at, e.sample_rate,
                           math.nan if e.predicted is None else e.predicted]
                          for at, _, e in sorted(self._held)],
+                # Labeled impressions not yet reported, with their served-time scores.
+                "outcomes": [[event_to_dict(e), math.nan if e.predicted is None else e.predicted]
+                             for _, _, e in sorted(self._outcomes)],
                 "early_actions": [event_to_dict(e) for waiting in self._early.values()
                                   for e, _ in waiting],
                 "resolved": [[*identity, at] for identity, at in self._resolved.items()],
@@ -553,7 +568,13 @@ class Joiner:
             if math.isfinite(score):
                 example = example._replace(predicted=float(score))
             self._hold(int(at), example, [])
-        self._outcomes = []
+        self._outcomes, self._outcome_seq = [], 0
+        for data, score in state.get("outcomes", ()):
+            labeled = event_from_dict(data)
+            if math.isfinite(score):
+                labeled = labeled._replace(predicted=float(score))
+            heapq.heappush(self._outcomes, (labeled.timestamp_ms, self._outcome_seq, labeled))
+            self._outcome_seq += 1
         self._early = OrderedDict()
         for data in state.get("early_actions", ()):  # (checkpoints before they waited)
             event = event_from_dict(data)

@@ -12,7 +12,6 @@ the source only after a checkpoint that covers them (see trainer.checkpoint).
 from __future__ import annotations
 
 import collections
-import heapq
 import logging
 import threading
 import time
@@ -91,10 +90,6 @@ class TrainingLoop:
         # found new ones, oldest first; ``_timed`` of them are accounted for.
         self._arrivals: collections.deque[list[float]] = collections.deque()
         self._timed = 0
-        # Labeled impressions waiting for every label of their time to be
-        # known: (timestamp, arrival, example).
-        self._outcomes: list[tuple[int, int, Event]] = []
-        self._outcome_seq = 0
         self._offsets: dict[tuple[str, int], int] = {}
         self._started = 0.0
 
@@ -183,22 +178,10 @@ class TrainingLoop:
             start = end
             self._drain(final=False)
 
-    def _record_outcomes(self, final: bool = False) -> None:
-        """Served-time metrics of labeled impressions, in impression-time order.
-
-        A click is known seconds after its impression, a miss only when the
-        window closes: counted as they come, recent figures would hold the
-        last window's clicks and not its misses. Each outcome waits until
-        every impression of its time is labeled (all of them when ``final``).
-        """
+    def _record_outcomes(self) -> None:
+        """Served-time metrics of the impressions whose time is settled (joiner.take_outcomes)."""
         assert self.joiner is not None
-        for e in self.joiner.take_outcomes():
-            heapq.heappush(self._outcomes, (e.timestamp_ms, self._outcome_seq, e))
-            self._outcome_seq += 1
-        horizon = self.joiner.settled_before_ms
-        outcomes = []
-        while self._outcomes and (final or self._outcomes[0][0] < horizon):
-            outcomes.append(heapq.heappop(self._outcomes)[2])
+        outcomes = self.joiner.take_outcomes()
         scored = [e for e in outcomes if e.predicted is not None]
         if scored:
             self.trainer.record_served(
@@ -325,7 +308,7 @@ class TrainingLoop:
                 exhausted = self.source.exhausted
                 if exhausted and self.joiner is not None:
                     self._pending.extend(self.joiner.flush())
-                    self._record_outcomes(final=True)
+                    self._record_outcomes()
                 self._drain(final=exhausted)
                 now = time.perf_counter()
                 if now >= next_log:
