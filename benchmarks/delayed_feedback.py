@@ -13,7 +13,10 @@ writes one). Arms, all on the default config with ``--set`` overrides:
 Reported per arm: AUC, logloss, calibration after the first 20%, and the
 freshness of each mode: how late an example is learned after its impression,
 in event-time seconds and in events of the stream (median and p90 over the
-examples; the training batch's wait comes on top). Writes results/<--out>.json.
+examples; the training batch's wait comes on top); and what each form and mode
+costs through ``streamrec evaluate`` (JSON decoding included): impressions per
+second against the labeled file's examples per second, best of ``--repeat``
+interleaved runs. Writes results/<--out>.json.
 
     streamrec generate prod_labeled.jsonl --events 60000 --preset production
     streamrec generate prod_joined.jsonl --events 60000 --preset production --form joined
@@ -47,6 +50,7 @@ from ingest.decode import decode_json
 from ingest.event import Event
 from ingest.joiner import Joiner
 from streamrec.config import load_config
+from streamrec.evaluate import evaluate
 from trainer.trainer import OnlineTrainer
 
 
@@ -90,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--joined", required=True)
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=2, help="interleaved evaluate runs per arm")
     p.add_argument("--out", default="delayed_feedback")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     window = load_config(env={}, overrides=overrides).ingest.join_window_s
 
     def config(**more: str) -> Any:
-        return load_config(env={}, overrides={**overrides, **more})
+        return load_config(env={}, overrides={**overrides, **more, "trainer.threads": "0"})
 
     def learn_labeled() -> tuple[list[float], float]:
         c = config()
@@ -140,8 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["arm", "AUC", "logloss", "calibration after 20%", "dAUC vs labeled",
                         "dlogloss", "learned after: median s", "p90 s", "median events",
                         "p90 events", "examples/s"], rows))
-    write_result(args.out, {"args": vars(args), "examples": len(labeled), "arms": results})
+    speed = evaluate_speed(args, config, len(labeled))
+    base = speed["labeled"]
+    print(format_table(["evaluate", "impressions/s", "x labeled"],
+                       [[name, v, round(v / base, 2)] for name, v in speed.items()]))
+    write_result(args.out, {"args": vars(args), "examples": len(labeled), "arms": results,
+                            "evaluate_impressions_per_s": speed})
     return 0
+
+
+def evaluate_speed(args: argparse.Namespace, config: Any, impressions: int) -> dict[str, float]:
+    """Impressions (examples) per second through ``evaluate``, best of interleaved runs."""
+    runs = {"labeled": (args.labeled, {}),
+            "wait": (args.joined, {"ingest.delayed_feedback": "wait"}),
+            "fake_negative": (args.joined, {"ingest.delayed_feedback": "fake_negative"})}
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        for name, (path, more) in runs.items():
+            print(f"evaluate {name} ...", file=sys.stderr, flush=True)
+            seconds = evaluate(config(**more), path, progress=False)["wall_seconds"]
+            best[name] = max(best.get(name, 0.0), impressions / seconds)
+    return best
 
 
 if __name__ == "__main__":

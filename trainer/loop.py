@@ -2,9 +2,9 @@
 
 One thread polls the source, routes malformed records to the dead-letter
 sink, labels impressions through the joiner, and trains on full mini-batches.
-With a joiner, each poll's impressions are scored on arrival by the current
-model (what a replica would serve then), and that score is what the
-progressive metrics take once the joiner reports the impression's label.
+With a joiner, impressions are scored on arrival by the current model (what a
+replica would serve then), and that score is what the progressive metrics
+take once the joiner reports the impression's label.
 Parameter sync runs on the publisher's own thread. Offsets are committed to
 the source only after a checkpoint that covers them (see trainer.checkpoint).
 """
@@ -145,8 +145,9 @@ class TrainingLoop:
     def _score_arrivals(self, events: list[Event]) -> list[Event]:
         """``events`` with each impression's served-time click probability (``predicted``).
 
-        One batched prediction per poll: the model of this moment, as a
-        replica holding the newest parameters would score the impressions.
+        One batched prediction (see :meth:`_join` for the slices): the model
+        of this moment, as a replica holding the newest parameters would
+        score the impressions.
         """
         at = [i for i, e in enumerate(events) if e.type == IMPRESSION]
         if not at:
