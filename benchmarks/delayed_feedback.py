@@ -45,13 +45,13 @@ import torch
 from benchmarks import joined
 from benchmarks.quality import figures, online
 from benchmarks.report import format_table, write_result
-from ingest.batch import Batcher
-from ingest.decode import decode_json
-from ingest.event import Event
-from ingest.joiner import Joiner
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.decode import decode_json
+from streamrec.ingest.event import Event
+from streamrec.ingest.joiner import Joiner
 from streamrec.config import load_config
-from streamrec.evaluate import evaluate
-from trainer.trainer import OnlineTrainer
+from streamrec.cli.evaluate import evaluate
+from streamrec.trainer.trainer import OnlineTrainer
 
 
 def read(path: str) -> list[Event]:

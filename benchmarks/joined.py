@@ -18,13 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from ingest.batch import Batcher
-from ingest.event import Event
-from ingest.iter_source import IteratorSource
-from ingest.joiner import Joiner
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import Event
+from streamrec.ingest.iter_source import IteratorSource
+from streamrec.ingest.joiner import Joiner
 from streamrec.config import AppConfig
-from trainer.loop import MIN_SCORING_SLICE, TrainingLoop
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import MIN_SCORING_SLICE, TrainingLoop
+from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["served", "joined"]
 

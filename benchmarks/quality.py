@@ -72,13 +72,13 @@ import torch
 
 from benchmarks import joined
 from benchmarks.report import format_table, write_result
-from ingest.batch import Batcher
-from ingest.event import Event
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import Event
 from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream
 from streamrec import native
-from trainer.progressive import ProgressiveMetrics, exact_auc
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
+from streamrec.trainer.trainer import OnlineTrainer
 
 FEATURES = "user_id,item_id,category,country,hour,tags"
 Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)

@@ -84,9 +84,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ingest.decode import event_from_dict, event_to_dict
-from ingest.event import EXAMPLE, IMPRESSION, Event
-from ingest.metrics import IngestMetrics
+from streamrec.ingest.decode import event_from_dict, event_to_dict
+from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
+from streamrec.ingest.metrics import IngestMetrics
 from streamrec.config import DelayedFeedback
 
 __all__ = ["Joiner"]

@@ -82,7 +82,7 @@ def _config(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Ap
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from streamrec.demo import run_demo
+    from streamrec.cli.demo import run_demo
 
     extra: dict[str, Any] = {}
     if args.metrics_port is not None:
@@ -96,7 +96,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     config = _config(args)
     _input_file(args.events, "--events")
-    from streamrec.evaluate import evaluate  # torch: only once the inputs are known good
+    from streamrec.cli.evaluate import evaluate  # torch: only once the inputs are known good
 
     tune_gc()
     result = evaluate(config, args.events, progress=not args.quiet)
@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = _config(args)
     if config.ingest.source == "file":
         _input_file(config.ingest.path, "ingest.path")
-    from streamrec.train import run_training  # torch: only once the inputs are known good
+    from streamrec.cli.train import run_training  # torch: only once the inputs are known good
 
     tune_gc()
     stop = threading.Event()
@@ -124,7 +124,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    from serving.server import serve  # torch: only once the config is known good
+    from streamrec.serving.server import serve  # torch: only once the config is known good
 
     tune_gc()
     try:
@@ -138,7 +138,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _input_file(args.file, "file")
     from kafka.errors import KafkaError
 
-    from ingest.replay import replay
+    from streamrec.ingest.replay import replay
     from streamrec.runtime import kafka_unreachable
 
     tune_gc()

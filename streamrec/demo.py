@@ -22,22 +22,22 @@ from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
-from ingest.event import IMPRESSION
-from ingest.iter_source import IteratorSource
-from ingest.joiner import Joiner
-from ingest.source import SourceBatch
-from serving.client import RecommenderClient
-from serving.replica import ModelReplica
-from serving.server import create_server
+from streamrec.ingest.event import IMPRESSION
+from streamrec.ingest.iter_source import IteratorSource
+from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.source import SourceBatch
+from streamrec.client import RecommenderClient
+from streamrec.serving.replica import ModelReplica
+from streamrec.serving.server import create_server
 from streamrec.config import AppConfig, TableConfig
 from streamrec.errors import NotReadyError
 from streamrec.runtime import serve_metrics
 from streamrec.synthetic import SyntheticStream, default
-from trainer.loop import LoopStats, TrainingLoop
-from trainer.metrics import TrainerMetrics
-from trainer.sync.publisher import Publisher
-from trainer.sync.sink import GrpcDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.sync.publisher import Publisher
+from streamrec.trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["run_demo", "DemoSummary", "demo_config"]
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from ingest.deadletter import MemoryDeadLetterSink
-from ingest.file_source import FileSource
-from ingest.joiner import Joiner
+from streamrec.ingest.deadletter import MemoryDeadLetterSink
+from streamrec.ingest.file_source import FileSource
+from streamrec.ingest.joiner import Joiner
 from streamrec.config import AppConfig
-from trainer.loop import LoopStats, TrainingLoop
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["evaluate"]
 

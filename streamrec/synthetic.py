@@ -48,8 +48,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.decode import encode_json
-from ingest.event import EXAMPLE, IMPRESSION, Event
+from streamrec.ingest.decode import encode_json
+from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 
 __all__ = [
     "SyntheticConfig",

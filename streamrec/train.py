@@ -14,22 +14,22 @@ import torch
 from kafka.errors import KafkaError
 from prometheus_client import REGISTRY
 
-from ingest.deadletter import DeadLetterSink, FileDeadLetterSink, KafkaDeadLetterSink, \
+from streamrec.ingest.deadletter import DeadLetterSink, FileDeadLetterSink, KafkaDeadLetterSink, \
     MemoryDeadLetterSink
-from ingest.file_source import FileSource
-from ingest.joiner import Joiner
-from ingest.kafka_source import KafkaSource
-from ingest.metrics import IngestMetrics
-from ingest.source import EventSource
+from streamrec.ingest.file_source import FileSource
+from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.kafka_source import KafkaSource
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import EventSource
 from streamrec.config import AppConfig
 from streamrec.errors import ConfigError
 from streamrec.runtime import kafka_unreachable, serve_metrics
-from trainer.checkpoint import Checkpointer
-from trainer.loop import LoopStats, TrainingLoop
-from trainer.metrics import TrainerMetrics
-from trainer.sync.publisher import Publisher
-from trainer.sync.sink import GrpcDeltaSink
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.checkpoint import Checkpointer
+from streamrec.trainer.loop import LoopStats, TrainingLoop
+from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.sync.publisher import Publisher
+from streamrec.trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["run_training"]
 

@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ingest.batch import Batcher
-from ingest.event import IMPRESSION, Event
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import IMPRESSION, Event
 from streamrec.errors import CheckpointError
-from trainer.checkpoint import Checkpointer, describe
-from trainer.metrics import TrainerMetrics
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.checkpoint import Checkpointer, describe
+from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.trainer import OnlineTrainer
 
 if TYPE_CHECKING:
-    from ingest.deadletter import DeadLetterSink
-    from ingest.joiner import Joiner
-    from ingest.source import EventSource
-    from trainer.sync.publisher import Publisher
+    from streamrec.ingest.deadletter import DeadLetterSink
+    from streamrec.ingest.joiner import Joiner
+    from streamrec.ingest.source import EventSource
+    from streamrec.trainer.sync.publisher import Publisher
 
 __all__ = ["TrainingLoop", "LoopStats"]
 

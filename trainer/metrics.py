@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from trainer.trainer import OnlineTrainer
+    from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["TrainerMetrics"]
 

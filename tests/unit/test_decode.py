@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.decode import decode_csv_row, decode_json, decode_protobuf, decode_value, \
+from streamrec.ingest.decode import decode_csv_row, decode_json, decode_protobuf, decode_value, \
     encode_json, encode_protobuf
-from ingest.event import Event
-from ingest.ids import hash_id, to_id
-from ingest.source import MemorySource
+from streamrec.ingest.event import Event
+from streamrec.ingest.ids import hash_id, to_id
+from streamrec.ingest.source import MemorySource
 from streamrec.errors import DecodeError
 
 int64 = st.integers(-(2**63), 2**63 - 1)
@@ -237,7 +237,7 @@ def test_integer_literals_beyond_int64_are_out_of_range_not_floats(literal: str)
 def test_encoded_events_stay_as_small_as_their_utf8_text() -> None:
     # ASCII escapes (\u00e9: 6 bytes for 2) pushed events that decode within
     # MAX_EVENT_BYTES over it, and over a Kafka message, when replayed.
-    from ingest.decode import MAX_EVENT_BYTES, encode_json
+    from streamrec.ingest.decode import MAX_EVENT_BYTES, encode_json
 
     tags = ["é" * 400] * 1000
     raw = json.dumps({**VALID, "features": {"tags": tags}}, ensure_ascii=False).encode()

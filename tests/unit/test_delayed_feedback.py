@@ -10,15 +10,15 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from ingest.batch import Batch, Batcher
-from ingest.event import EXAMPLE, Event
-from ingest.iter_source import IteratorSource
-from ingest.joiner import Joiner
+from streamrec.ingest.batch import Batch, Batcher
+from streamrec.ingest.event import EXAMPLE, Event
+from streamrec.ingest.iter_source import IteratorSource
+from streamrec.ingest.joiner import Joiner
 from streamrec.config import load_config
 from streamrec.synthetic import SyntheticStream, production
-from trainer.loop import TrainingLoop
-from trainer.metrics import TrainerMetrics
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import TrainingLoop
+from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.trainer import OnlineTrainer
 
 # A short window next to the stream, so that a few windows pass in a test.
 STREAM = dataclasses.replace(production(), join_window_s=10.0, click_delay_median_s=1.0)

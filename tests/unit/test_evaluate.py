@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ingest.decode import decode_json
+from streamrec.ingest.decode import decode_json
 from streamrec.synthetic import SyntheticStream, default
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,10 +82,10 @@ def test_usage_errors_are_one_line_messages_not_tracebacks(tmp_path: Path) -> No
 def test_the_joiners_pending_limit_comes_from_the_config(tmp_path: Path) -> None:
     # 20 impressions, then a click for each: all 20 wait and join, unless
     # ingest.join_max_pending holds fewer, which labels the rest negative early.
-    from ingest.decode import encode_json
-    from ingest.event import Event
+    from streamrec.ingest.decode import encode_json
+    from streamrec.ingest.event import Event
     from streamrec.config import load_config
-    from streamrec.evaluate import evaluate
+    from streamrec.cli.evaluate import evaluate
 
     t0 = 1_700_000_000_000
     shows = [Event("impression", i, 100 + i, t0 + i, request_id=f"r{i}") for i in range(20)]

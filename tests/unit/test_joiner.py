@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from prometheus_client import CollectorRegistry
 
-from ingest.event import Event
-from ingest.joiner import Joiner as TrainingJoiner
-from ingest.metrics import IngestMetrics
+from streamrec.ingest.event import Event
+from streamrec.ingest.joiner import Joiner as TrainingJoiner
+from streamrec.ingest.metrics import IngestMetrics
 
 T0 = 1_700_000_000_000
 
@@ -169,7 +169,7 @@ def test_a_redelivered_impression_is_not_trained_again_with_the_opposite_label()
 def test_one_event_stamped_ahead_of_the_clock_neither_expires_nor_blocks_the_others(
         monkeypatch) -> None:
     now = 1_800_000_000_000  # this machine's clock, in ms
-    monkeypatch.setattr("ingest.joiner.time.time", lambda: now / 1000)
+    monkeypatch.setattr("streamrec.ingest.joiner.time.time", lambda: now / 1000)
     ahead = now + 6 * 3600 * 1000  # a producer clock six hours fast
 
     def at(kind: str, request: str, t: int) -> Event:
@@ -236,7 +236,7 @@ def test_a_partition_ahead_does_not_expire_a_partition_behind(monkeypatch) -> No
     # ahead of partition 0: its events must not expire partition 0's
     # impressions before their clicks (read later from partition 0) arrive.
     wall = [1000.0]
-    monkeypatch.setattr("ingest.joiner.time.monotonic", lambda: wall[0])
+    monkeypatch.setattr("streamrec.ingest.joiner.time.monotonic", lambda: wall[0])
     p0, p1 = ("events", 0), ("events", 1)
     j = Joiner(["click"], window_s=10, idle_s=10)
     out = j.push([imp("r0", 7, 0), imp("r1", 8, 100_000)], [p0, p1])
@@ -260,7 +260,7 @@ def test_an_assigned_partition_not_read_yet_holds_the_watermark(monkeypatch) -> 
     # first fetches bring impressions only, 100 s of them. Their clicks, in
     # the clicks topic, are read later: the impressions must wait for them.
     wall = [1000.0]
-    monkeypatch.setattr("ingest.joiner.time.monotonic", lambda: wall[0])
+    monkeypatch.setattr("streamrec.ingest.joiner.time.monotonic", lambda: wall[0])
     shows, clicks = ("impressions", 0), ("clicks", 0)
     both = [shows, clicks]
     j = Joiner(["click"], window_s=10, idle_s=10)
@@ -386,7 +386,7 @@ def test_an_older_showing_read_late_does_not_displace_the_newer_one(monkeypatch)
     # skewed producer) counts as shown when it arrived, so the key's real next
     # showing, two seconds later, still takes its click.
     wall = [T0 / 1000]
-    monkeypatch.setattr("ingest.joiner.time.time", lambda: wall[0])
+    monkeypatch.setattr("streamrec.ingest.joiner.time.time", lambda: wall[0])
     j = Joiner(["click"], window_s=10)
     out = j.push([shown(3_600_000)])
     wall[0] += 2
@@ -429,7 +429,7 @@ def test_a_late_impressions_retry_is_still_a_duplicate() -> None:
 def test_a_partition_quiet_before_a_checkpoint_stays_quiet_after_the_restore(
         tmp_path: Path, monkeypatch) -> None:
     wall = [1000.0]
-    monkeypatch.setattr("ingest.joiner.time.monotonic", lambda: wall[0])
+    monkeypatch.setattr("streamrec.ingest.joiner.time.monotonic", lambda: wall[0])
     p0, p1 = ("events", 0), ("events", 1)
 
     def run(restore: bool) -> tuple[int, int]:

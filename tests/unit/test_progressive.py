@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.progressive import ProgressiveMetrics, ServedByVersion, exact_auc
+from streamrec.trainer.progressive import ProgressiveMetrics, ServedByVersion, exact_auc
 
 
 def pairwise_auc(scores: list[float], labels: list[float]) -> float:

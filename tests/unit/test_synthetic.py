@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ingest.event import Event
+from streamrec.ingest.event import Event
 from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream, default, drifting, \
     production
 
@@ -95,7 +95,7 @@ def test_a_new_id_shows_from_the_event_that_hands_it_out() -> None:
 
 
 def test_production_form_is_the_labeled_stream_as_impressions_and_delayed_clicks() -> None:
-    from ingest.joiner import Joiner
+    from streamrec.ingest.joiner import Joiner
 
     config = production()
     labeled = list(SyntheticStream(config).events(6000))
