@@ -2,11 +2,19 @@
 
 Every arm sees the same synthetic stream (fixed seed per preset, see
 streamrec/synthetic.py for each generator's parameters) with the same
-features — user_id, item_id, category, country, hour as categorical, log
-price as numeric — and is scored test-then-train: each event is predicted
-before it is learned. Reported: progressive AUC and logloss over the whole
-stream and over its last 20%, events/s, and the Bayes-optimal AUC of the
-stream (the generator knows every event's true click probability).
+features — user_id, item_id, category, country, hour, tags (a list, on the
+production preset) as categorical, log price as numeric — and is scored
+test-then-train: each event is predicted before it is learned. Reported:
+progressive AUC and logloss over the whole stream and over its last 20%,
+calibration (mean predicted / observed click rate) after the first 20%,
+events/s, and the Bayes-optimal AUC of the stream (the generator knows every
+event's true click probability).
+
+Each stream also runs in production form (an impression per example, a click
+at its delay; benchmarks/joined.py): its arms are scored when each impression
+arrives, as serving would, and learn as ``ingest.delayed_feedback`` says. The
+``joined`` table compares them with the labeled form, test-then-train and
+scored at arrival (``streamrec-served``).
 
 Arms:
 - ``streamrec``          the default config: an FM (first-order, pairwise interactions and
@@ -24,10 +32,20 @@ Arms:
                          counts cleared before each pass after the first),
                          then scoring the last 20% frozen;
 - ``offline+online``     the same model continuing test-then-train on the last 20%;
-- ``item-ctr``           each item's smoothed click rate so far (the floor).
+- ``item-ctr``           each item's smoothed click rate so far (the floor);
+- ``streamrec-served``   the default on the labeled form, each example scored on arrival
+                         (served time), then learned;
+- ``joined-wait`` / ``joined-fake_negative``  the default on the production form, with that
+                         ``ingest.delayed_feedback`` (join window: the generator's);
+- ``joined-fake_negative-3s`` / ``-10s``  fake negatives after 3 s / 10 s
+                         (``ingest.fake_negative_delay_s``, ES-DFM's elapsed time); run
+                         when named in ``--arms``, as for results/quality_joined.json:
 
-    python -m benchmarks.quality              # ~1 min (River FM is most of it)
-    python -m benchmarks.quality --quick      # ~20 s; 20k events, over half of them in
+    python -m benchmarks.quality --out quality_joined --arms streamrec,streamrec-served,\
+        joined-wait,joined-fake_negative,joined-fake_negative-3s,joined-fake_negative-10s
+
+    python -m benchmarks.quality              # a few minutes (River FM is most of it)
+    python -m benchmarks.quality --quick      # ~1 min; 20k events, over half of them in
                                               # the warm-up's small batches: streamrec's
                                               # events/s there is not its steady state
 
@@ -41,6 +59,7 @@ overrides separated by ``;`` (the sweep recorded in results/quality_sweep.json):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import itertools
 import math
@@ -51,17 +70,33 @@ from typing import Any
 
 import torch
 
+from benchmarks import joined
 from benchmarks.report import format_table, write_result
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import Event
 from streamrec.config import AppConfig, load_config
-from streamrec.synthetic import PRESETS, SyntheticStream
+from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream
 from streamrec import native
 from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
 from streamrec.trainer.trainer import OnlineTrainer
 
-FEATURES = "user_id,item_id,category,country,hour"
+FEATURES = "user_id,item_id,category,country,hour,tags"
 Scored = tuple[list[float], float]  # (probabilities in stream order, seconds)
+
+
+@dataclasses.dataclass
+class Stream:
+    """One synthetic stream: labeled examples, and (made on first use) its production form."""
+
+    config: SyntheticConfig
+    events: list[Event]
+    _production: list[Event] | None = None
+
+    @property
+    def production(self) -> list[Event]:
+        if self._production is None:
+            self._production = list(SyntheticStream(self.config).joined_events(len(self.events)))
+        return self._production
 
 
 def config_for(batch: int | None, overrides: dict[str, str]) -> AppConfig:
@@ -125,9 +160,21 @@ def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: 
     return probs, time.perf_counter() - started
 
 
+def arm_served(stream: Stream, args: argparse.Namespace) -> Scored:
+    return joined.served(stream.events, config_for(args.batch, {}))
+
+
+def arm_joined(stream: Stream, args: argparse.Namespace, mode: str, elapsed_s: float = 0.0
+               ) -> Scored:
+    config = config_for(args.batch, {"ingest.delayed_feedback": mode,
+                                     "ingest.fake_negative_delay_s": str(elapsed_s),
+                                     "ingest.join_window_s": str(stream.config.join_window_s)})
+    return joined.joined(stream.events, stream.production, config)
+
+
 def river_features(e: Event) -> dict[str, float]:
     x = {f"user={e.user_id}": 1.0, f"item={e.item_id}": 1.0}
-    for name in ("category", "country", "hour"):
+    for name in ("category", "country", "hour", "tags"):
         for v in e.features.get(name, ()):
             x[f"{name}={v}"] = 1.0
     price = e.features.get("price", (0.0,))[0]
@@ -166,20 +213,31 @@ def arm_item_ctr(events: list[Event], args: argparse.Namespace) -> Scored:
     return probs, time.perf_counter() - started
 
 
-ARMS: dict[str, Callable[[list[Event], argparse.Namespace], Scored]] = {
-    "streamrec": lambda ev, a: arm_streamrec(ev, a),
-    "streamrec-plain": lambda ev, a: arm_streamrec(ev, a, model__history_features=""),
-    "streamrec-no-warmup": lambda ev, a: arm_streamrec(ev, a, trainer__warmup_batch_size="0"),
-    "streamrec-b256": lambda ev, a: arm_streamrec(ev, a, batch=256,
-                                                  trainer__warmup_batch_size="0"),
-    "streamrec-torch": lambda ev, a: arm_torch(ev, a),
-    "streamrec-deepfm": lambda ev, a: arm_streamrec(ev, a, model__hidden="64,32"),
-    "river-lr": lambda ev, a: arm_river(ev, a, "lr"),
-    "river-fm": lambda ev, a: arm_river(ev, a, "fm"),
-    "offline-frozen": lambda ev, a: arm_offline(ev, a, continue_online=False),
-    "offline+online": lambda ev, a: arm_offline(ev, a, continue_online=True),
-    "item-ctr": arm_item_ctr,
+ARMS: dict[str, Callable[[Stream, argparse.Namespace], Scored]] = {
+    "streamrec": lambda s, a: arm_streamrec(s.events, a),
+    "streamrec-plain": lambda s, a: arm_streamrec(s.events, a, model__history_features=""),
+    "streamrec-no-warmup": lambda s, a: arm_streamrec(s.events, a,
+                                                      trainer__warmup_batch_size="0"),
+    "streamrec-b256": lambda s, a: arm_streamrec(s.events, a, batch=256,
+                                                 trainer__warmup_batch_size="0"),
+    "streamrec-torch": lambda s, a: arm_torch(s.events, a),
+    "streamrec-deepfm": lambda s, a: arm_streamrec(s.events, a, model__hidden="64,32"),
+    "river-lr": lambda s, a: arm_river(s.events, a, "lr"),
+    "river-fm": lambda s, a: arm_river(s.events, a, "fm"),
+    "offline-frozen": lambda s, a: arm_offline(s.events, a, continue_online=False),
+    "offline+online": lambda s, a: arm_offline(s.events, a, continue_online=True),
+    "item-ctr": lambda s, a: arm_item_ctr(s.events, a),
+    "streamrec-served": arm_served,
+    "joined-wait": lambda s, a: arm_joined(s, a, "wait"),
+    "joined-fake_negative": lambda s, a: arm_joined(s, a, "fake_negative"),
+    "joined-fake_negative-3s": lambda s, a: arm_joined(s, a, "fake_negative", 3.0),
+    "joined-fake_negative-10s": lambda s, a: arm_joined(s, a, "fake_negative", 10.0),
 }
+# Run when named in --arms only (the sweep of fake_negative_delay_s).
+EXTRA_ARMS = ("joined-fake_negative-3s", "joined-fake_negative-10s")
+# Arms scored at serving time, compared in the "joined" table.
+SERVED_ARMS = ("streamrec-served", "joined-wait", "joined-fake_negative",
+               "joined-fake_negative-3s", "joined-fake_negative-10s")
 
 
 def variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -192,9 +250,9 @@ def variant(spec: str) -> tuple[str, dict[str, str]]:
     return name, {key.strip(): value.strip() for key, _, value in pairs}
 
 
-def variant_arm(overrides: dict[str, str]) -> Callable[[list[Event], argparse.Namespace], Scored]:
-    return lambda ev, a: arm_streamrec(
-        ev, a, **{key.replace(".", "__"): value for key, value in overrides.items()})
+def variant_arm(overrides: dict[str, str]) -> Callable[[Stream, argparse.Namespace], Scored]:
+    return lambda s, a: arm_streamrec(
+        s.events, a, **{key.replace(".", "__"): value for key, value in overrides.items()})
 
 
 def figures(probs: list[float], labels: torch.Tensor) -> dict[str, float]:
@@ -206,7 +264,27 @@ def figures(probs: list[float], labels: torch.Tensor) -> dict[str, float]:
         m.update(p[sl], labels[sl])
         out["auc" + name] = m.auc
         out["logloss" + name] = m.logloss
+    warm = ProgressiveMetrics(window=1)  # after warm-up: past the first 20%
+    warm.update(p[len(probs) // 5:], labels[len(probs) // 5:])
+    out["calibration_after20"] = warm.calibration
     return out
+
+
+def joined_rows(per_arm: dict[str, dict[str, float]]) -> list[list[Any]]:
+    """Each served-time arm against the labeled form: test-then-train, and served."""
+    rows = []
+    for arm in SERVED_ARMS:
+        if arm not in per_arm:
+            continue
+        fig = per_arm[arm]
+        row: list[Any] = [arm, round(fig["auc"], 4), round(fig["logloss"], 4),
+                          round(fig["calibration_after20"], 3)]
+        for ref in ("streamrec", "streamrec-served"):
+            base = per_arm.get(ref)
+            row += [round(fig["auc"] - base["auc"], 4), round(fig["logloss"] - base["logloss"], 4)
+                    ] if base else ["-", "-"]
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="20k events per stream")
     p.add_argument("--events", type=int, default=60_000)
     p.add_argument("--presets", default="drifting,bursty_new_users,popularity_churn,"
-                                        "dense_vs_sparse_users")
-    p.add_argument("--arms", default=",".join(ARMS))
+                                        "dense_vs_sparse_users,production")
+    p.add_argument("--arms", default=",".join(a for a in ARMS if a not in EXTRA_ARMS))
     p.add_argument("--batch", type=int, default=None,
                    help="steady-state batch of the streamrec arms (default: the config's)")
     p.add_argument("--epochs", type=int, default=3, help="offline passes over the first 80%%")
@@ -247,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown arm(s) {', '.join(unknown)}; known: {', '.join(arms)}")
     results: dict[str, Any] = {}
     for preset in args.presets.split(","):
-        pairs = list(SyntheticStream(PRESETS[preset]()).events_with_truth(args.events))
+        synthetic = PRESETS[preset]()
+        pairs = list(SyntheticStream(synthetic).events_with_truth(args.events))
         events = [e for e, _ in pairs]
+        stream = Stream(synthetic, events)
         labels = torch.tensor([e.label or 0.0 for e in events], dtype=torch.float64)
         oracle = exact_auc(torch.tensor([q for _, q in pairs]), labels)
         # The stream's ~10^6 objects are the benchmark's input, not any arm's
@@ -260,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         for arm in names:
             print(f"{preset}: {arm} ...", file=sys.stderr, flush=True)
             gc.collect()  # the previous arm's garbage is not this arm's either
-            probs, seconds = arms[arm](events, args)
+            probs, seconds = arms[arm](stream, args)
             fig = figures(probs, labels)
             fig["events_per_s"] = len(events) / seconds
             per_arm[arm] = fig
@@ -274,6 +354,14 @@ def main(argv: list[str] | None = None) -> int:
               f"torch threads {args.threads}")
         print(format_table(["arm", "AUC", "AUC last 20%", "logloss", "logloss last 20%",
                             "events/s", "x river-fm"], rows))
+        served_rows = joined_rows(per_arm)
+        if served_rows:
+            print(f"\n{preset}, scored at serving time (join window "
+                  f"{synthetic.join_window_s:g} s; click delay median "
+                  f"{synthetic.click_delay_median_s:g} s):")
+            print(format_table(["arm", "AUC", "logloss", "calibration after 20%",
+                                "dAUC vs streamrec", "dlogloss", "dAUC vs served",
+                                "dlogloss vs served"], served_rows))
         results[preset] = {"oracle_auc": oracle, "arms": per_arm}
         gc.unfreeze()
     write_result(args.out + ("_quick" if args.quick else ""),

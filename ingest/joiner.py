@@ -19,9 +19,12 @@ what leaves instead (``streamrec.config.DelayedFeedback``):
 - ``wait``: every labeled impression is held until the watermark passes its
   timestamp + window, clicked or not, and leaves in impression-time order,
   so training batches are time-ordered and label-mixed, ``window_s`` late.
-- ``fake_negative``: an impression leaves at once as a negative, and again as
-  a positive when its action joins; both carry ``fake_negative=True`` and the
-  trainer weighs them to undo the duplication (Ktena et al. 2019, FNW).
+- ``fake_negative``: an impression leaves as a negative ``elapsed_s`` after
+  it (0: at once) unless clicked by then, and (again) as a positive when its
+  action joins; all carry ``fake_negative=True`` and the trainer weighs them
+  to undo the duplication (Ktena et al. 2019, FNW, for ``elapsed_s = 0``;
+  with a wait, the elapsed-time sampling of Yang et al. 2021, ES-DFM, with
+  one share of late clicks for every example: ``duplicated_share``).
   Nothing leaves when the window closes unclicked.
 
 Either way, each impression's final label is also reported once it is known
@@ -72,6 +75,7 @@ when actions stop arriving or timestamps jump.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import heapq
 import itertools
@@ -124,7 +128,8 @@ class Joiner:
                  seed: int = 0, metrics: IngestMetrics | None = None,
                  max_pending: int = 1_000_000, max_clock_skew_s: float = 0.0,
                  idle_s: float = 10.0,
-                 delayed_feedback: DelayedFeedback | str = DelayedFeedback.WAIT) -> None:
+                 delayed_feedback: DelayedFeedback | str = DelayedFeedback.WAIT,
+                 elapsed_s: float = 0.0) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s={window_s}: must be > 0")
         if not 0 < rate <= 1:
@@ -135,6 +140,9 @@ class Joiner:
             raise ValueError(f"max_clock_skew_s={max_clock_skew_s}: must be >= 0")
         if not idle_s > 0:
             raise ValueError(f"idle_s={idle_s}: must be > 0")
+        if not 0 <= elapsed_s < window_s:
+            raise ValueError(f"elapsed_s={elapsed_s}: must be in [0, window_s)")
+        self.elapsed_ms = int(elapsed_s * 1000)
         self.delayed_feedback = DelayedFeedback(delayed_feedback)
         self.action_types = frozenset(action_types)
         self.window_ms = int(window_s * 1000)
@@ -155,7 +163,16 @@ class Joiner:
         # "wait": labeled examples held until their window closes, by (time, arrival).
         self._held: list[tuple[int, int, Event]] = []
         self._held_seq = 0
-        self._outcomes: list[Event] = []
+        # Labeled impressions, (timestamp, order, example), until every
+        # label of their time is known (``take_outcomes``).
+        self._outcomes: list[tuple[int, int, Event]] = []
+        self._outcome_seq = 0
+        self._flushed = False  # since the last push: every outcome is settled
+        # "fake_negative": impressions not yet learned as a negative, in arrival
+        # order, and those learned as one whose label is still unknown.
+        self._unobserved: collections.deque[tuple[int, Identity, Event]] = collections.deque()
+        self._observed: set[Identity] = set()
+        self._positives = self._duplicated = 0  # clicks joined; of them after the negative
         self._watermark = 0
         self._cap = 0
         self.idle_s = idle_s
@@ -183,12 +200,23 @@ class Joiner:
     def _settle(self, impression: Event, at: int, label: float, out: list[Event]) -> None:
         """The impression's label is known: report it, and train on it as the mode says."""
         labeled = impression._replace(type=EXAMPLE, label=label)
-        self._outcomes.append(labeled)
+        heapq.heappush(self._outcomes, (impression.timestamp_ms, self._outcome_seq, labeled))
+        self._outcome_seq += 1
         if self.metrics is not None:
             self.metrics.joined.labels("positive" if label else "negative").inc()
         if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
-            if label:  # (its negative left on arrival)
-                out.append(labeled._replace(fake_negative=True))
+            identity = _identity(impression)
+            observed = identity in self._observed
+            self._observed.discard(identity)
+            if label:
+                self._positives += 1
+                self._duplicated += observed
+                if observed:
+                    out.append(labeled._replace(fake_negative=True))
+                else:  # clicked before its time to be learned: learned then, as a positive
+                    self._hold(at, labeled._replace(fake_negative=True), out)
+            elif not observed:  # (labeled before its time to be learned: overflow, a re-showing)
+                self._fake_negative(impression, out)
             return
         if not label:
             if not self._keep(impression):
@@ -213,9 +241,29 @@ class Joiner:
         out.append(impression._replace(type=EXAMPLE, label=0.0, sample_rate=self.rate,
                                        fake_negative=True))
 
-    def take_outcomes(self) -> list[Event]:
-        """Impressions labeled since the last call (as ``example`` events), in that order."""
-        outcomes, self._outcomes = self._outcomes, []
+    @property
+    def duplicated_share(self) -> float:
+        """The share of joined clicks whose impression was learned as a negative first.
+
+        1.0 with ``elapsed_s = 0`` (every impression is); the weights of the
+        fake-negative examples use it (``OnlineTrainer.train_batch``).
+        """
+        return (self._duplicated + 1) / (self._positives + 1)
+
+    def take_outcomes(self, settled: bool = True) -> list[Event]:
+        """Labeled impressions (as ``example`` events) not taken yet, in impression-time order.
+
+        With ``settled``, only those stamped before every impression of their
+        time has its final label (the watermark minus the window), so that
+        figures taken from them are fair at any moment: a click is known
+        seconds after its impression, a miss only when the window closes.
+        Without, every label decided so far. ``flush`` settles them all.
+        """
+        horizon = self._watermark - self.window_ms
+        settled = settled and not self._flushed
+        outcomes, heap = [], self._outcomes
+        while heap and (not settled or heap[0][0] < horizon):
+            outcomes.append(heapq.heappop(heap)[2])
         return outcomes
 
     def _resolve(self, impression: Event, at: int) -> None:
@@ -251,6 +299,7 @@ class Joiner:
         """
         if assigned:  # (empty before a group join and during a rebalance: not news)
             self._assign(set(assigned))
+        self._flushed = False
         out: list[Event] = []
         self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)
         cap = self._cap
@@ -288,14 +337,14 @@ class Joiner:
                 # An older showing read late (another partition, a retry): the
                 # newer one keeps waiting; this one's actions, read before it,
                 # went to the newer one or were orphans.
-                self._arrive(event, out)
+                self._arrive(event, at, out)
                 self._settle(event, at, 0.0, out)
                 self._resolve(event, at)
                 return
             del self._pending[key]
             self._settle(earlier[0], earlier[1], 0.0, out)
             self._resolve(earlier[0], earlier[1])
-        self._arrive(event, out)
+        self._arrive(event, at, out)
         waiting = self._early.pop(key, None)
         if waiting is not None:
             matched, later = False, []
@@ -322,9 +371,24 @@ class Joiner:
             self._settle(first, first_at, 0.0, out)
             self._resolve(first, first_at)
 
-    def _arrive(self, impression: Event, out: list[Event]) -> None:
-        if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
-            self._fake_negative(impression, out)
+    def _arrive(self, impression: Event, at: int, out: list[Event]) -> None:
+        if self.delayed_feedback is not DelayedFeedback.FAKE_NEGATIVE:
+            return
+        if self.elapsed_ms:
+            self._unobserved.append((at, _identity(impression), impression))
+            return
+        self._observed.add(_identity(impression))
+        self._fake_negative(impression, out)
+
+    def _observe(self, horizon: int, out: list[Event]) -> None:
+        """Learn as negatives the impressions ``elapsed_s`` old still waiting for a click."""
+        waiting = self._unobserved
+        while waiting and waiting[0][0] < horizon:
+            _, identity, impression = waiting.popleft()
+            entry = self._pending.get(_key(impression))
+            if entry is not None and _identity(entry[0]) == identity:
+                self._observed.add(identity)
+                self._fake_negative(impression, out)
 
     def _action(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
@@ -400,6 +464,8 @@ class Joiner:
         return now - heard_at <= self.idle_s or self._pushes - heard_push <= _IDLE_PUSHES
 
     def _expire(self, out: list[Event]) -> None:
+        if self._unobserved:
+            self._observe(self._watermark - self.elapsed_ms, out)
         horizon = self._watermark - self.window_ms
         while self._pending:
             key, (first, at) = next(iter(self._pending.items()))
@@ -409,7 +475,9 @@ class Joiner:
             self._settle(first, at, 0.0, out)
             self._resolve(first, at)
         held = self._held
-        while held and held[0][0] < horizon:
+        release = horizon if self.delayed_feedback is DelayedFeedback.WAIT else \
+            self._watermark - self.elapsed_ms
+        while held and held[0][0] < release:
             out.append(heapq.heappop(held)[2])
         while self._early:
             key, waiting = next(iter(self._early.items()))
@@ -430,13 +498,18 @@ class Joiner:
             del self._resolved[identity]
 
     def flush(self) -> list[Event]:
-        """Label every pending impression negative and emit what is held (end of a finite stream)."""
+        """Label every pending impression negative and emit what is held (end of a finite stream).
+
+        Every outcome is settled: ``take_outcomes`` returns them all.
+        """
+        self._flushed = True
         out: list[Event] = []
         while self._pending:
             first, at = self._pending.popitem(last=False)[1]
             self._settle(first, at, 0.0, out)
         while self._held:
             out.append(heapq.heappop(self._held)[2])
+        self._unobserved.clear()
         for waiting in self._early.values():
             for _ in waiting:
                 self._orphan()
@@ -453,11 +526,17 @@ class Joiner:
                 # Served-time scores of the pending impressions (NaN: not scored).
                 "predicted": [math.nan if e.predicted is None else e.predicted
                               for e, _ in self._pending.values()],
+                # "fake_negative": which were learned as negatives already.
+                "observed": [_identity(e) in self._observed for e, _ in self._pending.values()],
+                "positives": [self._positives, self._duplicated],
                 # Labeled examples waiting for their window ("wait"), with their
                 # sample rates and served-time scores.
                 "held": [[event_to_dict(e), at, e.sample_rate,
                           math.nan if e.predicted is None else e.predicted]
                          for at, _, e in sorted(self._held)],
+                # Labeled impressions not yet reported, with their served-time scores.
+                "outcomes": [[event_to_dict(e), math.nan if e.predicted is None else e.predicted]
+                             for _, _, e in sorted(self._outcomes)],
                 "early_actions": [event_to_dict(e) for waiting in self._early.values()
                                   for e, _ in waiting],
                 "resolved": [[*identity, at] for identity, at in self._resolved.items()],
@@ -476,13 +555,27 @@ class Joiner:
             if math.isfinite(score):
                 event = event._replace(predicted=float(score))
             self._pending[_key(event)] = (event, min(event.timestamp_ms, cap))
+        observed = state.get("observed") or [True] * len(state["pending"])
+        self._observed, self._unobserved = set(), collections.deque()
+        for (event, at), seen in zip(self._pending.values(), observed):
+            if seen:
+                self._observed.add(_identity(event))
+            elif self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
+                self._unobserved.append((at, _identity(event), event))
+        self._positives, self._duplicated = state.get("positives", (0, 0))
         self._held, self._held_seq = [], 0
         for data, at, rate, score in state.get("held", ()):
             example = event_from_dict(data)._replace(sample_rate=float(rate))
             if math.isfinite(score):
                 example = example._replace(predicted=float(score))
             self._hold(int(at), example, [])
-        self._outcomes = []
+        self._outcomes, self._outcome_seq = [], 0
+        for data, score in state.get("outcomes", ()):
+            labeled = event_from_dict(data)
+            if math.isfinite(score):
+                labeled = labeled._replace(predicted=float(score))
+            heapq.heappush(self._outcomes, (labeled.timestamp_ms, self._outcome_seq, labeled))
+            self._outcome_seq += 1
         self._early = OrderedDict()
         for data in state.get("early_actions", ()):  # (checkpoints before they waited)
             event = event_from_dict(data)

@@ -2,9 +2,9 @@
 
 One thread polls the source, routes malformed records to the dead-letter
 sink, labels impressions through the joiner, and trains on full mini-batches.
-With a joiner, each poll's impressions are scored on arrival by the current
-model (what a replica would serve then), and that score is what the
-progressive metrics take once the joiner reports the impression's label.
+With a joiner, impressions are scored on arrival by the current model (what a
+replica would serve then), and that score is what the progressive metrics
+take once the joiner reports the impression's label.
 Parameter sync runs on the publisher's own thread. Offsets are committed to
 the source only after a checkpoint that covers them (see trainer.checkpoint).
 """
@@ -198,7 +198,8 @@ class TrainingLoop:
         if self.joiner is not None:
             scored = torch.tensor([e.predicted is not None for e in events])
             fake = torch.tensor([e.fake_negative for e in events])
-        if self.trainer.train_batch(batch, scored, fake).skipped:
+        share = self.joiner.duplicated_share if self.joiner is not None else 1.0
+        if self.trainer.train_batch(batch, scored, fake, share).skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
         if self.publisher is not None:
             self.publisher.notify()
@@ -214,8 +215,9 @@ class TrainingLoop:
     def _score_arrivals(self, events: list[Event]) -> list[Event]:
         """``events`` with each impression's served-time click probability (``predicted``).
 
-        One batched prediction per poll: the model of this moment, as a
-        replica holding the newest parameters would score the impressions.
+        One batched prediction (see :meth:`_join` for the slices): the model
+        of this moment, as a replica holding the newest parameters would
+        score the impressions.
         """
         at = [i for i, e in enumerate(events) if e.type == IMPRESSION]
         if not at:
@@ -248,7 +250,7 @@ class TrainingLoop:
             self._drain(final=False)
 
     def _record_outcomes(self) -> None:
-        """Served-time metrics of the impressions labeled since the last call."""
+        """Served-time metrics of the impressions whose time is settled (joiner.take_outcomes)."""
         assert self.joiner is not None
         outcomes = self.joiner.take_outcomes()
         scored = [e for e in outcomes if e.predicted is not None]

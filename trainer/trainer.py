@@ -126,17 +126,21 @@ class OnlineTrainer:
         return min(cfg.batch_size, max(cfg.warmup_batch_size, self.examples // 4))
 
     def train_batch(self, batch: Batch, scored: torch.Tensor | None = None,
-                    fake_negative: torch.Tensor | None = None) -> StepResult:
+                    fake_negative: torch.Tensor | None = None,
+                    duplicated_share: float = 1.0) -> StepResult:
         """Score ``batch``, then take one optimizer step on it.
 
         ``scored``: ``[B]`` bool, examples whose progressive metrics were (or
         will be) recorded from their served-time score (:meth:`record_served`),
         left out of the test-then-train figures. ``fake_negative``: ``[B]``
         bool, examples of the fake-negative method (``Event.fake_negative``),
-        weighted as FNW (Ktena et al. 2019, eq. 5): a positive ``1 + p``, a
-        negative ``(1 - p)(1 + p)``, ``p`` the model's current probability
-        (no gradient through the weight), so the expected loss is that of the
-        true labels though each clicked impression is learned twice.
+        importance-weighted so that the expected loss is that of the true
+        labels though a share ``f`` (``duplicated_share``) of the clicked
+        impressions is learned twice, first as a negative: a positive
+        ``1 + p f``, a negative ``(1 - p)(1 + p f) / (1 - p + p f)``, ``p``
+        the model's current probability (no gradient through the weight).
+        ``f = 1`` is FNW (Ktena et al. 2019); ``f < 1``, ES-DFM's weights
+        (Yang et al. 2021) with one ``f`` for every example.
 
         An empty batch changes nothing (no optimizer step, no step counted),
         except under ``distributed``, where every rank joins every step's
@@ -145,7 +149,7 @@ class OnlineTrainer:
         if not len(batch) and not self.distributed:
             return StepResult(torch.empty(0), float("nan"), 0)
         with self.lock:
-            return self._step(batch, scored, fake_negative)
+            return self._step(batch, scored, fake_negative, duplicated_share)
 
     def record_served(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
         """Progressive metrics of ``[B]`` served-time probabilities, now that ``[B]`` labels are known."""
@@ -180,7 +184,8 @@ class OnlineTrainer:
         return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
 
     def _step(self, batch: Batch, scored: torch.Tensor | None = None,
-              fake_negative: torch.Tensor | None = None) -> StepResult:
+              fake_negative: torch.Tensor | None = None,
+              duplicated_share: float = 1.0) -> StepResult:
         # The trainer's clock (TTL expiry) is the running maximum of batch
         # medians: one event stamped hours ahead (a skewed producer clock)
         # cannot move it, and with it expire every row at once.
@@ -203,7 +208,9 @@ class OnlineTrainer:
         weight = sampled
         if fake_negative is not None and bool(fake_negative.any()):
             p = torch.sigmoid(logits.detach())
-            fnw = torch.where(batch.labels > 0, 1 + p, (1 - p) * (1 + p))
+            boost = 1 + p * duplicated_share
+            fnw = torch.where(batch.labels > 0, boost,
+                              (1 - p) * boost / (1 - p + p * duplicated_share))
             weight = torch.where(fake_negative, sampled * fnw, sampled)
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels, weight=weight,
                                                       reduction="sum")

@@ -1,29 +1,38 @@
 """`streamrec demo`: the whole loop in one process, no Kafka needed.
 
-A synthetic event stream feeds the online trainer; the trainer pushes
-parameter deltas over real gRPC to a serving replica it started on localhost;
-the demo queries that replica and prints one line every few seconds. The
-trainer and the replica each expose their own /metrics endpoint. Every port
-is a parameter: 0 picks a free one (printed at start), -1 turns a /metrics
-endpoint off.
+A synthetic event stream in production form (impressions, and clicks seconds
+later) feeds the online trainer through the joiner; each impression carries the
+score the serving replica gave it (``served_score``, ``model_version``), so the
+trainer reports what serving showed. The trainer pushes parameter deltas over
+real gRPC to the replica it started on localhost; the demo queries that replica
+and prints one line every few seconds. The trainer and the replica each expose
+their own /metrics endpoint.
+Every port is a parameter: 0 picks a free one (printed at start), -1 turns a
+/metrics endpoint off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
+from streamrec.ingest.event import IMPRESSION
 from streamrec.ingest.iter_source import IteratorSource
+from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.source import SourceBatch
 from streamrec.client import RecommenderClient
 from streamrec.serving.replica import ModelReplica
 from streamrec.serving.server import create_server
 from streamrec.config import AppConfig, TableConfig
+from streamrec.errors import NotReadyError
 from streamrec.runtime import serve_metrics
 from streamrec.synthetic import SyntheticStream, default
 from streamrec.trainer.loop import LoopStats, RecentRate, TrainingLoop
@@ -57,6 +66,47 @@ def demo_config(config: AppConfig) -> AppConfig:
     if tables == TableConfig():
         tables = replace(tables, min_count=2, ttl_s=600.0)
     return replace(config, model=model, table_defaults=tables, tables={})
+
+
+class _ServedSource:
+    """The stream's impressions, each with the score the replica serves for it now.
+
+    What an application does: log the score and the model version it showed.
+    Before the replica has a model, impressions carry none.
+    """
+
+    def __init__(self, source: IteratorSource, replica: ModelReplica) -> None:
+        self.source = source
+        self.replica = replica
+
+    @property
+    def exhausted(self) -> bool:
+        return self.source.exhausted
+
+    def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
+        got = self.source.poll(max_events, timeout_s)
+        at = [i for i, e in enumerate(got.events) if e.type == IMPRESSION]
+        if not at:
+            return got
+        try:
+            scores, version = self.replica.score_rows(
+                [(got.events[i].user_id, got.events[i].item_id, got.events[i].features)
+                 for i in at])
+        except NotReadyError:
+            return got
+        events = list(got.events)
+        for i, score in zip(at, scores):
+            events[i] = events[i]._replace(served_score=score, model_version=version)
+        return dataclasses.replace(got, events=events)
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.source.commit(offsets)
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.source.seek(offsets)
+
+    def close(self) -> None:
+        self.source.close()
 
 
 def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
@@ -101,9 +151,15 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
     # Event time starts now (and, at a given rate, keeps pace with the wall
     # clock), so serving staleness reads as it would on a live stream.
-    stream = SyntheticStream(replace(default(), start_ms=int(time.time() * 1000),
-                                     events_per_second=rate or default().events_per_second))
-    source = IteratorSource(stream.events(10**12), rate=rate, name="synthetic")
+    synthetic = replace(default(), start_ms=int(time.time() * 1000),
+                        events_per_second=rate or default().events_per_second)
+    stream = SyntheticStream(synthetic)
+    source = _ServedSource(IteratorSource(stream.joined_events(10**12), rate=rate,
+                                         name="synthetic"), replica)
+    ing = config.ingest
+    joiner = Joiner(ing.action_types, synthetic.join_window_s, seed=config.trainer.seed,
+                    max_pending=ing.join_max_pending, delayed_feedback=ing.delayed_feedback,
+                    elapsed_s=min(ing.fake_negative_delay_s, synthetic.join_window_s / 2))
     stop = threading.Event()
     candidates = list(range(1, 51))
     last = {"version": 0}
@@ -123,10 +179,12 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "
-              f"logloss={p.get('logloss', float('nan')):.4f} rows[{rows}] "
+              f"logloss={p.get('logloss', float('nan')):.4f} "
+              f"calibration={p.get('calibration', float('nan')):.2f} "
+              f"served_auc={trainer.replica.auc:.4f} rows[{rows}] "
               f"serving_version={version} staleness={staleness:.2f}s", file=out, flush=True)
 
-    loop = TrainingLoop(trainer, source, publisher=publisher, metrics=metrics,
+    loop = TrainingLoop(trainer, source, joiner=joiner, publisher=publisher, metrics=metrics,
                         on_progress=on_progress)
     previous = {}
     if install_signal_handlers:

@@ -130,7 +130,8 @@ def _run(config: AppConfig, source: EventSource, progress: bool) -> LoopStats:
     ing = config.ingest
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending,
-                    delayed_feedback=ing.delayed_feedback)
+                    delayed_feedback=ing.delayed_feedback,
+                    elapsed_s=ing.fake_negative_delay_s)
 
     rate = RecentRate()
 

@@ -65,6 +65,7 @@ def run_training(config: AppConfig, stop: threading.Event,
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                     seed=config.trainer.seed, max_pending=ing.join_max_pending,
                     delayed_feedback=ing.delayed_feedback,
+                    elapsed_s=ing.fake_negative_delay_s,
                     metrics=ingest_metrics)
     # Whatever was opened is closed on every way out (a refused resume, an
     # unreachable broker): the checkpoint directory's lock above all.

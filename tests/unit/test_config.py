@@ -66,6 +66,7 @@ ttl_s = 60
     ("[ingest]\njoin_max_pending = 0", "ingest.join_max_pending=0"),
     ("[ingest]\ndelayed_feedback = 'later'",
      "ingest.delayed_feedback='later': expected one of wait, fake_negative"),
+    ("[ingest]\njoin_window_s = 60\nfake_negative_delay_s = 60", "ingest.fake_negative_delay_s=60"),
     # kafka-python refuses these only when first used: the dead-letter topic
     # at the first malformed record, ending the trainer mid-run.
     ("[ingest]\ndead_letter_topic = 'dead letters'", "ingest.dead_letter_topic='dead letters'"),

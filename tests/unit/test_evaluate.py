@@ -96,7 +96,10 @@ def test_the_joiners_pending_limit_comes_from_the_config(tmp_path: Path) -> None
     path = tmp_path / "joined.jsonl"
     path.write_bytes(b"\n".join(encode_json(e) for e in [*shows, *clicks]) + b"\n")
     for limit, positives in (("1000", 20), ("5", 5)):
-        config = load_config(env={}, overrides={"ingest.join_max_pending": limit})
+        # (Waiting for the window: each impression is one example; fake negatives
+        # would add one per clicked impression.)
+        config = load_config(env={}, overrides={"ingest.join_max_pending": limit,
+                                                "ingest.delayed_feedback": "wait"})
         summary = evaluate(config, str(path), progress=False)
         assert (summary["examples"], summary["positives"]) == (20, positives), limit
 

@@ -24,11 +24,11 @@ class Joiner(TrainingJoiner):
 
     def push(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         super().push(*args, **kwargs)
-        return self.take_outcomes()
+        return self.take_outcomes(settled=False)
 
     def flush(self):  # type: ignore[no-untyped-def]
         super().flush()
-        return self.take_outcomes()
+        return self.take_outcomes(settled=False)
 
 
 def imp(request: str, item: int, t: int, user: int = 1) -> Event:
@@ -451,8 +451,9 @@ def test_a_partition_quiet_before_a_checkpoint_stays_quiet_after_the_restore(
 def test_wait_holds_a_clicked_impression_until_its_window_closes_then_keeps_time_order() -> None:
     j = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
     assert j.push([imp("r1", 7, 0), imp("r2", 8, 1_000), act("r2", 8, 2_000)]) == []
-    # The click's label is known at once (served-time metrics), the example is not out yet.
-    assert [(e.item_id, e.label) for e in j.take_outcomes()] == [(8, 1.0)]
+    # The click's label is decided, but r1's window is open: no outcome is settled yet.
+    assert [(e.item_id, e.label) for e in j.take_outcomes(settled=False)] == [(8, 1.0)]
+    assert j.take_outcomes() == []
     out = j.push([imp("r3", 9, 11_500)])
     # Window of r1 closed (a negative), then r2's: impression-time order, both labels.
     assert [(e.item_id, e.label) for e in out] == [(7, 0.0), (8, 1.0)]
@@ -477,10 +478,25 @@ def test_outcomes_carry_the_score_given_on_arrival_across_a_checkpoint() -> None
     j = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
     j.push([imp("r1", 7, 0)._replace(predicted=0.25), imp("r2", 8, 500)._replace(predicted=0.5),
             act("r2", 8, 1_000)])
-    j.take_outcomes()
+    assert j.take_outcomes() == []  # (r1's window is open)
     restored = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
     restored.load_state_dict(j.state_dict())
     out = restored.push([imp("r3", 9, 20_000)])
-    # The held positive and the pending impression both come back with their scores.
+    # The held positive and the pending impression both come back with their
+    # scores, and so does r2's outcome, decided before the checkpoint.
     assert [(e.item_id, e.label, e.predicted) for e in out] == [(7, 0.0, 0.25), (8, 1.0, 0.5)]
-    assert [(e.item_id, e.predicted) for e in restored.take_outcomes()] == [(7, 0.25)]
+    assert [(e.item_id, e.label, e.predicted) for e in restored.take_outcomes()] == [
+        (7, 0.0, 0.25), (8, 1.0, 0.5)]
+
+
+def test_fake_negative_after_an_elapsed_time_learns_early_clicks_once() -> None:
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="fake_negative", elapsed_s=2)
+    # r1 clicked within the 2 s, r2 after them, r3 never.
+    assert j.push([imp("r1", 7, 0), imp("r2", 8, 0), imp("r3", 9, 0), act("r1", 7, 1_000)]) == []
+    out = j.push([imp("r4", 10, 2_500)])  # 2 s have passed for r1..r3
+    assert sorted((e.item_id, e.label) for e in out) == [(7, 1.0), (8, 0.0), (9, 0.0)]
+    assert all(e.fake_negative for e in out)
+    out = j.push([act("r2", 8, 4_000)])
+    assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]  # learned a second time
+    assert j.duplicated_share == (1 + 1) / (2 + 1)  # one of two clicks came after its negative
+    assert [(e.item_id, e.label) for e in j.flush()] == [(10, 0.0)]
