@@ -48,9 +48,14 @@ def term_keys(sparse: KeyedJaggedTensor, term: list[str]) -> tuple[torch.Tensor,
     batch = sparse.stride()
     example = torch.arange(batch)
     key = torch.zeros(batch, dtype=torch.int64)
+    expanded = False  # whether entries are still one per example, in order
     for feature in term:
         jt = sparse[feature]
         lengths = jt.lengths().to(torch.int64)
+        if not expanded and jt.values().numel() == batch and bool((lengths == 1).all()):
+            key = key * _MIX + jt.values()  # one value per example, so far and here
+            continue
+        expanded = True
         starts = torch.cumsum(lengths, 0) - lengths
         repeat = lengths.index_select(0, example)
         first = torch.cumsum(repeat, 0) - repeat
@@ -61,31 +66,34 @@ def term_keys(sparse: KeyedJaggedTensor, term: list[str]) -> tuple[torch.Tensor,
     return example, key
 
 
-def _exclusive_prefix(key: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``[N, C]``: per element, the sum of ``values`` ``[N, C]`` over the earlier
-    elements with its key (a stable sort by key, then sums within each run)."""
-    order = stable_argsort(key)
-    # Float64 sums: one running sum over all runs, so that a run's figures
-    # do not pick up rounding from the (later) runs sorted before it.
-    sorted_key = key.index_select(0, order)
-    sorted_values = values.index_select(0, order).to(torch.float64)
-    run_start = torch.ones_like(sorted_key, dtype=torch.bool)
-    run_start[1:] = sorted_key[1:] != sorted_key[:-1]
-    run = torch.cumsum(run_start.to(torch.int64), 0) - 1
-    csum = torch.cumsum(sorted_values, 0) - sorted_values
-    out = torch.empty_like(sorted_values)
-    out.index_copy_(0, order, csum - csum[run_start].index_select(0, run))
-    return out.to(values.dtype)
+class _Runs:
+    """A term's entries sorted by key (stable: batch order within a key), in runs of one key."""
 
+    def __init__(self, example: torch.Tensor, key: torch.Tensor) -> None:
+        self.example, self.key = example, key
+        self.order = stable_argsort(key)
+        sorted_key = key.index_select(0, self.order)
+        self.start = torch.ones_like(sorted_key, dtype=torch.bool)
+        self.start[1:] = sorted_key[1:] != sorted_key[:-1]
+        self.run = torch.cumsum(self.start.to(torch.int64), 0) - 1
+        self.groups = int(self.run[-1]) + 1 if key.numel() else 0
 
-def _same_grouping(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]
-                   ) -> bool:
-    """Whether two terms' entries are the same examples split into the same groups."""
-    (ex_a, key_a), (ex_b, key_b) = a, b
-    if ex_a.numel() != ex_b.numel() or not bool(torch.equal(ex_a, ex_b)):
-        return False
-    n_a = torch.unique(key_a).numel()
-    return n_a == torch.unique(key_b).numel() == torch.unique(key_a * _MIX + key_b).numel()
+    def exclusive_prefix(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N, C]``: per entry, the sum of ``values`` ``[N, C]`` over the earlier
+        entries with its key."""
+        # Float64 sums: one running sum over all runs, so that a run's figures
+        # do not pick up rounding from the (later) runs sorted before it.
+        ordered = values.index_select(0, self.order).to(torch.float64)
+        csum = torch.cumsum(ordered, 0) - ordered
+        out = torch.empty_like(ordered)
+        out.index_copy_(0, self.order, csum - csum[self.start].index_select(0, self.run))
+        return out.to(values.dtype)
+
+    def same_grouping(self, other: _Runs) -> bool:
+        """Whether both terms split the same entries into the same groups."""
+        if self.groups != other.groups or not torch.equal(self.example, other.example):
+            return False
+        return torch.unique(self.key * _MIX + other.key).numel() == self.groups
 
 
 def in_batch_correction(sparse: KeyedJaggedTensor, terms: list[list[str]], labels: torch.Tensor,
@@ -103,20 +111,17 @@ def in_batch_correction(sparse: KeyedJaggedTensor, terms: list[list[str]], label
     batch = sparse.stride()
     base = logits.detach()
     total = torch.zeros(batch)
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen: list[_Runs] = []
     for k, term in enumerate(terms):
-        entries = term_keys(sparse, term)
-        if any(_same_grouping(entries, earlier) for earlier in seen):
+        runs = _Runs(*term_keys(sparse, term))
+        if runs.groups == 0 or any(runs.same_grouping(earlier) for earlier in seen):
             continue
-        seen.append(entries)
-        example, key = entries
-        if example.numel() == 0:
-            continue
+        seen.append(runs)
         residual = weights * (labels - torch.sigmoid(base + total.detach()))
-        before = _exclusive_prefix(key, torch.stack([weights, residual], dim=1).index_select(
-            0, example))
+        before = runs.exclusive_prefix(
+            torch.stack([weights, residual], dim=1).index_select(0, runs.example))
         per_entry = before[:, 1] / (before[:, 0] + strength)
-        keys_per_example = torch.bincount(example, minlength=batch).clamp(min=1)
-        mean = torch.zeros(batch).index_add_(0, example, per_entry) / keys_per_example
+        keys_per_example = torch.bincount(runs.example, minlength=batch).clamp(min=1)
+        mean = torch.zeros(batch).index_add_(0, runs.example, per_entry) / keys_per_example
         total = total + weight[k] * mean
     return total

@@ -69,8 +69,8 @@ def test_the_correction_equals_its_per_event_definition() -> None:
     events = _events(60)
     batch = _batch(events)
     logits = torch.linspace(-1, 1, len(events))
-    terms = [["user_id"], ["user_id", "genres"], ["genres"]]
-    weight = torch.tensor([3.0, 2.0, 0.5])
+    terms = [["user_id"], ["user_id", "genres"], ["genres"], ["genres", "gender"]]
+    weight = torch.tensor([3.0, 2.0, 0.5, 1.0])
     got = in_batch_correction(batch.sparse, terms, batch.labels, logits, weight, 4.0)
     want = _reference(events, terms, logits.tolist(), weight.tolist(), 4.0)
     assert got.tolist() == pytest.approx(want, abs=1e-5)
