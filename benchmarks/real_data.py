@@ -113,7 +113,7 @@ def production_events(rows: list[Rating], seed: int = 0, median_delay_s: float =
                       sigma: float = 1.5) -> list[dict]:
     """The same log as production sends it: an ``impression`` per rating and, for
     positives, a ``click`` with the same request and item ids after a lognormal
-    delay (median ``median_delay_s``; with sigma 1.5 about 0.5% come more than
+    delay (median ``median_delay_s``; with sigma 1.5 about 0.3% come more than
     five minutes later, after the default join window), all in event-time order."""
     rng = random.Random(seed)
     out: list[tuple[int, int, dict]] = []
