@@ -59,7 +59,7 @@ import torch
 from benchmarks import real_data
 from benchmarks.quality import variant
 from benchmarks.report import format_table, write_result
-from trainer.progressive import ProgressiveMetrics
+from streamrec.trainer.progressive import ProgressiveMetrics
 
 Scored = tuple[list[float] | None, dict[str, Any]]  # (probabilities or None, figures)
 

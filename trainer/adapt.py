@@ -34,7 +34,7 @@ from __future__ import annotations
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from trainer.tables.sort import stable_argsort
+from streamrec.model.tables.sort import stable_argsort
 
 __all__ = ["term_keys", "in_batch_correction"]
 

@@ -25,8 +25,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from streamrec.config import ModelConfig
 from streamrec import native
-from trainer.adapt import in_batch_correction
-from trainer.history import history_inputs
+from streamrec.trainer.adapt import in_batch_correction
+from streamrec.model.history import history_inputs
 
 __all__ = ["CTRModel", "fm_interaction", "pool_features", "model_spec", "model_from_spec"]
 

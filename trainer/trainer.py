@@ -18,19 +18,19 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ingest.batch import Batch
+from streamrec.ingest.batch import Batch
 from streamrec.config import AppConfig
 from streamrec.errors import CheckpointError, ConfigError
-from trainer.checkpoint import describe
-from trainer.embedding import DynamicEmbeddingCollection
-from trainer.history import HistoryFeatures, history_table_name
-from trainer.model import CTRModel, model_spec
-from trainer.progressive import ProgressiveMetrics
-from trainer.sync.delta import ParameterDelta, TableDelta
-from trainer.tables.base import EmbeddingTable, make_tables
-from trainer.tables.distributed import DistributedEmbeddingTable
-from trainer.tables.group import GroupTableView
-from trainer.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
+from streamrec.trainer.checkpoint import describe
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.history import HistoryFeatures, history_table_name
+from streamrec.model.ctr import CTRModel, model_spec
+from streamrec.trainer.progressive import ProgressiveMetrics
+from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.tables.base import EmbeddingTable, make_tables
+from streamrec.model.tables.distributed import DistributedEmbeddingTable
+from streamrec.model.tables.group import GroupTableView
+from streamrec.model.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
 
 __all__ = ["OnlineTrainer", "StepResult"]
 

@@ -9,13 +9,13 @@ import random
 import pytest
 import torch
 
-from ingest.batch import Batcher
-from ingest.event import Event
+from streamrec.ingest.batch import Batcher
+from streamrec.ingest.event import Event
 from streamrec.config import ModelConfig, load_config
 from streamrec.errors import ConfigError
-from trainer.adapt import in_batch_correction, term_keys
-from trainer.progressive import exact_auc
-from trainer.trainer import OnlineTrainer
+from streamrec.trainer.adapt import in_batch_correction, term_keys
+from streamrec.trainer.progressive import exact_auc
+from streamrec.trainer.trainer import OnlineTrainer
 
 
 def _events(n: int, seed: int = 0, users: int = 5) -> list[Event]:
