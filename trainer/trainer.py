@@ -82,6 +82,10 @@ class OnlineTrainer:
             if config.model.history_features:
                 raise ConfigError("model.history_features: not supported with distributed "
                                   "tables yet (history counts are written outside autograd)")
+            if config.model.in_batch_terms:
+                raise ConfigError("model.in_batch_terms: not supported with distributed tables "
+                                  "yet (each rank sees only its slice of the batch); set it to "
+                                  "an empty list")
             embedding_tables: dict[str, EmbeddingTable] = {
                 f: DistributedEmbeddingTable(f, row_dim, config.table(f), seed=seed,
                                              group=process_group)
@@ -205,6 +209,7 @@ class OnlineTrainer:
         # (Shifting each example's logit by its own -log(rate) would not:
         # positives carry rate 1, and the fixed point over-predicts clicks.)
         sampled = batch.sample_rates.clamp(min=1e-6).reciprocal()
+        logits = logits + self.model.in_batch(batch.sparse, batch.labels, logits, sampled)
         weight = sampled
         if fake_negative is not None and bool(fake_negative.any()):
             p = torch.sigmoid(logits.detach())

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from streamrec.config import ModelConfig
 from streamrec import native
+from streamrec.model.adapt import in_batch_correction
 from streamrec.model.history import history_inputs
 from streamrec.ingest.batch import KeyedJaggedTensor
 
@@ -131,6 +132,10 @@ class CTRModel(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.mlp = nn.Sequential(*layers)
         self.bias = nn.Parameter(torch.zeros(1))
+        # One weight per in-batch adaptation term (trainer.adapt).
+        self.in_batch_terms = [term.split("*") for term in config.in_batch_terms]
+        self.in_batch_weight = nn.Parameter(
+            torch.full((len(self.in_batch_terms),), float(config.in_batch_weight)))
         # Running click rate of the stream: the prior that history features
         # are smoothed towards. A buffer, so it is synced with the weights.
         self.register_buffer("prior_ctr", torch.full((1,), 0.1))
@@ -171,6 +176,16 @@ class CTRModel(nn.Module):
             deep = layer(deep)
         deep = deep.squeeze(1)
         return self.bias + first_order + fm + deep
+
+    def in_batch(self, sparse: KeyedJaggedTensor, labels: torch.Tensor, logits: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B]``: the in-batch adaptation of a training batch's ``logits``
+        (:mod:`trainer.adapt`; ``weights``: the examples' loss weights); zeros
+        without terms. Scoring without labels (serving) has no such term."""
+        if not self.in_batch_terms:
+            return torch.zeros_like(logits)
+        return in_batch_correction(sparse, self.in_batch_terms, labels, logits,
+                                   self.in_batch_weight, self.config.in_batch_strength, weights)
 
     def _fm(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without hidden layers (an FM with a linear layer over

@@ -27,6 +27,7 @@ def config() -> AppConfig:
         "model.sparse_features": "user_id,item_id,category,country",
         "model.dense_features": "price",
         "model.history_features": "",  # not distributed yet
+        "model.in_batch_terms": "",
         "table_defaults.min_count": "2",
         "table_defaults.ttl_s": "20",
         "trainer.batch_size": str(GLOBAL_BATCH),

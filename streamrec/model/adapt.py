@@ -1,0 +1,127 @@
+"""In-batch adaptation: what a per-event learner would have learned from the
+batch's earlier events, added to each example's logit.
+
+Why: real logs come in bursts (a user rates dozens of items in one session),
+so a whole burst often falls in one mini-batch and is scored by the same
+model, while a per-event learner (Vowpal Wabbit, River) has adapted after the
+first few events. The history features recover per-id click rates; this
+recovers the per-event *residual* learning, which also accounts for the rest
+of the model (a user who likes what everyone likes has no residual to learn).
+
+Each term is a feature or a cross of features (``"user_id"``,
+``"user_id*genres"``: one key per combination of their values, list features
+contributing each of their values). For term ``k`` and example ``i``, over
+the earlier examples ``j < i`` of the batch sharing a key with ``i``::
+
+    c_k(i) = w_k * sum_j r_j / (n + s)        r_j = y_j - sigmoid(logit_j + c_<k(j))
+
+(averaged over ``i``'s keys), so each term fits what the terms before it left
+(stagewise, as boosting does); ``n`` is the number of those earlier examples,
+``s`` a smoothing strength and ``w_k`` a learned weight. Only earlier labels
+enter an example's score: test-then-train stays honest. The residuals are
+taken from the batch-start model (no gradient flows through them); ``w`` is
+learned by the dense optimizer. Serving has no labels in a request: there the
+correction is zero, and the batch's outcomes reach serving through the rows
+and history counts the step updates.
+
+A cross term whose keys group the batch's examples exactly as an earlier
+term's did (``user_id*gender`` when gender is constant per user) is skipped
+for that batch: it would only add the same correction again.
+"""
+
+from __future__ import annotations
+
+import torch
+from streamrec.ingest.batch import KeyedJaggedTensor
+
+from streamrec.model.tables.sort import stable_argsort
+
+__all__ = ["term_keys", "in_batch_correction"]
+
+_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
+
+
+def term_keys(sparse: KeyedJaggedTensor, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(example [E], key [E])``: one entry per combination of the term's
+    features' values per example, in batch order (an example lacking one of
+    the features has none)."""
+    batch = sparse.stride()
+    example = torch.arange(batch)
+    key = torch.zeros(batch, dtype=torch.int64)
+    expanded = False  # whether entries are still one per example, in order
+    for feature in term:
+        jt = sparse[feature]
+        lengths = jt.lengths().to(torch.int64)
+        if not expanded and jt.values().numel() == batch and bool((lengths == 1).all()):
+            key = key * _MIX + jt.values()  # one value per example, so far and here
+            continue
+        expanded = True
+        starts = torch.cumsum(lengths, 0) - lengths
+        repeat = lengths.index_select(0, example)
+        first = torch.cumsum(repeat, 0) - repeat
+        example = torch.repeat_interleave(example, repeat)
+        within = torch.arange(example.numel()) - torch.repeat_interleave(first, repeat)
+        values = jt.values().index_select(0, starts.index_select(0, example) + within)
+        key = torch.repeat_interleave(key, repeat) * _MIX + values
+    return example, key
+
+
+class _Runs:
+    """A term's entries sorted by key (stable: batch order within a key), in runs of one key."""
+
+    def __init__(self, example: torch.Tensor, key: torch.Tensor) -> None:
+        self.example, self.key = example, key
+        self.order = stable_argsort(key)
+        sorted_key = key.index_select(0, self.order)
+        self.start = torch.ones_like(sorted_key, dtype=torch.bool)
+        self.start[1:] = sorted_key[1:] != sorted_key[:-1]
+        self.run = torch.cumsum(self.start.to(torch.int64), 0) - 1
+        self.groups = int(self.run[-1]) + 1 if key.numel() else 0
+
+    def exclusive_prefix(self, values: torch.Tensor) -> torch.Tensor:
+        """``[N, C]``: per entry, the sum of ``values`` ``[N, C]`` over the earlier
+        entries with its key."""
+        # Float64 sums: one running sum over all runs, so that a run's figures
+        # do not pick up rounding from the (later) runs sorted before it.
+        ordered = values.index_select(0, self.order).to(torch.float64)
+        csum = torch.cumsum(ordered, 0) - ordered
+        out = torch.empty_like(ordered)
+        out.index_copy_(0, self.order, csum - csum[self.start].index_select(0, self.run))
+        return out.to(values.dtype)
+
+    def same_grouping(self, other: _Runs) -> bool:
+        """Whether both terms split the same entries into the same groups."""
+        if self.groups != other.groups or not torch.equal(self.example, other.example):
+            return False
+        return torch.unique(self.key * _MIX + other.key).numel() == self.groups
+
+
+def in_batch_correction(sparse: KeyedJaggedTensor, terms: list[list[str]], labels: torch.Tensor,
+                        logits: torch.Tensor, weight: torch.Tensor, strength: float,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]`` logit corrections (see the module docstring); differentiable in ``weight`` [K].
+
+    ``weights`` ``[B]`` are the examples' loss weights (1 / sample rate under
+    negative down-sampling; default 1): sums and counts are weighted, so the
+    residuals of a calibrated model still sum to zero on a down-sampled
+    stream, and the correction does not pull the model off calibration.
+    """
+    if weights is None:
+        weights = torch.ones_like(labels)
+    batch = sparse.stride()
+    base = logits.detach()
+    total = torch.zeros(batch)
+    seen: list[_Runs] = []
+    for k, term in enumerate(terms):
+        runs = _Runs(*term_keys(sparse, term))
+        if runs.groups == 0 or any(runs.same_grouping(earlier) for earlier in seen):
+            continue
+        seen.append(runs)
+        residual = weights * (labels - torch.sigmoid(base + total.detach()))
+        before = runs.exclusive_prefix(
+            torch.stack([weights, residual], dim=1).index_select(0, runs.example))
+        per_entry = before[:, 1] / (before[:, 0] + strength)
+        keys_per_example = torch.bincount(runs.example, minlength=batch).clamp(min=1)
+        mean = torch.zeros(batch).index_add_(0, runs.example, per_entry) / keys_per_example
+        total = total + weight[k] * mean
+    return total
