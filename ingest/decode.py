@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ from streamrec.errors import DecodeError
 
 __all__ = [
     "decode_value",
+    "decoder_for",
     "decode_json",
     "decode_protobuf",
     "decode_csv_row",
@@ -283,12 +284,25 @@ def decode_protobuf(raw: bytes) -> Event:
 
 def decode_value(raw: bytes, value_format: str = "auto") -> Event:
     """Decode a Kafka message value or a file line; ``auto``: JSON if it reads as JSON."""
+    return decoder_for(value_format)(raw)
+
+
+def decoder_for(value_format: str) -> Callable[[bytes], Event]:
+    """The decoder of one value in ``value_format`` (json, protobuf or auto), chosen once per batch.
+
+    Raises:
+        ValueError: an unknown format.
+    """
     if value_format == "json":
-        return decode_json(raw)
+        return decode_json
     if value_format == "protobuf":
-        return decode_protobuf(raw)
+        return decode_protobuf
     if value_format != "auto":
         raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
+    return _decode_auto
+
+
+def _decode_auto(raw: bytes) -> Event:
     text = raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw  # a UTF-8 byte order mark
     if text.lstrip()[:1] not in (b"{", b"[", b'"'):
         return decode_protobuf(raw)
