@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from ingest import kafka_records
 from ingest.event import Event
 from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter, SourceBatch, decode_records
+from ingest.source import DeadLetter, SourceBatch, decode_values
 from streamrec.config import IngestConfig
 
-__all__ = ["KafkaSource", "create_topics"]
+__all__ = ["KafkaSource", "consumer_settings", "create_topics"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,20 @@ _OFFSETS_TIMEOUT_MS = 2_000
 _OFFSETS_RETRY_S = 30.0
 
 
+def consumer_settings(config: IngestConfig) -> dict[str, Any]:
+    """The ``KafkaConsumer`` arguments of a :class:`KafkaSource` (benchmarks compare with it)."""
+    return {
+        "bootstrap_servers": config.bootstrap_servers,
+        "group_id": config.group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": config.session_timeout_ms,
+        "heartbeat_interval_ms": max(100, config.session_timeout_ms // 6),
+        "max_poll_records": config.max_poll_records,
+        "client_id": f"streamrec-{config.group_id}",
+    }
+
+
 class KafkaSource:
     """An :class:`~ingest.source.EventSource` over ``config.topics`` in ``config.group_id``."""
 
@@ -78,16 +94,8 @@ class KafkaSource:
         # KafkaConsumer is not thread-safe (position() may talk to the
         # coordinator), so the polling thread measures and the scrape reads.
         self._lag: dict[tuple[str, int], int] = {}
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=config.bootstrap_servers,
-            group_id=config.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=config.session_timeout_ms,
-            heartbeat_interval_ms=max(100, config.session_timeout_ms // 6),
-            max_poll_records=config.max_poll_records,
-            client_id=f"streamrec-{config.group_id}",
-        )
+        self._consumer = KafkaConsumer(**consumer_settings(config))
+        kafka_records.install(self._consumer)  # same records, a third of the CPU
         self._consumer.subscribe(config.topics, listener=_SeekOnAssign(self))
         if metrics is not None:
             metrics.watch_lag(self.lag)
@@ -176,9 +184,9 @@ class KafkaSource:
             if not messages:
                 continue
             key = (tp.topic, tp.partition)
-            good, bad = decode_records(
-                [(m.value or b"", f"{tp.topic}/{tp.partition}@{m.offset}") for m in messages],
-                self.config.value_format, self.metrics, "kafka")
+            good, bad = decode_values([m.value or b"" for m in messages],
+                                      _origin(tp.topic, tp.partition, messages),
+                                      self.config.value_format, self.metrics, "kafka")
             events += good
             dead += bad
             origins += [key] * len(good)
@@ -243,6 +251,11 @@ class KafkaSource:
             self.metrics.unwatch_lag(self.lag)
         self._lag = {}
         self._consumer.close(autocommit=False)
+
+
+def _origin(topic: str, partition: int, messages: list[Any]) -> Callable[[int], str]:
+    """Names ``messages[i]`` for its dead letter (formatted only for the records refused)."""
+    return lambda i: f"{topic}/{partition}@{messages[i].offset}"
 
 
 def create_topics(bootstrap: str | list[str], topics: list[str], partitions: int = 1,

@@ -279,6 +279,7 @@ def test_a_checkpoint_offset_past_the_end_of_the_log_reads_it_from_the_start(
     for e in SyntheticStream(default()).events(10):
         producer.send(topic, value=encode_json(e))
     producer.flush()
+    producer.close()
     src = source(kafka_broker, topic, group)
     try:
         src.seek({(topic, 0): 1000})  # from the old log
