@@ -384,11 +384,16 @@ def encode_json(event: Event) -> bytes:
     which could push an event that fits ``MAX_EVENT_BYTES`` (and a Kafka
     message) over it. (Lone surrogates, which decoding refuses, stay escaped.)
     """
-    text = json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+    data = event_to_dict(event)
+    try:
+        return orjson.dumps(data)  # ~4x json.dumps; the same compact, unescaped form
+    except orjson.JSONEncodeError:  # a lone surrogate (or an int past 64 bits)
+        pass
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(event_to_dict(event), separators=(",", ":")).encode()
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def encode_protobuf(event: Event) -> bytes:

@@ -334,3 +334,30 @@ def test_decoded_values_name_only_the_refused_records_origin() -> None:
     assert registry.get_sample_value("streamrec_ingest_records_total", {"source": "kafka"}) == 4
     with pytest.raises(ValueError, match="value_format='xml'"):
         decode_values([good], origin, "xml")
+
+
+def test_replay_partitions_keys_as_kafkas_default_partitioner() -> None:
+    """A user's events land where Java's and kafka-python's producers put that key."""
+    from kafka.cluster import ClusterMetadata
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from ingest.replay import _KeyHashes
+
+    class Cluster(ClusterMetadata):  # type: ignore[misc]
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def topics(self) -> set[str]:
+            return {"t"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(self.n))
+
+        def available_partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(self.n))
+
+    ours = _KeyHashes()
+    for n in (1, 3, 12):
+        for key in [str(i).encode() for i in range(-50, 500)] * 2:  # twice: the memo too
+            assert ours.partition("t", key, key, b"", b"", Cluster(n)) == \
+                DefaultPartitioner().partition("t", key, key, b"", b"", Cluster(n))
