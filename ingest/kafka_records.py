@@ -13,16 +13,19 @@ raises kafka-python's error before any of its records is returned (kafka-python
 returns those before the corrupt one first).
 
 :func:`install` puts it into one consumer (``consumer._fetcher.PartitionRecords``,
-an attribute kafka-python 3.0 reads per fetch): pinned kafka-python versions
-are checked by ``tests/unit/test_kafka_records.py`` against its own reader.
+an attribute kafka-python 3.0 reads per fetch; another version's consumer is
+left as it is, with a warning). ``tests/unit/test_kafka_records.py`` checks
+the pinned kafka-python against this reader.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from kafka import KafkaConsumer
+from kafka import __version__ as kafka_version
 from kafka.consumer.fetcher import ConsumerRecord, Fetcher
 from kafka.errors import CorruptRecordError
 from kafka.record.default_records import DefaultRecordBatch
@@ -30,6 +33,8 @@ from kafka.record.default_records import DefaultRecordBatch
 from streamrec import native
 
 __all__ = ["install", "read_batch"]
+
+log = logging.getLogger(__name__)
 
 _READ_COMMITTED = 1  # kafka's IsolationLevel.READ_COMMITTED
 
@@ -112,10 +117,17 @@ class _Resumed:
         return self._records.next_batch()
 
 
-def install(consumer: KafkaConsumer) -> None:
-    """Read ``consumer``'s fetches with :func:`read_batch` (same records, less CPU)."""
-    fetcher = consumer._fetcher  # noqa: SLF001
+def install(consumer: KafkaConsumer) -> bool:
+    """Read ``consumer``'s fetches with :func:`read_batch` (same records, less CPU).
+
+    Returns False, with a warning, where this kafka-python's fetcher is not the
+    one this module knows: the consumer then reads as kafka-python does.
+    """
+    fetcher = getattr(consumer, "_fetcher", None)
     if getattr(fetcher, "PartitionRecords", None) is not Fetcher.PartitionRecords:
-        raise RuntimeError("kafka-python's fetcher has changed: ingest/kafka_records.py "
-                           "needs updating for this version")
-    fetcher.PartitionRecords = _FastPartitionRecords
+        log.warning("kafka-python %s's fetcher is not the one ingest/kafka_records.py knows: "
+                    "fetched records are read by kafka-python (more CPU per record)",
+                    kafka_version)
+        return False
+    fetcher.PartitionRecords = _FastPartitionRecords  # type: ignore[union-attr]
+    return True

@@ -117,3 +117,15 @@ def test_kafka_python_checks_crcs_with_the_c_extension() -> None:
     from kafka.record import util
 
     assert util._crc32c is crc32c.crc32c
+
+
+def test_another_kafka_pythons_consumer_keeps_its_reader(caplog: pytest.LogCaptureFixture) -> None:
+    """A fetcher this module does not know is left alone, with a warning (not a crash)."""
+    from ingest.kafka_records import install
+
+    class Consumer:
+        _fetcher = object()
+
+    with caplog.at_level("WARNING", logger="ingest.kafka_records"):
+        assert not install(Consumer())  # type: ignore[arg-type]
+    assert "read by kafka-python" in caplog.text
