@@ -284,25 +284,12 @@ def decode_protobuf(raw: bytes) -> Event:
 
 def decode_value(raw: bytes, value_format: str = "auto") -> Event:
     """Decode a Kafka message value or a file line; ``auto``: JSON if it reads as JSON."""
-    return decoder_for(value_format)(raw)
-
-
-def decoder_for(value_format: str) -> Callable[[bytes], Event]:
-    """The decoder of one value in ``value_format`` (json, protobuf or auto), chosen once per batch.
-
-    Raises:
-        ValueError: an unknown format.
-    """
     if value_format == "json":
-        return decode_json
+        return decode_json(raw)
     if value_format == "protobuf":
-        return decode_protobuf
+        return decode_protobuf(raw)
     if value_format != "auto":
         raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
-    return _decode_auto
-
-
-def _decode_auto(raw: bytes) -> Event:
     text = raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw  # a UTF-8 byte order mark
     if text.lstrip()[:1] not in (b"{", b"[", b'"'):
         return decode_protobuf(raw)
@@ -319,6 +306,21 @@ def _decode_auto(raw: bytes) -> Event:
             return decode_protobuf(raw)
         except DecodeError:
             raise json_error from None
+
+
+def decoder_for(value_format: str) -> Callable[[bytes], Event]:
+    """The decoder of one value in ``value_format`` (json, protobuf or auto), chosen once per batch.
+
+    Raises:
+        ValueError: an unknown format.
+    """
+    if value_format == "json":
+        return decode_json
+    if value_format == "protobuf":
+        return decode_protobuf
+    if value_format != "auto":
+        raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
+    return decode_value  # (its default format)
 
 
 def _csv_scalar(text: str) -> FeatureValue:
