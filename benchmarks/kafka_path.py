@@ -84,8 +84,8 @@ class _Clock:
 def _bare(arm: str, config: Any, expected: int) -> dict[str, float]:
     from kafka import KafkaConsumer
 
-    from ingest import kafka_records
-    from ingest.kafka_source import consumer_settings
+    from streamrec.ingest import kafka_records
+    from streamrec.ingest.kafka_source import consumer_settings
 
     settings = consumer_settings(config.ingest)
     if arm == "bare-no-crc":
@@ -107,7 +107,7 @@ def _bare(arm: str, config: Any, expected: int) -> dict[str, float]:
 
 
 def _source(config: Any, expected: int) -> dict[str, float]:
-    from ingest.kafka_source import KafkaSource
+    from streamrec.ingest.kafka_source import KafkaSource
 
     source = KafkaSource(config.ingest)
     clock = _Clock()
@@ -123,7 +123,7 @@ def _source(config: Any, expected: int) -> dict[str, float]:
 
 def _train(arm: str, config: Any, expected: int) -> dict[str, float]:
     """``run_training`` with its source class wrapped to time the polls and stop at the end."""
-    import streamrec.train as train
+    import streamrec.cli.train as train
 
     base = train.FileSource if arm == "train-file" else train.KafkaSource
     stop = threading.Event()
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_arm(args.arm, args.broker, args.topic, args.file, args.expected)))
         return 0
 
-    from ingest.kafka_source import create_topics
+    from streamrec.ingest.kafka_source import create_topics
     from streamrec.synthetic import PRESETS, write_jsonl
     from tests.integration.conftest import start_broker
 

@@ -30,9 +30,9 @@ from typing import Any
 import orjson
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
-from ingest.event import EXAMPLE, Event, FeatureValue
-from ingest.ids import INT64_MAX, INT64_MIN, hash_id
-from protos import event_pb2
+from streamrec.ingest.event import EXAMPLE, Event, FeatureValue
+from streamrec.ingest.ids import INT64_MAX, INT64_MIN, hash_id
+from streamrec.protos import event_pb2
 from streamrec.errors import DecodeError
 
 __all__ = [

@@ -26,10 +26,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
-from ingest import kafka_records
-from ingest.event import Event
-from ingest.metrics import IngestMetrics
-from ingest.source import DeadLetter, SourceBatch, decode_values
+from streamrec.ingest import kafka_records
+from streamrec.ingest.event import Event
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import DeadLetter, SourceBatch, decode_values
 from streamrec.config import IngestConfig
 
 __all__ = ["KafkaSource", "consumer_settings", "create_topics"]

@@ -14,9 +14,9 @@ from kafka.errors import MessageSizeTooLargeError
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from tqdm import tqdm
 
-from ingest.decode import encode_json, encode_protobuf
-from ingest.event import Event
-from ingest.file_source import FileSource
+from streamrec.ingest.decode import encode_json, encode_protobuf
+from streamrec.ingest.event import Event
+from streamrec.ingest.file_source import FileSource
 
 __all__ = ["replay", "ReplayStats"]
 

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from ingest.decode import decoder_for
-from ingest.event import Event
+from streamrec.ingest.decode import decoder_for
+from streamrec.ingest.event import Event
 from streamrec.errors import DecodeError
 
 if TYPE_CHECKING:
-    from ingest.metrics import IngestMetrics
+    from streamrec.ingest.metrics import IngestMetrics
 
 __all__ = ["DeadLetter", "SourceBatch", "EventSource", "MemorySource", "decode_records",
            "decode_values"]

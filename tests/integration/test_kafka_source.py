@@ -11,12 +11,12 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from ingest.deadletter import KafkaDeadLetterSink
-from ingest.decode import encode_json, encode_protobuf
-from ingest.kafka_source import KafkaSource, create_topics
-from ingest.metrics import IngestMetrics
-from ingest.replay import replay
-from ingest.source import DeadLetter, SourceBatch
+from streamrec.ingest.deadletter import KafkaDeadLetterSink
+from streamrec.ingest.decode import encode_json, encode_protobuf
+from streamrec.ingest.kafka_source import KafkaSource, create_topics
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.replay import replay
+from streamrec.ingest.source import DeadLetter, SourceBatch
 from streamrec.config import IngestConfig
 from streamrec.synthetic import SyntheticStream, default, write_jsonl
 
@@ -212,7 +212,7 @@ def _rebalance_scenario(kafka_broker: str) -> tuple[list[bool], list[Any], list[
 _COMMIT_AFTER_KILL = """
 import json, sys, time
 from prometheus_client import CollectorRegistry
-from ingest.metrics import IngestMetrics
+from streamrec.ingest.metrics import IngestMetrics
 from tests.integration.test_kafka_source import drain, source
 registry = CollectorRegistry()
 src = source(sys.argv[1], sys.argv[2], sys.argv[3], IngestMetrics(registry))
@@ -283,7 +283,7 @@ def test_a_checkpoint_offset_past_the_end_of_the_log_reads_it_from_the_start(
     src = source(kafka_broker, topic, group)
     try:
         src.seek({(topic, 0): 1000})  # from the old log
-        with caplog.at_level("WARNING", logger="ingest.kafka_source"):
+        with caplog.at_level("WARNING", logger="streamrec.ingest.kafka_source"):
             got = drain(src, want=10, polls=30)
     finally:
         src.close()

@@ -14,7 +14,7 @@ from kafka.record import MemoryRecords
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import TopicPartition
 
-from ingest.kafka_records import _FastPartitionRecords
+from streamrec.ingest.kafka_records import _FastPartitionRecords
 from streamrec import native
 
 TP = TopicPartition("events", 3)
@@ -121,11 +121,11 @@ def test_kafka_python_checks_crcs_with_the_c_extension() -> None:
 
 def test_another_kafka_pythons_consumer_keeps_its_reader(caplog: pytest.LogCaptureFixture) -> None:
     """A fetcher this module does not know is left alone, with a warning (not a crash)."""
-    from ingest.kafka_records import install
+    from streamrec.ingest.kafka_records import install
 
     class Consumer:
         _fetcher = object()
 
-    with caplog.at_level("WARNING", logger="ingest.kafka_records"):
+    with caplog.at_level("WARNING", logger="streamrec.ingest.kafka_records"):
         assert not install(Consumer())  # type: ignore[arg-type]
     assert "read by kafka-python" in caplog.text

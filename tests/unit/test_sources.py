@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest.deadletter import FileDeadLetterSink
-from ingest.decode import encode_json, encode_protobuf
-from ingest.file_source import FileSource
-from ingest.metrics import IngestMetrics
-from ingest.source import MemorySource
+from streamrec.ingest.deadletter import FileDeadLetterSink
+from streamrec.ingest.decode import encode_json, encode_protobuf
+from streamrec.ingest.file_source import FileSource
+from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.source import MemorySource
 from streamrec.synthetic import SyntheticStream, default
 
 
@@ -166,11 +166,11 @@ def test_offsets_of_another_file_read_from_the_start_with_a_warning(
     events = list(SyntheticStream(default()).events(10))
     path = tmp_path / "moved.jsonl"
     path.write_text("".join(encode_json(e).decode() + "\n" for e in events))
-    with caplog.at_level(logging.WARNING, logger="ingest.file_source"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.ingest.file_source"):
         assert read_on_from(path, {(f"file:{tmp_path}/events.jsonl", 0): 4}) == events
     assert f"offsets are for {tmp_path}/events.jsonl, not {path}" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ingest.file_source"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.ingest.file_source"):
         assert read_on_from(path, {(f"file:{path}", 0): 4}) == events[4:]
     assert caplog.text == ""
 
@@ -277,7 +277,7 @@ def test_replay_skips_a_record_too_large_but_stops_when_kafka_does_not_answer(
     import pytest
     from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-    from ingest import replay as replay_module
+    from streamrec.ingest import replay as replay_module
 
     events = list(SyntheticStream(default()).events(6))
     path = tmp_path / "events.jsonl"
@@ -315,7 +315,7 @@ def test_replay_skips_a_record_too_large_but_stops_when_kafka_does_not_answer(
 
 def test_decoded_values_name_only_the_refused_records_origin() -> None:
     """A batch's dead letters say where each came from; good records cost no origin string."""
-    from ingest.source import decode_values
+    from streamrec.ingest.source import decode_values
 
     registry = CollectorRegistry()
     metrics = IngestMetrics(registry=registry)
@@ -341,7 +341,7 @@ def test_replay_partitions_keys_as_kafkas_default_partitioner() -> None:
     from kafka.cluster import ClusterMetadata
     from kafka.partitioner.default import DefaultPartitioner
 
-    from ingest.replay import _KeyHashes
+    from streamrec.ingest.replay import _KeyHashes
 
     class Cluster(ClusterMetadata):  # type: ignore[misc]
         def __init__(self, n: int) -> None:
