@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ from streamrec.errors import DecodeError
 
 __all__ = [
     "decode_value",
+    "decoder_for",
     "decode_json",
     "decode_protobuf",
     "decode_csv_row",
@@ -343,6 +344,21 @@ def decode_value(raw: bytes, value_format: str = "auto") -> Event:
             raise json_error from None
 
 
+def decoder_for(value_format: str) -> Callable[[bytes], Event]:
+    """The decoder of one value in ``value_format`` (json, protobuf or auto), chosen once per batch.
+
+    Raises:
+        ValueError: an unknown format.
+    """
+    if value_format == "json":
+        return decode_json
+    if value_format == "protobuf":
+        return decode_protobuf
+    if value_format != "auto":
+        raise ValueError(f"value_format={value_format!r}: must be json, protobuf or auto")
+    return decode_value  # (its default format)
+
+
 def _csv_scalar(text: str) -> FeatureValue:
     # Python's int() and float() also read "10_20" as 1020, and non-ASCII
     # digits (Arabic-Indic "\u0663" as 3): a string id would become, and
@@ -412,11 +428,16 @@ def encode_json(event: Event) -> bytes:
     which could push an event that fits ``MAX_EVENT_BYTES`` (and a Kafka
     message) over it. (Lone surrogates, which decoding refuses, stay escaped.)
     """
-    text = json.dumps(event_to_dict(event), separators=(",", ":"), ensure_ascii=False)
+    data = event_to_dict(event)
+    try:
+        return orjson.dumps(data)  # ~4x json.dumps; the same compact, unescaped form
+    except orjson.JSONEncodeError:  # a lone surrogate (or an int past 64 bits)
+        pass
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(event_to_dict(event), separators=(",", ":")).encode()
+        return json.dumps(data, separators=(",", ":")).encode()
 
 
 def encode_protobuf(event: Event) -> bytes:

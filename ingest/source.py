@@ -7,11 +7,11 @@ training loop can checkpoint exactly what it has learned from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from streamrec.ingest.decode import decode_value
+from streamrec.ingest.decode import decoder_for
 from streamrec.ingest.event import Event
 from streamrec.errors import DecodeError
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from streamrec.ingest.metrics import IngestMetrics
 
 __all__ = ["DeadLetter", "SourceBatch", "EventSource", "ForwardingSource", "MemorySource",
-           "decode_records"]
+           "decode_records", "decode_values"]
 
 
 @dataclass(frozen=True)
@@ -110,22 +110,42 @@ def decode_records(records: Iterable[tuple[bytes, str]], value_format: str,
                    ) -> tuple[list[Event], list[DeadLetter]]:
     """Decode ``(raw, origin)`` records into events, and dead letters for the rest.
 
-    ``decode`` replaces :func:`~ingest.decode.decode_value` (CSV rows); it must
-    raise only :class:`~streamrec.errors.DecodeError`. Counts records, bytes
-    and dead letters by kind on ``metrics`` under the ``source`` label.
+    As :func:`decode_values`, with each record's origin given beside it.
     """
+    pairs = list(records)
+    origins = [origin for _, origin in pairs]
+    return decode_values([raw for raw, _ in pairs], origins.__getitem__, value_format,
+                         metrics, source, decode)
+
+
+def decode_values(values: Sequence[bytes], origin: Callable[[int], str], value_format: str,
+                  metrics: IngestMetrics | None = None, source: str = "memory",
+                  decode: Callable[[bytes], Event] | None = None
+                  ) -> tuple[list[Event], list[DeadLetter]]:
+    """Decode raw ``values`` into events, and dead letters for the rest.
+
+    ``origin(i)`` names where ``values[i]`` came from ("topic/partition@offset",
+    "path:line"); it is called only for dead letters, so a source need not
+    format one per record. ``decode`` replaces the ``value_format`` decoder
+    (CSV rows); it must raise only :class:`~streamrec.errors.DecodeError`.
+    Counts records, bytes and dead letters by kind on ``metrics`` under the
+    ``source`` label.
+
+    Raises:
+        ValueError: an unknown ``value_format`` (before any value is read).
+    """
+    decoder = decode if decode is not None else decoder_for(value_format)
     events: list[Event] = []
     dead: list[DeadLetter] = []
-    size = 0
-    for raw, origin in records:
-        size += len(raw)
+    append = events.append
+    for i, raw in enumerate(values):
         try:
-            events.append(decode(raw) if decode is not None else decode_value(raw, value_format))
+            append(decoder(raw))
         except DecodeError as e:
-            dead.append(DeadLetter(raw=raw, kind=e.kind, reason=str(e), origin=origin))
+            dead.append(DeadLetter(raw=raw, kind=e.kind, reason=str(e), origin=origin(i)))
     if metrics is not None:
-        metrics.records.labels(source).inc(len(events) + len(dead))
-        metrics.bytes.labels(source).inc(size)
+        metrics.records.labels(source).inc(len(values))
+        metrics.bytes.labels(source).inc(sum(map(len, values)))
         for letter in dead:
             metrics.dead_letters.labels(letter.kind).inc()
     return events, dead

@@ -1,9 +1,10 @@
 """Small C kernels for the hot loops of training, built on first use.
 
-Two libraries: ``kernels.c`` (plain C, on tensors' data pointers: the FM head,
+Three libraries: ``kernels.c`` (plain C, on tensors' data pointers: the FM head,
 the id dedup, the id index's probes, row initialisation, the gather of rows,
-the history counts) and ``batch.c`` (against the CPython headers: the
-batcher's one-pass build). Each is compiled with the system C compiler
+the history counts), ``batch.c`` (against the CPython headers: the
+batcher's one-pass build) and ``records.c`` (the same: Kafka record batches
+read into records). Each is compiled with the system C compiler
 (``$CC``, else ``cc``) into a cache directory the first time a process needs
 it, keyed by a hash of its source, flags and platform, with a sidecar hash
 checked before loading, and called through ctypes. Building takes about a
@@ -41,7 +42,7 @@ import torch
 
 __all__ = ["available", "batch_columns", "build", "disabled", "fm_head_backward",
            "fm_head_forward", "gather_rows", "history_prefix", "id_normal", "index_find",
-           "index_place", "unique_pairs"]
+           "index_place", "kafka_records", "unique_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +133,12 @@ def _batch_flags() -> list[str]:
 
 
 def build() -> list[Path]:
-    """Both libraries' paths, compiling what the cache lacks and loading each (so that
+    """The libraries' paths, compiling what the cache lacks and loading each (so that
     a library that would not load fails here): ``python -m streamrec.native``.
 
     Raises ``RuntimeError``, ``OSError`` or ``AttributeError`` when one cannot be built.
     """
-    return [Path(lib._name) for lib in (_kernels(), _batcher())]
+    return [Path(lib._name) for lib in (_kernels(), _batcher(), _records())]
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -188,8 +189,17 @@ def _batcher() -> ctypes.CDLL:
     return lib
 
 
+def _records() -> ctypes.CDLL:
+    lib = ctypes.PyDLL(str(_compile("records", "records.c", _batch_flags())))
+    i, o = ctypes.c_int64, ctypes.py_object
+    lib.kafka_records.argtypes = [o, i, i, i, i, i, i, o, o, o, o]
+    lib.kafka_records.restype = o
+    return lib
+
+
 _BUILDERS = {"kernels": (_kernels, "kernels (the slower torch versions run)"),
-             "batch": (_batcher, "batch builder (the slower Python batcher runs)")}
+             "batch": (_batcher, "batch builder (the slower Python batcher runs)"),
+             "records": (_records, "Kafka record reader (the slower Python reader runs)")}
 
 
 def _get(name: str) -> ctypes.CDLL | None:
@@ -228,6 +238,23 @@ def batch_columns(events: list[object], sparse: tuple[int | str, ...], dense: tu
                              dense_out.data_ptr(), labels.data_ptr(), rates.data_ptr(),
                              stamps.data_ptr())
     return (values, dense_out, labels, rates, stamps) if done else None
+
+
+def kafka_records(data: bytes, start: int, count: int, base_offset: int, first_timestamp: int,
+                  log_append_time: int, timestamp_type: int, record_type: type,
+                  topic: str, partition: int, leader_epoch: int
+                  ) -> tuple[list[tuple], int] | None:
+    """``count`` records of a v2 batch from ``data[start:]`` as ``record_type`` tuples, and
+    their bytes (records.c); None where the Python reader must read them (headers,
+    anything malformed) or the reader is not available. ``log_append_time`` stamps
+    every record of a ``timestamp_type`` 1 batch."""
+    if _disabled:
+        return None
+    lib = _get("records")
+    if lib is None:
+        return None
+    return lib.kafka_records(data, start, count, base_offset, first_timestamp, log_append_time,
+                             timestamp_type, record_type, topic, partition, leader_epoch)
 
 
 def available(*tensors: torch.Tensor | None) -> bool:

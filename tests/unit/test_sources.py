@@ -311,3 +311,53 @@ def test_replay_skips_a_record_too_large_but_stops_when_kafka_does_not_answer(
                         lambda **kw: Producer({3: KafkaTimeoutError("no metadata")}, **kw))
     with pytest.raises(KafkaTimeoutError):
         replay_module.replay(path, "t", ["h:9092"], progress=False)
+
+
+def test_decoded_values_name_only_the_refused_records_origin() -> None:
+    """A batch's dead letters say where each came from; good records cost no origin string."""
+    from streamrec.ingest.source import decode_values
+
+    registry = CollectorRegistry()
+    metrics = IngestMetrics(registry=registry)
+    asked: list[int] = []
+
+    def origin(i: int) -> str:
+        asked.append(i)
+        return f"events/0@{100 + i}"
+
+    good = encode_json(next(SyntheticStream(default()).events(1)))
+    events, dead = decode_values([good, b"{not json", good, b'{"type": "click"}'], origin,
+                                 "auto", metrics, "kafka")
+    assert len(events) == 2 and asked == [1, 3]
+    assert [(d.origin, d.kind) for d in dead] == [("events/0@101", "malformed"),
+                                                   ("events/0@103", "missing_field")]
+    assert registry.get_sample_value("streamrec_ingest_records_total", {"source": "kafka"}) == 4
+    with pytest.raises(ValueError, match="value_format='xml'"):
+        decode_values([good], origin, "xml")
+
+
+def test_replay_partitions_keys_as_kafkas_default_partitioner() -> None:
+    """A user's events land where Java's and kafka-python's producers put that key."""
+    from kafka.cluster import ClusterMetadata
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from streamrec.ingest.replay import _KeyHashes
+
+    class Cluster(ClusterMetadata):  # type: ignore[misc]
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def topics(self) -> set[str]:
+            return {"t"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(self.n))
+
+        def available_partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(self.n))
+
+    ours = _KeyHashes()
+    for n in (1, 3, 12):
+        for key in [str(i).encode() for i in range(-50, 500)] * 2:  # twice: the memo too
+            assert ours.partition("t", key, key, b"", b"", Cluster(n)) == \
+                DefaultPartitioner().partition("t", key, key, b"", b"", Cluster(n))
