@@ -10,7 +10,6 @@ and drains in-flight calls for ``serving.grace_s`` before exiting.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import signal
@@ -28,11 +27,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from streamrec.protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
 from streamrec.serving.admission import Admission, Shed
+from streamrec.serving.auth import authenticated, expected_header
 from streamrec.serving.health import HealthServicer
 from streamrec.serving.ids import IdError, request_ids, scored_item
 from streamrec.serving.metrics import METHODS
 from streamrec.serving.replica import Features, ModelReplica, NonFiniteScoreError
 from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
+from streamrec.serving.workers import serve_workers
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, StaleVersionError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
@@ -221,14 +222,11 @@ class _ParameterSync(sync_pb2_grpc.ParameterSyncServicer):
     def __init__(self, replica: ModelReplica, token: str,
                  on_version: Callable[[int], None]) -> None:
         self.replica = replica
-        self.expected = f"Bearer {token}".encode() if token else b""
+        self.expected = expected_header(token)
         self.on_version = on_version
 
     def _authenticate(self, context: grpc.ServicerContext) -> None:
-        if not self.expected:
-            return
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        if not hmac.compare_digest(str(given).encode(), self.expected):
+        if not authenticated(context, self.expected):
             self.replica.metrics.deltas.labels("delta", "unauthenticated").inc()
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing sync token")
 
@@ -310,8 +308,13 @@ def _bind(server: grpc.Server, name: str, host: str, port: int) -> int:
 
 
 def create_server(config: ServingConfig, replica: ModelReplica,
-                  registry: CollectorRegistry | None = None) -> Servers:
-    """Build (not start) the public and sync servers; ports 0 pick free ports."""
+                  registry: CollectorRegistry | None = None, share_port: bool = False
+                  ) -> Servers:
+    """Build (not start) the public and sync servers; ports 0 pick free ports.
+
+    ``share_port`` binds the public port with SO_REUSEPORT, for worker
+    processes of one replica that all listen on it (serving/workers.py).
+    """
     del registry  # the replica's metrics are already registered where it was built
 
     def count_undecodable(method: str) -> None:
@@ -323,7 +326,7 @@ def create_server(config: ServingConfig, replica: ModelReplica,
                                                     thread_name_prefix="serving"),
                          maximum_concurrent_rpcs=config.max_workers,
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
-                                  _NO_REUSEPORT],
+                                  ("grpc.so_reuseport", 1) if share_port else _NO_REUSEPORT],
                          interceptors=[InvalidArgumentOnUndecodable(count_undecodable)])
     health_servicer = HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
@@ -358,10 +361,17 @@ def create_server(config: ServingConfig, replica: ModelReplica,
 
 
 def serve(config: AppConfig, stop: threading.Event | None = None) -> None:
-    """Run one replica until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    """Run one replica until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
+
+    With ``serving.workers`` other than 1 the replica runs as worker processes
+    (serving/workers.py); with 1, in this process.
+    """
     stop = stop or threading.Event()
     if not config.serving.token:
         log.warning("serving.token is empty: the sync port accepts parameters from anyone")
+    if config.serving.worker_count() > 1:
+        serve_workers(config, stop)
+        return
     replica = ModelReplica(registry=REGISTRY)
     servers = create_server(config.serving, replica, registry=REGISTRY)
     if config.metrics.port >= 0:
