@@ -312,7 +312,8 @@ def test_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port, sync_port, metrics = free_port(), free_port(), free_port()
     cfg = tmp_path / "serving.toml"
     cfg.write_text(f"[serving]\nport = {port}\nsync_port = {sync_port}\ntoken = \"{TOKEN}\"\n"
-                   f"grace_s = 1.0\nshutdown_delay_s = 6.0\n[metrics]\nport = {metrics}\n")
+                   f"grace_s = 1.0\nshutdown_delay_s = 6.0\nworkers = 1\n"
+                   f"[metrics]\nport = {metrics}\n")
     proc = start_cli(["serve", "--config", str(cfg)], tmp_path / "serve.log")
     client = RecommenderClient(f"127.0.0.1:{port}", timeout_s=2)
     try:
