@@ -90,19 +90,24 @@ def features_from_columns(columns: Any, candidates: int, positions: Sequence[int
     return [{name: (column[i],) for name, column in zip(names, values)} for i in positions]
 
 
-def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int) -> int:
+def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int,
+                  columns: Sequence[str] = ()) -> int:
     """Feature values the scored rows will hold.
 
     Every candidate's row gets a copy of the request-level (``shared``)
     features plus its own (``own[i]``), which replace shared ones of the same
     name; every value counts, id, string or number. Counted on the decoded
     request (its size is bounded by ``serving.max_request_bytes``) before the
-    rows, which multiply the shared features, are built.
+    rows, which multiply the shared features, are built. ``columns`` names
+    the candidate columns, which give every candidate one value each: counted
+    per column, not per candidate (``own`` is then not read).
     """
     # A name counts as one value at least: names with empty value lists are
     # copied into every row too.
     counts = {name: max(1, len(values)) for name, values in shared.items()}
     total = candidates * sum(counts.values())
+    if columns:
+        return total + candidates * sum(1 - counts.get(name, 0) for name in columns)
     for features in own or ():
         total += sum(max(1, len(v)) - counts.get(name, 0) for name, v in features.items())
     return total
@@ -157,7 +162,7 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         elif len(columns):
             per_item = features_from_columns(columns, len(items), positions)
         # Before the rows are built: a small request can expand to a huge batch.
-        total = _expanded_ids(shared, per_item, len(positions))
+        total = _expanded_ids(shared, per_item, len(positions), tuple(columns))
         if total > self.config.max_request_ids:
             raise _InvalidRequest(
                 f"{len(positions)} candidates with their shared and own features make "
