@@ -127,7 +127,9 @@ class FanOutSync(sync_pb2_grpc.ParameterSyncServicer):
             outcome = _Outcome(target.index, code=e.code(), detail=str(e.details()))
         if outcome.code == grpc.StatusCode.FAILED_PRECONDITION:
             held = self._version_of(target)
-            if held >= chunks[0].version:  # stale for it: it holds this version or newer
+            # It holds this very version (a snapshot resent for another worker's
+            # gap): applied, as far as the trainer is concerned. Newer is stale.
+            if held == chunks[0].version:
                 return _Outcome(target.index, version=held)
         return outcome
 

@@ -43,7 +43,7 @@ from streamrec.serving.fanout import PUSH_RESULTS, CatchUpLog, FanOutSync
 from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
 from streamrec.serving.worker_metrics import WorkerMetricsCollector
 
-__all__ = ["WorkerPool", "serve_workers"]
+__all__ = ["WorkerPool", "serve_workers", "fanout_server", "reserve_port"]
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +253,13 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return held
 
 
-def _sync_server(config: ServingConfig, pool: WorkerPool) -> tuple[grpc.Server, int]:
+def fanout_server(config: ServingConfig, servicer: FanOutSync) -> tuple[grpc.Server, int]:
+    """Build (not start) the replica's sync server on ``sync_host:sync_port``; and its port."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sync"),
                          options=[("grpc.max_receive_message_length", SYNC_MAX_MESSAGE_BYTES),
                                   ("grpc.so_reuseport", 0)],
                          interceptors=[InvalidArgumentOnUndecodable()])
-    sync_pb2_grpc.add_ParameterSyncServicer_to_server(
-        FanOutSync(pool.slot_view, pool.lock, pool.catch_up, pool.executor, config.token,
-                   pool.pushes), server)
+    sync_pb2_grpc.add_ParameterSyncServicer_to_server(servicer, server)
     try:
         port = server.add_insecure_port(f"{config.sync_host}:{config.sync_port}")
     except RuntimeError:
@@ -275,12 +274,15 @@ def serve_workers(config: AppConfig, stop: threading.Event | None = None) -> Non
     """Run a replica as ``serving.worker_count()`` processes until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop or threading.Event()
     serving = config.serving
+    if not serving.token:
+        log.warning("serving.token is empty: the sync port accepts parameters from anyone")
     count = serving.worker_count()
     held = reserve_port(serving.host, serving.port)
     registry = CollectorRegistry()
     pool = WorkerPool(dataclasses.replace(serving, port=held.getsockname()[1]), count, registry)
     try:
-        sync, sync_port = _sync_server(serving, pool)
+        sync, sync_port = fanout_server(serving, FanOutSync(
+            pool.slot_view, pool.lock, pool.catch_up, pool.executor, serving.token, pool.pushes))
     except OSError:
         held.close()
         raise
