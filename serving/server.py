@@ -371,12 +371,12 @@ def serve(config: AppConfig, stop: threading.Event | None = None) -> None:
     With ``serving.workers`` other than 1 the replica runs as worker processes
     (serving/workers.py); with 1, in this process.
     """
-    stop = stop or threading.Event()
-    if not config.serving.token:
-        log.warning("serving.token is empty: the sync port accepts parameters from anyone")
     if config.serving.worker_count() > 1:
         serve_workers(config, stop)
         return
+    stop = stop or threading.Event()
+    if not config.serving.token:
+        log.warning("serving.token is empty: the sync port accepts parameters from anyone")
     replica = ModelReplica(registry=REGISTRY)
     servers = create_server(config.serving, replica, registry=REGISTRY)
     if config.metrics.port >= 0:
