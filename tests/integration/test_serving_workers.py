@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -146,3 +147,32 @@ def test_sigterm_turns_every_worker_not_serving_then_drains(replica: Replica) ->
     # Still answering during serving.shutdown_delay_s.
     assert _predict(replica.port, [1, 2]).model_version == 3
     assert replica.proc.wait(30) == 0
+
+
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    # No orphans left holding the port: the next start on it must succeed.
+    port, sync_port, metrics = free_port(), free_port(), free_port()
+    cfg = tmp_path / "serving.toml"
+    cfg.write_text(f"[serving]\nport = {port}\nsync_port = {sync_port}\ntoken = \"{TOKEN}\"\n"
+                   f"workers = {WORKERS}\n[metrics]\nport = {metrics}\n")
+    proc = start_cli(["serve", "--config", str(cfg)], tmp_path / "serve.log")
+    try:
+        wait_until("both workers up", lambda: scrape(metrics).get(
+            "streamrec_serving_workers_up") == WORKERS, timeout_s=180)
+        workers = _worker_pids(proc.pid)
+        proc.kill()
+        proc.wait()
+        wait_until("the workers to exit", lambda: not any(
+            Path(f"/proc/{pid}").exists() and "Z" not in _state(pid) for pid in workers),
+            timeout_s=30)
+    finally:
+        stop(proc)
+    with socket.socket() as s:  # the port is free again
+        s.bind(("127.0.0.1", port))
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "Z"
