@@ -24,7 +24,7 @@ class WorkerMetricsCollector(Collector):
     """Yields the families of every worker ``targets()`` names as ``(index, metrics_port)``.
 
     A worker that does not answer (restarting) is left out of that scrape;
-    ``streamrec_serving_workers_up`` tells how many answered.
+    ``streamrec_serving_workers_up`` counts the live ones.
     """
 
     def __init__(self, targets: Callable[[], Sequence[tuple[int, int]]],
