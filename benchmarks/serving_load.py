@@ -1,23 +1,30 @@
 """Serving under open-loop load: goodput and latency of one replica as the offered rate grows.
 
-One ``streamrec serve`` process gets the default model (trained on the default
+One ``streamrec serve`` replica gets the default model (trained on the default
 synthetic stream) and a delta every second while a load generator, a process
 of its own, sends Predict requests (100 candidates, request and per-candidate
-features) on a fixed schedule: open loop, so a slow answer delays no later
-send, and latency runs from the scheduled send time (no coordinated omission).
-Each request carries a deadline (``--deadline-ms``).
+features) on a fixed schedule over ``--connections`` connections: open loop,
+so a slow answer delays no later send, and latency runs from the scheduled
+send time (no coordinated omission). Each request carries a deadline
+(``--deadline-ms``).
 
-Arms, side by side on the same requests and rates:
+Arms, side by side on the same requests and rates (every arm's replica runs
+throughout, and the arms take turns at each rate, so a change in the shared
+machine's load hits them alike):
 
-- ``admission``     the default serving config: 2 requests scoring at once,
-                    16 waiting, the rest refused at once (RESOURCE_EXHAUSTED);
-- ``unbounded``     no admission control (every call admitted at once, as a
-                    replica without it behaves).
+- ``workers``       the default serving config: one worker process per CPU
+                    behind the port, each admitting 2 requests scoring at
+                    once and 16 waiting, the rest refused at once
+                    (RESOURCE_EXHAUSTED);
+- ``one-process``   ``serving.workers = 1``: the same admission, one process;
+- ``unbounded``     one process without admission control (every call
+                    admitted at once, as a replica without it behaves).
 
 Reported per arm and offered rate: goodput (answers within the deadline per
 second), refused and timed-out requests per second, p50 / p99 latency of the
-answers, and the CPU the server and the load generator took (cores), since the
-generator shares the machine's 2 cores with the replica.
+answers, and the CPU the server (its worker processes included) and the load
+generator took (cores), since the generator shares the machine's cores with
+the replica.
 
     python -m benchmarks.serving_load            # ~3 min
     python -m benchmarks.serving_load --quick
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +49,27 @@ from benchmarks.report import format_table, quantile, write_result
 from benchmarks.serving_latency import ROOT, TOKEN, _free_port, _requests, _wait_ready
 
 ARMS = {
-    "admission": [],
-    "unbounded": ["--set", "serving.max_concurrent=1000", "--set", "serving.max_queue=0",
-                  "--set", "serving.max_workers=1001"],
+    "workers": [],
+    "one-process": ["--set", "serving.workers=1"],
+    "unbounded": ["--set", "serving.workers=1", "--set", "serving.max_concurrent=1000",
+                  "--set", "serving.max_queue=0", "--set", "serving.max_workers=1001"],
 }
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    """User + system CPU seconds of process ``pid`` and its live descendants (Linux /proc).
+
+    A child that exited counts only once reaped (in the parent's cutime/cstime).
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += _cpu_seconds(int(child))
+            except FileNotFoundError:  # exited meanwhile
+                pass
+    return total
 
 
 def run_generator(args: argparse.Namespace) -> int:
@@ -70,8 +89,12 @@ def run_generator(args: argparse.Namespace) -> int:
     count = int(args.rate * args.seconds)
     # Built before the clock starts: the application has its request ready.
     messages = [message(r) for r in _requests(args.candidates, min(count, 2000), args.seed)]
-    channel = grpc.insecure_channel(args.generate)
-    stub = serving_pb2_grpc.RecommenderStub(channel)
+    # Separate connections (no shared subchannel): a replica's worker
+    # processes share its port, and the kernel gives each connection to one.
+    channels = [grpc.insecure_channel(args.generate,
+                                      options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(args.connections)]
+    stubs = [serving_pb2_grpc.RecommenderStub(c) for c in channels]
     done: list[tuple[float, float, str]] = []
     lock = threading.Lock()
     finished = threading.Event()
@@ -94,12 +117,14 @@ def run_generator(args: argparse.Namespace) -> int:
         delay = scheduled - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        future = stub.Predict.future(messages[i % len(messages)], timeout=deadline_s)
+        future = stubs[i % len(stubs)].Predict.future(messages[i % len(messages)],
+                                                      timeout=deadline_s)
         future.add_done_callback(record(scheduled))
     finished.wait(deadline_s + 30)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     wall = time.perf_counter() - start
-    channel.close()
+    for channel in channels:
+        channel.close()
     Path(args.out).write_text(json.dumps({
         "done": done, "wall_s": wall,
         "cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)}))
@@ -125,16 +150,85 @@ def _summary(raw: dict[str, Any], rate: float, seconds: float, deadline_ms: floa
     }
 
 
+def _start_replica(arm: str, snapshot: Any, env: dict[str, str]
+                   ) -> tuple[subprocess.Popen[bytes], str, Any]:
+    """A ``streamrec serve`` process for ``arm``, holding ``snapshot``; its address and sink."""
+    from streamrec.trainer.sync.sink import GrpcDeltaSink
+
+    port, sync_port = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamrec.cli", "serve", "--set", f"serving.port={port}",
+         "--set", f"serving.sync_port={sync_port}", "--set", f"serving.token={TOKEN}",
+         "--set", "metrics.port=-1", *ARMS[arm]], cwd=ROOT, env=env)
+    sink = GrpcDeltaSink(f"127.0.0.1:{sync_port}", TOKEN, timeout_s=30.0)
+    deadline = time.monotonic() + 180  # worker processes import torch first
+    while True:
+        try:
+            sink.push(snapshot)
+            break
+        except Exception:  # noqa: BLE001 - the sync port is not up yet
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise
+            time.sleep(0.2)
+    address = f"127.0.0.1:{port}"
+    _wait_ready(address)
+    return server, address, sink
+
+
+def _load(arm: str, rate: float, pid: int, address: str, sink: Any, args: argparse.Namespace,
+          env: dict[str, str], tmp: Path, snapshot: Any, deltas: list[Any], offset: int
+          ) -> dict[str, Any]:
+    """Offer ``rate`` Predicts/s to ``address`` while a delta is pushed every second.
+
+    The delta chain starts again from ``snapshot``, above every version pushed
+    before (a replica never goes back): delta versions are moved by ``offset``.
+    """
+    sink.push(snapshot)
+    stop = threading.Event()
+    failed: list[BaseException] = []
+
+    def push_deltas() -> None:
+        try:
+            for delta in deltas:
+                if stop.wait(1.0):
+                    return
+                sink.push(replace(delta, version=offset + delta.version,
+                                  base_version=offset + delta.base_version))
+        except BaseException as e:  # noqa: BLE001 - reported after the rate
+            failed.append(e)
+
+    pusher = threading.Thread(target=push_deltas, daemon=True)
+    out = tmp / f"{arm}-{rate}.json"
+    cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+    pusher.start()
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.serving_load", "--generate", address,
+         "--rate", str(rate), "--seconds", str(args.seconds), "--candidates",
+         str(args.candidates), "--deadline-ms", str(args.deadline_ms), "--seed", str(args.seed),
+         "--connections", str(args.connections), "--out", str(out)],
+        check=True, cwd=ROOT, env=env)
+    stop.set()
+    pusher.join()
+    if failed:
+        raise SystemExit(f"{arm} {rate:.0f}/s: a delta push failed: {failed[0]}")
+    row = _summary(json.loads(out.read_text()), rate, args.seconds, args.deadline_ms)
+    row["server_cores"] = (_cpu_seconds(pid) - cpu0) / (time.perf_counter() - t0)
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer rates, shorter runs")
-    p.add_argument("--rates", default="50,100,150,200,300,400,600",
+    p.add_argument("--rates", default="100,200,300,400,500,600,800",
                    help="offered requests/s (comma list)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of load per rate")
     p.add_argument("--candidates", type=int, default=100)
     p.add_argument("--deadline-ms", type=float, default=200.0)
     p.add_argument("--events", type=int, default=50_000, help="events the model learns first")
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--arms", default="workers,one-process",
+                   help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument("--connections", type=int, default=8,
+                   help="connections the load generator spreads its requests over")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--generate", help=argparse.SUPPRESS)
     p.add_argument("--rate", type=float, help=argparse.SUPPRESS)
@@ -143,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.generate:
         return run_generator(args)
     if args.quick:
-        args.rates, args.seconds, args.events = "100,300", 4.0, 10_000
+        args.rates, args.seconds, args.events = "200,500", 4.0, 10_000
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -151,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     from streamrec.config import load_config
     from streamrec.ingest.batch import Batcher
     from streamrec.synthetic import SyntheticStream, default
-    from streamrec.trainer.sync.sink import GrpcDeltaSink
     from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
@@ -174,60 +267,29 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     rates = [float(r) for r in args.rates.split(",")]
-    results: dict[str, list[dict[str, Any]]] = {}
+    arms = args.arms.split(",")
+    results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="serving_load_") as tmp:
-        for arm in args.arms.split(","):
-            port, sync_port = _free_port(), _free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-m", "streamrec.cli", "serve", "--set", f"serving.port={port}",
-                 "--set", f"serving.sync_port={sync_port}", "--set", f"serving.token={TOKEN}",
-                 "--set", "metrics.port=-1", *ARMS[arm]], cwd=ROOT, env=env)
-            address = f"127.0.0.1:{port}"
-            try:
-                sink = GrpcDeltaSink(f"127.0.0.1:{sync_port}", TOKEN, timeout_s=30.0)
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        sink.push(snapshot)
-                        break
-                    except Exception:  # noqa: BLE001 - the sync port is not up yet
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
-                _wait_ready(address)
-                results[arm] = []
-                for rate in rates:
-                    sink.push(snapshot)  # every rate starts the delta chain again
-                    stop = threading.Event()
-
-                    def push_deltas() -> None:
-                        for delta in deltas:
-                            if stop.wait(1.0):
-                                return
-                            sink.push(delta)
-
-                    pusher = threading.Thread(target=push_deltas, daemon=True)
-                    out = Path(tmp) / f"{arm}-{rate}.json"
-                    cpu0, t0 = _cpu_seconds(server.pid), time.perf_counter()
-                    pusher.start()
-                    subprocess.run(
-                        [sys.executable, "-m", "benchmarks.serving_load", "--generate", address,
-                         "--rate", str(rate), "--seconds", str(args.seconds),
-                         "--candidates", str(args.candidates), "--deadline-ms",
-                         str(args.deadline_ms), "--seed", str(args.seed), "--out", str(out)],
-                        check=True, cwd=ROOT, env=env)
-                    stop.set()
-                    pusher.join()
-                    server_cores = (_cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
-                    row = _summary(json.loads(out.read_text()), rate, args.seconds,
-                                   args.deadline_ms)
-                    row["server_cores"] = server_cores
+        try:
+            # Every arm's replica runs (idle) through the whole run, and the
+            # arms take turns at each rate: a change in the shared machine's
+            # load meanwhile hits both arms alike.
+            for arm in arms:
+                servers[arm] = _start_replica(arm, snapshot, env)
+            for i, rate in enumerate(rates):
+                for arm in arms:
+                    server, address, sink = servers[arm]
+                    row = _load(arm, rate, server.pid, address, sink, args, env, Path(tmp),
+                                replace(snapshot, version=1000 * (i + 1) + 1), deltas,
+                                1000 * (i + 1))
                     results[arm].append(row)
                     print(f"{arm} {rate:.0f}/s: goodput {row['goodput_per_s']:.0f}/s, "
                           f"p99 {row['p99_ms']} ms, codes {row['codes']}", file=sys.stderr,
                           flush=True)
+        finally:
+            for server, _, sink in servers.values():
                 sink.close()
-            finally:
                 server.terminate()
                 server.wait(30)
 
@@ -240,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     capacity = {arm: max(r["goodput_per_s"] for r in rows) for arm, rows in results.items()}
     print(f"\nOpen-loop Predict load, {args.candidates} candidates, deadline "
           f"{args.deadline_ms:.0f} ms, a delta every second, {args.seconds:.0f} s per rate; "
-          f"one torch thread in the server")
+          f"one torch thread per server process, {args.connections} connections")
     print(format_table(["arm", "offered/s", "goodput/s", "refused/s", "timed out/s", "p50 ms",
                         "p99 ms", "server cores", "generator cores"], table))
     for arm, rows in results.items():

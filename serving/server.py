@@ -10,7 +10,6 @@ and drains in-flight calls for ``serving.grace_s`` before exiting.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import signal
@@ -30,11 +29,13 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from streamrec.protos import serving_pb2, serving_pb2_grpc, sync_pb2, sync_pb2_grpc
 from streamrec.serving.admission import Admission, Shed
+from streamrec.serving.auth import authenticated, expected_header
 from streamrec.serving.health import HealthServicer
 from streamrec.serving.ids import IdError, request_ids, scored_item
 from streamrec.serving.metrics import METHODS
 from streamrec.serving.replica import Features, ModelReplica, NonFiniteScoreError
 from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
+from streamrec.serving.workers import serve_workers
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
 from streamrec.errors import NotReadyError, StaleVersionError, SyncError, VersionGapError
 from streamrec.runtime import serve_metrics
@@ -122,19 +123,24 @@ class _FeatureRules:
         return sorted(names - self.known)
 
 
-def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int) -> int:
+def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int,
+                  columns: Sequence[str] = ()) -> int:
     """Feature values the scored rows will hold.
 
     Every candidate's row gets a copy of the request-level (``shared``)
     features plus its own (``own[i]``), which replace shared ones of the same
     name; every value counts, id, string or number. Counted on the decoded
     request (its size is bounded by ``serving.max_request_bytes``) before the
-    rows, which multiply the shared features, are built.
+    rows, which multiply the shared features, are built. ``columns`` names
+    the candidate columns, which give every candidate one value each: counted
+    per column, not per candidate (``own`` is then not read).
     """
     # A name counts as one value at least: names with empty value lists are
     # copied into every row too.
     counts = {name: max(1, len(values)) for name, values in shared.items()}
     total = candidates * sum(counts.values())
+    if columns:
+        return total + candidates * sum(1 - counts.get(name, 0) for name in columns)
     for features in own or ():
         total += sum(max(1, len(v)) - counts.get(name, 0) for name, v in features.items())
     return total
@@ -208,7 +214,7 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
             if ignored:
                 self._ignored(method, ignored)
         # Before the rows are built: a small request can expand to a huge batch.
-        total = _expanded_ids(shared, per_item, len(positions))
+        total = _expanded_ids(shared, per_item, len(positions), tuple(columns))
         if total > self.config.max_request_ids:
             raise _InvalidRequest(
                 f"{len(positions)} candidates with their shared and own features make "
@@ -273,14 +279,11 @@ class _ParameterSync(sync_pb2_grpc.ParameterSyncServicer):
     def __init__(self, replica: ModelReplica, token: str,
                  on_version: Callable[[int], None]) -> None:
         self.replica = replica
-        self.expected = f"Bearer {token}".encode() if token else b""
+        self.expected = expected_header(token)
         self.on_version = on_version
 
     def _authenticate(self, context: grpc.ServicerContext) -> None:
-        if not self.expected:
-            return
-        given = dict(context.invocation_metadata()).get("authorization", "")
-        if not hmac.compare_digest(str(given).encode(), self.expected):
+        if not authenticated(context, self.expected):
             self.replica.metrics.deltas.labels("delta", "unauthenticated").inc()
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad or missing sync token")
 
@@ -362,8 +365,13 @@ def _bind(server: grpc.Server, name: str, host: str, port: int) -> int:
 
 
 def create_server(config: ServingConfig, replica: ModelReplica,
-                  registry: CollectorRegistry | None = None) -> Servers:
-    """Build (not start) the public and sync servers; ports 0 pick free ports."""
+                  registry: CollectorRegistry | None = None, share_port: bool = False
+                  ) -> Servers:
+    """Build (not start) the public and sync servers; ports 0 pick free ports.
+
+    ``share_port`` binds the public port with SO_REUSEPORT, for worker
+    processes of one replica that all listen on it (serving/workers.py).
+    """
     del registry  # the replica's metrics are already registered where it was built
 
     def count_undecodable(method: str) -> None:
@@ -375,7 +383,7 @@ def create_server(config: ServingConfig, replica: ModelReplica,
                                                     thread_name_prefix="serving"),
                          maximum_concurrent_rpcs=config.max_workers,
                          options=[("grpc.max_receive_message_length", config.max_request_bytes),
-                                  _NO_REUSEPORT],
+                                  ("grpc.so_reuseport", 1) if share_port else _NO_REUSEPORT],
                          interceptors=[InvalidArgumentOnUndecodable(count_undecodable)])
     health_servicer = HealthServicer()
     serving_pb2_grpc.add_RecommenderServicer_to_server(_Recommender(replica, config), public)
@@ -410,7 +418,14 @@ def create_server(config: ServingConfig, replica: ModelReplica,
 
 
 def serve(config: AppConfig, stop: threading.Event | None = None) -> None:
-    """Run one replica until SIGTERM/SIGINT (or ``stop``), then shut down gracefully."""
+    """Run one replica until SIGTERM/SIGINT (or ``stop``), then shut down gracefully.
+
+    With ``serving.workers`` other than 1 the replica runs as worker processes
+    (serving/workers.py); with 1, in this process.
+    """
+    if config.serving.worker_count() > 1:
+        serve_workers(config, stop)
+        return
     stop = stop or threading.Event()
     if not config.serving.token:
         log.warning("serving.token is empty: the sync port accepts parameters from anyone")

@@ -424,6 +424,11 @@ class ServingConfig:
     # stop, letting in-flight calls finish for grace_s.
     shutdown_delay_s: float = 2.0
     grace_s: float = 5.0
+    # Worker processes behind the public port (each a full replica; the kernel
+    # spreads connections over them, SO_REUSEPORT), fed by the one sync port.
+    # 0 = one per CPU this process may use; 1 = a single process, no fan-out.
+    # The admission limits above hold per worker.
+    workers: int = 0
 
     def __post_init__(self) -> None:
         s = "serving"
@@ -448,6 +453,12 @@ class ServingConfig:
         _require(math.isfinite(self.shutdown_delay_s) and self.shutdown_delay_s >= 0, s,
                  "shutdown_delay_s", self.shutdown_delay_s, "must be a finite number >= 0")
         _require(self.grace_s >= 0, s, "grace_s", self.grace_s, "must be >= 0")
+        _require(0 <= self.workers <= 256, s, "workers", self.workers,
+                 "must be in [0, 256] (0 = one per CPU this process may use)")
+
+    def worker_count(self) -> int:
+        """Worker processes to run: ``workers``, or the CPUs this process may use if 0."""
+        return self.workers or len(os.sched_getaffinity(0))
 
 
 @dataclass

@@ -131,7 +131,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    from streamrec.serving.server import serve  # torch: only once the config is known good
+    if config.serving.worker_count() > 1:
+        # The parent of worker processes scores nothing: it never loads torch.
+        from streamrec.serving.workers import serve_workers as serve
+    else:
+        from streamrec.serving.server import serve  # torch: only once the config is known good
 
     tune_gc()
     try:

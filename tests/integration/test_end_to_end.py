@@ -85,6 +85,7 @@ sparse_features = ["user_id", "item_id", "category", "country"]
 port = {ports['port']}
 sync_port = {ports['sync_port']}
 token = "{TOKEN}"
+workers = 1
 [metrics]
 port = {ports['metrics']}
 """)

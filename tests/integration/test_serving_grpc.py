@@ -108,6 +108,11 @@ def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> Non
         # Names with no values are copied into every row too: each counts as one.
         (dict(user_id=1, item_ids=list(range(10)), features={f"x{i}": [] for i in range(101)}),
          "make 1,010 feature ids"),
+        # Candidate columns: one value per candidate each, replacing the shared
+        # value of that name: 10 x (100 shared - 1 replaced + 2 columns).
+        (dict(user_id=1, item_ids=list(range(10)), features={f"x{i}": [] for i in range(100)},
+              candidate_columns={"x0": [f"v{i}" for i in range(10)], "y": list(range(10))}),
+         "make 1,010 feature ids"),
     ]
     for kwargs, reason in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -120,7 +125,7 @@ def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> Non
     # The server is unharmed, and the rejections were counted.
     assert client.predict(user_id=1, item_ids=[1]).model_version == 1
     assert registry.get_sample_value("streamrec_serving_requests_total",
-                                     {"method": "Predict", "code": "INVALID_ARGUMENT"}) == 7
+                                     {"method": "Predict", "code": "INVALID_ARGUMENT"}) == len(cases)
 
 
 def test_recommend_ranks_each_item_once_and_predict_scores_every_position(served,
@@ -312,7 +317,8 @@ def test_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port, sync_port, metrics = free_port(), free_port(), free_port()
     cfg = tmp_path / "serving.toml"
     cfg.write_text(f"[serving]\nport = {port}\nsync_port = {sync_port}\ntoken = \"{TOKEN}\"\n"
-                   f"grace_s = 1.0\nshutdown_delay_s = 6.0\n[metrics]\nport = {metrics}\n")
+                   f"grace_s = 1.0\nshutdown_delay_s = 6.0\nworkers = 1\n"
+                   f"[metrics]\nport = {metrics}\n")
     proc = start_cli(["serve", "--config", str(cfg)], tmp_path / "serve.log")
     client = RecommenderClient(f"127.0.0.1:{port}", timeout_s=2)
     try:

@@ -116,6 +116,18 @@ def test_serving_request_limits_and_shutdown_delay_have_safe_defaults(tmp_path: 
         ServingConfig(shutdown_delay_s=float("inf"))
 
 
+def test_serving_workers_default_to_the_cpus_this_process_may_use(tmp_path: Path) -> None:
+    serving = load_config(env={}).serving
+    assert serving.workers == 0
+    assert serving.worker_count() == len(os.sched_getaffinity(0))
+    serving = load_config(env={"STREAMREC_SERVING_WORKERS": "1"}).serving
+    assert serving.worker_count() == 1  # one process, no fan-out
+    for bad in ("-1", "257", "two"):
+        with pytest.raises(ConfigError, match="serving.*workers"):
+            load_config(write(tmp_path, f"[serving]\nworkers = {bad!r}\n"
+                              if bad == "two" else f"[serving]\nworkers = {bad}\n"), env={})
+
+
 def test_readme_config_examples_load(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in readme.split("```toml\n")[1:]]
