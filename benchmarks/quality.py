@@ -1,4 +1,4 @@
-"""Model quality on live streams: streamrec vs per-event learners vs offline training (issue 4).
+"""Model quality on live streams: streamrec vs per-event learners vs offline training.
 
 Every arm sees the same synthetic stream (fixed seed per preset, see
 streamrec/synthetic.py for each generator's parameters) with the same
@@ -24,9 +24,9 @@ Arms:
 - ``streamrec-torch``    the same on the torch versions of those kernels (no compiler);
 - ``streamrec-plain``    the default without history features (plain mini-batch);
 - ``streamrec-no-warmup`` the default without the warm-up (batch 4096 from the start);
-- ``streamrec-b256``     batch 256, no warm-up (the default until this benchmark moved it);
-- ``streamrec-deepfm``   the default with hidden layers [64, 32] (DeepFM, the default
-                         until session 8; its MLP has no C kernel);
+- ``streamrec-b256``     batch 256, no warm-up;
+- ``streamrec-deepfm``   the default with hidden layers [64, 32] (DeepFM; its MLP has no
+                         C kernel);
 - ``river-lr`` / ``river-fm``  River LogisticRegression / FMClassifier, event by event;
 - ``offline-frozen``     streamrec trained on the first 80% (``--epochs`` passes, history
                          counts cleared before each pass after the first),

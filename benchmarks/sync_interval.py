@@ -1,4 +1,4 @@
-"""What freshness buys: AUC measured at the serving replica for several sync intervals (issue 4).
+"""What freshness buys: AUC measured at the serving replica for several sync intervals.
 
 The drifting synthetic stream (fixed seed) arrives as if in real time, 200
 events per second of event time. Every event is first scored by the serving

@@ -1,4 +1,4 @@
-"""Rows held versus quality on a churning stream: filter + expiry + pruning on and off (issue 3).
+"""Rows held versus quality on a churning stream: filter + expiry + pruning on and off.
 
 The same streamrec trainer and the same synthetic stream (fixed seed) for
 every arm; only the table settings differ:

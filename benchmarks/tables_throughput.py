@@ -1,4 +1,4 @@
-"""Embedding-table training throughput: static fused tables vs TorchRec MCH vs streamrec (issue 3).
+"""Embedding-table training throughput: static fused tables vs TorchRec MCH vs streamrec.
 
 One DLRM-style model and one seeded data set for every arm; only the sparse
 part differs:

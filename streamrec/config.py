@@ -207,13 +207,13 @@ class ModelConfig:
     # layer over the factors), whose step runs on the C kernels of
     # streamrec/native; hidden layers make it a DeepFM (e.g. [64, 32]), for logs
     # with higher-order interactions, at about half the events/s. On every
-    # synthetic stream of benchmarks/quality the FM is as good (issue 4).
+    # synthetic stream of benchmarks/quality the FM is as good.
     embedding_dim: int = 8
     hidden: list[int] = field(default_factory=list)
     # Per-id outcome counts as features, exact per event within a batch
     # (streamrec/model/history.py); each must also be a sparse feature. By default
     # user_id and item_id, where they are sparse features: on every synthetic
-    # stream they add 0.008-0.033 progressive AUC (issue 4). "" turns them off.
+    # stream they add 0.008-0.033 progressive AUC. "" turns them off.
     history_features: list[str] = field(default_factory=lambda: _DefaultHistory(DEFAULT_HISTORY))
     history_cap: float = 200.0
     history_strength: float = 10.0

@@ -4,7 +4,7 @@ A DLRM-style model has dozens of sparse features. With one table per
 feature, a step runs the whole pipeline (dedup, hash probe, frequency filter,
 admission, row init, gather, optimizer update, expiry sweep) once per feature:
 a few hundred small tensor operations each, so the step is bound by
-per-operation overhead, not by the work (issue 3: 26 features cost ~30 ms a
+per-operation overhead, not by the work (26 features cost ~30 ms a
 step against ~3 ms for fbgemm's fused static tables). TorchRec fuses static tables the same way (one
 TableBatchedEmbeddingBags for all of them).
 
