@@ -150,9 +150,12 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     serving_url = _metrics_server(config.metrics.host, serving_metrics, serving_registry)
     client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
     # Event time starts now (and, at a given rate, keeps pace with the wall
-    # clock), so serving staleness reads as it would on a live stream.
+    # clock), so serving staleness reads as it would on a live stream; clicks
+    # come within a 5 s window (median 0.5 s), so labels, and with them the
+    # served AUC, show within seconds.
     synthetic = replace(default(), start_ms=int(time.time() * 1000),
-                        events_per_second=rate or default().events_per_second)
+                        events_per_second=rate or default().events_per_second,
+                        join_window_s=5.0, click_delay_median_s=0.5)
     stream = SyntheticStream(synthetic)
     source = _ServedSource(IteratorSource(stream.joined_events(10**12), rate=rate,
                                          name="synthetic"), replica)
