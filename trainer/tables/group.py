@@ -37,6 +37,7 @@ from streamrec.config import TableConfig
 from streamrec import native
 from trainer.tables.filter import FrequencyFilter
 from trainer.tables.index import IdIndex
+from trainer.tables.reserve import ReservedArray
 from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
 from trainer.tables.sort import unique, unique_np
 
@@ -44,6 +45,11 @@ __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 
 _STATS = TableStats.__slots__
 _ADAGRAD_EPS = 1e-8
+# Times are int32 milliseconds since the group's epoch: exact within 24.8 days of
+# it. The epoch moves to the present when event time leaves that range; older
+# times then read as the range's edge, i.e. ages past 24.8 days are
+# underestimated (a row expires late, never early).
+_TIME_MIN, _TIME_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
@@ -119,6 +125,8 @@ class TableGroup:
         self.config = config
         self.seed = seed
         n = len(self.names)
+        if n > torch.iinfo(torch.int16).max:
+            raise ValueError(f"a TableGroup holds at most 32767 tables, got {n}")
         capacity = config.initial_capacity * n
         self.index = IdIndex(initial_slots=2 * capacity, tagged=True)
         self.filter = FrequencyFilter(config.min_count, config.filter_width,
@@ -136,43 +144,80 @@ class TableGroup:
         # (valid while _version, bumped by every change to rows, is unchanged).
         self._version = 0
         self._touched_by_tag: tuple[int, list[torch.Tensor]] | None = None
-        self._alloc(capacity)
+        self._epoch_ms: int | None = None
+        limit = self.index.row_limit
+        self._store = {"weights": ReservedArray(torch.float32, limit, (dim,)),
+                       "momentum": ReservedArray(torch.float32, limit),
+                       "last_seen": ReservedArray(torch.int32, limit),
+                       "admitted": ReservedArray(torch.int32, limit),
+                       "touched": ReservedArray(torch.bool, limit)}
+        self._grow_to(1)  # (reads of "no row" (-1) read row 0, then zero it)
         self.views = {name: GroupTableView(self, name) for name in self.names}
 
     # Storage --------------------------------------------------------------------------
 
-    _ROW_TENSORS = ("weights", "momentum", "last_seen_ms", "admitted_ms", "row_ids", "row_tags",
-                    "live", "touched")
-
-    def _alloc(self, capacity: int) -> None:
-        self.weights = torch.zeros((capacity, self.dim), dtype=torch.float32)
-        self.momentum = torch.zeros(capacity, dtype=torch.float32)
-        self.last_seen_ms = torch.zeros(capacity, dtype=torch.int64)
-        self.admitted_ms = torch.zeros(capacity, dtype=torch.int64)
-        self.row_ids = torch.zeros(capacity, dtype=torch.int64)
-        self.row_tags = torch.full((capacity,), -1, dtype=torch.int64)
-        self.live = torch.zeros(capacity, dtype=torch.bool)
-        self.touched = torch.zeros(capacity, dtype=torch.bool)
+    # Row-aligned, in reserved address space: growing never copies rows. The
+    # ids and tags of rows live in the index (one copy of each key). Per row:
+    # dim float32 weights, one float32 Adagrad accumulator, two int32 times,
+    # a touched flag; the index adds the id, the tag and its slots.
+    weights: torch.Tensor
+    momentum: torch.Tensor
+    last_seen: torch.Tensor
+    admitted: torch.Tensor
+    touched: torch.Tensor
 
     def _grow_to(self, rows_needed: int) -> None:
-        """Double the row tensors until ``rows_needed`` rows fit, keeping their contents."""
-        capacity = self.weights.shape[0]
-        if rows_needed <= capacity:
-            return
-        while capacity < rows_needed:
-            capacity *= 2
-        old = [getattr(self, name) for name in self._ROW_TENSORS]
-        self._alloc(capacity)
-        for name, prev in zip(self._ROW_TENSORS, old):
-            getattr(self, name)[: prev.shape[0]] = prev
+        """Make rows ``0..rows_needed-1`` addressable, keeping their contents."""
+        for name, store in self._store.items():
+            setattr(self, name, store.ensure(rows_needed))
+
+    @property
+    def row_ids(self) -> torch.Tensor:
+        """The id of each row (the index's copy)."""
+        return self.index.row_ids
+
+    @property
+    def row_tags(self) -> torch.Tensor:
+        """The table (tag) of each row, -1 for a free row (int16, the index's copy)."""
+        return self.index.row_tags
+
+    # Times --------------------------------------------------------------------------
+
+    def _stamp(self, now_ms: int) -> int:
+        """``now_ms`` as a stored time, moving the epoch first if it is out of range."""
+        if self._epoch_ms is None:
+            self._epoch_ms = now_ms
+        if not _TIME_MIN <= now_ms - self._epoch_ms <= _TIME_MAX:
+            self._rebase(now_ms)
+        return now_ms - self._epoch_ms  # type: ignore[operator]
+
+    def _rebase(self, epoch_ms: int) -> None:
+        """Move the epoch to ``epoch_ms`` (one pass over the rows' times, rare)."""
+        shift = epoch_ms - (self._epoch_ms or 0)
+        n = self.index.row_capacity
+        for times in (self.last_seen, self.admitted):
+            for start in range(0, n, 1 << 20):
+                part = times[start: start + (1 << 20)]
+                part.copy_((part.to(torch.int64) - shift).clamp_(_TIME_MIN, _TIME_MAX))
+        self._epoch_ms = epoch_ms
+
+    def _stored_times(self, ms: torch.Tensor) -> torch.Tensor:
+        """int64 event times (ms) as stored times (int32, clamped to the range)."""
+        if self._epoch_ms is None:
+            self._epoch_ms = int(ms.max()) if ms.numel() else 0
+        return (ms.to(torch.int64) - self._epoch_ms).clamp_(_TIME_MIN, _TIME_MAX).to(torch.int32)
+
+    def times_ms(self, times: torch.Tensor) -> torch.Tensor:
+        """Stored times as int64 event times (ms)."""
+        return times.to(torch.int64) + (self._epoch_ms or 0)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def memory_bytes(self) -> int:
-        per_row = self.dim * 4 + 4 + 8 + 8 + 8 + 8 + 1 + 1
-        return self.weights.shape[0] * per_row + self.index.memory_bytes() + \
-            self.filter.memory_bytes()
+        """Everything the group holds: row tensors, index (keys included) and sketches."""
+        return sum(store.nbytes() for store in self._store.values()) + \
+            self.index.memory_bytes() + self.filter.memory_bytes()
 
     def _count(self, stat: str, tags: torch.Tensor) -> None:
         if tags.numel():
@@ -192,6 +237,7 @@ class TableGroup:
         rows = self.index.lookup(ids, tags)
         if not train:
             return rows
+        stamp = self._stamp(now_ms)
         missing = torch.nonzero(rows < 0).reshape(-1)
         if missing.numel():
             miss_ids, miss_tags = ids.index_select(0, missing), tags.index_select(0, missing)
@@ -206,10 +252,10 @@ class TableGroup:
                 new_ids, new_tags = miss_ids.index_select(0, new), miss_tags.index_select(0, new)
                 new_rows = self.index.insert(new_ids, new_tags)
                 self._grow_to(self.index.row_capacity)
-                self._init_rows(new_rows, new_ids, new_tags, now_ms)
+                self._init_rows(new_rows, new_ids, new_tags, stamp)
                 rows.index_copy_(0, missing.index_select(0, new), new_rows)
                 self._count("admitted", new_tags)
-        self.last_seen_ms.index_fill_(0, rows[rows >= 0], now_ms)
+        self.last_seen.index_fill_(0, rows[rows >= 0], stamp)
         return rows
 
     def _within_room(self, ids: torch.Tensor, tags: torch.Tensor, admit: torch.Tensor
@@ -234,18 +280,15 @@ class TableGroup:
         return fits
 
     def _init_rows(self, rows: torch.Tensor, ids: torch.Tensor, tags: torch.Tensor,
-                   now_ms: int) -> None:
+                   stamp: int) -> None:
         # A function of (seed, id) only: the same id starts from the same
         # values whatever the grouping, sharding or admission order.
         init = id_normal(ids, self.dim, self.seed) * self.config.init_std
         init[:, -1] = 0.0  # the first-order weight starts at zero (see trainer.model)
         self.weights.index_copy_(0, rows, init)
         self.momentum.index_fill_(0, rows, 0.0)
-        self.row_ids.index_copy_(0, rows, ids)
-        self.row_tags.index_copy_(0, rows, tags)
-        self.live.index_fill_(0, rows, True)
-        self.last_seen_ms.index_fill_(0, rows, now_ms)
-        self.admitted_ms.index_fill_(0, rows, now_ms)
+        self.last_seen.index_fill_(0, rows, stamp)
+        self.admitted.index_fill_(0, rows, stamp)
         # A new row is a change the replicas must see, even if no update
         # follows (a step skipped for a non-finite loss admits but learns nothing).
         self.touched.index_fill_(0, rows, True)
@@ -267,15 +310,15 @@ class TableGroup:
         if end_all == 0:
             return 0
         visit, self._sweep_at[tag] = sweep_window(self._sweep_at.get(tag, 0), max_rows, end_all)
-        live = self.live[visit]
-        if tag is not None:
-            live &= self.row_tags[visit] == tag
-        stale = live & (self.last_seen_ms[visit] < now_ms - self._ttl_ms) if self._ttl_ms > 0 \
-            else torch.zeros_like(live)
+        row_tags = self.row_tags[visit].to(torch.int64)
+        live = row_tags >= 0 if tag is None else row_tags == tag
+        epoch = self._epoch_ms or 0
+        stale = live & (self.last_seen[visit].to(torch.int64) < now_ms - self._ttl_ms - epoch) \
+            if self._ttl_ms > 0 else torch.zeros_like(live)
         if prune:
             assert prune_below is not None
-            limit = prune_below.nan_to_num(0.0)[self.row_tags[visit].clamp(min=0)]
-            old = self.admitted_ms[visit] <= now_ms - self._grace_ms
+            limit = prune_below.nan_to_num(0.0)[row_tags.clamp(min=0)]
+            old = self.admitted[visit].to(torch.int64) <= now_ms - self._grace_ms - epoch
             pruned = live & ~stale & old & (self.weights[visit].abs().sum(dim=1) < limit)
         else:
             pruned = torch.zeros_like(live)
@@ -285,8 +328,8 @@ class TableGroup:
         # Each freed row counted once, as evicted (stale) or pruned: a
         # metrics scrape may read the counters at any moment, and a counter
         # must never go down.
-        self._count("evicted", self.row_tags[visit[stale]])
-        self._count("pruned", self.row_tags[visit[pruned]])
+        self._count("evicted", row_tags[stale])
+        self._count("pruned", row_tags[pruned])
         self.evict_rows(rows, counted=True)
         return int(rows.numel())
 
@@ -295,13 +338,11 @@ class TableGroup:
 
         Counted as evicted unless ``counted`` (the caller counted them itself).
         """
-        ids, tags = self.row_ids[rows], self.row_tags[rows]
-        self.index.remove(ids, tags)
+        ids, tags = self.row_ids[rows], self.row_tags[rows].to(torch.int64)
+        self.index.remove(ids, tags)  # (marks the rows free: tag -1)
         self.weights[rows] = 0.0
         self.momentum[rows] = 0.0
-        self.live[rows] = False
         self.touched[rows] = False
-        self.row_tags[rows] = -1
         if self._keep_tombstones:
             self._evicted.append((ids, tags))
         self._version += 1
@@ -354,7 +395,8 @@ class TableGroup:
         if self._touched_by_tag is None or self._touched_by_tag[0] != self._version:
             n = self.index.row_capacity
             rows = torch.nonzero(self.touched[:n]).reshape(-1)
-            self._touched_by_tag = (self._version, self._by_tag(rows, self.row_tags[rows]))
+            self._touched_by_tag = (self._version,
+                                    self._by_tag(rows, self.row_tags[rows].to(torch.int64)))
         rows = self._touched_by_tag[1][tag]
         self._touched_by_tag[1][tag] = rows[:0]
         self.touched[rows] = False
@@ -394,7 +436,7 @@ class TableGroup:
     def rows_of(self, tag: int) -> torch.Tensor:
         """Live rows of table ``tag`` (O(capacity) scan)."""
         n = self.index.row_capacity
-        return torch.nonzero(self.live[:n] & (self.row_tags[:n] == tag)).reshape(-1)
+        return torch.nonzero(self.row_tags[:n] == tag).reshape(-1)
 
 
 class GroupTableView:
@@ -469,8 +511,9 @@ class GroupTableView:
         state.update({
             **{name: getattr(g, tensor).index_select(0, rows) for name, tensor in (
                 ("ids", "row_ids"), ("weights", "weights"), ("momentum", "momentum"),
-                ("last_seen_ms", "last_seen_ms"), ("admitted_ms", "admitted_ms"),
                 ("touched", "touched"))},
+            "last_seen_ms": g.times_ms(g.last_seen.index_select(0, rows)),
+            "admitted_ms": g.times_ms(g.admitted.index_select(0, rows)),
             "tombstones": g.peek_tombstones(self.tag),
         })
         return state
@@ -496,13 +539,10 @@ class GroupTableView:
         g._grow_to(g.index.row_capacity)
         g.weights[rows] = state["weights"][at]
         g.momentum[rows] = state["momentum"][at]
-        g.last_seen_ms[rows] = state["last_seen_ms"][at]
+        g.last_seen[rows] = g._stored_times(state["last_seen_ms"][at])
         # (Older checkpoints lack admission times: such rows start a new grace.)
-        g.admitted_ms[rows] = state.get("admitted_ms", state["last_seen_ms"])[at]
+        g.admitted[rows] = g._stored_times(state.get("admitted_ms", state["last_seen_ms"])[at])
         g.touched[rows] = state["touched"][at]
-        g.row_ids[rows] = ids
-        g.row_tags[rows] = self.tag
-        g.live[rows] = True
         g.rows_per_tag[self.tag] = ids.numel()
         tomb = state["tombstones"]
         if tomb.numel():
