@@ -216,8 +216,12 @@ class TableGroup:
 
     def memory_bytes(self) -> int:
         """Everything the group holds: row tensors, index (keys included) and sketches."""
+        small = sum(t.numel() * t.element_size() for t in
+                    [*self.counters.values(), self.rows_per_tag,
+                     *(t for pair in self._evicted for t in pair),
+                     *(t for parts in self._tombstones for t in parts)])
         return sum(store.nbytes() for store in self._store.values()) + \
-            self.index.memory_bytes() + self.filter.memory_bytes()
+            self.index.memory_bytes() + self.filter.memory_bytes() + small
 
     def _count(self, stat: str, tags: torch.Tensor) -> None:
         if tags.numel():

@@ -68,6 +68,11 @@ class ReservedArray:
         self.ensure(capacity)
 
     @property
+    def reserved(self) -> bool:
+        """Whether growth is still in reserved address space (no copies)."""
+        return self._whole is not None
+
+    @property
     def capacity(self) -> int:
         return self.data.shape[0]
 
