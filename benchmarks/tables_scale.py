@@ -111,6 +111,13 @@ def scale_summary(results: dict[str, dict[str, Any]], args: argparse.Namespace
     ratios["100M rows by table bytes/row (GiB)"] = d["table_bytes"] / live * 1e8 / 2**30
     ratios["100M rows by RSS growth/row + RSS at start (GiB)"] = \
         (grown_rss / live * 1e8 + d["rss_start_mb"] * 2**20) / 2**30
+    # Index growth work per step: entries re-placed (deterministic, unlike step times
+    # on a shared machine), against the entries the index then held.
+    moved = d["index_moved_per_step"]
+    worst = max(range(len(moved)), key=moved.__getitem__)
+    ratios["index entries moved: mean per step"] = sum(moved) / len(moved)
+    ratios["index entries moved: most in one step"] = float(moved[worst])
+    ratios["index entries moved: most in one step / live rows at end"] = moved[worst] / live
     # The largest step while growing and the rows the tables held then.
     grow = d["phase_seconds"]["grow"]
     if grow:

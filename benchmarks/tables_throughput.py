@@ -133,6 +133,10 @@ class Arm:
     def rows(self) -> int:
         raise NotImplementedError
 
+    def index_moved(self) -> int:
+        """Index entries re-placed by growth so far (dynamic arm; 0 elsewhere)."""
+        return 0
+
     def extra(self) -> dict[str, Any]:
         return {}
 
@@ -248,6 +252,13 @@ class DynamicArm(Arm):
     def rows(self) -> int:
         return sum(len(t) for t in self.tables.values())
 
+    def index_moved(self) -> int:
+        from trainer.tables.group import group_views
+        groups, single = group_views(self.tables)
+        return sum(g.index.moved for g, _ in groups) + sum(
+            s.group.index.moved for n in single
+            for s in getattr(self.tables[n], "shards", [self.tables[n]]))
+
     def extra(self) -> dict[str, Any]:
         stats = [t.stats for t in self.tables.values()]
         return {"admitted": sum(s.admitted for s in stats),
@@ -302,21 +313,25 @@ def run_scale_arm(args: argparse.Namespace) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {"grow": [], "warmup": [], "measure": []}
     trace: list[dict[str, float]] = []
     rss_start = current_rss_mb()
+    moved: list[int] = []
     for s in range(stream.steps):
         ids, dense, labels = stream.batch(s)
         kjt = KeyedJaggedTensor(keys=names, values=ids.reshape(-1), lengths=lengths,
                                 stride=args.batch)
         now_ms = int(s * args.event_s_per_step * 1000)
+        before = arm.index_moved()
         t0 = time.perf_counter()
         arm.step(kjt, dense, labels, now_ms)
         elapsed = time.perf_counter() - t0
         seconds[stream.phase(s)].append(elapsed)
+        moved.append(arm.index_moved() - before)
         if s % 25 == 0 or s == stream.steps - 1:
             trace.append({"step": s, "rows": arm.rows(), "rss_mb": current_rss_mb(),
                           "step_ms": elapsed * 1e3})
     out = {"arm": args.child, "phase_seconds": seconds, "rows_at_end": arm.rows(),
            "grow_steps": stream.grow_steps, "peak_rss_mb": peak_rss_mb(),
            "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb(), "trace": trace,
+           "index_moved_per_step": moved,
            "threads": torch.get_num_threads(), **arm.extra()}
     if isinstance(arm, DynamicArm):
         out["table_bytes"] = sum(t.memory_bytes() for t in arm.tables.values())

@@ -108,6 +108,16 @@ def group_views(tables: Mapping[str, object]
     return list(groups.values()), single
 
 
+def _before(times: torch.Tensor, at: int, inclusive: bool) -> torch.Tensor:
+    """Mask of stored (int32) ``times`` before ``at`` (or at it, if ``inclusive``): compared
+    as int32, with ``at`` beyond the int32 range meaning all or none."""
+    if at > _TIME_MAX or (inclusive and at == _TIME_MAX):
+        return torch.ones_like(times, dtype=torch.bool)
+    if at < _TIME_MIN:
+        return torch.zeros_like(times, dtype=torch.bool)
+    return times <= at if inclusive else times < at
+
+
 class TableGroup:
     """The tables of ``names`` (tags ``0..len(names)-1``), one config, one storage.
 
@@ -313,30 +323,46 @@ class TableGroup:
         end_all = self.index.row_capacity
         if end_all == 0:
             return 0
-        visit, self._sweep_at[tag] = sweep_window(self._sweep_at.get(tag, 0), max_rows, end_all)
-        row_tags = self.row_tags[visit].to(torch.int64)
-        live = row_tags >= 0 if tag is None else row_tags == tag
+        ranges, self._sweep_at[tag] = sweep_window(self._sweep_at.get(tag, 0), max_rows,
+                                                   end_all)
         epoch = self._epoch_ms or 0
-        stale = live & (self.last_seen[visit].to(torch.int64) < now_ms - self._ttl_ms - epoch) \
-            if self._ttl_ms > 0 else torch.zeros_like(live)
-        if prune:
-            assert prune_below is not None
-            limit = prune_below.nan_to_num(0.0)[row_tags.clamp(min=0)]
-            old = self.admitted[visit].to(torch.int64) <= now_ms - self._grace_ms - epoch
-            pruned = live & ~stale & old & (self.weights[visit].abs().sum(dim=1) < limit)
-        else:
-            pruned = torch.zeros_like(live)
-        rows = visit[stale | pruned]
+        ttl_at = now_ms - self._ttl_ms - epoch if self._ttl_ms > 0 else None
+        grace_at = now_ms - self._grace_ms - epoch
+        found = [self._sweep(start, stop, tag, ttl_at, prune_below if prune else None, grace_at)
+                 for start, stop in ranges]
+        stale_rows = torch.cat([f[0] for f in found])
+        pruned_rows = torch.cat([f[1] for f in found])
+        rows = torch.cat([stale_rows, pruned_rows])
         if rows.numel() == 0:
             return 0
         # Each freed row counted once, as evicted (stale) or pruned: a
         # metrics scrape may read the counters at any moment, and a counter
         # must never go down.
-        self._count("evicted", row_tags[stale])
-        self._count("pruned", row_tags[pruned])
+        self._count("evicted", self.row_tags[stale_rows].to(torch.int64))
+        self._count("pruned", self.row_tags[pruned_rows].to(torch.int64))
         self.evict_rows(rows, counted=True)
         return int(rows.numel())
 
+    def _sweep(self, start: int, stop: int, tag: int | None, ttl_at: int | None,
+               prune_below: torch.Tensor | None, grace_at: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stale rows, pruned rows) among rows ``start..stop-1``: slices of the row
+        tensors compared in their own narrow types. ``ttl_at``, ``grace_at``: stored
+        times a row last seen / admitted before (at) is stale / past its grace."""
+        tags = self.row_tags[start:stop]
+        live = tags >= 0 if tag is None else tags == tag
+        stale = live & _before(self.last_seen[start:stop], ttl_at, inclusive=False) \
+            if ttl_at is not None else torch.zeros_like(live)
+        pruned = torch.zeros_like(live)
+        if prune_below is not None:
+            old = live & ~stale & _before(self.admitted[start:stop], grace_at, inclusive=True)
+            at = torch.nonzero(old).reshape(-1) + start
+            if at.numel():
+                limit = prune_below.nan_to_num(0.0)[self.row_tags[at].to(torch.int64)]
+                small = self.weights.index_select(0, at).abs().sum(dim=1) < limit
+                pruned[at[small] - start] = True
+        return (torch.nonzero(stale).reshape(-1) + start,
+                torch.nonzero(pruned).reshape(-1) + start)
     def evict_rows(self, rows: torch.Tensor, counted: bool = False) -> None:
         """Free ``rows`` (live rows), clear their state and record tombstones.
 

@@ -11,7 +11,8 @@ rows are first written. Existing rows never move.
 
 Where the reservation is refused (strict overcommit, a small ``RLIMIT_AS``, a
 platform without the flag), or rows outgrow ``limit``, the array falls back to
-an ordinary tensor that doubles by copying, and logs it once per array.
+an ordinary tensor that doubles by copying, with a warning (once per process
+for a refusal, once per array for outgrowing).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 # Linux's MAP_NORESERVE (Python's mmap module names it from 3.12 on).
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 _PAGE = mmap.PAGESIZE
+_refused: list[int] = []  # sizes refused (the first one is logged, once per process)
 
 
 def _reserve(nbytes: int) -> torch.Tensor | None:
@@ -60,9 +62,11 @@ class ReservedArray:
             self._row_bytes *= s
         raw = _reserve(self.limit * self._row_bytes)
         self._whole = raw.view(dtype).view(self.limit, *shape) if raw is not None else None
-        if self._whole is None:
-            log.info("address space for %d rows of %s refused: rows grow by copying",
-                     self.limit, dtype)
+        if self._whole is None and not _refused:
+            _refused.append(self.limit * self._row_bytes)
+            log.warning("address space for %d rows of %s refused (strict overcommit or a "
+                        "ulimit -v?): tables grow by copying, a stall at each doubling",
+                        self.limit, dtype)
         self.data = self._whole[:0] if self._whole is not None else \
             torch.zeros((0, *shape), dtype=dtype)
         self.ensure(capacity)
