@@ -52,6 +52,7 @@ _HARD = 0.85  # a segment never gets fuller: an insert grows it first
 _FLOOR = 0.5  # growth ahead of need takes segments at least this full, fullest first
 _CREDIT = 1.5  # entries growth ahead of need may move per entry inserted
 _MAX_CREDIT = 4 << _MAX_CAP_BITS
+_MAX_ROWS = (1 << 31) - 1  # free rows are kept as int32
 # Rows reserved per index by default (address space, not memory).
 DEFAULT_ROW_LIMIT = 1 << 28
 
@@ -305,6 +306,8 @@ class IdIndex:
 
     def _take_rows(self, n: int) -> torch.Tensor:
         reuse = min(n, self._free_rows.numel())
+        if self._next_row + n - reuse > _MAX_ROWS:
+            raise RuntimeError(f"IdIndex: more than {_MAX_ROWS} rows (row numbers are int32)")
         taken = self._free_rows[self._free_rows.numel() - reuse:].to(torch.int64)
         self._free_rows = self._free_rows[: self._free_rows.numel() - reuse]
         fresh = torch.arange(self._next_row, self._next_row + n - reuse, dtype=torch.int64)
