@@ -140,3 +140,38 @@ def test_times_stay_exact_when_event_time_runs_past_the_int32_range() -> None:
     other.load_state_dict(state)
     assert other.expire(now_ms=late) == 0
     assert other.expire(now_ms=late + 2) == 1
+
+
+def test_deltas_hold_every_changed_row_whether_tracked_by_log_or_by_scan() -> None:
+    # Changed rows are logged as they change, so a sync reads the log, not every
+    # row's flag; the log is dropped when no one collects for long (a scan then).
+    group = TableGroup(["a", "b", "c"], DIM, TableConfig(min_count=1, initial_capacity=16))
+    views = [group.views[n] for n in ("a", "b", "c")]
+    changed: list[set[int]] = [set(), set(), set()]
+
+    def train(ids: torch.Tensor, tag: int, step: int) -> None:
+        rows = group.lookup(torch.full_like(ids, tag), ids, now_ms=step)
+        group.update(rows, torch.ones(ids.numel(), DIM))
+        changed[tag].update(ids.tolist())
+
+    def collect(tag: int) -> None:
+        ids, values, _ = views[tag].collect_delta()
+        assert sorted(ids.tolist()) == sorted(changed[tag])
+        assert torch.equal(values, views[tag].read(views[tag].lookup(ids, train=False)))
+        changed[tag].clear()
+
+    train(torch.arange(100), 0, 1)
+    train(torch.arange(50, 150), 1, 1)
+    collect(0)
+    train(torch.arange(90, 120), 0, 2)  # a step between two tables' collections
+    train(torch.arange(200, 210), 2, 2)
+    for tag in (1, 2, 0):
+        collect(tag)
+    for tag in range(3):  # nothing changed since
+        collect(tag)
+    train(torch.arange(10**6, 10**6 + 70_000), 1, 3)  # past the log's limit: a scan
+    assert group._touched_log is None
+    train(torch.arange(5), 2, 3)
+    for tag in (2, 1, 0):
+        collect(tag)
+    assert group._touched_log == []
