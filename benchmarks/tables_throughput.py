@@ -225,8 +225,8 @@ class DynamicArm(Arm):
     def __init__(self, args: argparse.Namespace, names: list[str]) -> None:
         super().__init__(args, names)
         from streamrec.config import TableConfig
-        from trainer.embedding import DynamicEmbeddingCollection
-        from trainer.tables.base import make_table, make_tables
+        from streamrec.model.embedding import DynamicEmbeddingCollection
+        from streamrec.model.tables.base import make_table, make_tables
         config = TableConfig(min_count=args.min_count, ttl_s=args.ttl_s, shards=args.shards,
                              initial_capacity=args.initial_capacity, lr=args.lr)
         if args.per_feature:
@@ -253,7 +253,7 @@ class DynamicArm(Arm):
         return sum(len(t) for t in self.tables.values())
 
     def index_moved(self) -> int:
-        from trainer.tables.group import group_views
+        from streamrec.model.tables.group import group_views
         groups, single = group_views(self.tables)
         return sum(g.index.moved for g, _ in groups) + sum(
             s.group.index.moved for n in single

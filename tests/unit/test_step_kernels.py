@@ -14,17 +14,17 @@ import pytest
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher
 from streamrec import native
 from streamrec.config import ModelConfig, TableConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
-from trainer.embedding import DynamicEmbeddingCollection
-from trainer.history import _exclusive_prefix
-from trainer.model import CTRModel, fm_interaction
-from trainer.tables.index import IdIndex
-from trainer.tables.rows import id_normal
-from trainer.tables.sort import stable_argsort, unique
-from trainer.trainer import OnlineTrainer
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.history import _exclusive_prefix
+from streamrec.model.ctr import CTRModel, fm_interaction
+from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.rows import id_normal
+from streamrec.model.tables.sort import stable_argsort, unique
+from streamrec.trainer.trainer import OnlineTrainer
 
 INT64 = torch.iinfo(torch.int64)
 
@@ -297,7 +297,7 @@ def test_a_damaged_cached_library_is_built_again_and_any_user_can_load_it(
 
 def test_a_full_table_admits_the_same_ids_with_and_without_kernels() -> None:
     # max_rows: who gets the last rows must not depend on the dedup's order.
-    from trainer.tables.base import make_tables
+    from streamrec.model.tables.base import make_tables
     admitted = []
     for context in (contextlib.nullcontext, native.disabled):
         with context():

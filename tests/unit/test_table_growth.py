@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from streamrec.config import TableConfig
-from trainer.tables import reserve
-from trainer.tables.base import make_table
-from trainer.tables.group import TableGroup
-from trainer.tables.index import IdIndex
-from trainer.tables.reserve import ReservedArray
+from streamrec.model.tables import reserve
+from streamrec.model.tables.base import make_table
+from streamrec.model.tables.group import TableGroup
+from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.reserve import ReservedArray
 
 DIM = 16
 DAY_MS = 86_400_000
@@ -64,7 +64,7 @@ def test_without_reserved_address_space_rows_grow_by_copying_and_keep_their_valu
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(reserve, "_reserve", lambda nbytes: None)
     monkeypatch.setattr(reserve, "_refused", [])
-    with caplog.at_level(logging.WARNING, logger="trainer.tables.reserve"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.model.tables.reserve"):
         array = ReservedArray(torch.float32, 1 << 20, (3,))
         ReservedArray(torch.int64, 1 << 20)
     assert not array.reserved and caplog.text.count("grow by copying") == 1

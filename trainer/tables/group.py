@@ -35,11 +35,11 @@ import torch
 
 from streamrec.config import TableConfig
 from streamrec import native
-from trainer.tables.filter import FrequencyFilter
-from trainer.tables.index import IdIndex
-from trainer.tables.reserve import ReservedArray
-from trainer.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
-from trainer.tables.sort import unique, unique_np
+from streamrec.model.tables.filter import FrequencyFilter
+from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.reserve import ReservedArray
+from streamrec.model.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
+from streamrec.model.tables.sort import unique, unique_np
 
 __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 

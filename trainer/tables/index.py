@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 
 from streamrec import native
-from trainer.tables.reserve import ReservedArray
-from trainer.tables.rows import _splitmix
+from streamrec.model.tables.reserve import ReservedArray
+from streamrec.model.tables.rows import _splitmix
 
 __all__ = ["IdIndex"]
 
