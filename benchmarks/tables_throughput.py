@@ -18,10 +18,16 @@ part differs:
 
 Each arm runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own;
 MCH's, the largest, last (see ``ARMS``).
+``--scale ROWS`` runs the scale mode instead (benchmarks/tables_scale.py): a
+long-tailed, admission-heavy stream grows the dynamic tables to ``ROWS`` live
+rows and then trains at that size; it reports step times while growing and
+after, bytes per live row (tables and RSS) and the static arm on the same ids.
+
 Run from the repository root::
 
     python -m benchmarks.tables_throughput            # full run, ~1 min
     python -m benchmarks.tables_throughput --quick    # smoke run, ~30 s
+    python -m benchmarks.tables_throughput --scale 20000000 --threads 1   # ~8 min, 2.5 GB
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import torch
 from torch import nn
 
 from benchmarks.report import format_table, peak_rss_mb, step_stats, write_result
+from benchmarks.tables_scale import ScaleStream, current_rss_mb, scale_summary
 from benchmarks.zipf import ZipfSampler, raw_ids
 
 # MCH runs last: whatever process follows its ~4.4 GiB one on this machine has its slow
@@ -125,6 +132,10 @@ class Arm:
 
     def rows(self) -> int:
         raise NotImplementedError
+
+    def index_moved(self) -> int:
+        """Index entries re-placed by growth so far (dynamic arm; 0 elsewhere)."""
+        return 0
 
     def extra(self) -> dict[str, Any]:
         return {}
@@ -241,6 +252,13 @@ class DynamicArm(Arm):
     def rows(self) -> int:
         return sum(len(t) for t in self.tables.values())
 
+    def index_moved(self) -> int:
+        from streamrec.model.tables.group import group_views
+        groups, single = group_views(self.tables)
+        return sum(g.index.moved for g, _ in groups) + sum(
+            s.group.index.moved for n in single
+            for s in getattr(self.tables[n], "shards", [self.tables[n]]))
+
     def extra(self) -> dict[str, Any]:
         stats = [t.stats for t in self.tables.values()]
         return {"admitted": sum(s.admitted for s in stats),
@@ -259,6 +277,8 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
     from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    if args.scale:
+        return run_scale_arm(args)
     data = torch.load(args.data, weights_only=True)
     ids, dense, labels = data["ids"], data["dense"], data["labels"]
     names = [f"sparse_{f}" for f in range(args.features)]
@@ -281,6 +301,64 @@ def run_arm(args: argparse.Namespace) -> dict[str, Any]:
             "peak_rss_mb": peak_rss_mb(), "threads": torch.get_num_threads(),
             "phase_median_ms": {p: sorted(v)[len(v) // 2] * 1e3 for p, v in phases.items()},
             "phase_total_s": {p: sum(v) for p, v in phases.items()}, **arm.extra()}
+
+
+def run_scale_arm(args: argparse.Namespace) -> dict[str, Any]:
+    """Child process body of the scale mode: the stream of ScaleStream, phase by phase."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+    stream = ScaleStream(args)
+    names = [f"sparse_{f}" for f in range(args.features)]
+    arm = ARM_CLASSES[args.child](args, names)
+    lengths = torch.ones(args.features * args.batch, dtype=torch.int32)
+    seconds: dict[str, list[float]] = {"grow": [], "warmup": [], "measure": []}
+    trace: list[dict[str, float]] = []
+    rss_start = current_rss_mb()
+    moved: list[int] = []
+    for s in range(stream.steps):
+        ids, dense, labels = stream.batch(s)
+        kjt = KeyedJaggedTensor(keys=names, values=ids.reshape(-1), lengths=lengths,
+                                stride=args.batch)
+        now_ms = int(s * args.event_s_per_step * 1000)
+        before = arm.index_moved()
+        t0 = time.perf_counter()
+        arm.step(kjt, dense, labels, now_ms)
+        elapsed = time.perf_counter() - t0
+        seconds[stream.phase(s)].append(elapsed)
+        moved.append(arm.index_moved() - before)
+        if s % 25 == 0 or s == stream.steps - 1:
+            trace.append({"step": s, "rows": arm.rows(), "rss_mb": current_rss_mb(),
+                          "step_ms": elapsed * 1e3})
+    out = {"arm": args.child, "phase_seconds": seconds, "rows_at_end": arm.rows(),
+           "grow_steps": stream.grow_steps, "peak_rss_mb": peak_rss_mb(),
+           "rss_start_mb": rss_start, "rss_end_mb": current_rss_mb(), "trace": trace,
+           "index_moved_per_step": moved,
+           "threads": torch.get_num_threads(), **arm.extra()}
+    if isinstance(arm, DynamicArm):
+        out["table_bytes"] = sum(t.memory_bytes() for t in arm.tables.values())
+    return out
+
+
+def report_scale(args: argparse.Namespace, argv: list[str],
+                 results: dict[str, dict[str, Any]]) -> None:
+    rows, ratios = scale_summary(results, args)
+    print(f"\nscale: batch {args.batch}, {args.features} features, dim {args.dim}, "
+          f"{results[next(iter(results))]['grow_steps']} grow steps "
+          f"({args.grow_new_share:.0%} new ids), then {args.steps} measured steps "
+          f"({args.new_share:.0%} new ids), torch threads {args.threads}")
+    print(format_table(["arm", "phase", "median ex/s", "mean ex/s", "median ms", "p99 ms",
+                        "max ms", "peak RSS MiB", "rows at end"], rows))
+    if "dynamic" in results:
+        print("\ndynamic arm while growing (every 25th step):")
+        print(format_table(["step", "live rows", "RSS MiB", "step ms"],
+                           [[t["step"], t["rows"], t["rss_mb"], t["step_ms"]]
+                            for t in results["dynamic"]["trace"][:: max(1, len(
+                                results["dynamic"]["trace"]) // 12)]]))
+    print()
+    print(format_table(["figure", "value"], [[k, v] for k, v in ratios.items()]))
+    path = write_result("tables_throughput_scale", {"args": vars(args), "arms": results,
+                                                    "ratios": ratios},
+                        argv=["-m", "benchmarks.tables_throughput", *argv])
+    print(f"\nwrote {path}")
 
 
 # Parent: data once, one subprocess per arm, table and JSON -----------------------------
@@ -322,10 +400,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.05, help="row-wise Adagrad lr (all arms)")
     p.add_argument("--dense-lr", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=0,
+                   help="scale mode: grow the dynamic tables to this many live rows "
+                        "(implies --min-count 1 and --ttl-s 86400 unless given; arms "
+                        "dynamic,static unless given)")
+    p.add_argument("--grow-new-share", type=float, default=0.9,
+                   help="scale mode: share of new ids per step while growing")
+    p.add_argument("--new-share", type=float, default=0.05,
+                   help="scale mode: share of new ids per measured step")
+    p.add_argument("--tail", type=float, default=3.0,
+                   help="scale mode: repeated ids are rank floor(n * u ** tail) of n seen")
     p.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    given = set(argv if argv is not None else sys.argv[1:])
+    if args.scale:
+        args.min_count = args.min_count if "--min-count" in given else 1
+        args.ttl_s = args.ttl_s if "--ttl-s" in given else 86400.0
+        args.arms = args.arms if "--arms" in given else "dynamic,static"
     if args.quick:
         args.ids, args.hash_size, args.steps, args.warmup = 1_000_000, 100_000, 12, 2
         args.mch_eviction_interval, args.ttl_s = 4, 5.0
@@ -343,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {sorted(unknown)}; choose from {ARMS}")
+    if args.scale:
+        return main_scale(args, argv, arms)
     t = time.perf_counter()
     data = generate(args)
     data_info = describe(data, args.hash_size)
@@ -398,6 +493,21 @@ def main(argv: list[str] | None = None) -> int:
                                "ratios": ratios},
                         argv=["-m", "benchmarks.tables_throughput", *argv])
     print(f"\nwrote {path}")
+    return 0
+
+
+def main_scale(args: argparse.Namespace, argv: list[str], arms: list[str]) -> int:
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="tables_scale_") as tmp:
+        for arm in arms:
+            out = Path(tmp) / f"{arm}.json"
+            cmd = [sys.executable, "-m", "benchmarks.tables_throughput", *argv,
+                   "--child", arm, "--child-out", str(out)]
+            t = time.perf_counter()
+            subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
+            results[arm] = json.loads(out.read_text())
+            print(f"  {arm}: done in {time.perf_counter() - t:.0f} s", flush=True)
+    report_scale(args, argv, results)
     return 0
 
 

@@ -42,7 +42,7 @@ import torch
 
 __all__ = ["available", "batch_columns", "build", "disabled", "fm_head_backward",
            "fm_head_forward", "gather_rows", "history_prefix", "id_normal", "index_find",
-           "index_place", "kafka_records", "unique_pairs"]
+           "index_hash", "index_place", "kafka_records", "unique_pairs"]
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.history_prefix.restype = None
     lib.unique_pairs.argtypes = [p, p, i, p, i, p, p, p, p]
     lib.unique_pairs.restype = i
-    lib.index_find.argtypes = [p, p, p, i, p, p, i, p]
+    lib.index_hash.argtypes = [p, p, i, p]
+    lib.index_hash.restype = None
+    lib.index_find.argtypes = [p, p, p, p, i, i, p, p, p, p, i, p]
     lib.index_find.restype = None
-    lib.index_place.argtypes = [p, p, p, p, i, p, p, p, i]
-    lib.index_place.restype = i
+    lib.index_place.argtypes = [p, p, p, p, i, i, p, p, p, i]
+    lib.index_place.restype = None
     lib.id_normal.argtypes = [p, i, i, i, p]
     lib.id_normal.restype = None
     lib.gather_rows.argtypes = [p, p, i, i, p]
@@ -349,28 +351,42 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
     return uniq_ids[:found], uniq_tags[:found], inverse, counts[:found]
 
 
-def index_find(keys: torch.Tensor, key_tags: torch.Tensor | None, state: torch.Tensor,
-               bits: int, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
-    """streamrec.model.tables.index.IdIndex._find over its slot arrays (``key_tags`` None: untagged)."""
+def index_hash(ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+    """streamrec.model.tables.index.key_hash: the slot hash of each id (of each ``(tag, id)``)."""
     assert ids.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
     ids = ids.contiguous()
     tags = tags.contiguous() if tags is not None else None
-    slots = torch.empty(ids.numel(), dtype=torch.int64)
-    _lib().index_find(keys.data_ptr(), _ptr(key_tags), state.data_ptr(), bits, ids.data_ptr(),
-                      _ptr(tags), ids.numel(), slots.data_ptr())
-    return slots
+    out = torch.empty(ids.numel(), dtype=torch.int64)
+    _lib().index_hash(ids.data_ptr(), _ptr(tags), ids.numel(), out.data_ptr())
+    return out
 
 
-def index_place(keys: torch.Tensor, key_tags: torch.Tensor | None, vals: torch.Tensor,
-                state: torch.Tensor, bits: int, ids: torch.Tensor, tags: torch.Tensor | None,
-                rows: torch.Tensor) -> int:
-    """streamrec.model.tables.index.IdIndex._place, in place; returns the empty slots it used."""
-    assert ids.dtype == rows.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
-    ids, rows = ids.contiguous(), rows.contiguous()
+def index_find(slots: torch.Tensor, directory: torch.Tensor, depth: torch.Tensor,
+               cap_bits: torch.Tensor, global_bits: int, stride: int, row_ids: torch.Tensor,
+               row_tags: torch.Tensor | None, ids: torch.Tensor, tags: torch.Tensor | None
+               ) -> torch.Tensor:
+    """streamrec.model.tables.index.IdIndex._find over its arrays (``row_tags`` None: untagged)."""
+    assert ids.dtype == torch.int64 and (tags is None or tags.dtype == torch.int64)
+    assert row_tags is None or row_tags.dtype == torch.int16
+    ids = ids.contiguous()
     tags = tags.contiguous() if tags is not None else None
-    return int(_lib().index_place(keys.data_ptr(), _ptr(key_tags), vals.data_ptr(),
-                                  state.data_ptr(), bits, ids.data_ptr(), _ptr(tags),
-                                  rows.data_ptr(), ids.numel()))
+    out = torch.empty(ids.numel(), dtype=torch.int64)
+    _lib().index_find(slots.data_ptr(), directory.data_ptr(), depth.data_ptr(),
+                      cap_bits.data_ptr(), global_bits, stride, row_ids.data_ptr(),
+                      _ptr(row_tags), ids.data_ptr(), _ptr(tags), ids.numel(), out.data_ptr())
+    return out
+
+
+def index_place(slots: torch.Tensor, directory: torch.Tensor, depth: torch.Tensor,
+                cap_bits: torch.Tensor, global_bits: int, stride: int, used: torch.Tensor,
+                live: torch.Tensor, values: torch.Tensor) -> None:
+    """streamrec.model.tables.index.IdIndex._place, in place (``used``, ``live``: per-segment counts)."""
+    assert values.dtype == used.dtype == live.dtype == torch.int64
+    assert used.is_contiguous() and live.is_contiguous()
+    values = values.contiguous()
+    _lib().index_place(slots.data_ptr(), directory.data_ptr(), depth.data_ptr(),
+                       cap_bits.data_ptr(), global_bits, stride, used.data_ptr(),
+                       live.data_ptr(), values.data_ptr(), values.numel())
 
 
 def id_normal(ids: torch.Tensor, dim: int, offset: int) -> torch.Tensor:

@@ -164,58 +164,16 @@ int64_t unique_pairs(const int64_t *ids, const int64_t *tags, int64_t n, int64_t
     return n_unique;
 }
 
-/* trainer.tables.index.IdIndex's probes: open addressing with linear probing
- * over power-of-two slot arrays (keys, tags if tagged, vals, state: 0 empty,
- * 1 full, 2 deleted), hashed exactly as the torch version hashes. */
-static inline uint64_t index_slot(int64_t id, int64_t tag, int tagged, int64_t bits) {
-    uint64_t key = (uint64_t)id;
-    if (tagged) key += (uint64_t)tag * 0x2545F4914F6CDD1Dull;
-    return (key * 0x9E3779B97F4A7C15ull) >> (64 - bits);
-}
-
-/* slot_out[i]: the slot holding (tags[i], ids[i]), or -1. */
-void index_find(const int64_t *keys, const int64_t *key_tags, const int8_t *state, int64_t bits,
-                const int64_t *ids, const int64_t *tags, int64_t n, int64_t *slot_out) {
-    const uint64_t mask = ((uint64_t)1 << bits) - 1;
-    const int tagged = key_tags != NULL && tags != NULL;
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t id = ids[i], tag = tagged ? tags[i] : 0;
-        int64_t found = -1;
-        for (uint64_t s = index_slot(id, tag, tagged, bits);; s = (s + 1) & mask) {
-            if (state[s] == 0) break;
-            if (state[s] == 1 && keys[s] == id && (!tagged || key_tags[s] == tag)) {
-                found = (int64_t)s;
-                break;
-            }
-        }
-        slot_out[i] = found;
-    }
-}
-
-/* Writes (tags[i], ids[i]) -> rows[i] into free slots (the pairs are absent and
- * unique, and the table has room). Returns how many were empty, not deleted. */
-int64_t index_place(int64_t *keys, int64_t *key_tags, int64_t *vals, int8_t *state, int64_t bits,
-                    const int64_t *ids, const int64_t *tags, const int64_t *rows, int64_t n) {
-    const uint64_t mask = ((uint64_t)1 << bits) - 1;
-    const int tagged = key_tags != NULL && tags != NULL;
-    int64_t newly_used = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t tag = tagged ? tags[i] : 0;
-        uint64_t s = index_slot(ids[i], tag, tagged, bits);
-        while (state[s] == 1) s = (s + 1) & mask;
-        newly_used += state[s] == 0;
-        keys[s] = ids[i];
-        if (tagged) key_tags[s] = tag;
-        vals[s] = rows[i];
-        state[s] = 1;
-    }
-    return newly_used;
-}
-
-/* trainer.tables.rows.id_normal: out[i, j] (j < dim) a standard normal that
- * depends only on (seed, ids[i], j), by splitmix64 and Box-Muller, bit for bit
- * the torch version's integers (the transcendental functions may round the
- * last bit of a double differently). `offset` is seed * 4 * dim, wrapped. */
+/* trainer.tables.index.IdIndex's probes: extendible hashing over open-addressing
+ * segments. A key's hash is the top 32 bits of splitmix64's mix of
+ * id + tag * 0x2545F4914F6CDD1D (id alone untagged); its top `global_bits` bits
+ * index `directory` (a segment number), the next cap_bits[s] bits below the
+ * segment's depth[s] bits give the home slot, and probing is linear within the
+ * segment's 2^cap_bits[s] slots, which start at slots + s * stride. A slot holds
+ * hash << 32 | (row + 1): 0 is empty, a zero row part otherwise deleted. Keys
+ * live in row_ids[row] (and row_tags[row], int16, when tagged). Hashed exactly
+ * as the torch version hashes. */
+/* splitmix64's finaliser (Steele et al. 2014). */
 static inline uint64_t splitmix_mix(uint64_t x) {
     x ^= x >> 30;
     x *= 0xBF58476D1CE4E5B9ull;
@@ -223,6 +181,74 @@ static inline uint64_t splitmix_mix(uint64_t x) {
     x *= 0x94D049BB133111EBull;
     return x ^ (x >> 31);
 }
+
+static inline uint64_t index_key_hash(int64_t id, int64_t tag, int tagged) {
+    uint64_t key = (uint64_t)id;
+    if (tagged) key += (uint64_t)tag * 0x2545F4914F6CDD1Dull;
+    return splitmix_mix(key) >> 32;
+}
+
+static inline int64_t index_segment(uint64_t h, const int64_t *directory, int64_t global_bits) {
+    return directory[global_bits ? (int64_t)(h >> (32 - global_bits)) : 0];
+}
+
+/* out[i]: the hash of (tags[i], ids[i]) (tags NULL: untagged). */
+void index_hash(const int64_t *ids, const int64_t *tags, int64_t n, int64_t *out) {
+    for (int64_t i = 0; i < n; ++i)
+        out[i] = (int64_t)index_key_hash(ids[i], tags ? tags[i] : 0, tags != NULL);
+}
+
+/* slot_out[i]: the slot (s * stride + position) holding (tags[i], ids[i]), or -1.
+ * row_tags and tags are both NULL for an untagged index. */
+void index_find(const int64_t *slots, const int64_t *directory, const int64_t *depth,
+                const int64_t *cap_bits, int64_t global_bits, int64_t stride,
+                const int64_t *row_ids, const int16_t *row_tags, const int64_t *ids,
+                const int64_t *tags, int64_t n, int64_t *slot_out) {
+    const int tagged = row_tags != NULL && tags != NULL;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = ids[i], tag = tagged ? tags[i] : 0;
+        const uint64_t h = index_key_hash(id, tag, tagged);
+        const int64_t s = index_segment(h, directory, global_bits);
+        const uint64_t mask = ((uint64_t)1 << cap_bits[s]) - 1;
+        const int64_t *base = slots + s * stride;
+        int64_t found = -1;
+        for (uint64_t p = (h >> (32 - depth[s] - cap_bits[s])) & mask;; p = (p + 1) & mask) {
+            const uint64_t v = (uint64_t)base[p];
+            if (v == 0) break;
+            const uint64_t row = v & 0xFFFFFFFFull;
+            if (row && (v >> 32) == h && row_ids[row - 1] == id &&
+                (!tagged || row_tags[row - 1] == tag)) {
+                found = s * stride + (int64_t)p;
+                break;
+            }
+        }
+        slot_out[i] = found;
+    }
+}
+
+/* Writes slot values (hash << 32 | row + 1) of absent keys into free slots of
+ * their segments (which have room), counting per segment the empty slots
+ * used (used[s]) and the entries (live[s]). */
+void index_place(int64_t *slots, const int64_t *directory, const int64_t *depth,
+                 const int64_t *cap_bits, int64_t global_bits, int64_t stride, int64_t *used,
+                 int64_t *live, const int64_t *values, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        const uint64_t h = (uint64_t)values[i] >> 32;
+        const int64_t s = index_segment(h, directory, global_bits);
+        const uint64_t mask = ((uint64_t)1 << cap_bits[s]) - 1;
+        int64_t *base = slots + s * stride;
+        uint64_t p = (h >> (32 - depth[s] - cap_bits[s])) & mask;
+        while (((uint64_t)base[p] & 0xFFFFFFFFull) != 0) p = (p + 1) & mask;
+        used[s] += base[p] == 0;
+        live[s] += 1;
+        base[p] = values[i];
+    }
+}
+
+/* trainer.tables.rows.id_normal: out[i, j] (j < dim) a standard normal that
+ * depends only on (seed, ids[i], j), by splitmix64 and Box-Muller, bit for bit
+ * the torch version's integers (the transcendental functions may round the
+ * last bit of a double differently). `offset` is seed * 4 * dim, wrapped. */
 
 static inline double id_uniform(uint64_t id, uint64_t column) {
     const uint64_t golden = 0x9E3779B97F4A7C15ull;

@@ -236,21 +236,23 @@ def test_id_index_kernels_hash_as_the_torch_probes_do(tagged: bool) -> None:
     # Both write and read the same slot arrays: an index filled by one is read by the other.
     _kernels_or_skip()
     g = torch.Generator().manual_seed(6)
-    ids = torch.unique(torch.cat([torch.randint(-(2**62), 2**62, (3000,), generator=g),
+    # Enough ids that segments double and then split (past 2^15 slots).
+    ids = torch.unique(torch.cat([torch.randint(-(2**62), 2**62, (50_000,), generator=g),
                                   torch.tensor([INT64.min, INT64.max, 0, -1])]))
     tags = torch.randint(0, 4, (ids.numel(),), generator=g) if tagged else None
     for writer, reader in ((native.disabled, contextlib.nullcontext),
                            (contextlib.nullcontext, native.disabled)):
-        index = IdIndex(initial_slots=64, tagged=tagged)  # grows (rehashes) on the way
+        index = IdIndex(initial_slots=64, tagged=tagged)  # grows on the way
         with writer():
-            rows = torch.cat([index.insert(ids[i:i + 500], None if tags is None
-                                           else tags[i:i + 500])
-                              for i in range(0, ids.numel(), 500)])
-            index.remove(ids[:700], None if tags is None else tags[:700])  # tombstones
+            rows = torch.cat([index.insert(ids[i:i + 5000], None if tags is None
+                                           else tags[i:i + 5000])
+                              for i in range(0, ids.numel(), 5000)])
+            index.remove(ids[:7000], None if tags is None else tags[:7000])  # tombstones
+            assert index.moved > ids.numel() // 2
         with reader():
             got = index.lookup(ids, tags)
-            assert torch.equal(got[700:], rows[700:])
-            assert bool((got[:700] == -1).all())
+            assert torch.equal(got[7000:], rows[7000:])
+            assert bool((got[:7000] == -1).all())
             others = ids + 1 if not tagged else ids
             other_tags = None if tags is None else tags + 4  # same ids, other tables
             assert bool((index.lookup(others[~torch.isin(others, ids)] if not tagged else others,

@@ -37,6 +37,7 @@ from streamrec.config import TableConfig
 from streamrec import native
 from streamrec.model.tables.filter import FrequencyFilter
 from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.reserve import ReservedArray
 from streamrec.model.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
 from streamrec.model.tables.sort import unique, unique_np
 
@@ -44,6 +45,11 @@ __all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
 
 _STATS = TableStats.__slots__
 _ADAGRAD_EPS = 1e-8
+# Times are int32 milliseconds since the group's epoch: exact within 24.8 days of
+# it. The epoch moves to the present when event time leaves that range; older
+# times then read as the range's edge, i.e. ages past 24.8 days are
+# underestimated (a row expires late, never early).
+_TIME_MIN, _TIME_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
@@ -102,6 +108,16 @@ def group_views(tables: Mapping[str, object]
     return list(groups.values()), single
 
 
+def _before(times: torch.Tensor, at: int, inclusive: bool) -> torch.Tensor:
+    """Mask of stored (int32) ``times`` before ``at`` (or at it, if ``inclusive``): compared
+    as int32, with ``at`` beyond the int32 range meaning all or none."""
+    if at > _TIME_MAX or (inclusive and at == _TIME_MAX):
+        return torch.ones_like(times, dtype=torch.bool)
+    if at < _TIME_MIN:
+        return torch.zeros_like(times, dtype=torch.bool)
+    return times <= at if inclusive else times < at
+
+
 class TableGroup:
     """The tables of ``names`` (tags ``0..len(names)-1``), one config, one storage.
 
@@ -119,6 +135,8 @@ class TableGroup:
         self.config = config
         self.seed = seed
         n = len(self.names)
+        if n > torch.iinfo(torch.int16).max:
+            raise ValueError(f"a TableGroup holds at most 32767 tables, got {n}")
         capacity = config.initial_capacity * n
         self.index = IdIndex(initial_slots=2 * capacity, tagged=True)
         self.filter = FrequencyFilter(config.min_count, config.filter_width,
@@ -136,43 +154,90 @@ class TableGroup:
         # (valid while _version, bumped by every change to rows, is unchanged).
         self._version = 0
         self._touched_by_tag: tuple[int, list[torch.Tensor]] | None = None
-        self._alloc(capacity)
+        # Rows flagged touched since the touched rows were last computed, so that
+        # computing them reads these, not every row's flag (150 ms at 50M rows).
+        # Past _log_limit() rows (no one collecting) the log is dropped and the
+        # next computation scans the flags.
+        self._touched_log: list[torch.Tensor] | None = []
+        self._touched_logged = 0
+        self._epoch_ms: int | None = None
+        limit = self.index.row_limit
+        self._store = {"weights": ReservedArray(torch.float32, limit, (dim,)),
+                       "momentum": ReservedArray(torch.float32, limit),
+                       "last_seen": ReservedArray(torch.int32, limit),
+                       "admitted": ReservedArray(torch.int32, limit),
+                       "touched": ReservedArray(torch.bool, limit)}
+        self._grow_to(1)  # (reads of "no row" (-1) read row 0, then zero it)
         self.views = {name: GroupTableView(self, name) for name in self.names}
 
     # Storage --------------------------------------------------------------------------
 
-    _ROW_TENSORS = ("weights", "momentum", "last_seen_ms", "admitted_ms", "row_ids", "row_tags",
-                    "live", "touched")
-
-    def _alloc(self, capacity: int) -> None:
-        self.weights = torch.zeros((capacity, self.dim), dtype=torch.float32)
-        self.momentum = torch.zeros(capacity, dtype=torch.float32)
-        self.last_seen_ms = torch.zeros(capacity, dtype=torch.int64)
-        self.admitted_ms = torch.zeros(capacity, dtype=torch.int64)
-        self.row_ids = torch.zeros(capacity, dtype=torch.int64)
-        self.row_tags = torch.full((capacity,), -1, dtype=torch.int64)
-        self.live = torch.zeros(capacity, dtype=torch.bool)
-        self.touched = torch.zeros(capacity, dtype=torch.bool)
+    # Row-aligned, in reserved address space: growing never copies rows. The
+    # ids and tags of rows live in the index (one copy of each key). Per row:
+    # dim float32 weights, one float32 Adagrad accumulator, two int32 times,
+    # a touched flag; the index adds the id, the tag and its slots.
+    weights: torch.Tensor
+    momentum: torch.Tensor
+    last_seen: torch.Tensor
+    admitted: torch.Tensor
+    touched: torch.Tensor
 
     def _grow_to(self, rows_needed: int) -> None:
-        """Double the row tensors until ``rows_needed`` rows fit, keeping their contents."""
-        capacity = self.weights.shape[0]
-        if rows_needed <= capacity:
-            return
-        while capacity < rows_needed:
-            capacity *= 2
-        old = [getattr(self, name) for name in self._ROW_TENSORS]
-        self._alloc(capacity)
-        for name, prev in zip(self._ROW_TENSORS, old):
-            getattr(self, name)[: prev.shape[0]] = prev
+        """Make rows ``0..rows_needed-1`` addressable, keeping their contents."""
+        for name, store in self._store.items():
+            setattr(self, name, store.ensure(rows_needed))
+
+    @property
+    def row_ids(self) -> torch.Tensor:
+        """The id of each row (the index's copy)."""
+        return self.index.row_ids
+
+    @property
+    def row_tags(self) -> torch.Tensor:
+        """The table (tag) of each row, -1 for a free row (int16, the index's copy)."""
+        return self.index.row_tags
+
+    # Times --------------------------------------------------------------------------
+
+    def _stamp(self, now_ms: int) -> int:
+        """``now_ms`` as a stored time, moving the epoch first if it is out of range."""
+        if self._epoch_ms is None:
+            self._epoch_ms = now_ms
+        if not _TIME_MIN <= now_ms - self._epoch_ms <= _TIME_MAX:
+            self._rebase(now_ms)
+        return now_ms - self._epoch_ms  # type: ignore[operator]
+
+    def _rebase(self, epoch_ms: int) -> None:
+        """Move the epoch to ``epoch_ms`` (one pass over the rows' times, rare)."""
+        shift = epoch_ms - (self._epoch_ms or 0)
+        n = self.index.row_capacity
+        for times in (self.last_seen, self.admitted):
+            for start in range(0, n, 1 << 20):
+                part = times[start: start + (1 << 20)]
+                part.copy_((part.to(torch.int64) - shift).clamp_(_TIME_MIN, _TIME_MAX))
+        self._epoch_ms = epoch_ms
+
+    def _stored_times(self, ms: torch.Tensor) -> torch.Tensor:
+        """int64 event times (ms) as stored times (int32, clamped to the range)."""
+        if self._epoch_ms is None:
+            self._epoch_ms = int(ms.max()) if ms.numel() else 0
+        return (ms.to(torch.int64) - self._epoch_ms).clamp_(_TIME_MIN, _TIME_MAX).to(torch.int32)
+
+    def times_ms(self, times: torch.Tensor) -> torch.Tensor:
+        """Stored times as int64 event times (ms)."""
+        return times.to(torch.int64) + (self._epoch_ms or 0)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def memory_bytes(self) -> int:
-        per_row = self.dim * 4 + 4 + 8 + 8 + 8 + 8 + 1 + 1
-        return self.weights.shape[0] * per_row + self.index.memory_bytes() + \
-            self.filter.memory_bytes()
+        """Everything the group holds: row tensors, index (keys included) and sketches."""
+        small = sum(t.numel() * t.element_size() for t in
+                    [*self.counters.values(), self.rows_per_tag, *(self._touched_log or []),
+                     *(t for pair in self._evicted for t in pair),
+                     *(t for parts in self._tombstones for t in parts)])
+        return sum(store.nbytes() for store in self._store.values()) + \
+            self.index.memory_bytes() + self.filter.memory_bytes() + small
 
     def _count(self, stat: str, tags: torch.Tensor) -> None:
         if tags.numel():
@@ -192,6 +257,7 @@ class TableGroup:
         rows = self.index.lookup(ids, tags)
         if not train:
             return rows
+        stamp = self._stamp(now_ms)
         missing = torch.nonzero(rows < 0).reshape(-1)
         if missing.numel():
             miss_ids, miss_tags = ids.index_select(0, missing), tags.index_select(0, missing)
@@ -206,10 +272,10 @@ class TableGroup:
                 new_ids, new_tags = miss_ids.index_select(0, new), miss_tags.index_select(0, new)
                 new_rows = self.index.insert(new_ids, new_tags)
                 self._grow_to(self.index.row_capacity)
-                self._init_rows(new_rows, new_ids, new_tags, now_ms)
+                self._init_rows(new_rows, new_ids, new_tags, stamp)
                 rows.index_copy_(0, missing.index_select(0, new), new_rows)
                 self._count("admitted", new_tags)
-        self.last_seen_ms.index_fill_(0, rows[rows >= 0], now_ms)
+        self.last_seen.index_fill_(0, rows[rows >= 0], stamp)
         return rows
 
     def _within_room(self, ids: torch.Tensor, tags: torch.Tensor, admit: torch.Tensor
@@ -234,21 +300,18 @@ class TableGroup:
         return fits
 
     def _init_rows(self, rows: torch.Tensor, ids: torch.Tensor, tags: torch.Tensor,
-                   now_ms: int) -> None:
+                   stamp: int) -> None:
         # A function of (seed, id) only: the same id starts from the same
         # values whatever the grouping, sharding or admission order.
         init = id_normal(ids, self.dim, self.seed) * self.config.init_std
         init[:, -1] = 0.0  # the first-order weight starts at zero (see streamrec.model.ctr)
         self.weights.index_copy_(0, rows, init)
         self.momentum.index_fill_(0, rows, 0.0)
-        self.row_ids.index_copy_(0, rows, ids)
-        self.row_tags.index_copy_(0, rows, tags)
-        self.live.index_fill_(0, rows, True)
-        self.last_seen_ms.index_fill_(0, rows, now_ms)
-        self.admitted_ms.index_fill_(0, rows, now_ms)
+        self.last_seen.index_fill_(0, rows, stamp)
+        self.admitted.index_fill_(0, rows, stamp)
         # A new row is a change the replicas must see, even if no update
         # follows (a step skipped for a non-finite loss admits but learns nothing).
-        self.touched.index_fill_(0, rows, True)
+        self._mark_touched(rows)
         self.rows_per_tag += torch.bincount(tags, minlength=len(self.names))
         self._version += 1
 
@@ -266,42 +329,56 @@ class TableGroup:
         end_all = self.index.row_capacity
         if end_all == 0:
             return 0
-        visit, self._sweep_at[tag] = sweep_window(self._sweep_at.get(tag, 0), max_rows, end_all)
-        live = self.live[visit]
-        if tag is not None:
-            live &= self.row_tags[visit] == tag
-        stale = live & (self.last_seen_ms[visit] < now_ms - self._ttl_ms) if self._ttl_ms > 0 \
-            else torch.zeros_like(live)
-        if prune:
-            assert prune_below is not None
-            limit = prune_below.nan_to_num(0.0)[self.row_tags[visit].clamp(min=0)]
-            old = self.admitted_ms[visit] <= now_ms - self._grace_ms
-            pruned = live & ~stale & old & (self.weights[visit].abs().sum(dim=1) < limit)
-        else:
-            pruned = torch.zeros_like(live)
-        rows = visit[stale | pruned]
+        ranges, self._sweep_at[tag] = sweep_window(self._sweep_at.get(tag, 0), max_rows,
+                                                   end_all)
+        epoch = self._epoch_ms or 0
+        ttl_at = now_ms - self._ttl_ms - epoch if self._ttl_ms > 0 else None
+        grace_at = now_ms - self._grace_ms - epoch
+        found = [self._sweep(start, stop, tag, ttl_at, prune_below if prune else None, grace_at)
+                 for start, stop in ranges]
+        stale_rows = torch.cat([f[0] for f in found])
+        pruned_rows = torch.cat([f[1] for f in found])
+        rows = torch.cat([stale_rows, pruned_rows])
         if rows.numel() == 0:
             return 0
         # Each freed row counted once, as evicted (stale) or pruned: a
         # metrics scrape may read the counters at any moment, and a counter
         # must never go down.
-        self._count("evicted", self.row_tags[visit[stale]])
-        self._count("pruned", self.row_tags[visit[pruned]])
+        self._count("evicted", self.row_tags[stale_rows].to(torch.int64))
+        self._count("pruned", self.row_tags[pruned_rows].to(torch.int64))
         self.evict_rows(rows, counted=True)
         return int(rows.numel())
 
+    def _sweep(self, start: int, stop: int, tag: int | None, ttl_at: int | None,
+               prune_below: torch.Tensor | None, grace_at: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stale rows, pruned rows) among rows ``start..stop-1``: slices of the row
+        tensors compared in their own narrow types. ``ttl_at``, ``grace_at``: stored
+        times a row last seen / admitted before (at) is stale / past its grace."""
+        tags = self.row_tags[start:stop]
+        live = tags >= 0 if tag is None else tags == tag
+        stale = live & _before(self.last_seen[start:stop], ttl_at, inclusive=False) \
+            if ttl_at is not None else torch.zeros_like(live)
+        pruned = torch.zeros_like(live)
+        if prune_below is not None:
+            old = live & ~stale & _before(self.admitted[start:stop], grace_at, inclusive=True)
+            at = torch.nonzero(old).reshape(-1) + start
+            if at.numel():
+                limit = prune_below.nan_to_num(0.0)[self.row_tags[at].to(torch.int64)]
+                small = self.weights.index_select(0, at).abs().sum(dim=1) < limit
+                pruned[at[small] - start] = True
+        return (torch.nonzero(stale).reshape(-1) + start,
+                torch.nonzero(pruned).reshape(-1) + start)
     def evict_rows(self, rows: torch.Tensor, counted: bool = False) -> None:
         """Free ``rows`` (live rows), clear their state and record tombstones.
 
         Counted as evicted unless ``counted`` (the caller counted them itself).
         """
-        ids, tags = self.row_ids[rows], self.row_tags[rows]
-        self.index.remove(ids, tags)
+        ids, tags = self.row_ids[rows], self.row_tags[rows].to(torch.int64)
+        self.index.remove(ids, tags)  # (marks the rows free: tag -1)
         self.weights[rows] = 0.0
         self.momentum[rows] = 0.0
-        self.live[rows] = False
         self.touched[rows] = False
-        self.row_tags[rows] = -1
         if self._keep_tombstones:
             self._evicted.append((ids, tags))
         self._version += 1
@@ -345,16 +422,37 @@ class TableGroup:
         parts = self._tombstones[tag]
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
+    def _mark_touched(self, rows: torch.Tensor) -> None:
+        self.touched.index_fill_(0, rows, True)
+        if self._touched_log is not None:
+            self._touched_log.append(rows)
+            self._touched_logged += rows.numel()
+            if self._touched_logged > max(1 << 16, self.index.row_capacity // 8):
+                self._touched_log = None
+
+    def _touched_rows(self) -> torch.Tensor:
+        """Rows flagged touched (ascending): from the log and the rows computed before
+        and not yet taken, or by a scan of every row's flag when the log was dropped."""
+        if self._touched_log is None:
+            rows = torch.nonzero(self.touched[: self.index.row_capacity]).reshape(-1)
+        else:
+            untaken = self._touched_by_tag[1] if self._touched_by_tag is not None else []
+            rows = torch.unique(torch.cat([*self._touched_log, *untaken,
+                                           torch.empty(0, dtype=torch.int64)]))
+            rows = rows[self.touched.index_select(0, rows)]
+        self._touched_log, self._touched_logged = [], 0
+        return rows
+
     def take_touched(self, tag: int) -> torch.Tensor:
         """Rows of table ``tag`` changed since its last call; clears their flags.
 
         Sync collects every table in turn with nothing trained in between, so
-        the scan of the touched flags is done once for all tables.
+        the touched rows are computed once for all tables.
         """
         if self._touched_by_tag is None or self._touched_by_tag[0] != self._version:
-            n = self.index.row_capacity
-            rows = torch.nonzero(self.touched[:n]).reshape(-1)
-            self._touched_by_tag = (self._version, self._by_tag(rows, self.row_tags[rows]))
+            rows = self._touched_rows()
+            self._touched_by_tag = (self._version,
+                                    self._by_tag(rows, self.row_tags[rows].to(torch.int64)))
         rows = self._touched_by_tag[1][tag]
         self._touched_by_tag[1][tag] = rows[:0]
         self.touched[rows] = False
@@ -382,19 +480,19 @@ class TableGroup:
         m = self.momentum.index_select(0, rows).add_(grads.pow(2).mean(dim=1))
         self.momentum.index_copy_(0, rows, m)
         self.weights.index_add_(0, rows, grads * (-lr / (m.sqrt() + _ADAGRAD_EPS)).unsqueeze(1))
-        self.touched.index_fill_(0, rows, True)
+        self._mark_touched(rows)
         self._version += 1
 
     def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
         """Overwrite live ``rows`` with ``values`` (non-gradient state, e.g. counts)."""
         self.weights.index_copy_(0, rows, values)
-        self.touched.index_fill_(0, rows, True)
+        self._mark_touched(rows)
         self._version += 1
 
     def rows_of(self, tag: int) -> torch.Tensor:
         """Live rows of table ``tag`` (O(capacity) scan)."""
         n = self.index.row_capacity
-        return torch.nonzero(self.live[:n] & (self.row_tags[:n] == tag)).reshape(-1)
+        return torch.nonzero(self.row_tags[:n] == tag).reshape(-1)
 
 
 class GroupTableView:
@@ -469,8 +567,9 @@ class GroupTableView:
         state.update({
             **{name: getattr(g, tensor).index_select(0, rows) for name, tensor in (
                 ("ids", "row_ids"), ("weights", "weights"), ("momentum", "momentum"),
-                ("last_seen_ms", "last_seen_ms"), ("admitted_ms", "admitted_ms"),
                 ("touched", "touched"))},
+            "last_seen_ms": g.times_ms(g.last_seen.index_select(0, rows)),
+            "admitted_ms": g.times_ms(g.admitted.index_select(0, rows)),
             "tombstones": g.peek_tombstones(self.tag),
         })
         return state
@@ -496,13 +595,11 @@ class GroupTableView:
         g._grow_to(g.index.row_capacity)
         g.weights[rows] = state["weights"][at]
         g.momentum[rows] = state["momentum"][at]
-        g.last_seen_ms[rows] = state["last_seen_ms"][at]
+        g.last_seen[rows] = g._stored_times(state["last_seen_ms"][at])
         # (Older checkpoints lack admission times: such rows start a new grace.)
-        g.admitted_ms[rows] = state.get("admitted_ms", state["last_seen_ms"])[at]
+        g.admitted[rows] = g._stored_times(state.get("admitted_ms", state["last_seen_ms"])[at])
         g.touched[rows] = state["touched"][at]
-        g.row_ids[rows] = ids
-        g.row_tags[rows] = self.tag
-        g.live[rows] = True
+        g._touched_log = None  # (rows flagged without the log: the next collection scans)
         g.rows_per_tag[self.tag] = ids.numel()
         tomb = state["tombstones"]
         if tomb.numel():

@@ -1,21 +1,36 @@
-"""A collisionless, vectorized id → row index for raw int64 ids.
+"""A collisionless, vectorized id → row index for raw int64 ids that grows in small steps.
 
-Open addressing with linear probing over power-of-two slot arrays: a batch of
-ids is resolved in a few torch passes over the still-unresolved ids, never
-with a per-id Python loop, or by one loop in C (:mod:`streamrec.native`) over
-the same arrays, hashed the same way. Keys are the raw ids
-themselves (no sentinel value is stolen from the id space: slot state lives in
-a separate byte array), so any two distinct ids, including negative and
-extreme ones, always get distinct rows. This is the property Monolith's
-Cuckoo hash table gives and modulo-hashed static tables lack (Monolith §3.1).
+Keys are the raw ids themselves (no sentinel value is stolen from the id
+space), so any two distinct ids, including negative and extreme ones, always
+get distinct rows: the property Monolith's Cuckoo hash table gives and
+modulo-hashed static tables lack (Monolith §3.1).
 
-Rows are dense integers ``0 .. capacity-1`` handed out from a free list, so the
-caller can keep row-aligned tensors (weights, optimizer state, timestamps).
+Rows are dense integers ``0 .. row_capacity-1`` handed out from a free list, so
+the caller keeps row-aligned tensors (weights, optimizer state, times). The
+index owns the one copy of each key: ``row_ids[row]`` (and ``row_tags[row]``
+in a tagged index), in address space reserved up front
+(:class:`~trainer.tables.reserve.ReservedArray`), so rows never move.
 
-A *tagged* index keys rows by ``(tag, id)`` pairs instead: several tables (tag =
-the table's number) share one index and one set of row tensors, so a training
-step resolves every feature's ids in one pass instead of one pass per table
-(see :mod:`streamrec.model.tables.group`). The same id under two tags gets two rows.
+Slots are extendible hashing (Fagin et al. 1979) over open-addressing
+segments: the top bits of a 64-bit mix of the key pick a segment through a
+directory, the next bits a slot, and probing is linear within the segment.
+A slot is one int64: the mix's top 32 bits over ``row + 1`` (0: empty;
+row part 0 otherwise: deleted), so probes compare the key itself only on a
+32-bit match, and segments are rebuilt from their slots alone. A segment
+grows by doubling up to ``2^15`` slots and then splits in two, so one growth
+moves at most 2^15 entries whatever the table's size; after each insert the
+fullest segments are grown ahead of need, up to 3 entries moved per entry
+inserted and 4 segments' worth per call, which spreads growth evenly over
+steps instead of letting every segment fill up at once (a full rehash in
+disguise).
+
+A *tagged* index keys rows by ``(tag, id)`` pairs: several tables (tag = the
+table's number) share one index and one set of row tensors (see
+:mod:`streamrec.model.tables.group`). The same id under two tags gets two rows.
+
+Probes run as one loop in C (:mod:`streamrec.native`) or, as the fallback
+and reference, as a few torch passes over the still-unresolved ids; both
+hash identically and read and write the same arrays.
 """
 
 from __future__ import annotations
@@ -23,22 +38,34 @@ from __future__ import annotations
 import torch
 
 from streamrec import native
+from streamrec.model.tables.reserve import ReservedArray
+from streamrec.model.tables.rows import _splitmix
 
 __all__ = ["IdIndex"]
 
-_EMPTY, _FULL, _DELETED = 0, 1, 2
-# Fibonacci hashing multiplier (2^64 / golden ratio), as a signed int64.
-_MULT = -7046029254386353131
-_MAX_LOAD = 0.5
-# Mixes the tag into the slot hash of a tagged index (another odd constant).
+# Mixes the tag into the key of a tagged index (an odd constant).
 _TAG_MULT = 0x2545F4914F6CDD1D
+_LOW = 0xFFFFFFFF
+_DELETED = 1 << 32  # a slot whose row part is 0 but is not empty
+_MAX_CAP_BITS = 15  # a segment's most slots: 2^15 (256 KiB)
+_MIN_CAP_BITS = 6
+_HARD = 0.85  # a segment never gets fuller: an insert grows it first
+_FLOOR = 0.5  # growth ahead of need takes segments at least this full, fullest first
+# Entries growth ahead of need may move per entry inserted. Segments filled in
+# step split in step: all 2^k of them must split while inserts take them from
+# _FLOOR to _HARD, ~1.4 moves per insert; at 1.5 bursts of forced growth still
+# came (1.2M entries in one 48k-insert step at 14M rows), at 3 none (153k at most).
+_CREDIT = 3.0
+_MAX_CREDIT = 4 << _MAX_CAP_BITS
+_MAX_ROWS = (1 << 31) - 1  # free rows are kept as int32
+# Rows reserved per index by default (address space, not memory).
+DEFAULT_ROW_LIMIT = 1 << 28
 
 
-def _slot_hash(ids: torch.Tensor, bits: int) -> torch.Tensor:
-    # Multiplicative hashing: the top `bits` bits of id * MULT (mod 2^64) are
-    # well mixed even for sequential or low-entropy ids. Arithmetic shift on
-    # int64 drags the sign bit in, hence the mask.
-    return ((ids * _MULT) >> (64 - bits)) & ((1 << bits) - 1)
+def key_hash(ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
+    """Top 32 bits of splitmix64's mix of ``id + tag * _TAG_MULT`` (int64, ``0 .. 2^32-1``)."""
+    key = ids if tags is None else ids + tags * _TAG_MULT
+    return (_splitmix(key) >> 32) & _LOW
 
 
 class IdIndex:
@@ -47,23 +74,36 @@ class IdIndex:
     Not thread-safe: the owner serialises calls.
     """
 
-    def __init__(self, initial_slots: int = 1024, tagged: bool = False) -> None:
+    def __init__(self, initial_slots: int = 1024, tagged: bool = False,
+                 row_limit: int = DEFAULT_ROW_LIMIT) -> None:
         self.tagged = tagged
-        bits = max(4, (max(16, initial_slots) - 1).bit_length())
-        self._alloc_slots(bits)
+        self.row_limit = row_limit
+        # Segments: enough for row_limit rows at the lowest load a split leaves.
+        stride = 1 << _MAX_CAP_BITS
+        self._segment_limit = max(4, int(row_limit / (_HARD / 2 * stride)) + 2)
+        self._slots = ReservedArray(torch.int64, self._segment_limit * stride)
+        self._ids = ReservedArray(torch.int64, row_limit)
+        self._tags = ReservedArray(torch.int16, row_limit if tagged else 1)
+        bits = max(_MIN_CAP_BITS, (max(16, initial_slots) - 1).bit_length())
+        global_bits = max(0, bits - _MAX_CAP_BITS)
+        n = 1 << global_bits
+        self._global_bits = global_bits
+        self._directory = torch.arange(n, dtype=torch.int64)
+        meta = max(16, 2 * n)
+        self._depth = torch.zeros(meta, dtype=torch.int64)
+        self._depth[:n] = global_bits
+        self._cap_bits = torch.zeros(meta, dtype=torch.int64)
+        self._cap_bits[:n] = min(bits, _MAX_CAP_BITS)
+        self._used = torch.zeros(meta, dtype=torch.int64)  # full + deleted slots
+        self._live = torch.zeros(meta, dtype=torch.int64)
+        self._segments = n
+        self._slots.ensure(n * stride)
+        self._credit = 0.0
+        self.moved = 0  # entries re-placed by growth, ever (what growth costs)
         self._next_row = 0
-        self._free_rows = torch.empty(0, dtype=torch.int64)
+        self._free_rows = torch.empty(0, dtype=torch.int32)
         self._size = 0
-
-    def _alloc_slots(self, bits: int) -> None:
-        self._bits = bits
-        n = 1 << bits
-        self._keys = torch.zeros(n, dtype=torch.int64)
-        self._tags = torch.zeros(n if self.tagged else 0, dtype=torch.int64)
-        self._vals = torch.full((n,), -1, dtype=torch.int64)
-        self._state = torch.zeros(n, dtype=torch.int8)
-        self._claim = torch.full((n,), -1, dtype=torch.int64)  # scratch for _place
-        self._used = 0  # FULL + DELETED slots: what lengthens probe chains
+        self._ensure_rows(1)  # (the torch probes read row 0 for empty slots too)
 
     def __len__(self) -> int:
         return self._size
@@ -75,125 +115,248 @@ class IdIndex:
 
     @property
     def slots(self) -> int:
-        return 1 << self._bits
+        return int(self._capacities().sum())
+
+    @property
+    def row_ids(self) -> torch.Tensor:
+        """The id of each row (rows ``0..row_capacity-1`` are meaningful)."""
+        return self._ids.data
+
+    @property
+    def row_tags(self) -> torch.Tensor:
+        """The tag of each row (int16; -1 for a free row) of a tagged index."""
+        return self._tags.data
+
+    def _capacities(self) -> torch.Tensor:
+        return torch.ones(self._segments, dtype=torch.int64) << self._cap_bits[: self._segments]
 
     def memory_bytes(self) -> int:
-        return (self._keys.numel() * 8 + self._tags.numel() * 8 + self._vals.numel() * 8
-                + self._state.numel() + self._free_rows.numel() * 8)
+        """Everything the index holds: slots, keys, tags, free list, directory, segment counters."""
+        slot_bytes = int(self._capacities().sum()) * 8
+        meta = 4 * self._depth.numel() * 8 + self._directory.numel() * 8
+        return (slot_bytes + self._ids.nbytes() + (self._tags.nbytes() if self.tagged else 0)
+                + self._free_rows.numel() * 4 + meta)
 
-    def _key_tags(self, tags: torch.Tensor | None) -> torch.Tensor | None:
-        """The tag of each slot (None for an untagged index), where ``tags`` come with
-        the ids; ValueError if a tagged index gets ids without them."""
-        if not self.tagged:
-            return None
-        if tags is None:
+    # Hashing and probing ---------------------------------------------------------------
+
+    def _check_tags(self, tags: torch.Tensor | None) -> None:
+        if self.tagged and tags is None:
             raise ValueError("a tagged IdIndex needs tags with every id")
-        return self._tags
 
     def _hash(self, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
-        # (Callers checked the tags with _key_tags.)
-        if self.tagged:
-            assert tags is not None
-            return _slot_hash(ids + tags * _TAG_MULT, self._bits)
-        return _slot_hash(ids, self._bits)
+        tags = tags if self.tagged else None
+        if native.available() and ids.numel():
+            return native.index_hash(ids, tags)
+        return key_hash(ids, tags)
+
+    def _segment_of(self, h: torch.Tensor) -> torch.Tensor:
+        g = self._global_bits
+        return self._directory.index_select(0, h >> (32 - g)) if g else torch.zeros_like(h)
+
+    def _home(self, h: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first slot within the segment, the segment's slot mask) of each hash."""
+        cap_bits = self._cap_bits.index_select(0, seg)
+        shift = 32 - self._depth.index_select(0, seg) - cap_bits
+        mask = (torch.ones_like(cap_bits) << cap_bits) - 1
+        return (h >> shift) & mask, mask
+
+    def _layout(self) -> tuple[torch.Tensor, ...]:
+        return (self._slots.data, self._directory, self._depth, self._cap_bits)
 
     def _find(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Slot of each id (of each ``(tag, id)`` in a tagged index), or -1 where absent."""
-        key_tags = self._key_tags(tags)
+        self._check_tags(tags)
+        tags = tags if self.tagged else None
         if native.available() and ids.numel():
-            return native.index_find(self._keys, key_tags, self._state, self._bits, ids, tags)
+            return native.index_find(*self._layout(), self._global_bits, 1 << _MAX_CAP_BITS,
+                                     self._ids.data, self._tags.data if self.tagged else None,
+                                     ids, tags)
         # index_select, not advanced indexing: several times faster on CPU.
-        mask = (1 << self._bits) - 1
-        slot = torch.full_like(ids, -1)
+        slots, row_ids, row_tags = self._slots.data, self._ids.data, self._tags.data
+        h = key_hash(ids, tags)
+        seg = self._segment_of(h)
+        pos, mask = self._home(h, seg)
+        base = seg << _MAX_CAP_BITS
+        found = torch.full_like(ids, -1)
         todo = torch.arange(ids.numel())
-        pos = self._hash(ids, tags)
         while todo.numel():
-            state = self._state.index_select(0, pos)
-            hit = (state == _FULL) & (self._keys.index_select(0, pos) == ids)
-            if self.tagged:
-                assert tags is not None
-                hit &= self._tags.index_select(0, pos) == tags
-            found = torch.nonzero(hit).reshape(-1)
-            slot.index_copy_(0, todo.index_select(0, found), pos.index_select(0, found))
-            # A probe chain ends at an EMPTY slot; DELETED slots are walked over.
-            go_on = torch.nonzero(~hit & (state != _EMPTY)).reshape(-1)
-            todo, pos, ids = (t.index_select(0, go_on) for t in (todo, pos, ids))
+            at = base + pos
+            v = slots.index_select(0, at)
+            row = (v & _LOW) - 1
+            hit = (row >= 0) & (((v >> 32) & _LOW) == h)
+            r = row.clamp(min=0)
+            hit &= row_ids.index_select(0, r) == ids
+            if tags is not None:
+                hit &= row_tags.index_select(0, r).to(torch.int64) == tags
+            done = torch.nonzero(hit).reshape(-1)
+            found.index_copy_(0, todo.index_select(0, done), at.index_select(0, done))
+            # A probe chain ends at an empty slot; deleted slots are walked over.
+            go_on = torch.nonzero(~hit & (v != 0)).reshape(-1)
+            todo, h, ids, base, pos, mask = (t.index_select(0, go_on)
+                                             for t in (todo, h, ids, base, pos, mask))
             if tags is not None:
                 tags = tags.index_select(0, go_on)
             pos = (pos + 1) & mask
-        return slot
+        return found
+
+    def _place(self, values: torch.Tensor) -> None:
+        """Write slot values (hash over row + 1) of keys known to be absent into free slots;
+        every target segment has room (see _make_room)."""
+        if not values.numel():
+            return
+        if native.available():
+            native.index_place(*self._layout(), self._global_bits, 1 << _MAX_CAP_BITS,
+                               self._used, self._live, values)
+            return
+        slots = self._slots.data
+        h = (values >> 32) & _LOW
+        seg = self._segment_of(h)
+        pos, mask = self._home(h, seg)
+        n_seg = self._used.numel()
+        while values.numel():
+            at = (seg << _MAX_CAP_BITS) + pos
+            cur = slots.index_select(0, at)
+            free = torch.nonzero((cur & _LOW) == 0).reshape(-1)
+            # Several values may reach one free slot in a pass: the first wins.
+            cand = at.index_select(0, free)
+            uniq, inverse = torch.unique(cand, return_inverse=True)
+            first = torch.full((uniq.numel(),), free.numel(), dtype=torch.int64)
+            first.scatter_reduce_(0, inverse, torch.arange(free.numel()), "amin")
+            won = free.index_select(0, first)
+            slots.index_copy_(0, at.index_select(0, won), values.index_select(0, won))
+            won_seg = seg.index_select(0, won)
+            was_empty = cur.index_select(0, won) == 0
+            self._used += torch.bincount(won_seg[was_empty], minlength=n_seg)
+            self._live += torch.bincount(won_seg, minlength=n_seg)
+            placed = torch.zeros(values.numel(), dtype=torch.bool)
+            placed.index_fill_(0, won, True)
+            rest = torch.nonzero(~placed).reshape(-1)
+            values, seg, pos, mask = (t.index_select(0, rest) for t in (values, seg, pos, mask))
+            pos = (pos + 1) & mask
+
+    # Growth -----------------------------------------------------------------------------
+
+    def _make_room(self, h: torch.Tensor) -> None:
+        """Grow every segment that the hashes ``h`` would fill past _HARD."""
+        while h.numel():
+            n = self._segments
+            need = torch.bincount(self._segment_of(h), minlength=n)[:n]
+            over = torch.nonzero(self._used[:n] + need > _HARD * self._capacities()).reshape(-1)
+            if not over.numel():
+                return
+            for s in over.tolist():
+                self._grow(s, int(need[s]))
+
+    def _grow_ahead(self, inserted: int) -> None:
+        """Grow the fullest segments, moving about _CREDIT entries per entry inserted."""
+        self._credit = min(self._credit + _CREDIT * inserted, _MAX_CREDIT)
+        while self._credit > 0:
+            n = self._segments
+            load = self._used[:n].to(torch.float64) / self._capacities()
+            s = int(torch.argmax(load))
+            if float(load[s]) < _FLOOR:
+                return
+            self._grow(s, 0)
+
+    def _grow(self, s: int, need: int) -> None:
+        """Rebuild segment ``s`` without its deleted slots, to take ``need`` more entries:
+        in place when deleted slots were what filled it, else at twice the slots,
+        else (at 2^15 slots) split in two."""
+        slots = self._slots.data
+        stride = 1 << _MAX_CAP_BITS
+        cap_bits = int(self._cap_bits[s])
+        block = slots[s * stride: s * stride + (1 << cap_bits)]
+        values = block[(block & _LOW) != 0].clone()
+        live = values.numel()
+        if live + need >= _HARD / 2 * (1 << cap_bits):
+            if cap_bits < _MAX_CAP_BITS:
+                cap_bits += 1
+                self._cap_bits[s] = cap_bits
+            else:
+                self._split(s)
+        slots[s * stride: s * stride + (1 << cap_bits)] = 0
+        self._used[s] = self._live[s] = 0
+        self._place(values)
+        self._credit -= live
+        self.moved += live
+
+    def _split(self, s: int) -> None:
+        """Give half of segment ``s``'s hash range to a new segment (both empty after)."""
+        depth = int(self._depth[s]) + 1
+        if depth + _MAX_CAP_BITS > 32:
+            raise RuntimeError(f"IdIndex: segment {s} cannot split further "
+                               f"({self._segments} segments)")
+        t = self._segments
+        if t >= self._segment_limit:
+            self._segment_limit *= 2  # the slot array then grows by copying (logged)
+        self._slots.ensure((t + 1) << _MAX_CAP_BITS)
+        if t >= self._used.numel():
+            for name in ("_depth", "_cap_bits", "_used", "_live"):
+                old = getattr(self, name)
+                setattr(self, name, torch.cat([old, torch.zeros_like(old)]))
+        self._segments = t + 1
+        if depth > self._global_bits:
+            self._directory = self._directory.repeat_interleave(2)
+            self._global_bits += 1
+        g = self._global_bits
+        entries = torch.arange(1 << g)
+        upper = ((entries >> (g - depth)) & 1) == 1
+        self._directory[(self._directory == s) & upper] = t
+        self._depth[s] = self._depth[t] = depth
+        self._cap_bits[t] = _MAX_CAP_BITS
+        self._slots.data[t << _MAX_CAP_BITS: (t + 1) << _MAX_CAP_BITS] = 0
+        self._used[t] = self._live[t] = 0
+
+    # Rows ---------------------------------------------------------------------------
+
+    def _take_rows(self, n: int) -> torch.Tensor:
+        reuse = min(n, self._free_rows.numel())
+        if self._next_row + n - reuse > _MAX_ROWS:
+            raise RuntimeError(f"IdIndex: more than {_MAX_ROWS} rows (row numbers are int32)")
+        taken = self._free_rows[self._free_rows.numel() - reuse:].to(torch.int64)
+        self._free_rows = self._free_rows[: self._free_rows.numel() - reuse]
+        fresh = torch.arange(self._next_row, self._next_row + n - reuse, dtype=torch.int64)
+        self._next_row += n - reuse
+        self._ensure_rows(self._next_row)
+        return torch.cat([taken, fresh])
+
+    def _ensure_rows(self, n: int) -> None:
+        self._ids.ensure(n)
+        if self.tagged:
+            self._tags.ensure(n)
+
+    def _add(self, ids: torch.Tensor, tags: torch.Tensor | None, rows: torch.Tensor) -> None:
+        """Key ``rows`` by ``ids`` (absent and unique) and index them."""
+        self._ids.data.index_copy_(0, rows, ids)
+        if self.tagged:
+            assert tags is not None
+            self._tags.data.index_copy_(0, rows, tags.to(torch.int16))
+        h = self._hash(ids, tags)
+        self._make_room(h)
+        self._place((h << 32) | (rows + 1))
+        self._size += ids.numel()
+        self._grow_ahead(ids.numel())
+
+    def insert(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
+        """Give a row to each id of ``ids`` (unique, all absent); returns the rows."""
+        self._check_tags(tags)
+        if ids.numel() == 0:
+            return torch.empty(0, dtype=torch.int64)
+        if self.tagged:
+            assert tags is not None
+            if int(tags.min()) < 0 or int(tags.max()) > torch.iinfo(torch.int16).max:
+                raise ValueError(f"IdIndex: tags must be in 0..32767, got {tags.min()}.."
+                                 f"{tags.max()}")
+        rows = self._take_rows(ids.numel())
+        self._add(ids, tags, rows)
+        return rows
 
     def lookup(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
         """Row of each id (any shape of int64), -1 where the id has no row."""
         flat = ids.reshape(-1)
         slot = self._find(flat, None if tags is None else tags.reshape(-1))
-        rows = self._vals.index_select(0, slot.clamp(min=0))
+        rows = (self._slots.data.index_select(0, slot.clamp(min=0)) & _LOW) - 1
         return rows.masked_fill_(slot < 0, -1).reshape(ids.shape)
-
-    def _take_rows(self, n: int) -> torch.Tensor:
-        reuse = min(n, self._free_rows.numel())
-        taken = self._free_rows[self._free_rows.numel() - reuse:]
-        self._free_rows = self._free_rows[: self._free_rows.numel() - reuse]
-        fresh = torch.arange(self._next_row, self._next_row + n - reuse, dtype=torch.int64)
-        self._next_row += n - reuse
-        return torch.cat([taken, fresh])
-
-    def _place(self, ids: torch.Tensor, rows: torch.Tensor,
-               tags: torch.Tensor | None = None) -> None:
-        """Write ids known to be absent and unique into free slots."""
-        key_tags = self._key_tags(tags)
-        if native.available() and ids.numel():
-            self._used += native.index_place(self._keys, key_tags, self._vals, self._state,
-                                             self._bits, ids, tags, rows)
-            return
-        mask = (1 << self._bits) - 1
-        pos = self._hash(ids, tags)
-        todo = torch.arange(ids.numel())
-        claim = self._claim  # all -1 between calls
-        while todo.numel():
-            free = torch.nonzero(self._state.index_select(0, pos) != _FULL).reshape(-1)
-            # Several ids may reach the same free slot in one pass: one wins
-            # (whichever write lands last), the others probe on.
-            cand_pos, cand = pos.index_select(0, free), todo.index_select(0, free)
-            claim.index_copy_(0, cand_pos, cand)
-            won = torch.nonzero(claim.index_select(0, cand_pos) == cand).reshape(-1)
-            win_pos, win = cand_pos.index_select(0, won), cand.index_select(0, won)
-            self._used += int((self._state.index_select(0, win_pos) == _EMPTY).sum())
-            self._keys.index_copy_(0, win_pos, ids.index_select(0, win))
-            if self.tagged:
-                assert tags is not None
-                self._tags.index_copy_(0, win_pos, tags.index_select(0, win))
-            self._vals.index_copy_(0, win_pos, rows.index_select(0, win))
-            self._state.index_fill_(0, win_pos, _FULL)
-            claim.index_fill_(0, cand_pos, -1)
-            placed = torch.zeros(todo.numel(), dtype=torch.bool)
-            placed.index_fill_(0, free.index_select(0, won), True)
-            rest = torch.nonzero(~placed).reshape(-1)
-            todo, pos = todo.index_select(0, rest), (pos.index_select(0, rest) + 1) & mask
-
-    def _maybe_grow(self, incoming: int) -> None:
-        if self._used + incoming <= _MAX_LOAD * (1 << self._bits):
-            return
-        live = self._state == _FULL
-        keys, vals = self._keys[live], self._vals[live]
-        tags = self._tags[live] if self.tagged else None
-        bits = self._bits
-        # Rehash in place of tombstones when they are what fills the table;
-        # double otherwise.
-        while keys.numel() + incoming > _MAX_LOAD * (1 << bits) * 0.5:
-            bits += 1
-        self._alloc_slots(bits)
-        self._place(keys, vals, tags)
-
-    def insert(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
-        """Give a row to each id of ``ids`` (unique, all absent); returns the rows."""
-        if ids.numel() == 0:
-            return torch.empty(0, dtype=torch.int64)
-        self._maybe_grow(ids.numel())
-        rows = self._take_rows(ids.numel())
-        self._place(ids, rows, tags)
-        self._size += ids.numel()
-        return rows
 
     def lookup_or_insert(self, ids: torch.Tensor, admit: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,34 +377,43 @@ class IdIndex:
         """Remove ids (absent ones are ignored); returns the freed rows."""
         slot = self._find(ids.reshape(-1), None if tags is None else tags.reshape(-1))
         slot = torch.unique(slot[slot >= 0])
-        rows = self._vals[slot]
-        self._state[slot] = _DELETED
-        self._vals[slot] = -1
-        self._free_rows = torch.cat([self._free_rows, rows])
+        slots = self._slots.data
+        rows = (slots.index_select(0, slot) & _LOW) - 1
+        slots.index_fill_(0, slot, _DELETED)
+        self._live -= torch.bincount(slot >> _MAX_CAP_BITS, minlength=self._live.numel())
+        if self.tagged:
+            self._tags.data.index_fill_(0, rows, -1)
+        self._free_rows = torch.cat([self._free_rows, rows.to(torch.int32)])
         self._size -= int(slot.numel())
         return rows
 
+    def _live_rows(self) -> torch.Tensor:
+        live = torch.ones(self._next_row, dtype=torch.bool)
+        live[self._free_rows.to(torch.int64)] = False
+        return torch.nonzero(live).reshape(-1)
+
     def items(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All ``(ids, rows)`` currently held (copies)."""
-        live = self._state == _FULL
-        return self._keys[live].clone(), self._vals[live].clone()
+        rows = self._live_rows()
+        return self._ids.data.index_select(0, rows), rows
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        live = self._state == _FULL
-        state = {"ids": self._keys[live].clone(), "rows": self._vals[live].clone(),
-                 "free_rows": self._free_rows.clone(), "next_row": torch.tensor(self._next_row)}
+        rows = self._live_rows()
+        state = {"ids": self._ids.data.index_select(0, rows), "rows": rows,
+                 "free_rows": self._free_rows.to(torch.int64),
+                 "next_row": torch.tensor(self._next_row)}
         if self.tagged:
-            state["tags"] = self._tags[live].clone()
+            state["tags"] = self._tags.data.index_select(0, rows).to(torch.int64)
         return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> IdIndex:
         """An index equal to the one ``state_dict`` came from (tagged if it was)."""
         ids, rows, tags = state["ids"], state["rows"], state.get("tags")
-        index = cls(initial_slots=max(16, int(ids.numel() / _MAX_LOAD * 2)),
-                    tagged=tags is not None)
+        index = cls(initial_slots=max(16, int(ids.numel() / _FLOOR)), tagged=tags is not None)
         index._next_row = int(state["next_row"])
-        index._free_rows = state["free_rows"].clone()
-        index._place(ids, rows, tags)
-        index._size = int(ids.numel())
+        index._free_rows = state["free_rows"].to(torch.int32)
+        index._ensure_rows(index._next_row)
+        if ids.numel():
+            index._add(ids, tags, rows)
         return index

@@ -45,16 +45,21 @@ def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     return ((-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)).to(torch.float32)
 
 
-def sweep_window(cursor: int, max_rows: int, end_all: int) -> tuple[torch.Tensor, int]:
-    """The next ``max_rows`` rows after ``cursor`` in ``0..end_all-1``, wrapping; and the new cursor.
+def sweep_window(cursor: int, max_rows: int, end_all: int
+                 ) -> tuple[list[tuple[int, int]], int]:
+    """The next ``max_rows`` rows after ``cursor`` in ``0..end_all-1``, wrapping, as at most
+    two ``(start, stop)`` ranges; and the new cursor.
 
     Row capacity grows between calls; a cursor that stopped at the old end and
     restarted only when it hit the new one would keep visiting just the newest
-    rows of a growing table and never expire old ones.
+    rows of a growing table and never expire old ones. Ranges, not a tensor of
+    row numbers: the sweep reads slices of the row tensors, with no gather.
     """
     start = cursor % end_all
-    visit = (torch.arange(min(max_rows, end_all)) + start) % end_all
-    return visit, (start + visit.numel()) % end_all
+    n = min(max_rows, end_all)
+    first = (start, min(end_all, start + n))
+    ranges = [first] + ([(0, n - (first[1] - start))] if first[1] - start < n else [])
+    return ranges, (start + n) % end_all
 
 
 # Rows visited by the expiry sweep per training step.
