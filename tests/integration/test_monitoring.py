@@ -135,7 +135,23 @@ def kafka_trainer(kafka_broker: str, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="module")
-def prometheus(demo: dict[str, int], kafka_trainer: int,
+def serving_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """`streamrec serve` with two worker processes (the demo serves in-process, one
+    replica); yields its /metrics port, which carries the workers' series."""
+    tmp = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    args = ["serve", "--set", "serving.workers=2", "--set", f"serving.port={free_port()}",
+            "--set", f"serving.sync_port={free_port()}", "--set", "serving.token=monitoring",
+            "--set", "metrics.host=127.0.0.1", "--set", f"metrics.port={port}"]
+    proc = start_cli(args, tmp / "serve.log")
+    try:
+        yield port
+    finally:
+        assert stop(proc) == 0, (tmp / "serve.log").read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def prometheus(demo: dict[str, int], kafka_trainer: int, serving_workers: int,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus scraping every process each second, with deploy's alert rules."""
     config = {
@@ -144,7 +160,8 @@ def prometheus(demo: dict[str, int], kafka_trainer: int,
         "scrape_configs": [
             {"job_name": f"streamrec-{name}",
              "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for name, port in (*demo.items(), ("kafka-trainer", kafka_trainer))],
+            for name, port in (*demo.items(), ("kafka-trainer", kafka_trainer),
+                               ("serving-workers", serving_workers))],
     }
     with running_prometheus(tool("prometheus"), config,
                             tmp_path_factory.mktemp("prometheus")) as url:
@@ -168,7 +185,8 @@ def value(url: str, expr: str) -> float:
 
 
 def test_prometheus_scrapes_every_process(prometheus: str) -> None:
-    for job in ("streamrec-trainer", "streamrec-serving", "streamrec-kafka-trainer"):
+    for job in ("streamrec-trainer", "streamrec-serving", "streamrec-kafka-trainer",
+                "streamrec-serving-workers"):
         wait_until(f"up{{job={job!r}}} == 1",
                    lambda job=job: value(prometheus, f'up{{job="{job}"}}') == 1, timeout_s=60)
     wait_until("Prometheus to see examples learned",
