@@ -344,8 +344,8 @@ def test_a_value_that_empties_the_events_list_cannot_crash_the_batcher(tmp_path:
     # __hash__): it walks a private copy of the list, not the caller's.
     script = tmp_path / "mutate.py"
     script.write_text(
-        "from ingest.batch import Batcher\n"
-        "from ingest.event import Event\n"
+        "from streamrec.ingest.batch import Batcher\n"
+        "from streamrec.ingest.event import Event\n"
         "events = []\n"
         "class Sneaky(str):\n"
         "    def __hash__(self):\n"
