@@ -46,7 +46,13 @@ class GrpcDeltaSink:
         limit = max_chunk_bytes + (SYNC_MAX_MESSAGE_BYTES - MAX_CHUNK_BYTES)  # + framing room
         self._channel = grpc.insecure_channel(address, options=[
             ("grpc.max_send_message_length", limit),
-            ("grpc.max_receive_message_length", limit)])
+            ("grpc.max_receive_message_length", limit),
+            # A replica that restarts is back within seconds and gets its
+            # snapshot at the next round: gRPC's default reconnect backoff grows
+            # to two minutes, which kept a restarted replica empty that long.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000)])
         self._stub = sync_pb2_grpc.ParameterSyncStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
