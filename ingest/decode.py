@@ -1,22 +1,8 @@
 """Decoding and validating events: JSON, protobuf (``streamrec.events.Event``) and CSV rows.
 
 Every decoder returns an :class:`~ingest.event.Event` or raises
-:class:`~streamrec.errors.DecodeError` whose ``kind`` names the failure
-(``malformed``, ``missing_field``, ``wrong_type``, ``out_of_range``,
-``too_large``) and whose message names the field. Nothing else escapes, so a
-source can turn any record into either an event or a dead letter.
-
-Choices worth knowing: booleans are rejected wherever a number is expected
-(``wrong_type``: JSON ``true`` is not an id or a price); ``label`` is required
-for ``example`` events, and on other types it is validated and kept but has no
-effect (the joiner labels impressions from actions); unknown top-level keys
-are ignored so producers can add fields first.
-
-The JSON form (see README, "Event format")::
-
-    {"type": "example", "label": 1, "user_id": 42, "item_id": 7,
-     "timestamp_ms": 1700000000000, "request_id": "r1", "event_id": "e1",
-     "features": {"country": "fr", "tags": ["a", "b"], "price": 9.5}}
+:class:`~streamrec.errors.DecodeError` naming the field and the kind of failure;
+the choices made: docs/design.md, "Event decoding".
 """
 
 from __future__ import annotations

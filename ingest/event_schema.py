@@ -1,20 +1,7 @@
 """What a decoded event must be for this model: its type and its features' types.
 
-Decoding (``ingest.decode``) checks what any event must be; :class:`EventSchema`
-checks it against the configuration, and turns every event it refuses into a
-dead letter with its reason, so nothing is dropped silently:
-
-- ``type`` is ``example``, ``impression`` or one of ``ingest.action_types``,
-  matched without regard to case unless ``ingest.types_case_sensitive``
-  (``"Click"`` is then a click, passed on as ``"click"``); any other type is a
-  dead letter of kind ``unknown_type``. (An ``example`` spelled otherwise must
-  still carry its ``label``: ``missing_field``.)
-- a feature the model reads as dense (``model.dense_features``) takes numbers
-  only, and one it reads as ids (``model.sparse_features``) takes strings and
-  integers only: ``"price": "NaN"`` or ``"category": 3.5`` is ``wrong_type``.
-  Features the model does not read pass unchecked (producers add fields first).
-
-The same rules hold for serving requests (``serving.server``).
+Refused events become dead letters with their reason; the rules:
+docs/design.md, "The event schema".
 """
 
 from __future__ import annotations

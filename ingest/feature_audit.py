@@ -1,19 +1,6 @@
 """The stream's features against the model's: which it ignores, which never come.
 
-A model keeps the feature lists it was built with. :class:`FeatureAudit` checks
-every impression and example against them and reports, with one log line per
-feature name and a Prometheus counter per name:
-
-- a stream feature the model does not read (``..._feature_ignored_events_total``),
-  at most ``max_names`` distinct names, the rest counted as ``_other``;
-- a model feature an event does not carry (``..._feature_missing_events_total``),
-  logged once if none of the first ``report_after`` events carries it (a
-  misspelt name in the config trains a table that never sees an id);
-- a dense feature whose value is not one number (``..._feature_mistyped_events_total``):
-  an event with a string there is a dead letter (``wrong_type``, see
-  :mod:`streamrec.ingest.event_schema`); of several numbers the model reads the first.
-
-:class:`AuditedSource` runs the audit on every poll of an event source.
+A log line and a counter per feature name: docs/design.md, "The feature audit".
 """
 
 from __future__ import annotations

@@ -1,76 +1,9 @@
 """The joiner: labels impressions with the actions that follow them (Monolith §2.2).
 
-An impression waits, keyed by ``(request_id, item_id)``, for an action of a
-configured type (click, like, ...). The first such action stamped within
-``window_s`` after it (or up to a second before: clocks of different
-services) emits the impression as a positive example at once; an impression
-still unmatched when the event-time watermark (see below) passes its
-timestamp + window is emitted as a negative. Negatives may be down-sampled:
-each is kept with probability ``rate``, decided by a hash of (seed,
-request_id, user_id, item_id) so a replay makes the same choices, and kept
-ones carry ``sample_rate = rate`` so the trainer weighs them 1/rate in the
-loss (predictions stay calibrated to the full stream).
-
-Clicks join within seconds while non-clicks wait for the window, so labels
-that leave as they become known come sorted: a cold model would learn from
-all-positive batches, then all-negative ones. ``delayed_feedback`` chooses
-what leaves instead (``streamrec.config.DelayedFeedback``):
-
-- ``wait``: every labeled impression is held until the watermark passes its
-  timestamp + window, clicked or not, and leaves in impression-time order,
-  so training batches are time-ordered and label-mixed, ``window_s`` late.
-- ``fake_negative``: an impression leaves as a negative ``elapsed_s`` after
-  it (0: at once) unless clicked by then, and (again) as a positive when its
-  action joins; all carry ``fake_negative=True`` and the trainer weighs them
-  to undo the duplication (Ktena et al. 2019, FNW, for ``elapsed_s = 0``;
-  with a wait, the elapsed-time sampling of Yang et al. 2021, ES-DFM, with
-  one share of late clicks for every example: ``duplicated_share``).
-  Nothing leaves when the window closes unclicked.
-
-Either way, each impression's final label is also reported once it is known
-(``take_outcomes``), carrying the score the trainer gave the impression on
-arrival (``Event.predicted``): served-time metrics are computed on those.
-
-Labeled ``example`` events pass straight through; other event types are
-counted and dropped (the training loop turns them into dead letters first:
-``ingest.schema``). Impressions without a ``request_id`` are keyed by
-``(user_id, item_id)``; a key holds one showing at a time: a new showing of a
-key still waiting emits the earlier one as a negative.
-
-What real streams do to a joiner, and what this one does about it:
-
-- An action read before its impression (impressions and actions on different
-  topics or partitions) waits too, for the impression, until the watermark
-  passes its own timestamp + window; only then is it an orphan (counted).
-- An impression delivered twice (a producer's retry) is one impression: a
-  repeat of a pending impression, or of one joined or expired within the
-  last two windows (same ``event_id``, or same key and timestamp), is counted
-  and dropped, not trained again with the opposite label.
-- A producer whose clock runs ahead: event time cannot be in the future, so an
-  event moves the watermark at most to this machine's clock (plus
-  ``max_clock_skew_s``, default 0) and expires as if stamped there. One
-  skewed event then neither labels every pending impression a negative nor
-  blocks the expiry of those behind it for longer than a window.
-- Partitions read at different event times (a consumer catching up on one
-  more than another): with the partition of each event (``push``'s
-  ``origins``), event time is kept per partition and the watermark is the
-  minimum over the partitions that have not gone quiet (nothing for
-  ``idle_s`` of wall time and 100 pushes; kept in checkpoints), so an ahead
-  partition cannot expire a behind one's impressions before their actions
-  are read, and a partition that goes quiet (or is assigned away) stops
-  holding the others back. With the source's assignment (``assigned``), a
-  partition not read from yet holds the watermark too, for ``idle_s``: at a
-  first start on a backlog, impressions read from one topic do not expire
-  before the clicks topic's first fetch. Without ``origins`` the watermark is
-  the newest (capped) timestamp seen.
-
-Expiry follows arrival order: impressions leave from the front of the queue,
-so one that arrives late (older than impressions already pending) waits until
-those before it expire. At most ``max_pending`` impressions (and as many
-waiting actions in all, and as many identities of resolved impressions) are
-held; beyond that the oldest impression is emitted early as a negative
-(counted in ``streamrec_ingest_joiner_overflow_total``), which bounds memory
-when actions stop arriving or timestamps jump.
+Impressions wait, keyed by ``(request_id, item_id)``, for an action within
+``window_s``; ``delayed_feedback`` chooses what leaves when (wait for the window,
+or fake negatives at once). How it copes with duplicates, skewed clocks and
+partitions read at different event times: docs/design.md, "The joiner".
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
 """A faster reader of fetched Kafka record batches for kafka-python's consumer.
 
-kafka-python reads every record of a fetch in pure Python: seven varint calls,
-a ``DefaultRecord``, two deserializer calls and a header-size sum per record,
-5-6 µs of CPU each here, about as much as decoding and training one event.
-This reader reads the common batch (message format v2, not a control batch,
-not filtered by ``read_committed``) in C, one call per batch, and yields the
-same ``ConsumerRecord`` tuples with the same fetch positions and CRC checks.
-Any other batch (legacy formats, transaction markers, a transactional batch
-under ``read_committed``), and a consumer with deserializers, goes to
-kafka-python's own reader from that batch on, unchanged. A corrupt batch
-raises kafka-python's error before any of its records is returned (kafka-python
-returns those before the corrupt one first).
-
-:func:`install` puts it into one consumer (``consumer._fetcher.PartitionRecords``,
-an attribute kafka-python 3.0 reads per fetch; another version's consumer is
-left as it is, with a warning). ``tests/unit/test_kafka_records.py`` checks
-the pinned kafka-python against this reader.
+Common v2 batches are read in C, one call per batch; anything else goes to
+kafka-python's own reader: docs/design.md, "The Kafka record reader".
 """
 
 from __future__ import annotations

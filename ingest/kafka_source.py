@@ -1,21 +1,7 @@
 """Events from Kafka topics through a kafka-python consumer group.
 
-Offsets are committed only when the training loop says so — after a
-checkpoint that covers them — never automatically. On restart the loop
-seeks to the offsets stored in its checkpoint, which win over the group's
-committed ones: a trainer killed between writing a checkpoint and
-committing would otherwise learn the events in between twice.
-
-A rebalance (a member joining or leaving, a coordinator restart, a poll
-interval exceeded) revokes and reassigns partitions. A partition this
-process keeps continues after the last record it delivered — not at the last
-commit, which trails training by up to a checkpoint interval, nor at the
-checkpoint it started from. A partition that went to another member and
-comes back later starts from the group's committed offset.
-
-A partition is never rewound on the strength of the end offset a broker
-reports (some report it low); only a topic id that differs from the one the
-offsets belong to (KafkaSource) sends it back to its start.
+Offsets are committed only after a checkpoint covers them; a restart seeks to
+the checkpoint's offsets. Rebalances and replaced logs: docs/design.md, "The Kafka source".
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
 """Feature discovery: the model's feature lists from the first events of a stream.
 
-A model cannot change shape mid-stream, so the schema is fixed from a prefix
-and then kept; a feature that first appears later is one the model ignores
-(:mod:`ingest.feature_audit` reports it). Only impressions and examples count:
-they are what the model is trained on.
-
-The rule, per feature name, over every value the prefix carries:
-
-- **dense** when every value is a number, at least one is a float, and no event
-  carries more than one value (read as ``sign(x) log1p |x|`` of the value);
-- **sparse** otherwise: strings and integers are categorical ids, one dynamic
-  table per feature; a feature with several values in one event is a **bag**
-  (its rows mean-pooled). Mixed types resolve to sparse: a number can always be
-  a category id, a string cannot be a number.
-
-``user_id`` and ``item_id`` are always the first two sparse features (the
-event's ids); a feature of that name inside ``features`` is not read (the
-feature audit reports it as ignored).
+Numbers with a float are dense, strings and integers sparse, several values a
+bag; the rule in full: docs/design.md, "Feature discovery".
 """
 
 from __future__ import annotations

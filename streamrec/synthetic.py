@@ -1,40 +1,8 @@
 """Synthetic event streams whose ground truth is known.
 
-Users and items carry latent preference vectors; a click happens with
-probability ``sigmoid(bias + user/item effects + <u, v> + context)``. The
-stream has the properties that make online learning matter:
-
-- Zipf popularity: events pick users and items from *slots* with Zipf
-  weights, so a few slots are hot and most are cold.
-- New ids: with probability ``new_user_rate`` / ``new_item_rate`` an event's
-  slot is handed to a brand-new id (fresh latent vector) from that event on,
-  and the new id inherits the slot's popularity. New items therefore appear
-  *at every popularity rank*, including the head (popularity churn), and old
-  ids fade out.
-- Drift: every time a user is active its preference vector takes a small
-  random-walk step (``drift``) after the event, so a user active ``k`` times
-  has moved ``k`` steps and what was learned goes stale.
-- Bursts (optional): a new user arrives with a burst of consecutive events,
-  as real sessions do; this is where per-event adaptivity shows.
-- List features (optional, ``tags > 0``): each item carries 1-3 tags, and
-  users' countries like some tags more than others.
-- Delayed clicks: a click comes ``click_delay`` after its impression,
-  log-normally distributed (a long tail; a few percent come after
-  ``join_window_s``). A click that late does not count: the labeled form's
-  label is "clicked within the window", what a joiner with that window
-  decides from the production form.
-
-Two forms of one stream: labeled ``example`` events (:meth:`SyntheticStream.events`)
-or production form (:meth:`SyntheticStream.joined_events`): an ``impression``
-per showing and a ``click`` with the same ``request_id`` when it comes, in
-event-time order.
-
-Because the true click probability of every example is known,
-:meth:`SyntheticStream.events_with_truth` lets tests and benchmarks measure
-the Bayes-optimal AUC of the very stream a model learned from.
-
-Events are generated in vectorised chunks, with the same result as one event
-at a time: the stream depends on the seed, not on the chunk size.
+Zipf popularity, new ids, drift, optional bursts and list features, delayed
+clicks; labeled or in production form (impressions and clicks). The model of
+the stream: docs/design.md, "Synthetic streams".
 """
 
 from __future__ import annotations

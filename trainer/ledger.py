@@ -1,24 +1,8 @@
 """The learned-offsets ledger: which records of which log each checkpoint learned.
 
-Beside the checkpoints, ``learned.jsonl`` holds one JSON line per checkpoint that
-took in new records, written after the checkpoint is in place::
-
-    {"seq": 7, "checkpoint": "ckpt-000000001200.pt", "written_at": 1765100000.0,
-     "spans": [{"topic": "events", "partition": 0, "log": "<topic id>",
-                "first": 5000, "next": 5800, "records": 800, "examples": 800}]}
-
-A span is a run of records delivered in offset order, from ``first`` to before
-``next``: the records the trainer's state took in since the previous checkpoint
-(learned, or held by the joiner: its pending impressions are in the checkpoint
-too), and how many of them were labelled examples (``type: example``). Lines
-follow one lineage: ``seq`` counts them, and a trainer resumed from an older
-checkpoint (a newer one moved away) writes on from that checkpoint's ``seq``, so
-:func:`read_ledger` follows ``seq`` back from the last line and skips the lines of
-a lineage abandoned. The checkpoint holds its own line: a trainer killed between
-the two writes rewrites it when it resumes.
-
-``python -m streamrec.trainer.ledger CHECKPOINT_DIR`` prints, per partition and log, the
-records learned and every offset learned twice or skipped.
+``learned.jsonl`` beside the checkpoints, one line per checkpoint;
+``python -m streamrec.trainer.ledger CHECKPOINT_DIR`` prints every offset learned
+twice or skipped. Format and lineage rules: docs/design.md, "The learned-offsets ledger".
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
 """Progressive (test-then-train) validation metrics: AUC, logloss, calibration.
 
-Every prediction the trainer records was made before it learned from that
-example, so these are honest out-of-sample figures over the whole stream
-(Blum, Kalai & Langford 1999; river's ``progressive_val_score``). On joined
-streams the prediction is the one made when the impression arrived.
-Calibration is the mean predicted click rate over the observed one (1.0:
-calibrated; above 1: clicks over-predicted).
-
-Two views, both O(1) memory in the length of the stream:
-
-- since start (the first example; checkpoints carry it across restarts):
-  logloss as a running sum; AUC from two histograms (positives
-  and negatives) over score bins in logit space, where CTR scores crowd
-  together. With 8192 bins across logits in [-12, 12] a bin is 0.003 wide in
-  logit; pairs inside one bin count as ties (half), so the AUC is exact up to
-  that resolution.
-- recent: the last ``window`` examples kept in a ring buffer, with exact AUC,
-  which is what dashboards watch for drift.
+Since start (binned, O(1) memory, carried by checkpoints) and over a recent
+window (exact): docs/design.md, "Progressive metrics".
 """
 
 from __future__ import annotations

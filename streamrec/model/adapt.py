@@ -1,32 +1,7 @@
 """In-batch adaptation: what a per-event learner would have learned from the
-batch's earlier events, added to each example's logit.
+batch's earlier events, added to each example's logit (``model.in_batch_terms``).
 
-Why: real logs come in bursts (a user rates dozens of items in one session),
-so a whole burst often falls in one mini-batch and is scored by the same
-model, while a per-event learner (Vowpal Wabbit, River) has adapted after the
-first few events. The history features recover per-id click rates; this
-recovers the per-event *residual* learning, which also accounts for the rest
-of the model (a user who likes what everyone likes has no residual to learn).
-
-Each term is a feature or a cross of features (``"user_id"``,
-``"user_id*genres"``: one key per combination of their values, list features
-contributing each of their values). For term ``k`` and example ``i``, over
-the earlier examples ``j < i`` of the batch sharing a key with ``i``::
-
-    c_k(i) = w_k * sum_j r_j / (n + s)        r_j = y_j - sigmoid(logit_j + c_<k(j))
-
-(averaged over ``i``'s keys), so each term fits what the terms before it left
-(stagewise, as boosting does); ``n`` is the number of those earlier examples,
-``s`` a smoothing strength and ``w_k`` a learned weight. Only earlier labels
-enter an example's score: test-then-train stays honest. The residuals are
-taken from the batch-start model (no gradient flows through them); ``w`` is
-learned by the dense optimizer. Serving has no labels in a request: there the
-correction is zero, and the batch's outcomes reach serving through the rows
-and history counts the step updates.
-
-A cross term whose keys group the batch's examples exactly as an earlier
-term's did (``user_id*gender`` when gender is constant per user) is skipped
-for that batch: it would only add the same correction again.
+The formula and why: docs/design.md, "In-batch adaptation".
 """
 
 from __future__ import annotations

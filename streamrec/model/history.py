@@ -1,23 +1,7 @@
 """Per-id outcome history as model features, exact per event inside a mini-batch.
 
-Why: real logs are bursty. A new user's first dozens of events often share
-one mini-batch, so a batch learner scores all of them with the same untrained
-row, while a per-event learner (River, Vowpal Wabbit) has adapted after the
-first few. These features recover that adaptivity at mini-batch cost: for each
-history feature (e.g. ``user_id``, ``item_id``) a table keeps, per id, how many
-examples it took part in (``n``) and how many were positive (``c``). An
-example's features are computed from the counts *before* it — the stored
-counts plus an exclusive prefix over the earlier examples of the same id in
-the same batch — so no example sees its own label (test-then-train stays
-honest), yet the 30th event of a burst sees the first 29 outcomes.
-
-Counts live in ordinary dynamic tables (named ``<feature>#history``, two
-columns), so they are sharded, expired with the TTL, checkpointed and synced to
-serving like any embedding row. Serving computes the same features from the
-synced counts (no prefix: a request has no labels).
-
-Counts are capped at ``cap`` sightings (both scaled down together), which
-turns them into an exponentially-forgetting window: preferences drift.
+Per id, how many examples it took part in (``n``) and how many were positive
+(``c``), from the counts before each example: docs/design.md, "History features".
 """
 
 from __future__ import annotations
