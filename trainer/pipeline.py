@@ -25,6 +25,8 @@ from streamrec.runtime import kafka_unreachable
 from streamrec.trainer.checkpoint import Checkpointer
 from streamrec.trainer.loop import LoopStats, TrainingLoop
 from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.parameters import TrainerParameters
+from streamrec.trainer.quality import QualityMetrics
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import DeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
@@ -41,6 +43,7 @@ class Pipeline:
 
     config: AppConfig
     trainer: OnlineTrainer
+    quality: QualityMetrics  # progressive metrics and what replicas served
     joiner: Joiner
     audit: FeatureAudit  # the stream's features against the model's
     loop: TrainingLoop
@@ -102,24 +105,26 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
     if sinks is not None and not isinstance(sinks, Mapping):
         raise TypeError(f"sinks: a mapping of replica name to delta sink, not a "
                         f"{type(sinks).__name__}")
-    trainer = OnlineTrainer(config, distributed=distributed, process_group=process_group)
-    metrics = TrainerMetrics(trainer, registry=registry) if registry is not None else None
+    trainer = OnlineTrainer.from_config(config, distributed=distributed,
+                                        process_group=process_group)
+    quality = QualityMetrics()
+    metrics = TrainerMetrics(trainer, quality, registry) if registry is not None else None
     joiner = joiner_from_config(config.ingest, config.trainer.seed, ingest_metrics)
     audit = FeatureAudit(config.model.sparse_features, config.model.dense_features,
                          ingest_metrics, report_after=audit_after)
-    loop = TrainingLoop(trainer, AuditedSource(source, audit), joiner=joiner,
-                        dead_letters=dead_letters, checkpointer=checkpointer, metrics=metrics,
-                        on_progress=on_progress)
+    loop = TrainingLoop(trainer, AuditedSource(source, audit), config, quality=quality,
+                        joiner=joiner, dead_letters=dead_letters, checkpointer=checkpointer,
+                        metrics=metrics, on_progress=on_progress)
     version = loop.resume()
     publisher = None
     if sinks:
-        publisher = Publisher(trainer, dict(sinks), config.sync.interval_s,
+        publisher = Publisher(TrainerParameters(trainer), dict(sinks), config.sync.interval_s,
                               registry=registry if registry is not None else CollectorRegistry(),
                               start_version=version, min_interval_s=config.sync.min_interval_s)
     loop.publisher = publisher
     # Evicted ids matter only to replicas (every one starts from a full snapshot).
     trainer.record_tombstones(publisher is not None)
-    return Pipeline(config, trainer, joiner, audit, loop, publisher, metrics, version)
+    return Pipeline(config, trainer, quality, joiner, audit, loop, publisher, metrics, version)
 
 
 def open_source(config: AppConfig, metrics: IngestMetrics | None = None) -> EventSource:

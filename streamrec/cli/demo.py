@@ -157,20 +157,19 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         last["version"] = version
         staleness = replica.staleness_seconds()
         p = stats.progress
-        rows = " ".join(f"{k}={v:,}" for k, v in trainer.table_rows().items())
+        rows = " ".join(f"{k}={v:,}" for k, v in pipeline.trainer.table_rows().items())
         print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "
               f"logloss={p.get('logloss', float('nan')):.4f} "
               f"calibration={p.get('calibration', float('nan')):.2f} "
-              f"served_auc={trainer.replica.auc:.4f} rows[{rows}] "
+              f"served_auc={pipeline.quality.served.auc:.4f} rows[{rows}] "
               f"serving_version={version} staleness={staleness:.2f}s", file=out, flush=True)
 
     previous = {}
     try:
         pipeline = build_pipeline(config, source, sinks={"replica-0": sink},
                                   registry=trainer_registry, on_progress=on_progress)
-        trainer = pipeline.trainer
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())

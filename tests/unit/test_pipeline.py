@@ -42,7 +42,7 @@ def _spy(monkeypatch: pytest.MonkeyPatch, module: Any, built: dict[str, Pipeline
 def _wiring(p: Pipeline) -> dict[str, Any]:
     """What a pipeline is made of, comparable across commands."""
     return {"tables": {n: t.dim for n, t in p.trainer.tables.items()},
-            "model": p.trainer._spec,
+            "model": p.trainer.spec,
             "joiner": (p.joiner.window_ms, p.joiner.rate, p.joiner.max_pending,
                        p.joiner.delayed_feedback, p.joiner.elapsed_ms, p.joiner.action_types),
             "audited": p.audit.model_features,
