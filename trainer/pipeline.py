@@ -7,6 +7,7 @@ the replicas' delta sinks, a checkpointer, a dead-letter sink, a registry.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -51,11 +52,10 @@ class Pipeline:
     metrics: TrainerMetrics | None  # None without a registry
     version: int  # the parameter version resumed from (0: a fresh start)
 
-    def run(self, stop: object | None = None, max_seconds: float | None = None,
+    def run(self, stop: threading.Event | None = None, max_seconds: float | None = None,
             max_events: int | None = None) -> LoopStats:
-        """Train until ``stop`` (a ``threading.Event``) is set, the source ends or a limit."""
-        return self.loop.run(stop, max_events=max_events,  # type: ignore[arg-type]
-                             max_seconds=max_seconds)
+        """Train until ``stop`` is set, the source is exhausted or a limit is reached."""
+        return self.loop.run(stop, max_events=max_events, max_seconds=max_seconds)
 
 
 def joiner_from_config(ingest: IngestConfig, seed: int,
