@@ -96,6 +96,7 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
 
     Raises:
         TypeError: ``source`` is not an event source or ``sinks`` not a mapping.
+        RuntimeError: ``distributed`` without an initialised torch.distributed.
         CheckpointError: the newest checkpoint cannot be resumed from.
     """
     missing = [m for m in _SOURCE_MEMBERS if not hasattr(source, m)]
@@ -105,6 +106,9 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
     if sinks is not None and not isinstance(sinks, Mapping):
         raise TypeError(f"sinks: a mapping of replica name to delta sink, not a "
                         f"{type(sinks).__name__}")
+    if distributed and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed=True: torch.distributed is not initialised "
+                           "(start every rank under torchrun and call init_process_group)")
     trainer = OnlineTrainer.from_config(config, distributed=distributed,
                                         process_group=process_group)
     quality = QualityMetrics()

@@ -94,6 +94,14 @@ def test_a_source_or_sinks_of_the_wrong_kind_are_named() -> None:
         build_pipeline(config, MemorySource([]), sinks=[MemoryDeltaSink(None)])  # type: ignore
 
 
+def test_a_distributed_pipeline_without_torch_distributed_says_how_to_start_it() -> None:
+    config = load_config(env={}, overrides={**SETTINGS, "model.history_features": "",
+                                            "model.in_batch_terms": ""})
+    with pytest.raises(RuntimeError, match="torch.distributed is not initialised "
+                                           r"\(start every rank under torchrun"):
+        build_pipeline(config, MemorySource([]), distributed=True)
+
+
 def test_a_pipeline_resumes_from_its_checkpointer_and_publishes_from_that_version(
         tmp_path: Path) -> None:
     torch.set_num_threads(1)
