@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def learn_labeled() -> tuple[list[float], float]:
         c = config()
-        t, b = OnlineTrainer(c), Batcher(c.model.sparse_features, c.model.dense_features)
+        t = OnlineTrainer.from_config(c)
+        b = Batcher(c.model.sparse_features, c.model.dense_features)
         started = time.perf_counter()
         probs = online(labeled, t, b)
         return probs, time.perf_counter() - started

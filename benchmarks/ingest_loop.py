@@ -68,10 +68,10 @@ def run_arm(arm: str, path: str, threads: int) -> dict[str, float]:
     torch.set_num_threads(threads)
     config = load_config(env={}, overrides={"model.sparse_features": FEATURES,
                                             "model.dense_features": "price"})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     ing = config.ingest
     joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate)
-    loop = TrainingLoop(trainer, FileSource(path, "json"), joiner=joiner)
+    loop = TrainingLoop(trainer, FileSource(path, "json"), config, joiner=joiner)
     if arm == "loop":
         tune_gc()
     started = time.perf_counter()

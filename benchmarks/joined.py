@@ -47,7 +47,7 @@ class _RecordingJoiner(Joiner):
 
 def served(events: Sequence[Event], config: AppConfig) -> Scored:
     """Labeled examples scored on arrival, then learned in the trainer's batches."""
-    t = OnlineTrainer(config)
+    t = OnlineTrainer.from_config(config)
     b = Batcher(config.model.sparse_features, config.model.dense_features)
     probs: list[float] = []
     pending: list[Event] = []
@@ -71,12 +71,12 @@ def served(events: Sequence[Event], config: AppConfig) -> Scored:
 def joined(events: Sequence[Event], production: Sequence[Event], config: AppConfig) -> Scored:
     """``production`` (impressions and clicks) through the loop; scores in ``events``' order."""
     ing = config.ingest
-    t = OnlineTrainer(config)
+    t = OnlineTrainer.from_config(config)
     joiner = _RecordingJoiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
                               max_pending=ing.join_max_pending,
                               delayed_feedback=ing.delayed_feedback,
                               elapsed_s=ing.fake_negative_delay_s)
-    loop = TrainingLoop(t, IteratorSource(production), joiner=joiner)
+    loop = TrainingLoop(t, IteratorSource(production), config, joiner=joiner)
     started = time.perf_counter()
     loop.run()
     seconds = time.perf_counter() - started

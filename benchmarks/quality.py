@@ -111,8 +111,8 @@ def config_for(batch: int | None, overrides: dict[str, str]) -> AppConfig:
 def trainer(batch: int | None, **overrides: str) -> tuple[OnlineTrainer, Batcher]:
     """``overrides``: config fields with ``__`` for ``.`` (``model__hidden="32"``)."""
     config = config_for(batch, {key.replace("__", "."): value for key, value in overrides.items()})
-    return OnlineTrainer(config), Batcher(config.model.sparse_features,
-                                          config.model.dense_features)
+    return OnlineTrainer.from_config(config), Batcher(config.model.sparse_features,
+                                                      config.model.dense_features)
 
 
 def online(events: list[Event], t: OnlineTrainer, b: Batcher) -> list[float]:

@@ -42,16 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     from streamrec.serving.server import create_server
     from streamrec.config import ServingConfig, load_config
     from streamrec.trainer.sync.sink import GrpcDeltaSink
+    from streamrec.trainer.parameters import TrainerParameters
     from streamrec.trainer.trainer import OnlineTrainer
 
     requests = 40 if args.quick else 200
-    trainer = OnlineTrainer(load_config(env={}))
+    trainer = OnlineTrainer.from_config(load_config(env={}))
     registry = CollectorRegistry()
     servers = create_server(ServingConfig(port=0, sync_port=0, token="bench"),
                             ModelReplica(registry=registry), registry=registry)
     servers.start()
     sink = GrpcDeltaSink(f"127.0.0.1:{servers.sync_port}", "bench", 1 << 20, 30.0)
-    sink.push(trainer.snapshot(1))
+    sink.push(TrainerParameters(trainer).snapshot(1))
     client = RecommenderClient(f"127.0.0.1:{servers.port}", timeout_s=30.0)
     fresh = itertools.count()
     rows: list[dict[str, Any]] = []

@@ -34,17 +34,18 @@ from streamrec.serving.server import _Recommender, create_server
 from streamrec.config import ServingConfig, load_config
 from streamrec.synthetic import SyntheticStream, default
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 
 def _replica() -> ModelReplica:
     config = load_config(env={}, overrides={"trainer.threads": "1"})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(20_000))
     for start in range(0, len(events), 1024):
         trainer.train_batch(batcher.build(events[start:start + 1024]))
     replica = ModelReplica(CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     return replica
 
 

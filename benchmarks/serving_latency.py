@@ -144,25 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
     from streamrec.trainer.sync.sink import GrpcDeltaSink
+    from streamrec.trainer.parameters import TrainerParameters
     from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id,category,country,hour",
         "model.dense_features": "price"})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     stream = SyntheticStream(default()).events(args.events + 40 * config.trainer.batch_size)
     events = [next(stream) for _ in range(args.events)]
     size = config.trainer.batch_size
     for start in range(0, len(events), size):
         trainer.train_batch(batcher.build(events[start:start + size]))
-    snapshot = trainer.snapshot(1)
+    snapshot = TrainerParameters(trainer).snapshot(1)
     # Deltas to push during the sync arm: what the trainer changes between syncs.
     deltas = []
     for version in range(2, 42):
         trainer.train_batch(batcher.build([next(stream) for _ in range(size)]))
-        deltas.append(trainer.collect_delta(version))
+        deltas.append(TrainerParameters(trainer).collect_delta(version))
     mean_rows = sum(d.num_rows() for d in deltas) / len(deltas)
 
     port, sync_port = _free_port(), _free_port()

@@ -34,6 +34,7 @@ from streamrec.trainer.progressive import ProgressiveMetrics
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import MemoryDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 EVENTS_PER_EVENT_SECOND = 200
 
@@ -43,10 +44,11 @@ def run_arm(interval_s: float | None, args: argparse.Namespace) -> dict[str, Any
     config = load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id,category,country,hour",
         "model.dense_features": "price", "trainer.batch_size": str(args.batch)})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     replica = ModelReplica(registry=CollectorRegistry())
-    publisher = Publisher(trainer, {"replica": MemoryDeltaSink(replica)}, interval_s=1.0,
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"replica": MemoryDeltaSink(replica)}, interval_s=1.0,
                           registry=CollectorRegistry())
     served = ProgressiveMetrics(window=1)
     warm_up = int(args.events * args.warm_up)

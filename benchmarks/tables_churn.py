@@ -58,22 +58,24 @@ def run_arm(overrides: dict[str, str], args: argparse.Namespace) -> dict[str, An
     config = load_config(env={}, overrides={
         "model.sparse_features": FEATURES, "model.dense_features": "price",
         "trainer.batch_size": str(args.batch), **overrides})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     tail_start = int(args.events * 0.8)
     tail = ProgressiveMetrics(window=1)
+    whole = ProgressiveMetrics()
     peak_rows, seen = 0, 0
     events = SyntheticStream(PRESETS[args.preset]()).events(args.events)
     started = time.perf_counter()
     while chunk := list(itertools.islice(events, args.batch)):
         step = trainer.train_batch(batcher.build(chunk))
+        labels = torch.tensor([e.label or 0.0 for e in chunk])
+        whole.update(step.probs, labels)
         if seen >= tail_start:
-            tail.update(step.probs, torch.tensor([e.label or 0.0 for e in chunk]))
+            tail.update(step.probs, labels)
         seen += len(chunk)
         rows = sum(len(trainer.tables[f]) for f in trainer.features)
         peak_rows = max(peak_rows, rows)
     wall = time.perf_counter() - started
-    whole = trainer.progress
     stats = {f: trainer.tables[f].stats for f in trainer.features}
     return {
         "rows_end": sum(len(trainer.tables[f]) for f in trainer.features),

@@ -18,7 +18,7 @@ def small_trainer(events: int = 640) -> OnlineTrainer:
     cfg = load_config(env={}, overrides={"model.sparse_features": "user_id,item_id,category",
                                          "model.dense_features": "price",
                                          "trainer.batch_size": "128"})
-    trainer = OnlineTrainer(cfg)
+    trainer = OnlineTrainer.from_config(cfg)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     stream = list(SyntheticStream(default()).events(events))
     for start in range(0, len(stream), 128):

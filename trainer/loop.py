@@ -1,10 +1,11 @@
 """The training loop: source -> joiner -> batches -> trainer, with checkpoints.
 
 One thread polls the source, routes malformed records to the dead-letter
-sink, labels impressions through the joiner, and trains on full mini-batches.
-With a joiner, impressions are scored on arrival by the current model (what a
-replica would serve then), and that score is what the progressive metrics
-take once the joiner reports the impression's label.
+sink, labels impressions through the joiner, trains on full mini-batches and
+records their quality (trainer.quality). With a joiner, impressions are
+scored on arrival by the current model (what a replica would serve then),
+and that score is what the progressive metrics take once the joiner reports
+the impression's label.
 Parameter sync runs on the publisher's own thread. Offsets are committed to
 the source only after a checkpoint that covers them (see trainer.checkpoint).
 """
@@ -24,10 +25,13 @@ import torch
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.event_schema import EventSchema
+from streamrec.config import AppConfig
 from streamrec.errors import CheckpointError
 from streamrec.trainer.checkpoint import Checkpointer, checkpoint_name, describe
+from streamrec.trainer.checkpoint_state import TrainingState
 from streamrec.trainer.ledger import Ledger
 from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.quality import QualityMetrics
 from streamrec.trainer.trainer import OnlineTrainer
 
 if TYPE_CHECKING:
@@ -46,7 +50,7 @@ MIN_SCORING_SLICE = 256
 
 @dataclass
 class LoopStats:
-    """What a run of the loop did; ``progress`` is the trainer's metrics snapshot."""
+    """What a run of the loop did; ``progress`` is the progressive metrics' snapshot."""
 
     events: int = 0
     dead_letters: int = 0
@@ -84,13 +88,20 @@ class RecentRate:
 
 
 class TrainingLoop:
-    """Drives one trainer from one source until stopped or the source is exhausted."""
+    """Drives one trainer from one source until stopped or the source is exhausted.
+
+    ``config`` gives the batcher's features, the event schema, the poll and
+    batch timing; ``quality`` (default: a new one) is where the loop records
+    progressive and served metrics.
+    """
 
     def __init__(
         self,
         trainer: OnlineTrainer,
         source: EventSource,
+        config: AppConfig,
         *,
+        quality: QualityMetrics | None = None,
         joiner: Joiner | None = None,
         dead_letters: DeadLetterSink | None = None,
         publisher: Publisher | None = None,
@@ -99,7 +110,9 @@ class TrainingLoop:
         on_progress: Callable[[LoopStats], None] | None = None,
     ) -> None:
         self.trainer = trainer
-        self.config = trainer.config
+        self.config = config
+        self.quality = quality if quality is not None else QualityMetrics()
+        self.state = TrainingState(trainer, self.quality, joiner)
         self.source = source
         self.joiner = joiner
         self.dead_letters = dead_letters
@@ -140,9 +153,7 @@ class TrainingLoop:
         if ckpt is None:
             return 0
         try:
-            self.trainer.load_state_dict(ckpt.state)
-            if self.joiner is not None and "joiner" in ckpt.state:
-                self.joiner.load_state_dict(ckpt.state["joiner"])
+            self.state.load_state_dict(ckpt.state)
         except (CheckpointError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(
                 f"cannot resume from {ckpt.path}: {describe(e)}. Restore the config it was written "
@@ -199,8 +210,10 @@ class TrainingLoop:
             scored = torch.tensor([e.predicted is not None for e in events])
             fake = torch.tensor([e.fake_negative for e in events])
         share = self.joiner.duplicated_share if self.joiner is not None else 1.0
-        if self.trainer.train_batch(batch, scored, fake, share).skipped:
+        result = self.trainer.train_batch(batch, fake, share)
+        if result.skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
+        self.quality.record_step(result.probs, batch, scored)
         if self.publisher is not None:
             self.publisher.notify()
         positives = int(batch.labels.sum())
@@ -255,12 +268,12 @@ class TrainingLoop:
         outcomes = self.joiner.take_outcomes()
         scored = [e for e in outcomes if e.predicted is not None]
         if scored:
-            self.trainer.record_served(
+            self.quality.record_served(
                 torch.tensor([e.predicted for e in scored], dtype=torch.float64),
                 torch.tensor([e.label for e in scored], dtype=torch.float64))
         served = [e for e in outcomes if e.served_score is not None]
         if served:
-            self.trainer.record_replica(
+            self.quality.record_replica(
                 torch.tensor([e.served_score for e in served], dtype=torch.float64),
                 torch.tensor([e.label for e in served], dtype=torch.float64),
                 [e.model_version for e in served])
@@ -315,11 +328,7 @@ class TrainingLoop:
                               "offsets stay uncommitted")
                 return False
         version = self.publisher.version if self.publisher is not None else 0
-        state = self.trainer.state_dict()
-        if self.joiner is not None:
-            # Impressions still waiting for actions sit before the committed
-            # offsets; without them a restart would never label them.
-            state["joiner"] = self.joiner.state_dict()
+        state = self.state.state_dict()
         line = self._ledger_line(checkpoint_name(self.trainer.steps))
         seq = self._seq + (line is not None)
         ledger = {"logs": dict(self._logs), "seq": seq, "line": line}
@@ -346,7 +355,7 @@ class TrainingLoop:
 
     def _report(self) -> None:
         self.stats.wall_seconds = time.perf_counter() - self._started
-        self.stats.progress = self.trainer.progress.snapshot()
+        self.stats.progress = self.quality.progress.snapshot()
         if self.on_progress is not None:
             self.on_progress(self.stats)
 

@@ -1,9 +1,10 @@
 """Prometheus metrics of the trainer.
 
 Hot-path counters (steps, examples, step latency) are updated by the loop;
-everything the trainer already tracks (table rows, admissions, evictions,
-memory, progressive AUC/logloss) is read at scrape time by a collector, so
-the training step does no metrics bookkeeping for it.
+everything the trainer and the run's quality figures already track (table
+rows, admissions, evictions, memory, progressive AUC/logloss) is read at
+scrape time by a collector, so the training step does no metrics bookkeeping
+for it.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from streamrec.trainer.quality import QualityMetrics
     from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["TrainerMetrics"]
 
 
 class _TrainerCollector(Collector):
-    def __init__(self, trainer: OnlineTrainer) -> None:
+    def __init__(self, trainer: OnlineTrainer, quality: QualityMetrics) -> None:
         self.trainer = trainer
+        self.quality = quality
 
     def collect(self) -> Iterator[Metric]:
         t = self.trainer
@@ -60,7 +63,7 @@ class _TrainerCollector(Collector):
         yield CounterMetricFamily("streamrec_trainer_skipped_steps",
                                   "Batches not learned from because their loss was not finite",
                                   value=t.skipped_steps)
-        p = t.progress.snapshot()
+        p = self.quality.progress.snapshot()
         # On joined streams the score is the one given when the impression
         # arrived (served time); labeled examples are scored test-then-train.
         for key, help_ in (("auc", "Progressive AUC (served-time scores on joined impressions, "
@@ -75,7 +78,7 @@ class _TrainerCollector(Collector):
                                                   "the most recent examples")):
             value = float(p.get(key, math.nan))
             yield GaugeMetricFamily(f"streamrec_trainer_progressive_{key}", help_, value=value)
-        yield from _replica_families(t)
+        yield from _replica_families(self.quality)
         lag = GaugeMetricFamily("streamrec_trainer_event_time_lag_seconds",
                                 "Wall clock minus the newest event time learned from")
         if t.event_time_ms:
@@ -83,9 +86,9 @@ class _TrainerCollector(Collector):
         yield lag
 
 
-def _replica_families(t: OnlineTrainer) -> Iterator[Metric]:
+def _replica_families(q: QualityMetrics) -> Iterator[Metric]:
     """Quality of the scores replicas served, as applications report them with impressions."""
-    r = t.replica.snapshot()
+    r = q.served.snapshot()
     for key, help_ in (("auc", "AUC of the scores replicas served (Event.served_score), since "
                                "the first one reported"),
                        ("logloss", "Logloss of the scores replicas served"),
@@ -94,8 +97,8 @@ def _replica_families(t: OnlineTrainer) -> Iterator[Metric]:
                                 value=float(r.get(key, math.nan)))
     yield CounterMetricFamily("streamrec_trainer_served_scores",
                               "Labeled impressions that carried a served score",
-                              value=t.replica.examples)
-    versions = t.replica_versions
+                              value=q.served.examples)
+    versions = q.served_versions
     auc = GaugeMetricFamily("streamrec_trainer_served_version_auc",
                             "AUC of the scores served by each of the newest model versions "
                             "(\"none\": no version reported)", labels=["model_version"])
@@ -117,9 +120,10 @@ def _replica_families(t: OnlineTrainer) -> Iterator[Metric]:
 
 
 class TrainerMetrics:
-    """The trainer's metrics, registered on ``registry`` (default: the global one)."""
+    """The trainer's and the run's ``quality`` metrics, on ``registry`` (default: the global one)."""
 
-    def __init__(self, trainer: OnlineTrainer, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, trainer: OnlineTrainer, quality: QualityMetrics,
+                 registry: CollectorRegistry | None = None) -> None:
         registry = REGISTRY if registry is None else registry
         self.steps = Counter("streamrec_trainer_steps_total", "Optimizer steps taken",
                              registry=registry)
@@ -138,4 +142,4 @@ class TrainerMetrics:
         self.checkpoint_seconds = Histogram(
             "streamrec_trainer_checkpoint_seconds", "Wall time of one checkpoint",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60), registry=registry)
-        registry.register(_TrainerCollector(trainer))
+        registry.register(_TrainerCollector(trainer, quality))

@@ -19,27 +19,23 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, replace
-from collections.abc import Mapping
 from typing import TextIO
 
 from prometheus_client import CollectorRegistry
 
 from streamrec.ingest.event import IMPRESSION
 from streamrec.ingest.iter_source import IteratorSource
-from streamrec.ingest.joiner import Joiner
-from streamrec.ingest.source import SourceBatch
+from streamrec.ingest.source import ForwardingSource, SourceBatch
 from streamrec.client import RecommenderClient
 from streamrec.serving.replica import ModelReplica
 from streamrec.serving.server import create_server
 from streamrec.config import AppConfig, TableConfig
 from streamrec.errors import NotReadyError
 from streamrec.runtime import serve_metrics
-from streamrec.synthetic import SyntheticStream, default
-from streamrec.trainer.loop import LoopStats, RecentRate, TrainingLoop
-from streamrec.trainer.metrics import TrainerMetrics
-from streamrec.trainer.sync.publisher import Publisher
+from streamrec.synthetic import SyntheticConfig, SyntheticStream, default
+from streamrec.trainer.loop import LoopStats, RecentRate
+from streamrec.trainer.pipeline import build_pipeline
 from streamrec.trainer.sync.sink import GrpcDeltaSink
-from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["run_demo", "DemoSummary", "demo_config"]
 
@@ -52,12 +48,13 @@ class DemoSummary:
     serving_metrics_url: str
 
 
-def demo_config(config: AppConfig) -> AppConfig:
+def demo_config(config: AppConfig, stream: SyntheticConfig | None = None) -> AppConfig:
     """The demo's model reads the synthetic stream's side features.
 
     Unless the user configured tables, the demo turns on the frequency filter
     and expiry (the stream carries 200 events per second of event time), so
-    the table rows it prints level off while new ids keep arriving.
+    the table rows it prints level off while new ids keep arriving. The
+    joiner waits for clicks as long as ``stream`` sends them after an impression.
     """
     model = replace(config.model, sparse_features=["user_id", "item_id", "category", "country",
                                                    "hour"],
@@ -65,10 +62,15 @@ def demo_config(config: AppConfig) -> AppConfig:
     tables = config.table_defaults
     if tables == TableConfig():
         tables = replace(tables, min_count=2, ttl_s=600.0)
-    return replace(config, model=model, table_defaults=tables, tables={})
+    ingest = config.ingest
+    if stream is not None:
+        window = stream.join_window_s
+        ingest = replace(ingest, join_window_s=window,
+                         fake_negative_delay_s=min(ingest.fake_negative_delay_s, window / 2))
+    return replace(config, ingest=ingest, model=model, table_defaults=tables, tables={})
 
 
-class _ServedSource:
+class _ServedSource(ForwardingSource):
     """The stream's impressions, each with the score the replica serves for it now.
 
     What an application does: log the score and the model version it showed.
@@ -76,12 +78,8 @@ class _ServedSource:
     """
 
     def __init__(self, source: IteratorSource, replica: ModelReplica) -> None:
-        self.source = source
+        super().__init__(source)
         self.replica = replica
-
-    @property
-    def exhausted(self) -> bool:
-        return self.source.exhausted
 
     def poll(self, max_events: int, timeout_s: float) -> SourceBatch:
         got = self.source.poll(max_events, timeout_s)
@@ -98,15 +96,6 @@ class _ServedSource:
         for i, score in zip(at, scores):
             events[i] = events[i]._replace(served_score=score, model_version=version)
         return dataclasses.replace(got, events=events)
-
-    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self.source.commit(offsets)
-
-    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        self.source.seek(offsets)
-
-    def close(self) -> None:
-        self.source.close()
 
 
 def _metrics_server(host: str, port: int, registry: CollectorRegistry) -> str:
@@ -130,25 +119,6 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     /metrics on ``serving_metrics`` (default :func:`serving_metrics_port` of
     ``config.metrics.port``, the trainer's).
     """
-    config = demo_config(config)
-    trainer_registry, serving_registry = CollectorRegistry(), CollectorRegistry()
-    serving_cfg = replace(config.serving, port=serving_port, sync_port=sync_port)
-    replica = ModelReplica(registry=serving_registry)
-    servers = create_server(serving_cfg, replica, registry=serving_registry)
-    servers.start()
-    trainer = OnlineTrainer(config)
-    metrics = TrainerMetrics(trainer, registry=trainer_registry)
-    sink = GrpcDeltaSink(f"{serving_cfg.sync_host}:{servers.sync_port}", serving_cfg.token,
-                         config.sync.max_chunk_bytes, config.sync.timeout_s)
-    publisher = Publisher(trainer, {"replica-0": sink}, config.sync.interval_s,
-                          min_interval_s=config.sync.min_interval_s,
-                          registry=trainer_registry)
-    port = config.metrics.port
-    trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)
-    if serving_metrics is None:
-        serving_metrics = serving_metrics_port(port)
-    serving_url = _metrics_server(config.metrics.host, serving_metrics, serving_registry)
-    client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
     # Event time starts now (and, at a given rate, keeps pace with the wall
     # clock), so serving staleness reads as it would on a live stream; clicks
     # come within a 5 s window (median 0.5 s), so labels, and with them the
@@ -156,13 +126,22 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     synthetic = replace(default(), start_ms=int(time.time() * 1000),
                         events_per_second=rate or default().events_per_second,
                         join_window_s=5.0, click_delay_median_s=0.5)
-    stream = SyntheticStream(synthetic)
-    source = _ServedSource(IteratorSource(stream.joined_events(10**12), rate=rate,
-                                         name="synthetic"), replica)
-    ing = config.ingest
-    joiner = Joiner(ing.action_types, synthetic.join_window_s, seed=config.trainer.seed,
-                    max_pending=ing.join_max_pending, delayed_feedback=ing.delayed_feedback,
-                    elapsed_s=min(ing.fake_negative_delay_s, synthetic.join_window_s / 2))
+    config = demo_config(config, synthetic)
+    trainer_registry, serving_registry = CollectorRegistry(), CollectorRegistry()
+    serving_cfg = replace(config.serving, port=serving_port, sync_port=sync_port)
+    replica = ModelReplica(registry=serving_registry)
+    servers = create_server(serving_cfg, replica, registry=serving_registry)
+    servers.start()
+    sink = GrpcDeltaSink(f"{serving_cfg.sync_host}:{servers.sync_port}", serving_cfg.token,
+                         config.sync.max_chunk_bytes, config.sync.timeout_s)
+    port = config.metrics.port
+    trainer_url = _metrics_server(config.metrics.host, port, trainer_registry)
+    if serving_metrics is None:
+        serving_metrics = serving_metrics_port(port)
+    serving_url = _metrics_server(config.metrics.host, serving_metrics, serving_registry)
+    client = RecommenderClient(f"{serving_cfg.host}:{servers.port}", timeout_s=5.0)
+    source = _ServedSource(IteratorSource(SyntheticStream(synthetic).joined_events(10**12),
+                                          rate=rate, name="synthetic"), replica)
     stop = threading.Event()
     candidates = list(range(1, 51))
     last = {"version": 0}
@@ -178,27 +157,27 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         last["version"] = version
         staleness = replica.staleness_seconds()
         p = stats.progress
-        rows = " ".join(f"{k}={v:,}" for k, v in trainer.table_rows().items())
+        rows = " ".join(f"{k}={v:,}" for k, v in pipeline.trainer.table_rows().items())
         print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "
               f"logloss={p.get('logloss', float('nan')):.4f} "
               f"calibration={p.get('calibration', float('nan')):.2f} "
-              f"served_auc={trainer.replica.auc:.4f} rows[{rows}] "
+              f"served_auc={pipeline.quality.served.auc:.4f} rows[{rows}] "
               f"serving_version={version} staleness={staleness:.2f}s", file=out, flush=True)
 
-    loop = TrainingLoop(trainer, source, joiner=joiner, publisher=publisher, metrics=metrics,
-                        on_progress=on_progress)
     previous = {}
-    if install_signal_handlers:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    print(f"streamrec demo: serving on {serving_cfg.host}:{servers.port} "
-          f"(sync {servers.sync_port}); "
-          f"metrics: trainer {trainer_url or 'off'}, serving {serving_url or 'off'}; "
-          f"Ctrl-C to stop", file=out, flush=True)
     try:
-        stats = loop.run(stop, max_seconds=duration_s)  # reports once more as it ends
+        pipeline = build_pipeline(config, source, sinks={"replica-0": sink},
+                                  registry=trainer_registry, on_progress=on_progress)
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda *_: stop.set())
+        print(f"streamrec demo: serving on {serving_cfg.host}:{servers.port} "
+              f"(sync {servers.sync_port}); "
+              f"metrics: trainer {trainer_url or 'off'}, serving {serving_url or 'off'}; "
+              f"Ctrl-C to stop", file=out, flush=True)
+        stats = pipeline.run(stop, max_seconds=duration_s)  # reports once more as it ends
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

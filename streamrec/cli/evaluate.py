@@ -13,20 +13,19 @@ import math
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import torch
 
 from streamrec.ingest.deadletter import MemoryDeadLetterSink
-from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
 from streamrec.ingest.file_source import FileSource
-from streamrec.ingest.joiner import Joiner
 from streamrec.ingest.schema import FeatureSchema, SchemaScan
 from streamrec.ingest.source import EventSource, ForwardingSource, SourceBatch
 from streamrec.config import AppConfig
-from streamrec.trainer.loop import LoopStats, RecentRate, TrainingLoop
-from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.loop import LoopStats, RecentRate
+from streamrec.trainer.pipeline import build_pipeline
 
 __all__ = ["evaluate", "DISCOVER_EVENTS"]
 
@@ -99,11 +98,12 @@ def evaluate(config: AppConfig, path: str, progress: bool = True,
             if progress:
                 print(f"evaluate: features of the first {schema.events:,} impressions and "
                       f"examples: {schema.describe()}", file=sys.stderr, flush=True)
-        audit = FeatureAudit(config.model.sparse_features, config.model.dense_features,
-                             report_after=discover_events)
-        stats = _run(config, AuditedSource(source, audit), progress)
+        pipeline = build_pipeline(config, source, dead_letters=MemoryDeadLetterSink(),
+                                  on_progress=_reporter(progress), audit_after=discover_events)
+        stats = pipeline.run()
     finally:
         file_source.close()
+    audit = pipeline.audit
     audit.report_missing()
     p = stats.progress
     wall = stats.wall_seconds + scan_seconds  # the scan read (decoded) the first events
@@ -125,24 +125,17 @@ def evaluate(config: AppConfig, path: str, progress: bool = True,
     }
 
 
-def _run(config: AppConfig, source: EventSource, progress: bool) -> LoopStats:
-    trainer = OnlineTrainer(config)
-    ing = config.ingest
-    joiner = Joiner(ing.action_types, ing.join_window_s, ing.negative_sample_rate,
-                    seed=config.trainer.seed, max_pending=ing.join_max_pending,
-                    delayed_feedback=ing.delayed_feedback,
-                    elapsed_s=ing.fake_negative_delay_s)
-
+def _reporter(progress: bool) -> Callable[[LoopStats], None] | None:
+    """Progress lines on stderr, or none."""
+    if not progress:
+        return None
     rate = RecentRate()
 
     def report(stats: LoopStats) -> None:
-        if progress:
-            p = stats.progress
-            print(f"evaluate: {stats.examples:,} examples, auc={p.get('auc', math.nan):.4f} "
-                  f"logloss={p.get('logloss', math.nan):.4f} "
-                  f"{rate.update(stats):,.0f} examples/s (since the last report)",
-                  file=sys.stderr, flush=True)
+        p = stats.progress
+        print(f"evaluate: {stats.examples:,} examples, auc={p.get('auc', math.nan):.4f} "
+              f"logloss={p.get('logloss', math.nan):.4f} "
+              f"{rate.update(stats):,.0f} examples/s (since the last report)",
+              file=sys.stderr, flush=True)
 
-    loop = TrainingLoop(trainer, source, joiner=joiner, dead_letters=MemoryDeadLetterSink(),
-                        on_progress=report)
-    return loop.run()
+    return report

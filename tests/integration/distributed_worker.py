@@ -24,7 +24,7 @@ def main(out_dir: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = config()
-    trainer = OnlineTrainer(cfg, distributed=True)
+    trainer = OnlineTrainer.from_config(cfg, distributed=True)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     events = SyntheticStream(default()).events(GLOBAL_BATCH * STEPS)
     for step in range(STEPS):

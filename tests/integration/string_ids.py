@@ -24,6 +24,7 @@ from streamrec.config import ServingConfig, load_config
 from streamrec.synthetic import SyntheticStream, default
 from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 TOKEN = "s3cret"
 
@@ -41,7 +42,7 @@ class StringIdModel:
 
     def scores(self, user: str, items: list[str]) -> torch.Tensor:
         """The trainer's own scores of ``items`` for ``user`` (no features)."""
-        batcher = Batcher(self.trainer.config.model.sparse_features, [])
+        batcher = Batcher(self.trainer.features, [])
         rows = [(self.users[user], self.items[i], None) for i in items]
         return self.trainer.predict(batcher.build_rows(rows))
 
@@ -52,7 +53,7 @@ def train_on_string_ids(events: int = 1280) -> StringIdModel:
                                          "model.dense_features": "",
                                          "model.history_features": "",
                                          "trainer.batch_size": "128"})
-    model = StringIdModel(OnlineTrainer(cfg))
+    model = StringIdModel(OnlineTrainer.from_config(cfg))
     batcher = Batcher(cfg.model.sparse_features, [])
     decoded = []
     for event in SyntheticStream(default()).events(events):
@@ -77,7 +78,7 @@ def serving(model: StringIdModel) -> Iterator[tuple[Servers, RecommenderClient]]
     client = RecommenderClient(f"127.0.0.1:{servers.port}")
     sink = GrpcDeltaSink(f"127.0.0.1:{servers.sync_port}", TOKEN, 65536, 5.0)
     try:
-        sink.push(model.trainer.snapshot(1))
+        sink.push(TrainerParameters(model.trainer).snapshot(1))
         yield servers, client
     finally:
         sink.close()

@@ -39,7 +39,7 @@ DENSE_TOLERANCE = 5e-3
 
 def single_rank() -> OnlineTrainer:
     cfg = config()
-    trainer = OnlineTrainer(cfg)
+    trainer = OnlineTrainer.from_config(cfg)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     events = SyntheticStream(default()).events(GLOBAL_BATCH * STEPS)
     for _ in range(STEPS):

@@ -26,6 +26,7 @@ from streamrec.serving.server import RECOMMENDER, create_server
 from streamrec.config import ServingConfig
 from tests.integration.string_ids import TOKEN, model_fixture, served_fixture  # noqa: F401
 from streamrec.trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.parameters import TrainerParameters
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +106,7 @@ def test_health_watch_streams_each_change_once(grpcurl, model) -> None:
         assert watch.stdout is not None
         assert _read_message(watch.stdout) == {"status": "NOT_SERVING"}
         for version in (1, 2, 3):
-            assert sink.push(model.trainer.snapshot(version)) == version
+            assert sink.push(TrainerParameters(model.trainer).snapshot(version)) == version
         assert _read_message(watch.stdout) == {"status": "SERVING"}
         stopper = threading.Thread(target=servers.stop, args=(0, 1.0))
         stopper.start()

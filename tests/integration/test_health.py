@@ -15,6 +15,7 @@ from streamrec.serving.server import RECOMMENDER, create_server
 from streamrec.config import ServingConfig
 from tests.integration.string_ids import TOKEN, model_fixture, served_fixture  # noqa: F401
 from streamrec.trainer.sync.sink import GrpcDeltaSink
+from streamrec.trainer.parameters import TrainerParameters
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,7 @@ def test_health_watch_sends_a_message_on_each_change_only(model) -> None:
     try:
         assert seen.get(timeout=10) == NOT_SERVING  # the current status, at once
         for version in (1, 2, 3):  # every applied delta sets SERVING again
-            assert sink.push(model.trainer.snapshot(version)) == version
+            assert sink.push(TrainerParameters(model.trainer).snapshot(version)) == version
         assert seen.get(timeout=10) == SERVING
         stopper = threading.Thread(target=servers.stop, args=(0, 1.0))
         stopper.start()

@@ -18,6 +18,7 @@ from streamrec.serving.replica import ModelReplica
 from streamrec.serving.server import Servers, create_server
 from streamrec.synthetic import SyntheticStream, default
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 pytestmark = pytest.mark.integration
 SCORING_S = 0.3
@@ -43,12 +44,12 @@ def slow() -> Iterator[tuple[Servers, SlowReplica, CollectorRegistry]]:
     torch.set_num_threads(1)
     cfg = load_config(env={}, overrides={"model.history_features": "",
                                          "trainer.batch_size": "128"})
-    trainer = OnlineTrainer(cfg)
+    trainer = OnlineTrainer.from_config(cfg)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     trainer.train_batch(batcher.build(list(SyntheticStream(default()).events(128))))
     registry = CollectorRegistry()
     replica = SlowReplica(registry)
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     servers = create_server(ServingConfig(port=0, sync_port=0, max_concurrent=1, max_queue=2,
                                           max_workers=16), replica, registry=registry)
     servers.start()

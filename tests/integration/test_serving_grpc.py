@@ -26,6 +26,7 @@ from tests.integration.processes import free_port, start_cli, stop, wait_until
 from streamrec.model.delta import ParameterDelta, TableDelta
 from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 pytestmark = pytest.mark.integration
 TOKEN = "s3cret"
@@ -52,7 +53,7 @@ def trainer() -> OnlineTrainer:
     cfg = load_config(env={}, overrides={"model.sparse_features": "user_id,item_id,category",
                                          "model.history_features": "",
                                          "trainer.batch_size": "128"})
-    t = OnlineTrainer(cfg)
+    t = OnlineTrainer.from_config(cfg)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     events = list(SyntheticStream(default()).events(1280))
     for start in range(0, len(events), 128):
@@ -73,12 +74,12 @@ def test_predict_refuses_until_parameters_arrive_then_matches_the_trainer(served
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
     s = sink(servers)
-    assert s.push(trainer.snapshot(1)) == 1
+    assert s.push(TrainerParameters(trainer).snapshot(1)) == 1
     assert s.version() == 1
     assert client.health("streamrec.serving.Recommender")
     items = list(range(1, 30))
     got = client.predict(user_id=7, item_ids=items, features={"category": "c3"})
-    batcher = Batcher(trainer.config.model.sparse_features, [])
+    batcher = Batcher(trainer.features, [])
     want = trainer.predict(batcher.build_rows([(7, i, {"category": ("c3",)}) for i in items]))
     assert got.model_version == 1
     torch.testing.assert_close(torch.tensor(got.scores), want, atol=1e-6, rtol=1e-5)
@@ -90,7 +91,7 @@ def test_predict_refuses_until_parameters_arrive_then_matches_the_trainer(served
 
 def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> None:
     servers, _, client, registry = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     cases = [
         (dict(user_id=1, item_ids=[]), "item_ids is empty"),
         (dict(user_id=1, item_ids=list(range(101))), "over the limit of 100"),
@@ -131,7 +132,7 @@ def test_bad_requests_get_invalid_argument_with_a_reason(served, trainer) -> Non
 def test_recommend_ranks_each_item_once_and_predict_scores_every_position(served,
                                                                           trainer) -> None:
     servers, _, client, _ = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     top = client.recommend(user_id=1, item_ids=[3, 3, 3, 5], k=3)
     assert sorted(i for i, _ in top.items) == [3, 5]
     # Each duplicate is ranked with the features of its first occurrence.
@@ -147,7 +148,7 @@ def test_recommend_ranks_each_item_once_and_predict_scores_every_position(served
 def test_candidate_columns_score_as_candidate_features(served, trainer) -> None:
     # The columnar form of per-candidate features: one list per feature.
     servers, _, client, _ = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     items = [3, 5, 3, 7]
     own = [{"category": "c1", "price": 2.5}, {"category": "c2", "price": 9.0},
            {"category": "c3", "price": 0.5}, {"category": "c1", "price": 4.0}]
@@ -162,7 +163,7 @@ def test_candidate_columns_score_as_candidate_features(served, trainer) -> None:
 
 def test_bad_candidate_columns_get_invalid_argument_with_a_reason(served, trainer) -> None:
     servers, _, client, _ = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     channel = grpc.insecure_channel(f"127.0.0.1:{servers.port}")  # raw requests
     stub = serving_pb2_grpc.RecommenderStub(channel)
     column = serving_pb2.FeatureColumn
@@ -226,7 +227,7 @@ def test_stop_reports_not_serving_but_answers_through_the_delay(trainer) -> None
     servers.start()
     client = RecommenderClient(f"127.0.0.1:{servers.port}")
     s = sink(servers)
-    s.push(trainer.snapshot(1))
+    s.push(TrainerParameters(trainer).snapshot(1))
     assert client.health() and client.health(RECOMMENDER)
     delay = 8.0  # generous: the checks below must fit in it on a loaded machine
     stopper = threading.Thread(target=servers.stop, args=(0, delay))
@@ -239,7 +240,7 @@ def test_stop_reports_not_serving_but_answers_through_the_delay(trainer) -> None
         # Requests are still answered, and a delta arriving meanwhile does not
         # make the replica ready again.
         assert client.predict(user_id=1, item_ids=[1, 2]).model_version == 1
-        s.push(trainer.snapshot(2))
+        s.push(TrainerParameters(trainer).snapshot(2))
         assert not client.health(RECOMMENDER)
         assert stopper.is_alive(), "the checks above ran after the delay: machine too slow"
     finally:
@@ -256,16 +257,16 @@ def test_sync_port_requires_the_token_and_applies_nothing_without_it(served, tra
     servers, replica, _, _ = served
     for token in ("", "wrong"):
         with pytest.raises(SyncError, match="UNAUTHENTICATED"):
-            sink(servers, token).push(trainer.snapshot(1))
+            sink(servers, token).push(TrainerParameters(trainer).snapshot(1))
     assert replica.version == 0
 
 
 def test_a_delta_on_the_wrong_base_is_refused_with_failed_precondition(served, trainer) -> None:
     servers, replica, _, _ = served
     s = sink(servers)
-    s.push(trainer.snapshot(4))
+    s.push(TrainerParameters(trainer).snapshot(4))
     with pytest.raises(SyncError) as info:
-        s.push(replace(trainer.snapshot(9), full=False, base_version=7))
+        s.push(replace(TrainerParameters(trainer).snapshot(9), full=False, base_version=7))
     assert type(info.value).__name__ == "VersionGapError"
     assert replica.version == 4
 
@@ -273,7 +274,7 @@ def test_a_delta_on_the_wrong_base_is_refused_with_failed_precondition(served, t
 def test_concurrent_predicts_never_see_a_half_applied_delta(served, trainer) -> None:
     servers, replica, client, _ = served
     s = sink(servers)
-    s.push(trainer.snapshot(1))
+    s.push(TrainerParameters(trainer).snapshot(1))
     dim = trainer.model.row_dim
     items = torch.arange(1, 2001)
     dense = {k: v.clone() for k, v in trainer.model.state_dict().items()}

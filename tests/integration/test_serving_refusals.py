@@ -17,6 +17,7 @@ from tests.integration.test_serving_grpc import TOKEN, served, sink  # noqa: F40
 from tests.trained import small_trainer
 from streamrec.model.delta import ParameterDelta, TableDelta
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 pytestmark = pytest.mark.integration
 # Field 15, wire type 7 (none such): protobuf refuses it.
@@ -43,7 +44,7 @@ def raw_call(port: int, method: str, payload: bytes, streaming: bool = False,
 def test_undecodable_requests_get_invalid_argument_on_both_ports(served, trainer,
                                                                  payload) -> None:
     servers, _, client, registry = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     auth = (("authorization", f"Bearer {TOKEN}"),)
     for port, method, streaming, metadata in (
             (servers.port, "/streamrec.serving.Recommender/Predict", False, ()),
@@ -65,18 +66,18 @@ def test_undecodable_requests_get_invalid_argument_on_both_ports(served, trainer
 def test_a_lower_version_is_refused_with_failed_precondition(served, trainer) -> None:
     servers, replica, client, _ = served
     s = sink(servers)
-    s.push(trainer.snapshot(5))
+    s.push(TrainerParameters(trainer).snapshot(5))
     before = client.predict(user_id=3, item_ids=[1, 2, 3]).scores
     for version in (1, 5):
         with pytest.raises(VersionGapError):  # the sink's reading of FAILED_PRECONDITION
-            s.push(trainer.snapshot(version))
+            s.push(TrainerParameters(trainer).snapshot(version))
     assert s.version() == 5 and client.predict(user_id=3, item_ids=[1, 2, 3]).scores == before
 
 
 def test_non_finite_parameters_get_invalid_argument_and_change_nothing(served, trainer) -> None:
     servers, replica, client, _ = served
     s = sink(servers)
-    s.push(trainer.snapshot(1))
+    s.push(TrainerParameters(trainer).snapshot(1))
     before = client.predict(user_id=3, item_ids=[1, 2, 3]).scores
     table = trainer.tables["item_id"]
     ids, rows = table.export_all()
@@ -91,7 +92,7 @@ def test_non_finite_parameters_get_invalid_argument_and_change_nothing(served, t
 def test_a_non_finite_score_is_internal_not_ok(served, trainer) -> None:
     servers, _, client, registry = served
     s = sink(servers)
-    snapshot = trainer.snapshot(1)
+    snapshot = TrainerParameters(trainer).snapshot(1)
     s.push(snapshot)
     table = trainer.tables["item_id"]
     ids, _ = table.export_all()
@@ -110,7 +111,7 @@ def test_a_non_finite_score_is_internal_not_ok(served, trainer) -> None:
 
 def test_wrongly_typed_features_get_invalid_argument_naming_them(served, trainer) -> None:
     servers, _, client, registry = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     cases = [
         (dict(features={"category": 3.5}), "features: feature 'category' is an id feature"),
         (dict(features={"price": "NaN"}), "features: feature 'price' is dense"),
@@ -131,7 +132,7 @@ def test_wrongly_typed_features_get_invalid_argument_naming_them(served, trainer
 def test_features_the_model_does_not_read_are_ignored_and_counted(served, trainer,
                                                                  caplog) -> None:
     servers, _, client, registry = served
-    sink(servers).push(trainer.snapshot(1))
+    sink(servers).push(TrainerParameters(trainer).snapshot(1))
     plain = client.predict(user_id=1, item_ids=[1, 2]).scores
     # A typo scores as if the feature were absent: counted, and named in the log.
     assert client.predict(user_id=1, item_ids=[1, 2], features={"categroy": "c1"}).scores \

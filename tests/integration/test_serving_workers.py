@@ -19,6 +19,7 @@ from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
 from tests.integration.processes import free_port, scrape, start_cli, stop, wait_until
 from tests.trained import small_trainer
+from streamrec.trainer.parameters import TrainerParameters
 
 TOKEN = "workers-token"
 WORKERS = 2
@@ -82,8 +83,8 @@ def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
 
 def test_a_push_reaches_every_worker(replica: Replica) -> None:
     t = replica.trainer
-    assert replica.sink.push(t.snapshot(1)) == 1
-    assert replica.sink.push(t.collect_delta(2)) == 2
+    assert replica.sink.push(TrainerParameters(t).snapshot(1)) == 1
+    assert replica.sink.push(TrainerParameters(t).collect_delta(2)) == 2
     assert replica.sink.version() == 2
     assert replica.versions() == [2.0] * WORKERS
     for _ in range(8):  # whichever worker a connection lands on answers version 2
@@ -121,7 +122,7 @@ def test_a_killed_worker_is_replaced_and_catches_up(replica: Replica) -> None:
         timeout_s=180)
     assert scrape(replica.metrics)["streamrec_serving_worker_restarts_total"] == 1
     # Caught up from the parent's log: the next delta follows on, no snapshot needed.
-    assert replica.sink.push(replica.trainer.collect_delta(3)) == 3
+    assert replica.sink.push(TrainerParameters(replica.trainer).collect_delta(3)) == 3
     assert replica.versions() == [3.0] * WORKERS
     assert "exited with code -9: restarting it" in replica.log.read_text()
 

@@ -23,6 +23,7 @@ from streamrec.serving.workers import fanout_server
 from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
 from tests.trained import small_trainer
+from streamrec.trainer.parameters import TrainerParameters
 
 pytestmark = pytest.mark.integration
 TOKEN, INNER = "outer-token", "inner-token"
@@ -84,17 +85,17 @@ def replica() -> Iterator[_Replica]:
 
 def test_a_push_reaches_every_worker_and_a_gap_comes_back(replica: _Replica,
                                                           trainer: OnlineTrainer) -> None:
-    assert replica.sink.push(trainer.snapshot(1)) == 1
+    assert replica.sink.push(TrainerParameters(trainer).snapshot(1)) == 1
     assert [w.replica.version for w in replica.workers] == [1, 1]
     # Worker 1 restarts empty: the next delta is a gap there, and the trainer hears it.
     replica.workers[1].stop()
     replica.workers[1] = _Worker.start(1)
     assert replica.sink.version() == 0
     with pytest.raises(VersionGapError):
-        replica.sink.push(trainer.collect_delta(2))
+        replica.sink.push(TrainerParameters(trainer).collect_delta(2))
     assert [w.replica.version for w in replica.workers] == [2, 0]
     # The snapshot it then sends: worker 0 holds that version already, worker 1 takes it.
-    assert replica.sink.push(trainer.snapshot(2)) == 2
+    assert replica.sink.push(TrainerParameters(trainer).snapshot(2)) == 2
     assert [w.replica.version for w in replica.workers] == [2, 2]
     assert replica.sink.version() == 2
     assert replica.registry.get_sample_value("pushes_total", {"result": "gap"}) == 1
@@ -102,9 +103,9 @@ def test_a_push_reaches_every_worker_and_a_gap_comes_back(replica: _Replica,
 
 def test_a_new_worker_catches_up_from_the_log(replica: _Replica,
                                               trainer: OnlineTrainer) -> None:
-    replica.sink.push(trainer.snapshot(10))
-    replica.sink.push(trainer.collect_delta(11))
-    replica.sink.push(trainer.collect_delta(12))
+    replica.sink.push(TrainerParameters(trainer).snapshot(10))
+    replica.sink.push(TrainerParameters(trainer).collect_delta(11))
+    replica.sink.push(TrainerParameters(trainer).collect_delta(12))
     fresh = _Worker.start(2)
     try:
         assert replica.catch_up.replay(fresh, timeout_s=10) == 12
@@ -118,12 +119,12 @@ def test_a_new_worker_catches_up_from_the_log(replica: _Replica,
 
 def test_a_push_every_worker_refuses_is_refused(replica: _Replica,
                                                 trainer: OnlineTrainer) -> None:
-    replica.sink.push(trainer.snapshot(20))
+    replica.sink.push(TrainerParameters(trainer).snapshot(20))
     with pytest.raises(VersionGapError):  # stale everywhere: FAILED_PRECONDITION
-        replica.sink.push(trainer.snapshot(5))
+        replica.sink.push(TrainerParameters(trainer).snapshot(5))
     bad = GrpcDeltaSink(replica.sink.address, "wrong-token", 65536, 10.0)
     with pytest.raises(SyncError, match="UNAUTHENTICATED"):
-        bad.push(trainer.collect_delta(21))
+        bad.push(TrainerParameters(trainer).collect_delta(21))
     bad.close()
     assert [w.replica.version for w in replica.workers] == [20, 20]
     assert replica.catch_up.version == 20

@@ -11,6 +11,7 @@ import torch
 
 from streamrec.errors import CheckpointError
 from streamrec.trainer.checkpoint import Checkpointer
+from streamrec.trainer.parameters import TrainerParameters
 
 
 def test_a_write_that_fails_inside_torch_save_leaves_the_previous_checkpoint(
@@ -55,6 +56,8 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
     from streamrec.ingest.batch import Batcher
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
+    from streamrec.trainer.checkpoint_state import TrainingState
+    from streamrec.trainer.quality import QualityMetrics
     from streamrec.trainer.trainer import OnlineTrainer
 
     torch.set_num_threads(1)
@@ -63,14 +66,16 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
         "table_defaults.ttl_s": "5", "table_defaults.prune_alpha": "0.0001"})
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(2400))
-    original = OnlineTrainer(config)
+    original, quality = OnlineTrainer.from_config(config), QualityMetrics()
     for start in range(0, 1200, 128):
-        original.train_batch(batcher.build(events[start:start + 128]))
-    Checkpointer(tmp_path).save(original.steps, original.state_dict(), {}, version=1)
-    restored = OnlineTrainer(config)
+        batch = batcher.build(events[start:start + 128])
+        quality.record_step(original.train_batch(batch).probs, batch)
+    state = TrainingState(original, quality).state_dict()
+    Checkpointer(tmp_path).save(original.steps, state, {}, version=1)
+    restored, restored_quality = OnlineTrainer.from_config(config), QualityMetrics()
     checkpoint = Checkpointer(tmp_path).latest()
     assert checkpoint is not None
-    restored.load_state_dict(checkpoint.state)
+    TrainingState(restored, restored_quality).load_state_dict(checkpoint.state)
     for start in range(1200, 2400, 200):
         batch = batcher.build(events[start:start + 200])
         assert torch.equal(restored.predict(batch), original.predict(batch))
@@ -86,7 +91,7 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
     assert (restored.steps, restored.examples, restored.event_time_ms) == \
         (original.steps, original.examples, original.event_time_ms)
     # The progressive figures (dashboards, `streamrec evaluate`) go on, not from zero.
-    assert restored.progress.snapshot() == original.progress.snapshot()
+    assert restored_quality.progress.snapshot() == quality.progress.snapshot()
 
 
 def test_a_resumed_loop_reads_on_from_the_checkpoints_offsets(tmp_path: Path) -> None:
@@ -101,11 +106,12 @@ def test_a_resumed_loop_reads_on_from_the_checkpoints_offsets(tmp_path: Path) ->
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={"trainer.batch_size": "128"})
     events = list(SyntheticStream(default()).events(1000))
-    first = TrainingLoop(OnlineTrainer(config), MemorySource(events),
+    first = TrainingLoop(OnlineTrainer.from_config(config), MemorySource(events), config,
                          checkpointer=Checkpointer(tmp_path))
     assert first.run(max_events=600).examples == 600  # ends with a checkpoint
     source = MemorySource(events)
-    second = TrainingLoop(OnlineTrainer(config), source, checkpointer=Checkpointer(tmp_path))
+    second = TrainingLoop(OnlineTrainer.from_config(config), source, config,
+                          checkpointer=Checkpointer(tmp_path))
     second.resume()
     stats = second.run()
     assert stats.events == 400 and second.trainer.examples == 1000
@@ -154,7 +160,8 @@ def test_dead_letters_are_durable_before_a_checkpoint_passes_their_offsets(
             return super().save(*args, **kwargs)
 
     source = MemorySource(records)
-    loop = TrainingLoop(OnlineTrainer(config), source, dead_letters=_RecordingSink(log, fail),
+    loop = TrainingLoop(OnlineTrainer.from_config(config), source, config,
+                        dead_letters=_RecordingSink(log, fail),
                         checkpointer=LoggingCheckpointer(tmp_path))
     if fail:
         # The last checkpoint failing is the caller's business: what was
@@ -191,7 +198,8 @@ def _trained_loop(tmp_path: Path, **overrides: str) -> Any:
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={"trainer.batch_size": "64", **overrides})
     source = MemorySource(list(SyntheticStream(default()).events(300)))
-    return TrainingLoop(OnlineTrainer(config), source, checkpointer=Checkpointer(tmp_path / "ck"))
+    return TrainingLoop(OnlineTrainer.from_config(config), source, config,
+                        checkpointer=Checkpointer(tmp_path / "ck"))
 
 
 FOUR = {"table_defaults.shards": "4"}
@@ -250,13 +258,14 @@ def test_a_refused_start_releases_the_checkpoint_directory(tmp_path: Path,
 
 def test_a_state_of_two_ranks_is_refused_by_one() -> None:
     from streamrec.config import load_config
+    from streamrec.trainer.checkpoint_state import TrainingState
     from streamrec.trainer.trainer import OnlineTrainer
 
     config = load_config(env={})
-    state = OnlineTrainer(config).state_dict()
+    state = TrainingState(OnlineTrainer.from_config(config)).state_dict()
     state["counters"]["world_size"] = 2  # type: ignore[index]
     with pytest.raises(CheckpointError, match="written by 2 trainer rank"):
-        OnlineTrainer(config).load_state_dict(state)
+        TrainingState(OnlineTrainer.from_config(config)).load_state_dict(state)
 
 
 def test_one_trainer_at_a_time_per_checkpoint_directory(tmp_path: Path) -> None:
@@ -295,7 +304,8 @@ def test_the_final_checkpoint_records_the_version_replicas_hold(tmp_path: Path) 
 
     loop = _trained_loop(tmp_path)
     replica = ModelReplica(registry=CollectorRegistry())
-    loop.publisher = Publisher(loop.trainer, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+    loop.publisher = Publisher(TrainerParameters(loop.trainer),
+                               {"r": MemoryDeltaSink(replica)}, interval_s=60,
                                registry=CollectorRegistry())
     loop.run()
     checkpoint = Checkpointer(tmp_path / "ck").latest()
@@ -344,8 +354,9 @@ def test_offsets_of_a_partition_gone_to_another_consumer_are_neither_kept_nor_co
 
     torch.set_num_threads(1)
     source = Rebalanced()
-    loop = TrainingLoop(OnlineTrainer(load_config(env={}, overrides={"trainer.batch_size": "8"})),
-                        source, checkpointer=Checkpointer(tmp_path))  # type: ignore[arg-type]
+    config = load_config(env={}, overrides={"trainer.batch_size": "8"})
+    loop = TrainingLoop(OnlineTrainer.from_config(config), source,  # type: ignore[arg-type]
+                        config, checkpointer=Checkpointer(tmp_path))
     loop.run()
     assert source.committed[-1] == {p0: 30}
     checkpoint = Checkpointer(tmp_path).latest()

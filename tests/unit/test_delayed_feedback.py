@@ -14,10 +14,11 @@ from streamrec.ingest.batch import Batch, Batcher
 from streamrec.ingest.event import EXAMPLE, Event
 from streamrec.ingest.iter_source import IteratorSource
 from streamrec.ingest.joiner import Joiner
-from streamrec.config import load_config
+from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import SyntheticStream, production
 from streamrec.trainer.loop import TrainingLoop
 from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.quality import QualityMetrics
 from streamrec.trainer.trainer import OnlineTrainer
 
 # A short window next to the stream, so that a few windows pass in a test.
@@ -29,14 +30,17 @@ SETTINGS = {"model.sparse_features": "user_id,item_id,category,country,hour,tags
 
 
 def run_joined(mode: str, trainer: OnlineTrainer | None = None,
-               events: list[Event] | None = None) -> OnlineTrainer:
-    config = load_config(env={}, overrides={**SETTINGS, "ingest.delayed_feedback": mode})
-    trainer = trainer or OnlineTrainer(config)
+               events: list[Event] | None = None,
+               quality: QualityMetrics | None = None,
+               config: AppConfig | None = None) -> TrainingLoop:
+    config = config or load_config(env={}, overrides={**SETTINGS, "ingest.delayed_feedback": mode})
+    trainer = trainer or OnlineTrainer.from_config(config)
     joiner = Joiner(["click"], window_s=10.0, delayed_feedback=mode)
     if events is None:
         events = list(SyntheticStream(STREAM).joined_events(IMPRESSIONS))
-    TrainingLoop(trainer, IteratorSource(events), joiner=joiner).run()
-    return trainer
+    loop = TrainingLoop(trainer, IteratorSource(events), config, quality=quality, joiner=joiner)
+    loop.run()
+    return loop
 
 
 @pytest.mark.parametrize("mode", ["wait", "fake_negative"])
@@ -45,7 +49,7 @@ def test_no_training_batch_is_one_label_because_of_join_timing(mode: str) -> Non
     # batches must mix both all along, from the first one.
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={**SETTINGS, "ingest.delayed_feedback": mode})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     means: list[float] = []
     train = trainer.train_batch
 
@@ -68,19 +72,20 @@ def test_progressive_metrics_of_a_joined_stream_are_those_of_the_scores_served(m
     # have shown: no better than learning from labels known at once, and,
     # once past the cold start, better than predicting the click rate.
     torch.set_num_threads(1)
-    trainer = run_joined(mode)
+    loop = run_joined(mode)
     labeled = list(SyntheticStream(STREAM).events(IMPRESSIONS))
     config = load_config(env={}, overrides=SETTINGS)
-    reference = OnlineTrainer(config)
+    reference, learned = OnlineTrainer.from_config(config), QualityMetrics()
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     for start in range(0, IMPRESSIONS, 1024):
-        reference.train_batch(batcher.build(labeled[start:start + 1024]))
-    p = trainer.progress
+        batch = batcher.build(labeled[start:start + 1024])
+        learned.record_step(reference.train_batch(batch).probs, batch)
+    p = loop.quality.progress
     assert p.examples == IMPRESSIONS
     assert p.positives == sum(e.label or 0.0 for e in labeled)
     rate = p.positives / IMPRESSIONS
     constant = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
-    assert 0.55 < p.auc < reference.progress.auc + 0.01
+    assert 0.55 < p.auc < learned.progress.auc + 0.01
     # Past the cold start (the last 10,000 labels): better than a constant.
     assert p.window_logloss < constant
 
@@ -94,7 +99,7 @@ def test_fake_negative_weights_keep_predictions_calibrated() -> None:
     config = load_config(env={}, overrides={
         "model.embedding_dim": "2", "model.history_features": "",
         "trainer.warmup_batch_size": "0", "trainer.batch_size": "512"})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     joiner = Joiner(["click"], window_s=1, delayed_feedback="fake_negative")
     examples: list[Event] = []
@@ -109,8 +114,7 @@ def test_fake_negative_weights_keep_predictions_calibrated() -> None:
     assert abs(observed - 0.3 / 1.3) < 0.01
     for start in range(0, len(examples), 512):
         chunk = examples[start:start + 512]
-        trainer.train_batch(batcher.build(chunk), torch.ones(len(chunk), dtype=torch.bool),
-                            torch.tensor([e.fake_negative for e in chunk]))
+        trainer.train_batch(batcher.build(chunk), torch.tensor([e.fake_negative for e in chunk]))
     probe = batcher.build([Event(EXAMPLE, u, i, 60_000, label=0.0)
                            for u in range(20) for i in range(20)])
     assert abs(float(trainer.predict(probe).mean()) - 0.3) < 0.02
@@ -119,8 +123,9 @@ def test_fake_negative_weights_keep_predictions_calibrated() -> None:
 def test_the_scores_replicas_served_are_reported_per_model_version() -> None:
     torch.set_num_threads(1)
     registry = CollectorRegistry()
-    trainer = OnlineTrainer(load_config(env={}, overrides={"trainer.batch_size": "64"}))
-    TrainerMetrics(trainer, registry=registry)
+    config = load_config(env={}, overrides={"trainer.batch_size": "64"})
+    trainer, quality = OnlineTrainer.from_config(config), QualityMetrics()
+    TrainerMetrics(trainer, quality, registry=registry)
     events: list[Event] = []
     rng = random.Random(1)
     for k in range(2_000):
@@ -132,7 +137,7 @@ def test_the_scores_replicas_served_are_reported_per_model_version() -> None:
                             served_score=score, model_version=version))
         if clicked:
             events.append(Event("click", k % 7, k % 11, 1_000 * k + 500, request_id=f"r{k}"))
-    run_joined("wait", trainer, events)
+    run_joined("wait", trainer, events, quality, config)
     get = registry.get_sample_value
     assert get("streamrec_trainer_served_version_auc", {"model_version": "20"}) == 1.0
     assert abs(get("streamrec_trainer_served_version_auc", {"model_version": "19"}) - 0.5) < 0.2

@@ -37,8 +37,8 @@ def run(records: list[bytes], **overrides: str) -> tuple[TrainingLoop, MemoryDea
     metrics = IngestMetrics(registry=registry)
     joiner = Joiner(config.ingest.action_types, config.ingest.join_window_s, metrics=metrics)
     sink = MemoryDeadLetterSink()
-    loop = TrainingLoop(OnlineTrainer(config), MemorySource(records, metrics=metrics),
-                        joiner=joiner, dead_letters=sink)
+    loop = TrainingLoop(OnlineTrainer.from_config(config), MemorySource(records, metrics=metrics),
+                        config, joiner=joiner, dead_letters=sink)
     loop.run()
     return loop, sink, registry
 

@@ -134,7 +134,7 @@ def test_distributed_training_refuses_in_batch_terms_naming_the_field() -> None:
     config = load_config(env={}, overrides={"model.history_features": "",
                                             "model.in_batch_terms": "user_id"})
     with pytest.raises(ConfigError, match="model.in_batch_terms"):
-        OnlineTrainer(config, distributed=True)
+        OnlineTrainer.from_config(config, distributed=True)
 
 
 def _bursty_stream(n_users: int = 300, burst: int = 60, seed: int = 0) -> list[Event]:
@@ -161,7 +161,7 @@ def _progressive_auc(settings: dict[str, str], events: list[Event]) -> float:
     config = load_config(env={}, overrides={"model.sparse_features": "user_id,item_id,genres",
                                             "trainer.batch_size": "2048",
                                             "trainer.warmup_batch_size": "0", **settings})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, [])
     probs = []
     for start in range(0, len(events), 2048):

@@ -58,8 +58,8 @@ class Partitioned:
 
 def loop(tmp_path: Path, source: Partitioned) -> TrainingLoop:
     config = load_config(env={}, overrides={"trainer.batch_size": "16"})
-    return TrainingLoop(OnlineTrainer(config), source,  # type: ignore[arg-type]
-                        checkpointer=Checkpointer(tmp_path))
+    return TrainingLoop(OnlineTrainer.from_config(config), source,  # type: ignore[arg-type]
+                        config, checkpointer=Checkpointer(tmp_path))
 
 
 def test_the_ledger_tiles_each_partition_once_across_a_crash_between_its_writes(
@@ -127,15 +127,18 @@ def test_impressions_waiting_at_a_checkpoint_are_learned_once_after_a_restart(
     def joiner() -> Joiner:
         return Joiner(config.ingest.action_types, config.ingest.join_window_s)
 
-    whole = TrainingLoop(OnlineTrainer(config), MemorySource(events), joiner=joiner())
+    whole = TrainingLoop(OnlineTrainer.from_config(config), MemorySource(events), config,
+                         joiner=joiner())
     expected = whole.run()
     assert 0 < expected.positives < expected.examples < len(events)
 
-    first = TrainingLoop(OnlineTrainer(config), MemorySource(events), joiner=joiner(),
+    first = TrainingLoop(OnlineTrainer.from_config(config), MemorySource(events), config,
+                         joiner=joiner(),
                          checkpointer=Checkpointer(tmp_path / "ckpt"))
     first.run(max_events=900)  # ends with a checkpoint, impressions waiting
     assert first.joiner is not None and first.joiner.pending > 0
-    second = TrainingLoop(OnlineTrainer(config), MemorySource(events), joiner=joiner(),
+    second = TrainingLoop(OnlineTrainer.from_config(config), MemorySource(events), config,
+                          joiner=joiner(),
                           checkpointer=Checkpointer(tmp_path / "ckpt"))
     second.resume()
     assert second.joiner is not None and second.joiner.pending == first.joiner.pending

@@ -14,16 +14,17 @@ from tests.trained import small_trainer
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import MemoryDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 
 def learn(trainer: OnlineTrainer, stream: SyntheticStream, n: int = 256) -> None:
-    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    batcher = Batcher(trainer.features, trainer.dense_features)
     trainer.train_batch(batcher.build(list(stream.events(n))))
 
 
 def same_scores(trainer: OnlineTrainer, replica: ModelReplica) -> bool:
     probe = list(SyntheticStream(default()).events(20))
-    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    batcher = Batcher(trainer.features, trainer.dense_features)
     want = trainer.predict(batcher.build(probe))
     got = torch.tensor([replica.predict(e.user_id, [e.item_id], dict(e.features))[0][0]
                         for e in probe])
@@ -33,7 +34,8 @@ def same_scores(trainer: OnlineTrainer, replica: ModelReplica) -> bool:
 def test_no_version_is_published_while_nothing_is_learned() -> None:
     trainer, stream = small_trainer(), SyntheticStream(default())
     replica, registry = ModelReplica(CollectorRegistry()), CollectorRegistry()
-    publisher = Publisher(trainer, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"r": MemoryDeltaSink(replica)}, interval_s=60,
                           registry=registry)
     assert publisher.publish_once() == 1  # the first state is always published
     learned_ms = replica.learned_event_time_ms()
@@ -53,7 +55,8 @@ def test_replicas_behind_get_the_last_version_while_nothing_is_learned() -> None
     trainer, stream = small_trainer(), SyntheticStream(default())
     in_step, late = ModelReplica(CollectorRegistry()), ModelReplica(CollectorRegistry())
     late_sink = MemoryDeltaSink(late)
-    publisher = Publisher(trainer, {"in_step": MemoryDeltaSink(in_step), "late": late_sink},
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"in_step": MemoryDeltaSink(in_step), "late": late_sink},
                           interval_s=60, registry=CollectorRegistry())
     publisher.publish_once()
     del publisher.sinks["late"]  # misses versions 2 and 3
@@ -76,9 +79,10 @@ def test_a_replica_holding_another_run_at_the_same_version_gets_a_new_one() -> N
     before, restarted = small_trainer(), small_trainer(256)
     learn(before, stream)
     stale = ModelReplica(CollectorRegistry())
-    stale.apply(before.snapshot(3))
+    stale.apply(TrainerParameters(before).snapshot(3))
     fresh = ModelReplica(CollectorRegistry())
-    publisher = Publisher(restarted, {"fresh": MemoryDeltaSink(fresh)}, interval_s=60,
+    publisher = Publisher(TrainerParameters(restarted),
+                          {"fresh": MemoryDeltaSink(fresh)}, interval_s=60,
                           registry=CollectorRegistry(), start_version=2)
     assert publisher.publish_once() == 3
     publisher.sinks["stale"] = MemoryDeltaSink(stale)  # the earlier run's "3"
@@ -96,7 +100,8 @@ def test_staleness_is_measured_from_the_event_time_learned_not_the_export() -> N
     trainer, registry = small_trainer(), CollectorRegistry()
     replica = ModelReplica(registry)
     hour_ago_ms = int(time.time() * 1000) - 3_600_000
-    replica.apply(dataclasses.replace(trainer.snapshot(1), event_time_ms=hour_ago_ms,
+    snapshot = TrainerParameters(trainer).snapshot(1)
+    replica.apply(dataclasses.replace(snapshot, event_time_ms=hour_ago_ms,
                                       exported_at_ms=int(time.time() * 1000)))
     assert 3600 <= replica.staleness_seconds() < 3700
     assert registry.get_sample_value("streamrec_serving_learned_event_time_seconds") \
@@ -116,7 +121,8 @@ def test_resending_the_last_version_does_not_hold_the_trainer_back() -> None:
             return super().push(delta)
 
     trainer = small_trainer()
-    publisher = Publisher(trainer, {"r": MemoryDeltaSink(ModelReplica(CollectorRegistry()))},
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"r": MemoryDeltaSink(ModelReplica(CollectorRegistry()))},
                           interval_s=60, registry=CollectorRegistry())
     publisher.publish_once()
     slow = ModelReplica(CollectorRegistry())
@@ -144,10 +150,11 @@ def test_a_replica_moved_above_between_probe_and_push_is_resynced_above() -> Non
             reported = super().version()
             if not self.raced:
                 self.raced = True
-                self.replica.apply(other.snapshot(9))
+                self.replica.apply(TrainerParameters(other).snapshot(9))
             return reported
 
-    publisher = Publisher(trainer, {"r": RacedSink(replica)}, interval_s=60, registry=registry)
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"r": RacedSink(replica)}, interval_s=60, registry=registry)
     publisher.publish_once()
     assert replica.version == 9
     assert registry.get_sample_value("streamrec_sync_pushes_total",

@@ -15,6 +15,7 @@ from streamrec.synthetic import SyntheticStream, default
 from streamrec.model.delta import ParameterDelta, TableDelta
 from tests.trained import small_trainer
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +38,24 @@ def results(registry: CollectorRegistry, kind: str, result: str) -> float:
 def test_a_snapshot_or_delta_below_the_version_held_is_refused(trainer) -> None:
     registry = CollectorRegistry()
     replica = ModelReplica(registry)
-    replica.apply(trainer.snapshot(7))
+    replica.apply(TrainerParameters(trainer).snapshot(7))
     before = scores(replica)
     # A full snapshot of version 1 was applied: the replica served version 1.
     for version in (1, 7):
         with pytest.raises(StaleVersionError, match="never goes back"):
-            replica.apply(trainer.snapshot(version))
+            replica.apply(TrainerParameters(trainer).snapshot(version))
     # A delta on the version held that names a lower version.
     with pytest.raises(StaleVersionError):
         replica.apply(ParameterDelta(3, 7, False, [], {}, 0, 0, ""))
     assert replica.version == 7 and scores(replica) == before
     assert results(registry, "full", "stale") == 2 and results(registry, "delta", "stale") == 1
-    replica.apply(trainer.snapshot(8))  # a new lineage above it is taken
+    replica.apply(TrainerParameters(trainer).snapshot(8))  # a new lineage above it is taken
     assert replica.version == 8
 
 
 def poisoned(trainer: OnlineTrainer, version: int, full: bool, where: str) -> ParameterDelta:
-    delta = trainer.snapshot(version) if full else trainer.collect_delta(version)
+    parameters = TrainerParameters(trainer)
+    delta = parameters.snapshot(version) if full else parameters.collect_delta(version)
     table = next(t for t in trainer.tables.values() if t.name == "item_id")
     ids, rows = table.export_all()
     rows = rows[:5].clone()
@@ -78,7 +80,7 @@ def test_non_finite_parameters_are_refused_and_nothing_is_applied(trainer, where
     with pytest.raises(NonFiniteError, match="NaN or infinite"):
         replica.apply(poisoned(trainer, 1, True, where))
     assert not replica.ready
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     before, rows = scores(replica), replica.table_rows()
     with pytest.raises(NonFiniteError):
         replica.apply(poisoned(trainer, 2, False, where))
@@ -92,7 +94,7 @@ def test_a_non_finite_score_is_never_served_and_is_counted(trainer) -> None:
     # near float32's largest value make the logit's terms +inf and -inf.
     registry = CollectorRegistry()
     replica = ModelReplica(registry)
-    snapshot = trainer.snapshot(1)
+    snapshot = TrainerParameters(trainer).snapshot(1)
     replica.apply(snapshot)
     table = trainer.tables["item_id"]
     ids, _ = table.export_all()

@@ -164,8 +164,8 @@ def _train_fm(steps: int) -> list[torch.Tensor]:
     config = load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id,category", "model.dense_features": "price",
         "model.hidden": "", "model.embedding_dim": "8", "trainer.batch_size": "256"})
-    trainer, batcher = OnlineTrainer(config), Batcher(["user_id", "item_id", "category"],
-                                                     ["price"])
+    trainer = OnlineTrainer.from_config(config)
+    batcher = Batcher(["user_id", "item_id", "category"], ["price"])
     events = list(SyntheticStream(PRESETS["bursty_new_users"]()).events(256 * steps))
     return [trainer.train_batch(batcher.build(events[i:i + 256])).probs
             for i in range(0, len(events), 256)]

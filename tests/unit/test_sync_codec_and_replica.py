@@ -23,6 +23,7 @@ from streamrec.model.delta import ParameterDelta, TableDelta, decode_chunks, enc
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import MemoryDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 CHUNK = 65536
 
@@ -90,13 +91,13 @@ def config(**extra: str) -> AppConfig:
 
 
 def train(trainer: OnlineTrainer, events: list[Event]) -> None:
-    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    batcher = Batcher(trainer.features, trainer.dense_features)
     for start in range(0, len(events), 128):
         trainer.train_batch(batcher.build(events[start:start + 128]))
 
 
 def assert_same_scores(trainer: OnlineTrainer, replica: ModelReplica, events: list[Event]) -> None:
-    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    batcher = Batcher(trainer.features, trainer.dense_features)
     want = trainer.predict(batcher.build(events))
     got = [replica.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in events]
     torch.testing.assert_close(torch.tensor(got), want, atol=1e-6, rtol=1e-5)
@@ -109,26 +110,27 @@ def assert_same_scores(trainer: OnlineTrainer, replica: ModelReplica, events: li
 def test_replica_scores_exactly_as_the_trainer_after_snapshot_and_deltas(
         extra: dict[str, str]) -> None:
     torch.set_num_threads(1)
-    trainer = OnlineTrainer(config(**extra))
+    trainer = OnlineTrainer.from_config(config(**extra))
     replica = ModelReplica(registry=CollectorRegistry())
     stream = SyntheticStream(default())
     train(trainer, list(stream.events(2000)))
-    replica.apply(decode_chunks(encode_chunks(trainer.snapshot(1), CHUNK)))
+    replica.apply(decode_chunks(encode_chunks(TrainerParameters(trainer).snapshot(1), CHUNK)))
     probe = list(stream.events(50))
     assert_same_scores(trainer, replica, probe)
     for version in range(2, 5):  # deltas only carry what changed
         train(trainer, list(stream.events(1500)))
-        replica.apply(decode_chunks(encode_chunks(trainer.collect_delta(version), CHUNK)))
+        delta = TrainerParameters(trainer).collect_delta(version)
+        replica.apply(decode_chunks(encode_chunks(delta, CHUNK)))
         assert replica.version == version
         assert_same_scores(trainer, replica, probe)
     assert replica.table_rows() == trainer.table_rows()
 
 
 def test_tombstones_apply_before_rows_so_a_readmitted_id_stays() -> None:
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     train(trainer, list(SyntheticStream(default()).events(300)))
     replica = ModelReplica(registry=CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     item = next(iter(trainer.tables["item_id"].export_all()[0].tolist()))
     row = torch.full((1, trainer.model.row_dim), 0.5)
     readmitted = TableDelta("item_id", trainer.model.row_dim, torch.tensor([item]), row,
@@ -142,31 +144,31 @@ def test_tombstones_apply_before_rows_so_a_readmitted_id_stays() -> None:
 
 
 def test_version_gaps_are_refused_and_a_full_snapshot_resets() -> None:
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     train(trainer, list(SyntheticStream(default()).events(300)))
     replica = ModelReplica(registry=CollectorRegistry())
     with pytest.raises(NotReadyError):
         replica.predict(1, [1, 2])
     with pytest.raises(VersionGapError):
-        replica.apply(trainer.collect_delta(5))
-    replica.apply(trainer.snapshot(5))
+        replica.apply(TrainerParameters(trainer).collect_delta(5))
+    replica.apply(TrainerParameters(trainer).snapshot(5))
     with pytest.raises(VersionGapError):
-        replica.apply(trainer.collect_delta(7))  # base 6 != 5
+        replica.apply(TrainerParameters(trainer).collect_delta(7))  # base 6 != 5
     assert replica.version == 5
-    replica.apply(trainer.snapshot(9))
+    replica.apply(TrainerParameters(trainer).snapshot(9))
     assert replica.version == 9
 
 
 def test_a_rejected_delta_leaves_the_served_version_untouched() -> None:
     # Each of these deltas fails a check; none may change what is served
     # (a request sees version v or v+1, never a mix of v and a rejected delta).
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     train(trainer, list(SyntheticStream(default()).events(600)))
     replica = ModelReplica(registry=CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     probe = list(SyntheticStream(default()).events(20))
     train(trainer, list(SyntheticStream(default()).events(600)))
-    good = trainer.collect_delta(2)  # changes dense weights and rows alike
+    good = TrainerParameters(trainer).collect_delta(2)  # changes dense weights and rows alike
     extra_key = dict(good.dense, bogus=torch.zeros(1))
     wrong_shape = {k: (v[:1] if v.dim() else v) for k, v in good.dense.items()}
     unknown_table = [*good.tables, TableDelta("no_such_table", 3, torch.tensor([1]),
@@ -188,9 +190,9 @@ def test_a_rejected_delta_leaves_the_served_version_untouched() -> None:
 def test_a_feature_without_any_synced_row_reads_as_zeros() -> None:
     # A fresh trainer's first snapshot: no event carried "category" yet, so
     # its table is empty; requests naming a category still score, as in training.
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     replica = ModelReplica(registry=CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     assert replica.table_rows()["category"] == 0
     assert_same_scores(trainer, replica, list(SyntheticStream(default()).events(5)))
 
@@ -213,17 +215,18 @@ class FlakySink(MemoryDeltaSink):
 
 def test_publisher_keeps_healthy_replicas_in_step_and_recovers_a_failed_one() -> None:
     torch.set_num_threads(1)
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     stream = SyntheticStream(default())
     healthy, flaky = ModelReplica(CollectorRegistry()), ModelReplica(CollectorRegistry())
     flaky_sink = FlakySink(flaky)
     registry = CollectorRegistry()
-    publisher = Publisher(trainer, {"healthy": MemoryDeltaSink(healthy), "flaky": flaky_sink},
+    parameters = TrainerParameters(trainer)
+    publisher = Publisher(parameters, {"healthy": MemoryDeltaSink(healthy), "flaky": flaky_sink},
                           interval_s=60, registry=registry)
     probe = list(stream.events(30))
     snapshots = []
-    take_snapshot = trainer.snapshot
-    trainer.snapshot = lambda version: snapshots.append(version) or take_snapshot(version)
+    take_snapshot = parameters.snapshot
+    parameters.snapshot = lambda version: snapshots.append(version) or take_snapshot(version)
     for _ in range(3):
         train(trainer, list(itertools.islice(stream.events(600), 600)))
         publisher.publish_once()
@@ -256,10 +259,10 @@ def test_serving_copies_only_the_features_the_model_reads_into_each_candidates_r
         monkeypatch) -> None:
     # Thousands of other names (empty or not) in a request were copied into
     # every candidate's row: a small request could take gigabytes.
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     train(trainer, list(SyntheticStream(default()).events(256)))
     replica = ModelReplica(CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     rows_scored: list = []
     build_rows = Batcher.build_rows
     monkeypatch.setattr(Batcher, "build_rows",
@@ -276,12 +279,12 @@ def test_serving_copies_only_the_features_the_model_reads_into_each_candidates_r
 
 def test_an_empty_replica_counts_a_delta_as_a_gap_not_an_error() -> None:
     # Every replica restart ends this way before its resync: not an error.
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     registry = CollectorRegistry()
     replica = ModelReplica(registry)
-    trainer.snapshot(1)
+    TrainerParameters(trainer).snapshot(1)
     with pytest.raises(VersionGapError):
-        replica.apply(trainer.collect_delta(2))
+        replica.apply(TrainerParameters(trainer).collect_delta(2))
     get = registry.get_sample_value
     assert get("streamrec_serving_deltas_applied_total", {"kind": "delta", "result": "gap"}) == 1
     assert get("streamrec_serving_deltas_applied_total",
@@ -296,19 +299,19 @@ def test_ids_admitted_in_a_skipped_step_reach_the_replica() -> None:
 
     from streamrec.ingest.batch import Batch
 
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     stream = SyntheticStream(default())
     train(trainer, list(stream.events(256)))
     replica = ModelReplica(CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     newcomers = [e._replace(user_id=10**12 + i, item_id=10**12 + i)
                  for i, e in enumerate(stream.events(64))]
-    batcher = Batcher(trainer.config.model.sparse_features, trainer.config.model.dense_features)
+    batcher = Batcher(trainer.features, trainer.dense_features)
     batch = batcher.build(newcomers)
     poisoned = Batch(batch.sparse, torch.full_like(batch.dense, math.nan), batch.labels,
                      batch.sample_rates, batch.timestamps_ms)
     assert trainer.train_batch(poisoned).skipped
-    replica.apply(trainer.collect_delta(2))
+    replica.apply(TrainerParameters(trainer).collect_delta(2))
     assert_same_scores(trainer, replica, newcomers)
 
 
@@ -325,10 +328,11 @@ class HungSink(MemoryDeltaSink):
 
 
 def test_a_hung_replica_holds_the_others_back_by_at_most_one_interval() -> None:
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     healthy = ModelReplica(CollectorRegistry())
     hung = HungSink(ModelReplica(CollectorRegistry()))
-    publisher = Publisher(trainer, {"hung": hung, "healthy": MemoryDeltaSink(healthy)},
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"hung": hung, "healthy": MemoryDeltaSink(healthy)},
                           interval_s=0.2, registry=CollectorRegistry())
     stream = SyntheticStream(default())
     started = time.monotonic()
@@ -363,10 +367,11 @@ class LateSink(MemoryDeltaSink):
 def test_a_snapshot_applied_after_its_deadline_is_followed_by_deltas() -> None:
     # The replica holds the snapshot: rebuilding one every interval (under the
     # trainer's lock) and resending it forever was the old behaviour.
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     replica = ModelReplica(CollectorRegistry())
     registry = CollectorRegistry()
-    publisher = Publisher(trainer, {"r": LateSink(replica)}, interval_s=60, registry=registry)
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"r": LateSink(replica)}, interval_s=60, registry=registry)
     stream = SyntheticStream(default())
     for _ in range(3):
         train(trainer, list(stream.events(256)))
@@ -386,16 +391,16 @@ def test_replicas_at_one_version_serve_one_model_while_training_goes_on() -> Non
     # A step that lands between reading the delta and reading the snapshot
     # made a joining replica's version 2 differ from an in-step one's.
     torch.set_num_threads(1)
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     stream = SyntheticStream(default())
     train(trainer, list(stream.events(256)))
     in_step = ModelReplica(CollectorRegistry())
     sinks = {"in_step": MemoryDeltaSink(in_step)}
-    publisher = Publisher(trainer, sinks, interval_s=60, registry=CollectorRegistry())
+    parameters = TrainerParameters(trainer)
+    publisher = Publisher(parameters, sinks, interval_s=60, registry=CollectorRegistry())
     publisher.publish_once()
-    batch = Batcher(trainer.config.model.sparse_features,
-                    trainer.config.model.dense_features).build(list(stream.events(256)))
-    collect = trainer.collect_delta
+    batch = Batcher(trainer.features, trainer.dense_features).build(list(stream.events(256)))
+    collect = parameters.collect_delta
 
     def collect_then_a_step_elsewhere(version: int) -> ParameterDelta:
         delta = collect(version)
@@ -404,7 +409,7 @@ def test_replicas_at_one_version_serve_one_model_while_training_goes_on() -> Non
         step.join(0.5)  # runs now, unless the publisher holds the trainer's lock
         return delta
 
-    trainer.collect_delta = collect_then_a_step_elsewhere  # type: ignore[method-assign]
+    parameters.collect_delta = collect_then_a_step_elsewhere  # type: ignore[method-assign]
     joining = ModelReplica(CollectorRegistry())
     publisher.sinks["joining"] = MemoryDeltaSink(joining)
     train(trainer, list(stream.events(256)))  # something to publish as version 2
@@ -434,10 +439,11 @@ class SlowSink(MemoryDeltaSink):
 def test_a_replica_slower_than_the_interval_catches_up_with_the_deltas_it_missed() -> None:
     # Its snapshot lands rounds later; sending it another snapshot each time
     # (rebuilt under the trainer's lock) would never end.
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     replica = ModelReplica(CollectorRegistry())
     slow = SlowSink(replica, seconds=0.35)
-    publisher = Publisher(trainer, {"slow": slow}, interval_s=0.1, registry=CollectorRegistry())
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"slow": slow}, interval_s=0.1, registry=CollectorRegistry())
     stream = SyntheticStream(default())
     for _ in range(12):
         train(trainer, list(stream.events(128)))
@@ -454,9 +460,10 @@ def test_a_replica_slower_than_the_interval_catches_up_with_the_deltas_it_missed
 
 
 def test_stop_delivers_the_last_version_to_a_replica_busy_at_that_moment() -> None:
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     replica = ModelReplica(CollectorRegistry())
-    publisher = Publisher(trainer, {"slow": SlowSink(replica, seconds=0.3)}, interval_s=0.1,
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"slow": SlowSink(replica, seconds=0.3)}, interval_s=0.1,
                           registry=CollectorRegistry())
     stream = SyntheticStream(default())
     train(trainer, list(stream.events(256)))
@@ -469,9 +476,10 @@ def test_stop_delivers_the_last_version_to_a_replica_busy_at_that_moment() -> No
 
 
 def test_a_replica_added_later_is_served_and_a_hung_one_does_not_starve_it() -> None:
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     hung = HungSink(ModelReplica(CollectorRegistry()))
-    publisher = Publisher(trainer, {"hung": hung}, interval_s=0.2, registry=CollectorRegistry())
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"hung": hung}, interval_s=0.2, registry=CollectorRegistry())
     publisher.publish_once()
     added = ModelReplica(CollectorRegistry())
     publisher.sinks["added"] = MemoryDeltaSink(added)
@@ -522,14 +530,15 @@ def restart_beside_a_stale_replica() -> tuple[SyntheticStream, OnlineTrainer, Pu
     """A trainer restarted from a checkpoint at version 2, publishing to a fresh
     replica and to one (unreachable for now) holding the earlier run's version 5."""
     stream = SyntheticStream(default())
-    before = OnlineTrainer(config())
+    before = OnlineTrainer.from_config(config())
     train(before, list(stream.events(256)))
     stale = ModelReplica(CollectorRegistry())
-    stale.apply(before.snapshot(5))
-    restarted = OnlineTrainer(config())
+    stale.apply(TrainerParameters(before).snapshot(5))
+    restarted = OnlineTrainer.from_config(config())
     fresh = ModelReplica(CollectorRegistry())
     flaky = FlakySink(stale)
-    publisher = Publisher(restarted, {"fresh": MemoryDeltaSink(fresh), "stale": flaky},
+    publisher = Publisher(TrainerParameters(restarted),
+                          {"fresh": MemoryDeltaSink(fresh), "stale": flaky},
                           interval_s=60, registry=CollectorRegistry(), start_version=2)
     return stream, restarted, publisher, fresh, stale, flaky
 
@@ -574,12 +583,13 @@ def test_versions_never_go_back_after_a_restart_from_an_older_checkpoint() -> No
     # holds version 1. Publishing "2" again would name a different model.
     stream = SyntheticStream(default())
     replica = ModelReplica(CollectorRegistry())
-    before = OnlineTrainer(config())
+    before = OnlineTrainer.from_config(config())
     train(before, list(stream.events(256)))
-    replica.apply(before.snapshot(5))
-    restarted = OnlineTrainer(config())
+    replica.apply(TrainerParameters(before).snapshot(5))
+    restarted = OnlineTrainer.from_config(config())
     train(restarted, list(stream.events(256)))
-    publisher = Publisher(restarted, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+    publisher = Publisher(TrainerParameters(restarted),
+                          {"r": MemoryDeltaSink(replica)}, interval_s=60,
                           registry=CollectorRegistry(), start_version=1)
     assert publisher.publish_once() == 6 and replica.version == 6
     train(restarted, list(stream.events(256)))
@@ -626,11 +636,11 @@ def test_candidate_features_replace_shared_ones_of_the_same_name() -> None:
     # A candidate's own feature replaces the request-level one of the same
     # name; the others are shared: scores equal the trainer's on the merge.
     torch.set_num_threads(1)
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     stream = SyntheticStream(default())
     train(trainer, list(stream.events(1000)))
     replica = ModelReplica(registry=CollectorRegistry())
-    replica.apply(trainer.snapshot(1))
+    replica.apply(TrainerParameters(trainer).snapshot(1))
     shared = {"category": ("c1",), "country": ("fr",), "price": (3.0,)}
     own = [{"category": ("c2",)}, {}, {"price": (9.0,), "hour": (4,)}]
     got, _ = replica.predict(7, [1, 2, 3], shared, own)
@@ -641,9 +651,10 @@ def test_candidate_features_replace_shared_ones_of_the_same_name() -> None:
 
 
 def test_a_step_is_pushed_at_once_and_pushes_are_at_most_every_min_interval() -> None:
-    trainer = OnlineTrainer(config())
+    trainer = OnlineTrainer.from_config(config())
     replica = ModelReplica(CollectorRegistry())
-    publisher = Publisher(trainer, {"r": MemoryDeltaSink(replica)}, interval_s=60,
+    publisher = Publisher(TrainerParameters(trainer),
+                          {"r": MemoryDeltaSink(replica)}, interval_s=60,
                           min_interval_s=0.3, registry=CollectorRegistry())
     stream = SyntheticStream(default())
     publisher.start()

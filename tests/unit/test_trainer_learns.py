@@ -20,6 +20,7 @@ from streamrec.config import load_config
 from streamrec.synthetic import SyntheticStream, default
 from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
 from streamrec.trainer.trainer import OnlineTrainer
+from streamrec.trainer.parameters import TrainerParameters
 
 EVENTS = 40_000
 WARM_UP = 15_000
@@ -28,8 +29,8 @@ WARM_UP = 15_000
 def trainer_and_batcher(settings: dict[str, str]) -> tuple[OnlineTrainer, Batcher]:
     """A trainer on the default config with ``settings``, and a batcher for its features."""
     config = load_config(env={}, overrides=settings)
-    return OnlineTrainer(config), Batcher(config.model.sparse_features,
-                                          config.model.dense_features)
+    return OnlineTrainer.from_config(config), Batcher(config.model.sparse_features,
+                                                      config.model.dense_features)
 
 
 @pytest.mark.parametrize("hidden", ["", "64,32"], ids=["fm", "deepfm"])
@@ -42,7 +43,7 @@ def test_progressive_auc_after_warm_up_recovers_a_good_share_of_the_achievable_l
         "model.hidden": hidden,
         "trainer.batch_size": "256",
     })
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     stream = SyntheticStream(default())
     after = ProgressiveMetrics(window=EVENTS)
@@ -75,7 +76,7 @@ def test_a_cold_trainer_warms_up_with_small_batches() -> None:
     # (a quarter of them) up to batch_size; 0 turns the warm-up off.
     config = load_config(env={}, overrides={"trainer.batch_size": "512",
                                             "trainer.warmup_batch_size": "32"})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = iter(SyntheticStream(default()).events(3000))
     sizes = []
@@ -88,7 +89,7 @@ def test_a_cold_trainer_warms_up_with_small_batches() -> None:
                for s, seen in zip(sizes, itertools.accumulate([0] + sizes)))
     off = load_config(env={}, overrides={"trainer.batch_size": "512",
                                          "trainer.warmup_batch_size": "0"})
-    assert OnlineTrainer(off).batch_size_now() == 512
+    assert OnlineTrainer.from_config(off).batch_size_now() == 512
 
 
 def test_a_slow_stream_is_trained_without_waiting_for_a_full_batch() -> None:
@@ -116,8 +117,8 @@ def test_a_slow_stream_is_trained_without_waiting_for_a_full_batch() -> None:
                                             "trainer.warmup_batch_size": "0",
                                             "trainer.max_batch_delay_s": "0.3",
                                             "ingest.poll_timeout_ms": "20"})
-    trainer = OnlineTrainer(config)
-    loop = TrainingLoop(trainer, LiveSource(SyntheticStream(default()).events(100)))
+    trainer = OnlineTrainer.from_config(config)
+    loop = TrainingLoop(trainer, LiveSource(SyntheticStream(default()).events(100)), config)
     stop = threading.Event()
     runner = threading.Thread(target=loop.run, kwargs={"stop": stop})
     started = time.monotonic()
@@ -162,7 +163,7 @@ def test_predictions_stay_calibrated_under_negative_down_sampling() -> None:
     config = load_config(env={}, overrides={
         "model.embedding_dim": "2", "model.hidden": "4", "model.history_features": "",
         "trainer.warmup_batch_size": "0", "trainer.batch_size": "512"})
-    trainer = OnlineTrainer(config)
+    trainer = OnlineTrainer.from_config(config)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     joiner = Joiner(["click"], window_s=1, rate=0.1, seed=1)
     examples: list[Event] = []
@@ -233,12 +234,13 @@ def test_a_trainer_without_replicas_keeps_no_tombstones(shards: str) -> None:
     events = list(SyntheticStream(default()).events(2048))
     held, evicted = {}, {}
     for record in (True, False):
-        trainer = OnlineTrainer(config)
+        trainer = OnlineTrainer.from_config(config)
         trainer.record_tombstones(record)
         for start in range(0, 2048, 128):
             trainer.train_batch(batcher.build(events[start:start + 128]))
         evicted[record] = trainer.tables["user_id"].stats.evicted
-        held[record] = sum(t.evicted_ids.numel() for t in trainer.collect_delta(1).tables)
+        delta = TrainerParameters(trainer).collect_delta(1)
+        held[record] = sum(t.evicted_ids.numel() for t in delta.tables)
     assert evicted[True] == evicted[False] > 0  # rows expire either way
     assert held[True] >= evicted[True] and held[False] == 0
 
@@ -287,7 +289,8 @@ def test_under_steady_load_batches_are_full_and_none_waits_past_the_delay(
             start = sum(size for size, _ in batches)
             batches.append((len(events), clock[0] - arrived[start]))
 
-    Loop(OnlineTrainer(config), Source()).run(max_events=1500 * 40 + 100 * 20)
+    Loop(OnlineTrainer.from_config(config), Source(), config).run(  # type: ignore[arg-type]
+        max_events=1500 * 40 + 100 * 20)
     steady = [size for size, _ in batches if size > 0][:29]
     assert steady == [2048] * 29
     slow = [(size, wait) for size, wait in batches[29:-1]]
@@ -330,7 +333,7 @@ def test_distributed_training_refuses_history_features_naming_the_field() -> Non
 
     config = load_config(env={}, overrides={"model.history_features": "user_id"})
     with pytest.raises(ConfigError, match="model.history_features"):
-        OnlineTrainer(config, distributed=True)
+        OnlineTrainer.from_config(config, distributed=True)
 
 
 def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> None:
@@ -341,9 +344,11 @@ def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> No
 
     from streamrec.trainer.metrics import TrainerMetrics
 
+    from streamrec.trainer.quality import QualityMetrics
+
     trainer, batcher = trainer_and_batcher({"trainer.batch_size": "64"})
     registry = CollectorRegistry()
-    TrainerMetrics(trainer, registry)
+    TrainerMetrics(trainer, QualityMetrics(), registry)
     events = list(SyntheticStream(default()).events(192))
     trainer.train_batch(batcher.build(events[:64]))
     dense = {k: v.clone() for k, v in trainer.model.state_dict().items()}
@@ -376,10 +381,12 @@ def test_the_loop_does_not_count_a_skipped_batch_as_learned() -> None:
     from streamrec.trainer.loop import TrainingLoop
     from streamrec.trainer.metrics import TrainerMetrics
 
-    trainer, _ = trainer_and_batcher({"trainer.batch_size": "64"})
+    config = load_config(env={}, overrides={"trainer.batch_size": "64"})
+    trainer = OnlineTrainer.from_config(config)
     registry = CollectorRegistry()
     loop = TrainingLoop(trainer, MemorySource(list(SyntheticStream(default()).events(192))),
-                        metrics=TrainerMetrics(trainer, registry))
+                        config)
+    loop.metrics = TrainerMetrics(trainer, loop.quality, registry)
     forward = trainer.model.forward
     calls = iter(range(3))
     trainer.model.forward = lambda *a, **k: forward(*a, **k) * (  # type: ignore[method-assign]
@@ -402,17 +409,21 @@ def test_progressive_logloss_is_the_true_streams_under_negative_down_sampling() 
     from streamrec.ingest.batch import Batch
 
     torch.manual_seed(0)
+    from streamrec.trainer.quality import QualityMetrics
+
     trainer, _ = trainer_and_batcher({"model.history_features": ""})
+    quality = QualityMetrics()
     n = 256
     for step in range(200):
         labels = (torch.rand(n) < 0.5).float()
         sparse = KeyedJaggedTensor(keys=["user_id", "item_id"],
                                    values=torch.ones(2 * n, dtype=torch.int64),
                                    lengths=torch.ones(2 * n, dtype=torch.int32), stride=n)
-        result = trainer.train_batch(Batch(sparse, torch.zeros(n, 0), labels,
-                                           torch.where(labels > 0, 1.0, 0.1),
-                                           torch.full((n,), 1000 + step, dtype=torch.int64)))
+        batch = Batch(sparse, torch.zeros(n, 0), labels, torch.where(labels > 0, 1.0, 0.1),
+                      torch.full((n,), 1000 + step, dtype=torch.int64))
+        result = trainer.train_batch(batch)
+        quality.record_step(result.probs, batch)
     p = float(result.probs.mean())
     assert 0.07 < p < 0.13  # calibrated to the true stream
     true_logloss = -(0.1 * math.log(p) + 0.9 * math.log(1 - p))
-    assert trainer.progress.window_logloss == pytest.approx(true_logloss, abs=0.03)
+    assert quality.progress.window_logloss == pytest.approx(true_logloss, abs=0.03)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 class ParameterSource(Protocol):
-    """What the publisher reads (the OnlineTrainer).
+    """What the publisher reads (trainer.parameters.TrainerParameters).
 
     ``lock`` is reentrant and is what ``collect_delta`` and ``snapshot`` take:
     the publisher holds it across both so they describe one state.

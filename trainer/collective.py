@@ -1,0 +1,57 @@
+"""The collectives of a trainer's ranks: sums, maxima and gathers over one process group.
+
+With one process (``distributed=False``) every operation returns its input:
+the step's code is the same for one rank or many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Collective"]
+
+
+class Collective:
+    """Reductions over the ranks of ``group`` (the default group when None)."""
+
+    def __init__(self, distributed: bool = False,
+                 group: dist.ProcessGroup | None = None) -> None:
+        self.distributed = distributed
+        self.group = group
+
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group) if self.distributed else 1
+
+    def all_reduce(self, tensor: torch.Tensor,
+                   op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+        """``tensor`` reduced in place over every rank, and returned."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=op, group=self.group)
+        return tensor
+
+    def all_gather(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` of every rank, concatenated (slices may differ in length)."""
+        if not self.distributed:
+            return values
+        world = dist.get_world_size(self.group)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([values.numel()]), group=self.group)
+        longest = max(int(n) for n in sizes)
+        padded = torch.zeros(longest, dtype=values.dtype)
+        padded[: values.numel()] = values
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
+
+    def average_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
+        """Every parameter's gradient averaged over the ranks (zero where a rank has none)."""
+        if not self.distributed:
+            return
+        world = self.world_size()
+        for p in parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            self.all_reduce(p.grad).div_(world)

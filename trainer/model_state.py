@@ -1,0 +1,82 @@
+"""What a trainer learns, built from the model and table configs.
+
+:func:`build_model_state` makes the dense CTR model, one embedding table per
+sparse feature (sharded across ranks under a distributed collective), the
+history-count tables and the embedding collection over them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from streamrec.config import ModelConfig, TableConfig
+from streamrec.errors import ConfigError
+from streamrec.model.ctr import CTRModel, model_spec
+from streamrec.model.embedding import DynamicEmbeddingCollection
+from streamrec.model.history import HistoryFeatures, history_table_name
+from streamrec.model.tables.base import EmbeddingTable, make_tables
+from streamrec.model.tables.distributed import DistributedEmbeddingTable
+from streamrec.trainer.collective import Collective
+
+__all__ = ["ModelState", "build_model_state"]
+
+
+@dataclass
+class ModelState:
+    """The dense model and every table (embeddings and history counts alike)."""
+
+    model: CTRModel
+    features: list[str]  # the sparse features, one embedding table each
+    dense_features: list[str]
+    tables: dict[str, EmbeddingTable]  # synced, expired and checkpointed alike
+    embeddings: DynamicEmbeddingCollection
+    history: HistoryFeatures
+    spec: str  # model_spec(): what a checkpoint or a replica must match
+
+
+def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], seed: int,
+                      collective: Collective | None = None) -> ModelState:
+    """The model ``model`` describes, each feature's table configured by ``tables(feature)``.
+
+    Raises :class:`ConfigError` for model settings a distributed collective
+    does not support (history features, in-batch terms).
+    """
+    distributed = collective is not None and collective.distributed
+    torch.manual_seed(seed)
+    dense = CTRModel(model)
+    features = list(model.sparse_features)
+    row_dim = dense.row_dim
+    if distributed:
+        assert collective is not None
+        if model.history_features:
+            raise ConfigError("model.history_features: not supported with distributed "
+                              "tables yet (history counts are written outside autograd)")
+        if model.in_batch_terms:
+            raise ConfigError("model.in_batch_terms: not supported with distributed tables "
+                              "yet (each rank sees only its slice of the batch); set it to "
+                              "an empty list")
+        embedding_tables: dict[str, EmbeddingTable] = {
+            f: DistributedEmbeddingTable(f, row_dim, tables(f), seed=seed,
+                                         group=collective.group)
+            for f in features}
+    else:
+        embedding_tables = make_tables(features, row_dim, tables, seed=seed)
+    history_features = {history_table_name(f): f for f in model.history_features}
+    # A history table shares its feature's config (same admission, same
+    # expiry), except that counts start at zero, not at random values:
+    # an id's first example must see n = c = 0, as serving does.
+    history_tables = make_tables(
+        list(history_features), 2,
+        lambda name: dataclasses.replace(tables(history_features[name]), init_std=0.0),
+        seed=seed)
+    embeddings = DynamicEmbeddingCollection(
+        embedding_tables, {f: tables(f).prune_alpha for f in features})
+    history = HistoryFeatures(model.history_features, history_tables, cap=model.history_cap,
+                              strength=model.history_strength)
+    return ModelState(dense, features, list(model.dense_features),
+                      {**embedding_tables, **history_tables}, embeddings, history,
+                      model_spec(model))

@@ -1,0 +1,60 @@
+"""The trainer's parameters as the publisher reads them: deltas and snapshots.
+
+:class:`TrainerParameters` is the :class:`~streamrec.trainer.sync.publisher.ParameterSource`
+over an :class:`OnlineTrainer`; its ``lock`` is the trainer's, which the
+publisher holds across a delta and a snapshot so both describe one state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.trainer.trainer import OnlineTrainer
+
+__all__ = ["TrainerParameters"]
+
+
+class TrainerParameters:
+    """Versioned deltas and snapshots of ``trainer``'s tables and dense weights."""
+
+    def __init__(self, trainer: OnlineTrainer) -> None:
+        self.trainer = trainer
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self.trainer.lock
+
+    def _sync_dense(self) -> dict[str, torch.Tensor]:
+        # Serving applies the same OptEmbed mask, so it needs the thresholds.
+        return {**self.trainer.dense_state(), **self.trainer.embeddings.threshold_state()}
+
+    def collect_delta(self, version: int) -> ParameterDelta:
+        """Rows touched and ids evicted since the previous call, plus dense weights."""
+        t = self.trainer
+        with t.lock:
+            tables = []
+            for name, table in t.tables.items():
+                ids, rows, evicted = table.collect_delta()
+                tables.append(TableDelta(name, table.dim, ids, rows, evicted))
+            return ParameterDelta(
+                version=version, base_version=version - 1, full=False, tables=tables,
+                dense=self._sync_dense(), event_time_ms=t.event_time_ms,
+                exported_at_ms=int(time.time() * 1000), model_spec=t.spec)
+
+    def snapshot(self, version: int) -> ParameterDelta:
+        """Every live row and the dense weights, as version ``version``."""
+        t = self.trainer
+        with t.lock:
+            tables = []
+            for name, table in t.tables.items():
+                ids, rows = table.export_all()
+                tables.append(TableDelta(name, table.dim, ids, rows,
+                                         torch.empty(0, dtype=torch.int64)))
+            return ParameterDelta(
+                version=version, base_version=0, full=True, tables=tables,
+                dense=self._sync_dense(), event_time_ms=t.event_time_ms,
+                exported_at_ms=int(time.time() * 1000), model_spec=t.spec)
