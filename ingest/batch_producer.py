@@ -78,7 +78,7 @@ class _Batch:
     size: int = 0  # bytes in the batch, header included
     started: float = 0.0  # monotonic time of the first record
     encoded: bytes | None = None  # once sent: retries send the same bytes and sequence
-    first_sent: float = 0.0
+    sealed: float = 0.0  # monotonic time it was closed to new records: the delivery clock
     attempts: int = 0
 
 
@@ -277,6 +277,7 @@ class BatchProducer:
 
     def _seal(self, partition: int) -> None:
         batch = self._open.pop(partition)
+        batch.sealed = time.monotonic()
         self._ready[partition].append(batch)
         if partition == self._partitions[self._sticky]:
             self._sticky = (self._sticky + 1) % len(self._partitions)
@@ -289,6 +290,11 @@ class BatchProducer:
         for partition, queue in self._ready.items():
             if not queue or partition in self._in_flight or self._retry_at[partition] > now:
                 continue
+            if queue[0].encoded is None and now - queue[0].sealed > self._delivery_timeout_s:
+                # Never sent (no leader known): a batch sent times out on its answer.
+                self._fail(partition, queue[0], Errors.LeaderNotAvailableError(
+                    "no leader known"), now - queue[0].sealed)
+                return
             leader = self._client.cluster.leader_for_partition(
                 TopicPartition(self.topic, partition))
             if leader is None or leader == -1:
@@ -304,7 +310,6 @@ class BatchProducer:
                     batch.encoded = encode_batch(
                         batch.keys, batch.values, int(time.time() * 1000), self._producer_id,
                         self._epoch, self._sequence[partition] if self.idempotent else -1)
-                    batch.first_sent = now
                 batch.attempts += 1
                 data.append(_PartitionData(index=partition, records=batch.encoded))
                 self._in_flight.add(partition)
@@ -348,8 +353,10 @@ class BatchProducer:
             queue.popleft()
             if len(batch.values) > 1:  # halves, sent (and split) in turn
                 half = len(batch.values) // 2
-                queue.extendleft([_Batch(batch.keys[half:], batch.values[half:]),
-                                  _Batch(batch.keys[:half], batch.values[:half])])
+                queue.extendleft([_Batch(batch.keys[half:], batch.values[half:],
+                                         sealed=batch.sealed),
+                                  _Batch(batch.keys[:half], batch.values[:half],
+                                         sealed=batch.sealed)])
             else:  # that record's problem: the rest goes on
                 if not self.refused:
                     log.warning("%s/%d: a record of %d bytes was refused: %s (further "
@@ -357,7 +364,7 @@ class BatchProducer:
                                 len(batch.values[0]), type(error).__name__)
                 self.refused += 1
             return
-        waited = time.monotonic() - batch.first_sent
+        waited = time.monotonic() - batch.sealed
         if getattr(error, "retriable", False) and waited < self._delivery_timeout_s:
             log.warning("%s/%d: %s; retrying a batch of %d records (attempt %d)", self.topic,
                         partition, type(error).__name__, len(batch.values), batch.attempts + 1)
@@ -365,14 +372,25 @@ class BatchProducer:
                 self._client.cluster.request_update()
             self._retry_at[partition] = time.monotonic() + self._backoff_s
             return
+        self._fail(partition, batch, error, waited)
+
+    def _fail(self, partition: int, batch: _Batch, error: Exception, waited: float) -> None:
+        """Fail for good: every later call raises, naming the first failure."""
         if self._error is None:
             reason = (f"still failing after {waited:.0f} s" if getattr(error, "retriable", False)
                       else "not retriable")
             self._error = ProduceError(
                 f"{self.topic}/{partition}: a batch of {len(batch.values)} records failed "
-                f"({type(error).__name__}: {error}; {reason}); {self.acked} records were "
-                "acknowledged before")
+                f"({_describe(error)}; {reason}); {self.acked} records were acknowledged "
+                "before")
 
     def _raise_failure(self) -> None:
         if self._error is not None:
             raise self._error
+
+
+def _describe(error: Exception) -> str:
+    """The error's name and message, the name once (kafka-python's errors repeat it)."""
+    text = str(error)
+    name = type(error).__name__
+    return text if name in text else f"{name}: {text}" if text else name

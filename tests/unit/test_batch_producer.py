@@ -126,7 +126,7 @@ def test_an_error_that_is_not_retriable_stops_and_names_itself() -> None:
     producer = _producer(broker, batch_bytes=2048)
     producer.send(keys, values)
     with pytest.raises(ProduceError, match=r"t/0: a batch of \d+ records failed "
-                                           r"\(InvalidRecordError.*not retriable\)"):
+                                           r"\(\[Error 87\] InvalidRecordError; not retriable\)"):
         producer.flush()
     assert producer.acked == len(broker.log[0]) > 0
     with pytest.raises(ProduceError):  # and it stays failed
@@ -140,6 +140,16 @@ def test_retriable_errors_give_up_after_the_delivery_timeout() -> None:
     with pytest.raises(ProduceError, match="NotLeaderForPartitionError.*still failing"):
         producer.flush()
     assert producer.acked == 0 and broker.log[0] == []
+
+
+def test_a_partition_without_a_leader_gives_up_after_the_delivery_timeout() -> None:
+    broker = Broker()
+    broker.cluster.leader_for_partition = lambda tp: -1  # (metadata says: no leader)
+    producer = _producer(broker, delivery_timeout_s=0.05)
+    producer.send(*_records(10))
+    with pytest.raises(ProduceError, match="LeaderNotAvailableError: no leader known"):
+        producer.flush()
+    assert broker.requests == 0
 
 
 def test_replay_skips_a_record_too_large_but_stops_when_kafka_does_not_answer(
