@@ -109,7 +109,7 @@ class BatchProducer:
     """
 
     def __init__(self, bootstrap_servers: Sequence[str], topic: str, *,
-                 batch_bytes: int = 256 << 10, linger_s: float = 0.05,
+                 batch_bytes: int = 1 << 20, linger_s: float = 0.05,
                  request_timeout_ms: int = 30_000, delivery_timeout_s: float = 120.0,
                  retry_backoff_s: float = 0.1, client_id: str = "streamrec-producer",
                  client: Any = None) -> None:

@@ -124,9 +124,9 @@ def test_records_without_a_key_go_round_the_partitions_in_order(kafka_broker: st
 
 @pytest.fixture()
 def proxied_broker() -> Iterator[tuple[str, AnswerDroppingProxy]]:
-    """A broker that clients reach through a proxy losing the 2nd and 5th Produce answers."""
+    """A broker that clients reach through a proxy losing the 1st and 3rd Produce answers."""
     port, proxy_port = free_port(), free_port()
-    proxy = AnswerDroppingProxy(proxy_port, port, drop={2, 5})
+    proxy = AnswerDroppingProxy(proxy_port, port, drop={1, 3})
     try:
         with start_broker(port=port, advertised_port=proxy_port) as (address, _):
             yield address, proxy
