@@ -1,9 +1,8 @@
-"""A producer of many records to one Kafka topic, in pre-built record batches.
+"""A producer of many records to one Kafka topic, in record batches it builds itself.
 
-kafka-python's ``KafkaProducer.send`` costs tens of microseconds a record in
-Python; here records are partitioned in bulk, encoded a batch at a time
-(:mod:`ingest.record_batch`) and sent in Produce requests through
-kafka-python's own client (connections, metadata, protocol classes).
+Records are partitioned in bulk, encoded a batch at a time
+(:mod:`ingest.record_batch`) and sent in Produce requests through kafka-python's
+own client; docs/design.md ("The batch producer") says how and why.
 """
 
 from __future__ import annotations
@@ -85,18 +84,14 @@ class _Batch:
 class BatchProducer:
     """Produces records to ``topic`` with acks=all, in order per partition, each once.
 
-    A record with a key goes to the partition of the key's murmur2 hash, as
-    kafka-python's and Java's default partitioners; records without one go
-    to one partition until its batch is sealed, then the next (sticky, round
-    robin). Each partition has at most one batch in flight, so a retry never
-    reorders; where the broker supports idempotence (InitProducerId) retries
-    carry the batch's producer id and sequence and the broker drops a batch
-    it already wrote. Retriable errors (a new leader, timeouts, a lost
-    connection) are retried until ``delivery_timeout_s`` after a batch was
-    first sent; then :class:`ProduceError`, as for errors that are not
-    retriable. A batch the broker finds too large is split in halves and
-    sent again; a single record too large is dropped and counted in
-    ``refused``. ``acked`` counts the records the broker acknowledged.
+    Keyed records go where kafka-python's default partitioner puts them;
+    those without a key stick to one partition per batch, in turn. Retriable
+    errors are retried (de-duplicated by the broker where it grants a
+    producer id) until ``delivery_timeout_s`` after a batch was sealed; a
+    batch too large is split, a record too large alone counted in
+    ``refused``; anything else fails the producer for good (every later call
+    raises :class:`ProduceError`). ``acked`` counts the records the broker
+    acknowledged. Not thread-safe. How it works: docs/design.md.
 
     Args:
         bootstrap_servers: ``host:port`` of brokers to start from.
