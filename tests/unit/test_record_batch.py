@@ -17,7 +17,7 @@ _BYTES = st.one_of(st.binary(max_size=100), st.binary(min_size=60, max_size=70),
 _RECORDS = st.lists(st.tuples(st.none() | _BYTES, _BYTES), min_size=1, max_size=40)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(records=_RECORDS, timestamp=st.integers(0, 2**63 - 1),
        producer=st.sampled_from([(NO_PRODUCER_ID, -1, -1), (0, 0, 0), (7, 3, 2**31 - 5),
                                  (2**62, 2**15 - 1, 12345)]))
