@@ -41,6 +41,9 @@ class FileSource:
     The offset is the number of data lines consumed, under the key
     ``("file:<path>", 0)``; ``seek`` skips that many lines.
 
+    ``decode``, where given, decodes each JSON line in place of the
+    ``value_format`` decoder (it must raise only ``DecodeError``).
+
     CSV files are UTF-8 (a leading byte order mark is skipped) with a header
     row; columns with an empty name (the index column ``pandas.to_csv``
     writes) are ignored. A row the ``csv`` module cannot parse (a field over
@@ -49,7 +52,7 @@ class FileSource:
     """
 
     def __init__(self, path: str | os.PathLike[str], value_format: str = "auto",
-                 metrics: IngestMetrics | None = None) -> None:
+                 metrics: IngestMetrics | None = None, decode: _Decode = None) -> None:
         self.path = os.fspath(path)
         self._raw = open(self.path, "rb")
         self._file: BinaryIO = self._raw
@@ -62,6 +65,7 @@ class FileSource:
             self._file = gzip.GzipFile(fileobj=self._file, mode="rb")  # type: ignore[assignment]
         self._csv = self.path.removesuffix(".gz").endswith(".csv")
         self._format = "json" if value_format == "auto" else value_format
+        self._decode = decode
         self._metrics = metrics
         # The offset key names the file, not the spelling of its path: a
         # resume from another directory, or with an absolute path, must find it.
@@ -79,7 +83,7 @@ class FileSource:
     def _json_lines(self) -> Iterator[tuple[int, bytes, _Decode]]:
         for number, line in enumerate(self._file, start=1):
             if line.strip():
-                yield number, line.rstrip(b"\r\n"), None
+                yield number, line.rstrip(b"\r\n"), self._decode
 
     def _csv_lines(self) -> Iterator[tuple[int, bytes, _Decode]]:
         # utf-8-sig: Excel and PowerShell begin UTF-8 files with a byte order

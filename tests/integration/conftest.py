@@ -49,16 +49,23 @@ def _accepts_kafka(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def start_broker() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A fresh Tansu broker (in-memory storage): ``(127.0.0.1:PORT, its process)``."""
-    port = free_port()
+def start_broker(port: int | None = None, advertised_port: int | None = None
+                 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A fresh Tansu broker (in-memory storage): ``(127.0.0.1:PORT, its process)``.
+
+    It listens on ``port`` (default: a free one). ``advertised_port``: the
+    port it names in metadata, where clients then connect (a proxy in front
+    of it, listening before the broker starts); the address yielded is that one.
+    """
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     workdir = tempfile.mkdtemp(prefix="tansu-")
     log_path = Path(workdir) / "tansu.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(tansu_binary()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+             "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"],
             cwd=workdir, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")})
     try:
@@ -75,7 +82,7 @@ def start_broker() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
                 raise RuntimeError(f"tansu did not come up on {url}:\n"
                                    f"{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}", proc
+        yield f"127.0.0.1:{advertised_port or port}", proc
     finally:
         if proc.poll() is None:
             proc.terminate()

@@ -270,49 +270,6 @@ def test_a_corrupt_gzip_is_a_clear_error_when_read_and_when_resumed(tmp_path: Pa
         source.seek({(f"file:{cut}", 0): 10_000})  # a resume reads past the cut
 
 
-def test_replay_skips_a_record_too_large_but_stops_when_kafka_does_not_answer(
-        tmp_path: Path, monkeypatch) -> None:
-    # One oversized record is that record's problem; a metadata timeout (a
-    # missing topic, no leader) would cost max_block_ms for every event.
-    import pytest
-    from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-
-    from streamrec.ingest import replay as replay_module
-
-    events = list(SyntheticStream(default()).events(6))
-    path = tmp_path / "events.jsonl"
-    path.write_text("".join(encode_json(e).decode() + "\n" for e in events))
-
-    class Producer:
-        def __init__(self, fail: dict[int, Exception], **_: object) -> None:
-            self.fail, self.sent = fail, 0
-
-        def send(self, topic: str, key: bytes, value: bytes) -> object:
-            self.sent += 1
-            if self.sent in self.fail:
-                raise self.fail[self.sent]
-
-            class Future:
-                def add_errback(self, *_: object) -> None:
-                    pass
-            return Future()
-
-        def flush(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(replay_module, "KafkaProducer",
-                        lambda **kw: Producer({2: MessageSizeTooLargeError("too big")}, **kw))
-    stats = replay_module.replay(path, "t", ["h:9092"], progress=False)
-    assert (stats.sent, stats.failed) == (5, 1)
-    monkeypatch.setattr(replay_module, "KafkaProducer",
-                        lambda **kw: Producer({3: KafkaTimeoutError("no metadata")}, **kw))
-    with pytest.raises(KafkaTimeoutError):
-        replay_module.replay(path, "t", ["h:9092"], progress=False)
-
-
 def test_decoded_values_name_only_the_refused_records_origin() -> None:
     """A batch's dead letters say where each came from; good records cost no origin string."""
     from streamrec.ingest.source import decode_values
@@ -334,30 +291,3 @@ def test_decoded_values_name_only_the_refused_records_origin() -> None:
     assert registry.get_sample_value("streamrec_ingest_records_total", {"source": "kafka"}) == 4
     with pytest.raises(ValueError, match="value_format='xml'"):
         decode_values([good], origin, "xml")
-
-
-def test_replay_partitions_keys_as_kafkas_default_partitioner() -> None:
-    """A user's events land where Java's and kafka-python's producers put that key."""
-    from kafka.cluster import ClusterMetadata
-    from kafka.partitioner.default import DefaultPartitioner
-
-    from streamrec.ingest.replay import _KeyHashes
-
-    class Cluster(ClusterMetadata):  # type: ignore[misc]
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def topics(self) -> set[str]:
-            return {"t"}
-
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return set(range(self.n))
-
-        def available_partitions_for_topic(self, topic: str) -> set[int]:
-            return set(range(self.n))
-
-    ours = _KeyHashes()
-    for n in (1, 3, 12):
-        for key in [str(i).encode() for i in range(-50, 500)] * 2:  # twice: the memo too
-            assert ours.partition("t", key, key, b"", b"", Cluster(n)) == \
-                DefaultPartitioner().partition("t", key, key, b"", b"", Cluster(n))
