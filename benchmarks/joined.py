@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import torch
+
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import Event
 from streamrec.ingest.iter_source import IteratorSource
@@ -46,25 +48,41 @@ class _RecordingJoiner(Joiner):
 
 
 def served(events: Sequence[Event], config: AppConfig) -> Scored:
-    """Labeled examples scored on arrival, then learned in the trainer's batches."""
+    """Labeled examples scored on arrival, then learned in the trainer's batches.
+
+    As the training loop does with a joiner: each label reaches the history
+    counts as it arrives, so an example is scored with every label before it.
+    """
     t = OnlineTrainer.from_config(config)
     b = Batcher(config.model.sparse_features, config.model.dense_features)
     probs: list[float] = []
     pending: list[Event] = []
+    observed: list[torch.Tensor] = []
     started = time.perf_counter()
     at = 0
     while at < len(events):
         size = max(MIN_SCORING_SLICE, t.batch_size_now() - len(pending))
         part = list(events[at:at + size])
         at += len(part)
-        probs += t.predict(b.build(part)).tolist()
+        if t.observes_history:
+            order = [e for e in part for _ in (0, 1)]  # each example asked, then learned
+            outcomes = torch.zeros((len(order), 2))
+            outcomes[1::2, 0] = 1.0
+            outcomes[1::2, 1] = torch.tensor([e.label or 0.0 for e in part])
+            batch = b.build(order)
+            counts = t.observe_history(batch.sparse, outcomes)
+            probs += t.predict(batch, counts)[0::2].tolist()
+            observed += counts[1::2].unbind(0)
+        else:
+            probs += t.predict(b.build(part)).tolist()
         pending += part
         while len(pending) >= t.batch_size_now():
             size = t.batch_size_now()
-            t.train_batch(b.build(pending[:size]))
-            pending = pending[size:]
+            history = torch.stack(observed[:size]) if observed else None
+            t.train_batch(b.build(pending[:size]), history=history)
+            pending, observed = pending[size:], observed[size:]
     if pending:
-        t.train_batch(b.build(pending))
+        t.train_batch(b.build(pending), history=torch.stack(observed) if observed else None)
     return probs, time.perf_counter() - started
 
 

@@ -34,7 +34,9 @@ class Event(NamedTuple):
     parameter version that gave it), or None. ``predicted`` is the trainer's
     own click probability for the impression when it arrived (served-time
     metrics), None until scored; ``fake_negative`` marks a training example
-    that the fake-negative method emitted at the impression's arrival.
+    that the fake-negative method emitted at the impression's arrival;
+    ``served_history`` the history counts (a ``[H, 2]`` tensor) the impression
+    was scored with then, which training on it takes as its features.
 
     A named tuple rather than a frozen dataclass: one is built per decoded
     event, and a frozen dataclass's ``__init__`` (a guarded ``setattr`` per
@@ -54,3 +56,4 @@ class Event(NamedTuple):
     model_version: int | None = None
     predicted: float | None = None
     fake_negative: bool = False
+    served_history: object | None = None

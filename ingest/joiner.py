@@ -23,7 +23,7 @@ from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.metrics import IngestMetrics
 from streamrec.config import DelayedFeedback
 
-__all__ = ["Joiner"]
+__all__ = ["Joiner", "identity"]
 
 Key = tuple[str, int]
 # How much earlier than its impression an action may be stamped and still count.
@@ -39,12 +39,15 @@ def _key(event: Event) -> Key:
     return (event.request_id or f"user:{event.user_id}", event.item_id)
 
 
-def _identity(event: Event) -> Identity:
+def identity(event: Event) -> Identity:
     """What makes two deliveries one impression: its event_id, else its key and time."""
     if event.event_id:
         return (event.event_id, "", 0, 0)
     key = _key(event)
     return ("", key[0], key[1], event.timestamp_ms)
+
+
+_identity = identity
 
 
 class Joiner:
@@ -94,12 +97,15 @@ class Joiner:
         self._early_count = 0  # actions in _early, at most max_pending
         self._resolved: OrderedDict[Identity, int] = OrderedDict()
         # "wait": labeled examples held until their window closes, by (time, arrival).
-        self._held: list[tuple[int, int, Event]] = []
+        self._held: list[list[Any]] = []  # [time, order, example]: a heap
         self._held_seq = 0
         # Labeled impressions, (timestamp, order, example), until every
         # label of their time is known (``take_outcomes``).
-        self._outcomes: list[tuple[int, int, Event]] = []
+        self._outcomes: list[list[Any]] = []  # [time, order, example]: a heap
         self._outcome_seq = 0
+        # Held examples and outcomes of impressions settled in the current push
+        # before they were scored, by identity: ``annotate`` gives them the score.
+        self._unscored: dict[Identity, list[list[Any]]] = {}
         self._flushed = False  # since the last push: every outcome is settled
         # "fake_negative": impressions not yet learned as a negative, in arrival
         # order, and those learned as one whose label is still unknown.
@@ -133,8 +139,10 @@ class Joiner:
     def _settle(self, impression: Event, at: int, label: float, out: list[Event]) -> None:
         """The impression's label is known: report it, and train on it as the mode says."""
         labeled = impression._replace(type=EXAMPLE, label=label)
-        heapq.heappush(self._outcomes, (impression.timestamp_ms, self._outcome_seq, labeled))
+        entry = [impression.timestamp_ms, self._outcome_seq, labeled]
+        heapq.heappush(self._outcomes, entry)
         self._outcome_seq += 1
+        self._remember_unscored(entry)
         if self.metrics is not None:
             self.metrics.joined.labels("positive" if label else "negative").inc()
         if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
@@ -159,12 +167,40 @@ class Joiner:
         self._hold(at, labeled, out)
 
     def _hold(self, at: int, example: Event, out: list[Event]) -> None:
-        heapq.heappush(self._held, (at, self._held_seq, example))
+        entry = [at, self._held_seq, example]
+        heapq.heappush(self._held, entry)
         self._held_seq += 1
+        self._remember_unscored(entry)
         if len(self._held) > self.max_pending:  # the oldest leaves early
             if self.metrics is not None:
                 self.metrics.overflow.inc()
             out.append(heapq.heappop(self._held)[2])
+
+    def _remember_unscored(self, entry: list[Any]) -> None:
+        if entry[2].predicted is None:
+            self._unscored.setdefault(_identity(entry[2]), []).append(entry)
+
+    def annotate(self, scored: Iterable[Event]) -> None:
+        """Give impressions of the last push their served-time scores.
+
+        ``scored``: the impressions as pushed, with ``predicted`` (and
+        ``served_history``) set. For a loop that scores the impressions it
+        pushed after the push (so that a score can see the labels released
+        before it in the same push): the impressions still waiting, and the
+        examples and outcomes made of them during the push, carry the score
+        from now on. (The examples the push returned are the caller's to update.)
+        """
+        pending = self._pending
+        for impression in scored:
+            identity = _identity(impression)
+            key = _key(impression)
+            entry = pending.get(key)
+            if entry is not None and entry[0].predicted is None \
+                    and _identity(entry[0]) == identity:
+                pending[key] = (impression, entry[1])
+            for made in self._unscored.pop(identity, ()):
+                made[2] = made[2]._replace(predicted=impression.predicted,
+                                           served_history=impression.served_history)
 
     def _fake_negative(self, impression: Event, out: list[Event]) -> None:
         """An impression's negative on arrival (``fake_negative``; sampled like a negative)."""
@@ -221,7 +257,8 @@ class Joiner:
 
     def push(self, events: Iterable[Event],
              origins: Sequence[tuple[str, int]] | None = None,
-             assigned: Iterable[tuple[str, int]] | None = None) -> list[Event]:
+             assigned: Iterable[tuple[str, int]] | None = None,
+             marks: list[int] | None = None) -> list[Event]:
         """Feed events in arrival order; returns the training examples ready now.
 
         ``origins[i]`` is the partition ``events[i]`` came from (None: one stream).
@@ -229,10 +266,14 @@ class Joiner:
         assignment), delivering or not: one not heard from yet holds the
         watermark where it is, like a partition behind, until it delivers or
         ``idle_s`` passes; one no longer assigned stops holding it at once.
+        ``marks``, when given, gets one entry per event: how many of the
+        returned examples were ready once that event was taken in (those after
+        the last mark left when the watermark moved, at the end).
         """
         if assigned:  # (empty before a group join and during a rebalance: not news)
             self._assign(set(assigned))
         self._flushed = False
+        self._unscored.clear()
         out: list[Event] = []
         self._cap = max(self._cap, int(time.time() * 1000) + self.max_clock_skew_ms)
         cap = self._cap
@@ -249,6 +290,8 @@ class Joiner:
                 self._action(event, at, out)
             else:
                 self._count("unknown_type")
+            if marks is not None:
+                marks.append(len(out))
         self._advance(set(origins) if origins is not None else {None} if clocks else set())
         self._expire(out)
         if self.metrics is not None:
@@ -321,7 +364,7 @@ class Joiner:
             entry = self._pending.get(_key(impression))
             if entry is not None and _identity(entry[0]) == identity:
                 self._observed.add(identity)
-                self._fake_negative(impression, out)
+                self._fake_negative(entry[0], out)  # (scored since it arrived)
 
     def _action(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
@@ -507,7 +550,7 @@ class Joiner:
             labeled = event_from_dict(data)
             if math.isfinite(score):
                 labeled = labeled._replace(predicted=float(score))
-            heapq.heappush(self._outcomes, (labeled.timestamp_ms, self._outcome_seq, labeled))
+            heapq.heappush(self._outcomes, [labeled.timestamp_ms, self._outcome_seq, labeled])
             self._outcome_seq += 1
         self._early = OrderedDict()
         for data in state.get("early_actions", ()):  # (checkpoints before they waited)

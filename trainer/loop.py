@@ -5,7 +5,8 @@ sink, labels impressions through the joiner, trains on full mini-batches and
 records their quality (trainer.quality). With a joiner, impressions are
 scored on arrival by the current model (what a replica would serve then),
 and that score is what the progressive metrics take once the joiner reports
-the impression's label.
+the impression's label; outcomes reach the history counts as the joiner
+releases them (docs/design.md, "History features").
 Parameter sync runs on the publisher's own thread. Offsets are committed to
 the source only after a checkpoint that covers them (see trainer.checkpoint).
 """
@@ -25,6 +26,7 @@ import torch
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.event_schema import EventSchema
+from streamrec.ingest.joiner import identity
 from streamrec.config import AppConfig
 from streamrec.errors import CheckpointError
 from streamrec.trainer.checkpoint import Checkpointer, checkpoint_name, describe
@@ -127,6 +129,9 @@ class TrainingLoop:
                                               joiner.metrics if joiner is not None else None)
         self.stats = LoopStats()
         self._pending: list[Event] = []
+        # With a joiner and history features: the history counts each pending
+        # example learns with (OnlineTrainer.observe_history), in order.
+        self._observed: collections.deque[torch.Tensor] = collections.deque()
         # When the pending examples arrived: [count, time] per drain that
         # found new ones, oldest first; ``_timed`` of them are accounted for.
         self._arrivals: collections.deque[list[float]] = collections.deque()
@@ -204,13 +209,16 @@ class TrainingLoop:
 
     def _train(self, events: list[Event]) -> None:
         batch = self.batcher.build(events)
+        observed = None
+        if self._observed:
+            observed = torch.stack([self._observed.popleft() for _ in events])
         t0 = time.perf_counter()
         scored = fake = None
         if self.joiner is not None:
             scored = torch.tensor([e.predicted is not None for e in events])
             fake = torch.tensor([e.fake_negative for e in events])
         share = self.joiner.duplicated_share if self.joiner is not None else 1.0
-        result = self.trainer.train_batch(batch, fake, share)
+        result = self.trainer.train_batch(batch, fake, share, observed)
         if result.skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
         self.quality.record_step(result.probs, batch, scored)
@@ -225,22 +233,73 @@ class TrainingLoop:
             self.metrics.examples.inc(len(events))
             self.metrics.positives.inc(positives)
 
-    def _score_arrivals(self, events: list[Event]) -> list[Event]:
-        """``events`` with each impression's served-time click probability (``predicted``).
+    def _arrive(self, events: list[Event], released: list[Event], marks: list[int]
+                ) -> list[Event]:
+        """Score the impressions among ``events`` (just pushed to the joiner) as a
+        replica holding the newest parameters would have when each arrived, and
+        store the outcomes the joiner ``released`` meanwhile; returns ``released``
+        with the served-time scores of the impressions they came from.
 
-        One batched prediction (see :meth:`_join` for the slices): the model
-        of this moment, as a replica holding the newest parameters would
-        score the impressions.
+        ``marks[k]``: the examples released once ``events[k]`` was taken in. With
+        history features, each outcome reaches the history counts now, in the
+        order things happened, so an impression is scored with every label
+        known before it, not only those of the steps already taken; one
+        batched pass either way (a prediction call costs ~1 ms).
         """
-        at = [i for i, e in enumerate(events) if e.type == IMPRESSION]
-        if not at:
-            return events
-        impressions = [events[i] for i in at]
-        probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
-        events = list(events)
-        for i, event, p in zip(at, impressions, probs):
-            events[i] = event._replace(predicted=p)
-        return events
+        impressions = [e for e in events if e.type == IMPRESSION]
+        if not self.trainer.observes_history:
+            probs = self.trainer.predict(self.batcher.build(impressions)).tolist() \
+                if impressions else []
+            scored = [e._replace(predicted=p) for e, p in zip(impressions, probs)]
+        elif impressions or released:
+            order: list[Event] = []
+            asks: list[int] = []  # positions of the impressions in ``order``
+            start = 0
+            for event, mark in zip(events, marks):
+                if event.type == IMPRESSION:
+                    asks.append(len(order))
+                    order.append(event)
+                order.extend(released[start:mark])
+                start = mark
+            order.extend(released[start:])
+            outcomes = torch.zeros((len(order), 2))
+            learned = torch.ones(len(order), dtype=torch.bool)
+            learned[asks] = False
+            labels = torch.tensor([e.label or 0.0 for e in order], dtype=torch.float32)
+            # A clicked impression learned as a negative on arrival (fake
+            # negative) was counted then: its click adds a positive, not a showing.
+            again = torch.tensor([e.fake_negative and e.label == 1.0 for e in order])
+            outcomes[learned, 0] = 1.0 - again[learned].float() * self.joiner.duplicated_share
+            outcomes[learned, 1] = labels[learned]
+            batch = self.batcher.build(order)
+            counts = self.trainer.observe_history(batch.sparse, outcomes)
+            if self.publisher is not None:
+                self.publisher.notify()  # the labels reach replicas with the counts
+            # (Scoring the whole slice costs less than building the impressions' batch.)
+            probs = self.trainer.predict(batch, counts)[asks].tolist() if asks else []
+            scored = [e._replace(predicted=p, served_history=counts[at])
+                      for e, p, at in zip(impressions, probs, asks)]
+        if impressions:
+            self.joiner.annotate(scored)  # type: ignore[union-attr]
+            by_identity = {identity(e): e for e in scored}
+            released = [self._served(e, by_identity) for e in released]
+        if self.trainer.observes_history and released:
+            # An example trains on the counts its impression was scored with
+            # (what serving saw), else (a labeled example) on those before it.
+            observed = counts[learned].unbind(0)
+            self._observed.extend(e.served_history if e.served_history is not None else row
+                                  for e, row in zip(released, observed))
+        return released
+
+    @staticmethod
+    def _served(example: Event, scored: dict[object, Event]) -> Event:
+        if example.predicted is not None:
+            return example
+        impression = scored.get(identity(example))
+        if impression is None:
+            return example
+        return example._replace(predicted=impression.predicted,
+                                served_history=impression.served_history)
 
     def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
               assigned: list[tuple[str, int]] | None) -> None:
@@ -253,9 +312,10 @@ class TrainingLoop:
         while True:
             size = max(MIN_SCORING_SLICE, self.trainer.batch_size_now() - len(self._pending))
             end = min(len(events), start + size)
-            part = self._score_arrivals(events[start:end])
-            self._pending.extend(self.joiner.push(  # type: ignore[union-attr]
-                part, origins[start:end] if origins is not None else None, assigned))
+            part, marks = events[start:end], []
+            released = self.joiner.push(  # type: ignore[union-attr]
+                part, origins[start:end] if origins is not None else None, assigned, marks)
+            self._pending.extend(self._arrive(part, released, marks))
             self._record_outcomes()
             if end >= len(events):
                 return
@@ -398,7 +458,7 @@ class TrainingLoop:
                     self._pending.extend(got.events)
                 exhausted = self.source.exhausted
                 if exhausted and self.joiner is not None:
-                    self._pending.extend(self.joiner.flush())
+                    self._pending.extend(self._arrive([], self.joiner.flush(), []))
                     self._record_outcomes()
                 self._drain(final=exhausted)
                 now = time.perf_counter()

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from streamrec.config import AppConfig, TrainerConfig
-from streamrec.ingest.batch import Batch
+from streamrec.ingest.batch import Batch, KeyedJaggedTensor
 from streamrec.model.tables.base import EmbeddingTable
 from streamrec.model.tables.distributed import DistributedEmbeddingTable
 from streamrec.model.tables.group import GroupTableView
@@ -100,7 +100,8 @@ class OnlineTrainer:
         return min(cfg.batch_size, max(cfg.warmup_batch_size, self.examples // 4))
 
     def train_batch(self, batch: Batch, fake_negative: torch.Tensor | None = None,
-                    duplicated_share: float = 1.0) -> StepResult:
+                    duplicated_share: float = 1.0,
+                    history: torch.Tensor | None = None) -> StepResult:
         """Score ``batch``, then take one optimizer step on it.
 
         ``fake_negative``: ``[B]`` bool, examples of the fake-negative method
@@ -111,7 +112,10 @@ class OnlineTrainer:
         ``(1 - p)(1 + p f) / (1 - p + p f)``, ``p`` the model's current
         probability (no gradient through the weight). ``f = 1`` is FNW
         (Ktena et al. 2019); ``f < 1``, ES-DFM's weights (Yang et al. 2021)
-        with one ``f`` for every example.
+        with one ``f`` for every example. ``history``: the ``[B, H, 2]``
+        counts to learn with, whose outcomes :meth:`observe_history` stored
+        already; without, the step computes the counts and stores the batch's
+        outcomes itself.
 
         An empty batch changes nothing (no optimizer step, no step counted),
         except under ``distributed``, where every rank joins every step's
@@ -120,10 +124,10 @@ class OnlineTrainer:
         if not len(batch) and not self.distributed:
             return StepResult(torch.empty(0), float("nan"), 0)
         with self.lock:
-            return self._step(batch, fake_negative, duplicated_share)
+            return self._step(batch, fake_negative, duplicated_share, history)
 
     def _step(self, batch: Batch, fake_negative: torch.Tensor | None,
-              duplicated_share: float) -> StepResult:
+              duplicated_share: float, observed: torch.Tensor | None) -> StepResult:
         # The trainer's clock (TTL expiry) is the running maximum of batch
         # medians: one event stamped hours ahead (a skewed producer clock)
         # cannot move it, and with it expire every row at once.
@@ -134,7 +138,8 @@ class OnlineTrainer:
         if self.steps == 0:
             self._init_bias(batch)
         pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=True)
-        history = self.history.counts(batch.sparse, batch.labels, self.event_time_ms)
+        history = observed if observed is not None else \
+            self.history.counts(batch.sparse, batch.labels, self.event_time_ms)
         logits = self.model(pooled, batch.dense, history)
         # Negative down-sampling keeps a negative with probability r: each
         # kept one stands for 1/r negatives of the true stream, so it weighs
@@ -169,7 +174,8 @@ class OnlineTrainer:
                                            *self.embeddings.parameters()])
         self.optimizer.step()
         self.embeddings.step()
-        self.history.commit()
+        if observed is None:
+            self.history.commit()
         with torch.no_grad():
             # Exponential moving average of the click rate, ~10k examples long.
             # (Weighted like the loss: the prior is the true stream's rate.)
@@ -222,13 +228,37 @@ class OnlineTrainer:
         self.model.bias.fill_(float(torch.logit(rate)))
         self.model.prior_ctr.fill_(float(rate))
 
+    @property
+    def observes_history(self) -> bool:
+        """Whether outcomes can reach the history counts before their step
+        (:meth:`observe_history`): there are history features, on one process."""
+        return bool(self.history.features) and not self.distributed
+
     @torch.no_grad()
-    def predict(self, batch: Batch) -> torch.Tensor:
-        """Click probabilities for ``batch`` without learning or admitting ids."""
+    def observe_history(self, sparse: KeyedJaggedTensor, outcomes: torch.Tensor) -> torch.Tensor:
+        """Store ``[B, 2]`` outcomes in the history counts now, ahead of their step.
+
+        Returns the ``[B, H, 2]`` counts before each example (see
+        ``HistoryFeatures.observe``): what an impression with no outcome yet
+        is scored with, and what the step takes for a labeled example
+        (``train_batch(history=...)``). Replicas get the counts with the next
+        delta, so labels reach serving without waiting for a batch to fill.
+        """
+        with self.lock:
+            return self.history.observe(sparse, outcomes, self.event_time_ms)
+
+    @torch.no_grad()
+    def predict(self, batch: Batch, history: torch.Tensor | None = None) -> torch.Tensor:
+        """Click probabilities for ``batch`` without learning or admitting ids.
+
+        ``history``: the ``[B, H, 2]`` counts to score with (from
+        :meth:`observe_history`); without, the stored counts.
+        """
         with self.lock:
             self.model.eval()
             pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
-            history = self.history.counts(batch.sparse, None, self.event_time_ms)
+            if history is None:
+                history = self.history.counts(batch.sparse, None, self.event_time_ms)
             return torch.sigmoid(self.model(pooled, batch.dense, history))
 
     def dense_state(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,8 @@ Per id, how many examples it took part in (``n``) and how many were positive
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -19,6 +20,14 @@ from streamrec.ingest.batch import KeyedJaggedTensor
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
 
 Lookup = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+class _Pairs(NamedTuple):
+    slots: torch.Tensor  # [P] example * H + feature, per (example, feature) pair
+    ids: torch.Tensor  # [U] unique ids
+    tags: torch.Tensor  # [U] their tables' tags in the unit
+    inverse: torch.Tensor  # [P] position of each pair's id in ``ids``
+    seen: torch.Tensor  # [U] pairs per unique id
 
 
 def history_table_name(feature: str) -> str:
@@ -86,18 +95,12 @@ class HistoryFeatures:
             for group, names in groups]
         self._units += [(self.tables[f], [(position[f], 0)]) for f in single]
 
-    def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
-               ) -> torch.Tensor:
-        """``[B, H, 2]`` counts before each example; with ``labels``, remembers the update."""
-        batch = sparse.stride()
+    def _pairs(self, sparse: KeyedJaggedTensor) -> Iterator[tuple[object, _Pairs]]:
+        """Per lookup unit: every (example, feature) pair's id, feature-major, each
+        feature's examples in batch (= event-time) order, and the unique ids."""
         n_features = len(self.features)
-        out = torch.zeros((batch * n_features, 2))
-        self._pending = []
-        train = labels is not None
         firsts = _first_ids(sparse, self.features)
         for target, members in self._units:
-            # Every (example, feature) pair of this unit, feature-major, each
-            # feature's examples in batch (= event-time) order.
             ids, slots, tags = [], [], []
             for h, tag in members:
                 first, present = firsts[self.features[h]]
@@ -108,25 +111,83 @@ class HistoryFeatures:
             all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
             n_tags = 1 + max(tag for _, tag in members)
             pair_ids, pair_tags, inverse, seen = unique_pairs(all_ids, all_tags, n_tags)
-            if isinstance(target, TableGroup):
-                rows = target.lookup(pair_tags, pair_ids, seen, now_ms=now_ms, train=train)
-            else:
-                rows = target.lookup(pair_ids, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
+            yield target, _Pairs(all_slots, pair_ids, pair_tags, inverse, seen)
+
+    @staticmethod
+    def _lookup(target: object, pairs: _Pairs, seen: torch.Tensor, now_ms: int,
+                train: bool) -> torch.Tensor:
+        if isinstance(target, TableGroup):
+            return target.lookup(pairs.tags, pairs.ids, seen, now_ms=now_ms, train=train)
+        return target.lookup(pairs.ids, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
+
+    def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
+               ) -> torch.Tensor:
+        """``[B, H, 2]`` counts before each example; with ``labels``, remembers the update."""
+        batch = sparse.stride()
+        n_features = len(self.features)
+        out = torch.zeros((batch * n_features, 2))
+        self._pending = []
+        train = labels is not None
+        for target, pairs in self._pairs(sparse):
+            rows = self._lookup(target, pairs, pairs.seen, now_ms, train)
             stored = target.read(rows)  # type: ignore[attr-defined]
             if train:
                 assert labels is not None
-                y = labels.index_select(0, all_slots // n_features)
+                y = labels.index_select(0, pairs.slots // n_features)
                 if native.available(stored, y):
-                    before, totals = native.history_prefix(stored, inverse, y)
+                    before, totals = native.history_prefix(stored, pairs.inverse, y)
                 else:
-                    before = stored.index_select(0, inverse) + _exclusive_prefix(inverse, y)
-                    totals = torch.zeros((pair_ids.numel(), 2)).index_add_(
-                        0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
+                    before = stored.index_select(0, pairs.inverse) + _exclusive_prefix(
+                        pairs.inverse, torch.stack([torch.ones_like(y), y], dim=1))
+                    totals = torch.zeros((pairs.ids.numel(), 2)).index_add_(
+                        0, pairs.inverse, torch.stack([torch.ones_like(y), y], dim=1))
                 self._pending.append((target, rows, stored, totals))
             else:
-                before = stored.index_select(0, inverse)
-            out.index_copy_(0, all_slots, before)
+                before = stored.index_select(0, pairs.inverse)
+            out.index_copy_(0, pairs.slots, before)
         return out.view(batch, n_features, 2)
+
+    def observe(self, sparse: KeyedJaggedTensor, outcomes: torch.Tensor, now_ms: int
+                ) -> torch.Tensor:
+        """Add outcomes to the stored counts now; ``[B, H, 2]`` counts before each example.
+
+        ``outcomes`` is ``[B, 2]``: what each example adds to (n, c), in
+        order; a row of zeros asks for the counts only (an impression whose
+        label is not known yet). The counts of an example are those stored
+        plus the outcomes of the earlier examples of the same id, as in
+        :meth:`counts`, and are what training on the example later reads
+        (it then passes them to the step instead of calling ``counts``).
+        Ids with an outcome count as sightings for their table's admission.
+        """
+        batch = sparse.stride()
+        n_features = len(self.features)
+        out = torch.zeros((batch * n_features, 2))
+        for target, pairs in self._pairs(sparse):
+            adds = outcomes.index_select(0, pairs.slots // n_features)
+            totals = torch.zeros((pairs.ids.numel(), 2)).index_add_(0, pairs.inverse, adds)
+            sightings = torch.zeros_like(pairs.seen).index_add_(
+                0, pairs.inverse, (adds.abs().sum(dim=1) > 0).to(pairs.seen.dtype))
+            rows = self._lookup(target, pairs, pairs.seen, now_ms, train=False)
+            learn = torch.nonzero(sightings > 0).reshape(-1)
+            if learn.numel():
+                sub = _Pairs(pairs.slots, pairs.ids.index_select(0, learn),
+                             pairs.tags.index_select(0, learn), pairs.inverse,
+                             sightings.index_select(0, learn))
+                rows.index_copy_(0, learn, self._lookup(target, sub, sub.seen, now_ms, True))
+            stored = target.read(rows)  # type: ignore[attr-defined]
+            before = stored.index_select(0, pairs.inverse) + _exclusive_prefix(pairs.inverse, adds)
+            out.index_copy_(0, pairs.slots, before)
+            keep = learn[rows.index_select(0, learn) >= 0]
+            if keep.numel():
+                self._store(target, rows.index_select(0, keep),
+                            stored.index_select(0, keep) + totals.index_select(0, keep))
+        return out.view(batch, n_features, 2)
+
+    def _store(self, table: object, rows: torch.Tensor, new: torch.Tensor) -> None:
+        """Write counts, capped: n and c scale down together, forgetting old outcomes."""
+        n = new[:, :1]
+        new = torch.where(n > self.cap, new * (self.cap / n.clamp(min=1e-9)), new)
+        table.set_rows(rows, new)  # type: ignore[attr-defined]
 
     def expire(self, now_ms: int) -> int:
         """One bounded slice of the history tables' expiry sweep; returns rows freed."""
@@ -139,26 +200,22 @@ class HistoryFeatures:
     def commit(self) -> None:
         """Add the last training batch's outcomes to the stored counts."""
         for table, rows, stored, totals in self._pending:
-            new = stored + totals
-            n = new[:, :1]
-            # Cap the count: scale n and c together, forgetting old outcomes.
-            new = torch.where(n > self.cap, new * (self.cap / n.clamp(min=1e-9)), new)
             keep = torch.nonzero(rows >= 0).reshape(-1)
-            table.set_rows(rows.index_select(0, keep), new.index_select(0, keep))  # type: ignore[attr-defined]
+            self._store(table, rows.index_select(0, keep),
+                        (stored + totals).index_select(0, keep))
         self._pending = []
 
 
-def _exclusive_prefix(key: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[N, 2]``: per element, (count, sum of y) over the earlier elements with its key.
+def _exclusive_prefix(key: torch.Tensor, adds: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]``: per element, the sum of ``adds`` ``[N, 2]`` over the earlier elements with its key.
 
     Sort stably by key (keeping batch order within a key), cumulative sums
     within each run, minus the element itself.
     """
     order = stable_argsort(key)
-    sorted_key, sorted_y = key.index_select(0, order), y.index_select(0, order)
+    sorted_key, prefix = key.index_select(0, order), adds.index_select(0, order)
     run_start = torch.ones_like(sorted_key, dtype=torch.bool)
     run_start[1:] = sorted_key[1:] != sorted_key[:-1]
-    prefix = torch.stack([torch.ones_like(sorted_y), sorted_y], dim=1)
     csum = torch.cumsum(prefix, 0) - prefix
     base = csum[run_start][torch.cumsum(run_start.to(torch.int64), 0) - 1]
     exclusive = torch.zeros_like(prefix)

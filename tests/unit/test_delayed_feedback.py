@@ -148,3 +148,97 @@ def test_the_scores_replicas_served_are_reported_per_model_version() -> None:
     assert get("streamrec_trainer_served_version_auc", {"model_version": "13"}) is not None
     assert get("streamrec_trainer_served_scores_total") == 2_000
     assert 0.5 < get("streamrec_trainer_served_auc") < 1.0
+
+
+TRAINED = list(SyntheticStream(STREAM).events(4_000))
+
+
+def served_scores(events: list[Event]) -> dict[str, float]:
+    """The score each impression was given on arrival, by request, in one run of the loop."""
+    config = load_config(env={}, overrides={"trainer.batch_size": "4096",
+                                            "trainer.max_batch_delay_s": "3600"})
+    trainer = OnlineTrainer.from_config(config)
+    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
+    for start in range(0, 4_000, 500):  # a model that reads its history features
+        trainer.train_batch(batcher.build(TRAINED[start:start + 500]))
+    steps = trainer.steps
+    joiner = Joiner(["click"], window_s=10.0, delayed_feedback="fake_negative")
+    scores: dict[str, float] = {}
+    annotate = joiner.annotate
+
+    def spy(scored):  # type: ignore[no-untyped-def]
+        assert trainer.steps == steps  # (no batch filled: no step changes the scores)
+        scored = list(scored)
+        scores.update((e.request_id, e.predicted) for e in scored)
+        annotate(scored)
+
+    joiner.annotate = spy  # type: ignore[method-assign]
+    TrainingLoop(trainer, IteratorSource(events), config, joiner=joiner).run()
+    return scores
+
+
+def test_a_click_reaches_the_next_impressions_score_before_any_step() -> None:
+    # A replica serves the history counts of every label known so far, not of
+    # the steps taken: user 1's click on r1 changes the score of its next
+    # impression, r2, in the same poll, long before a batch fills.
+    torch.set_num_threads(1)
+    shown = [Event("impression", 1, 7, 0, request_id="r1"),
+             Event("impression", 1, 8, 5_000, request_id="r2")]
+    clicked = served_scores([shown[0], Event("click", 1, 7, 2_000, request_id="r1"), shown[1]])
+    ignored = served_scores(shown)
+    assert clicked["r1"] == ignored["r1"]
+    assert clicked["r2"] != ignored["r2"]
+
+
+def test_labeled_examples_learn_the_same_through_the_joiner_as_without() -> None:
+    # Through the joiner, outcomes reach the history counts on arrival and the
+    # step takes the counts observed then: the same features as the step
+    # computing them itself from the stored counts and the batch.
+    torch.set_num_threads(1)
+    events = list(SyntheticStream(STREAM).events(5_000))
+    overrides = {**SETTINGS, "trainer.max_batch_delay_s": "3600"}
+    config = load_config(env={}, overrides=overrides)
+    trainers, aucs = [], []
+    for joiner in (None, Joiner(["click"], window_s=10.0)):
+        trainer = OnlineTrainer.from_config(config)
+        loop = TrainingLoop(trainer, IteratorSource(events), config, joiner=joiner)
+        loop.run()
+        trainers.append(trainer)
+        aucs.append(loop.quality.progress.auc)
+    direct, joined = trainers
+    assert joined.steps == direct.steps > 3
+    assert aucs[0] == aucs[1]
+    for name, table in direct.tables.items():
+        ids, rows = table.export_all()
+        other_ids, other_rows = joined.tables[name].export_all()
+        assert torch.equal(ids, other_ids), name
+        assert torch.allclose(rows, other_rows, atol=1e-6), name
+
+
+def test_an_example_trains_on_the_counts_its_impression_was_served_with() -> None:
+    # The click on r1 is learned with the counts r1 was scored with on arrival
+    # (user 5 unseen: zeros), not with those at the click (which hold r1's own
+    # fake negative): no skew between what the model learns from and what it
+    # serves. And the click counts r1 as one showing, clicked.
+    torch.set_num_threads(1)
+    config = load_config(env={}, overrides={"trainer.batch_size": "4096",
+                                            "trainer.max_batch_delay_s": "3600"})
+    trainer = OnlineTrainer.from_config(config)
+    learned: list[tuple[list[float], list[list[float]]]] = []
+    train = trainer.train_batch
+
+    def spy(batch: Batch, *args: object, **kwargs: object) -> object:
+        history = args[2] if len(args) > 2 else kwargs.get("history")
+        learned.append((batch.labels.tolist(), history[:, 0].tolist()))  # type: ignore[index]
+        return train(batch, *args, **kwargs)  # type: ignore[arg-type]
+
+    trainer.train_batch = spy  # type: ignore[method-assign]
+    events = [Event("impression", 5, 7, 0, request_id="r1"),
+              Event("impression", 6, 8, 1_000, request_id="r2"),
+              Event("click", 5, 7, 2_000, request_id="r1")]
+    joiner = Joiner(["click"], window_s=10.0, delayed_feedback="fake_negative")
+    TrainingLoop(trainer, IteratorSource(events), config, joiner=joiner).run()
+    assert learned == [([0.0, 0.0, 1.0], [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])]
+    user = trainer.history.features.index("user_id")
+    probe = Batcher(config.model.sparse_features, []).build([Event(EXAMPLE, 5, 9, 3_000)])
+    assert trainer.history.counts(probe.sparse, None, 3_000)[0, user].tolist() == [1.0, 1.0]

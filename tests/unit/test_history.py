@@ -96,3 +96,24 @@ def test_first_id_counts_and_examples_without_an_id_count_nothing() -> None:
     h.commit()
     after = h.counts(users([5, 6, 7]), None, now_ms=2)
     assert after[:, 0].tolist() == [[3, 2], [0, 0], [1, 1]]
+
+
+def test_observed_outcomes_are_stored_at_once_in_order_and_asking_adds_nothing() -> None:
+    # Outcomes reach the counts when they are known, not at the step; an
+    # impression (no outcome yet) is scored with every outcome before it.
+    h = make()
+    outcomes = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])
+    counts = h.observe(users([1, 1, 1, 2, 2]), outcomes, now_ms=1)
+    assert counts[:, 0].tolist() == [[0, 0], [1, 1], [1, 1], [0, 0], [0, 0]]
+    assert h.counts(users([1, 2]), None, now_ms=2)[:, 0].tolist() == [[2, 1], [1, 1]]
+
+
+def test_observing_labels_counts_like_the_step_does() -> None:
+    ids, labels = [3, 1, 3, 3, 2, 1], torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    stepped, observed = make(cap=2.5), make(cap=2.5)
+    before = stepped.counts(users(ids), labels, now_ms=1)
+    stepped.commit()
+    outcomes = torch.stack([torch.ones_like(labels), labels], dim=1)
+    assert torch.equal(observed.observe(users(ids), outcomes, now_ms=1), before)
+    probe = users([1, 2, 3])
+    assert torch.equal(observed.counts(probe, None, 2), stepped.counts(probe, None, 2))

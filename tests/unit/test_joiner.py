@@ -500,3 +500,28 @@ def test_fake_negative_after_an_elapsed_time_learns_early_clicks_once() -> None:
     assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]  # learned a second time
     assert j.duplicated_share == (1 + 1) / (2 + 1)  # one of two clicks came after its negative
     assert [(e.item_id, e.label) for e in j.flush()] == [(10, 0.0)]
+
+
+def test_scores_given_after_a_push_reach_what_the_push_made_of_the_impressions() -> None:
+    # A loop may score impressions after pushing them (to see the labels the
+    # push released before each): the held example, the outcome and the
+    # still pending impression made of them carry the score then.
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="wait")
+    marks: list[int] = []
+    shown = [imp("r1", 7, 0), imp("r2", 8, 500)]
+    assert j.push([*shown, act("r1", 7, 1_000)], marks=marks) == []
+    assert marks == [0, 0, 0]
+    j.annotate(e._replace(predicted=p) for e, p in zip(shown, [0.25, 0.5]))
+    marks = []
+    out = j.push([imp("r3", 9, 20_000)], marks=marks)
+    assert marks == [0]  # (both left when the watermark moved, after the event)
+    assert [(e.item_id, e.label, e.predicted) for e in out] == [(7, 1.0, 0.25), (8, 0.0, 0.5)]
+    assert [(e.item_id, e.predicted) for e in j.take_outcomes()] == [(7, 0.25), (8, 0.5)]
+
+
+def test_marks_count_the_examples_ready_after_each_event() -> None:
+    j = TrainingJoiner(["click"], window_s=10, delayed_feedback="fake_negative")
+    marks: list[int] = []
+    out = j.push([imp("r1", 7, 0), imp("r2", 8, 0), act("r1", 7, 1_000)], marks=marks)
+    assert marks == [1, 2, 3]
+    assert [(e.item_id, e.label) for e in out] == [(7, 0.0), (8, 0.0), (7, 1.0)]

@@ -155,7 +155,8 @@ def test_history_prefix_kernel_matches_the_sorting_version() -> None:
     inverse = torch.randint(0, 50, (3000,), generator=g)
     y = torch.randint(0, 2, (3000,), generator=g).float()
     before, totals = native.history_prefix(stored, inverse, y)
-    assert torch.equal(before, stored[inverse] + _exclusive_prefix(inverse, y))
+    assert torch.equal(before, stored[inverse] + _exclusive_prefix(
+        inverse, torch.stack([torch.ones_like(y), y], dim=1)))
     assert torch.equal(totals, torch.zeros(50, 2).index_add_(
         0, inverse, torch.stack([torch.ones_like(y), y], dim=1)))
 
