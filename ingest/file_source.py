@@ -70,7 +70,6 @@ class FileSource:
         # The offset key names the file, not the spelling of its path: a
         # resume from another directory, or with an absolute path, must find it.
         self._key = (f"file:{os.path.realpath(self.path)}", 0)
-        self._legacy_key = (f"file:{self.path}", 0)  # checkpoints before the change
         self._text: io.TextIOWrapper | None = None
         self._consumed = 0
         self._exhausted = False
@@ -138,7 +137,7 @@ class FileSource:
 
     def seek(self, offsets: Mapping[tuple[str, int], int],
              logs: Mapping[str, str] | None = None) -> None:
-        if self._key not in offsets and self._legacy_key not in offsets:
+        if self._key not in offsets:
             # Legitimate (a new day's file), but a moved or renamed file is
             # then learned again from its first line: say so.
             for topic, _ in offsets:
@@ -147,7 +146,7 @@ class FileSource:
                                 "file from its first line", topic.removeprefix("file:"),
                                 self._key[0].removeprefix("file:"))
                     break
-        target = offsets.get(self._key, offsets.get(self._legacy_key, 0))
+        target = offsets.get(self._key, 0)
         try:
             while (not self._exhausted and self._consumed < target
                    and next(self._lines, None) is not None):

@@ -525,47 +525,45 @@ class Joiner:
         self._watermark = int(state["watermark"])
         cap = int(time.time() * 1000) + self.max_clock_skew_ms
         self._pending = OrderedDict()
-        scores = state.get("predicted") or [math.nan] * len(state["pending"])
-        for data, score in zip(state["pending"], scores):
+        for data, score in zip(state["pending"], state["predicted"]):
             event = event_from_dict(data)
             if math.isfinite(score):
                 event = event._replace(predicted=float(score))
             self._pending[_key(event)] = (event, min(event.timestamp_ms, cap))
-        observed = state.get("observed") or [True] * len(state["pending"])
         self._observed, self._unobserved = set(), collections.deque()
-        for (event, at), seen in zip(self._pending.values(), observed):
+        for (event, at), seen in zip(self._pending.values(), state["observed"]):
             if seen:
                 self._observed.add(_identity(event))
             elif self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
                 self._unobserved.append((at, _identity(event), event))
-        self._positives, self._duplicated = state.get("positives", (0, 0))
+        self._positives, self._duplicated = state["positives"]
         self._held, self._held_seq = [], 0
-        for data, at, rate, score in state.get("held", ()):
+        for data, at, rate, score in state["held"]:
             example = event_from_dict(data)._replace(sample_rate=float(rate))
             if math.isfinite(score):
                 example = example._replace(predicted=float(score))
             self._hold(int(at), example, [])
         self._outcomes, self._outcome_seq = [], 0
-        for data, score in state.get("outcomes", ()):
+        for data, score in state["outcomes"]:
             labeled = event_from_dict(data)
             if math.isfinite(score):
                 labeled = labeled._replace(predicted=float(score))
             heapq.heappush(self._outcomes, [labeled.timestamp_ms, self._outcome_seq, labeled])
             self._outcome_seq += 1
         self._early = OrderedDict()
-        for data in state.get("early_actions", ()):  # (checkpoints before they waited)
+        for data in state["early_actions"]:
             event = event_from_dict(data)
             self._early.setdefault(_key(event), []).append(
                 (event, min(event.timestamp_ms, cap)))
         self._early_count = sum(len(waiting) for waiting in self._early.values())
         self._clocks, self._heard, self._pushes = {}, {}, 0
         now = time.monotonic()
-        for topic, partition, clock in state.get("clocks", ()):
+        for topic, partition, clock in state["clocks"]:
             origin = None if partition == -1 else (str(topic), int(partition))
             self._clocks[origin] = int(clock)
             self._heard[origin] = (now, 0)
         self._resolved = OrderedDict()
-        for event_id, request, item, stamp, at in state.get("resolved", ()):
+        for event_id, request, item, stamp, at in state["resolved"]:
             self._resolved[(str(event_id), str(request), int(item), int(stamp))] = int(at)
         if self.metrics is not None:
             self.metrics.pending.set(len(self._pending))

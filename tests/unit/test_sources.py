@@ -155,8 +155,6 @@ def test_a_resume_finds_the_offset_however_the_path_is_spelled(tmp_path: Path,
         offsets = first.poll(12, 0).offsets
     monkeypatch.chdir(tmp_path)
     assert read_on_from("events.jsonl", offsets) == events[12:]  # relative, another directory
-    # A checkpoint written before the key named the real path: keyed by the spelling.
-    assert read_on_from("events.jsonl", {("file:events.jsonl", 0): 12}) == events[12:]
 
 
 def test_offsets_of_another_file_read_from_the_start_with_a_warning(
