@@ -29,11 +29,11 @@ from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.ctr import CTRModel, model_spec
 from streamrec.trainer.progressive import ProgressiveMetrics, ServedByVersion
-from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import ParameterDelta
+from streamrec.model.records import DenseParameters
 from streamrec.model.tables.base import EmbeddingTable, make_tables
 from streamrec.model.tables.distributed import DistributedEmbeddingTable
-from streamrec.model.tables.group import GroupTableView
-from streamrec.model.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
+from streamrec.model.tables.sharded import saved_shards, shard_mismatch
 
 __all__ = ["OnlineTrainer", "StepResult"]
 
@@ -76,6 +76,8 @@ class OnlineTrainer:
         torch.manual_seed(config.trainer.seed)
         self.model = CTRModel(config.model)
         self.features = list(config.model.sparse_features)
+        feature_tables = {f: f for f in self.features}  # feature -> the table it looks up
+        table_names = list(self.features)
         row_dim = self.model.row_dim
         seed = config.trainer.seed
         if distributed:
@@ -87,11 +89,11 @@ class OnlineTrainer:
                                   "yet (each rank sees only its slice of the batch); set it to "
                                   "an empty list")
             embedding_tables: dict[str, EmbeddingTable] = {
-                f: DistributedEmbeddingTable(f, row_dim, config.table(f), seed=seed,
+                t: DistributedEmbeddingTable(t, row_dim, config.table(t), seed=seed,
                                              group=process_group)
-                for f in self.features}
+                for t in table_names}
         else:
-            embedding_tables = make_tables(self.features, row_dim, config.table, seed=seed)
+            embedding_tables = make_tables(table_names, row_dim, config.table, seed=seed)
         history_features = {history_table_name(f): f for f in config.model.history_features}
         # A history table shares its feature's config (same admission, same
         # expiry), except that counts start at zero, not at random values:
@@ -104,7 +106,8 @@ class OnlineTrainer:
         # expired and checkpointed the same way.
         self.tables: dict[str, EmbeddingTable] = {**embedding_tables, **history_tables}
         self.embeddings = DynamicEmbeddingCollection(
-            embedding_tables, {f: config.table(f).prune_alpha for f in self.features})
+            embedding_tables, {t: config.table(t).prune_alpha for t in table_names},
+            features=feature_tables)
         self.history = HistoryFeatures(config.model.history_features, history_tables,
                                        cap=config.model.history_cap,
                                        strength=config.model.history_strength)
@@ -309,17 +312,14 @@ class OnlineTrainer:
     def _dense_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def _sync_dense(self) -> dict[str, torch.Tensor]:
+    def _sync_dense(self) -> DenseParameters:
         # Serving applies the same OptEmbed mask, so it needs the thresholds.
-        return {**self._dense_state(), **self.embeddings.threshold_state()}
+        return DenseParameters(self._dense_state(), self.embeddings.threshold_state())
 
     def collect_delta(self, version: int) -> ParameterDelta:
         """Rows touched and ids evicted since the previous call, plus dense weights."""
         with self.lock:
-            tables = []
-            for name, table in self.tables.items():
-                ids, rows, evicted = table.collect_delta()
-                tables.append(TableDelta(name, table.dim, ids, rows, evicted))
+            tables = [table.collect_delta() for table in self.tables.values()]
             return ParameterDelta(
                 version=version, base_version=version - 1, full=False, tables=tables,
                 dense=self._sync_dense(), event_time_ms=self.event_time_ms,
@@ -328,11 +328,7 @@ class OnlineTrainer:
     def snapshot(self, version: int) -> ParameterDelta:
         """Every live row and the dense weights, as version ``version``."""
         with self.lock:
-            tables = []
-            for name, table in self.tables.items():
-                ids, rows = table.export_all()
-                tables.append(TableDelta(name, table.dim, ids, rows,
-                                         torch.empty(0, dtype=torch.int64)))
+            tables = [table.export_all() for table in self.tables.values()]
             return ParameterDelta(
                 version=version, base_version=0, full=True, tables=tables,
                 dense=self._sync_dense(), event_time_ms=self.event_time_ms,
@@ -388,7 +384,7 @@ class OnlineTrainer:
             tables = state["tables"]
             assert isinstance(tables, dict)
             for name, table in self.tables.items():
-                configured = table.n if isinstance(table, ShardedEmbeddingTable) else 1
+                configured = table.shard_count
                 saved = saved_shards(tables[name]) if name in tables else configured
                 if saved != configured:
                     raise CheckpointError(shard_mismatch(name, saved, configured))
@@ -413,44 +409,31 @@ class OnlineTrainer:
                 self.replica_versions.load_state_dict(
                     state["replica_versions"])  # type: ignore[arg-type]
 
-    def record_tombstones(self, enabled: bool) -> None:
+    def keep_evicted_ids(self, enabled: bool) -> None:
         """Whether evicted ids are kept for the next delta (default on).
 
-        Only parameter sync consumes tombstones; a trainer without replicas
+        Only parameter sync consumes evicted ids; a trainer without replicas
         turns this off, or they would grow with every eviction, in memory and
         in every checkpoint. Turning it off drops those held.
         """
         with self.lock:
             for table in self.tables.values():
-                for view in _views_of(table):
-                    view.group.keep_tombstones(enabled)
+                table.keep_evicted_ids(enabled)
 
     def clear_history(self) -> None:
         """Forget every history count (the embeddings stay).
 
         For several passes over the same log (offline training): counts kept
         from an earlier pass hold every example's own label, which the model
-        would learn to trust. The rows go as evictions would (tombstones for
+        would learn to trust. The rows go as evictions would (evicted ids for
         the replicas), without being counted as evicted.
         """
         with self.lock:
-            for name in self.history._by_name:
-                for view in _views_of(self.tables[name]):
-                    view.group.evict_rows(view.group.rows_of(view.tag), counted=True)
+            for name in self.history.table_names():
+                self.tables[name].clear()
 
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
-
-
-def _views_of(table: EmbeddingTable) -> list[GroupTableView]:
-    """The row storages behind ``table``, as views into their groups (one, or one per shard)."""
-    if isinstance(table, GroupTableView):
-        return [table]
-    if isinstance(table, ShardedEmbeddingTable):
-        return [v for shard in table.shards for v in _views_of(shard)]
-    if isinstance(table, DistributedEmbeddingTable):
-        return _views_of(table.shard)
-    return []
 
 
 def _spec_changes(saved: str, current: str) -> str:

@@ -109,5 +109,5 @@ def run_training(config: AppConfig, stop: threading.Event,
         loop.publisher = Publisher(trainer, sinks, config.sync.interval_s, registry=REGISTRY,
                                    start_version=version,
                                    min_interval_s=config.sync.min_interval_s) if sinks else None
-        trainer.record_tombstones(bool(sinks))  # every replica starts from a full snapshot
+        trainer.keep_evicted_ids(bool(sinks))  # every replica starts from a full snapshot
         return loop.run(stop, max_seconds=max_seconds)

@@ -27,8 +27,9 @@ from collections.abc import Callable, Mapping
 import torch
 
 from streamrec import native
-from streamrec.model.tables.base import expire_tables
-from streamrec.model.tables.group import TableGroup, group_views, unique_pairs
+from streamrec.model.tables.base import EmbeddingTable, expire_tables
+from streamrec.model.tables.group import unique_pairs
+from streamrec.model.tables.store import TableStore, stores_of
 from streamrec.model.tables.sort import stable_argsort
 from streamrec.ingest.batch import KeyedJaggedTensor
 
@@ -85,22 +86,20 @@ class HistoryFeatures:
     tables; the counts of ``features[i]`` live in its history table.
     """
 
-    def __init__(self, features: list[str], tables: Mapping[str, object], cap: float = 200.0,
+    def __init__(self, features: list[str], tables: Mapping[str, EmbeddingTable],
+                 cap: float = 200.0,
                  strength: float = 10.0) -> None:
         self.features = list(features)
         self.tables = {f: tables[history_table_name(f)] for f in self.features}
         self._by_name = {history_table_name(f): t for f, t in self.tables.items()}
         self.cap = cap
         self.strength = strength
-        self._pending: list[tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        # Tables looked up together: (target, [(feature position, tag)]). The
-        # views of one TableGroup go in one pass; any other table alone.
-        groups, single = group_views(self.tables)
+        self._pending: list[tuple[TableStore, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # Tables looked up together, one pass per store: (store, [(feature position, tag)]).
         position = {f: h for h, f in enumerate(self.features)}
-        self._units: list[tuple[object, list[tuple[int, int]]]] = [
-            (group, [(position[f], self.tables[f].tag) for f in names])  # type: ignore[attr-defined]
-            for group, names in groups]
-        self._units += [(self.tables[f], [(position[f], 0)]) for f in single]
+        self._units: list[tuple[TableStore, list[tuple[int, int]]]] = [
+            (store, [(position[f], self.tables[f].tag) for f in names])
+            for store, names in stores_of(self.tables)]
 
     def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
                ) -> torch.Tensor:
@@ -111,7 +110,7 @@ class HistoryFeatures:
         self._pending = []
         train = labels is not None
         firsts = _first_ids(sparse, self.features)
-        for target, members in self._units:
+        for store, members in self._units:
             # Every (example, feature) pair of this unit, feature-major, each
             # feature's examples in batch (= event-time) order.
             ids, slots, tags = [], [], []
@@ -124,11 +123,8 @@ class HistoryFeatures:
             all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
             n_tags = 1 + max(tag for _, tag in members)
             pair_ids, pair_tags, inverse, seen = unique_pairs(all_ids, all_tags, n_tags)
-            if isinstance(target, TableGroup):
-                rows = target.lookup(pair_tags, pair_ids, seen, now_ms=now_ms, train=train)
-            else:
-                rows = target.lookup(pair_ids, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
-            stored = target.read(rows)  # type: ignore[attr-defined]
+            rows = store.lookup(pair_tags, pair_ids, seen, now_ms=now_ms, train=train)
+            stored = store.read(rows)
             if train:
                 assert labels is not None
                 y = labels.index_select(0, all_slots // n_features)
@@ -138,11 +134,15 @@ class HistoryFeatures:
                     before = stored.index_select(0, inverse) + _exclusive_prefix(inverse, y)
                     totals = torch.zeros((pair_ids.numel(), 2)).index_add_(
                         0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
-                self._pending.append((target, rows, stored, totals))
+                self._pending.append((store, rows, stored, totals))
             else:
                 before = stored.index_select(0, inverse)
             out.index_copy_(0, all_slots, before)
         return out.view(batch, n_features, 2)
+
+    def table_names(self) -> list[str]:
+        """The names of the history tables, one per feature."""
+        return list(self._by_name)
 
     def expire(self, now_ms: int) -> int:
         """One bounded slice of the history tables' expiry sweep; returns rows freed."""
@@ -154,13 +154,13 @@ class HistoryFeatures:
 
     def commit(self) -> None:
         """Add the last training batch's outcomes to the stored counts."""
-        for table, rows, stored, totals in self._pending:
+        for store, rows, stored, totals in self._pending:
             new = stored + totals
             n = new[:, :1]
             # Cap the count: scale n and c together, forgetting old outcomes.
             new = torch.where(n > self.cap, new * (self.cap / n.clamp(min=1e-9)), new)
             keep = torch.nonzero(rows >= 0).reshape(-1)
-            table.set_rows(rows.index_select(0, keep), new.index_select(0, keep))  # type: ignore[attr-defined]
+            store.set_rows(rows.index_select(0, keep), new.index_select(0, keep))
         self._pending = []
 
 

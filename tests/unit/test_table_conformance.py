@@ -103,7 +103,8 @@ def test_filtered_ids_read_zero_and_take_no_update(make: Factory) -> None:
     before = table.read(admitted).clone()
     table.update(rows, torch.ones(2, DIM))
     assert not torch.equal(table.read(admitted), before)
-    ids, values, _ = table.collect_delta()
+    delta = table.collect_delta()
+    ids, values = delta.upserted.ids, delta.upserted.values
     assert ids.tolist() == [1]
 
 
@@ -126,18 +127,21 @@ def test_touched_rows_and_tombstones_form_the_delta(make: Factory) -> None:
     table.update(rows[:2], torch.ones(2, DIM))
     # Updated rows, and admitted ones: id 3's initial values are what the
     # trainer scores it with, so serving needs them too.
-    ids, values, evicted = table.collect_delta()
+    delta = table.collect_delta()
+    ids, values, evicted = delta.upserted.ids, delta.upserted.values, delta.evicted.ids
     assert sorted(ids.tolist()) == [1, 2, 3]
     order = torch.argsort(ids)
     assert torch.equal(values[order], table.read(rows))
     assert evicted.numel() == 0
     # Nothing changed since: an empty delta.
-    ids, values, evicted = table.collect_delta()
+    delta = table.collect_delta()
+    ids, values, evicted = delta.upserted.ids, delta.upserted.values, delta.evicted.ids
     assert ids.numel() == 0 and values.shape == (0, DIM) and evicted.numel() == 0
     # Id 3 is refreshed at t=15 s; 1 and 2 go unseen past the 10 s TTL.
     table.lookup(ids_of(3), now_ms=15_000)
     assert table.expire(now_ms=15_000) == 2
-    ids, _, evicted = table.collect_delta()
+    delta = table.collect_delta()
+    ids, evicted = delta.upserted.ids, delta.evicted.ids
     assert sorted(evicted.tolist()) == [1, 2]
     assert table.lookup(ids_of(1, 2), train=False).tolist() == [-1, -1]
     assert len(table) == 1
@@ -158,7 +162,7 @@ def test_a_table_that_grows_every_step_still_expires_its_old_rows(make: Factory)
     for step in range(60):
         table.lookup(ids_of(1000 + step), now_ms=step * 1000)
         table.expire(now_ms=step * 1000)
-    live = set(table.export_all()[0].tolist())
+    live = set(table.export_all().upserted.ids.tolist())
     assert live == {1000 + s for s in range(49, 60)}
     assert table.stats.evicted == 49
 
@@ -207,14 +211,15 @@ def test_save_and_restore_continue_identically(make: Factory) -> None:
     a.update(ra, grads)
     b.update(rb, grads)
     assert torch.equal(a.read(ra), b.read(rb))
-    ea, eb = a.export_all(), b.export_all()
-    assert torch.equal(torch.sort(ea[0]).values, torch.sort(eb[0]).values)
+    ea, eb = a.export_all().upserted, b.export_all().upserted
+    assert torch.equal(torch.sort(ea.ids).values, torch.sort(eb.ids).values)
 
 
 def test_export_all_holds_every_live_row(make: Factory) -> None:
     table = make()
     rows = table.lookup(torch.arange(100, 150), now_ms=1)
-    ids, values = table.export_all()
+    exported = table.export_all()
+    ids, values = exported.upserted.ids, exported.upserted.values
     order = torch.argsort(ids)
     assert ids[order].tolist() == list(range(100, 150))
     assert torch.equal(values[order], table.read(rows))
@@ -243,7 +248,8 @@ def test_prune_sweep_frees_rows_under_the_threshold(make: Factory) -> None:
     assert table.lookup(torch.arange(10), train=False)[5:].tolist() == [-1] * 5
     assert len(table) == 5
     assert table.stats.pruned == 5 and table.stats.evicted == 0
-    _, _, tombstones = table.collect_delta()
+    delta = table.collect_delta()
+    tombstones = delta.evicted.ids
     assert sorted(tombstones.tolist()) == [5, 6, 7, 8, 9]
 
 

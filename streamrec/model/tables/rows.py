@@ -6,7 +6,7 @@ import torch
 
 from streamrec import native
 
-__all__ = ["TableStats", "id_normal", "sweep_window"]
+__all__ = ["SWEEP_ROWS", "TableStats", "id_normal", "sweep_window"]
 
 
 def _signed(x: int) -> int:
@@ -63,7 +63,7 @@ def sweep_window(cursor: int, max_rows: int, end_all: int
 
 
 # Rows visited by the expiry sweep per training step.
-_SWEEP_ROWS = 1 << 16
+SWEEP_ROWS = 1 << 16
 
 
 class TableStats:
