@@ -31,7 +31,7 @@ from streamrec.errors import NonFiniteError, NotReadyError, StaleVersionError, S
     VersionGapError
 from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
-from streamrec.model.ctr import CTRModel, model_from_spec
+from streamrec.model.ctr import CTRModel, model_from_spec, spec_feature_tables
 from streamrec.model.delta import DenseParameters, EvictedIds, ParameterDelta, UpsertedRows
 from streamrec.model.tables.index import IdIndex
 from streamrec.model.tables.store import SingleTableStore
@@ -138,7 +138,7 @@ class _State:
         self.batcher = Batcher(cfg.sparse_features, cfg.dense_features)
         self.features = frozenset([*cfg.sparse_features, *cfg.dense_features])
         row_dim = self.model.row_dim
-        feature_tables = {f: f for f in cfg.sparse_features}
+        feature_tables = spec_feature_tables(spec)
         self.tables: dict[str, EmbeddingTableReplica] = {
             t: EmbeddingTableReplica(t, row_dim) for t in dict.fromkeys(feature_tables.values())}
         embedding_tables = dict(self.tables)

@@ -34,6 +34,7 @@ from streamrec.model.records import DenseParameters
 from streamrec.model.tables.base import EmbeddingTable, make_tables
 from streamrec.model.tables.distributed import DistributedEmbeddingTable
 from streamrec.model.tables.sharded import saved_shards, shard_mismatch
+from streamrec.model.tables.store import stores_of
 
 __all__ = ["OnlineTrainer", "StepResult"]
 
@@ -76,8 +77,8 @@ class OnlineTrainer:
         torch.manual_seed(config.trainer.seed)
         self.model = CTRModel(config.model)
         self.features = list(config.model.sparse_features)
-        feature_tables = {f: f for f in self.features}  # feature -> the table it looks up
-        table_names = list(self.features)
+        feature_tables = config.feature_tables()  # feature -> the table it looks up
+        table_names = list(dict.fromkeys(feature_tables.values()))
         row_dim = self.model.row_dim
         seed = config.trainer.seed
         if distributed:
@@ -123,7 +124,7 @@ class OnlineTrainer:
         self.steps = 0
         self.skipped_steps = 0  # batches not learned from: loss not finite
         self.event_time_ms = 0
-        self._spec = model_spec(config.model)
+        self._spec = model_spec(config.model, feature_tables)
 
     def batch_size_now(self) -> int:
         """The next training batch's size: the warm-up schedule, then ``batch_size``."""
@@ -431,6 +432,10 @@ class OnlineTrainer:
         with self.lock:
             for name in self.history.table_names():
                 self.tables[name].clear()
+
+    def table_stores(self) -> list[list[str]]:
+        """The tables by the store holding them (unsharded tables of equal configs are fused)."""
+        return [names for _, names in stores_of(self.tables)]
 
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
