@@ -280,3 +280,41 @@ def test_filter_sketches_of_a_group_count_apart() -> None:
     assert not bool(sketch.observe(ids, torch.ones_like(ids), tags * 2).any())
     # ... and a second sighting under table 1 admits every id.
     assert bool(sketch.observe(ids, torch.ones_like(ids), tags).all())
+
+
+def test_the_tables_store_reads_and_updates_its_rows(make: Factory) -> None:
+    # The embedding collection, history features and serving go through stores.
+    table = make()
+    store = table.store
+    assert store.names[table.tag] == table.name and store.dim == table.dim
+    ids = torch.arange(40, 60)
+    tags = torch.full_like(ids, table.tag)
+    rows = store.lookup(tags, ids, now_ms=1)
+    assert torch.equal(table.lookup(ids, train=False), rows)
+    store.update(rows, torch.ones(ids.numel(), DIM))
+    assert torch.equal(store.read(rows), table.read(rows))
+    assert sorted(table.collect_delta().upserted.ids.tolist()) == ids.tolist()
+    limits = torch.full((len(store.names),), float("nan"))
+    assert store.expire(now_ms=1, max_rows=1 << 16, prune_below=limits) == 0
+
+
+def test_clear_frees_every_row_as_an_uncounted_eviction(make: Factory) -> None:
+    table = make()
+    table.lookup(torch.arange(30), now_ms=1)
+    table.collect_delta()
+    table.clear()
+    assert len(table) == 0 and table.stats.evicted == 0
+    assert table.lookup(torch.arange(30), train=False).tolist() == [-1] * 30
+    assert sorted(table.collect_delta().evicted.ids.tolist()) == list(range(30))
+
+
+def test_evicted_ids_are_dropped_when_nothing_consumes_them(make: Factory) -> None:
+    table = make(ttl_s=1)
+    table.lookup(torch.arange(10), now_ms=0)
+    table.keep_evicted_ids(False)
+    assert table.expire(now_ms=5_000) == 10
+    assert len(table.collect_delta().evicted) == 0
+    table.keep_evicted_ids(True)
+    table.lookup(torch.arange(10, 20), now_ms=10_000)
+    assert table.expire(now_ms=20_000) == 10
+    assert sorted(table.collect_delta().evicted.ids.tolist()) == list(range(10, 20))
