@@ -59,7 +59,7 @@ def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
     From the first's base to the last's version, with the last's dense
     weights (earlier deltas' may be left out). Per id, what happened last
     wins: a row touched after its eviction is sent as a row; one evicted after
-    its last touch, as a tombstone. A replica applies it atomically, so one
+    its last touch, as an evicted id. A replica applies it atomically, so one
     that fell behind catches up in one step instead of through versions whose
     dense weights the publisher no longer holds.
     """
@@ -75,7 +75,7 @@ def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
     for name in names:
         parts = [t for d in deltas for t in d.tables if t.table == name]
         dim = parts[-1].dim
-        # Every event on an id, in order: per delta its tombstones, then its
+        # Every event on an id, in order: per delta its evicted ids, then its
         # rows (the order a replica applies them in).
         ids, order, source = [], [], []
         rows_before = 0  # rows of the earlier parts: where this part's rows start

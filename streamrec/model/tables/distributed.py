@@ -58,6 +58,7 @@ class DistributedEmbeddingTable:
 
     tag = 0
     shard_count = 1  # (its state is this rank's shard: one unsharded table)
+    collective = True  # lookup and update are collectives (so is its store)
 
     def __init__(self, name: str, dim: int, config: TableConfig, seed: int = 0,
                  group: dist.ProcessGroup | None = None) -> None:

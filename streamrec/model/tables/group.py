@@ -498,7 +498,7 @@ class TableGroup:
                              f"{tuple(state['weights'].shape)}, expected [*, {self.dim}]")
         if "ids" in state:
             ids, at = state["ids"], slice(None)
-        else:  # the per-table format: rows by the table's own row numbers
+        else:  # the per-table format: rows by the table's own row ids
             ids, at = state["index.ids"], state["index.rows"]
         self.filter.load_state_dict(
             {k[len("filter."):]: v for k, v in state.items() if k.startswith("filter.")}, tag)
