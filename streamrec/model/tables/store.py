@@ -24,9 +24,13 @@ __all__ = ["EmbeddingTable", "SingleTableStore", "TableStore", "stores_of"]
 class TableStore(Protocol):
     """Rows of the tables ``names`` (tag ``t`` is ``names[t]``), addressed by row ids.
 
-    Row ids are store-wide; -1 stands for "no row" (an id not admitted yet),
-    which reads as zeros and takes no update. ``collective``: lookups and
-    updates are collectives every rank must join (distributed tables).
+    ``lookup`` takes unique ``(tags[i], ids[i])`` pairs and returns their row
+    ids, store-wide; -1 stands for "no row" (an id not admitted yet), which
+    reads as zeros and takes no update. With ``train`` a lookup counts
+    ``counts[i]`` sightings and admits what passes the frequency filter.
+    ``expire`` takes one OptEmbed threshold per table (NaN: no pruning).
+    ``collective``: lookups and updates are collectives every rank must join
+    (distributed tables).
     """
 
     names: list[str]
