@@ -247,17 +247,17 @@ class DynamicArm(Arm):
         self.ec.expire(now_ms)
         if time.monotonic() - self.last_sync >= self.args.sync_interval_s:
             self.last_sync = time.monotonic()
-            self.synced_rows.append(sum(t.collect_delta()[0].numel() for t in self.tables.values()))
+            self.synced_rows.append(sum(len(t.collect_delta().upserted)
+                                        for t in self.tables.values()))
 
     def rows(self) -> int:
         return sum(len(t) for t in self.tables.values())
 
     def index_moved(self) -> int:
-        from streamrec.model.tables.group import group_views
-        groups, single = group_views(self.tables)
-        return sum(g.index.moved for g, _ in groups) + sum(
-            s.group.index.moved for n in single
-            for s in getattr(self.tables[n], "shards", [self.tables[n]]))
+        # Every TableGroup behind the tables: a table's store, or each shard's.
+        groups = {id(s.store): s.store for t in self.tables.values()
+                  for s in getattr(t, "shards", [t])}
+        return sum(g.index.moved for g in groups.values())  # type: ignore[attr-defined]
 
     def extra(self) -> dict[str, Any]:
         stats = [t.stats for t in self.tables.values()]

@@ -29,11 +29,12 @@ from streamrec.ingest.event import FeatureValue
 from streamrec.serving.metrics import ServingMetrics
 from streamrec.errors import NonFiniteError, NotReadyError, StaleVersionError, SyncError, \
     VersionGapError
-from streamrec.model.embedding import DynamicEmbeddingCollection, split_thresholds
+from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
-from streamrec.model.ctr import CTRModel, model_from_spec
-from streamrec.model.delta import ParameterDelta
+from streamrec.model.ctr import CTRModel, model_from_spec, spec_feature_tables
+from streamrec.model.delta import DenseParameters, EvictedIds, ParameterDelta, UpsertedRows
 from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.store import SingleTableStore
 
 __all__ = ["ModelReplica", "EmbeddingTableReplica", "NonFiniteScoreError"]
 
@@ -78,43 +79,48 @@ class _ReadWriteLock:
 class EmbeddingTableReplica:
     """The serving copy of one embedding table: raw id -> row, nothing else.
 
-    Implements the read side of the trainer's table interface (``lookup``
-    with ``train=False`` and ``read``), so trainer code scores against it.
+    Implements the read side of the table interface (``lookup`` with
+    ``train=False`` and ``read``, through its ``store`` of one), so the
+    model layer scores against it as the trainer does.
     """
+
+    tag = 0
 
     def __init__(self, name: str, dim: int) -> None:
         self.name = name
         self.dim = dim
         self.index = IdIndex()
         self.weights = torch.zeros((0, dim))
+        self.store = SingleTableStore(self)
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def upsert(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
-        if ids.numel() == 0:
+    def upsert(self, rows: UpsertedRows) -> None:
+        """Insert or overwrite the rows of ``rows.ids`` with ``rows.values``."""
+        if not len(rows):
             return
-        slots, _ = self.index.lookup_or_insert(ids)
+        row_ids, _ = self.index.lookup_or_insert(rows.ids)
         capacity = self.index.row_capacity
         if capacity > self.weights.shape[0]:
             grown = torch.zeros((max(capacity, 2 * self.weights.shape[0]), self.dim))
             grown[: self.weights.shape[0]] = self.weights
             self.weights = grown
-        self.weights[slots] = rows
+        self.weights[row_ids] = rows.values
 
-    def remove(self, ids: torch.Tensor) -> None:
-        if ids.numel():
-            self.index.remove(ids)
+    def remove(self, evicted: EvictedIds) -> None:
+        if len(evicted):
+            self.index.remove(evicted.ids)
 
     def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None, now_ms: int = 0,
                train: bool = False) -> torch.Tensor:
         return self.index.lookup(ids)
 
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
         if self.weights.shape[0] == 0:  # no row synced yet: every id reads as zeros
-            return torch.zeros((rows.numel(), self.dim))
-        out = self.weights[rows.clamp(min=0)]
-        out[rows < 0] = 0.0
+            return torch.zeros((row_ids.numel(), self.dim))
+        out = self.weights[row_ids.clamp(min=0)]
+        out[row_ids < 0] = 0.0
         return out
 
     def memory_bytes(self) -> int:
@@ -132,13 +138,15 @@ class _State:
         self.batcher = Batcher(cfg.sparse_features, cfg.dense_features)
         self.features = frozenset([*cfg.sparse_features, *cfg.dense_features])
         row_dim = self.model.row_dim
+        feature_tables = spec_feature_tables(spec)
         self.tables: dict[str, EmbeddingTableReplica] = {
-            f: EmbeddingTableReplica(f, row_dim) for f in cfg.sparse_features}
+            t: EmbeddingTableReplica(t, row_dim) for t in dict.fromkeys(feature_tables.values())}
+        embedding_tables = dict(self.tables)
         history = {history_table_name(f): EmbeddingTableReplica(history_table_name(f), 2)
                    for f in cfg.history_features}
         self.tables.update(history)
         self.embeddings = DynamicEmbeddingCollection(
-            {f: self.tables[f] for f in cfg.sparse_features})  # type: ignore[misc]
+            embedding_tables, features=feature_tables)  # type: ignore[arg-type]
         self.history = HistoryFeatures(cfg.history_features, history,
                                        cap=cfg.history_cap, strength=cfg.history_strength)
         self.version = 0
@@ -153,41 +161,43 @@ class _State:
         values (NonFiniteError) are refused too: one NaN row scores NaN for
         every request that reads it.
         """
-        for name, tensor in delta.dense.items():
+        dense = delta.dense
+        for name, tensor in [*dense.weights.items(), *dense.prune_thresholds.items()]:
             if not bool(torch.isfinite(tensor).all()):
                 raise NonFiniteError(f"dense {name!r} holds NaN or infinite values")
         for t in delta.tables:
-            if t.rows.numel() and not bool(torch.isfinite(t.rows).all()):
+            values = t.upserted.values
+            if values.numel() and not bool(torch.isfinite(values).all()):
                 raise NonFiniteError(f"table {t.table!r} has rows with NaN or infinite values")
-        if delta.dense:
+        if not dense.is_empty():
             want = {k: v.shape for k, v in self.model.state_dict().items()}
-            weights, thresholds = split_thresholds(delta.dense)
-            got = {k: v.shape for k, v in weights.items()}
+            got = {k: v.shape for k, v in dense.weights.items()}
             if want != got:
                 wrong = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
                 raise SyncError(f"dense weights do not fit the model spec: {wrong[:5]}")
-            for f, v in thresholds.items():
+            for name, v in dense.prune_thresholds.items():
+                if name not in self.embeddings.tables:
+                    raise SyncError(f"{name}: a threshold for a table the model does not have")
                 if v.numel() != 1:
-                    raise SyncError(f"{f}: a threshold is one value, got shape {tuple(v.shape)}")
+                    raise SyncError(f"{name}: a threshold is one value, got shape "
+                                    f"{tuple(v.shape)}")
         for t in delta.tables:
             table = self.tables.get(t.table)
             if table is None or table.dim != t.dim:
                 raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
-            if t.rows.shape != (t.ids.numel(), t.dim):
-                raise SyncError(f"table {t.table!r}: {t.ids.numel()} ids but rows of shape "
-                                f"{tuple(t.rows.shape)}")
 
-    def set_dense(self, dense: Mapping[str, torch.Tensor]) -> None:
-        weights, thresholds = split_thresholds(dense)
+    def set_dense(self, dense: DenseParameters) -> None:
         try:
-            self.model.load_state_dict(weights)
+            self.model.load_state_dict(dict(dense.weights))
         except RuntimeError as e:
             raise SyncError(f"dense weights do not fit the model spec: {e}") from e
+        thresholds = dense.prune_thresholds
         if set(thresholds) != set(self.embeddings.prune_alpha):
-            # The pruned features are fixed by the trainer's config; rebuild
+            # The pruned tables are fixed by the trainer's config; rebuild
             # the collection's mask for them (alpha only matters in training).
             self.embeddings = DynamicEmbeddingCollection(
-                self.embeddings.tables, {f: 1.0 for f in thresholds})
+                self.embeddings.tables, {t: 1.0 for t in thresholds},
+                features=self.embeddings.table_of)
         self.embeddings.set_thresholds(thresholds)
 
     def apply_tables(self, delta: ParameterDelta) -> None:
@@ -195,10 +205,10 @@ class _State:
             table = self.tables.get(t.table)
             if table is None or table.dim != t.dim:
                 raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
-            # Tombstones first: an id evicted and re-admitted within one
-            # interval is in both lists and must end up present.
-            table.remove(t.evicted_ids)
-            table.upsert(t.ids, t.rows)
+            # Evicted ids first: an id evicted and re-admitted within one
+            # interval is in both and must end up present.
+            table.remove(t.evicted)
+            table.upsert(t.upserted)
 
     @torch.no_grad()
     def score(self, rows: list[tuple[int, int, Features | None]]) -> torch.Tensor:
@@ -315,7 +325,7 @@ class ModelReplica:
             if delta.version <= state.version:
                 raise StaleVersionError(state.version, delta.version)
             state.check(delta)
-            if delta.dense:
+            if not delta.dense.is_empty():
                 state.set_dense(delta.dense)
             state.apply_tables(delta)
             self._stamp(state, delta)

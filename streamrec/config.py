@@ -6,8 +6,9 @@ environment variables < CLI ``--set section.field=value`` overrides.
 Environment variables are named ``STREAMREC_<SECTION>_<FIELD>``, for example
 ``STREAMREC_TRAINER_BATCH_SIZE=512`` or ``STREAMREC_SYNC_TOKEN=s3cret``; they and
 ``--set`` values are read by :func:`streamrec.config_text.parse_text` (lists as a
-TOML array or comma-separated). Per-table overrides live in TOML under
-``[tables.<feature>]`` and fall back to ``[table_defaults]``.
+TOML array or comma-separated). Per-table settings live in TOML under
+``[tables.<name>]`` and fall back to ``[table_defaults]``; a table is named after
+its feature, or lists the features that share it (``features = [...]``).
 
 Every dataclass validates itself in ``__post_init__`` and raises
 :class:`ConfigError` naming the field and the bad value.
@@ -291,6 +292,9 @@ class TableConfig:
     # row's L1 norm, trained with the regulariser prune_alpha * exp(-t);
     # rows under the threshold read as zero and are freed. 0 = off.
     prune_alpha: float = 0.0
+    # The sparse features that look this table up, as torchrec's feature_names:
+    # an id seen in any of them is one row. Empty: the feature the table is named after.
+    features: list[str] = field(default_factory=list)
     # A row is freed for being under the threshold only once it is this old
     # (event time since admission): a new id's row starts small and needs a
     # few updates to show whether it is worth keeping.
@@ -318,6 +322,10 @@ class TableConfig:
         _require(1 <= self.filter_depth <= 8, s, "filter_depth", self.filter_depth,
                  "must be in [1, 8]")
         _require(self.prune_alpha >= 0, s, "prune_alpha", self.prune_alpha, "must be >= 0")
+        _require(all(isinstance(f, str) and f for f in self.features), s, "features",
+                 self.features, "must be feature names")
+        _require(len(set(self.features)) == len(self.features), s, "features", self.features,
+                 "names a feature twice")
 
 
 @dataclass
@@ -485,13 +493,42 @@ class AppConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
-        unknown = set(self.tables) - set(self.model.sparse_features)
+        _require(not self.table_defaults.features, "table_defaults", "features",
+                 self.table_defaults.features, "set a table's features in [tables.<name>]")
+        unknown = {n for n, t in self.tables.items() if not t.features} \
+            - set(self.model.sparse_features)
         _require(not unknown, "tables", ",".join(sorted(unknown)), sorted(unknown),
-                 "per-table settings name no sparse feature in model.sparse_features")
+                 "per-table settings name no sparse feature in model.sparse_features "
+                 "(or list the features that share the table: features = [...])")
+        self._shared_table_of()  # validates the features lists
 
-    def table(self, feature: str) -> TableConfig:
-        """The effective config of the table for ``feature``."""
-        return self.tables.get(feature, self.table_defaults)
+    def _shared_table_of(self) -> dict[str, str]:
+        """Each feature a table lists in ``features`` (or its own table), by the table's name."""
+        sparse = set(self.model.sparse_features)
+        owner: dict[str, str] = {}
+        for name, table in self.tables.items():
+            for feature in table.features or [name]:
+                _require(feature in sparse, f"tables.{name}", "features", table.features,
+                         f"{feature!r} is not in model.sparse_features")
+                _require(feature not in owner, f"tables.{name}", "features", table.features,
+                         f"{feature!r} already looks up table {owner.get(feature)!r}: a "
+                         f"feature looks up one table")
+                owner[feature] = name
+        for name, table in self.tables.items():
+            _require(name not in sparse or not table.features or name in table.features,
+                     f"tables.{name}", "features", table.features,
+                     f"the table is named after feature {name!r} but does not list it; "
+                     f"name the table otherwise")
+        return owner
+
+    def feature_tables(self) -> dict[str, str]:
+        """The table each sparse feature looks up (its own, named after it, by default)."""
+        owner = self._shared_table_of()
+        return {f: owner.get(f, f) for f in self.model.sparse_features}
+
+    def table(self, name: str) -> TableConfig:
+        """The effective config of table ``name``, or of the table feature ``name`` looks up."""
+        return self.tables.get(self._shared_table_of().get(name, name), self.table_defaults)
 
 
 _SECTIONS = ("ingest", "model", "table_defaults", "trainer", "sync", "serving", "metrics")
@@ -646,7 +683,7 @@ def load_config(
             layered[section].update(_from_text(types_[section], section, {name: value}))
         else:
             raise ConfigError(f"override {dotted!r}: expected section.field with section in "
-                              f"{', '.join(_SECTIONS)} or tables.<feature>.field")
+                              f"{', '.join(_SECTIONS)} or tables.<name>.field")
     built = {s: _build(types_[s], s, layered[s]) for s in _SECTIONS}
     defaults = dataclasses.asdict(built["table_defaults"])
     tables = {

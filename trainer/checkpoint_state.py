@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from streamrec.errors import CheckpointError
-from streamrec.model.tables.sharded import ShardedEmbeddingTable, saved_shards, shard_mismatch
+from streamrec.model.tables.sharded import saved_shards, shard_mismatch
 from streamrec.trainer.checkpoint import describe
 from streamrec.trainer.trainer import OnlineTrainer
 
@@ -84,7 +84,7 @@ class TrainingState:
                     f"on or off for a table)")
             tables = state["tables"]
             for name, table in t.tables.items():
-                configured = table.n if isinstance(table, ShardedEmbeddingTable) else 1
+                configured = table.shard_count
                 saved = saved_shards(tables[name]) if name in tables else configured
                 if saved != configured:
                     raise CheckpointError(shard_mismatch(name, saved, configured))

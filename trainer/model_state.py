@@ -1,14 +1,15 @@
 """What a trainer learns, built from the model and table configs.
 
-:func:`build_model_state` makes the dense CTR model, one embedding table per
-sparse feature (sharded across ranks under a distributed collective), the
-history-count tables and the embedding collection over them.
+:func:`build_model_state` makes the dense CTR model, the embedding tables
+(one per sparse feature unless features share one; sharded across ranks under
+a distributed collective), the history-count tables and the embedding
+collection over them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ class ModelState:
     """The dense model and every table (embeddings and history counts alike)."""
 
     model: CTRModel
-    features: list[str]  # the sparse features, one embedding table each
+    features: list[str]  # the sparse features
     dense_features: list[str]
     tables: dict[str, EmbeddingTable]  # synced, expired and checkpointed alike
     embeddings: DynamicEmbeddingCollection
@@ -39,8 +40,12 @@ class ModelState:
 
 
 def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], seed: int,
-                      collective: Collective | None = None) -> ModelState:
-    """The model ``model`` describes, each feature's table configured by ``tables(feature)``.
+                      collective: Collective | None = None,
+                      feature_tables: Mapping[str, str] | None = None) -> ModelState:
+    """The model ``model`` describes, each table configured by ``tables(name)``.
+
+    ``feature_tables`` maps each sparse feature to the table it looks up
+    (``AppConfig.feature_tables``; default: a table of its own, named after it).
 
     Raises :class:`ConfigError` for model settings a distributed collective
     does not support (history features, in-batch terms).
@@ -49,6 +54,8 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
     torch.manual_seed(seed)
     dense = CTRModel(model)
     features = list(model.sparse_features)
+    feature_tables = dict(feature_tables or {f: f for f in features})
+    table_names = list(dict.fromkeys(feature_tables.values()))
     row_dim = dense.row_dim
     if distributed:
         assert collective is not None
@@ -60,11 +67,11 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
                               "yet (each rank sees only its slice of the batch); set it to "
                               "an empty list")
         embedding_tables: dict[str, EmbeddingTable] = {
-            f: DistributedEmbeddingTable(f, row_dim, tables(f), seed=seed,
+            t: DistributedEmbeddingTable(t, row_dim, tables(t), seed=seed,
                                          group=collective.group)
-            for f in features}
+            for t in table_names}
     else:
-        embedding_tables = make_tables(features, row_dim, tables, seed=seed)
+        embedding_tables = make_tables(table_names, row_dim, tables, seed=seed)
     history_features = {history_table_name(f): f for f in model.history_features}
     # A history table shares its feature's config (same admission, same
     # expiry), except that counts start at zero, not at random values:
@@ -74,9 +81,10 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
         lambda name: dataclasses.replace(tables(history_features[name]), init_std=0.0),
         seed=seed)
     embeddings = DynamicEmbeddingCollection(
-        embedding_tables, {f: tables(f).prune_alpha for f in features})
+        embedding_tables, {t: tables(t).prune_alpha for t in table_names},
+        features=feature_tables)
     history = HistoryFeatures(model.history_features, history_tables, cap=model.history_cap,
                               strength=model.history_strength)
     return ModelState(dense, features, list(model.dense_features),
                       {**embedding_tables, **history_tables}, embeddings, history,
-                      model_spec(model))
+                      model_spec(model, feature_tables))

@@ -10,9 +10,8 @@ from __future__ import annotations
 import threading
 import time
 
-import torch
-
-from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import ParameterDelta
+from streamrec.model.records import DenseParameters
 from streamrec.trainer.trainer import OnlineTrainer
 
 __all__ = ["TrainerParameters"]
@@ -28,18 +27,16 @@ class TrainerParameters:
     def lock(self) -> threading.RLock:
         return self.trainer.lock
 
-    def _sync_dense(self) -> dict[str, torch.Tensor]:
+    def _sync_dense(self) -> DenseParameters:
         # Serving applies the same OptEmbed mask, so it needs the thresholds.
-        return {**self.trainer.dense_state(), **self.trainer.embeddings.threshold_state()}
+        return DenseParameters(self.trainer.dense_state(),
+                               self.trainer.embeddings.threshold_state())
 
     def collect_delta(self, version: int) -> ParameterDelta:
         """Rows touched and ids evicted since the previous call, plus dense weights."""
         t = self.trainer
         with t.lock:
-            tables = []
-            for name, table in t.tables.items():
-                ids, rows, evicted = table.collect_delta()
-                tables.append(TableDelta(name, table.dim, ids, rows, evicted))
+            tables = [table.collect_delta() for table in t.tables.values()]
             return ParameterDelta(
                 version=version, base_version=version - 1, full=False, tables=tables,
                 dense=self._sync_dense(), event_time_ms=t.event_time_ms,
@@ -49,11 +46,7 @@ class TrainerParameters:
         """Every live row and the dense weights, as version ``version``."""
         t = self.trainer
         with t.lock:
-            tables = []
-            for name, table in t.tables.items():
-                ids, rows = table.export_all()
-                tables.append(TableDelta(name, table.dim, ids, rows,
-                                         torch.empty(0, dtype=torch.int64)))
+            tables = [table.export_all() for table in t.tables.values()]
             return ParameterDelta(
                 version=version, base_version=0, full=True, tables=tables,
                 dense=self._sync_dense(), event_time_ms=t.event_time_ms,

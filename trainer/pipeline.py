@@ -127,7 +127,7 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
                               start_version=version, min_interval_s=config.sync.min_interval_s)
     loop.publisher = publisher
     # Evicted ids matter only to replicas (every one starts from a full snapshot).
-    trainer.record_tombstones(publisher is not None)
+    trainer.keep_evicted_ids(publisher is not None)
     return Pipeline(config, trainer, quality, joiner, audit, loop, publisher, metrics, version)
 
 

@@ -19,9 +19,7 @@ import torch.nn.functional as F
 from streamrec.config import AppConfig, TrainerConfig
 from streamrec.ingest.batch import Batch, KeyedJaggedTensor
 from streamrec.model.tables.base import EmbeddingTable
-from streamrec.model.tables.distributed import DistributedEmbeddingTable
-from streamrec.model.tables.group import GroupTableView
-from streamrec.model.tables.sharded import ShardedEmbeddingTable
+from streamrec.model.tables.store import stores_of
 from streamrec.trainer.collective import Collective
 from streamrec.trainer.model_state import ModelState, build_model_state
 
@@ -85,7 +83,8 @@ class OnlineTrainer:
                     process_group: dist.ProcessGroup | None = None) -> OnlineTrainer:
         """The trainer of ``config``'s model, tables and trainer sections."""
         collective = Collective(distributed, process_group)
-        state = build_model_state(config.model, config.table, config.trainer.seed, collective)
+        state = build_model_state(config.model, config.table, config.trainer.seed, collective,
+                                  config.feature_tables())
         return cls(state, config.trainer, collective)
 
     @property
@@ -265,41 +264,33 @@ class OnlineTrainer:
         """A copy of the dense model's weights."""
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
-    def record_tombstones(self, enabled: bool) -> None:
+    def keep_evicted_ids(self, enabled: bool) -> None:
         """Whether evicted ids are kept for the next delta (default on).
 
-        Only parameter sync consumes tombstones; a trainer without replicas
+        Only parameter sync consumes evicted ids; a trainer without replicas
         turns this off, or they would grow with every eviction, in memory and
         in every checkpoint. Turning it off drops those held.
         """
         with self.lock:
             for table in self.tables.values():
-                for view in _views_of(table):
-                    view.group.keep_tombstones(enabled)
+                table.keep_evicted_ids(enabled)
 
     def clear_history(self) -> None:
         """Forget every history count (the embeddings stay).
 
         For several passes over the same log (offline training): counts kept
         from an earlier pass hold every example's own label, which the model
-        would learn to trust. The rows go as evictions would (tombstones for
+        would learn to trust. The rows go as evictions would (evicted ids for
         the replicas), without being counted as evicted.
         """
         with self.lock:
-            for name in self.history._by_name:
-                for view in _views_of(self.tables[name]):
-                    view.group.evict_rows(view.group.rows_of(view.tag), counted=True)
+            for name in self.history.table_names():
+                self.tables[name].clear()
+
+    def table_stores(self) -> list[list[str]]:
+        """The tables by the store holding them (unsharded tables of equal configs are fused)."""
+        return [names for _, names in stores_of(self.tables)]
 
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
 
-
-def _views_of(table: EmbeddingTable) -> list[GroupTableView]:
-    """The row storages behind ``table``, as views into their groups (one, or one per shard)."""
-    if isinstance(table, GroupTableView):
-        return [table]
-    if isinstance(table, ShardedEmbeddingTable):
-        return [v for shard in table.shards for v in _views_of(shard)]
-    if isinstance(table, DistributedEmbeddingTable):
-        return _views_of(table.shard)
-    return []

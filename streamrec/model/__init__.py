@@ -9,7 +9,10 @@ _EXPORTS = {
     "DynamicEmbeddingCollection": "streamrec.model.embedding",
     "HistoryFeatures": "streamrec.model.history",
     "ParameterDelta": "streamrec.model.delta",
-    "TableDelta": "streamrec.model.delta",
+    "TableDelta": "streamrec.model.records",
+    "UpsertedRows": "streamrec.model.records",
+    "EvictedIds": "streamrec.model.records",
+    "DenseParameters": "streamrec.model.records",
     "encode_chunks": "streamrec.model.delta",
     "decode_chunks": "streamrec.model.delta",
 }

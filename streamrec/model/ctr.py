@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 
 import torch
@@ -28,7 +28,8 @@ from streamrec.model.adapt import in_batch_correction
 from streamrec.model.history import history_inputs
 from streamrec.ingest.batch import KeyedJaggedTensor
 
-__all__ = ["CTRModel", "fm_interaction", "pool_features", "model_spec", "model_from_spec"]
+__all__ = ["CTRModel", "fm_interaction", "pool_features", "model_spec", "model_from_spec",
+           "spec_feature_tables"]
 
 Lookup = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -215,9 +216,32 @@ class CTRModel(nn.Module):
         return out
 
 
-def model_spec(config: ModelConfig) -> str:
-    """The JSON description a replica needs to rebuild the model."""
-    return json.dumps({"architecture": "deepfm", "model": asdict(config)}, sort_keys=True)
+def model_spec(config: ModelConfig, feature_tables: Mapping[str, str] | None = None) -> str:
+    """The JSON description a replica needs to rebuild the model.
+
+    ``feature_tables`` (feature -> the table it looks up) goes in only where a
+    feature looks up a table not named after it, so the spec of one table per
+    feature is the same with or without it.
+    """
+    spec: dict[str, object] = {"architecture": "deepfm", "model": asdict(config)}
+    shared = {f: t for f, t in (feature_tables or {}).items() if f != t}
+    if shared:
+        spec["tables"] = shared
+    return json.dumps(spec, sort_keys=True)
+
+
+def spec_feature_tables(spec: str) -> dict[str, str]:
+    """The table each sparse feature of :func:`model_spec`'s JSON looks up.
+
+    Raises ``ValueError`` if the spec names a feature or table badly.
+    """
+    data = json.loads(spec)
+    features = list(data["model"]["sparse_features"])
+    shared = data.get("tables", {})
+    if not isinstance(shared, dict) or not all(
+            f in features and isinstance(t, str) and t for f, t in shared.items()):
+        raise ValueError(f"model spec: bad tables {str(shared)[:200]!r}")
+    return {f: shared.get(f, f) for f in features}
 
 
 def model_from_spec(spec: str) -> CTRModel:

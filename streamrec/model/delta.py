@@ -1,15 +1,9 @@
 """Parameter deltas and their wire form: bounded-size ``ParameterChunk`` messages.
 
-A :class:`ParameterDelta` takes a replica from ``base_version`` to
-``version``: per table the rows touched since the base (ids + values) and
-the ids evicted since then (tombstones), plus the dense weights. A full
-snapshot (``full=True``) replaces everything the replica holds.
-
-On the wire a delta is a stream of ``sync_pb2.ParameterChunk`` messages,
-each at most ``max_chunk_bytes`` serialized: a table's rows are split across
-as many chunks as needed. Ids are little-endian int64 and values
-little-endian float32, so decoding is a ``frombuffer`` — and nothing that
-came over the network is ever unpickled.
+A :class:`ParameterDelta` takes a replica from ``base_version`` to ``version``
+with typed records (:mod:`streamrec.model.records`); on the wire it is a stream
+of chunks of at most ``max_chunk_bytes``, ids as little-endian int64 and values
+as float32, decoded with ``frombuffer`` (nothing from the network is unpickled).
 """
 
 from __future__ import annotations
@@ -24,39 +18,39 @@ import torch
 
 from streamrec.protos import sync_pb2
 from streamrec.errors import SyncError
+from streamrec.model.records import DenseParameters, EvictedIds, TableDelta, UpsertedRows
 
-__all__ = ["TableDelta", "ParameterDelta", "encode_chunks", "decode_chunks", "merge_deltas"]
+__all__ = ["DenseParameters", "EvictedIds", "ParameterDelta", "TableDelta", "UpsertedRows",
+           "encode_chunks", "decode_chunks", "merge_deltas", "PRUNE_THRESHOLD_PREFIX"]
 
 _ID = np.dtype("<i8")
 _F32 = np.dtype("<f4")
 # Room for a chunk's header fields and per-message protobuf framing.
 _HEADER_BYTES = 512
-
-
-@dataclass
-class TableDelta:
-    """One table's part of a delta: ``rows`` is ``[len(ids), dim]`` float32."""
-
-    table: str
-    dim: int
-    ids: torch.Tensor
-    rows: torch.Tensor
-    evicted_ids: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+# On the wire, a dense tensor named "<prefix><table>" is that table's OptEmbed threshold.
+PRUNE_THRESHOLD_PREFIX = "prune_threshold/"
 
 
 @dataclass
 class ParameterDelta:
+    """What takes a replica from ``base_version`` to ``version``.
+
+    Per table the rows touched since the base and the ids evicted since then,
+    and the dense parameters (empty: unchanged). A full snapshot (``full``)
+    replaces everything the replica holds.
+    """
+
     version: int
     base_version: int
     full: bool
     tables: list[TableDelta]
-    dense: dict[str, torch.Tensor]
+    dense: DenseParameters = field(default_factory=DenseParameters)
     event_time_ms: int = 0
     exported_at_ms: int = 0
     model_spec: str = ""
 
     def num_rows(self) -> int:
-        return sum(int(t.ids.numel()) for t in self.tables)
+        return sum(len(t.upserted) for t in self.tables)
 
 
 def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
@@ -65,7 +59,7 @@ def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
     From the first's base to the last's version, with the last's dense
     weights (earlier deltas' may be left out). Per id, what happened last
     wins: a row touched after its eviction is sent as a row; one evicted after
-    its last touch, as a tombstone. A replica applies it atomically, so one
+    its last touch, as an evicted id. A replica applies it atomically, so one
     that fell behind catches up in one step instead of through versions whose
     dense weights the publisher no longer holds.
     """
@@ -81,29 +75,31 @@ def merge_deltas(deltas: list[ParameterDelta]) -> ParameterDelta:
     for name in names:
         parts = [t for d in deltas for t in d.tables if t.table == name]
         dim = parts[-1].dim
-        # Every event on an id, in order: per delta its tombstones, then its
+        # Every event on an id, in order: per delta its evicted ids, then its
         # rows (the order a replica applies them in).
         ids, order, source = [], [], []
         rows_before = 0  # rows of the earlier parts: where this part's rows start
         for k, t in enumerate(parts):
-            ids += [t.evicted_ids, t.ids]
-            order += [torch.full_like(t.evicted_ids, 2 * k), torch.full_like(t.ids, 2 * k + 1)]
-            source += [torch.full_like(t.evicted_ids, -1),
-                       torch.arange(rows_before, rows_before + t.ids.numel())]
-            rows_before += t.ids.numel()
+            evicted, upserted = t.evicted.ids, t.upserted.ids
+            ids += [evicted, upserted]
+            order += [torch.full_like(evicted, 2 * k), torch.full_like(upserted, 2 * k + 1)]
+            source += [torch.full_like(evicted, -1),
+                       torch.arange(rows_before, rows_before + upserted.numel())]
+            rows_before += upserted.numel()
         all_ids, all_order, all_source = torch.cat(ids), torch.cat(order), torch.cat(source)
         if all_ids.numel() == 0:
-            tables.append(TableDelta(name, dim, all_ids, torch.zeros(0, dim)))
+            tables.append(TableDelta(name, dim, UpsertedRows.empty(dim)))
             continue
-        rows = torch.cat([t.rows.reshape(-1, dim) for t in parts])
+        rows = torch.cat([t.upserted.values for t in parts])
         by = np.lexsort((all_order.numpy(), all_ids.numpy()))  # by id, then by event order
         sorted_ids = all_ids.numpy()[by]
         last_of_id = np.flatnonzero(np.append(sorted_ids[1:] != sorted_ids[:-1], True))
         final = torch.from_numpy(by[last_of_id])
         final_ids, final_source = all_ids.index_select(0, final), all_source.index_select(0, final)
         kept = final_source >= 0
-        tables.append(TableDelta(name, dim, final_ids[kept],
-                                 rows.index_select(0, final_source[kept]), final_ids[~kept]))
+        tables.append(TableDelta(name, dim, UpsertedRows(
+            final_ids[kept], rows.index_select(0, final_source[kept])),
+            EvictedIds(final_ids[~kept])))
     return ParameterDelta(version=last.version, base_version=first.base_version, full=False,
                           tables=tables, dense=last.dense, event_time_ms=last.event_time_ms,
                           exported_at_ms=last.exported_at_ms, model_spec=last.model_spec)
@@ -117,24 +113,26 @@ def _f32_bytes(values: torch.Tensor) -> bytes:
     return values.detach().to(torch.float32).contiguous().numpy().astype(_F32, copy=False).tobytes()
 
 
-def _dense_messages(dense: dict[str, torch.Tensor]) -> list[sync_pb2.DenseTensor]:
+def _dense_messages(dense: DenseParameters) -> list[sync_pb2.DenseTensor]:
+    named = [*dense.weights.items(),
+             *((PRUNE_THRESHOLD_PREFIX + table, t) for table, t in dense.prune_thresholds.items())]
     return [sync_pb2.DenseTensor(name=name, shape=list(t.shape), data=_f32_bytes(t))
-            for name, t in dense.items()]
+            for name, t in named]
 
 
 def _pieces(t: TableDelta, room: int) -> Iterator[sync_pb2.EmbeddingTableDelta]:
-    """``t`` as table messages of at most ``room`` bytes: tombstones first, then rows."""
+    """``t`` as table messages of at most ``room`` bytes: evicted ids first, then rows."""
     room -= 32 + len(t.table.encode())  # the message's own fields and framing
     row_bytes = 8 + 4 * t.dim
     if room < row_bytes:
         raise SyncError(f"table {t.table!r}: a row of dim {t.dim} does not fit in one chunk; "
                         "raise sync.max_chunk_bytes")
-    evicted = t.evicted_ids.reshape(-1)
+    evicted = t.evicted.ids
     per = room // 8
     for start in range(0, evicted.numel(), per):
         yield sync_pb2.EmbeddingTableDelta(table=t.table, dim=t.dim,
                                            evicted_ids=_ids_bytes(evicted[start:start + per]))
-    ids, rows = t.ids.reshape(-1), t.rows.reshape(-1, t.dim)
+    ids, rows = t.upserted.ids, t.upserted.values
     per = room // row_bytes
     for start in range(0, ids.numel(), per):
         yield sync_pb2.EmbeddingTableDelta(table=t.table, dim=t.dim,
@@ -146,7 +144,7 @@ def encode_chunks(delta: ParameterDelta, max_chunk_bytes: int) -> Iterator[sync_
     """Split ``delta`` into chunks of at most ``max_chunk_bytes`` serialized each.
 
     The model spec travels in the first chunk; dense tensors are packed
-    whole, table rows and tombstones split as needed. Raises
+    whole, table rows and evicted ids split as needed. Raises
     :class:`SyncError` if one dense tensor or one row cannot fit in a chunk.
     """
     budget = max_chunk_bytes - _HEADER_BYTES
@@ -189,6 +187,7 @@ def _check(ok: bool, message: str) -> None:
 def decode_chunks(chunks: Iterable[sync_pb2.ParameterChunk]) -> ParameterDelta:
     """Reassemble and validate a delta; raises :class:`SyncError` on any inconsistency."""
     delta: ParameterDelta | None = None
+    dense: dict[str, torch.Tensor] = {}
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     dims: dict[str, int] = {}
     expected_index = 0
@@ -200,7 +199,7 @@ def decode_chunks(chunks: Iterable[sync_pb2.ParameterChunk]) -> ParameterDelta:
         expected_index += 1
         if delta is None:
             delta = ParameterDelta(version=c.version, base_version=c.base_version, full=c.full,
-                                   tables=[], dense={}, event_time_ms=c.event_time_ms,
+                                   tables=[], event_time_ms=c.event_time_ms,
                                    exported_at_ms=c.exported_at_ms, model_spec=c.model_spec)
         else:
             _check((c.version, c.base_version, c.full)
@@ -213,14 +212,14 @@ def decode_chunks(chunks: Iterable[sync_pb2.ParameterChunk]) -> ParameterDelta:
             # Python ints: np.prod in int64 wraps ([2**32, 2**32] counts 0 elements).
             _check(len(d.data) == 4 * math.prod(shape),
                    f"dense {d.name!r}: {len(d.data)} bytes for shape {shape}")
-            _check(d.name not in delta.dense, f"dense {d.name!r} sent twice")
+            _check(d.name not in dense, f"dense {d.name!r} sent twice")
             values = np.frombuffer(d.data, dtype=_F32).astype(np.float32)
             try:
                 values = values.reshape(shape)
             except ValueError as e:  # over numpy's 64 dimensions, or [0, 2**62]
                 raise SyncError(f"dense {d.name!r}: shape {shape} is not an array shape: "
                                 f"{e}") from None
-            delta.dense[d.name] = torch.from_numpy(values)
+            dense[d.name] = torch.from_numpy(values)
         for t in c.tables:
             _check(bool(t.table), "table delta without a table name")
             _check(t.dim > 0, f"table {t.table!r}: dim must be > 0")
@@ -239,12 +238,16 @@ def decode_chunks(chunks: Iterable[sync_pb2.ParameterChunk]) -> ParameterDelta:
     _check(delta is not None, "empty push: no chunks")
     _check(finished, "push ended before the chunk marked last")
     assert delta is not None
+    n = len(PRUNE_THRESHOLD_PREFIX)
+    delta.dense = DenseParameters(
+        {k: v for k, v in dense.items() if not k.startswith(PRUNE_THRESHOLD_PREFIX)},
+        {k[n:]: v for k, v in dense.items() if k.startswith(PRUNE_THRESHOLD_PREFIX)})
     for name, pieces in parts.items():
         dim = dims[name]
-        delta.tables.append(TableDelta(
-            table=name, dim=dim,
-            ids=torch.from_numpy(np.concatenate([p[0] for p in pieces]).astype(np.int64)),
-            rows=torch.from_numpy(
-                np.concatenate([p[1] for p in pieces]).astype(np.float32).reshape(-1, dim)),
-            evicted_ids=torch.from_numpy(np.concatenate([p[2] for p in pieces]).astype(np.int64))))
+        delta.tables.append(TableDelta(name, dim, UpsertedRows(
+            torch.from_numpy(np.concatenate([p[0] for p in pieces]).astype(np.int64)),
+            torch.from_numpy(
+                np.concatenate([p[1] for p in pieces]).astype(np.float32).reshape(-1, dim))),
+            EvictedIds(
+                torch.from_numpy(np.concatenate([p[2] for p in pieces]).astype(np.int64)))))
     return delta

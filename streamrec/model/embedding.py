@@ -1,16 +1,10 @@
 """DynamicEmbeddingCollection: KeyedJaggedTensor of raw ids -> pooled embeddings.
 
-The dynamic-table counterpart of TorchRec's EmbeddingBagCollection: one
-:class:`EmbeddingTable` per feature, mean pooling, and a sparse optimizer step
-that touches only the rows a batch used. Autograd sees one small leaf tensor
-per table group (the batch's unique rows), never the whole table, so a step
-costs O(ids in the batch), whatever the table size.
-
-Tables that are views of one :class:`~streamrec.model.tables.group.TableGroup` (what
-``make_tables`` builds for features sharing a config) are handled together:
-one dedup, one lookup, one pooling and one update for all of them, as fbgemm's
-TableBatchedEmbeddingBags does for static tables. Other tables (sharded,
-distributed) go feature by feature.
+The dynamic-table counterpart of TorchRec's EmbeddingBagCollection: features
+look up tables (several features may share one, as torchrec's
+``feature_names``), rows are mean-pooled, and a sparse Adagrad step touches only
+the rows a batch used. Each table store is looked up in one pass for all of its
+features (docs/tables.md).
 """
 
 from __future__ import annotations
@@ -20,10 +14,9 @@ from collections.abc import Mapping
 import torch
 
 from streamrec import native
-from streamrec.model.ctr import pool_features
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
-from streamrec.model.tables.group import TableGroup, group_views, unique_pairs
-from streamrec.model.tables.sort import unique
+from streamrec.model.tables.group import unique_pairs
+from streamrec.model.tables.store import TableStore, stores_of
 from streamrec.ingest.batch import KeyedJaggedTensor
 
 __all__ = ["DynamicEmbeddingCollection"]
@@ -50,93 +43,76 @@ def _masked(rows: torch.Tensor, margin: torch.Tensor, on: torch.Tensor | None = 
     return rows * step.unsqueeze(1) + (rows - rows.detach()) * off.unsqueeze(1)
 
 
-# A delta's dense tensors named "<prefix><feature>" carry that feature's OptEmbed
-# threshold, so that serving applies the same mask as training.
-PRUNE_THRESHOLD_PREFIX = "prune_threshold/"
-
-
-def split_thresholds(dense: Mapping[str, torch.Tensor]
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(model weights, thresholds by feature)`` of a delta's dense tensors."""
-    n = len(PRUNE_THRESHOLD_PREFIX)
-    thresholds = {k[n:]: v for k, v in dense.items() if k.startswith(PRUNE_THRESHOLD_PREFIX)}
-    weights = {k: v for k, v in dense.items() if not k.startswith(PRUNE_THRESHOLD_PREFIX)}
-    return weights, thresholds
-
 class DynamicEmbeddingCollection:
     """Pools each feature's rows and applies row-wise Adagrad after backward.
+
+    ``tables`` maps table names to tables; ``features`` maps each feature to
+    the table it looks up, in the order of the pooled output (default: one
+    table per feature, named after it). ``prune_alpha`` is by table.
 
     Usage per step: ``pooled = ec.forward(kjt, now_ms)`` → loss → ``backward()``
     → ``ec.step()``. Not thread-safe; the trainer serialises steps.
     """
 
     def __init__(self, tables: Mapping[str, EmbeddingTable],
-                 prune_alpha: Mapping[str, float] | None = None) -> None:
+                 prune_alpha: Mapping[str, float] | None = None,
+                 features: Mapping[str, str] | None = None) -> None:
         self.tables = dict(tables)
-        self.features = list(self.tables)
-        self._leaves: list[tuple[EmbeddingTable | TableGroup, torch.Tensor, torch.Tensor]] = []
+        self.table_of = dict(features) if features is not None else {t: t for t in self.tables}
+        unknown = sorted(set(self.table_of.values()) - set(self.tables))
+        if unknown:
+            raise ValueError(f"features look up tables that are not given: {unknown}")
+        self.features = list(self.table_of)
+        self._leaves: list[tuple[TableStore, torch.Tensor, torch.Tensor]] = []
         # OptEmbed (Lyu et al., CIKM 2022): one learnable threshold per pruned
-        # feature on its rows' L1 norm, starting at 0 (nothing pruned).
-        self.prune_alpha = {f: a for f, a in (prune_alpha or {}).items() if a > 0}
-        self._pruned_index = {f: i for i, f in enumerate(self.prune_alpha)}
+        # table on its rows' L1 norm, starting at 0 (nothing pruned).
+        self.prune_alpha = {t: a for t, a in (prune_alpha or {}).items() if a > 0}
+        self._pruned_index = {t: i for i, t in enumerate(self.prune_alpha)}
         self.thresholds = torch.nn.Parameter(torch.zeros(len(self.prune_alpha)))
-        # Features by the group that holds their tables; the rest go one by one.
-        self._groups, self._single = group_views(self.tables)
+        # Features by the store that holds their tables, in order of first feature.
+        by_store = stores_of({f: self.tables[t] for f, t in self.table_of.items()})
+        self._stores = [(store, features_) for store, features_ in by_store]
 
     def threshold_state(self) -> dict[str, torch.Tensor]:
-        """The pruned features' thresholds as named dense tensors, for deltas."""
+        """The pruned tables' thresholds by table name, for deltas."""
         values = self.thresholds.detach()
-        return {PRUNE_THRESHOLD_PREFIX + f: values[i].clone() for f, i in self._pruned_index.items()}
+        return {t: values[i].clone() for t, i in self._pruned_index.items()}
 
-    def set_thresholds(self, by_feature: Mapping[str, torch.Tensor]) -> None:
-        """Load every pruned feature's threshold (one value each) from ``by_feature``."""
+    def set_thresholds(self, by_table: Mapping[str, torch.Tensor]) -> None:
+        """Load every pruned table's threshold (one value each) from ``by_table``."""
         with torch.no_grad():
-            for f, i in self._pruned_index.items():
-                self.thresholds[i] = by_feature[f].reshape(())
+            for t, i in self._pruned_index.items():
+                self.thresholds[i] = by_table[t].reshape(())
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """Dense parameters to train with the model's optimizer (the thresholds)."""
         return [self.thresholds] if self.prune_alpha else []
 
     def regularizer(self) -> torch.Tensor:
-        """OptEmbed's sparsity term: sum over pruned features of alpha * exp(-t)."""
+        """OptEmbed's sparsity term: sum over pruned tables of alpha * exp(-t)."""
         if not self.prune_alpha:
             return torch.zeros(())
         alpha = torch.tensor(list(self.prune_alpha.values()))
         return (alpha * torch.exp(-self.thresholds)).sum()
 
-    def _prune(self, feature: str, rows: torch.Tensor) -> torch.Tensor:
-        t = self.thresholds[self._pruned_index[feature]]
-        return _masked(rows, rows.abs().sum(dim=1) - t)
-
     def forward(self, sparse: KeyedJaggedTensor, now_ms: int, train: bool = True) -> torch.Tensor:
         """``[B, F, dim]`` mean-pooled rows; with ``train`` ids are admitted and rows refreshed."""
         self._leaves = []
         pooled: dict[str, torch.Tensor] = {}
-        for group, features in self._groups:
-            fused = self._group_forward(group, features, sparse, now_ms, train)
-            if features == self.features:  # one group holds every table: no copy
+        for store, features in self._stores:
+            fused = self._store_forward(store, features, sparse, now_ms, train)
+            if features == self.features:  # one store serves every feature: no copy
                 return fused.transpose(0, 1)
             pooled.update(zip(features, fused.unbind(0)))
-        if self._single:
-            def lookup(feature: str, ids: torch.Tensor) -> torch.Tensor:
-                table = self.tables[feature]
-                unique_ids, inverse, counts = unique(ids)
-                rows = table.lookup(unique_ids, counts, now_ms=now_ms, train=train)
-                leaf = table.read(rows)
-                if train:
-                    leaf.requires_grad_(True)
-                    self._leaves.append((table, rows, leaf))
-                values = self._prune(feature, leaf) if feature in self._pruned_index else leaf
-                return values[inverse]
-
-            single = pool_features(sparse, self._single, lookup)
-            pooled.update(zip(self._single, single.unbind(1)))
         return torch.stack([pooled[f] for f in self.features], dim=1)
 
-    def _group_forward(self, group: TableGroup, features: list[str], sparse: KeyedJaggedTensor,
+    def _store_forward(self, store: TableStore, features: list[str], sparse: KeyedJaggedTensor,
                        now_ms: int, train: bool) -> torch.Tensor:
-        """``[len(features), B, dim]``: one dedup, lookup and pooling for all ``features``."""
+        """``[len(features), B, dim]``: one dedup, lookup and pooling for all ``features``.
+
+        Features sharing a table share its tag, so an id seen by both is one
+        row, looked up once, its sightings counted together.
+        """
         batch = sparse.stride()
         keys = sparse.keys()
         position = {k: i for i, k in enumerate(keys)}
@@ -149,15 +125,16 @@ class DynamicEmbeddingCollection:
             ids = torch.cat([sparse.values()[(ends[i - 1] if i else 0): ends[i]] for i in at])
             lengths = lengths[at].reshape(-1)
         per_feature = lengths.view(len(features), batch).sum(dim=1)
-        tags = torch.repeat_interleave(
-            torch.tensor([group.tag_of[f] for f in features], dtype=torch.int64), per_feature)
-        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, len(group.names))
-        rows = group.lookup(pair_tags, pair_ids, counts, now_ms=now_ms, train=train)
-        leaf = group.read(rows)
+        tags = torch.repeat_interleave(torch.tensor(
+            [self.tables[self.table_of[f]].tag for f in features], dtype=torch.int64),
+            per_feature)
+        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, len(store.names))
+        rows = store.lookup(pair_tags, pair_ids, counts, now_ms=now_ms, train=train)
+        leaf = store.read(rows)
         if train:
             leaf.requires_grad_(True)
-            self._leaves.append((group, rows, leaf))
-        values = self._gather(self._prune_group(group, pair_tags, leaf), inverse)
+            self._leaves.append((store, rows, leaf))
+        values = self._gather(self._prune_store(store, pair_tags, leaf), inverse)
         if values.shape[0] == lengths.numel() and bool((lengths == 1).all()):
             # One id per example and feature (the common schema): the mean is the row.
             return values.view(len(features), batch, leaf.shape[1])
@@ -174,9 +151,9 @@ class DynamicEmbeddingCollection:
         # index_select: its backward is index_add_, much cheaper than indexing's.
         return rows.index_select(0, index)
 
-    def _prune_group(self, group: TableGroup, tags: torch.Tensor, rows: torch.Tensor
+    def _prune_store(self, store: TableStore, tags: torch.Tensor, rows: torch.Tensor
                      ) -> torch.Tensor:
-        which = [self._pruned_index.get(name, -1) for name in group.names]
+        which = [self._pruned_index.get(name, -1) for name in store.names]
         if max(which) < 0:
             return rows
         index = torch.tensor(which)[tags]
@@ -185,25 +162,25 @@ class DynamicEmbeddingCollection:
 
     def step(self) -> None:
         """Apply the gradients of the last ``forward`` to the rows it read."""
-        for table, rows, leaf in self._leaves:
+        for store, rows, leaf in self._leaves:
             grad = leaf.grad
-            if grad is None and getattr(table, "collective", False):
+            if grad is None and store.collective:
                 # A collective update must run on every rank, ids or not.
                 grad = torch.zeros_like(leaf)
             if grad is not None:
                 # Row-wise Adagrad is invariant to the gradient's scale, so
                 # the mean-reduced loss needs no per-batch-size correction.
-                table.update(rows, grad)
+                store.update(rows, grad)
         self._leaves = []
 
     def discard(self) -> None:
         """Forget the last ``forward``'s rows without updating them (a skipped step)."""
         self._leaves = []
 
-    def _prune_below(self, feature: str) -> float | None:
-        if feature not in self._pruned_index:
+    def _prune_below(self, table: str) -> float | None:
+        if table not in self._pruned_index:
             return None
-        t = float(self.thresholds.detach()[self._pruned_index[feature]])
+        t = float(self.thresholds.detach()[self._pruned_index[table]])
         return t if t > 0 else None
 
     def expire(self, now_ms: int) -> int:

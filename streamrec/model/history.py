@@ -12,8 +12,9 @@ from typing import NamedTuple
 import torch
 
 from streamrec import native
-from streamrec.model.tables.base import expire_tables
-from streamrec.model.tables.group import TableGroup, group_views, unique_pairs
+from streamrec.model.tables.base import EmbeddingTable, expire_tables
+from streamrec.model.tables.group import unique_pairs
+from streamrec.model.tables.store import TableStore, stores_of
 from streamrec.model.tables.sort import stable_argsort
 from streamrec.ingest.batch import KeyedJaggedTensor
 
@@ -78,29 +79,27 @@ class HistoryFeatures:
     tables; the counts of ``features[i]`` live in its history table.
     """
 
-    def __init__(self, features: list[str], tables: Mapping[str, object], cap: float = 200.0,
+    def __init__(self, features: list[str], tables: Mapping[str, EmbeddingTable],
+                 cap: float = 200.0,
                  strength: float = 10.0) -> None:
         self.features = list(features)
         self.tables = {f: tables[history_table_name(f)] for f in self.features}
         self._by_name = {history_table_name(f): t for f, t in self.tables.items()}
         self.cap = cap
         self.strength = strength
-        self._pending: list[tuple[object, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        # Tables looked up together: (target, [(feature position, tag)]). The
-        # views of one TableGroup go in one pass; any other table alone.
-        groups, single = group_views(self.tables)
+        self._pending: list[tuple[TableStore, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # Tables looked up together, one pass per store: (store, [(feature position, tag)]).
         position = {f: h for h, f in enumerate(self.features)}
-        self._units: list[tuple[object, list[tuple[int, int]]]] = [
-            (group, [(position[f], self.tables[f].tag) for f in names])  # type: ignore[attr-defined]
-            for group, names in groups]
-        self._units += [(self.tables[f], [(position[f], 0)]) for f in single]
+        self._units: list[tuple[TableStore, list[tuple[int, int]]]] = [
+            (store, [(position[f], self.tables[f].tag) for f in names])
+            for store, names in stores_of(self.tables)]
 
-    def _pairs(self, sparse: KeyedJaggedTensor) -> Iterator[tuple[object, _Pairs]]:
+    def _pairs(self, sparse: KeyedJaggedTensor) -> Iterator[tuple[TableStore, _Pairs]]:
         """Per lookup unit: every (example, feature) pair's id, feature-major, each
         feature's examples in batch (= event-time) order, and the unique ids."""
         n_features = len(self.features)
         firsts = _first_ids(sparse, self.features)
-        for target, members in self._units:
+        for store, members in self._units:
             ids, slots, tags = [], [], []
             for h, tag in members:
                 first, present = firsts[self.features[h]]
@@ -111,14 +110,7 @@ class HistoryFeatures:
             all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
             n_tags = 1 + max(tag for _, tag in members)
             pair_ids, pair_tags, inverse, seen = unique_pairs(all_ids, all_tags, n_tags)
-            yield target, _Pairs(all_slots, pair_ids, pair_tags, inverse, seen)
-
-    @staticmethod
-    def _lookup(target: object, pairs: _Pairs, seen: torch.Tensor, now_ms: int,
-                train: bool) -> torch.Tensor:
-        if isinstance(target, TableGroup):
-            return target.lookup(pairs.tags, pairs.ids, seen, now_ms=now_ms, train=train)
-        return target.lookup(pairs.ids, seen, now_ms=now_ms, train=train)  # type: ignore[attr-defined]
+            yield store, _Pairs(all_slots, pair_ids, pair_tags, inverse, seen)
 
     def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
                ) -> torch.Tensor:
@@ -128,9 +120,9 @@ class HistoryFeatures:
         out = torch.zeros((batch * n_features, 2))
         self._pending = []
         train = labels is not None
-        for target, pairs in self._pairs(sparse):
-            rows = self._lookup(target, pairs, pairs.seen, now_ms, train)
-            stored = target.read(rows)  # type: ignore[attr-defined]
+        for store, pairs in self._pairs(sparse):
+            rows = store.lookup(pairs.tags, pairs.ids, pairs.seen, now_ms=now_ms, train=train)
+            stored = store.read(rows)
             if train:
                 assert labels is not None
                 y = labels.index_select(0, pairs.slots // n_features)
@@ -141,7 +133,7 @@ class HistoryFeatures:
                         pairs.inverse, torch.stack([torch.ones_like(y), y], dim=1))
                     totals = torch.zeros((pairs.ids.numel(), 2)).index_add_(
                         0, pairs.inverse, torch.stack([torch.ones_like(y), y], dim=1))
-                self._pending.append((target, rows, stored, totals))
+                self._pending.append((store, rows, stored, totals))
             else:
                 before = stored.index_select(0, pairs.inverse)
             out.index_copy_(0, pairs.slots, before)
@@ -162,32 +154,35 @@ class HistoryFeatures:
         batch = sparse.stride()
         n_features = len(self.features)
         out = torch.zeros((batch * n_features, 2))
-        for target, pairs in self._pairs(sparse):
+        for store, pairs in self._pairs(sparse):
             adds = outcomes.index_select(0, pairs.slots // n_features)
             totals = torch.zeros((pairs.ids.numel(), 2)).index_add_(0, pairs.inverse, adds)
             sightings = torch.zeros_like(pairs.seen).index_add_(
                 0, pairs.inverse, (adds.abs().sum(dim=1) > 0).to(pairs.seen.dtype))
-            rows = self._lookup(target, pairs, pairs.seen, now_ms, train=False)
+            rows = store.lookup(pairs.tags, pairs.ids, pairs.seen, now_ms=now_ms, train=False)
             learn = torch.nonzero(sightings > 0).reshape(-1)
             if learn.numel():
-                sub = _Pairs(pairs.slots, pairs.ids.index_select(0, learn),
-                             pairs.tags.index_select(0, learn), pairs.inverse,
-                             sightings.index_select(0, learn))
-                rows.index_copy_(0, learn, self._lookup(target, sub, sub.seen, now_ms, True))
-            stored = target.read(rows)  # type: ignore[attr-defined]
+                rows.index_copy_(0, learn, store.lookup(
+                    pairs.tags.index_select(0, learn), pairs.ids.index_select(0, learn),
+                    sightings.index_select(0, learn), now_ms=now_ms, train=True))
+            stored = store.read(rows)
             before = stored.index_select(0, pairs.inverse) + _exclusive_prefix(pairs.inverse, adds)
             out.index_copy_(0, pairs.slots, before)
             keep = learn[rows.index_select(0, learn) >= 0]
             if keep.numel():
-                self._store(target, rows.index_select(0, keep),
+                self._store(store, rows.index_select(0, keep),
                             stored.index_select(0, keep) + totals.index_select(0, keep))
         return out.view(batch, n_features, 2)
 
-    def _store(self, table: object, rows: torch.Tensor, new: torch.Tensor) -> None:
+    def _store(self, store: TableStore, rows: torch.Tensor, new: torch.Tensor) -> None:
         """Write counts, capped: n and c scale down together, forgetting old outcomes."""
         n = new[:, :1]
         new = torch.where(n > self.cap, new * (self.cap / n.clamp(min=1e-9)), new)
-        table.set_rows(rows, new)  # type: ignore[attr-defined]
+        store.set_rows(rows, new)
+
+    def table_names(self) -> list[str]:
+        """The names of the history tables, one per feature."""
+        return list(self._by_name)
 
     def expire(self, now_ms: int) -> int:
         """One bounded slice of the history tables' expiry sweep; returns rows freed."""

@@ -31,7 +31,8 @@ def main(out_dir: str) -> None:
         chunk = list(itertools.islice(events, GLOBAL_BATCH))
         cut = bounds(step, world)
         trainer.train_batch(batcher.build(chunk[cut[rank]:cut[rank + 1]]))
-    tables = {name: table.export_all() for name, table in trainer.tables.items()}
+    tables = {name: (rows.ids, rows.values) for name, rows in
+              ((n, t.export_all().upserted) for n, t in trainer.tables.items())}
     torch.save({"tables": tables, "dense": trainer.model.state_dict(),
                 "evicted": {n: t.stats.evicted for n, t in trainer.tables.items()}},
                f"{out_dir}/rank{rank}.pt")

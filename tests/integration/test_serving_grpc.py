@@ -23,7 +23,7 @@ from streamrec.config import ServingConfig, load_config
 from streamrec.errors import SyncError
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.processes import free_port, start_cli, stop, wait_until
-from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import DenseParameters, ParameterDelta, TableDelta, UpsertedRows
 from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
 from streamrec.trainer.parameters import TrainerParameters
@@ -285,7 +285,8 @@ def test_concurrent_predicts_never_see_a_half_applied_delta(served, trainer) -> 
         rows = torch.full((items.numel(), dim), 0.01 * version)
         dense["bias"] = torch.tensor([0.1 * version])
         return ParameterDelta(version, version - 1, False,
-                              [TableDelta("item_id", dim, items, rows)], dict(dense), 0, 0, "")
+                              [TableDelta("item_id", dim, UpsertedRows(items, rows))],
+                              DenseParameters(dict(dense)), 0, 0, "")
 
     expected: dict[int, float] = {}
     errors: list[str] = []

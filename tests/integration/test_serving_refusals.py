@@ -15,7 +15,7 @@ from streamrec.errors import SyncError, VersionGapError
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.test_serving_grpc import TOKEN, served, sink  # noqa: F401 (fixture)
 from tests.trained import small_trainer
-from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import DenseParameters, ParameterDelta, TableDelta, UpsertedRows
 from streamrec.trainer.trainer import OnlineTrainer
 from streamrec.trainer.parameters import TrainerParameters
 
@@ -80,12 +80,14 @@ def test_non_finite_parameters_get_invalid_argument_and_change_nothing(served, t
     s.push(TrainerParameters(trainer).snapshot(1))
     before = client.predict(user_id=3, item_ids=[1, 2, 3]).scores
     table = trainer.tables["item_id"]
-    ids, rows = table.export_all()
+    exported = table.export_all()
+    ids, rows = exported.upserted.ids, exported.upserted.values
     rows = rows[:4].clone()
     rows[1, 0] = math.nan
     with pytest.raises(SyncError, match="INVALID_ARGUMENT.*NaN or infinite"):
-        s.push(ParameterDelta(2, 1, False, [TableDelta("item_id", table.dim, ids[:4], rows)],
-                              {}, 0, 0, ""))
+        s.push(ParameterDelta(2, 1, False,
+                              [TableDelta("item_id", table.dim, UpsertedRows(ids[:4], rows))],
+                              DenseParameters(), 0, 0, ""))
     assert s.version() == 1 and client.predict(user_id=3, item_ids=[1, 2, 3]).scores == before
 
 
@@ -95,12 +97,12 @@ def test_a_non_finite_score_is_internal_not_ok(served, trainer) -> None:
     snapshot = TrainerParameters(trainer).snapshot(1)
     s.push(snapshot)
     table = trainer.tables["item_id"]
-    ids, _ = table.export_all()
-    dense = {k: v.clone() for k, v in snapshot.dense.items()}
+    exported = table.export_all()
+    ids, _ = exported.upserted.ids, exported.upserted.values
+    dense = {k: v.clone() for k, v in snapshot.dense.weights.items()}
     dense["mlp.0.weight"].fill_(3e38)  # finite, but the logit overflows to NaN
-    s.push(ParameterDelta(2, 1, False, [TableDelta("item_id", table.dim, ids[:1],
-                                                   torch.full((1, table.dim), 3e38))],
-                          dense, 0, 0, ""))
+    s.push(ParameterDelta(2, 1, False, [TableDelta("item_id", table.dim, UpsertedRows(
+        ids[:1], torch.full((1, table.dim), 3e38)))], DenseParameters(dense), 0, 0, ""))
     with pytest.raises(grpc.RpcError) as info:
         client.predict(user_id=SyntheticStream(default()).events(1).__next__().user_id,
                        item_ids=[int(ids[0]), int(ids[1])])

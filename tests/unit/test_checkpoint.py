@@ -48,11 +48,29 @@ def test_temporary_files_of_a_killed_process_are_removed_at_start(tmp_path: Path
     assert latest is not None and latest.step == 7
 
 
-def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: Path) -> None:
+# Table state keys of earlier releases (the checkpoints of 0.2 name them so).
+EARLIER_KEYS = {"adagrad_state": "momentum", "evicted_ids": "tombstones"}
+
+
+def earlier_release(state: dict[str, Any]) -> dict[str, Any]:
+    """A trainer state as an earlier release wrote it: its tables' keys renamed back."""
+    def key(k: str) -> str:
+        prefix, _, last = k.rpartition(".")  # (sharded tables: "shard0.adagrad_state")
+        return f"{prefix}.{EARLIER_KEYS[last]}" if prefix and last in EARLIER_KEYS \
+            else EARLIER_KEYS.get(k, k)
+    tables = {n: {key(k): v for k, v in t.items()} for n, t in state["tables"].items()}
+    return {**state, "tables": tables}
+
+
+@pytest.mark.parametrize("written_by", ["this release", "an earlier release"])
+def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(
+        tmp_path: Path, written_by: str) -> None:
     # Everything a step depends on comes back: dense weights and Adam state,
     # table rows with their Adagrad state and last-seen times, the frequency
     # filter, history counts, OptEmbed thresholds, counters and the clock. The
-    # restored trainer then scores and learns exactly like the original.
+    # restored trainer then scores and learns exactly like the original,
+    # from a checkpoint whose tables use the glossary's names (Adagrad state,
+    # evicted ids) or the names an earlier release gave them.
     from streamrec.ingest.batch import Batcher
     from streamrec.config import load_config
     from streamrec.synthetic import SyntheticStream, default
@@ -63,7 +81,8 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={
         "trainer.batch_size": "128", "table_defaults.min_count": "2",
-        "table_defaults.ttl_s": "5", "table_defaults.prune_alpha": "0.0001"})
+        "table_defaults.ttl_s": "5", "table_defaults.prune_alpha": "0.0001",
+        "model.history_features": "user_id", "tables.item_id.shards": "2"})
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(2400))
     original, quality = OnlineTrainer.from_config(config), QualityMetrics()
@@ -71,6 +90,10 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
         batch = batcher.build(events[start:start + 128])
         quality.record_step(original.train_batch(batch).probs, batch)
     state = TrainingState(original, quality).state_dict()
+    keys = {k.rpartition(".")[2] for t in state["tables"].values() for k in t}  # type: ignore[attr-defined]
+    assert {"adagrad_state", "evicted_ids"} <= keys and not keys & {"momentum", "tombstones"}
+    if written_by == "an earlier release":
+        state = earlier_release(state)
     Checkpointer(tmp_path).save(original.steps, state, {}, version=1)
     restored, restored_quality = OnlineTrainer.from_config(config), QualityMetrics()
     checkpoint = Checkpointer(tmp_path).latest()
@@ -83,8 +106,10 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(tmp_path: 
     for key, value in original.model.state_dict().items():
         assert torch.equal(restored.model.state_dict()[key], value), key
     for name, table in original.tables.items():
-        ids, rows = table.export_all()
-        restored_ids, restored_rows = restored.tables[name].export_all()
+        exported = table.export_all()
+        ids, rows = exported.upserted.ids, exported.upserted.values
+        exported = restored.tables[name].export_all()
+        restored_ids, restored_rows = exported.upserted.ids, exported.upserted.values
         order, restored_order = torch.argsort(ids), torch.argsort(restored_ids)
         assert torch.equal(ids[order], restored_ids[restored_order]), name
         assert torch.equal(rows[order], restored_rows[restored_order]), name

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from streamrec.serving.replica import ModelReplica, NonFiniteScoreError
 from streamrec.errors import NonFiniteError, StaleVersionError
 from streamrec.synthetic import SyntheticStream, default
-from streamrec.model.delta import ParameterDelta, TableDelta
+from streamrec.model.delta import DenseParameters, ParameterDelta, TableDelta, UpsertedRows
 from tests.trained import small_trainer
 from streamrec.trainer.trainer import OnlineTrainer
 from streamrec.trainer.parameters import TrainerParameters
@@ -57,9 +57,10 @@ def poisoned(trainer: OnlineTrainer, version: int, full: bool, where: str) -> Pa
     parameters = TrainerParameters(trainer)
     delta = parameters.snapshot(version) if full else parameters.collect_delta(version)
     table = next(t for t in trainer.tables.values() if t.name == "item_id")
-    ids, rows = table.export_all()
+    exported = table.export_all()
+    ids, rows = exported.upserted.ids, exported.upserted.values
     rows = rows[:5].clone()
-    dense = {k: v.clone() for k, v in delta.dense.items()}
+    dense = {k: v.clone() for k, v in delta.dense.weights.items()}
     if where == "rows":
         rows[2, 1] = math.nan
     elif where == "inf_rows":
@@ -68,8 +69,9 @@ def poisoned(trainer: OnlineTrainer, version: int, full: bool, where: str) -> Pa
         name = next(k for k, v in dense.items() if v.numel() > 1)
         dense[name].view(-1)[0] = math.nan
     tables = [t for t in delta.tables if t.table != "item_id"]
-    tables.append(TableDelta("item_id", table.dim, ids[:5], rows))
-    return ParameterDelta(version, delta.base_version, full, tables, dense,
+    tables.append(TableDelta("item_id", table.dim, UpsertedRows(ids[:5], rows)))
+    return ParameterDelta(version, delta.base_version, full, tables,
+                          DenseParameters(dense, delta.dense.prune_thresholds),
                           delta.event_time_ms, delta.exported_at_ms, delta.model_spec)
 
 
@@ -97,12 +99,14 @@ def test_a_non_finite_score_is_never_served_and_is_counted(trainer) -> None:
     snapshot = TrainerParameters(trainer).snapshot(1)
     replica.apply(snapshot)
     table = trainer.tables["item_id"]
-    ids, _ = table.export_all()
+    exported = table.export_all()
+    ids, _ = exported.upserted.ids, exported.upserted.values
     huge = torch.full((1, table.dim), 3e38)
-    dense = {k: v.clone() for k, v in snapshot.dense.items()}
+    dense = {k: v.clone() for k, v in snapshot.dense.weights.items()}
     dense["mlp.0.weight"].fill_(3e38)
-    replica.apply(ParameterDelta(2, 1, False, [TableDelta("item_id", table.dim, ids[:1], huge)],
-                                 dense, 0, 0, ""))
+    replica.apply(ParameterDelta(2, 1, False,
+                                 [TableDelta("item_id", table.dim, UpsertedRows(ids[:1], huge))],
+                                 DenseParameters(dense), 0, 0, ""))
     user = PROBE[0].user_id
     with pytest.raises(NonFiniteScoreError, match="1 of 2 candidates"):
         replica.predict(user, [int(ids[0]), int(ids[1])])

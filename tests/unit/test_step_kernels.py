@@ -309,7 +309,7 @@ def test_a_full_table_admits_the_same_ids_with_and_without_kernels() -> None:
                 keys=["a", "b"], values=torch.tensor(ids["a"] + ids["b"]),
                 lengths=torch.ones(8, dtype=torch.int32))
             ec.forward(kjt, now_ms=1)
-            admitted.append({name: sorted(t.export_all()[0].tolist())
+            admitted.append({name: sorted(t.export_all().upserted.ids.tolist())
                              for name, t in tables.items()})
     assert admitted[0] == admitted[1] == {"a": [10, 20], "b": [5, 6]}
 

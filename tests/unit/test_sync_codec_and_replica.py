@@ -18,8 +18,8 @@ from streamrec.serving.replica import ModelReplica
 from streamrec.config import AppConfig, load_config
 from streamrec.errors import NotReadyError, SyncError, VersionGapError
 from streamrec.synthetic import SyntheticStream, default
-from streamrec.model.delta import ParameterDelta, TableDelta, decode_chunks, encode_chunks, \
-    merge_deltas
+from streamrec.model.delta import DenseParameters, EvictedIds, ParameterDelta, TableDelta, \
+    UpsertedRows, decode_chunks, encode_chunks, merge_deltas
 from streamrec.trainer.sync.publisher import Publisher
 from streamrec.trainer.sync.sink import MemoryDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
@@ -38,8 +38,10 @@ def deltas(draw: st.DrawFn) -> ParameterDelta:
         ids = torch.tensor(draw(st.lists(st.integers(-2**63, 2**63 - 1), min_size=n,
                                          max_size=n)), dtype=torch.int64)
         evicted = torch.arange(draw(st.integers(0, 20000)), dtype=torch.int64) * 7 - 5
-        tables.append(TableDelta(name, dim, ids, torch.randn(n, dim), evicted))
-    dense = {"w": torch.randn(draw(st.integers(0, 50)), 7), "b": torch.randn(())}
+        tables.append(TableDelta(name, dim, UpsertedRows(ids, torch.randn(n, dim)),
+                                 EvictedIds(evicted)))
+    dense = DenseParameters({"w": torch.randn(draw(st.integers(0, 50)), 7), "b": torch.randn(())},
+                            {"a": torch.randn(())})
     return ParameterDelta(version=draw(st.integers(1, 10**9)), base_version=3,
                           full=draw(st.booleans()), tables=tables, dense=dense,
                           event_time_ms=123, exported_at_ms=456, model_spec="{}")
@@ -55,20 +57,21 @@ def test_chunks_round_trip_and_respect_the_size_bound(delta: ParameterDelta) -> 
     back = decode_chunks(chunks)
     assert (back.version, back.base_version, back.full, back.model_spec) == \
         (delta.version, delta.base_version, delta.full, delta.model_spec)
-    assert back.dense.keys() == delta.dense.keys()
-    for k in delta.dense:
-        assert torch.equal(back.dense[k], delta.dense[k])
+    assert back.dense.weights.keys() == delta.dense.weights.keys()
+    for k in delta.dense.weights:
+        assert torch.equal(back.dense.weights[k], delta.dense.weights[k])
+    assert back.dense.equals(delta.dense)
     got = {t.table: t for t in back.tables}
     for t in delta.tables:
-        if t.ids.numel() or t.evicted_ids.numel():
-            assert torch.equal(got[t.table].ids, t.ids)
-            assert torch.equal(got[t.table].rows, t.rows)
-            assert torch.equal(got[t.table].evicted_ids, t.evicted_ids)
+        if not t.is_empty():
+            assert torch.equal(got[t.table].upserted.ids, t.upserted.ids)
+            assert torch.equal(got[t.table].upserted.values, t.upserted.values)
+            assert torch.equal(got[t.table].evicted.ids, t.evicted.ids)
 
 
 def test_corrupt_or_incomplete_pushes_are_rejected() -> None:
-    delta = ParameterDelta(2, 1, False, [TableDelta("a", 4, torch.arange(5000),
-                                                     torch.randn(5000, 4))], {}, 0, 0, "")
+    delta = ParameterDelta(2, 1, False, [TableDelta("a", 4, UpsertedRows(
+        torch.arange(5000), torch.randn(5000, 4)))], DenseParameters(), 0, 0, "")
     chunks = list(encode_chunks(delta, CHUNK))
     assert len(chunks) > 1
     with pytest.raises(SyncError, match="before the chunk marked last"):
@@ -131,15 +134,15 @@ def test_tombstones_apply_before_rows_so_a_readmitted_id_stays() -> None:
     train(trainer, list(SyntheticStream(default()).events(300)))
     replica = ModelReplica(registry=CollectorRegistry())
     replica.apply(TrainerParameters(trainer).snapshot(1))
-    item = next(iter(trainer.tables["item_id"].export_all()[0].tolist()))
+    item = next(iter(trainer.tables["item_id"].export_all().upserted.ids.tolist()))
     row = torch.full((1, trainer.model.row_dim), 0.5)
-    readmitted = TableDelta("item_id", trainer.model.row_dim, torch.tensor([item]), row,
-                            torch.tensor([item]))
-    replica.apply(ParameterDelta(2, 1, False, [readmitted], {}, 0, 0, ""))
-    gone = TableDelta("item_id", trainer.model.row_dim, torch.empty(0, dtype=torch.int64),
-                      torch.empty(0, trainer.model.row_dim), torch.tensor([item]))
+    readmitted = TableDelta("item_id", trainer.model.row_dim,
+                            UpsertedRows(torch.tensor([item]), row), EvictedIds(torch.tensor([item])))
+    replica.apply(ParameterDelta(2, 1, False, [readmitted], DenseParameters(), 0, 0, ""))
+    gone = TableDelta("item_id", trainer.model.row_dim,
+                      UpsertedRows.empty(trainer.model.row_dim), EvictedIds(torch.tensor([item])))
     assert replica.table_rows()["item_id"] == trainer.table_rows()["item_id"]
-    replica.apply(ParameterDelta(3, 2, False, [gone], {}, 0, 0, ""))
+    replica.apply(ParameterDelta(3, 2, False, [gone], DenseParameters(), 0, 0, ""))
     assert replica.table_rows()["item_id"] == trainer.table_rows()["item_id"] - 1
 
 
@@ -169,15 +172,18 @@ def test_a_rejected_delta_leaves_the_served_version_untouched() -> None:
     probe = list(SyntheticStream(default()).events(20))
     train(trainer, list(SyntheticStream(default()).events(600)))
     good = TrainerParameters(trainer).collect_delta(2)  # changes dense weights and rows alike
-    extra_key = dict(good.dense, bogus=torch.zeros(1))
-    wrong_shape = {k: (v[:1] if v.dim() else v) for k, v in good.dense.items()}
-    unknown_table = [*good.tables, TableDelta("no_such_table", 3, torch.tensor([1]),
-                                              torch.zeros(1, 3), torch.empty(0, dtype=torch.int64))]
-    short_rows = [TableDelta(t.table, t.dim, t.ids, t.rows[:-1], t.evicted_ids)
-                  if t.ids.numel() else t for t in good.tables]
+    extra_key = DenseParameters(dict(good.dense.weights, bogus=torch.zeros(1)))
+    wrong_shape = DenseParameters({k: (v[:1] if v.dim() else v)
+                                   for k, v in good.dense.weights.items()})
+    unknown_table = [*good.tables, TableDelta("no_such_table", 3, UpsertedRows(
+        torch.tensor([1]), torch.zeros(1, 3)))]
+    # Rows that do not match their ids cannot even be recorded.
+    touched = next(t for t in good.tables if len(t.upserted))
+    with pytest.raises(ValueError, match="upserted rows"):
+        UpsertedRows(touched.upserted.ids, touched.upserted.values[:-1])
     before = [replica.predict(e.user_id, [e.item_id], dict(e.features))[0][0] for e in probe]
     for dense, tables in ((extra_key, good.tables), (wrong_shape, good.tables),
-                          (good.dense, unknown_table), (good.dense, short_rows)):
+                          (good.dense, unknown_table)):
         with pytest.raises(SyncError):
             replica.apply(ParameterDelta(2, 1, False, tables, dense, 0, 0, ""))
         assert replica.version == 1
@@ -454,7 +460,7 @@ def test_a_replica_slower_than_the_interval_catches_up_with_the_deltas_it_missed
     # One snapshot; the rounds it missed arrive merged into one delta, then deltas.
     assert slow.kinds.count("full") == 1 and slow.kinds.count("delta") >= 4
     # What is held for that costs rows, not a copy of the dense weights per version.
-    assert all(not d.dense for d in publisher._deltas.values())
+    assert all(d.dense.is_empty() for d in publisher._deltas.values())
     assert replica.version == publisher.version
     assert_same_scores(trainer, replica, list(stream.events(20)))
 
@@ -504,15 +510,16 @@ def test_merged_deltas_equal_the_deltas_applied_in_order(
         rows = torch.arange(value, value + len(touched)).reshape(-1, 1)
         value += len(touched)
         deltas.append(ParameterDelta(
-            version=k + 2, base_version=k + 1, full=False, dense={"w": torch.tensor([k])},
-            tables=[TableDelta("t", 1, torch.tensor(touched, dtype=torch.int64), rows,
-                               torch.tensor(evicted, dtype=torch.int64))]))
+            version=k + 2, base_version=k + 1, full=False,
+            dense=DenseParameters({"w": torch.tensor([k])}),
+            tables=[TableDelta("t", 1, UpsertedRows(torch.tensor(touched, dtype=torch.int64), rows),
+                               EvictedIds(torch.tensor(evicted, dtype=torch.int64)))]))
 
     def apply(state: dict[int, float], delta: ParameterDelta) -> None:
-        for t in delta.tables:  # as the replica does: tombstones, then rows
-            for i in t.evicted_ids.tolist():
+        for t in delta.tables:  # as the replica does: evicted ids, then rows
+            for i in t.evicted.ids.tolist():
                 state.pop(i, None)
-            state.update(zip(t.ids.tolist(), t.rows.reshape(-1).tolist()))
+            state.update(zip(t.upserted.ids.tolist(), t.upserted.values.reshape(-1).tolist()))
 
     start = {i: -1.0 for i in range(0, 13, 3)}
     one_by_one, merged = dict(start), dict(start)
@@ -522,7 +529,7 @@ def test_merged_deltas_equal_the_deltas_applied_in_order(
     apply(merged, together)
     assert merged == one_by_one
     assert (together.base_version, together.version) == (1, len(deltas) + 1)
-    assert torch.equal(together.dense["w"], deltas[-1].dense["w"])
+    assert torch.equal(together.dense.weights["w"], deltas[-1].dense.weights["w"])
 
 
 def restart_beside_a_stale_replica() -> tuple[SyntheticStream, OnlineTrainer, Publisher,

@@ -103,7 +103,8 @@ def test_filtered_ids_read_zero_and_take_no_update(make: Factory) -> None:
     before = table.read(admitted).clone()
     table.update(rows, torch.ones(2, DIM))
     assert not torch.equal(table.read(admitted), before)
-    ids, values, _ = table.collect_delta()
+    delta = table.collect_delta()
+    ids, values = delta.upserted.ids, delta.upserted.values
     assert ids.tolist() == [1]
 
 
@@ -126,18 +127,21 @@ def test_touched_rows_and_tombstones_form_the_delta(make: Factory) -> None:
     table.update(rows[:2], torch.ones(2, DIM))
     # Updated rows, and admitted ones: id 3's initial values are what the
     # trainer scores it with, so serving needs them too.
-    ids, values, evicted = table.collect_delta()
+    delta = table.collect_delta()
+    ids, values, evicted = delta.upserted.ids, delta.upserted.values, delta.evicted.ids
     assert sorted(ids.tolist()) == [1, 2, 3]
     order = torch.argsort(ids)
     assert torch.equal(values[order], table.read(rows))
     assert evicted.numel() == 0
     # Nothing changed since: an empty delta.
-    ids, values, evicted = table.collect_delta()
+    delta = table.collect_delta()
+    ids, values, evicted = delta.upserted.ids, delta.upserted.values, delta.evicted.ids
     assert ids.numel() == 0 and values.shape == (0, DIM) and evicted.numel() == 0
     # Id 3 is refreshed at t=15 s; 1 and 2 go unseen past the 10 s TTL.
     table.lookup(ids_of(3), now_ms=15_000)
     assert table.expire(now_ms=15_000) == 2
-    ids, _, evicted = table.collect_delta()
+    delta = table.collect_delta()
+    ids, evicted = delta.upserted.ids, delta.evicted.ids
     assert sorted(evicted.tolist()) == [1, 2]
     assert table.lookup(ids_of(1, 2), train=False).tolist() == [-1, -1]
     assert len(table) == 1
@@ -158,7 +162,7 @@ def test_a_table_that_grows_every_step_still_expires_its_old_rows(make: Factory)
     for step in range(60):
         table.lookup(ids_of(1000 + step), now_ms=step * 1000)
         table.expire(now_ms=step * 1000)
-    live = set(table.export_all()[0].tolist())
+    live = set(table.export_all().upserted.ids.tolist())
     assert live == {1000 + s for s in range(49, 60)}
     assert table.stats.evicted == 49
 
@@ -207,14 +211,15 @@ def test_save_and_restore_continue_identically(make: Factory) -> None:
     a.update(ra, grads)
     b.update(rb, grads)
     assert torch.equal(a.read(ra), b.read(rb))
-    ea, eb = a.export_all(), b.export_all()
-    assert torch.equal(torch.sort(ea[0]).values, torch.sort(eb[0]).values)
+    ea, eb = a.export_all().upserted, b.export_all().upserted
+    assert torch.equal(torch.sort(ea.ids).values, torch.sort(eb.ids).values)
 
 
 def test_export_all_holds_every_live_row(make: Factory) -> None:
     table = make()
     rows = table.lookup(torch.arange(100, 150), now_ms=1)
-    ids, values = table.export_all()
+    exported = table.export_all()
+    ids, values = exported.upserted.ids, exported.upserted.values
     order = torch.argsort(ids)
     assert ids[order].tolist() == list(range(100, 150))
     assert torch.equal(values[order], table.read(rows))
@@ -243,7 +248,8 @@ def test_prune_sweep_frees_rows_under_the_threshold(make: Factory) -> None:
     assert table.lookup(torch.arange(10), train=False)[5:].tolist() == [-1] * 5
     assert len(table) == 5
     assert table.stats.pruned == 5 and table.stats.evicted == 0
-    _, _, tombstones = table.collect_delta()
+    delta = table.collect_delta()
+    tombstones = delta.evicted.ids
     assert sorted(tombstones.tolist()) == [5, 6, 7, 8, 9]
 
 
@@ -274,3 +280,41 @@ def test_filter_sketches_of_a_group_count_apart() -> None:
     assert not bool(sketch.observe(ids, torch.ones_like(ids), tags * 2).any())
     # ... and a second sighting under table 1 admits every id.
     assert bool(sketch.observe(ids, torch.ones_like(ids), tags).all())
+
+
+def test_the_tables_store_reads_and_updates_its_rows(make: Factory) -> None:
+    # The embedding collection, history features and serving go through stores.
+    table = make()
+    store = table.store
+    assert store.names[table.tag] == table.name and store.dim == table.dim
+    ids = torch.arange(40, 60)
+    tags = torch.full_like(ids, table.tag)
+    rows = store.lookup(tags, ids, now_ms=1)
+    assert torch.equal(table.lookup(ids, train=False), rows)
+    store.update(rows, torch.ones(ids.numel(), DIM))
+    assert torch.equal(store.read(rows), table.read(rows))
+    assert sorted(table.collect_delta().upserted.ids.tolist()) == ids.tolist()
+    limits = torch.full((len(store.names),), float("nan"))
+    assert store.expire(now_ms=1, max_rows=1 << 16, prune_below=limits) == 0
+
+
+def test_clear_frees_every_row_as_an_uncounted_eviction(make: Factory) -> None:
+    table = make()
+    table.lookup(torch.arange(30), now_ms=1)
+    table.collect_delta()
+    table.clear()
+    assert len(table) == 0 and table.stats.evicted == 0
+    assert table.lookup(torch.arange(30), train=False).tolist() == [-1] * 30
+    assert sorted(table.collect_delta().evicted.ids.tolist()) == list(range(30))
+
+
+def test_evicted_ids_are_dropped_when_nothing_consumes_them(make: Factory) -> None:
+    table = make(ttl_s=1)
+    table.lookup(torch.arange(10), now_ms=0)
+    table.keep_evicted_ids(False)
+    assert table.expire(now_ms=5_000) == 10
+    assert len(table.collect_delta().evicted) == 0
+    table.keep_evicted_ids(True)
+    table.lookup(torch.arange(10, 20), now_ms=10_000)
+    assert table.expire(now_ms=20_000) == 10
+    assert sorted(table.collect_delta().evicted.ids.tolist()) == list(range(10, 20))

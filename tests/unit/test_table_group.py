@@ -59,8 +59,10 @@ def test_grouped_tables_train_like_separate_tables() -> None:
 
     for f in FEATURES:
         a, b = separate.tables[f], grouped.tables[f]
-        ids_a, rows_a = a.export_all()
-        ids_b, rows_b = b.export_all()
+        exported = a.export_all()
+        ids_a, rows_a = exported.upserted.ids, exported.upserted.values
+        exported = b.export_all()
+        ids_b, rows_b = exported.upserted.ids, exported.upserted.values
         order_a, order_b = torch.argsort(ids_a), torch.argsort(ids_b)
         assert torch.equal(ids_a[order_a], ids_b[order_b]), f
         torch.testing.assert_close(rows_a[order_a], rows_b[order_b], rtol=1e-5, atol=1e-6)
@@ -68,8 +70,8 @@ def test_grouped_tables_train_like_separate_tables() -> None:
         for k in ("admitted", "filtered", "evicted", "pruned"):
             assert getattr(sa, k) == getattr(sb, k), (f, k)
         delta_a, delta_b = a.collect_delta(), b.collect_delta()
-        assert sorted(delta_a[0].tolist()) == sorted(delta_b[0].tolist())
-        assert sorted(delta_a[2].tolist()) == sorted(delta_b[2].tolist())
+        assert sorted(delta_a.upserted.ids.tolist()) == sorted(delta_b.upserted.ids.tolist())
+        assert sorted(delta_a.evicted.ids.tolist()) == sorted(delta_b.evicted.ids.tolist())
     # The run exercised what it claims to compare.
     stats = grouped.tables["item"].stats
     assert stats.admitted and stats.filtered and stats.evicted and stats.pruned
@@ -107,8 +109,10 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
         plain.update(rows, torch.full((ids.numel(), DIM), 0.5))
     grouped = make_tables(["a", "b"], DIM, lambda _: config)["a"]
     grouped.load_state_dict(plain.state_dict())
-    ids_a, rows_a = plain.export_all()
-    ids_b, rows_b = grouped.export_all()
+    exported = plain.export_all()
+    ids_a, rows_a = exported.upserted.ids, exported.upserted.values
+    exported = grouped.export_all()
+    ids_b, rows_b = exported.upserted.ids, exported.upserted.values
     order_a, order_b = torch.argsort(ids_a), torch.argsort(ids_b)
     assert torch.equal(ids_a[order_a], ids_b[order_b])
     assert torch.equal(rows_a[order_a], rows_b[order_b])
@@ -167,10 +171,12 @@ def test_a_table_restores_from_a_checkpoint_of_the_per_table_format() -> None:
     })
     for table in (make_table("a", DIM, config), make_tables(["a", "b"], DIM, lambda _: config)["a"]):
         table.load_state_dict(state)
-        got_ids, got_rows = table.export_all()
+        exported = table.export_all()
+        got_ids, got_rows = exported.upserted.ids, exported.upserted.values
         by_id = dict(zip(got_ids.tolist(), got_rows.tolist()))
         assert by_id == {i: weights[r].tolist() for i, r in zip(ids.tolist(), at.tolist())}
-        touched, _, tombstones = table.collect_delta()
+        delta = table.collect_delta()
+        touched, tombstones = delta.upserted.ids, delta.evicted.ids
         assert sorted(touched.tolist()) == [-(1 << 63), 10]  # rows 0 and 2 were touched
         assert tombstones.tolist() == [99]
         # The filter came along: the id seen once before the checkpoint is admitted now.

@@ -155,7 +155,8 @@ def test_deltas_hold_every_changed_row_whether_tracked_by_log_or_by_scan() -> No
         changed[tag].update(ids.tolist())
 
     def collect(tag: int) -> None:
-        ids, values, _ = views[tag].collect_delta()
+        delta = views[tag].collect_delta()
+        ids, values = delta.upserted.ids, delta.upserted.values
         assert sorted(ids.tolist()) == sorted(changed[tag])
         assert torch.equal(values, views[tag].read(views[tag].lookup(ids, train=False)))
         changed[tag].clear()

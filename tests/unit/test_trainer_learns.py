@@ -200,7 +200,8 @@ def test_history_counts_start_at_zero_whatever_the_embedding_init() -> None:
         users.setdefault(e.user_id, [0.0, 0.0])
         users[e.user_id][0] += 1
         users[e.user_id][1] += e.label or 0.0
-    ids, rows = trainer.tables["user_id#history"].export_all()
+    exported = trainer.tables["user_id#history"].export_all()
+    ids, rows = exported.upserted.ids, exported.upserted.values
     stored = dict(zip(ids.tolist(), rows.tolist()))
     assert stored and all(stored[u] == pytest.approx(users[u]) for u in stored)
 
@@ -235,12 +236,12 @@ def test_a_trainer_without_replicas_keeps_no_tombstones(shards: str) -> None:
     held, evicted = {}, {}
     for record in (True, False):
         trainer = OnlineTrainer.from_config(config)
-        trainer.record_tombstones(record)
+        trainer.keep_evicted_ids(record)
         for start in range(0, 2048, 128):
             trainer.train_batch(batcher.build(events[start:start + 128]))
         evicted[record] = trainer.tables["user_id"].stats.evicted
         delta = TrainerParameters(trainer).collect_delta(1)
-        held[record] = sum(t.evicted_ids.numel() for t in delta.tables)
+        held[record] = sum(len(t.evicted) for t in delta.tables)
     assert evicted[True] == evicted[False] > 0  # rows expire either way
     assert held[True] >= evicted[True] and held[False] == 0
 
@@ -320,7 +321,8 @@ def test_clear_history_forgets_counts_and_keeps_embeddings() -> None:
     # A second pass starts its counts from zero: an example sees only the
     # outcomes of this pass's earlier examples, never its own label.
     trainer.train_batch(batcher.build(events[:64]))
-    ids, counts = trainer.tables["user_id#history"].export_all()
+    exported = trainer.tables["user_id#history"].export_all()
+    ids, counts = exported.upserted.ids, exported.upserted.values
     first = {}
     for e in events[:64]:
         first[e.user_id] = first.get(e.user_id, 0) + 1
@@ -361,8 +363,9 @@ def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> No
     assert (trainer.steps, trainer.examples) == (1, 64)
     assert all(torch.equal(dense[k], v) for k, v in trainer.model.state_dict().items())
     for name, table in trainer.tables.items():
-        ids, values = table.export_all()
-        before_ids, before_values = rows[name]
+        exported = table.export_all()
+        ids, values = exported.upserted.ids, exported.upserted.values
+        before_ids, before_values = rows[name].upserted.ids, rows[name].upserted.values
         known = dict(zip(before_ids.tolist(), before_values))
         assert all(torch.equal(known[i], v) for i, v in zip(ids.tolist(), values)
                    if i in known), name

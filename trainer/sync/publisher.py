@@ -38,11 +38,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from collections.abc import Callable
 from typing import Protocol
 
-import torch
 from prometheus_client import CollectorRegistry
 
 from streamrec.errors import StaleVersionError, SyncError, VersionGapError
-from streamrec.model.delta import ParameterDelta, merge_deltas
+from streamrec.model.delta import DenseParameters, ParameterDelta, merge_deltas
 from streamrec.trainer.sync.metrics import SyncMetrics
 from streamrec.trainer.sync.sink import DeltaSink
 
@@ -93,7 +92,7 @@ class Publisher:
         self._deltas: dict[int, ParameterDelta] = {}
         # The dense weights of the last version published (None: none yet),
         # to tell a round where nothing was learned.
-        self._published_dense: dict[str, torch.Tensor] | None = None
+        self._published_dense: DenseParameters | None = None
         # What this publisher pushed to each replica since the lineage began:
         # only a replica at one of those versions holds this publisher's state
         # (another at an equal number holds an earlier run's).
@@ -227,14 +226,13 @@ class Publisher:
         self.metrics.replica_version.labels(name).set(acked)
 
     def _changed(self, delta: ParameterDelta) -> bool:
-        """Whether ``delta`` changes the state last published (rows, tombstones or dense)."""
+        """Whether ``delta`` changes the state last published (rows, evicted ids or dense)."""
         published = self._published_dense
         if published is None:
             return True
-        if any(t.ids.numel() or t.evicted_ids.numel() for t in delta.tables):
+        if not all(t.is_empty() for t in delta.tables):
             return True
-        return published.keys() != delta.dense.keys() or not all(
-            torch.equal(v, published[k]) for k, v in delta.dense.items())
+        return not published.equals(delta.dense)
 
     def publish_once(self, *, wait_all: bool = False) -> int:
         """Publish the next version to every replica that answers; returns the version served.
@@ -280,9 +278,9 @@ class Publisher:
             pushes += [self._submit(n, self._push, n, self.sinks[n], snapshot) for n in behind]
             self._tried.update({n: version for n in (*catch_up, *behind)})
             self._in_step = set(catch_up)
-            # Held for replicas that fall behind: the rows and tombstones only
+            # Held for replicas that fall behind: the rows and evicted ids only
             # (a merged catch-up carries the newest dense weights).
-            self._deltas[version] = dataclasses.replace(delta, dense={})
+            self._deltas[version] = dataclasses.replace(delta, dense=DenseParameters())
             self._deltas.pop(version - self.max_lag, None)
             self._published_dense = delta.dense
             wait(pushes, timeout=None if wait_all else self.interval_s)
@@ -315,7 +313,8 @@ class Publisher:
         behind = [n for n in late if n not in catch_up]
         snapshot = self.source.snapshot(version) if behind else None
         # (The held deltas carry no dense weights: the last published ones go along.)
-        pushes = [(n, dataclasses.replace(merge_deltas(chain), dense=self._published_dense or {}))
+        pushes = [(n, dataclasses.replace(merge_deltas(chain),
+                                          dense=self._published_dense or DenseParameters()))
                   for n, chain in catch_up.items() if chain]
         pushes += [(n, snapshot) for n in behind]  # type: ignore[misc]
         self._tried.update({n: version for n in late})

@@ -3,9 +3,13 @@
 from streamrec._lazy import lazy_exports
 
 _EXPORTS = {
-    "EmbeddingTable": "streamrec.model.tables.base",
+    "EmbeddingTable": "streamrec.model.tables.store",
     "make_table": "streamrec.model.tables.base",
     "make_tables": "streamrec.model.tables.base",
+    "fused_stores": "streamrec.model.tables.base",
+    "SingleTableStore": "streamrec.model.tables.store",
+    "TableStore": "streamrec.model.tables.store",
+    "stores_of": "streamrec.model.tables.store",
     "GroupTableView": "streamrec.model.tables.group",
     "TableGroup": "streamrec.model.tables.group",
     "FrequencyFilter": "streamrec.model.tables.filter",

@@ -1,48 +1,23 @@
-"""The interface every embedding table implementation provides.
-
-The conformance suite in tests/unit/test_table_conformance.py runs against each
-implementation; a new one (e.g. a torch.distributed-backed table) joins it there.
-"""
+"""Building tables from their configs: which implementation, which tables fused into one store."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
-from typing import Protocol, runtime_checkable
 
 import torch
 
 from streamrec.config import TableConfig
-from streamrec.model.tables.group import TableGroup, group_views
+from streamrec.model.tables.group import TableGroup
 from streamrec.model.tables.sharded import ShardedEmbeddingTable
-from streamrec.model.tables.rows import _SWEEP_ROWS, TableStats
+from streamrec.model.tables.rows import SWEEP_ROWS
+from streamrec.model.tables.store import EmbeddingTable, stores_of
 from streamrec.model.tables.table import DynamicEmbeddingTable
 
-__all__ = ["EmbeddingTable", "expire_tables", "make_table", "make_tables"]
+__all__ = ["EmbeddingTable", "expire_tables", "fused_stores", "make_table", "make_tables"]
 
-
-@runtime_checkable
-class EmbeddingTable(Protocol):
-    """A dynamic table keyed by raw int64 ids (see DynamicEmbeddingTable for semantics)."""
-
-    name: str
-    dim: int
-
-    def __len__(self) -> int: ...
-    @property
-    def stats(self) -> TableStats: ...
-    def memory_bytes(self) -> int: ...
-    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None,
-               now_ms: int = 0, train: bool = True) -> torch.Tensor: ...
-    def read(self, rows: torch.Tensor) -> torch.Tensor: ...
-    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None: ...
-    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None: ...
-    def expire(self, now_ms: int, max_rows: int = ...,
-               prune_below: float | None = None) -> int: ...
-    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]: ...
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+log = logging.getLogger(__name__)
 
 
 def make_table(name: str, dim: int, config: TableConfig, seed: int = 0) -> EmbeddingTable:
@@ -52,41 +27,50 @@ def make_table(name: str, dim: int, config: TableConfig, seed: int = 0) -> Embed
     return DynamicEmbeddingTable(name, dim, config, seed=seed)
 
 
-def make_tables(names: list[str], dim: int, config_of: Callable[[str], TableConfig],
-                seed: int = 0) -> dict[str, EmbeddingTable]:
-    """Tables for ``names``; unsharded tables with equal configs share a :class:`TableGroup`.
+def fused_stores(names: list[str], config_of: Callable[[str], TableConfig]
+                 ) -> list[list[str]]:
+    """The tables of ``names`` that :func:`make_tables` puts in one store, per store.
 
-    Grouped tables behave as separate tables (each is a view) but are looked
-    up, updated and expired in one pass per step by the embedding collection.
-    Sharded tables stay separate.
+    Unsharded tables with equal configs are fused (one
+    :class:`~streamrec.model.tables.group.TableGroup`: looked up, updated and
+    expired in one pass per step); a sharded table is a store of its own.
+    Tables keep their own rows either way: fusion changes speed, not results.
     """
-    groups: dict[tuple[object, ...], list[str]] = {}
-    tables: dict[str, EmbeddingTable] = {}
+    stores: dict[object, list[str]] = {}
     for name in names:
         config = config_of(name)
+        # (Which features look a table up is no part of how its rows behave.)
+        key: object = ("sharded", name) if config.shards > 1 else tuple(
+            getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "features")
+        stores.setdefault(key, []).append(name)
+    return list(stores.values())
+
+
+def make_tables(names: list[str], dim: int, config_of: Callable[[str], TableConfig],
+                seed: int = 0) -> dict[str, EmbeddingTable]:
+    """Tables for ``names``, fused into stores as :func:`fused_stores` says (and logged)."""
+    tables: dict[str, EmbeddingTable] = {}
+    for members in fused_stores(names, config_of):
+        config = config_of(members[0])
         if config.shards > 1:
-            tables[name] = make_table(name, dim, config, seed=seed)
-        else:
-            groups.setdefault(dataclasses.astuple(config), []).append(name)
-    for members in groups.values():
-        group = TableGroup(members, dim, config_of(members[0]), seed=seed)
+            tables[members[0]] = make_table(members[0], dim, config, seed=seed)
+            continue
+        if len(members) > 1:
+            log.info("tables %s share a config: fused into one store", ", ".join(members))
+        group = TableGroup(members, dim, config, seed=seed)
         tables.update(group.views)
     return {name: tables[name] for name in names}
 
 
 def expire_tables(tables: Mapping[str, EmbeddingTable], now_ms: int,
                   prune_below: Callable[[str], float | None] = lambda _: None) -> int:
-    """One bounded slice of every table's expiry/pruning sweep; returns rows freed.
+    """One bounded slice of every store's expiry/pruning sweep; returns rows freed.
 
-    Views of one TableGroup are swept together, once, with the per-table
-    budget for each of the group's tables; other tables one by one.
-    ``prune_below(name)`` is a table's OptEmbed threshold (None: no pruning).
+    Each store is swept once, with the per-table budget for each table it
+    holds. ``prune_below(name)`` is a table's OptEmbed threshold (None: no pruning).
     """
-    groups, single = group_views(tables)
     freed = 0
-    for group, _ in groups:
-        limits = torch.tensor([prune_below(name) or float("nan") for name in group.names])
-        freed += group.expire(now_ms, _SWEEP_ROWS * len(group.names), limits)
-    for name in single:
-        freed += tables[name].expire(now_ms, prune_below=prune_below(name))
+    for store, _ in stores_of(tables):
+        limits = torch.tensor([prune_below(name) or float("nan") for name in store.names])
+        freed += store.expire(now_ms, SWEEP_ROWS * len(store.names), limits)
     return freed

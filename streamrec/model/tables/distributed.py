@@ -10,19 +10,23 @@ row-wise Adagrad step. With ``1/world`` scaling, a step on ``world`` equal
 slices equals a single-rank step on the whole batch.
 
 Every rank must call ``lookup``/``update`` in the same order (they are
-collectives); :class:`~trainer.embedding.DynamicEmbeddingCollection` does, and
-calls ``update`` even when a rank has no ids for a feature (``collective``).
+collectives); :class:`~streamrec.model.embedding.DynamicEmbeddingCollection` does, and
+calls ``update`` even when a rank has no ids for a feature (its store is ``collective``).
 Works with gloo on CPU (``all_to_all_single``) and nccl on GPU alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 
 from streamrec.config import TableConfig
+from streamrec.model.records import TableDelta
 from streamrec.model.tables.sharded import shard_of
-from streamrec.model.tables.rows import TableStats
+from streamrec.model.tables.rows import SWEEP_ROWS, TableStats
+from streamrec.model.tables.store import SingleTableStore
 from streamrec.model.tables.table import DynamicEmbeddingTable
 
 __all__ = ["DistributedEmbeddingTable"]
@@ -49,10 +53,12 @@ class DistributedEmbeddingTable:
     (``-1`` where the id has no row anywhere). ``read``/``update`` take those
     handles. ``len``, ``stats``, ``expire``, ``collect_delta``, ``export_all``
     and ``state_dict`` are this rank's shard only; parameter sync and
-    checkpoints run per rank.
+    checkpoints run per rank. Its store is a collective store of one.
     """
 
-    collective = True
+    tag = 0
+    shard_count = 1  # (its state is this rank's shard: one unsharded table)
+    collective = True  # lookup and update are collectives (so is its store)
 
     def __init__(self, name: str, dim: int, config: TableConfig, seed: int = 0,
                  group: dist.ProcessGroup | None = None) -> None:
@@ -65,6 +71,7 @@ class DistributedEmbeddingTable:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.shard = DynamicEmbeddingTable(f"{name}/rank{self.rank}", dim, config, seed=seed)
+        self.store = SingleTableStore(self, collective=True)
         self._values = torch.empty((0, dim))
         self._route: tuple[torch.Tensor, list[int], list[int], torch.Tensor] | None = None
 
@@ -104,19 +111,20 @@ class DistributedEmbeddingTable:
         handles = torch.arange(ids.numel(), dtype=torch.int64)
         return torch.where(local[:, -1] > 0, handles, torch.full_like(handles, -1))
 
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
-        out = self._values[rows.clamp(min=0)]
-        out[rows < 0] = 0.0
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
+        out = self._values[row_ids.clamp(min=0)]
+        out[row_ids < 0] = 0.0
         return out
 
-    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
+    def update(self, row_ids: torch.Tensor, grads: torch.Tensor,
+               lr: float | None = None) -> None:
         """Collective. Sends each handle's gradient to its owner, which steps once per row."""
         if self._route is None:
             raise RuntimeError("update() without a preceding lookup()")
         order, send_counts, recv_counts, owned_rows = self._route
         full = torch.zeros((len(order), self.dim), dtype=grads.dtype)
-        valid = rows >= 0
-        full[rows[valid]] = grads[valid]
+        valid = row_ids >= 0
+        full[row_ids[valid]] = grads[valid]
         received, _ = _exchange(full[order], send_counts, self.group)
         # Each rank's objective carries world / global count (see
         # OnlineTrainer._step): the average over ranks is the global batch's
@@ -128,20 +136,26 @@ class DistributedEmbeddingTable:
         self.shard.update(unique_rows, summed, lr=lr)
         self._route = None
 
-    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+    def set_rows(self, row_ids: torch.Tensor, values: torch.Tensor) -> None:
         # OnlineTrainer refuses history features with distributed tables
         # (ConfigError) before this can be reached.
         raise RuntimeError("set_rows is not collective: history features run single-rank")
 
-    def expire(self, now_ms: int, max_rows: int = 65536,
+    def expire(self, now_ms: int, max_rows: int = SWEEP_ROWS,
                prune_below: float | None = None) -> int:
         return self.shard.expire(now_ms, max_rows=max_rows, prune_below=prune_below)
 
-    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.shard.collect_delta()
+    def keep_evicted_ids(self, enabled: bool) -> None:
+        self.shard.keep_evicted_ids(enabled)
 
-    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.shard.export_all()
+    def clear(self) -> None:
+        self.shard.clear()
+
+    def collect_delta(self) -> TableDelta:
+        return dataclasses.replace(self.shard.collect_delta(), table=self.name)
+
+    def export_all(self) -> TableDelta:
+        return dataclasses.replace(self.shard.export_all(), table=self.name)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shard.state_dict()

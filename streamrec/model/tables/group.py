@@ -1,29 +1,8 @@
-"""Several dynamic tables in one storage, so a training step is one pass, not one per table.
+"""TableGroup: several dynamic tables in one storage, so a training step is one pass.
 
-A DLRM-style model has dozens of sparse features. With one table per
-feature, a step runs the whole pipeline (dedup, hash probe, frequency filter,
-admission, row init, gather, optimizer update, expiry sweep) once per feature:
-a few hundred small tensor operations each, so the step is bound by
-per-operation overhead, not by the work (26 features cost ~30 ms a
-step against ~3 ms for fbgemm's fused static tables). TorchRec fuses static tables the same way (one
-TableBatchedEmbeddingBags for all of them).
-
-A :class:`TableGroup` holds the tables of features that share one
-:class:`TableConfig` in one set of row tensors: a tagged
-:class:`~streamrec.model.tables.index.IdIndex` keyed by ``(feature, id)`` (still
-collisionless: the same id in two features gets two rows), one count-min
-sketch per feature updated in one pass, one expiry sweep. Each feature is seen
-through a :class:`GroupTableView`, which implements the ordinary
-:class:`~streamrec.model.tables.base.EmbeddingTable` interface (sync, checkpoints,
-metrics and serving deal with per-feature tables as before), while
-:class:`~trainer.embedding.DynamicEmbeddingCollection` drives the group's
-fused ``lookup`` / ``read`` / ``update`` / ``expire`` directly.
-
-This module is the one implementation of the table semantics described in
-:mod:`streamrec.model.tables.table`: a :class:`~streamrec.model.tables.table.DynamicEmbeddingTable`
-is a group of one. The conformance suite runs against a table alone, a view
-inside a group and a sharded table, and a test checks that training through a
-group matches per-feature tables on the same stream.
+Rows of all its tables share one set of row tensors and one tagged id index
+keyed by ``(table, id)``; each table is seen through a :class:`GroupTableView`.
+This is the one implementation of the table semantics (docs/tables.md).
 """
 
 from __future__ import annotations
@@ -35,13 +14,14 @@ import torch
 
 from streamrec.config import TableConfig
 from streamrec import native
+from streamrec.model.records import EvictedIds, TableDelta, UpsertedRows
 from streamrec.model.tables.filter import FrequencyFilter
 from streamrec.model.tables.index import IdIndex
 from streamrec.model.tables.reserve import ReservedArray
-from streamrec.model.tables.rows import _SWEEP_ROWS, TableStats, id_normal, sweep_window
+from streamrec.model.tables.rows import SWEEP_ROWS, TableStats, id_normal, sweep_window
 from streamrec.model.tables.sort import unique, unique_np
 
-__all__ = ["GroupTableView", "TableGroup", "group_views", "unique_pairs"]
+__all__ = ["GroupTableView", "TableGroup", "unique_pairs"]
 
 _STATS = TableStats.__slots__
 _ADAGRAD_EPS = 1e-8
@@ -92,22 +72,6 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
     return unique_ids.index_select(0, pairs // n_tags), pairs % n_tags, inverse, counts
 
 
-def group_views(tables: Mapping[str, object]
-                ) -> tuple[list[tuple[TableGroup, list[str]]], list[str]]:
-    """``tables`` split into ``(group, names of its views here)`` and the other names.
-
-    Groups come in the order of their first view; names keep their order.
-    """
-    groups: dict[int, tuple[TableGroup, list[str]]] = {}
-    single: list[str] = []
-    for name, table in tables.items():
-        if isinstance(table, GroupTableView):
-            groups.setdefault(id(table.group), (table.group, []))[1].append(name)
-        else:
-            single.append(name)
-    return list(groups.values()), single
-
-
 def _before(times: torch.Tensor, at: int, inclusive: bool) -> torch.Tensor:
     """Mask of stored (int32) ``times`` before ``at`` (or at it, if ``inclusive``): compared
     as int32, with ``at`` beyond the int32 range meaning all or none."""
@@ -121,10 +85,12 @@ def _before(times: torch.Tensor, at: int, inclusive: bool) -> torch.Tensor:
 class TableGroup:
     """The tables of ``names`` (tags ``0..len(names)-1``), one config, one storage.
 
-    Rows are group-wide numbers; -1 stands for "no row" (an id not admitted
-    yet), which reads as zeros and takes no update. Not thread-safe: the
-    trainer serialises calls.
+    A :class:`~streamrec.model.tables.store.TableStore`: row ids are
+    group-wide; -1 stands for "no row" (an id not admitted yet), which reads
+    as zeros and takes no update. Not thread-safe: the trainer serialises calls.
     """
+
+    collective = False
 
     def __init__(self, names: list[str], dim: int, config: TableConfig, seed: int = 0) -> None:
         if config.shards != 1:
@@ -147,9 +113,9 @@ class TableGroup:
         self._grace_ms = int(config.prune_grace_s * 1000)
         self._sweep_at: dict[int | None, int] = {}
         # Evicted (ids, tags) not yet sorted by table, then per table.
-        self._evicted: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._keep_tombstones = True  # see keep_tombstones()
-        self._tombstones: list[list[torch.Tensor]] = [[] for _ in self.names]
+        self._evicted_unsorted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._keep_evicted_ids = True  # see keep_evicted_ids()
+        self._evicted_ids: list[list[torch.Tensor]] = [[] for _ in self.names]
         # Touched rows per table, computed once for all tables per sync round
         # (valid while _version, bumped by every change to rows, is unchanged).
         self._version = 0
@@ -163,7 +129,7 @@ class TableGroup:
         self._epoch_ms: int | None = None
         limit = self.index.row_limit
         self._store = {"weights": ReservedArray(torch.float32, limit, (dim,)),
-                       "momentum": ReservedArray(torch.float32, limit),
+                       "adagrad_state": ReservedArray(torch.float32, limit),
                        "last_seen": ReservedArray(torch.int32, limit),
                        "admitted": ReservedArray(torch.int32, limit),
                        "touched": ReservedArray(torch.bool, limit)}
@@ -177,7 +143,7 @@ class TableGroup:
     # dim float32 weights, one float32 Adagrad accumulator, two int32 times,
     # a touched flag; the index adds the id, the tag and its slots.
     weights: torch.Tensor
-    momentum: torch.Tensor
+    adagrad_state: torch.Tensor
     last_seen: torch.Tensor
     admitted: torch.Tensor
     touched: torch.Tensor
@@ -234,8 +200,8 @@ class TableGroup:
         """Everything the group holds: row tensors, index (keys included) and sketches."""
         small = sum(t.numel() * t.element_size() for t in
                     [*self.counters.values(), self.rows_per_tag, *(self._touched_log or []),
-                     *(t for pair in self._evicted for t in pair),
-                     *(t for parts in self._tombstones for t in parts)])
+                     *(t for pair in self._evicted_unsorted for t in pair),
+                     *(t for parts in self._evicted_ids for t in parts)])
         return sum(store.nbytes() for store in self._store.values()) + \
             self.index.memory_bytes() + self.filter.memory_bytes() + small
 
@@ -306,7 +272,7 @@ class TableGroup:
         init = id_normal(ids, self.dim, self.seed) * self.config.init_std
         init[:, -1] = 0.0  # the first-order weight starts at zero (see streamrec.model.ctr)
         self.weights.index_copy_(0, rows, init)
-        self.momentum.index_fill_(0, rows, 0.0)
+        self.adagrad_state.index_fill_(0, rows, 0.0)
         self.last_seen.index_fill_(0, rows, stamp)
         self.admitted.index_fill_(0, rows, stamp)
         # A new row is a change the replicas must see, even if no update
@@ -315,7 +281,7 @@ class TableGroup:
         self.rows_per_tag += torch.bincount(tags, minlength=len(self.names))
         self._version += 1
 
-    def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS,
+    def expire(self, now_ms: int, max_rows: int = SWEEP_ROWS,
                prune_below: torch.Tensor | None = None, tag: int | None = None) -> int:
         """Free stale and pruned rows among the next ``max_rows`` rows of the sweep.
 
@@ -370,31 +336,31 @@ class TableGroup:
         return (torch.nonzero(stale).reshape(-1) + start,
                 torch.nonzero(pruned).reshape(-1) + start)
     def evict_rows(self, rows: torch.Tensor, counted: bool = False) -> None:
-        """Free ``rows`` (live rows), clear their state and record tombstones.
+        """Free ``rows`` (live rows), clear their state and record their ids as evicted.
 
         Counted as evicted unless ``counted`` (the caller counted them itself).
         """
         ids, tags = self.row_ids[rows], self.row_tags[rows].to(torch.int64)
         self.index.remove(ids, tags)  # (marks the rows free: tag -1)
         self.weights[rows] = 0.0
-        self.momentum[rows] = 0.0
+        self.adagrad_state[rows] = 0.0
         self.touched[rows] = False
-        if self._keep_tombstones:
-            self._evicted.append((ids, tags))
+        if self._keep_evicted_ids:
+            self._evicted_unsorted.append((ids, tags))
         self._version += 1
         self.rows_per_tag -= torch.bincount(tags, minlength=len(self.names))
         if not counted:
             self._count("evicted", tags)
 
-    def keep_tombstones(self, enabled: bool) -> None:
+    def keep_evicted_ids(self, enabled: bool) -> None:
         """Whether evicted ids are recorded for deltas; turning it off drops those held.
 
-        Off when no replica consumes deltas: tombstones would pile up forever.
+        Off when no replica consumes deltas: evicted ids would pile up forever.
         """
-        self._keep_tombstones = enabled
+        self._keep_evicted_ids = enabled
         if not enabled:
-            self._evicted = []
-            self._tombstones = [[] for _ in self.names]
+            self._evicted_unsorted = []
+            self._evicted_ids = [[] for _ in self.names]
 
     def _by_tag(self, values: torch.Tensor, tags: torch.Tensor) -> list[torch.Tensor]:
         """``values`` split by tag (one sort for every table)."""
@@ -402,24 +368,24 @@ class TableGroup:
         sizes = torch.bincount(tags, minlength=len(self.names)).tolist()
         return list(torch.split(values[order], sizes))
 
-    def _sort_tombstones(self) -> None:
-        if self._evicted:
-            ids = torch.cat([i for i, _ in self._evicted])
-            tags = torch.cat([t for _, t in self._evicted])
-            self._evicted = []
+    def _sort_evicted_ids(self) -> None:
+        if self._evicted_unsorted:
+            ids = torch.cat([i for i, _ in self._evicted_unsorted])
+            tags = torch.cat([t for _, t in self._evicted_unsorted])
+            self._evicted_unsorted = []
             for tag, part in enumerate(self._by_tag(ids, tags)):
                 if part.numel():
-                    self._tombstones[tag].append(part)
+                    self._evicted_ids[tag].append(part)
 
-    def take_tombstones(self, tag: int) -> torch.Tensor:
+    def take_evicted_ids(self, tag: int) -> torch.Tensor:
         """Ids of table ``tag`` evicted since the last call for that table."""
-        ids = self.peek_tombstones(tag)
-        self._tombstones[tag] = []
+        ids = self.peek_evicted_ids(tag)
+        self._evicted_ids[tag] = []
         return ids
 
-    def peek_tombstones(self, tag: int) -> torch.Tensor:
-        self._sort_tombstones()
-        parts = self._tombstones[tag]
+    def peek_evicted_ids(self, tag: int) -> torch.Tensor:
+        self._sort_evicted_ids()
+        parts = self._evicted_ids[tag]
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
 
     def _mark_touched(self, rows: torch.Tensor) -> None:
@@ -461,32 +427,35 @@ class TableGroup:
     # index_select / index_add_ / index_copy_ rather than advanced indexing:
     # on CPU they are several times faster for the batch sizes of a step.
 
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
-        """``[len(rows), dim]`` values (a copy); zeros where ``rows`` is -1."""
-        return self.weights.index_select(0, rows.clamp(min=0)).mul_((rows >= 0).unsqueeze(1))
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
+        """``[len(row_ids), dim]`` row values (a copy); zeros where a row id is -1."""
+        return self.weights.index_select(0, row_ids.clamp(min=0)).mul_(
+            (row_ids >= 0).unsqueeze(1))
 
-    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
-        """Row-wise Adagrad step on unique ``rows`` with ``grads`` ``[len(rows), dim]``.
+    def update(self, row_ids: torch.Tensor, grads: torch.Tensor,
+               lr: float | None = None) -> None:
+        """Row-wise Adagrad step on unique ``row_ids`` with ``grads`` ``[len(row_ids), dim]``.
 
         fbgemm's EXACT_ROWWISE_ADAGRAD: one second-moment scalar per row, the
         mean of the squared gradient over the row's columns.
         """
+        rows = row_ids
         keep = torch.nonzero(rows >= 0).reshape(-1)
         if keep.numel() < rows.numel():
             rows, grads = rows.index_select(0, keep), grads.index_select(0, keep)
         if rows.numel() == 0:
             return
         lr = self.config.lr if lr is None else lr
-        m = self.momentum.index_select(0, rows).add_(grads.pow(2).mean(dim=1))
-        self.momentum.index_copy_(0, rows, m)
+        m = self.adagrad_state.index_select(0, rows).add_(grads.pow(2).mean(dim=1))
+        self.adagrad_state.index_copy_(0, rows, m)
         self.weights.index_add_(0, rows, grads * (-lr / (m.sqrt() + _ADAGRAD_EPS)).unsqueeze(1))
         self._mark_touched(rows)
         self._version += 1
 
-    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
-        """Overwrite live ``rows`` with ``values`` (non-gradient state, e.g. counts)."""
-        self.weights.index_copy_(0, rows, values)
-        self._mark_touched(rows)
+    def set_rows(self, row_ids: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite live rows with ``values`` (non-gradient state, e.g. counts)."""
+        self.weights.index_copy_(0, row_ids, values)
+        self._mark_touched(row_ids)
         self._version += 1
 
     def rows_of(self, tag: int) -> torch.Tensor:
@@ -494,12 +463,86 @@ class TableGroup:
         n = self.index.row_capacity
         return torch.nonzero(self.row_tags[:n] == tag).reshape(-1)
 
+    def clear_table(self, tag: int) -> None:
+        """Free every row of table ``tag`` as evictions would (ids recorded), uncounted."""
+        self.evict_rows(self.rows_of(tag), counted=True)
+
+    # Checkpoints ------------------------------------------------------------------
+
+    def table_state(self, tag: int) -> dict[str, torch.Tensor]:
+        """Table ``tag``'s rows by id (row ids are not part of the state)."""
+        rows = self.rows_of(tag)
+        state = {f"filter.{k}": v for k, v in self.filter.state_dict(tag).items()}
+        state.update({
+            "ids": self.row_ids.index_select(0, rows),
+            "weights": self.weights.index_select(0, rows),
+            "adagrad_state": self.adagrad_state.index_select(0, rows),
+            "touched": self.touched.index_select(0, rows),
+            "last_seen_ms": self.times_ms(self.last_seen.index_select(0, rows)),
+            "admitted_ms": self.times_ms(self.admitted.index_select(0, rows)),
+            "evicted_ids": self.peek_evicted_ids(tag),
+        })
+        return state
+
+    def load_table(self, tag: int, state: Mapping[str, torch.Tensor]) -> None:
+        """Replace table ``tag``'s rows with a :meth:`table_state` (or an older format).
+
+        Reads the keys of earlier releases too: ``momentum`` (the Adagrad
+        state), ``tombstones`` (evicted ids), rows by the table's own row ids
+        (``index.ids`` / ``index.rows``), no admission times.
+        """
+        name = self.names[tag]
+        state = _renamed(state)
+        if state["weights"].shape[1:] != (self.dim,):
+            raise ValueError(f"table {name}: checkpoint rows have shape "
+                             f"{tuple(state['weights'].shape)}, expected [*, {self.dim}]")
+        if "ids" in state:
+            ids, at = state["ids"], slice(None)
+        else:  # the per-table format: rows by the table's own row ids
+            ids, at = state["index.ids"], state["index.rows"]
+        self.filter.load_state_dict(
+            {k[len("filter."):]: v for k, v in state.items() if k.startswith("filter.")}, tag)
+        mine = self.rows_of(tag)
+        if mine.numel():  # replaced, not expired: no evicted ids, no eviction counted
+            self.evict_rows(mine, counted=True)
+            self.take_evicted_ids(tag)
+        rows = self.index.insert(ids, torch.full_like(ids, tag))
+        self._grow_to(self.index.row_capacity)
+        self.weights[rows] = state["weights"][at]
+        self.adagrad_state[rows] = state["adagrad_state"][at]
+        self.last_seen[rows] = self._stored_times(state["last_seen_ms"][at])
+        # (Older checkpoints lack admission times: such rows start a new grace.)
+        self.admitted[rows] = self._stored_times(
+            state.get("admitted_ms", state["last_seen_ms"])[at])
+        self.touched[rows] = state["touched"][at]
+        self._touched_log = None  # (rows flagged without the log: the next collection scans)
+        self.rows_per_tag[tag] = ids.numel()
+        evicted = state["evicted_ids"]
+        if evicted.numel():
+            self._evicted_ids[tag].append(evicted.clone())
+        self._version += 1
+
+
+# Checkpoint keys of earlier releases, by their current names.
+_OLD_KEYS = {"momentum": "adagrad_state", "tombstones": "evicted_ids"}
+
+
+def _renamed(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the keys of earlier releases under their current names."""
+    return {_OLD_KEYS.get(k, k): v for k, v in state.items()}
+
 
 class GroupTableView:
-    """One feature's table inside a :class:`TableGroup`: the ``EmbeddingTable`` interface."""
+    """One table inside a :class:`TableGroup`: the ``EmbeddingTable`` interface.
+
+    Its ``store`` is the group; ``tag`` its position there.
+    """
+
+    shard_count = 1
 
     def __init__(self, group: TableGroup, name: str) -> None:
         self.group = group
+        self.store = group
         self.name = name
         self.tag = group.tag_of[name]
         self.dim = group.dim
@@ -530,16 +573,17 @@ class GroupTableView:
                now_ms: int = 0, train: bool = True) -> torch.Tensor:
         return self.group.lookup(self._tags(ids), ids, counts, now_ms=now_ms, train=train)
 
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
-        return self.group.read(rows)
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
+        return self.group.read(row_ids)
 
-    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
-        self.group.update(rows, grads, lr)
+    def update(self, row_ids: torch.Tensor, grads: torch.Tensor,
+               lr: float | None = None) -> None:
+        self.group.update(row_ids, grads, lr)
 
-    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
-        self.group.set_rows(rows, values)
+    def set_rows(self, row_ids: torch.Tensor, values: torch.Tensor) -> None:
+        self.group.set_rows(row_ids, values)
 
-    def expire(self, now_ms: int, max_rows: int = _SWEEP_ROWS,
+    def expire(self, now_ms: int, max_rows: int = SWEEP_ROWS,
                prune_below: float | None = None) -> int:
         limits = None
         if prune_below is not None:
@@ -547,61 +591,32 @@ class GroupTableView:
             limits[self.tag] = prune_below
         return self.group.expire(now_ms, max_rows, limits, tag=self.tag)
 
-    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(ids, values, evicted_ids)`` changed since the last call; resets tracking."""
+    def keep_evicted_ids(self, enabled: bool) -> None:
+        """Whether evicted ids are kept for deltas (for the whole group)."""
+        self.group.keep_evicted_ids(enabled)
+
+    def clear(self) -> None:
+        self.group.clear_table(self.tag)
+
+    def collect_delta(self) -> TableDelta:
+        """Rows touched and ids evicted since the last call; resets tracking."""
         g = self.group
         rows = g.take_touched(self.tag)
-        return (g.row_ids.index_select(0, rows), g.weights.index_select(0, rows),
-                g.take_tombstones(self.tag))
+        return TableDelta(self.name, self.dim, UpsertedRows(g.row_ids.index_select(0, rows),
+                                                            g.weights.index_select(0, rows)),
+                          EvictedIds(g.take_evicted_ids(self.tag)))
 
-    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def export_all(self) -> TableDelta:
+        """Every live row of this table (no evicted ids)."""
         g = self.group
         rows = g.rows_of(self.tag)
-        return g.row_ids.index_select(0, rows), g.weights.index_select(0, rows)
+        return TableDelta(self.name, self.dim, UpsertedRows(g.row_ids.index_select(0, rows),
+                                                            g.weights.index_select(0, rows)))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """This table's rows by id (group row numbers are not part of the state)."""
-        g = self.group
-        rows = g.rows_of(self.tag)
-        state = {f"filter.{k}": v for k, v in g.filter.state_dict(self.tag).items()}
-        state.update({
-            **{name: getattr(g, tensor).index_select(0, rows) for name, tensor in (
-                ("ids", "row_ids"), ("weights", "weights"), ("momentum", "momentum"),
-                ("touched", "touched"))},
-            "last_seen_ms": g.times_ms(g.last_seen.index_select(0, rows)),
-            "admitted_ms": g.times_ms(g.admitted.index_select(0, rows)),
-            "tombstones": g.peek_tombstones(self.tag),
-        })
-        return state
+        """This table's rows by id (group row ids are not part of the state)."""
+        return self.group.table_state(self.tag)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Replace this table's rows; reads this format and the older per-table one."""
-        g = self.group
-        if state["weights"].shape[1:] != (self.dim,):
-            raise ValueError(f"table {self.name}: checkpoint rows have shape "
-                             f"{tuple(state['weights'].shape)}, expected [*, {self.dim}]")
-        if "ids" in state:
-            ids, at = state["ids"], slice(None)
-        else:  # the per-table format: rows by the table's own row numbers
-            ids, at = state["index.ids"], state["index.rows"]
-        g.filter.load_state_dict(
-            {k[len("filter."):]: v for k, v in state.items() if k.startswith("filter.")},
-            self.tag)
-        mine = g.rows_of(self.tag)
-        if mine.numel():  # replaced, not expired: no tombstones, no eviction counted
-            g.evict_rows(mine, counted=True)
-            g.take_tombstones(self.tag)
-        rows = g.index.insert(ids, self._tags(ids))
-        g._grow_to(g.index.row_capacity)
-        g.weights[rows] = state["weights"][at]
-        g.momentum[rows] = state["momentum"][at]
-        g.last_seen[rows] = g._stored_times(state["last_seen_ms"][at])
-        # (Older checkpoints lack admission times: such rows start a new grace.)
-        g.admitted[rows] = g._stored_times(state.get("admitted_ms", state["last_seen_ms"])[at])
-        g.touched[rows] = state["touched"][at]
-        g._touched_log = None  # (rows flagged without the log: the next collection scans)
-        g.rows_per_tag[self.tag] = ids.numel()
-        tomb = state["tombstones"]
-        if tomb.numel():
-            g._tombstones[self.tag].append(tomb.clone())
-        g._version += 1
+        """Replace this table's rows; reads this format and those of earlier releases."""
+        self.group.load_table(self.tag, state)

@@ -69,7 +69,7 @@ def key_hash(ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
 
 
 class IdIndex:
-    """Maps int64 ids to row numbers; rows are reused after removal.
+    """Maps int64 ids to row ids; rows are reused after removal.
 
     Not thread-safe: the owner serialises calls.
     """
@@ -110,7 +110,7 @@ class IdIndex:
 
     @property
     def row_capacity(self) -> int:
-        """One past the largest row number ever handed out."""
+        """One past the largest row id ever handed out."""
         return self._next_row
 
     @property
@@ -312,7 +312,7 @@ class IdIndex:
     def _take_rows(self, n: int) -> torch.Tensor:
         reuse = min(n, self._free_rows.numel())
         if self._next_row + n - reuse > _MAX_ROWS:
-            raise RuntimeError(f"IdIndex: more than {_MAX_ROWS} rows (row numbers are int32)")
+            raise RuntimeError(f"IdIndex: more than {_MAX_ROWS} rows (row ids are int32)")
         taken = self._free_rows[self._free_rows.numel() - reuse:].to(torch.int64)
         self._free_rows = self._free_rows[: self._free_rows.numel() - reuse]
         fresh = torch.arange(self._next_row, self._next_row + n - reuse, dtype=torch.int64)

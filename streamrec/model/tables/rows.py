@@ -6,7 +6,7 @@ import torch
 
 from streamrec import native
 
-__all__ = ["TableStats", "id_normal", "sweep_window"]
+__all__ = ["SWEEP_ROWS", "TableStats", "id_normal", "sweep_window"]
 
 
 def _signed(x: int) -> int:
@@ -53,7 +53,7 @@ def sweep_window(cursor: int, max_rows: int, end_all: int
     Row capacity grows between calls; a cursor that stopped at the old end and
     restarted only when it hit the new one would keep visiting just the newest
     rows of a growing table and never expire old ones. Ranges, not a tensor of
-    row numbers: the sweep reads slices of the row tensors, with no gather.
+    row ids: the sweep reads slices of the row tensors, with no gather.
     """
     start = cursor % end_all
     n = min(max_rows, end_all)
@@ -63,7 +63,7 @@ def sweep_window(cursor: int, max_rows: int, end_all: int
 
 
 # Rows visited by the expiry sweep per training step.
-_SWEEP_ROWS = 1 << 16
+SWEEP_ROWS = 1 << 16
 
 
 class TableStats:

@@ -1,7 +1,7 @@
 """A table split by id across N :class:`DynamicEmbeddingTable` shards.
 
 Each id lives in exactly one shard, chosen by a hash of the id that is
-independent of the index's slot hash. A global row number encodes both:
+independent of the index's slot hash. A global row id encodes both:
 ``global = local * N + shard``, so the trainer handles one row tensor per
 table whatever the shard count. In one process this bounds each shard's
 rehash and sweep cost; across processes each torch.distributed rank owns the
@@ -15,7 +15,9 @@ import dataclasses
 import torch
 
 from streamrec.config import TableConfig
-from streamrec.model.tables.rows import TableStats
+from streamrec.model.records import EvictedIds, TableDelta, UpsertedRows
+from streamrec.model.tables.rows import SWEEP_ROWS, TableStats
+from streamrec.model.tables.store import SingleTableStore
 from streamrec.model.tables.table import DynamicEmbeddingTable
 
 __all__ = ["ShardedEmbeddingTable", "shard_of"]
@@ -31,13 +33,19 @@ def shard_of(ids: torch.Tensor, shards: int) -> torch.Tensor:
 
 
 class ShardedEmbeddingTable:
-    """Same interface as :class:`DynamicEmbeddingTable`, over ``config.shards`` shards."""
+    """Same interface as :class:`DynamicEmbeddingTable`, over ``config.shards`` shards.
+
+    Its store is a store of one (this table).
+    """
+
+    tag = 0
 
     def __init__(self, name: str, dim: int, config: TableConfig, seed: int = 0) -> None:
         self.name = name
         self.dim = dim
         self.config = config
         self.n = config.shards
+        self.store = SingleTableStore(self)
         # Capacity settings are table-wide; each shard gets its share. (So a
         # bounded table may refuse ids a little before max_rows when ids do
         # not hash evenly: each shard is full at max_rows // shards.)
@@ -48,6 +56,10 @@ class ShardedEmbeddingTable:
         )
         self.shards = [DynamicEmbeddingTable(f"{name}/{s}", dim, per_shard, seed=seed)
                        for s in range(self.n)]
+
+    @property
+    def shard_count(self) -> int:
+        return self.n
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.shards)
@@ -76,7 +88,7 @@ class ShardedEmbeddingTable:
         return rows
 
     def _split(self, rows: torch.Tensor) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(shard, positions, local rows)`` for each shard that ``rows`` touch."""
+        """``(shard, positions, local row ids)`` for each shard that row ids ``rows`` touch."""
         valid = rows >= 0
         owner = torch.where(valid, rows.remainder(self.n), torch.full_like(rows, -1))
         parts = []
@@ -86,33 +98,45 @@ class ShardedEmbeddingTable:
                 parts.append((s, pos, rows[pos] // self.n))
         return parts
 
-    def read(self, rows: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros((rows.numel(), self.dim), dtype=torch.float32)
-        for s, pos, local in self._split(rows):
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((row_ids.numel(), self.dim), dtype=torch.float32)
+        for s, pos, local in self._split(row_ids):
             out[pos] = self.shards[s].read(local)
         return out
 
-    def update(self, rows: torch.Tensor, grads: torch.Tensor, lr: float | None = None) -> None:
-        for s, pos, local in self._split(rows):
+    def update(self, row_ids: torch.Tensor, grads: torch.Tensor,
+               lr: float | None = None) -> None:
+        for s, pos, local in self._split(row_ids):
             self.shards[s].update(local, grads[pos], lr)
 
-    def set_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
-        for s, pos, local in self._split(rows):
+    def set_rows(self, row_ids: torch.Tensor, values: torch.Tensor) -> None:
+        for s, pos, local in self._split(row_ids):
             self.shards[s].set_rows(local, values[pos])
 
-    def expire(self, now_ms: int, max_rows: int = 1 << 16,
+    def expire(self, now_ms: int, max_rows: int = SWEEP_ROWS,
                prune_below: float | None = None) -> int:
         return sum(s.expire(now_ms, max(1, max_rows // self.n), prune_below)
                    for s in self.shards)
 
-    def collect_delta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        parts = [s.collect_delta() for s in self.shards]
-        return (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                torch.cat([p[2] for p in parts]))
+    def keep_evicted_ids(self, enabled: bool) -> None:
+        for shard in self.shards:
+            shard.keep_evicted_ids(enabled)
 
-    def export_all(self) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [s.export_all() for s in self.shards]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    def clear(self) -> None:
+        for shard in self.shards:
+            shard.clear()
+
+    def _joined(self, parts: list[TableDelta]) -> TableDelta:
+        return TableDelta(self.name, self.dim, UpsertedRows(
+            torch.cat([p.upserted.ids for p in parts]),
+            torch.cat([p.upserted.values for p in parts])),
+            EvictedIds(torch.cat([p.evicted.ids for p in parts])))
+
+    def collect_delta(self) -> TableDelta:
+        return self._joined([s.collect_delta() for s in self.shards])
+
+    def export_all(self) -> TableDelta:
+        return self._joined([s.export_all() for s in self.shards])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {f"shard{s}.{k}": v for s, shard in enumerate(self.shards)
