@@ -136,34 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         args.candidates, args.requests, args.events = "10,100", 60, 10_000
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
     from prometheus_client import CollectorRegistry
 
-    from streamrec.ingest.batch import Batcher
+    from benchmarks.serving_model import DeltaChain, trained_snapshot
     from streamrec.serving.replica import ModelReplica
-    from streamrec.config import load_config
-    from streamrec.synthetic import SyntheticStream, default
     from streamrec.trainer.sync.sink import GrpcDeltaSink
-    from streamrec.trainer.parameters import TrainerParameters
-    from streamrec.trainer.trainer import OnlineTrainer
 
-    torch.set_num_threads(1)
-    config = load_config(env={}, overrides={
-        "model.sparse_features": "user_id,item_id,category,country,hour",
-        "model.dense_features": "price"})
-    trainer = OnlineTrainer.from_config(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
-    stream = SyntheticStream(default()).events(args.events + 40 * config.trainer.batch_size)
-    events = [next(stream) for _ in range(args.events)]
-    size = config.trainer.batch_size
-    for start in range(0, len(events), size):
-        trainer.train_batch(batcher.build(events[start:start + size]))
-    snapshot = TrainerParameters(trainer).snapshot(1)
     # Deltas to push during the sync arm: what the trainer changes between syncs.
-    deltas = []
-    for version in range(2, 42):
-        trainer.train_batch(batcher.build([next(stream) for _ in range(size)]))
-        deltas.append(TrainerParameters(trainer).collect_delta(version))
+    snapshot, deltas = trained_snapshot(args.events, 40)
     mean_rows = sum(d.num_rows() for d in deltas) / len(deltas)
 
     port, sync_port = _free_port(), _free_port()
@@ -189,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         _wait_ready(address)
         replica = ModelReplica(registry=CollectorRegistry())
         replica.apply(snapshot)
+        chain = DeltaChain(sink, snapshot)
         with tempfile.TemporaryDirectory(prefix="serving_latency_") as tmp:
             for n in (int(c) for c in args.candidates.split(",")):
                 print(f"{n} candidates ...", file=sys.stderr, flush=True)
@@ -203,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 remote = _client(address, n, args, Path(tmp), env)
                 by_columns = _client(address, n, args, Path(tmp), env, columns=True)
                 # The sync arm: deltas every interval while the client runs. The
-                # server is put back on the snapshot first (a full push), so
+                # server is put back on the snapshot first (a full push, above
+                # every version pushed before: a replica never goes back), so
                 # every delta applies on its base.
-                sink.push(snapshot)
+                chain.restart()
                 stop = threading.Event()
                 pushed = []
 
@@ -214,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                         if stop.wait(args.sync_interval_s):
                             return
                         if delta.version == 2 and pushed:
-                            sink.push(snapshot)  # start the chain again
+                            chain.restart()  # start the chain again
                         t0 = time.perf_counter()
-                        sink.push(delta)
+                        chain.push(delta)
                         pushed.append(time.perf_counter() - t0)
 
                 pusher = threading.Thread(target=push_deltas, daemon=True)

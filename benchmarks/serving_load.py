@@ -240,30 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         args.rates, args.seconds, args.events = "200,500", 4.0, 10_000
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
+    from benchmarks.serving_model import trained_snapshot
 
-    from streamrec.config import load_config
-    from streamrec.ingest.batch import Batcher
-    from streamrec.synthetic import SyntheticStream, default
-    from streamrec.trainer.parameters import TrainerParameters
-    from streamrec.trainer.trainer import OnlineTrainer
-
-    torch.set_num_threads(1)
-    config = load_config(env={}, overrides={
-        "model.sparse_features": "user_id,item_id,category,country,hour",
-        "model.dense_features": "price"})
-    trainer = OnlineTrainer.from_config(config)
-    batcher = Batcher(config.model.sparse_features, config.model.dense_features)
-    size = config.trainer.batch_size
-    stream = SyntheticStream(default()).events(args.events + 200 * size)
-    events = [next(stream) for _ in range(args.events)]
-    for start in range(0, len(events), size):
-        trainer.train_batch(batcher.build(events[start:start + size]))
-    snapshot = TrainerParameters(trainer).snapshot(1)
-    deltas = []
-    for version in range(2, 2 + 60):
-        trainer.train_batch(batcher.build([next(stream) for _ in range(size)]))
-        deltas.append(TrainerParameters(trainer).collect_delta(version))
+    snapshot, deltas = trained_snapshot(args.events, 60)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
