@@ -576,9 +576,8 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in _SECTIONS}
 
 
-# STREAMREC_* variables that are not config fields: the config file's path, and the
-# native kernels' switch and cache directory (streamrec.native).
-_NOT_CONFIG = ("config", "native", "native_dir")
+# STREAMREC_* variables that are not config fields: the config file's path.
+_NOT_CONFIG = ("config",)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

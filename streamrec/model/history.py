@@ -28,8 +28,7 @@ import torch
 
 from streamrec import native
 from streamrec.model.tables.base import expire_tables
-from streamrec.model.tables.group import TableGroup, group_views, unique_pairs
-from streamrec.model.tables.sort import stable_argsort
+from streamrec.model.tables.group import TableGroup, group_views
 from streamrec.ingest.batch import KeyedJaggedTensor
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
@@ -122,8 +121,7 @@ class HistoryFeatures:
                 slots.append(at * n_features + h)
                 tags.append(torch.full_like(at, tag))
             all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
-            n_tags = 1 + max(tag for _, tag in members)
-            pair_ids, pair_tags, inverse, seen = unique_pairs(all_ids, all_tags, n_tags)
+            pair_ids, pair_tags, inverse, seen = native.unique_pairs(all_ids, all_tags)
             if isinstance(target, TableGroup):
                 rows = target.lookup(pair_tags, pair_ids, seen, now_ms=now_ms, train=train)
             else:
@@ -132,12 +130,7 @@ class HistoryFeatures:
             if train:
                 assert labels is not None
                 y = labels.index_select(0, all_slots // n_features)
-                if native.available(stored, y):
-                    before, totals = native.history_prefix(stored, inverse, y)
-                else:
-                    before = stored.index_select(0, inverse) + _exclusive_prefix(inverse, y)
-                    totals = torch.zeros((pair_ids.numel(), 2)).index_add_(
-                        0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
+                before, totals = native.history_prefix(stored, inverse, y)
                 self._pending.append((target, rows, stored, totals))
             else:
                 before = stored.index_select(0, inverse)
@@ -162,21 +155,3 @@ class HistoryFeatures:
             keep = torch.nonzero(rows >= 0).reshape(-1)
             table.set_rows(rows.index_select(0, keep), new.index_select(0, keep))  # type: ignore[attr-defined]
         self._pending = []
-
-
-def _exclusive_prefix(key: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[N, 2]``: per element, (count, sum of y) over the earlier elements with its key.
-
-    Sort stably by key (keeping batch order within a key), cumulative sums
-    within each run, minus the element itself.
-    """
-    order = stable_argsort(key)
-    sorted_key, sorted_y = key.index_select(0, order), y.index_select(0, order)
-    run_start = torch.ones_like(sorted_key, dtype=torch.bool)
-    run_start[1:] = sorted_key[1:] != sorted_key[:-1]
-    prefix = torch.stack([torch.ones_like(sorted_y), sorted_y], dim=1)
-    csum = torch.cumsum(prefix, 0) - prefix
-    base = csum[run_start][torch.cumsum(run_start.to(torch.int64), 0) - 1]
-    exclusive = torch.zeros_like(prefix)
-    exclusive.index_copy_(0, order, csum - base)
-    return exclusive
