@@ -63,12 +63,12 @@ class BuildNative(BuildExtension):
             self.compiler.compile, self.compiler._compile = torch_compile
 
 
-_C_FLAGS = ["-O3", "-std=c11"]
+_C_FLAGS = ["-O3", "-g0", "-std=c11"]
 
 setup(
     ext_modules=[
         CppExtension("streamrec.native._ops", [f"{NATIVE}/ops.cpp"],
-                     extra_compile_args=["-O3"]),
+                     extra_compile_args=["-O3", "-g0"]),
         Extension("streamrec.native._batch", [f"{NATIVE}/batch.c"],
                   extra_compile_args=_C_FLAGS, libraries=["m"]),
         Extension("streamrec.native._records", [f"{NATIVE}/records.c"],
