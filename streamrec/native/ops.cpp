@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -200,14 +201,26 @@ void check_index(const Tensor& index, const char* name) {
   TORCH_CHECK(index.dim() == 1, "streamrec: ", name, " must be 1-D, got ", index.sizes());
 }
 
+// The error of an index outside [0, rows), out of the hot loops' way.
+[[noreturn]] C10_NOINLINE void out_of_range(const char* op, int64_t value, int64_t at,
+                                            int64_t rows) {
+  TORCH_CHECK(false, "streamrec.", op, ": index ", value, " at ", at, " out of range for ",
+              rows, " rows");
+  std::abort();  // (TORCH_CHECK(false) throws)
+}
+
+inline void check_index_value(const char* op, int64_t value, int64_t at, int64_t rows) {
+  if (C10_UNLIKELY((uint64_t)value >= (uint64_t)rows)) out_of_range(op, value, at, rows);
+}
+
 template <typename T>
 void gather_kernel(const T* table, const int64_t* index, int64_t n, int64_t rows, int64_t width,
                    T* out) {
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t r = index[i];
-    TORCH_CHECK(r >= 0 && r < rows, "streamrec.gather_rows: index ", r, " at ", i,
-                " out of range for ", rows, " rows");
-    std::memcpy(out + i * width, table + r * width, sizeof(T) * width);
+    check_index_value("gather_rows", index[i], i, rows);
+    const T* src = table + index[i] * width;
+    T* dst = out + i * width;
+    for (int64_t k = 0; k < width; ++k) dst[k] = src[k];
   }
 }
 
@@ -248,10 +261,8 @@ Tensor scatter_add_rows_cpu(const Tensor& grad_in, const Tensor& index_in, int64
     const int64_t* idx = index.data_ptr<int64_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t r = idx[i];
-      TORCH_CHECK(r >= 0 && r < n_rows, "streamrec.scatter_add_rows: index ", r,
-                  " out of range for ", n_rows, " rows");
-      scalar_t* dst = o + r * width;
+      check_index_value("scatter_add_rows", idx[i], i, n_rows);
+      scalar_t* dst = o + idx[i] * width;
       const scalar_t* src = g + i * width;
       for (int64_t k = 0; k < width; ++k) dst[k] += src[k];
     }
@@ -284,8 +295,7 @@ std::tuple<Tensor, Tensor> history_prefix_cpu(const Tensor& stored_in, const Ten
   float* t = totals.data_ptr<float>();
   for (int64_t i = 0; i < n; ++i) {
     const int64_t u = inv[i];
-    TORCH_CHECK(u >= 0 && u < n_keys, "streamrec.history_prefix: inverse ", u,
-                " out of range for ", n_keys, " keys");
+    check_index_value("history_prefix", u, i, n_keys);
     b[2 * i] = s[2 * u] + t[2 * u];
     b[2 * i + 1] = s[2 * u + 1] + t[2 * u + 1];
     t[2 * u] += 1.f;
@@ -388,6 +398,12 @@ Tensor index_hash_cpu(const Tensor& ids_in, const std::optional<Tensor>& tags_in
   return out;
 }
 
+// An id index's arrays hold what no index writes: out of the probe loops' way.
+[[noreturn]] C10_NOINLINE void index_error(const char* what, int64_t value, int64_t limit) {
+  TORCH_CHECK(false, "streamrec: id index ", what, " (", value, "; ", limit, ")");
+  std::abort();  // (TORCH_CHECK(false) throws)
+}
+
 // The segment layout's arrays, checked once per call.
 struct Layout {
   int64_t* slots;
@@ -399,11 +415,11 @@ struct Layout {
   int64_t segment(uint64_t h) const {
     const int64_t d = global_bits ? (int64_t)(h >> (32 - global_bits)) : 0;
     const int64_t s = directory[d];
-    TORCH_CHECK(s >= 0 && s < n_segments, "streamrec: id index directory entry ", s,
-                " out of range for ", n_segments, " segments");
-    TORCH_CHECK(cap_bits[s] >= 0 && depth[s] >= 0 && depth[s] + cap_bits[s] <= 32 &&
-                    s * stride + ((int64_t)1 << cap_bits[s]) <= n_slots,
-                "streamrec: id index segment ", s, " does not fit the slots");
+    if (C10_UNLIKELY((uint64_t)s >= (uint64_t)n_segments))
+      index_error("directory entry out of range for the segments", s, n_segments);
+    if (C10_UNLIKELY(cap_bits[s] < 0 || depth[s] < 0 || depth[s] + cap_bits[s] > 32 ||
+                     s * stride + ((int64_t)1 << cap_bits[s]) > n_slots))
+      index_error("segment does not fit the slots", s, n_slots);
     return s;
   }
 };
@@ -468,13 +484,12 @@ Tensor index_find_cpu(const Tensor& slots, const Tensor& directory, const Tensor
     int64_t found = -1;
     uint64_t p = (h >> (32 - lay.depth[s] - lay.cap_bits[s])) & mask;
     for (uint64_t probes = 0;; p = (p + 1) & mask, ++probes) {
-      TORCH_CHECK(probes <= mask, "streamrec.index_find: segment ", s, " has no empty slot");
+      if (C10_UNLIKELY(probes > mask)) index_error("segment has no empty slot", s, probes);
       const uint64_t v = (uint64_t)base[p];
       if (v == 0) break;
       const int64_t row = (int64_t)(v & 0xFFFFFFFFull);
       if (row && (v >> 32) == h) {
-        TORCH_CHECK(row <= n_rows, "streamrec.index_find: slot row ", row - 1,
-                    " out of range for ", n_rows, " rows");
+        if (C10_UNLIKELY(row > n_rows)) index_error("slot row out of range", row - 1, n_rows);
         if (rid[row - 1] == id && (!tagged || rtag[row - 1] == tag)) {
           found = s * lay.stride + (int64_t)p;
           break;
@@ -511,7 +526,7 @@ void index_place_cpu(const Tensor& slots, const Tensor& directory, const Tensor&
     int64_t* base = lay.slots + s * lay.stride;
     uint64_t p = (h >> (32 - lay.depth[s] - lay.cap_bits[s])) & mask;
     for (uint64_t probes = 0; ((uint64_t)base[p] & 0xFFFFFFFFull) != 0; p = (p + 1) & mask) {
-      TORCH_CHECK(++probes <= mask, "streamrec.index_place: segment ", s, " is full");
+      if (C10_UNLIKELY(++probes > mask)) index_error("segment is full", s, probes);
     }
     u[s] += base[p] == 0;
     l[s] += 1;
