@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from streamrec.native import _batch, _ops, _records  # noqa: F401 (_ops registers the ops)
+try:
+    from streamrec.native import _batch, _ops, _records  # noqa: F401 (_ops registers the ops)
+except ImportError as e:  # a source checkout nobody installed or built
+    raise ImportError(f"streamrec's compiled extensions are missing ({e}): install the package "
+                      "(pip install --no-build-isolation -e .) or build them in place "
+                      "(python setup.py build_ext --inplace)") from e
 from streamrec.native import fake as _fake  # noqa: F401 (shapes for FakeTensor / compile)
 
 __all__ = ["batch_columns", "fm_head", "gather_rows", "history_prefix", "id_normal",

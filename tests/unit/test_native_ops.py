@@ -224,6 +224,16 @@ def test_the_compiled_readers_check_their_arguments() -> None:
         native.kafka_records(b"ab", 3, 0, 0, 0, 0, 0, tuple, "t", 0, 0)
 
 
+def test_unbuilt_extensions_say_how_to_build_them() -> None:
+    code = ("import sys; sys.modules['streamrec.native._batch'] = None\n"
+            "import streamrec.native")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "compiled extensions are missing" in done.stderr
+    assert "python setup.py build_ext --inplace" in done.stderr
+
+
 def test_a_missing_compiler_is_an_install_time_error(tmp_path: Path) -> None:
     env = {**os.environ, "CC": "no-such-cc", "CXX": "no-such-c++"}
     done = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib",
