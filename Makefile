@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: setup demo test test-unit protos clean prometheus
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(VENV)/.native
 
 $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	$(PIP) install -r requirements-test.txt
 	$(PIP) install --no-deps torchrec==1.8.0
 	$(PIP) install --no-deps --no-build-isolation -e .
+	touch $@
+
+# The compiled extensions (streamrec/native), rebuilt in place when a source changes.
+$(VENV)/.native: $(VENV)/.installed setup.py $(wildcard streamrec/native/*.c streamrec/native/*.cpp)
+	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
 demo: setup
@@ -36,4 +41,4 @@ protos: setup
 	rm -f protos/event_pb2_grpc.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build streamrec/native/*.so

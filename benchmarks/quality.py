@@ -20,8 +20,7 @@ Arms:
 - ``streamrec``          the default config: an FM (first-order, pairwise interactions and
                          one linear layer over the factors; embedding dim 8) with history
                          features, batch 4096 after a warm-up that starts at 1024 and grows
-                         with the examples learned, on the C kernels of streamrec/native;
-- ``streamrec-torch``    the same on the torch versions of those kernels (no compiler);
+                         with the examples learned, on the operators of streamrec/native;
 - ``streamrec-plain``    the default without history features (plain mini-batch);
 - ``streamrec-no-warmup`` the default without the warm-up (batch 4096 from the start);
 - ``streamrec-b256``     batch 256, no warm-up;
@@ -76,7 +75,6 @@ from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import Event
 from streamrec.config import AppConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticConfig, SyntheticStream
-from streamrec import native
 from streamrec.trainer.progressive import ProgressiveMetrics, exact_auc
 from streamrec.trainer.trainer import OnlineTrainer
 
@@ -133,11 +131,6 @@ def arm_streamrec(events: list[Event], args: argparse.Namespace, batch: int | No
     started = time.perf_counter()
     probs = online(events, t, b)
     return probs, time.perf_counter() - started
-
-
-def arm_torch(events: list[Event], args: argparse.Namespace) -> Scored:
-    with native.disabled():
-        return arm_streamrec(events, args)
 
 
 def arm_offline(events: list[Event], args: argparse.Namespace, continue_online: bool) -> Scored:
@@ -220,7 +213,6 @@ ARMS: dict[str, Callable[[Stream, argparse.Namespace], Scored]] = {
                                                       trainer__warmup_batch_size="0"),
     "streamrec-b256": lambda s, a: arm_streamrec(s.events, a, batch=256,
                                                  trainer__warmup_batch_size="0"),
-    "streamrec-torch": lambda s, a: arm_torch(s.events, a),
     "streamrec-deepfm": lambda s, a: arm_streamrec(s.events, a, model__hidden="64,32"),
     "river-lr": lambda s, a: arm_river(s.events, a, "lr"),
     "river-fm": lambda s, a: arm_river(s.events, a, "fm"),

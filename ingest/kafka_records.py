@@ -31,7 +31,7 @@ def read_batch(batch: DefaultRecordBatch, topic: str, partition: int, leader_epo
 
     The records are those kafka-python yields for the batch with no
     deserializers: read in C (``streamrec/native/records.c``) when they have no
-    headers, else (or without a C compiler) by kafka-python's record reader.
+    headers, else by kafka-python's record reader.
     Raises :class:`~kafka.errors.CorruptRecordError` where kafka-python would.
     """
     batch._maybe_uncompress()  # noqa: SLF001 (kafka-python's own step, CRC checked before)

@@ -2,8 +2,8 @@
 
 Subpackages: ``ingest`` (events to batches), ``trainer`` (the online step, loop,
 checkpoints, parameter publishing), ``serving`` (gRPC replicas), ``protos`` (the
-contracts), ``native`` (C kernels); ``client`` is the thin gRPC client, ``cli`` the
-command line. This module exposes the configuration and the error tree.
+contracts), ``native`` (compiled operators); ``client`` is the thin gRPC client,
+``cli`` the command line. This module exposes the configuration and the error tree.
 """
 
 from streamrec._lazy import lazy_exports

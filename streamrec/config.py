@@ -205,7 +205,7 @@ class ModelConfig:
     sparse_features: list[str] = field(default_factory=lambda: _Unset(["user_id", "item_id"]))
     dense_features: list[str] = field(default_factory=lambda: _Unset())
     # The default is an FM (first-order + pairwise interactions + one linear
-    # layer over the factors), whose step runs on the C kernels of
+    # layer over the factors), whose step runs on the torch operators of
     # streamrec/native; hidden layers make it a DeepFM (e.g. [64, 32]), for logs
     # with higher-order interactions, at about half the events/s. On every
     # synthetic stream of benchmarks/quality the FM is as good.
@@ -613,9 +613,8 @@ def _section_types() -> dict[str, type]:
     return {name: hints[name] for name in _SECTIONS}
 
 
-# STREAMREC_* variables that are not config fields: the config file's path, and the
-# native kernels' switch and cache directory (streamrec.native).
-_NOT_CONFIG = ("config", "native", "native_dir")
+# STREAMREC_* variables that are not config fields: the config file's path.
+_NOT_CONFIG = ("config",)
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:

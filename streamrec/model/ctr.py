@@ -1,6 +1,6 @@
 """The CTR model: DeepFM over per-feature pooled embeddings; without hidden
 layers (the default) an FM with one linear layer over its factors, whose
-forward and backward run on the C kernels of :mod:`streamrec.native`.
+forward and backward are one operator (:func:`streamrec.native.fm_head`).
 
 The embedding tables are not part of this module: they are dynamic (rows come
 and go with the id space) and live in :mod:`streamrec.model.tables`, or in serving's
@@ -80,36 +80,6 @@ def fm_interaction(factors: torch.Tensor) -> torch.Tensor:
     return _FMInteraction.apply(factors)
 
 
-class _FMHead(torch.autograd.Function):
-    """An FM's whole per-field part, by the C kernels of :mod:`streamrec.native`:
-    first-order terms, the second-order interactions over the rows' factors
-    and one dense field's, and a linear layer over all those factors.
-
-    This is the model without hidden layers, and its step is dominated by
-    passes over the ``[F, B, d+1]`` pooled rows: autograd of the layer-wise
-    expression (:meth:`CTRModel.forward`'s general path, the reference the
-    tests compare with) makes about ten, this one each way, and writes the
-    rows' gradient in their own layout, first-order column included.
-    """
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, rows: torch.Tensor,
-                extra: torch.Tensor | None, weight: torch.Tensor) -> torch.Tensor:
-        # rows [F, B, d+1]; extra [B, d] or None; weight [F (+1 with extra), d].
-        if rows.stride(2) != 1:
-            rows = rows.contiguous()
-        extra = extra.contiguous() if extra is not None else None
-        weight = weight.contiguous()
-        out, sums = native.fm_head_forward(rows, extra, weight)
-        ctx.save_for_backward(rows, extra, weight, sums)
-        return out
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        return native.fm_head_backward(*ctx.saved_tensors, grad)  # type: ignore[attr-defined]
-
-
 class CTRModel(nn.Module):
     """DeepFM: bias + first-order + FM second-order + MLP, over F fields.
 
@@ -165,8 +135,7 @@ class CTRModel(nn.Module):
             dense = torch.cat([dense, history_inputs(history, self.prior_ctr,
                                                      self.config.history_strength)], dim=1)
         if not self.config.hidden:
-            if native.available(pooled, dense, self.mlp[0].weight):
-                return self._fm(pooled, dense)
+            return self._fm(pooled, dense)
         factors = pooled[..., :-1]
         first_order = pooled[..., -1].sum(dim=1)
         if self.dense_proj is not None:
@@ -190,13 +159,17 @@ class CTRModel(nn.Module):
 
     def _fm(self, pooled: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without hidden layers (an FM with a linear layer over
-        its factors): the same function, by the C kernels (:class:`_FMHead`)."""
+        its factors): the same function, its per-field part in one operator.
+
+        That part is dominated by passes over the ``[F, B, d+1]`` pooled rows:
+        autograd of the layer-wise expression makes about ten, the operator one
+        each way, and writes the rows' gradient in their own layout."""
         linear = self.mlp[0]
         assert isinstance(linear, nn.Linear)
         d = self.config.embedding_dim
         k = linear.in_features - dense.shape[1]  # the factor columns, fields first
         extra = self.dense_proj(dense) if self.dense_proj is not None else None
-        out = _FMHead.apply(pooled.transpose(0, 1), extra, linear.weight[0, :k].view(-1, d))
+        out = native.fm_head(pooled.transpose(0, 1), extra, linear.weight[0, :k].view(-1, d))
         if dense.shape[1]:
             out = out + F.linear(dense, linear.weight[:, k:]).squeeze(1)
         return self.bias + linear.bias + out

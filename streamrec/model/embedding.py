@@ -15,7 +15,6 @@ import torch
 
 from streamrec import native
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
-from streamrec.model.tables.group import unique_pairs
 from streamrec.model.tables.store import TableStore, stores_of
 from streamrec.ingest.batch import KeyedJaggedTensor
 
@@ -128,13 +127,13 @@ class DynamicEmbeddingCollection:
         tags = torch.repeat_interleave(torch.tensor(
             [self.tables[self.table_of[f]].tag for f in features], dtype=torch.int64),
             per_feature)
-        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, len(store.names))
+        pair_ids, pair_tags, inverse, counts = native.unique_pairs(ids, tags)
         rows = store.lookup(pair_tags, pair_ids, counts, now_ms=now_ms, train=train)
         leaf = store.read(rows)
         if train:
             leaf.requires_grad_(True)
             self._leaves.append((store, rows, leaf))
-        values = self._gather(self._prune_store(store, pair_tags, leaf), inverse)
+        values = native.gather_rows(self._prune_store(store, pair_tags, leaf), inverse)
         if values.shape[0] == lengths.numel() and bool((lengths == 1).all()):
             # One id per example and feature (the common schema): the mean is the row.
             return values.view(len(features), batch, leaf.shape[1])
@@ -142,14 +141,6 @@ class DynamicEmbeddingCollection:
         sums = torch.zeros((lengths.numel(), leaf.shape[1])).index_add(0, segment, values)
         means = sums / lengths.clamp(min=1).unsqueeze(1).to(sums.dtype)
         return means.view(len(features), batch, leaf.shape[1])
-
-    @staticmethod
-    def _gather(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``rows[index]``, differentiable in ``rows``."""
-        if native.available(rows):
-            return native.gather_rows(rows, index)
-        # index_select: its backward is index_add_, much cheaper than indexing's.
-        return rows.index_select(0, index)
 
     def _prune_store(self, store: TableStore, tags: torch.Tensor, rows: torch.Tensor
                      ) -> torch.Tensor:

@@ -13,7 +13,6 @@ import torch
 
 from streamrec import native
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
-from streamrec.model.tables.group import unique_pairs
 from streamrec.model.tables.store import TableStore, stores_of
 from streamrec.model.tables.sort import stable_argsort
 from streamrec.ingest.batch import KeyedJaggedTensor
@@ -108,8 +107,7 @@ class HistoryFeatures:
                 slots.append(at * n_features + h)
                 tags.append(torch.full_like(at, tag))
             all_ids, all_slots, all_tags = torch.cat(ids), torch.cat(slots), torch.cat(tags)
-            n_tags = 1 + max(tag for _, tag in members)
-            pair_ids, pair_tags, inverse, seen = unique_pairs(all_ids, all_tags, n_tags)
+            pair_ids, pair_tags, inverse, seen = native.unique_pairs(all_ids, all_tags)
             yield store, _Pairs(all_slots, pair_ids, pair_tags, inverse, seen)
 
     def counts(self, sparse: KeyedJaggedTensor, labels: torch.Tensor | None, now_ms: int
@@ -126,13 +124,7 @@ class HistoryFeatures:
             if train:
                 assert labels is not None
                 y = labels.index_select(0, pairs.slots // n_features)
-                if native.available(stored, y):
-                    before, totals = native.history_prefix(stored, pairs.inverse, y)
-                else:
-                    before = stored.index_select(0, pairs.inverse) + _exclusive_prefix(
-                        pairs.inverse, torch.stack([torch.ones_like(y), y], dim=1))
-                    totals = torch.zeros((pairs.ids.numel(), 2)).index_add_(
-                        0, pairs.inverse, torch.stack([torch.ones_like(y), y], dim=1))
+                before, totals = native.history_prefix(stored, pairs.inverse, y)
                 self._pending.append((store, rows, stored, totals))
             else:
                 before = stored.index_select(0, pairs.inverse)

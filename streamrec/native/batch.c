@@ -16,10 +16,10 @@
  * (its __missing__ is ingest.ids.to_id), dense values as signed log1p with
  * non-finite values and strings read as 0.
  *
- * Built (with the CPython headers) and loaded through ctypes.PyDLL, which
- * holds the GIL, by streamrec/native/__init__.py. `events` must be a list
- * nobody else holds (the caller passes a private copy): Python code the memo
- * runs could otherwise shrink it under the loop.
+ * The extension module streamrec.native._batch (built by setup.py), called by
+ * streamrec.native.batch_columns. `events` must be a list nobody else holds
+ * (the caller passes a private copy): Python code the memo runs could otherwise
+ * shrink it under the loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -98,7 +98,7 @@ static int dense_value(PyObject *features, PyObject *name, float *out) {
  * feature name; dense: a tuple of feature names; fields: the Event's indexes of
  * user_id, item_id, features, label, sample_rate and timestamp_ms.
  * values: [len(sparse) * n] feature-major; dense_out: [n, len(dense)]. */
-int batch_columns(PyObject *events, PyObject *sparse, PyObject *dense, PyObject *memo,
+static int batch_columns(PyObject *events, PyObject *sparse, PyObject *dense, PyObject *memo,
                   int64_t user_at, int64_t item_at, int64_t features_at, int64_t label_at,
                   int64_t rate_at, int64_t stamp_at, int64_t *values, float *dense_out,
                   float *labels, float *rates, int64_t *stamps) {
@@ -157,3 +157,55 @@ int batch_columns(PyObject *events, PyObject *sparse, PyObject *dense, PyObject 
     }
     return 1;
 }
+
+/* A writable contiguous buffer of exactly `count` items of `itemsize` bytes. */
+static int output(Py_buffer *view, const char *name, Py_ssize_t count, Py_ssize_t itemsize) {
+    if (view->len != count * itemsize) {
+        PyErr_Format(PyExc_ValueError,
+                     "batch_columns: %s must hold %zd items of %zd bytes, got %zd bytes",
+                     name, count, itemsize, view->len);
+        return 0;
+    }
+    return 1;
+}
+
+/* batch_columns(events: list, sparse: tuple, dense: tuple, memo, fields: 6 ints,
+ *               values, dense_out, labels, rates, stamps: writable buffers) -> bool */
+static PyObject *py_batch_columns(PyObject *self, PyObject *args) {
+    PyObject *events, *sparse, *dense, *memo, *result = NULL;
+    long long at[6];
+    Py_buffer out[5] = {{0}};
+    if (!PyArg_ParseTuple(args, "O!O!O!O(LLLLLL)w*w*w*w*w*:batch_columns", &PyList_Type, &events,
+                          &PyTuple_Type, &sparse, &PyTuple_Type, &dense, &memo, &at[0], &at[1],
+                          &at[2], &at[3], &at[4], &at[5], &out[0], &out[1], &out[2], &out[3],
+                          &out[4]))
+        return NULL;
+    const Py_ssize_t n = PyList_GET_SIZE(events);
+    for (int k = 0; k < 6; ++k) {
+        if (at[k] < 0) {
+            PyErr_SetString(PyExc_ValueError, "batch_columns: field indexes must be >= 0");
+            goto done;
+        }
+    }
+    if (!output(&out[0], "values", PyTuple_GET_SIZE(sparse) * n, 8)
+        || !output(&out[1], "dense_out", PyTuple_GET_SIZE(dense) * n, 4)
+        || !output(&out[2], "labels", n, 4) || !output(&out[3], "rates", n, 4)
+        || !output(&out[4], "stamps", n, 8))
+        goto done;
+    int ok = batch_columns(events, sparse, dense, memo, at[0], at[1], at[2], at[3], at[4], at[5],
+                           out[0].buf, out[1].buf, out[2].buf, out[3].buf, out[4].buf);
+    result = PyBool_FromLong(ok);
+done:
+    for (int k = 0; k < 5; ++k) PyBuffer_Release(&out[k]);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"batch_columns", py_batch_columns, METH_VARARGS,
+     "Fill the batch's columns in one pass over the events; False: the general path's batch."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_batch",
+                                    "The batcher's one-pass column build.", -1, methods};
+
+PyMODINIT_FUNC PyInit__batch(void) { return PyModule_Create(&module); }

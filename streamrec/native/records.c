@@ -7,10 +7,9 @@
  * reader then reads the batch, or raises the error the user sees; this file
  * never decides what is an error.
  *
- * Built (with the CPython headers) and loaded through ctypes.PyDLL, which
- * holds the GIL, by streamrec/native/__init__.py. `data` must be bytes (the
- * batch's records, decompressed) and `record_type` a tuple subclass of 13
- * fields (ConsumerRecord). A batch of timestamp type 1 (log append time)
+ * The extension module streamrec.native._records (built by setup.py). `data`
+ * is bytes (the batch's records, decompressed) and `record_type` a tuple
+ * subclass of 13 fields (ConsumerRecord). A batch of timestamp type 1 (log append time)
  * stamps every record with `log_append_time` (the batch's max timestamp).
  */
 #define PY_SSIZE_T_CLEAN
@@ -49,7 +48,7 @@ static PyObject *field(const unsigned char *buf, Py_ssize_t end, Py_ssize_t *pos
     return out;
 }
 
-PyObject *kafka_records(PyObject *data, int64_t start, int64_t count, int64_t base_offset,
+static PyObject *kafka_records(PyObject *data, int64_t start, int64_t count, int64_t base_offset,
                         int64_t first_timestamp, int64_t log_append_time, int64_t timestamp_type,
                         PyObject *record_type, PyObject *topic, PyObject *partition,
                         PyObject *leader_epoch) {
@@ -150,3 +149,36 @@ error:
     Py_XDECREF(minus_one);
     return NULL;
 }
+
+/* kafka_records(data: bytes, start, count, base_offset, first_timestamp, log_append_time,
+ *               timestamp_type, record_type, topic, partition, leader_epoch) */
+static PyObject *py_kafka_records(PyObject *self, PyObject *args) {
+    PyObject *data, *record_type, *topic, *partition, *leader_epoch;
+    long long start, count, base_offset, first_timestamp, log_append_time, timestamp_type;
+    if (!PyArg_ParseTuple(args, "O!LLLLLLO!OOO:kafka_records", &PyBytes_Type, &data, &start,
+                          &count, &base_offset, &first_timestamp, &log_append_time,
+                          &timestamp_type, &PyType_Type, &record_type, &topic, &partition,
+                          &leader_epoch))
+        return NULL;
+    if (start < 0 || start > PyBytes_GET_SIZE(data)) {
+        PyErr_Format(PyExc_ValueError, "kafka_records: start %lld outside the %zd bytes of data",
+                     start, PyBytes_GET_SIZE(data));
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)record_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "kafka_records: record_type must be a tuple subclass");
+        return NULL;
+    }
+    return kafka_records(data, start, count, base_offset, first_timestamp, log_append_time,
+                         timestamp_type, record_type, topic, partition, leader_epoch);
+}
+
+static PyMethodDef methods[] = {
+    {"kafka_records", py_kafka_records, METH_VARARGS,
+     "A v2 batch's records and their bytes, or None where the Python reader must read it."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_records",
+                                    "Kafka record batches read into records.", -1, methods};
+
+PyMODINIT_FUNC PyInit__records(void) { return PyModule_Create(&module); }

@@ -16,6 +16,7 @@ from streamrec.ingest.ids import hash_id, to_id
 from streamrec.config import ModelConfig
 from streamrec.synthetic import PRESETS, SyntheticStream
 from streamrec import native
+from tests.reference_ops import python_paths
 from streamrec.model.ctr import CTRModel, model_from_spec, model_spec, pool_features
 
 
@@ -162,21 +163,17 @@ def _same_batch(a: Batch, b: Batch) -> None:
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_the_one_pass_builder_batches_as_the_python_path(preset: str) -> None:
-    if not native.available():
-        pytest.skip("no C compiler here: the Python path is what runs")
     features = ["user_id", "item_id", "category", "country", "hour"]
     events = list(SyntheticStream(PRESETS[preset]()).events(3000))
     fast = Batcher(features, ["price"])
     assert native.batch_columns(events, (0, 1, "category", "country", "hour"),
                                 ("price",), fast._ids, (1, 2, 6, 7, 8, 3)) is not None
-    with native.disabled():
+    with python_paths():
         reference = Batcher(features, ["price"]).build(events)
     _same_batch(fast.build(events), reference)
 
 
 def test_the_one_pass_builder_converts_every_value_type_as_the_python_path() -> None:
-    if not native.available():
-        pytest.skip("no C compiler here: the Python path is what runs")
     big = 2**70
     events = [
         Event(type="example", user_id=u, item_id=-u, timestamp_ms=10**12 + u,
@@ -194,7 +191,7 @@ def test_the_one_pass_builder_converts_every_value_type_as_the_python_path() -> 
     columns = native.batch_columns(events, (0, "tag", 1), ("x", "y"), batcher._ids,
                                    (1, 2, 6, 7, 8, 3))
     assert columns is not None  # all of it in one pass
-    with native.disabled():
+    with python_paths():
         reference = Batcher(["user_id", "tag", "item_id"], ["x", "y"]).build(events)
     _same_batch(batcher.build(events), reference)
 
@@ -209,7 +206,7 @@ def test_the_one_pass_builder_converts_every_value_type_as_the_python_path() -> 
 def test_the_one_pass_builder_leaves_other_batches_to_the_python_path(odd: dict) -> None:
     events = [event(1, 2, tag=("a",)), Event(type="example", user_id=3, item_id=4,
                                              timestamp_ms=5, features=odd, label=1.0)]
-    with native.disabled():
+    with python_paths():
         try:
             reference: Batch | Exception = Batcher(["tag"], []).build(events)
         except Exception as e:  # noqa: BLE001 (whatever the Python path raises)

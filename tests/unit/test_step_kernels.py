@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import shutil
+import functools
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,14 @@ from streamrec import native
 from streamrec.config import ModelConfig, TableConfig, load_config
 from streamrec.synthetic import PRESETS, SyntheticStream
 from streamrec.model.embedding import DynamicEmbeddingCollection
-from streamrec.model.history import _exclusive_prefix
 from streamrec.model.ctr import CTRModel, fm_interaction
+from streamrec.model.history import history_inputs
 from streamrec.model.tables.index import IdIndex
 from streamrec.model.tables.rows import id_normal
 from streamrec.model.tables.sort import stable_argsort, unique
 from streamrec.trainer.trainer import OnlineTrainer
+from tests import reference_ops
+from tests.reference_ops import python_paths
 
 INT64 = torch.iinfo(torch.int64)
 
@@ -73,19 +74,14 @@ def test_fm_interaction_value_and_gradient() -> None:
     assert torch.allclose(fm_interaction(v), pairs)
 
 
-# The C kernels (streamrec/native) against the torch code they replace ---------
+# The operators (streamrec/native) against the reference implementations -----------
 
 
-def _kernels_or_skip() -> None:
-    if not native.available():
-        pytest.skip("no C compiler here: the torch versions are what runs")
-
-
-def test_kernels_are_built_and_used_where_a_compiler_exists() -> None:
-    if shutil.which(os.environ.get("CC") or "cc") is None:
-        pytest.skip("no C compiler on this machine")
-    assert native.available(torch.empty(1))
-    assert not native.available(torch.empty(1, dtype=torch.float64))  # float32 only
+def test_importing_streamrec_native_registers_the_operators() -> None:
+    for name in reference_ops.OPS:
+        assert hasattr(torch.ops.streamrec, name), name
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        native.gather_rows(torch.zeros(3, 2, dtype=torch.int64), torch.tensor([0]))
 
 
 def _fm_model(dense: list[str], history: list[str]) -> CTRModel:
@@ -99,12 +95,24 @@ def _fm_model(dense: list[str], history: list[str]) -> CTRModel:
     return model
 
 
+def _layerwise(model: CTRModel, pooled: torch.Tensor, dense: torch.Tensor,
+               counts: torch.Tensor | None) -> torch.Tensor:
+    """CTRModel.forward's general path (as with hidden layers) for a model without them."""
+    if counts is not None:
+        dense = torch.cat([dense, history_inputs(counts, model.prior_ctr,
+                                                 model.config.history_strength)], dim=1)
+    factors = pooled[..., :-1]
+    if model.dense_proj is not None:
+        factors = torch.cat([factors, model.dense_proj(dense).unsqueeze(1)], dim=1)
+    deep = model._first_layer(factors.flatten(1), dense).squeeze(1)
+    return model.bias + pooled[..., -1].sum(dim=1) + fm_interaction(factors) + deep
+
+
 @pytest.mark.parametrize("layout", ["fields-first", "examples-first"])
 @pytest.mark.parametrize("dense", [[], ["price"]])
 @pytest.mark.parametrize("history", [[], ["user_id"]])
 def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str],
                                               history: list[str]) -> None:
-    _kernels_or_skip()
     model = _fm_model(dense, history)
     g = torch.Generator().manual_seed(3)
     batch = 37
@@ -118,13 +126,13 @@ def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str],
     upstream = torch.randn(batch, generator=g)
     inputs = [pooled, *model.parameters()]
 
-    def run() -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
-        out = model(pooled, dense_x, counts)
+    def run(forward: Callable[..., torch.Tensor]
+            ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, ...]]:
+        out = forward(pooled, dense_x, counts)
         return out, torch.autograd.grad(out, inputs, upstream, allow_unused=True)
 
-    fast, fast_grads = run()
-    with native.disabled():
-        reference, reference_grads = run()
+    fast, fast_grads = run(model)
+    reference, reference_grads = run(functools.partial(_layerwise, model))
     assert torch.allclose(fast, reference, rtol=1e-5, atol=1e-5)
     for got, want in zip(fast_grads, reference_grads):
         assert (got is None) == (want is None)
@@ -135,7 +143,6 @@ def test_fm_kernels_match_the_layerwise_model(layout: str, dense: list[str],
 def test_fm_kernels_on_an_empty_slice_give_zero_weight_gradients() -> None:
     # A rank's slice of a global batch may be empty; its (all-reduced)
     # gradients must then be zeros, not whatever memory the buffers held.
-    _kernels_or_skip()
     model = _fm_model(["price"], [])
     for _ in range(3):
         out = model(torch.randn(0, 3, 9), torch.randn(0, 1))
@@ -149,16 +156,14 @@ def test_fm_kernels_on_an_empty_slice_give_zero_weight_gradients() -> None:
 
 
 def test_history_prefix_kernel_matches_the_sorting_version() -> None:
-    _kernels_or_skip()
     g = torch.Generator().manual_seed(4)
     stored = torch.randint(0, 9, (50, 2), generator=g).float()
     inverse = torch.randint(0, 50, (3000,), generator=g)
     y = torch.randint(0, 2, (3000,), generator=g).float()
     before, totals = native.history_prefix(stored, inverse, y)
-    assert torch.equal(before, stored[inverse] + _exclusive_prefix(
-        inverse, torch.stack([torch.ones_like(y), y], dim=1)))
-    assert torch.equal(totals, torch.zeros(50, 2).index_add_(
-        0, inverse, torch.stack([torch.ones_like(y), y], dim=1)))
+    want_before, want_totals = reference_ops.history_prefix(stored, inverse, y)
+    assert torch.equal(before, want_before)
+    assert torch.equal(totals, want_totals)
 
 
 def _train_fm(steps: int) -> list[torch.Tensor]:
@@ -173,56 +178,27 @@ def _train_fm(steps: int) -> list[torch.Tensor]:
 
 
 def test_training_with_kernels_follows_training_without() -> None:
-    _kernels_or_skip()
-    with native.disabled():
+    with reference_ops.reference_ops(), python_paths():
         reference = _train_fm(6)
     fast = _train_fm(6)
     for got, want in zip(fast, reference):
         assert torch.allclose(got, want, atol=1e-4)
 
 
-def test_a_failed_build_falls_back_to_torch_with_a_warning(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
-        ) -> None:
-    monkeypatch.setattr(native, "_loaded", {})  # as in a fresh process
-    monkeypatch.setenv("STREAMREC_NATIVE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", "false")  # a compiler that always fails
-    events = list(SyntheticStream(PRESETS["drifting"]()).events(50))
-    with caplog.at_level(logging.WARNING, logger="streamrec.native"):
-        assert not native.available()
-        batch = Batcher(["user_id", "item_id", "category"], ["price"]).build(events)
-    assert "native kernels (the slower torch versions run) unavailable" in caplog.text
-    assert "native batch builder (the slower Python batcher runs) unavailable" in caplog.text
-    assert "false failed" in caplog.text
-    assert list(tmp_path.iterdir()) == []  # no half-written library left behind
-    model = _fm_model([], [])
-    assert model(torch.randn(4, 3, 9), torch.empty(4, 0)).shape == (4,)
-    assert len(batch) == 50 and batch.sparse.values().numel() == 150
-
-
-def test_kernels_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setenv("STREAMREC_NATIVE", "0")
-    assert not native.available()
-    assert native.batch_columns([], (), (), {}, (1, 2, 6, 7, 8, 3)) is None
-
-
 def test_gather_rows_kernel_matches_index_select_both_ways() -> None:
-    _kernels_or_skip()
     g = torch.Generator().manual_seed(5)
     table = torch.randn(40, 9, generator=g, requires_grad=True)
     index = torch.randint(0, 40, (500,), generator=g)
     upstream = torch.randn(500, 9, generator=g)
     fast = native.gather_rows(table, index)
     (fast_grad,) = torch.autograd.grad(fast, table, upstream)
-    reference = table.index_select(0, index)
+    reference = reference_ops.gather_rows(table, index)
     (reference_grad,) = torch.autograd.grad(reference, table, upstream)
     assert torch.equal(fast, reference)
     assert torch.allclose(fast_grad, reference_grad, atol=1e-5)
 
 
 def test_unique_pairs_kernel_dedups_exactly_in_first_seen_order() -> None:
-    _kernels_or_skip()
     ids = torch.tensor([5, INT64.min, 5, 5, INT64.max, INT64.min, 0])
     tags = torch.tensor([0, 1, 1, 0, 1, 1, 0])
     pair_ids, pair_tags, inverse, counts = native.unique_pairs(ids, tags)
@@ -235,14 +211,13 @@ def test_unique_pairs_kernel_dedups_exactly_in_first_seen_order() -> None:
 @pytest.mark.parametrize("tagged", [False, True], ids=["plain", "tagged"])
 def test_id_index_kernels_hash_as_the_torch_probes_do(tagged: bool) -> None:
     # Both write and read the same slot arrays: an index filled by one is read by the other.
-    _kernels_or_skip()
     g = torch.Generator().manual_seed(6)
     # Enough ids that segments double and then split (past 2^15 slots).
     ids = torch.unique(torch.cat([torch.randint(-(2**62), 2**62, (50_000,), generator=g),
                                   torch.tensor([INT64.min, INT64.max, 0, -1])]))
     tags = torch.randint(0, 4, (ids.numel(),), generator=g) if tagged else None
-    for writer, reader in ((native.disabled, contextlib.nullcontext),
-                           (contextlib.nullcontext, native.disabled)):
+    for writer, reader in ((reference_ops.reference_ops, contextlib.nullcontext),
+                           (contextlib.nullcontext, reference_ops.reference_ops)):
         index = IdIndex(initial_slots=64, tagged=tagged)  # grows on the way
         with writer():
             rows = torch.cat([index.insert(ids[i:i + 5000], None if tags is None
@@ -261,46 +236,20 @@ def test_id_index_kernels_hash_as_the_torch_probes_do(tagged: bool) -> None:
 
 
 def test_id_normal_kernel_draws_the_torch_versions_values() -> None:
-    _kernels_or_skip()
     ids = torch.tensor([0, 1, -1, INT64.min, INT64.max, 123456789012345])
     for dim, seed in ((8, 0), (17, 3), (1, 2**40)):
         fast = id_normal(ids, dim, seed)
-        with native.disabled():
+        with reference_ops.reference_ops():
             reference = id_normal(ids, dim, seed)
         assert fast.shape == reference.shape == (6, dim)
         assert torch.allclose(fast, reference, rtol=1e-6, atol=1e-6)
-
-
-def test_a_damaged_cached_library_is_built_again_and_any_user_can_load_it(
-        tmp_path: Path) -> None:
-    if shutil.which("cc") is None:
-        pytest.skip("no C compiler on this machine")
-    # Fresh processes: a process keeps the library it loaded mapped.
-    env = {**os.environ, "STREAMREC_NATIVE_DIR": str(tmp_path),
-           "CC": "cc -O2"}  # a compiler command with arguments
-    built = subprocess.run([sys.executable, "-m", "streamrec.native"], env=env,
-                           capture_output=True, text=True, check=True)
-    paths = [Path(line) for line in built.stdout.split()]
-    assert len(paths) == 3  # kernels, batcher, Kafka record reader
-    for path in paths:  # images build as root and train as another user
-        assert path.stat().st_mode & 0o005 == 0o005, oct(path.stat().st_mode)
-    # A truncated library would kill the process in dlopen (SIGBUS): it is rebuilt.
-    damaged = paths[0]
-    damaged.write_bytes(damaged.read_bytes()[:1000])
-    check = subprocess.run(
-        [sys.executable, "-c", "from streamrec import native; print(native.available())"],
-        env=env, capture_output=True, text=True)
-    assert check.returncode == 0 and check.stdout.strip() == "True", check.stderr
-    assert "damaged; building it again" in check.stderr
-    assert damaged.stat().st_size > 1000
-    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_a_full_table_admits_the_same_ids_with_and_without_kernels() -> None:
     # max_rows: who gets the last rows must not depend on the dedup's order.
     from streamrec.model.tables.base import make_tables
     admitted = []
-    for context in (contextlib.nullcontext, native.disabled):
+    for context in (contextlib.nullcontext, reference_ops.reference_ops):
         with context():
             tables = make_tables(["a", "b"], 3, lambda name: TableConfig(max_rows=2), seed=0)
             ec = DynamicEmbeddingCollection(tables)
@@ -315,10 +264,9 @@ def test_a_full_table_admits_the_same_ids_with_and_without_kernels() -> None:
 
 
 def test_kernels_write_float32_whatever_the_default_dtype() -> None:
-    _kernels_or_skip()
     events = list(SyntheticStream(PRESETS["drifting"]()).events(64))
     ids = torch.tensor([1, 2, 3])
-    with native.disabled():
+    with reference_ops.reference_ops(), python_paths():
         batch, init = Batcher(["user_id", "category"], ["price"]).build(events), \
             id_normal(ids, 4, 0)
     previous = torch.get_default_dtype()
@@ -334,7 +282,6 @@ def test_kernels_write_float32_whatever_the_default_dtype() -> None:
 
 
 def test_the_fm_kernels_take_an_empty_batch_in_any_layout() -> None:
-    _kernels_or_skip()
     model = _fm_model([], [])
     pooled = torch.empty(0, 10).as_strided((0, 3, 9), (10, 1, 3))  # no unit column stride
     assert model(pooled, torch.empty(0, 0)).shape == (0,)

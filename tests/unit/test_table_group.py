@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable
 
@@ -122,12 +121,12 @@ def test_a_grouped_table_restores_from_a_per_feature_checkpoint() -> None:
     assert grouped.lookup(torch.tensor([424242]), now_ms=10).item() >= 0
 
 
-@pytest.mark.parametrize("kernels", ["native", "sorting"])
+@pytest.mark.parametrize("kernels", ["native", "reference"])
 def test_unique_pairs_is_exact_for_small_and_full_64_bit_ids(kernels: str) -> None:
     from streamrec import native
-    from streamrec.model.tables.group import unique_pairs
-    with native.disabled() if kernels == "sorting" else contextlib.nullcontext():
-        _check_unique_pairs(unique_pairs)
+    from tests import reference_ops
+    _check_unique_pairs(native.unique_pairs if kernels == "native"
+                        else reference_ops.unique_pairs)
 
 
 def _check_unique_pairs(unique_pairs: Callable[..., tuple[torch.Tensor, ...]]) -> None:
@@ -143,7 +142,7 @@ def _check_unique_pairs(unique_pairs: Callable[..., tuple[torch.Tensor, ...]]) -
             tags = torch.sort(tags, descending=layout == "runs down").values
         elif layout == "one":
             tags = torch.full_like(ids, 2)
-        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags, 3)
+        pair_ids, pair_tags, inverse, counts = unique_pairs(ids, tags)
         pairs = list(zip(tags.tolist(), ids.tolist()))
         got = list(zip(pair_tags.tolist(), pair_ids.tolist()))
         assert len(got) == len(set(got)) == len(set(pairs))

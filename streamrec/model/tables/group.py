@@ -9,19 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 
 from streamrec.config import TableConfig
-from streamrec import native
 from streamrec.model.records import EvictedIds, TableDelta, UpsertedRows
 from streamrec.model.tables.filter import FrequencyFilter
 from streamrec.model.tables.index import IdIndex
 from streamrec.model.tables.reserve import ReservedArray
 from streamrec.model.tables.rows import SWEEP_ROWS, TableStats, id_normal, sweep_window
-from streamrec.model.tables.sort import unique, unique_np
 
-__all__ = ["GroupTableView", "TableGroup", "unique_pairs"]
+__all__ = ["GroupTableView", "TableGroup"]
 
 _STATS = TableStats.__slots__
 _ADAGRAD_EPS = 1e-8
@@ -32,44 +29,6 @@ _ADAGRAD_EPS = 1e-8
 _TIME_MIN, _TIME_MAX = -(1 << 31), (1 << 31) - 1
 
 
-def unique_pairs(ids: torch.Tensor, tags: torch.Tensor, n_tags: int
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact dedup of ``(tags[i], ids[i])``: ``(ids, tags, inverse, counts)`` of the unique pairs.
-
-    By the native kernel (:mod:`streamrec.native`: hashing, first-occurrence
-    order) where it is built; else by sorting, as follows (ascending order).
-    One sort of ``id * n_tags + tag`` when every id leaves room for that in
-    int64 (small ids). Otherwise, when ``tags`` come in runs (each table's ids
-    together, as the callers lay them out), a dedup per run; failing that the
-    ids are ranked first and the pairs are ``(rank, tag)``. Either way ids
-    using all 64 bits never collide.
-    """
-    if ids.numel() == 0:
-        empty = torch.empty(0, dtype=torch.int64)
-        return empty, empty.clone(), empty.clone(), empty.clone()
-    if native.available():
-        return native.unique_pairs(ids, tags)  # one hashing pass, no sort
-    low, high = torch.aminmax(ids)
-    limit = (torch.iinfo(torch.int64).max - n_tags) // n_tags
-    if -limit <= int(low) and int(high) <= limit:
-        pairs, inverse, counts = unique(ids * n_tags + tags)
-        return pairs.div(n_tags, rounding_mode="floor"), pairs.remainder(n_tags), \
-            inverse, counts
-    t, k = tags.contiguous().numpy(), ids.contiguous().numpy()
-    changes = np.flatnonzero(t[1:] != t[:-1]) + 1
-    if changes.shape[0] < n_tags and bool((t[changes] > t[changes - 1]).all()):
-        # Hashed ids (strings) in some tables: short sorts, not one long one.
-        bounds = [0, *changes.tolist(), t.shape[0]]
-        parts = [unique_np(k[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-        sizes = [u.shape[0] for u, _, _ in parts]
-        offsets = np.cumsum([0, *sizes[:-1]])
-        return (torch.from_numpy(np.concatenate([u for u, _, _ in parts])),
-                torch.from_numpy(np.repeat(t[bounds[:-1]], sizes)),
-                torch.from_numpy(np.concatenate([i + o for (_, i, _), o in zip(parts, offsets)])),
-                torch.from_numpy(np.concatenate([c for _, _, c in parts])))
-    unique_ids, id_rank, _ = unique(ids)
-    pairs, inverse, counts = unique(id_rank * n_tags + tags)
-    return unique_ids.index_select(0, pairs // n_tags), pairs % n_tags, inverse, counts
 
 
 def _before(times: torch.Tensor, at: int, inclusive: bool) -> torch.Tensor:
@@ -249,8 +208,8 @@ class TableGroup:
         """Mask of admitted candidates that still fit under ``max_rows`` in their table.
 
         Where not all fit, the smallest ids win: a rule that does not depend on
-        the order the candidates come in (the dedup's order differs between its
-        native and sorting versions, and between a table group and a lone table).
+        the order the candidates come in (the dedup's order differs between a
+        table group and a lone table).
         """
         room = (self.config.max_rows - self.rows_per_tag).clamp(min=0)
         cand = torch.nonzero(admit).reshape(-1)

@@ -28,9 +28,8 @@ A *tagged* index keys rows by ``(tag, id)`` pairs: several tables (tag = the
 table's number) share one index and one set of row tensors (see
 :mod:`streamrec.model.tables.group`). The same id under two tags gets two rows.
 
-Probes run as one loop in C (:mod:`streamrec.native`) or, as the fallback
-and reference, as a few torch passes over the still-unresolved ids; both
-hash identically and read and write the same arrays.
+Hashing and probes run as torch operators (:mod:`streamrec.native`), one loop
+over the ids each.
 """
 
 from __future__ import annotations
@@ -39,12 +38,9 @@ import torch
 
 from streamrec import native
 from streamrec.model.tables.reserve import ReservedArray
-from streamrec.model.tables.rows import _splitmix
 
 __all__ = ["IdIndex"]
 
-# Mixes the tag into the key of a tagged index (an odd constant).
-_TAG_MULT = 0x2545F4914F6CDD1D
 _LOW = 0xFFFFFFFF
 _DELETED = 1 << 32  # a slot whose row part is 0 but is not empty
 _MAX_CAP_BITS = 15  # a segment's most slots: 2^15 (256 KiB)
@@ -60,12 +56,6 @@ _MAX_CREDIT = 4 << _MAX_CAP_BITS
 _MAX_ROWS = (1 << 31) - 1  # free rows are kept as int32
 # Rows reserved per index by default (address space, not memory).
 DEFAULT_ROW_LIMIT = 1 << 28
-
-
-def key_hash(ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
-    """Top 32 bits of splitmix64's mix of ``id + tag * _TAG_MULT`` (int64, ``0 .. 2^32-1``)."""
-    key = ids if tags is None else ids + tags * _TAG_MULT
-    return (_splitmix(key) >> 32) & _LOW
 
 
 class IdIndex:
@@ -144,21 +134,11 @@ class IdIndex:
             raise ValueError("a tagged IdIndex needs tags with every id")
 
     def _hash(self, ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:
-        tags = tags if self.tagged else None
-        if native.available() and ids.numel():
-            return native.index_hash(ids, tags)
-        return key_hash(ids, tags)
+        return native.index_hash(ids, tags if self.tagged else None)
 
     def _segment_of(self, h: torch.Tensor) -> torch.Tensor:
         g = self._global_bits
         return self._directory.index_select(0, h >> (32 - g)) if g else torch.zeros_like(h)
-
-    def _home(self, h: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first slot within the segment, the segment's slot mask) of each hash."""
-        cap_bits = self._cap_bits.index_select(0, seg)
-        shift = 32 - self._depth.index_select(0, seg) - cap_bits
-        mask = (torch.ones_like(cap_bits) << cap_bits) - 1
-        return (h >> shift) & mask, mask
 
     def _layout(self) -> tuple[torch.Tensor, ...]:
         return (self._slots.data, self._directory, self._depth, self._cap_bits)
@@ -167,72 +147,17 @@ class IdIndex:
         """Slot of each id (of each ``(tag, id)`` in a tagged index), or -1 where absent."""
         self._check_tags(tags)
         tags = tags if self.tagged else None
-        if native.available() and ids.numel():
-            return native.index_find(*self._layout(), self._global_bits, 1 << _MAX_CAP_BITS,
-                                     self._ids.data, self._tags.data if self.tagged else None,
-                                     ids, tags)
-        # index_select, not advanced indexing: several times faster on CPU.
-        slots, row_ids, row_tags = self._slots.data, self._ids.data, self._tags.data
-        h = key_hash(ids, tags)
-        seg = self._segment_of(h)
-        pos, mask = self._home(h, seg)
-        base = seg << _MAX_CAP_BITS
-        found = torch.full_like(ids, -1)
-        todo = torch.arange(ids.numel())
-        while todo.numel():
-            at = base + pos
-            v = slots.index_select(0, at)
-            row = (v & _LOW) - 1
-            hit = (row >= 0) & (((v >> 32) & _LOW) == h)
-            r = row.clamp(min=0)
-            hit &= row_ids.index_select(0, r) == ids
-            if tags is not None:
-                hit &= row_tags.index_select(0, r).to(torch.int64) == tags
-            done = torch.nonzero(hit).reshape(-1)
-            found.index_copy_(0, todo.index_select(0, done), at.index_select(0, done))
-            # A probe chain ends at an empty slot; deleted slots are walked over.
-            go_on = torch.nonzero(~hit & (v != 0)).reshape(-1)
-            todo, h, ids, base, pos, mask = (t.index_select(0, go_on)
-                                             for t in (todo, h, ids, base, pos, mask))
-            if tags is not None:
-                tags = tags.index_select(0, go_on)
-            pos = (pos + 1) & mask
-        return found
+        return native.index_find(*self._layout(), self._global_bits, 1 << _MAX_CAP_BITS,
+                                 self._ids.data, self._tags.data if self.tagged else None,
+                                 ids, tags)
 
     def _place(self, values: torch.Tensor) -> None:
         """Write slot values (hash over row + 1) of keys known to be absent into free slots;
         every target segment has room (see _make_room)."""
         if not values.numel():
             return
-        if native.available():
-            native.index_place(*self._layout(), self._global_bits, 1 << _MAX_CAP_BITS,
-                               self._used, self._live, values)
-            return
-        slots = self._slots.data
-        h = (values >> 32) & _LOW
-        seg = self._segment_of(h)
-        pos, mask = self._home(h, seg)
-        n_seg = self._used.numel()
-        while values.numel():
-            at = (seg << _MAX_CAP_BITS) + pos
-            cur = slots.index_select(0, at)
-            free = torch.nonzero((cur & _LOW) == 0).reshape(-1)
-            # Several values may reach one free slot in a pass: the first wins.
-            cand = at.index_select(0, free)
-            uniq, inverse = torch.unique(cand, return_inverse=True)
-            first = torch.full((uniq.numel(),), free.numel(), dtype=torch.int64)
-            first.scatter_reduce_(0, inverse, torch.arange(free.numel()), "amin")
-            won = free.index_select(0, first)
-            slots.index_copy_(0, at.index_select(0, won), values.index_select(0, won))
-            won_seg = seg.index_select(0, won)
-            was_empty = cur.index_select(0, won) == 0
-            self._used += torch.bincount(won_seg[was_empty], minlength=n_seg)
-            self._live += torch.bincount(won_seg, minlength=n_seg)
-            placed = torch.zeros(values.numel(), dtype=torch.bool)
-            placed.index_fill_(0, won, True)
-            rest = torch.nonzero(~placed).reshape(-1)
-            values, seg, pos, mask = (t.index_select(0, rest) for t in (values, seg, pos, mask))
-            pos = (pos + 1) & mask
+        native.index_place(*self._layout(), self._global_bits, 1 << _MAX_CAP_BITS,
+                           self._used, self._live, values)
 
     # Growth -----------------------------------------------------------------------------
 

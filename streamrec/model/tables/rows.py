@@ -13,20 +13,6 @@ def _signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x
 
 
-# splitmix64 constants (Steele et al. 2014), as signed int64.
-_GOLDEN, _C1, _C2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
-                                          0x94D049BB133111EB))
-
-
-def _splitmix(x: torch.Tensor) -> torch.Tensor:
-    # Logical right shifts on int64: arithmetic shift, then mask the sign bits away.
-    x = x ^ ((x >> 30) & ((1 << 34) - 1))
-    x = x * _C1
-    x = x ^ ((x >> 27) & ((1 << 37) - 1))
-    x = x * _C2
-    return x ^ ((x >> 31) & ((1 << 33) - 1))
-
-
 def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     """``[len(ids), dim]`` standard normals that depend only on (seed, id, column).
 
@@ -34,15 +20,8 @@ def id_normal(ids: torch.Tensor, dim: int, seed: int) -> torch.Tensor:
     same values whatever the shard layout, process count or admission order —
     a 2-rank run can match a 1-rank run — and checkpoints need no RNG state.
     """
-    offset = _signed((seed * 4 * dim) & ((1 << 64) - 1))  # wraps as the int64 arithmetic does
-    if native.available() and ids.numel():
-        return native.id_normal(ids.reshape(-1), dim, offset)
-    cols = torch.arange(2 * dim, dtype=torch.int64)
-    x = (ids.unsqueeze(1) * _GOLDEN + (cols + offset).unsqueeze(0)) * _GOLDEN
-    bits = (_splitmix(x) >> 40) & ((1 << 24) - 1)  # 24 uniform bits
-    u = (bits.to(torch.float64) + 0.5) / (1 << 24)
-    u1, u2 = u[:, :dim], u[:, dim:]
-    return ((-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)).to(torch.float32)
+    offset = _signed((seed * 4 * dim) & ((1 << 64) - 1))  # wraps as int64 arithmetic does
+    return native.id_normal(ids.reshape(-1), dim, offset)
 
 
 def sweep_window(cursor: int, max_rows: int, end_all: int
