@@ -2,6 +2,9 @@
 
 Offsets are committed only after a checkpoint covers them; a restart seeks to
 the checkpoint's offsets. Rebalances and replaced logs: docs/design.md, "The Kafka source".
+
+Trainer ranks (trainer.ranks) do not join the group: each is assigned a fixed
+share of the partitions, so that its checkpoint owns them (docs/ranks.md).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from streamrec.ingest.kafka_lag import EndOffsets
 from streamrec.ingest.metrics import IngestMetrics
 from streamrec.ingest.source import DeadLetter, SourceBatch, decode_values
 from streamrec.config import IngestConfig
+from streamrec.errors import ConfigError
 
-__all__ = ["KafkaSource", "consumer_settings", "create_topics"]
+__all__ = ["KafkaSource", "consumer_settings", "create_topics", "partition_share"]
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +84,23 @@ class KafkaSource:
     id, v13, would have the broker refuse them).
     """
 
-    def __init__(self, config: IngestConfig, metrics: IngestMetrics | None = None) -> None:
+    def __init__(self, config: IngestConfig, metrics: IngestMetrics | None = None,
+                 share: tuple[int, int] | None = None) -> None:
+        """``share=(rank, world)``: read only the partitions :func:`partition_share` gives
+        ``rank`` (assigned, not subscribed: no rebalancing), instead of joining the group."""
         self.config = config
         self.metrics = metrics
         self._init_state()
         self._consumer = KafkaConsumer(**consumer_settings(config))
         kafka_records.install(self._consumer)  # same records, a third of the CPU
-        self._consumer.subscribe(config.topics, listener=_SeekOnAssign(self))
+        if share is None:
+            self._consumer.subscribe(config.topics, listener=_SeekOnAssign(self))
+        else:
+            try:
+                self._consumer.assign(partition_share(self._consumer, config.topics, *share))
+            except Exception:
+                self._consumer.close(autocommit=False)
+                raise
         if metrics is not None:
             self._ends = EndOffsets(config.bootstrap_servers, f"streamrec-{config.group_id}-lag",
                                     lambda: self._assigned)
@@ -340,6 +354,28 @@ class KafkaSource:
             except KafkaError as e:
                 self._committed(todo, e)
         self._consumer.close(autocommit=False)
+
+
+def partition_share(consumer: KafkaConsumer, topics: list[str], rank: int, world: int,
+                    timeout_s: float = 30.0) -> list[TopicPartition]:
+    """The partitions of ``topics`` that rank ``rank`` of ``world`` reads: ``p % world == rank``.
+
+    Raises :class:`ConfigError` when a topic does not exist (within ``timeout_s``) or has
+    fewer partitions than there are ranks (a rank would learn nothing of it).
+    """
+    deadline = time.monotonic() + timeout_s
+    out = []
+    for topic in topics:
+        while not (partitions := consumer.partitions_for_topic(topic)):
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"ingest.topics: topic {topic!r} does not exist (no partitions "
+                                 f"listed within {timeout_s:.0f} s)")
+            time.sleep(0.5)
+        if len(partitions) < world:
+            raise ConfigError(f"ingest.topics: topic {topic!r} has {len(partitions)} "
+                             f"partition(s), fewer than the {world} trainer ranks")
+        out += [TopicPartition(topic, p) for p in sorted(partitions) if p % world == rank]
+    return out
 
 
 def _origin(topic: str, partition: int, messages: list[Any]) -> Callable[[int], str]:

@@ -50,8 +50,13 @@ class Collective:
         """Every parameter's gradient averaged over the ranks (zero where a rank has none)."""
         if not self.distributed:
             return
-        world = self.world_size()
-        for p in parameters:
+        params = list(parameters)
+        for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            self.all_reduce(p.grad).div_(world)
+        # One all-reduce for every gradient (one per tensor costs a round trip
+        # each, per step).
+        flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
+        self.all_reduce(flat).div_(self.world_size())
+        for p, part in zip(params, flat.split([p.numel() for p in params])):
+            p.grad.copy_(part.view_as(p))  # type: ignore[union-attr]

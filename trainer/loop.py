@@ -419,6 +419,33 @@ class TrainingLoop:
         if self.on_progress is not None:
             self.on_progress(self.stats)
 
+    def _take(self, want: int, poll_timeout: float) -> bool:
+        """Poll up to ``want`` records into the pending examples; returns ``source.exhausted``."""
+        got = self.schema.screen(self.source.poll(want, poll_timeout))
+        self.stats.events += len(got.events)
+        if got.dead_letters:
+            self.stats.dead_letters += len(got.dead_letters)
+            if self.dead_letters is not None:
+                self.dead_letters.put(got.dead_letters)
+        self._offsets.update(got.offsets)
+        self._note(got)
+        if got.assigned:  # (empty during a rebalance: not news)
+            # A partition gone to another consumer is that one's to
+            # commit: our stale offset, committed when it came back,
+            # moved the group's offset backwards (and a checkpoint
+            # holding it would re-train what the other one learned).
+            for key in self._offsets.keys() - set(got.assigned):
+                del self._offsets[key]
+        if self.joiner is not None:
+            self._join(got.events, got.origins, got.assigned)
+        else:
+            self._pending.extend(got.events)
+        exhausted = self.source.exhausted
+        if exhausted and self.joiner is not None:
+            self._pending.extend(self._arrive([], self.joiner.flush(), []))
+            self._record_outcomes()
+        return exhausted
+
     def run(self, stop: threading.Event | None = None, max_events: int | None = None,
             max_seconds: float | None = None) -> LoopStats:
         """Train until ``stop`` is set, the source is exhausted, or a limit is reached."""
@@ -437,29 +464,7 @@ class TrainingLoop:
                     want = min(want, max_events - self.stats.events - self.stats.dead_letters)
                     if want <= 0:
                         break
-                got = self.schema.screen(self.source.poll(want, poll_timeout))
-                self.stats.events += len(got.events)
-                if got.dead_letters:
-                    self.stats.dead_letters += len(got.dead_letters)
-                    if self.dead_letters is not None:
-                        self.dead_letters.put(got.dead_letters)
-                self._offsets.update(got.offsets)
-                self._note(got)
-                if got.assigned:  # (empty during a rebalance: not news)
-                    # A partition gone to another consumer is that one's to
-                    # commit: our stale offset, committed when it came back,
-                    # moved the group's offset backwards (and a checkpoint
-                    # holding it would re-train what the other one learned).
-                    for key in self._offsets.keys() - set(got.assigned):
-                        del self._offsets[key]
-                if self.joiner is not None:
-                    self._join(got.events, got.origins, got.assigned)
-                else:
-                    self._pending.extend(got.events)
-                exhausted = self.source.exhausted
-                if exhausted and self.joiner is not None:
-                    self._pending.extend(self._arrive([], self.joiner.flush(), []))
-                    self._record_outcomes()
+                exhausted = self._take(want, poll_timeout)
                 self._drain(final=exhausted)
                 now = time.perf_counter()
                 if now >= next_log:
@@ -476,6 +481,10 @@ class TrainingLoop:
         finally:
             if self.publisher is not None:
                 self.publisher.stop()  # publishes the final state (a version if it changed)
+        return self._finish()
+
+    def _finish(self) -> LoopStats:
+        """The final checkpoint and report, once the publisher has stopped."""
         # After the last publish, so the checkpoint records the version replicas
         # hold: a restart then continues from it (instead of finding every
         # replica "ahead" of the trainer and resending snapshots to all).

@@ -61,7 +61,8 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
         assert collective is not None
         if model.history_features:
             raise ConfigError("model.history_features: not supported with distributed "
-                              "tables yet (history counts are written outside autograd)")
+                              "tables (trainer ranks) yet (history counts are written "
+                              "outside autograd); set it to an empty list")
         if model.in_batch_terms:
             raise ConfigError("model.in_batch_terms: not supported with distributed tables "
                               "yet (each rank sees only its slice of the batch); set it to "

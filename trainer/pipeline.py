@@ -3,6 +3,7 @@
 `streamrec train`, `evaluate` and `demo` each build theirs with
 :func:`build_pipeline`; they differ only in what they pass: the event source,
 the replicas' delta sinks, a checkpointer, a dead-letter sink, a registry.
+A trainer rank (``distributed=True``) gets a :class:`RankLoop` (docs/ranks.md).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from streamrec.trainer.loop import LoopStats, TrainingLoop
 from streamrec.trainer.metrics import TrainerMetrics
 from streamrec.trainer.parameters import TrainerParameters
 from streamrec.trainer.quality import QualityMetrics
-from streamrec.trainer.sync.publisher import Publisher
+from streamrec.trainer.rank_loop import RankLoop
+from streamrec.trainer.sync.publisher import ParameterSource, Publisher
 from streamrec.trainer.sync.sink import DeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
 
@@ -92,10 +94,15 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
         ingest_metrics: the joiner's, audit's and schema's metrics.
         on_progress: called every ``trainer.log_interval_s`` with the loop's stats.
         audit_after: events after which a model feature never seen is logged.
-        distributed, process_group: see :class:`OnlineTrainer`.
+        distributed, process_group: see :class:`OnlineTrainer`; this process
+            is one trainer rank, stepping in lockstep with the others
+            (:class:`RankLoop`). Every rank gathers its rows for rank 0's
+            publisher when ``config.sync.replicas`` lists replicas; rank 0
+            alone passes ``sinks``.
 
     Raises:
         TypeError: ``source`` is not an event source or ``sinks`` not a mapping.
+        ValueError: ``distributed`` with ``sinks`` but no ``config.sync.replicas``.
         RuntimeError: ``distributed`` without an initialised torch.distributed.
         CheckpointError: the newest checkpoint cannot be resumed from.
     """
@@ -109,6 +116,9 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
     if distributed and not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("distributed=True: torch.distributed is not initialised "
                            "(start every rank under torchrun and call init_process_group)")
+    if distributed and sinks and not config.sync.replicas:
+        raise ValueError("sinks with distributed=True: list the replicas in sync.replicas too "
+                         "(every rank takes part in gathering what rank 0 publishes)")
     trainer = OnlineTrainer.from_config(config, distributed=distributed,
                                         process_group=process_group)
     quality = QualityMetrics()
@@ -116,25 +126,39 @@ def build_pipeline(config: AppConfig, source: EventSource, *,
     joiner = joiner_from_config(config.ingest, config.trainer.seed, ingest_metrics)
     audit = FeatureAudit(config.model.sparse_features, config.model.dense_features,
                          ingest_metrics, report_after=audit_after)
-    loop = TrainingLoop(trainer, AuditedSource(source, audit), config, quality=quality,
-                        joiner=joiner, dead_letters=dead_letters, checkpointer=checkpointer,
-                        metrics=metrics, on_progress=on_progress)
+    loop = (RankLoop if distributed else TrainingLoop)(
+        trainer, AuditedSource(source, audit), config, quality=quality, joiner=joiner,
+        dead_letters=dead_letters, checkpointer=checkpointer, metrics=metrics,
+        on_progress=on_progress)
     version = loop.resume()
-    publisher = None
-    if sinks:
-        publisher = Publisher(TrainerParameters(trainer), dict(sinks), config.sync.interval_s,
-                              registry=registry if registry is not None else CollectorRegistry(),
-                              start_version=version, min_interval_s=config.sync.min_interval_s)
-    loop.publisher = publisher
-    # Evicted ids matter only to replicas (every one starts from a full snapshot).
-    trainer.keep_evicted_ids(publisher is not None)
+
+    def publisher_of(parameters: ParameterSource) -> Publisher:
+        return Publisher(parameters, dict(sinks or {}), config.sync.interval_s,
+                         registry=registry if registry is not None else CollectorRegistry(),
+                         start_version=version, min_interval_s=config.sync.min_interval_s)
+
+    if isinstance(loop, RankLoop):
+        publishing = bool(config.sync.replicas)
+        # Evicted ids matter only to replicas (every one starts from a full snapshot).
+        trainer.keep_evicted_ids(publishing)
+        if publishing:
+            loop.publish_with(publisher_of if sinks else None)
+    else:
+        loop.publisher = publisher_of(TrainerParameters(trainer)) if sinks else None
+        trainer.keep_evicted_ids(loop.publisher is not None)
+    publisher = loop.publisher
     return Pipeline(config, trainer, quality, joiner, audit, loop, publisher, metrics, version)
 
 
-def open_source(config: AppConfig, metrics: IngestMetrics | None = None) -> EventSource:
-    """The event source ``config.ingest`` names: a Kafka consumer group or a file."""
+def open_source(config: AppConfig, metrics: IngestMetrics | None = None,
+                share: tuple[int, int] | None = None) -> EventSource:
+    """The event source ``config.ingest`` names: a Kafka consumer group or a file.
+
+    ``share=(rank, world)``: a trainer rank's fixed share of the Kafka
+    partitions instead of the group's (``KafkaSource``); a file is refused.
+    """
     ing = config.ingest
-    if ing.source == "file":
+    if ing.source == "file" and share is None:
         from streamrec.ingest.file_source import FileSource
 
         return FileSource(ing.path, ing.value_format, metrics=metrics)
@@ -144,9 +168,12 @@ def open_source(config: AppConfig, metrics: IngestMetrics | None = None) -> Even
         from streamrec.ingest.kafka_source import KafkaSource
 
         try:
-            return KafkaSource(ing, metrics=metrics)
+            return KafkaSource(ing, metrics=metrics, share=share)
         except KafkaError as e:  # no broker answered: a usage error, not a traceback
             raise kafka_unreachable(ing.bootstrap_servers, e) from None
+    if share is not None:
+        raise ConfigError(f"ingest.source={ing.source!r}: trainer ranks read kafka (each "
+                          f"rank its share of the partitions)")
     raise ConfigError(f"ingest.source={ing.source!r}: `streamrec train` reads kafka or file")
 
 

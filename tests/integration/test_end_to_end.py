@@ -75,12 +75,14 @@ def examples_learned(metrics_port: int) -> float:
     return scrape(metrics_port).get("streamrec_trainer_examples_total", 0.0)
 
 
-def serving_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+def serving_config(tmp_path: Path, model: str = "") -> tuple[Path, dict[str, int]]:
+    """A replica's config (``model``: more lines of its [model] table) and its ports."""
     ports = {"port": free_port(), "sync_port": free_port(), "metrics": free_port()}
     cfg = tmp_path / "serving.toml"
     cfg.write_text(f"""
 [model]
 sparse_features = ["user_id", "item_id", "category", "country"]
+{model}
 [serving]
 port = {ports['port']}
 sync_port = {ports['sync_port']}

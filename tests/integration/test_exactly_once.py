@@ -69,16 +69,17 @@ port = -1
 class _Producer:
     """Writes labelled examples, counting what each partition holds."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, events: int = EVENTS,
+                 partitions: int = PARTITIONS) -> None:
         self.topic = topic
         self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         self.events = [e._replace(type="example", label=float(e.label or 0))
-                       for e in SyntheticStream(default()).events(EVENTS)]
-        self.written = {p: 0 for p in range(PARTITIONS)}
+                       for e in SyntheticStream(default()).events(events)]
+        self.written = {p: 0 for p in range(partitions)}
         self.sent = 0
 
     def write(self, n: int, pace_s: float = 0.0) -> None:
-        last = min(EVENTS, self.sent + n)
+        last = min(len(self.events), self.sent + n)
         while self.sent < last:
             chunk = self.events[self.sent:min(self.sent + 50, last)]
             futures = [self.producer.send(self.topic, key=str(e.user_id).encode(),

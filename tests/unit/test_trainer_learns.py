@@ -334,7 +334,7 @@ def test_distributed_training_refuses_history_features_naming_the_field() -> Non
     from streamrec.errors import ConfigError
 
     config = load_config(env={}, overrides={"model.history_features": "user_id"})
-    with pytest.raises(ConfigError, match="model.history_features"):
+    with pytest.raises(ConfigError, match="model.history_features.*set it to an empty list"):
         OnlineTrainer.from_config(config, distributed=True)
 
 

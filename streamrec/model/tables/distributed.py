@@ -32,14 +32,19 @@ from streamrec.model.tables.table import DynamicEmbeddingTable
 __all__ = ["DistributedEmbeddingTable"]
 
 
-def _exchange(tensor: torch.Tensor, send_counts: list[int], group: dist.ProcessGroup | None
-              ) -> tuple[torch.Tensor, list[int]]:
-    """All-to-all of ``tensor`` split by ``send_counts`` rows; returns rows received and counts."""
-    world = dist.get_world_size(group)
-    counts_in = torch.tensor(send_counts, dtype=torch.int64)
-    counts_out = torch.empty(world, dtype=torch.int64)
-    dist.all_to_all_single(counts_out, counts_in, group=group)
-    recv_counts = counts_out.tolist()
+def _exchange(tensor: torch.Tensor, send_counts: list[int], group: dist.ProcessGroup | None,
+              recv_counts: list[int] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """All-to-all of ``tensor`` split by ``send_counts`` rows; returns rows received and counts.
+
+    ``recv_counts``, when the caller knows them (a reply to an earlier exchange),
+    saves the all-to-all that tells them.
+    """
+    if recv_counts is None:
+        world = dist.get_world_size(group)
+        counts_in = torch.tensor(send_counts, dtype=torch.int64)
+        counts_out = torch.empty(world, dtype=torch.int64)
+        dist.all_to_all_single(counts_out, counts_in, group=group)
+        recv_counts = counts_out.tolist()
     out = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
     dist.all_to_all_single(out, tensor.contiguous(), output_split_sizes=recv_counts,
                            input_split_sizes=send_counts, group=group)
@@ -103,7 +108,7 @@ class DistributedEmbeddingTable:
         values = self.shard.read(rows)
         found = (rows >= 0).to(values.dtype).unsqueeze(1)
         reply = torch.cat([values, found], dim=1)[inverse]
-        back, _ = _exchange(reply, recv_counts, self.group)
+        back, _ = _exchange(reply, recv_counts, self.group, send_counts)
         local = torch.empty_like(back)
         local[order] = back
         self._values = local[:, :-1]
@@ -125,7 +130,7 @@ class DistributedEmbeddingTable:
         full = torch.zeros((len(order), self.dim), dtype=grads.dtype)
         valid = row_ids >= 0
         full[row_ids[valid]] = grads[valid]
-        received, _ = _exchange(full[order], send_counts, self.group)
+        received, _ = _exchange(full[order], send_counts, self.group, recv_counts)
         # Each rank's objective carries world / global count (see
         # OnlineTrainer._step): the average over ranks is the global batch's
         # gradient, whatever the slices' sizes.
