@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import sys
 from collections.abc import Mapping, Sequence
@@ -111,6 +112,12 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _command(argv: Sequence[str]) -> str:
+    """``argv`` as one would type it from the repository root: ``python -m benchmarks.x ...``."""
+    first = re.sub(r"^.*?/benchmarks/(\w+)\.py$", r"-m benchmarks.\1", argv[0]) if argv else ""
+    return " ".join(["python", first, *argv[1:]]).strip()
+
+
 def write_result(name: str, figures: Mapping[str, Any], argv: Sequence[str] | None = None,
                  results_dir: Path = RESULTS_DIR) -> Path:
     """Write ``figures`` with the command line and machine to ``results/<name>.json``."""
@@ -118,8 +125,7 @@ def write_result(name: str, figures: Mapping[str, Any], argv: Sequence[str] | No
     path = results_dir / f"{name}.json"
     doc = {
         "benchmark": name,
-        "command": " ".join([sys.executable.rsplit("/", 1)[-1], *(sys.argv if argv is None
-                                                                 else argv)]),
+        "command": _command(sys.argv if argv is None else argv),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
         **figures,
