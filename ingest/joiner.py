@@ -23,7 +23,7 @@ from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.metrics import IngestMetrics
 from streamrec.config import DelayedFeedback
 
-__all__ = ["Joiner", "identity"]
+__all__ = ["Joiner"]
 
 Key = tuple[str, int]
 # How much earlier than its impression an action may be stamped and still count.
@@ -39,7 +39,7 @@ def _key(event: Event) -> Key:
     return (event.request_id or f"user:{event.user_id}", event.item_id)
 
 
-def identity(event: Event) -> Identity:
+def _identity(event: Event) -> Identity:
     """What makes two deliveries one impression: its event_id, else its key and time."""
     if event.event_id:
         return (event.event_id, "", 0, 0)
@@ -47,7 +47,10 @@ def identity(event: Event) -> Identity:
     return ("", key[0], key[1], event.timestamp_ms)
 
 
-_identity = identity
+def _scored_as(example: Event, impression: Event) -> Event:
+    """``example`` (made of ``impression``) with the impression's served-time score."""
+    return example._replace(predicted=impression.predicted,
+                            served_history=impression.served_history)
 
 
 class Joiner:
@@ -180,7 +183,8 @@ class Joiner:
         if entry[2].predicted is None:
             self._unscored.setdefault(_identity(entry[2]), []).append(entry)
 
-    def annotate(self, scored: Iterable[Event]) -> None:
+    def annotate(self, scored: Iterable[Event], released: Sequence[Event] = ()
+                 ) -> list[Event]:
         """Give impressions of the last push their served-time scores.
 
         ``scored``: the impressions as pushed, with ``predicted`` (and
@@ -188,19 +192,27 @@ class Joiner:
         pushed after the push (so that a score can see the labels released
         before it in the same push): the impressions still waiting, and the
         examples and outcomes made of them during the push, carry the score
-        from now on. (The examples the push returned are the caller's to update.)
+        from now on. Returns ``released`` (the examples the push returned)
+        with the scores of the impressions they came from.
         """
         pending = self._pending
+        by_identity: dict[Identity, Event] = {}
         for impression in scored:
             identity = _identity(impression)
+            by_identity[identity] = impression
             key = _key(impression)
             entry = pending.get(key)
             if entry is not None and entry[0].predicted is None \
                     and _identity(entry[0]) == identity:
                 pending[key] = (impression, entry[1])
             for made in self._unscored.pop(identity, ()):
-                made[2] = made[2]._replace(predicted=impression.predicted,
-                                           served_history=impression.served_history)
+                made[2] = _scored_as(made[2], impression)
+        out = []
+        for example in released:
+            made_of = None if example.predicted is not None else \
+                by_identity.get(_identity(example))
+            out.append(example if made_of is None else _scored_as(example, made_of))
+        return out
 
     def _fake_negative(self, impression: Event, out: list[Event]) -> None:
         """An impression's negative on arrival (``fake_negative``; sampled like a negative)."""

@@ -26,7 +26,6 @@ import torch
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.event_schema import EventSchema
-from streamrec.ingest.joiner import identity
 from streamrec.config import AppConfig
 from streamrec.errors import CheckpointError
 from streamrec.trainer.checkpoint import Checkpointer, checkpoint_name, describe
@@ -247,59 +246,58 @@ class TrainingLoop:
         batched pass either way (a prediction call costs ~1 ms).
         """
         impressions = [e for e in events if e.type == IMPRESSION]
-        if not self.trainer.observes_history:
-            probs = self.trainer.predict(self.batcher.build(impressions)).tolist() \
-                if impressions else []
+        counts = None  # each released example's history counts, when observed
+        if self.trainer.observes_history and (impressions or released):
+            scored, counts = self._observe(events, impressions, released, marks)
+        elif impressions:
+            probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
             scored = [e._replace(predicted=p) for e, p in zip(impressions, probs)]
-        elif impressions or released:
-            order: list[Event] = []
-            asks: list[int] = []  # positions of the impressions in ``order``
-            start = 0
-            for event, mark in zip(events, marks):
-                if event.type == IMPRESSION:
-                    asks.append(len(order))
-                    order.append(event)
-                order.extend(released[start:mark])
-                start = mark
-            order.extend(released[start:])
-            outcomes = torch.zeros((len(order), 2))
-            learned = torch.ones(len(order), dtype=torch.bool)
-            learned[asks] = False
-            labels = torch.tensor([e.label or 0.0 for e in order], dtype=torch.float32)
-            # A clicked impression learned as a negative on arrival (fake
-            # negative) was counted then: its click adds a positive, not a showing.
-            again = torch.tensor([e.fake_negative and e.label == 1.0 for e in order])
-            outcomes[learned, 0] = 1.0 - again[learned].float() * self.joiner.duplicated_share
-            outcomes[learned, 1] = labels[learned]
-            batch = self.batcher.build(order)
-            counts = self.trainer.observe_history(batch.sparse, outcomes)
-            if self.publisher is not None:
-                self.publisher.notify()  # the labels reach replicas with the counts
-            # (Scoring the whole slice costs less than building the impressions' batch.)
-            probs = self.trainer.predict(batch, counts)[asks].tolist() if asks else []
-            scored = [e._replace(predicted=p, served_history=counts[at])
-                      for e, p, at in zip(impressions, probs, asks)]
         if impressions:
-            self.joiner.annotate(scored)  # type: ignore[union-attr]
-            by_identity = {identity(e): e for e in scored}
-            released = [self._served(e, by_identity) for e in released]
-        if self.trainer.observes_history and released:
+            released = self.joiner.annotate(scored, released)  # type: ignore[union-attr]
+        if counts is not None:
             # An example trains on the counts its impression was scored with
             # (what serving saw), else (a labeled example) on those before it.
-            observed = counts[learned].unbind(0)
             self._observed.extend(e.served_history if e.served_history is not None else row
-                                  for e, row in zip(released, observed))
+                                  for e, row in zip(released, counts.unbind(0)))
         return released
 
-    @staticmethod
-    def _served(example: Event, scored: dict[object, Event]) -> Event:
-        if example.predicted is not None:
-            return example
-        impression = scored.get(identity(example))
-        if impression is None:
-            return example
-        return example._replace(predicted=impression.predicted,
-                                served_history=impression.served_history)
+    def _observe(self, events: list[Event], impressions: list[Event], released: list[Event],
+                 marks: list[int]) -> tuple[list[Event], torch.Tensor]:
+        """Store the ``released`` outcomes in the history counts, in the order things
+        happened, and score the ``impressions`` with every outcome before them.
+
+        Returns the impressions with their scores and the counts they were
+        scored with (``served_history``), and ``[len(released), H, 2]``: the
+        counts before each released example.
+        """
+        order: list[Event] = []
+        asks: list[int] = []  # positions of the impressions in ``order``
+        start = 0
+        for event, mark in zip(events, marks):
+            if event.type == IMPRESSION:
+                asks.append(len(order))
+                order.append(event)
+            order.extend(released[start:mark])
+            start = mark
+        order.extend(released[start:])
+        learned = torch.ones(len(order), dtype=torch.bool)
+        learned[asks] = False
+        labels = torch.tensor([e.label or 0.0 for e in order], dtype=torch.float32)
+        # A clicked impression learned as a negative on arrival (fake
+        # negative) was counted then: its click adds a positive, not a showing.
+        again = torch.tensor([e.fake_negative and e.label == 1.0 for e in order])
+        outcomes = torch.zeros((len(order), 2))
+        outcomes[learned, 0] = 1.0 - again[learned].float() * self.joiner.duplicated_share
+        outcomes[learned, 1] = labels[learned]
+        batch = self.batcher.build(order)
+        counts = self.trainer.observe_history(batch.sparse, outcomes)
+        if self.publisher is not None:
+            self.publisher.notify()  # the labels reach replicas with the counts
+        # (Scoring the whole slice costs less than building the impressions' batch.)
+        probs = self.trainer.predict(batch, counts)[asks].tolist() if asks else []
+        scored = [e._replace(predicted=p, served_history=counts[at])
+                  for e, p, at in zip(impressions, probs, asks)]
+        return scored, counts[learned]
 
     def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
               assigned: list[tuple[str, int]] | None) -> None:

@@ -166,11 +166,11 @@ def served_scores(events: list[Event]) -> dict[str, float]:
     scores: dict[str, float] = {}
     annotate = joiner.annotate
 
-    def spy(scored):  # type: ignore[no-untyped-def]
+    def spy(scored, released=()):  # type: ignore[no-untyped-def]
         assert trainer.steps == steps  # (no batch filled: no step changes the scores)
         scored = list(scored)
         scores.update((e.request_id, e.predicted) for e in scored)
-        annotate(scored)
+        return annotate(scored, released)
 
     joiner.annotate = spy  # type: ignore[method-assign]
     TrainingLoop(trainer, IteratorSource(events), config, joiner=joiner).run()

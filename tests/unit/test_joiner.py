@@ -522,6 +522,11 @@ def test_scores_given_after_a_push_reach_what_the_push_made_of_the_impressions()
 def test_marks_count_the_examples_ready_after_each_event() -> None:
     j = TrainingJoiner(["click"], window_s=10, delayed_feedback="fake_negative")
     marks: list[int] = []
-    out = j.push([imp("r1", 7, 0), imp("r2", 8, 0), act("r1", 7, 1_000)], marks=marks)
+    shown = [imp("r1", 7, 0), imp("r2", 8, 0)]
+    out = j.push([*shown, act("r1", 7, 1_000)], marks=marks)
     assert marks == [1, 2, 3]
     assert [(e.item_id, e.label) for e in out] == [(7, 0.0), (8, 0.0), (7, 1.0)]
+    # The examples the push returned take their impressions' scores too.
+    out = j.annotate([e._replace(predicted=p) for e, p in zip(shown, [0.25, 0.5])], out)
+    assert [(e.item_id, e.label, e.predicted) for e in out] == [
+        (7, 0.0, 0.25), (8, 0.0, 0.5), (7, 1.0, 0.25)]
