@@ -19,6 +19,33 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
+def kafka_train_config(path: Path, bootstrap: str, topic: str, group_id: str, *,
+                       ingest: str = "", model: str = "", trainer: str = "",
+                       rest: str = "") -> Path:
+    """Write a `streamrec train` config at ``path``: ``topic`` from ``bootstrap`` into
+    the synthetic streams' four sparse features, one torch thread; the other lines
+    of each section as given, then ``rest`` (more sections)."""
+    path.write_text(f"""
+[ingest]
+source = "kafka"
+bootstrap_servers = ["{bootstrap}"]
+topics = ["{topic}"]
+group_id = "{group_id}"
+{ingest}
+
+[model]
+sparse_features = ["user_id", "item_id", "category", "country"]
+{model}
+
+[trainer]
+threads = 1
+{trainer}
+
+{rest}
+""")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

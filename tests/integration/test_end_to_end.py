@@ -20,7 +20,8 @@ from kafka import KafkaProducer
 from streamrec.ingest.kafka_source import create_topics
 from streamrec.client import RecommenderClient
 from streamrec.synthetic import default, write_jsonl
-from tests.integration.processes import ROOT, free_port, scrape, start_cli, stop, wait_until
+from tests.integration.processes import (ROOT, free_port, kafka_train_config, scrape, start_cli,
+                                         stop, wait_until)
 
 pytestmark = pytest.mark.integration
 
@@ -30,26 +31,12 @@ EVENTS = 3000
 
 def config_file(tmp_path: Path, bootstrap: str, topic: str, serving: dict[str, int],
                 trainer_metrics: int, checkpoint_interval_s: float = 2.0) -> Path:
-    path = tmp_path / "streamrec.toml"
-    path.write_text(f"""
-[ingest]
-source = "kafka"
-bootstrap_servers = ["{bootstrap}"]
-topics = ["{topic}"]
-group_id = "e2e-{topic}"
-dead_letter_path = "{tmp_path / 'dead.jsonl'}"
-
-[model]
-sparse_features = ["user_id", "item_id", "category", "country"]
-
-[trainer]
-batch_size = 128
-checkpoint_dir = "{tmp_path / 'ckpt'}"
-checkpoint_interval_s = {checkpoint_interval_s}
-log_interval_s = 1.0
-threads = 1
-
-[sync]
+    return kafka_train_config(
+        tmp_path / "streamrec.toml", bootstrap, topic, f"e2e-{topic}",
+        ingest=f'dead_letter_path = "{tmp_path / "dead.jsonl"}"',
+        trainer=f'batch_size = 128\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
+                f"checkpoint_interval_s = {checkpoint_interval_s}\nlog_interval_s = 1.0",
+        rest=f"""[sync]
 replicas = ["127.0.0.1:{serving['sync_port']}"]
 interval_s = 0.5
 token = "{TOKEN}"
@@ -60,9 +47,7 @@ sync_port = {serving['sync_port']}
 token = "{TOKEN}"
 
 [metrics]
-port = {trainer_metrics}
-""")
-    return path
+port = {trainer_metrics}""")
 
 
 def replay(path: Path, topic: str, bootstrap: str) -> None:

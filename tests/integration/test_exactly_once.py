@@ -28,7 +28,7 @@ from streamrec.ingest.decode import encode_json
 from streamrec.ingest.kafka_source import create_topics
 from streamrec.synthetic import SyntheticStream, default
 from tests.integration.conftest import start_broker
-from tests.integration.processes import start_cli, stop, wait_until
+from tests.integration.processes import kafka_train_config, start_cli, stop, wait_until
 from streamrec.trainer.ledger import LEDGER_NAME, coverage, read_ledger
 
 pytestmark = pytest.mark.integration
@@ -40,30 +40,12 @@ KILLS_CAUGHT_UP = 8  # after it has learned everything produced and sits idle
 
 
 def _config(tmp_path: Path, bootstrap: str, topic: str) -> Path:
-    path = tmp_path / "streamrec.toml"
-    path.write_text(f"""
-[ingest]
-source = "kafka"
-bootstrap_servers = ["{bootstrap}"]
-topics = ["{topic}"]
-group_id = "exactly-{topic}"
-session_timeout_ms = 6000
-dead_letter_path = "{tmp_path / 'dead.jsonl'}"
-
-[model]
-sparse_features = ["user_id", "item_id", "category", "country"]
-
-[trainer]
-batch_size = 64
-checkpoint_dir = "{tmp_path / 'ckpt'}"
-checkpoint_interval_s = 0.5
-log_interval_s = 5.0
-threads = 1
-
-[metrics]
-port = -1
-""")
-    return path
+    return kafka_train_config(
+        tmp_path / "streamrec.toml", bootstrap, topic, f"exactly-{topic}",
+        ingest=f'session_timeout_ms = 6000\ndead_letter_path = "{tmp_path / "dead.jsonl"}"',
+        trainer=f'batch_size = 64\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
+                "checkpoint_interval_s = 0.5\nlog_interval_s = 5.0",
+        rest="[metrics]\nport = -1")
 
 
 class _Producer:

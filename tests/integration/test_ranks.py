@@ -28,7 +28,8 @@ from streamrec.config import IngestConfig
 from streamrec.errors import ConfigError
 from streamrec.ingest.kafka_source import KafkaSource, create_topics
 from tests.integration.conftest import start_broker
-from tests.integration.processes import ROOT, free_port, scrape, start_cli, stop, wait_until
+from tests.integration.processes import (ROOT, free_port, kafka_train_config, scrape, start_cli,
+                                         stop, wait_until)
 from tests.integration.test_end_to_end import TOKEN, serving_config
 from tests.integration.test_exactly_once import _Producer
 from streamrec.trainer.ledger import coverage, read_ledger
@@ -39,39 +40,17 @@ PARTITIONS = 4
 RANKS = 2
 EVENTS = 3000
 KILLS = 3
-FEATURES = '["user_id", "item_id", "category", "country"]'
 
 
 def _config(tmp_path: Path, bootstrap: str, topic: str, sync_port: int | None,
             batch: str = "batch_size = 64") -> Path:
-    path = tmp_path / "train.toml"
     replicas = f'replicas = ["127.0.0.1:{sync_port}"]' if sync_port else "replicas = []"
-    path.write_text(f"""
-[ingest]
-source = "kafka"
-bootstrap_servers = ["{bootstrap}"]
-topics = ["{topic}"]
-group_id = "ranks-{topic}"
-
-[model]
-sparse_features = {FEATURES}
-history_features = []
-
-[trainer]
-{batch}
-checkpoint_dir = "{tmp_path / 'ckpt'}"
-checkpoint_interval_s = 0.5
-log_interval_s = 2.0
-threads = 1
-
-[sync]
-{replicas}
-token = "{TOKEN}"
-
-[metrics]
-port = -1
-""")
-    return path
+    return kafka_train_config(
+        tmp_path / "train.toml", bootstrap, topic, f"ranks-{topic}",
+        model="history_features = []",
+        trainer=f'{batch}\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
+                "checkpoint_interval_s = 0.5\nlog_interval_s = 2.0",
+        rest=f'[sync]\n{replicas}\ntoken = "{TOKEN}"\n\n[metrics]\nport = -1')
 
 
 def _torchrun(cfg: Path, log_path: Path, max_restarts: int = 0) -> subprocess.Popen[bytes]:
