@@ -128,9 +128,10 @@ class TrainingLoop:
                                               joiner.metrics if joiner is not None else None)
         self.stats = LoopStats()
         self._pending: list[Event] = []
-        # With a joiner and history features: the history counts each pending
-        # example learns with (OnlineTrainer.observe_history), in order.
-        self._observed: collections.deque[torch.Tensor] = collections.deque()
+        # With a joiner and history features or wide terms: the history counts
+        # and wide logit each pending example learns with (OnlineTrainer.observe),
+        # in order.
+        self._observed: collections.deque[tuple[torch.Tensor, float]] = collections.deque()
         # When the pending examples arrived: [count, time] per drain that
         # found new ones, oldest first; ``_timed`` of them are accounted for.
         self._arrivals: collections.deque[list[float]] = collections.deque()
@@ -208,16 +209,17 @@ class TrainingLoop:
 
     def _train(self, events: list[Event]) -> None:
         batch = self.batcher.build(events)
-        observed = None
+        observed = wide = None
         if self._observed:
-            observed = torch.stack([self._observed.popleft() for _ in events])
+            counts, logits = zip(*(self._observed.popleft() for _ in events))
+            observed, wide = torch.stack(counts), torch.tensor(logits)
         t0 = time.perf_counter()
         scored = fake = None
         if self.joiner is not None:
             scored = torch.tensor([e.predicted is not None for e in events])
             fake = torch.tensor([e.fake_negative for e in events])
         share = self.joiner.duplicated_share if self.joiner is not None else 1.0
-        result = self.trainer.train_batch(batch, fake, share, observed)
+        result = self.trainer.train_batch(batch, fake, share, observed, wide)
         if result.skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
         self.quality.record_step(result.probs, batch, scored)
@@ -246,29 +248,32 @@ class TrainingLoop:
         batched pass either way (a prediction call costs ~1 ms).
         """
         impressions = [e for e in events if e.type == IMPRESSION]
-        counts = None  # each released example's history counts, when observed
-        if self.trainer.observes_history and (impressions or released):
-            scored, counts = self._observe(events, impressions, released, marks)
+        observed = None  # each released example's counts and wide logit, when observed
+        if self.trainer.observes_outcomes and (impressions or released):
+            scored, observed = self._observe(events, impressions, released, marks)
         elif impressions:
             probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
             scored = [e._replace(predicted=p) for e, p in zip(impressions, probs)]
         if impressions:
             released = self.joiner.annotate(scored, released)  # type: ignore[union-attr]
-        if counts is not None:
+        if observed is not None:
             # An example trains on the counts its impression was scored with
             # (what serving saw), else (a labeled example) on those before it.
-            self._observed.extend(e.served_history if e.served_history is not None else row
-                                  for e, row in zip(released, counts.unbind(0)))
+            counts, wide = observed
+            self._observed.extend(
+                (e.served_history if e.served_history is not None else row, w)
+                for e, row, w in zip(released, counts.unbind(0), wide.tolist()))
         return released
 
     def _observe(self, events: list[Event], impressions: list[Event], released: list[Event],
-                 marks: list[int]) -> tuple[list[Event], torch.Tensor]:
-        """Store the ``released`` outcomes in the history counts, in the order things
-        happened, and score the ``impressions`` with every outcome before them.
+                 marks: list[int]) -> tuple[list[Event], tuple[torch.Tensor, torch.Tensor]]:
+        """Store the ``released`` outcomes in the history counts and wide terms, in
+        the order things happened, and score the ``impressions`` with every
+        outcome before them.
 
         Returns the impressions with their scores and the counts they were
-        scored with (``served_history``), and ``[len(released), H, 2]``: the
-        counts before each released example.
+        scored with (``served_history``), and ``[len(released), H, 2]`` counts
+        and ``[len(released)]`` wide logits before each released example.
         """
         order: list[Event] = []
         asks: list[int] = []  # positions of the impressions in ``order``
@@ -290,14 +295,13 @@ class TrainingLoop:
         outcomes[learned, 0] = 1.0 - again[learned].float() * self.joiner.duplicated_share
         outcomes[learned, 1] = labels[learned]
         batch = self.batcher.build(order)
-        counts = self.trainer.observe_history(batch.sparse, outcomes)
+        seen = self.trainer.observe(batch, outcomes)
         if self.publisher is not None:
             self.publisher.notify()  # the labels reach replicas with the counts
-        # (Scoring the whole slice costs less than building the impressions' batch.)
-        probs = self.trainer.predict(batch, counts)[asks].tolist() if asks else []
-        scored = [e._replace(predicted=p, served_history=counts[at])
+        probs = seen.probs[asks].tolist() if asks else []
+        scored = [e._replace(predicted=p, served_history=seen.counts[at])
                   for e, p, at in zip(impressions, probs, asks)]
-        return scored, counts[learned]
+        return scored, (seen.counts[learned], seen.wide[learned])
 
     def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
               assigned: list[tuple[str, int]] | None) -> None:

@@ -57,7 +57,7 @@ class RankLoop(TrainingLoop):
     def _arrive(self, events: list[Event], released: list[Event], marks: list[int]
                 ) -> list[Event]:
         # A prediction is collective (see the module docstring), and ranks keep
-        # no history counts (OnlineTrainer.observes_history): nothing to score.
+        # no history counts (OnlineTrainer.observes_outcomes): nothing to score.
         return released
 
     def _drain(self, final: bool) -> None:

@@ -67,7 +67,7 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(
         tmp_path: Path, written_by: str) -> None:
     # Everything a step depends on comes back: dense weights and Adam state,
     # table rows with their Adagrad state and last-seen times, the frequency
-    # filter, history counts, OptEmbed thresholds, counters and the clock. The
+    # filter, history counts, wide terms, OptEmbed thresholds, counters and the clock. The
     # restored trainer then scores and learns exactly like the original,
     # from a checkpoint whose tables use the glossary's names (Adagrad state,
     # evicted ids) or the names an earlier release gave them.
@@ -82,7 +82,8 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(
     config = load_config(env={}, overrides={
         "trainer.batch_size": "128", "table_defaults.min_count": "2",
         "table_defaults.ttl_s": "5", "table_defaults.prune_alpha": "0.0001",
-        "model.history_features": "user_id", "tables.item_id.shards": "2"})
+        "model.history_features": "user_id", "tables.item_id.shards": "2",
+        "model.wide_terms": "user_id,user_id*item_id"})
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(2400))
     original, quality = OnlineTrainer.from_config(config), QualityMetrics()

@@ -1,0 +1,143 @@
+"""Wide terms: a per-event logistic regression over feature crosses, added to the
+model's logit and learned from each outcome as it arrives (``model.wide_terms``).
+
+Each term (``"user_id"``, ``"user_id*genres"``) keys one weight per combination
+of its features' values; an example's wide logit is the sum of its keys'
+weights. Weights learn by Adagrad in event order, one step per outcome, from
+the gradient of the whole prediction (deep part + wide terms), so what the
+batched deep model has not learned yet is corrected at the next event. Why and
+how: docs/design.md, "Wide terms".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+from streamrec import native
+from streamrec.ingest.batch import KeyedJaggedTensor
+from streamrec.model.adapt import term_keys
+from streamrec.model.tables.base import EmbeddingTable, expire_tables
+from streamrec.model.tables.sort import stable_argsort
+from streamrec.model.tables.store import TableStore, stores_of
+
+__all__ = ["WideTerms", "wide_table_name", "parse_terms"]
+
+def wide_table_name(term: list[str]) -> str:
+    """The table holding a term's weights: ``user_id*genres#wide``."""
+    return "*".join(term) + "#wide"
+
+
+def parse_terms(terms: list[str]) -> list[list[str]]:
+    """``["user_id", "user_id*genres"]`` -> ``[["user_id"], ["user_id", "genres"]]``."""
+    return [term.split("*") for term in terms]
+
+
+class _Keys(NamedTuple):
+    store: TableStore
+    example: torch.Tensor  # [E] the example of each entry
+    ids: torch.Tensor  # [U] unique keys
+    tags: torch.Tensor  # [U] their tables' tags in the store
+    inverse: torch.Tensor  # [E] position of each entry's key in ``ids``
+    seen: torch.Tensor  # [U] entries per unique key
+
+
+class WideTerms:
+    """Reads and learns the wide terms of a batch.
+
+    ``tables`` maps :func:`wide_table_name` of each term to its table of
+    ``[weight, sum of squared gradients]`` rows, which start at zero.
+    """
+
+    def __init__(self, terms: list[list[str]], tables: Mapping[str, EmbeddingTable],
+                 lr: float = 0.1, acc0: float = 1.0) -> None:
+        self.terms = [list(t) for t in terms]
+        self.tables = {wide_table_name(t): tables[wide_table_name(t)] for t in self.terms}
+        self.lr, self.acc0 = lr, acc0
+        term_of = {wide_table_name(t): t for t in self.terms}
+        # Tables looked up together, one pass per store: (store, [(term, tag)]).
+        self._units = [(store, [(term_of[n], self.tables[n].tag) for n in names])
+                       for store, names in stores_of(self.tables)]
+
+    def _keys(self, sparse: KeyedJaggedTensor) -> list[_Keys]:
+        out = []
+        for store, members in self._units:
+            examples, ids, tags = [], [], []
+            for term, tag in members:
+                example, key = term_keys(sparse, term)
+                examples.append(example)
+                ids.append(key)
+                tags.append(torch.full_like(key, tag))
+            all_examples, all_ids, all_tags = torch.cat(examples), torch.cat(ids), torch.cat(tags)
+            unique, unique_tags, inverse, seen = native.unique_pairs(all_ids, all_tags)
+            out.append(_Keys(store, all_examples, unique, unique_tags, inverse, seen))
+        return out
+
+    def logits(self, sparse: KeyedJaggedTensor, now_ms: int) -> torch.Tensor:
+        """``[B]``: each example's wide logit with the stored weights (learns nothing)."""
+        total = torch.zeros(sparse.stride())
+        for k in self._keys(sparse):
+            rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
+            weights = k.store.read(rows)[:, 0]
+            total.index_add_(0, k.example, weights.index_select(0, k.inverse))
+        return total
+
+    def learn(self, sparse: KeyedJaggedTensor, base: torch.Tensor, outcomes: torch.Tensor,
+              now_ms: int) -> torch.Tensor:
+        """Learn ``outcomes`` ``[B, 2]`` in order; ``[B]`` wide logits before each example's step.
+
+        ``base`` ``[B]`` is the rest of each example's logit. Outcome
+        ``(n, c)`` adds ``n`` showings and ``c`` clicks (``(w, w y)`` for a
+        labeled example of loss weight ``w``; ``(0, 1)``: a click on an
+        impression already learned as a negative); the gradient of the
+        example's log loss is then ``n p - c``. Rows of zeros only read: an
+        impression scored before its label is known. Keys with an outcome
+        count as sightings for their table's admission; keys not admitted
+        read zero and learn nothing.
+        """
+        batch = sparse.stride()
+        keys = self._keys(sparse)
+        if not keys or batch == 0:
+            return torch.zeros(batch)
+        learned = (outcomes != 0).any(dim=1)
+        states, rows_of, slots, examples = [], [], [], []
+        offset = 0
+        for k in keys:
+            rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
+            sightings = torch.zeros_like(k.seen).index_add_(
+                0, k.inverse, learned.index_select(0, k.example).to(k.seen.dtype))
+            admit = torch.nonzero(sightings > 0).reshape(-1)
+            if admit.numel():
+                rows.index_copy_(0, admit, k.store.lookup(
+                    k.tags.index_select(0, admit), k.ids.index_select(0, admit),
+                    sightings.index_select(0, admit), now_ms=now_ms, train=True))
+            states.append(k.store.read(rows))
+            rows_of.append(rows)
+            slots.append(k.inverse + offset)
+            examples.append(k.example)
+            offset += k.ids.numel()
+        state, rows = torch.cat(states), torch.cat(rows_of)
+        example, slot = torch.cat(examples), torch.cat(slots)
+        order = stable_argsort(example)
+        offsets = torch.zeros(batch + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(example, minlength=batch), 0, out=offsets[1:])
+        sums, new = native.wide_learn(state.contiguous(), offsets, slot.index_select(0, order),
+                                      rows >= 0, base.detach().float().contiguous(),
+                                      outcomes.float().contiguous(), self.lr, self.acc0)
+        start = 0
+        for k, part in zip(keys, rows_of):
+            end = start + part.numel()
+            keep = torch.nonzero(part >= 0).reshape(-1)
+            if keep.numel():
+                k.store.set_rows(part.index_select(0, keep), new[start:end].index_select(0, keep))
+            start = end
+        return sums
+
+    def table_names(self) -> list[str]:
+        return list(self.tables)
+
+    def expire(self, now_ms: int) -> int:
+        """One bounded slice of the wide tables' expiry sweep; returns rows freed."""
+        return expire_tables(self.tables, now_ms)
