@@ -93,7 +93,6 @@ SWEEP: dict[str, dict[str, str]] = {
     "wide-lr3": {"model.wide_lr": "3"},
     "wide-lr6": {"model.wide_lr": "6"},
     "wide-user-genres": {"model.wide_terms": "user_id,user_id*genres"},
-},
 }
 
 VW_CONFIGS: dict[str, list[str]] = {

@@ -387,3 +387,25 @@ def test_offsets_of_a_partition_gone_to_another_consumer_are_neither_kept_nor_co
     assert source.committed[-1] == {p0: 30}
     checkpoint = Checkpointer(tmp_path).latest()
     assert checkpoint is not None and checkpoint.offsets == {p0: 30}
+
+
+def test_a_checkpoint_from_before_wide_terms_resumes_with_them_off() -> None:
+    # A release without wide terms wrote no such fields in the model spec: its
+    # checkpoints resume under model.wide_terms = "" and, under the default
+    # terms, are refused with a message naming the field.
+    import json
+
+    from streamrec.config import load_config
+    from streamrec.trainer.checkpoint_state import TrainingState
+    from streamrec.trainer.quality import QualityMetrics
+    from streamrec.trainer.trainer import OnlineTrainer
+
+    off = load_config(env={}, overrides={"model.wide_terms": ""})
+    state = TrainingState(OnlineTrainer.from_config(off), QualityMetrics()).state_dict()
+    spec = json.loads(str(state["model_spec"]))
+    del spec["model"]["wide_terms"], spec["model"]["wide_lr"]
+    state["model_spec"] = json.dumps(spec, sort_keys=True)
+    TrainingState(OnlineTrainer.from_config(off), QualityMetrics()).load_state_dict(state)
+    default = OnlineTrainer.from_config(load_config(env={}, overrides={}))
+    with pytest.raises(CheckpointError, match=r"model.wide_terms = \[\] in the checkpoint"):
+        TrainingState(default, QualityMetrics()).load_state_dict(state)
