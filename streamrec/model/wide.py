@@ -18,12 +18,13 @@ import torch
 
 from streamrec import native
 from streamrec.ingest.batch import KeyedJaggedTensor
-from streamrec.model.adapt import term_keys
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
 from streamrec.model.tables.sort import stable_argsort
 from streamrec.model.tables.store import TableStore, stores_of
 
 __all__ = ["WideTerms", "wide_table_name", "parse_terms"]
+
+_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
 
 def wide_table_name(term: list[str]) -> str:
     """The table holding a term's weights: ``user_id*genres#wide``."""
@@ -33,6 +34,56 @@ def wide_table_name(term: list[str]) -> str:
 def parse_terms(terms: list[str]) -> list[list[str]]:
     """``["user_id", "user_id*genres"]`` -> ``[["user_id"], ["user_id", "genres"]]``."""
     return [term.split("*") for term in terms]
+
+
+class _Columns:
+    """A batch's sparse features split once: one id per example where each
+    example has exactly one (``single``), else (example, id) pairs."""
+
+    def __init__(self, sparse: KeyedJaggedTensor) -> None:
+        self.batch = sparse.stride()
+        keys = sparse.keys()
+        lengths = sparse.lengths().to(torch.int64).view(len(keys), self.batch)
+        values = sparse.values()
+        ends = torch.cumsum(lengths.sum(dim=1), 0).tolist()
+        self.single: dict[str, torch.Tensor] = {}
+        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for k, feature in enumerate(keys):
+            start = ends[k - 1] if k else 0
+            n = lengths[k]
+            if ends[k] - start == self.batch and bool((n == 1).all()):
+                self.single[feature] = values[start:ends[k]]
+            else:
+                example = torch.repeat_interleave(torch.arange(self.batch), n)
+                self.pairs[feature] = example, values[start:ends[k]]
+
+    def term_keys(self, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(example [E], key [E])``: one key per combination of the term's
+        features' values per example (an example lacking one has none)."""
+        example = torch.arange(self.batch)
+        key = torch.zeros(self.batch, dtype=torch.int64)
+        expanded = False
+        for feature in term:
+            if feature in self.single:
+                v = self.single[feature]
+                key = key * _MIX + (v.index_select(0, example) if expanded else v)
+                continue
+            their_example, values = self.pairs[feature]
+            if not expanded:  # the first list feature: its pairs, each with the key so far
+                key = key.index_select(0, their_example) * _MIX + values
+                example, expanded = their_example, True
+                continue
+            # Another list feature: every entry so far times every value of its example.
+            counts = torch.bincount(their_example, minlength=self.batch)
+            starts = torch.cumsum(counts, 0) - counts
+            repeat = counts.index_select(0, example)
+            first = torch.cumsum(repeat, 0) - repeat
+            within = torch.arange(int(repeat.sum())) - torch.repeat_interleave(first, repeat)
+            example_rep = torch.repeat_interleave(example, repeat)
+            picked = values.index_select(0, starts.index_select(0, example_rep) + within)
+            key = torch.repeat_interleave(key, repeat) * _MIX + picked
+            example = example_rep
+        return example, key
 
 
 class _Keys(NamedTuple):
@@ -62,11 +113,12 @@ class WideTerms:
                        for store, names in stores_of(self.tables)]
 
     def _keys(self, sparse: KeyedJaggedTensor) -> list[_Keys]:
+        columns = _Columns(sparse)
         out = []
         for store, members in self._units:
             examples, ids, tags = [], [], []
             for term, tag in members:
-                example, key = term_keys(sparse, term)
+                example, key = columns.term_keys(term)
                 examples.append(example)
                 ids.append(key)
                 tags.append(torch.full_like(key, tag))
@@ -104,15 +156,12 @@ class WideTerms:
         learned = (outcomes != 0).any(dim=1)
         states, rows_of, slots, examples = [], [], [], []
         offset = 0
+        every = bool(learned.all())
         for k in keys:
-            rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
-            sightings = torch.zeros_like(k.seen).index_add_(
-                0, k.inverse, learned.index_select(0, k.example).to(k.seen.dtype))
-            admit = torch.nonzero(sightings > 0).reshape(-1)
-            if admit.numel():
-                rows.index_copy_(0, admit, k.store.lookup(
-                    k.tags.index_select(0, admit), k.ids.index_select(0, admit),
-                    sightings.index_select(0, admit), now_ms=now_ms, train=True))
+            if every:  # (the common case: one lookup, every key seen once per entry)
+                rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=True)
+            else:
+                rows = self._sight(k, learned, now_ms)
             states.append(k.store.read(rows))
             rows_of.append(rows)
             slots.append(k.inverse + offset)
@@ -134,6 +183,20 @@ class WideTerms:
                 k.store.set_rows(part.index_select(0, keep), new[start:end].index_select(0, keep))
             start = end
         return sums
+
+    @staticmethod
+    def _sight(k: _Keys, learned: torch.Tensor, now_ms: int) -> torch.Tensor:
+        """The rows of ``k``'s keys; those of examples with an outcome are sighted
+        (admission counts them), the others only read."""
+        rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
+        sightings = torch.zeros_like(k.seen).index_add_(
+            0, k.inverse, learned.index_select(0, k.example).to(k.seen.dtype))
+        admit = torch.nonzero(sightings > 0).reshape(-1)
+        if admit.numel():
+            rows.index_copy_(0, admit, k.store.lookup(
+                k.tags.index_select(0, admit), k.ids.index_select(0, admit),
+                sightings.index_select(0, admit), now_ms=now_ms, train=True))
+        return rows
 
     def table_names(self) -> list[str]:
         return list(self.tables)
