@@ -11,7 +11,7 @@ how: docs/design.md, "Wide terms".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -22,9 +22,12 @@ from streamrec.model.tables.base import EmbeddingTable, expire_tables
 from streamrec.model.tables.sort import stable_argsort
 from streamrec.model.tables.store import TableStore, stores_of
 
-__all__ = ["WideTerms", "wide_table_name", "parse_terms"]
+__all__ = ["TermKeys", "WideTerms", "cross_keys", "wide_table_name", "parse_terms"]
 
 _MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
+
+# A term's entries in a batch: term -> (example [E], key [E]).
+TermKeys = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
 
 def wide_table_name(term: list[str]) -> str:
     """The table holding a term's weights: ``user_id*genres#wide``."""
@@ -34,6 +37,11 @@ def wide_table_name(term: list[str]) -> str:
 def parse_terms(terms: list[str]) -> list[list[str]]:
     """``["user_id", "user_id*genres"]`` -> ``[["user_id"], ["user_id", "genres"]]``."""
     return [term.split("*") for term in terms]
+
+
+def cross_keys(key: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The keys of a term so far (``key``) crossed with one more feature's ``values``."""
+    return key * _MIX + values
 
 
 class _Columns:
@@ -66,11 +74,11 @@ class _Columns:
         for feature in term:
             if feature in self.single:
                 v = self.single[feature]
-                key = key * _MIX + (v.index_select(0, example) if expanded else v)
+                key = cross_keys(key, v.index_select(0, example) if expanded else v)
                 continue
             their_example, values = self.pairs[feature]
             if not expanded:  # the first list feature: its pairs, each with the key so far
-                key = key.index_select(0, their_example) * _MIX + values
+                key = cross_keys(key.index_select(0, their_example), values)
                 example, expanded = their_example, True
                 continue
             # Another list feature: every entry so far times every value of its example.
@@ -81,7 +89,7 @@ class _Columns:
             within = torch.arange(int(repeat.sum())) - torch.repeat_interleave(first, repeat)
             example_rep = torch.repeat_interleave(example, repeat)
             picked = values.index_select(0, starts.index_select(0, example_rep) + within)
-            key = torch.repeat_interleave(key, repeat) * _MIX + picked
+            key = cross_keys(torch.repeat_interleave(key, repeat), picked)
             example = example_rep
         return example, key
 
@@ -112,13 +120,12 @@ class WideTerms:
         self._units = [(store, [(term_of[n], self.tables[n].tag) for n in names])
                        for store, names in stores_of(self.tables)]
 
-    def _keys(self, sparse: KeyedJaggedTensor) -> list[_Keys]:
-        columns = _Columns(sparse)
+    def _keys(self, term_keys: TermKeys) -> list[_Keys]:
         out = []
         for store, members in self._units:
             examples, ids, tags = [], [], []
             for term, tag in members:
-                example, key = columns.term_keys(term)
+                example, key = term_keys(term)
                 examples.append(example)
                 ids.append(key)
                 tags.append(torch.full_like(key, tag))
@@ -129,8 +136,13 @@ class WideTerms:
 
     def logits(self, sparse: KeyedJaggedTensor, now_ms: int) -> torch.Tensor:
         """``[B]``: each example's wide logit with the stored weights (learns nothing)."""
-        total = torch.zeros(sparse.stride())
-        for k in self._keys(sparse):
+        return self.logits_of(_Columns(sparse).term_keys, sparse.stride(), now_ms)
+
+    def logits_of(self, term_keys: TermKeys, batch: int, now_ms: int) -> torch.Tensor:
+        """:meth:`logits` of ``batch`` examples whose keys ``term_keys(term)`` gives as
+        ``(example [E], key [E])`` (serving builds them from a request's columns)."""
+        total = torch.zeros(batch)
+        for k in self._keys(term_keys):
             rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
             weights = k.store.read(rows)[:, 0]
             total.index_add_(0, k.example, weights.index_select(0, k.inverse))
@@ -150,7 +162,7 @@ class WideTerms:
         read zero and learn nothing.
         """
         batch = sparse.stride()
-        keys = self._keys(sparse)
+        keys = self._keys(_Columns(sparse).term_keys)
         if not keys or batch == 0:
             return torch.zeros(batch)
         learned = (outcomes != 0).any(dim=1)
