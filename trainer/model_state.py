@@ -20,7 +20,7 @@ from streamrec.model.ctr import CTRModel, model_spec
 from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.tables.base import EmbeddingTable, make_tables
-from streamrec.model.tables.distributed import DistributedEmbeddingTable
+from streamrec.model.tables.distributed import DistributedTableStore
 from streamrec.trainer.collective import Collective
 
 __all__ = ["ModelState", "build_model_state"]
@@ -67,10 +67,10 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
             raise ConfigError("model.in_batch_terms: not supported with distributed tables "
                               "yet (each rank sees only its slice of the batch); set it to "
                               "an empty list")
-        embedding_tables: dict[str, EmbeddingTable] = {
-            t: DistributedEmbeddingTable(t, row_dim, tables(t), seed=seed,
-                                         group=collective.group)
-            for t in table_names}
+        # One store for every table: a step's lookup is one exchange of ids.
+        store = DistributedTableStore(table_names, row_dim, tables, seed=seed,
+                                      group=collective.group)
+        embedding_tables: dict[str, EmbeddingTable] = dict(store.tables)
     else:
         embedding_tables = make_tables(table_names, row_dim, tables, seed=seed)
     history_features = {history_table_name(f): f for f in model.history_features}
