@@ -46,17 +46,23 @@ class Collective:
         dist.all_gather(parts, padded, group=self.group)
         return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
 
-    def average_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
-        """Every parameter's gradient averaged over the ranks (zero where a rank has none)."""
+    def average_gradients(self, parameters: Iterable[torch.Tensor],
+                          sums: torch.Tensor) -> torch.Tensor:
+        """Every parameter's gradient averaged over the ranks (zero where a rank has none),
+        and the float vector ``sums`` summed over them in the same call (returned)."""
         if not self.distributed:
-            return
+            return sums
         params = list(parameters)
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        # One all-reduce for every gradient (one per tensor costs a round trip
-        # each, per step).
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
-        self.all_reduce(flat).div_(self.world_size())
-        for p, part in zip(params, flat.split([p.numel() for p in params])):
+        # One all-reduce for every gradient and the step's scalars (each call
+        # costs a round trip between the ranks, per step).
+        flat = torch.cat([*(p.grad.reshape(-1) for p in params),  # type: ignore[union-attr]
+                          sums.reshape(-1).to(torch.float32)])
+        self.all_reduce(flat)
+        grads, summed = flat.split([flat.numel() - sums.numel(), sums.numel()])
+        grads.div_(self.world_size())
+        for p, part in zip(params, grads.split([p.numel() for p in params])):
             p.grad.copy_(part.view_as(p))  # type: ignore[union-attr]
+        return summed.to(sums.dtype)
