@@ -58,8 +58,9 @@ class RankLoop(TrainingLoop):
 
     def _arrive(self, events: list[Event], released: list[Event], marks: list[int]
                 ) -> list[Event]:
-        # A prediction is collective (see the module docstring), and ranks keep
-        # no history counts (OnlineTrainer.observes_history): nothing to score.
+        # A prediction is collective (see the module docstring), and ranks move
+        # history counts at the steps only (OnlineTrainer.observes_history):
+        # nothing to score or observe.
         return released
 
     def _drain(self, final: bool) -> None:

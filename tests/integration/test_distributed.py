@@ -1,7 +1,7 @@
 """Tables sharded across two torch.distributed ranks train like one process.
 
 Two real processes started by torchrun (gloo on CPU) each own half of every
-table and train on a slice of each global batch (uneven, sometimes empty);
+table (embeddings and history counts) and train on a slice of each global batch (uneven, sometimes empty);
 ids and gradients cross ranks with all-to-all. The union of their shards and their dense weights must equal
 a single-rank run over the same stream.
 """
@@ -92,7 +92,9 @@ def test_a_step_makes_one_exchange_for_every_table(ranks: list[dict]) -> None:
     # Each collective costs a round trip between the ranks (~1 ms on a loaded
     # 2-core machine, against ~3 ms for one process's whole step): a step's
     # count must not grow with its tables. Per step: the timestamps' lengths
-    # and values (2), every table's ids' counts, ids, rows and gradients (4),
-    # the dense gradients with the step's scalars (1).
-    assert len(config().model.sparse_features) == 4
-    assert [r["collectives_per_step"] for r in ranks] == [7, 7]
+    # and values (2), every embedding table's ids' counts, ids, rows and
+    # gradients (4), every history table's ids' counts, ids and counts back
+    # (3), the dense gradients with the step's scalars (1).
+    model = config().model
+    assert (len(model.sparse_features), len(model.history_features)) == (4, 2)
+    assert [r["collectives_per_step"] for r in ranks] == [10, 10]

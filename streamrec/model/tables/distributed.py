@@ -11,7 +11,9 @@ step on ``world`` equal slices equals a single-rank step on the whole batch.
 Every table lives in one :class:`DistributedTableStore`, so a step's lookup
 of all tables is one exchange of tagged ids, one of rows and one of
 gradients (all-to-alls, plus one of their counts), whatever the number of
-tables. Lookups and updates are collectives: every rank calls them in the
+tables. History-count tables are in a store of their own, whose
+``count_before`` / ``commit_counts`` keep each id's counts at the rank owning
+it. Lookups and updates are collectives: every rank calls them in the
 same order, ids or not (:class:`~streamrec.model.embedding.DynamicEmbeddingCollection`
 does, as the store is ``collective``). Works with gloo on CPU
 (``all_to_all_single``) and nccl on GPU alike.
@@ -31,6 +33,7 @@ from streamrec.model.records import TableDelta
 from streamrec.model.tables.base import make_tables
 from streamrec.model.tables.rows import SWEEP_ROWS, TableStats
 from streamrec.model.tables.sharded import shard_of
+from streamrec.model.tables.sort import exclusive_sums
 from streamrec.model.tables.store import EmbeddingTable, TableStore, stores_of
 
 __all__ = ["DistributedEmbeddingTable", "DistributedTableStore"]
@@ -99,39 +102,63 @@ class DistributedTableStore:
                        for tag, n in enumerate(self.names)}
         self._values = torch.empty((0, dim))
         self._route: _Route | None = None
+        # History counts to write after the step: (local store, row id, counts) per pair.
+        self._counts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def lookup(self, tags: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor | None = None,
-               now_ms: int = 0, train: bool = True) -> torch.Tensor:
-        """Collective. Routes unique local ``(tags, ids)`` pairs to their owners; returns handles."""
-        counts = torch.ones_like(ids) if counts is None else counts
+    def _send(self, tags: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor,
+              *more: torch.Tensor) -> tuple[_Route, torch.Tensor]:
+        """Collective. Sends int64 rows ``(tag, id, count, *more)`` of this rank's pairs to
+        their owners; returns the route and the rows received (in rank order)."""
         owner = shard_of(ids, self.world)
         order = torch.argsort(owner, stable=True)
         send_counts = torch.bincount(owner, minlength=self.world).tolist()
-        payload = torch.stack([tags, ids, counts], dim=1).index_select(0, order)
+        payload = torch.stack([tags, ids, counts, *more], dim=1).index_select(0, order)
         received, recv_counts = _exchange(payload, send_counts, self.group)
-        # The owner merges what every rank asked for, so the frequency
-        # filter counts a pair's sightings across the whole global batch.
+        empty = torch.empty(0, dtype=torch.int64)
+        return _Route(order, send_counts, recv_counts, empty, empty), received
+
+    def _own(self, received: torch.Tensor, now_ms: int, train: bool
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows of the pairs ``received``: ``(inverse, stores, rows, values)`` per
+        unique pair (``inverse`` maps each received row to its pair).
+
+        The owner merges what every rank asked for, so the frequency filter
+        counts a pair's sightings (the rows' counts) across the whole global batch.
+        """
         pair_ids, pair_tags, inverse, _ = native.unique_pairs(
             received[:, 1].contiguous(), received[:, 0].contiguous())
         total = torch.zeros(pair_ids.numel(), dtype=torch.int64).index_add_(
             0, inverse, received[:, 2])
         stores = self._store_of[pair_tags]
         rows = torch.full_like(pair_ids, -1)
-        reply = torch.zeros((pair_ids.numel(), self.dim + 1))
+        values = torch.zeros((pair_ids.numel(), self.dim))
         for i, store in enumerate(self._locals):
             sel = slice(None) if len(self._locals) == 1 else \
                 torch.nonzero(stores == i).reshape(-1)
             found = store.lookup(self._local_tag[pair_tags[sel]], pair_ids[sel], total[sel],
                                  now_ms=now_ms, train=train)
             rows[sel] = found
-            reply[sel, :-1] = store.read(found)
-            reply[sel, -1] = (found >= 0).to(reply.dtype)
-        back, _ = _exchange(reply.index_select(0, inverse), recv_counts, self.group,
-                            send_counts)
+            values[sel] = store.read(found)
+        return inverse, stores, rows, values
+
+    def _answer(self, route: _Route, reply: torch.Tensor) -> torch.Tensor:
+        """Collective. ``reply`` (a row per row received) back to the senders, in the
+        order of their pairs."""
+        back, _ = _exchange(reply, route.recv_counts, self.group, route.send_counts)
         local = torch.empty_like(back)
-        local[order] = back
+        local[route.order] = back
+        return local
+
+    def lookup(self, tags: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor | None = None,
+               now_ms: int = 0, train: bool = True) -> torch.Tensor:
+        """Collective. Routes unique local ``(tags, ids)`` pairs to their owners; returns handles."""
+        counts = torch.ones_like(ids) if counts is None else counts
+        route, received = self._send(tags, ids, counts)
+        inverse, stores, rows, values = self._own(received, now_ms, train)
+        found = (rows >= 0).to(values.dtype).unsqueeze(1)
+        local = self._answer(route, torch.cat([values, found], dim=1).index_select(0, inverse))
         self._values = local[:, :-1]
-        self._route = _Route(order, send_counts, recv_counts, stores[inverse], rows[inverse])
+        self._route = dataclasses.replace(route, stores=stores[inverse], rows=rows[inverse])
         handles = torch.arange(ids.numel(), dtype=torch.int64)
         return torch.where(local[:, -1] > 0, handles, torch.full_like(handles, -1))
 
@@ -167,9 +194,52 @@ class DistributedTableStore:
         self._route = None
 
     def set_rows(self, row_ids: torch.Tensor, values: torch.Tensor) -> None:
-        # OnlineTrainer refuses history features with distributed tables
-        # (ConfigError) before this can be reached.
-        raise RuntimeError("set_rows is not collective: history features run single-rank")
+        # History counts are written where they live: count_before / commit_counts.
+        raise RuntimeError("set_rows is not collective: a rank writes the counts it owns "
+                           "(commit_counts)")
+
+    def count_before(self, tags: torch.Tensor, ids: torch.Tensor, outcomes: torch.Tensor,
+                     now_ms: int, train: bool) -> torch.Tensor:
+        """Collective. History counts ``[len(ids), 2]`` (n, c) before this rank's examples.
+
+        ``(tags, ids)`` are this rank's unique pairs and ``outcomes`` ``[len(ids), 2]``
+        what its examples add to each (occurrences, clicks). The global batch's
+        order is rank 0's slice, then rank 1's...: a pair's counts are those
+        stored at its owner plus the outcomes of the ranks before this one
+        (the caller adds its own examples' prefix). With ``train`` the owner
+        admits by every rank's occurrences and keeps every rank's outcomes for
+        :meth:`commit_counts`.
+        """
+        # (Clicks may be fractional labels: sent as their float64 bits.)
+        route, received = self._send(tags, ids, outcomes[:, 0].round().to(torch.int64),
+                                     outcomes[:, 1].to(torch.float64).view(torch.int64))
+        inverse, stores, rows, stored = self._own(received, now_ms, train)
+        adds = torch.stack([received[:, 2].to(torch.float32),
+                            received[:, 3].contiguous().view(torch.float64).to(torch.float32)],
+                           dim=1)
+        # Each rank sends a pair once, and the received rows come in rank
+        # order: the sums over the earlier rows of a pair are the earlier ranks'.
+        before = self._answer(route, stored.index_select(0, inverse)
+                              + exclusive_sums(inverse, adds))
+        self._counts = None
+        if train:
+            totals = torch.zeros_like(stored).index_add_(0, inverse, adds)
+            self._counts = (stores, rows, stored + totals)
+        return before
+
+    def commit_counts(self, write: Callable[[TableStore, torch.Tensor, torch.Tensor], None]
+                      ) -> None:
+        """Writes the last :meth:`count_before`'s new counts of the pairs this rank owns,
+        ``write(local store, row ids, counts)`` (not collective: every rank calls it,
+        or none, after a step that was not skipped)."""
+        if self._counts is None:
+            return
+        stores, rows, new = self._counts
+        self._counts = None
+        for i, store in enumerate(self._locals):
+            at = torch.nonzero((stores == i) & (rows >= 0)).reshape(-1)
+            if at.numel():
+                write(store, rows.index_select(0, at), new.index_select(0, at))
 
     def expire(self, now_ms: int, max_rows: int = SWEEP_ROWS,
                prune_below: torch.Tensor | None = None) -> int:
