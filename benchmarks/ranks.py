@@ -23,11 +23,13 @@ and their ratio, 2 ranks over 1.
     python -m benchmarks.ranks                        # 200k events, 3 rounds
     python -m benchmarks.ranks --events 40000 --rounds 1
     python -m benchmarks.ranks --batch-size 16384 --out ranks_batch16k
+    python -m benchmarks.ranks --history-features user_id,item_id --out ranks_history
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -46,7 +48,7 @@ SETTINGS = """
 [model]
 sparse_features = ["user_id", "item_id", "category", "country", "hour"]
 dense_features = ["price"]
-history_features = []
+history_features = {history}
 
 [trainer]
 checkpoint_interval_s = 1.0
@@ -58,7 +60,8 @@ port = -1
 """
 
 
-def _config(directory: Path, broker: str, topic: str, arm: str, batch_size: int) -> Path:
+def _config(directory: Path, broker: str, topic: str, arm: str, batch_size: int,
+            history: list[str]) -> Path:
     path = directory / f"{arm}.toml"
     path.write_text(f"""
 [ingest]
@@ -66,7 +69,7 @@ source = "kafka"
 bootstrap_servers = ["{broker}"]
 topics = ["{topic}"]
 group_id = "bench-{topic}-{directory.name}-{arm}"
-{SETTINGS.replace('[trainer]', f'[trainer]{chr(10)}checkpoint_dir = "{directory / arm}"'
+{SETTINGS.replace('{history}', json.dumps(history)).replace('[trainer]', f'[trainer]{chr(10)}checkpoint_dir = "{directory / arm}"'
                                 f'{chr(10)}batch_size = {batch_size}')}
 """)
     return path
@@ -84,9 +87,9 @@ def _learned(ledgers: list[list[dict[str, Any]]]) -> int:
 
 
 def run_arm(directory: Path, broker: str, topic: str, arm: str, events: int,
-            batch_size: int) -> dict[str, float]:
+            batch_size: int, history: list[str]) -> dict[str, float]:
     ranks = ARMS[arm]
-    cfg = _config(directory, broker, topic, arm, batch_size)
+    cfg = _config(directory, broker, topic, arm, batch_size, history)
     cli = ["-m", "streamrec.cli", "train", "--config", str(cfg)]
     launcher = [] if ranks == 1 else [
         "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
@@ -170,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="each round runs every arm on the topic, in turn")
     p.add_argument("--batch-size", type=int, default=4096,
                    help="trainer.batch_size, the global batch in both arms")
+    p.add_argument("--history-features", default="",
+                   help="model.history_features, comma-separated (default: none)")
     p.add_argument("--out", default="ranks", help="results/<out>.json")
     args = p.parse_args(argv)
+    history = [f for f in args.history_features.split(",") if f]
 
     from streamrec.ingest.kafka_source import create_topics
     from streamrec.synthetic import PRESETS, write_jsonl
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 directory = Path(tmp) / f"round{r}"
                 directory.mkdir(exist_ok=True)
                 runs[arm].append(run_arm(directory, broker, topic, arm, args.events,
-                                         args.batch_size))
+                                         args.batch_size, history))
                 print(f"  {runs[arm][-1]}", file=sys.stderr, flush=True)
     arms = {arm: {"median_events_per_s": statistics.median(f["events_per_s"] for f in figs),
                   "median_events_per_cpu_s": statistics.median(f["events_per_cpu_s"]
@@ -200,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                   "median_logloss": statistics.median(f["logloss"] for f in figs),
                   "runs": figs} for arm, figs in runs.items()}
     print(f"\n{args.events:,} events (drifting stream), {args.partitions} partitions, batch "
-          f"{args.batch_size}, Tansu "
+          f"{args.batch_size}, history features {history or 'none'}, Tansu "
           f"broker, one torch thread per process, median of {args.rounds} rounds")
     print(format_table(["arm", "events/s", "events/CPU s", "progressive AUC", "logloss",
                         "events/s per round"],

@@ -6,7 +6,8 @@ the step's code is the same for one rank or many.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -21,6 +22,7 @@ class Collective:
                  group: dist.ProcessGroup | None = None) -> None:
         self.distributed = distributed
         self.group = group
+        self._slices: list[int] | None = None  # see slices()
 
     def world_size(self) -> int:
         return dist.get_world_size(self.group) if self.distributed else 1
@@ -32,31 +34,55 @@ class Collective:
             dist.all_reduce(tensor, op=op, group=self.group)
         return tensor
 
+    @contextlib.contextmanager
+    def slices(self, sizes: list[int]) -> Iterator[None]:
+        """Within: every rank's slice of the batch is known (``sizes``, by rank), and
+        :meth:`all_gather` of per-example values needs no exchange of lengths."""
+        self._slices = list(sizes)
+        try:
+            yield
+        finally:
+            self._slices = None
+
     def all_gather(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` of every rank, concatenated (slices may differ in length)."""
         if not self.distributed:
             return values
         world = dist.get_world_size(self.group)
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([values.numel()]), group=self.group)
-        longest = max(int(n) for n in sizes)
+        if self._slices is not None:
+            sizes = self._slices
+            mine = sizes[dist.get_rank(self.group)]
+            if values.numel() != mine:
+                raise RuntimeError(f"all_gather of {values.numel()} values on a rank whose "
+                                   f"slice holds {mine}")
+        else:
+            gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
+            dist.all_gather(gathered, torch.tensor([values.numel()]), group=self.group)
+            sizes = [int(n) for n in gathered]
+        longest = max(sizes)
         padded = torch.zeros(longest, dtype=values.dtype)
         padded[: values.numel()] = values
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([part[: int(n)] for part, n in zip(parts, sizes)])
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
-    def average_gradients(self, parameters: Iterable[torch.Tensor]) -> None:
-        """Every parameter's gradient averaged over the ranks (zero where a rank has none)."""
+    def average_gradients(self, parameters: Iterable[torch.Tensor],
+                          sums: torch.Tensor) -> torch.Tensor:
+        """Every parameter's gradient averaged over the ranks (zero where a rank has none),
+        and the float vector ``sums`` summed over them in the same call (returned)."""
         if not self.distributed:
-            return
+            return sums
         params = list(parameters)
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        # One all-reduce for every gradient (one per tensor costs a round trip
-        # each, per step).
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # type: ignore[union-attr]
-        self.all_reduce(flat).div_(self.world_size())
-        for p, part in zip(params, flat.split([p.numel() for p in params])):
+        # One all-reduce for every gradient and the step's scalars (each call
+        # costs a round trip between the ranks, per step).
+        flat = torch.cat([*(p.grad.reshape(-1) for p in params),  # type: ignore[union-attr]
+                          sums.reshape(-1).to(torch.float32)])
+        self.all_reduce(flat)
+        grads, summed = flat.split([flat.numel() - sums.numel(), sums.numel()])
+        grads.div_(self.world_size())
+        for p, part in zip(params, grads.split([p.numel() for p in params])):
             p.grad.copy_(part.view_as(p))  # type: ignore[union-attr]
+        return summed.to(sums.dtype)

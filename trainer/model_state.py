@@ -1,9 +1,9 @@
 """What a trainer learns, built from the model and table configs.
 
 :func:`build_model_state` makes the dense CTR model, the embedding tables
-(one per sparse feature unless features share one; sharded across ranks under
-a distributed collective), the history-count tables, the wide terms' tables
-and the embedding collection over them.
+(one per sparse feature unless features share one), the history-count tables
+(both sharded across ranks under a distributed collective), the wide terms'
+tables and the embedding collection over them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.tables.base import EmbeddingTable, make_tables
 from streamrec.model.wide import WideTerms, parse_terms, wide_table_name
-from streamrec.model.tables.distributed import DistributedEmbeddingTable
+from streamrec.model.tables.distributed import DistributedTableStore
 from streamrec.trainer.collective import Collective
 
 __all__ = ["ModelState", "build_model_state"]
@@ -53,7 +53,7 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
     (``AppConfig.feature_tables``; default: a table of its own, named after it).
 
     Raises :class:`ConfigError` for model settings a distributed collective
-    does not support (history features, in-batch terms).
+    does not support (in-batch terms).
     """
     distributed = collective is not None and collective.distributed
     torch.manual_seed(seed)
@@ -64,10 +64,6 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
     row_dim = dense.row_dim
     if distributed:
         assert collective is not None
-        if model.history_features:
-            raise ConfigError("model.history_features: not supported with distributed "
-                              "tables (trainer ranks) yet (history counts are written "
-                              "outside autograd); set it to an empty list")
         if model.wide_terms and not model.wide_terms_default:
             raise ConfigError("model.wide_terms: not supported with distributed tables "
                               "(trainer ranks) yet; set it to an empty list")
@@ -79,20 +75,24 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
             raise ConfigError("model.in_batch_terms: not supported with distributed tables "
                               "yet (each rank sees only its slice of the batch); set it to "
                               "an empty list")
-        embedding_tables: dict[str, EmbeddingTable] = {
-            t: DistributedEmbeddingTable(t, row_dim, tables(t), seed=seed,
-                                         group=collective.group)
-            for t in table_names}
+        # One store for every table: a step's lookup is one exchange of ids.
+        store = DistributedTableStore(table_names, row_dim, tables, seed=seed,
+                                      group=collective.group)
+        embedding_tables: dict[str, EmbeddingTable] = dict(store.tables)
     else:
         embedding_tables = make_tables(table_names, row_dim, tables, seed=seed)
     history_features = {history_table_name(f): f for f in model.history_features}
     # A history table shares its feature's config (same admission, same
     # expiry), except that counts start at zero, not at random values:
     # an id's first example must see n = c = 0, as serving does.
-    history_tables = make_tables(
-        list(history_features), 2,
-        lambda name: dataclasses.replace(tables(history_features[name]), init_std=0.0),
-        seed=seed)
+    def history_config(name: str) -> TableConfig:
+        return dataclasses.replace(tables(history_features[name]), init_std=0.0)
+
+    history_tables: dict[str, EmbeddingTable] = dict(
+        DistributedTableStore(list(history_features), 2, history_config, seed=seed,
+                              group=collective.group).tables
+        if distributed and history_features and collective is not None
+        else make_tables(list(history_features), 2, history_config, seed=seed))
     # A wide term's table is configured like its first feature's (admission,
     # expiry); its rows (weight, sum of squared gradients) start at zero.
     terms = parse_terms(model.wide_terms)

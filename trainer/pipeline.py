@@ -22,6 +22,7 @@ from streamrec.ingest.deadletter import DeadLetterSink, FileDeadLetterSink, \
 from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
 from streamrec.ingest.joiner import Joiner
 from streamrec.ingest.metrics import IngestMetrics
+from streamrec.ingest.prefetch import PrefetchingSource
 from streamrec.ingest.source import EventSource
 from streamrec.runtime import kafka_unreachable
 from streamrec.trainer.checkpoint import Checkpointer
@@ -155,7 +156,9 @@ def open_source(config: AppConfig, metrics: IngestMetrics | None = None,
     """The event source ``config.ingest`` names: a Kafka consumer group or a file.
 
     ``share=(rank, world)``: a trainer rank's fixed share of the Kafka
-    partitions instead of the group's (``KafkaSource``); a file is refused.
+    partitions instead of the group's (``KafkaSource``), read ahead on a
+    thread of its own (``PrefetchingSource``: a rank waits for the others at
+    every step, and reads meanwhile); a file is refused.
     """
     ing = config.ingest
     if ing.source == "file" and share is None:
@@ -168,9 +171,12 @@ def open_source(config: AppConfig, metrics: IngestMetrics | None = None,
         from streamrec.ingest.kafka_source import KafkaSource
 
         try:
-            return KafkaSource(ing, metrics=metrics, share=share)
+            source = KafkaSource(ing, metrics=metrics, share=share)
         except KafkaError as e:  # no broker answered: a usage error, not a traceback
             raise kafka_unreachable(ing.bootstrap_servers, e) from None
+        # (Not for the group's rebalancing: a batch read ahead could hold
+        # records of a partition moved to another consumer since.)
+        return source if share is None else PrefetchingSource(source)
     if share is not None:
         raise ConfigError(f"ingest.source={ing.source!r}: trainer ranks read kafka (each "
                           f"rank its share of the partitions)")

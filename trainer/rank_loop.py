@@ -1,10 +1,11 @@
 """The training loop of one trainer rank: every rank steps, checkpoints and publishes together.
 
-Each iteration polls this rank's partitions, then one small all-reduce tells
-every rank whether the ranks hold a global batch between them, or one holds an
-overdue example (then all step, each on its pending examples' share of the
-batch, empty included), whether one is told to stop, and whether it is time to
-checkpoint, report or publish (rank 0's clocks decide those). A training step is a collective
+Each iteration polls this rank's partitions, then one small all-gather tells
+every rank what every rank holds: whether the ranks hold a global batch
+between them, or one holds an overdue example (then all step, each on its
+pending examples' share of the batch, empty included, as many steps as are
+due, each rank knowing every share), whether one is told to stop, and whether
+it is time to checkpoint, report or publish (rank 0's clocks decide those). A training step is a collective
 (sharded tables, reduced gradients), and so are the scoring of a prediction
 and the gathering of a delta, so nothing collective runs anywhere else:
 impressions are not scored on arrival (their progressive figures are the
@@ -36,9 +37,10 @@ __all__ = ["RankLoop"]
 
 log = logging.getLogger(__name__)
 
-# What every iteration sums over the ranks: examples learned and pending, ranks
-# whose oldest pending example is overdue, and ranks asking to stop, checkpoint,
-# report, publish. Every rank decides from these sums alone, so all decide alike.
+# What every iteration gathers from every rank: its examples learned and
+# pending, how many of those pending are overdue (the oldest ones), and whether
+# it asks to stop, checkpoint, report, publish. Every rank decides from these
+# alone, so all decide alike.
 _LEARNED, _PENDING, _URGENT, _STOP, _CHECKPOINT, _REPORT, _PUBLISH = range(7)
 
 
@@ -56,8 +58,9 @@ class RankLoop(TrainingLoop):
 
     def _arrive(self, events: list[Event], released: list[Event], marks: list[int]
                 ) -> list[Event]:
-        # A prediction is collective (see the module docstring), and ranks keep
-        # no history counts (OnlineTrainer.observes_outcomes): nothing to score.
+        # A prediction is collective (see the module docstring), and ranks move
+        # history counts at the steps only (OnlineTrainer.observes_outcomes):
+        # nothing to score or observe.
         return released
 
     def _drain(self, final: bool) -> None:
@@ -68,52 +71,73 @@ class RankLoop(TrainingLoop):
             self._arrivals.append([len(self._pending) - self._timed, now])
             self._timed = len(self._pending)
 
-    def _batch_size(self, agreed: list[int]) -> int:
+    def _batch_size(self, agreed: torch.Tensor) -> int:
         """The next global batch's size: ``trainer.batch_size`` after the warm-up
         schedule over every rank's examples (as ``OnlineTrainer.batch_size_now``)."""
         cfg = self.config.trainer
         if not cfg.warmup_batch_size:
             return cfg.batch_size
-        return min(cfg.batch_size, max(cfg.warmup_batch_size, agreed[_LEARNED] // 4))
+        learned = int(agreed[:, _LEARNED].sum())
+        return min(cfg.batch_size, max(cfg.warmup_batch_size, learned // 4))
 
-    def _urgent(self, final: bool) -> bool:
-        """Whether this rank's pending examples must be trained now (``final``, or overdue)."""
-        if not self._pending:
-            return False
-        delay = self.config.trainer.max_batch_delay_s
-        return final or time.perf_counter() - self._arrivals[0][1] >= delay
+    def _urgent(self, final: bool) -> int:
+        """How many of this rank's pending examples must be trained now: all when
+        ``final``, else those overdue (the oldest, as they arrived in order)."""
+        if not self._pending or final:
+            return len(self._pending)
+        due_at = time.perf_counter() - self.config.trainer.max_batch_delay_s
+        overdue = 0
+        for count, arrived in self._arrivals:
+            if arrived > due_at:
+                break
+            overdue += count
+        return min(overdue, len(self._pending))
 
-    def _agree(self, counts: list[int]) -> list[int]:
-        """Collective: ``counts`` (this rank's examples pending, urgency, requests...)
-        summed over the ranks, after this rank's examples learned."""
-        summed = torch.tensor([self.trainer.examples, *counts], dtype=torch.int64)
-        dist.all_reduce(summed, group=self.trainer.collective.group)
-        return [int(c) for c in summed.tolist()]
+    def _agree(self, counts: list[int]) -> torch.Tensor:
+        """Collective: ``[world, 7]``, every rank's examples learned, then its ``counts``
+        (examples pending, how many overdue, requests...)."""
+        mine = torch.tensor([self.trainer.examples, *counts], dtype=torch.int64)
+        group = self.trainer.collective.group
+        every = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(every, mine, group=group)
+        return torch.stack(every)
 
-    def _due(self, agreed: list[int]) -> bool:
+    def _due(self, agreed: torch.Tensor) -> bool:
         """Whether every rank steps now: a global batch is pending, or some rank is urgent."""
-        total = agreed[_PENDING]
-        return total >= self._batch_size(agreed) or (total > 0 and agreed[_URGENT] > 0)
+        total = int(agreed[:, _PENDING].sum())
+        return total >= self._batch_size(agreed) or (total > 0 and bool(
+            (agreed[:, _URGENT] > 0).any()))
 
-    def _step(self, agreed: list[int]) -> None:
-        """One step of every rank (``agreed``: the sums of :meth:`_agree`).
+    def _shares(self, agreed: torch.Tensor) -> list[int]:
+        """Every rank's share of the next step: its pending examples' share of the
+        global batch (at least one each, up to all it holds), so that a rank
+        receiving faster trains more of each batch and none falls behind."""
+        size = self._batch_size(agreed)
+        pending = agreed[:, _PENDING].tolist()
+        total = sum(pending)
+        return [n if total <= size else min(n, -(-n * size // total)) for n in pending]
 
-        Each rank takes its pending examples' share of the global batch, so
-        that a rank receiving faster trains more of each batch and none falls
-        behind (at least one each, up to all it holds).
-        """
-        size, total = self._batch_size(agreed), agreed[_PENDING]
-        take = len(self._pending) if total <= size else \
-            min(len(self._pending), -(-len(self._pending) * size // total))
-        chunk, self._pending = self._pending[:take], self._pending[take:]
-        self._forget(len(chunk))
-        self._train(chunk)
+    def _step_while_due(self, agreed: torch.Tensor) -> None:
+        """Every rank's steps while due, from ``agreed`` (what :meth:`_agree` gathered):
+        each rank knows every share, so the steps need no agreeing in between."""
+        rank = dist.get_rank(self.trainer.collective.group)
+        agreed = agreed.clone()
+        while self._due(agreed):
+            shares = self._shares(agreed)
+            take = shares[rank]
+            chunk, self._pending = self._pending[:take], self._pending[take:]
+            self._forget(len(chunk))
+            with self.trainer.collective.slices(shares):
+                self._train(chunk)
+            taken = torch.tensor(shares, dtype=torch.int64)
+            agreed[:, _LEARNED] += taken
+            agreed[:, _PENDING] -= taken
+            agreed[:, _URGENT] = (agreed[:, _URGENT] - taken).clamp(min=0)
 
     def _step_together(self, final: bool) -> None:
         """Step while a global batch is pending (``final``: while anything is)."""
         self._drain(final)
-        while self._due(agreed := self._agree([len(self._pending), self._urgent(final)])):
-            self._step(agreed)
+        self._step_while_due(self._agree([len(self._pending), self._urgent(final)]))
 
     def checkpoint(self) -> bool:
         """Collective: train what every rank holds, then checkpoint this rank (same step)."""
@@ -179,13 +203,12 @@ class RankLoop(TrainingLoop):
                 if max_seconds is not None and now - self._started >= max_seconds:
                     stopping = True
                 self._drain(final=False)
-                flags = self._agree([
+                agreed = self._agree([
                     len(self._pending), self._urgent(final=False), stopping,
                     leader and now >= next_ckpt, leader and now >= next_log,
                     leader and publishing and self._learned and now >= next_publish])
-                if self._due(flags):
-                    self._step(flags)
-                    self._step_together(final=False)
+                self._step_while_due(agreed)
+                flags = agreed.sum(dim=0).tolist()
                 if flags[_PUBLISH]:
                     self._gather()
                     self._learned = False

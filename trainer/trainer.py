@@ -145,8 +145,9 @@ class OnlineTrainer:
         # The trainer's clock (TTL expiry) is the running maximum of batch
         # medians: one event stamped hours ahead (a skewed producer clock)
         # cannot move it, and with it expire every row at once.
-        stamps = self.collective.all_gather(batch.timestamps_ms)
-        if stamps.numel():
+        stamps = self.collective.all_gather(batch.timestamps_ms)  # one per example
+        total = stamps.numel()  # the global batch's size
+        if total:
             self.event_time_ms = max(self.event_time_ms, int(stamps.median()))
         self.model.train()
         if self.steps == 0:
@@ -177,15 +178,21 @@ class OnlineTrainer:
         # because gradients are averaged over ranks: slices of any sizes (even
         # empty) then train exactly like one process on the whole batch.
         world = self.collective.world_size()
-        total = float(self.collective.all_reduce(torch.tensor([float(len(batch))])))
-        objective = loss_sum * (world / max(total, 1.0))
+        objective = loss_sum * (world / max(total, 1))
         loss = loss_sum.detach() / max(len(batch), 1)  # reported: this rank's mean
-        if self._non_finite(objective):
-            return self._skip(batch, loss)
         self.optimizer.zero_grad(set_to_none=True)
         (objective + self.embeddings.regularizer()).backward()
-        self.collective.average_gradients([*self.model.parameters(),
-                                           *self.embeddings.parameters()])
+        with torch.no_grad():
+            # The step's scalars travel with the dense gradients (one
+            # all-reduce): whether this rank's objective is NaN or infinite
+            # (then every rank skips the step together), and the weights
+            # and weighted clicks of the click-rate prior.
+            scalars = torch.stack([(~torch.isfinite(objective.detach())).to(weight.dtype),
+                                   weight.sum(), (weight * batch.labels).sum()])
+        summed = self.collective.average_gradients(
+            [*self.model.parameters(), *self.embeddings.parameters()], scalars)
+        if float(summed[0]) > 0:
+            return self._skip(batch, loss)
         self.optimizer.step()
         self.embeddings.step()
         if observed is None:
@@ -196,8 +203,7 @@ class OnlineTrainer:
         with torch.no_grad():
             # Exponential moving average of the click rate, ~10k examples long.
             # (Weighted like the loss: the prior is the true stream's rate.)
-            seen = self.collective.all_reduce(
-                torch.stack([weight.sum(), (weight * batch.labels).sum()]))
+            seen = summed[1:]
             keep = 0.9999 ** float(seen[0])
             prior = self.model.prior_ctr
             prior.mul_(keep).add_((1 - keep) * seen[1] / seen[0].clamp(min=1))
@@ -231,11 +237,6 @@ class OnlineTrainer:
         outcomes = torch.stack([shown, weights * batch.labels], dim=1)
         return self.wide.learn(batch.sparse, logits.detach(), outcomes, self.event_time_ms)
 
-    def _non_finite(self, objective: torch.Tensor) -> bool:
-        """Whether any rank's objective is NaN or infinite (all ranks then skip together)."""
-        bad = torch.tensor([0.0 if bool(torch.isfinite(objective)) else 1.0])
-        return bool(self.collective.all_reduce(bad, dist.ReduceOp.MAX) > 0)
-
     def _skip(self, batch: Batch, loss: torch.Tensor) -> StepResult:
         """Learn nothing from a batch whose loss is not finite, and say so.
 
@@ -244,6 +245,7 @@ class OnlineTrainer:
         were looked up (admissions and last-seen times stand), but no weight,
         optimizer state, history count or metric moves.
         """
+        self.optimizer.zero_grad(set_to_none=True)
         self.embeddings.discard()
         self.history.discard()
         self.skipped_steps += 1

@@ -13,8 +13,9 @@ import torch
 
 from streamrec import native
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
+from streamrec.model.tables.distributed import DistributedTableStore
 from streamrec.model.tables.store import TableStore, stores_of
-from streamrec.model.tables.sort import stable_argsort
+from streamrec.model.tables.sort import exclusive_sums
 from streamrec.ingest.batch import KeyedJaggedTensor
 
 __all__ = ["HistoryFeatures", "history_table_name", "history_inputs"]
@@ -87,6 +88,8 @@ class HistoryFeatures:
         self.cap = cap
         self.strength = strength
         self._pending: list[tuple[TableStore, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        # Distributed stores whose ranks write the batch's counts they own at commit.
+        self._owned: list[DistributedTableStore] = []
         # Tables looked up together, one pass per store: (store, [(feature position, tag)]).
         position = {f: h for h, f in enumerate(self.features)}
         self._units: list[tuple[TableStore, list[tuple[int, int]]]] = [
@@ -116,9 +119,13 @@ class HistoryFeatures:
         batch = sparse.stride()
         n_features = len(self.features)
         out = torch.zeros((batch * n_features, 2))
-        self._pending = []
+        self._pending, self._owned = [], []
         train = labels is not None
         for store, pairs in self._pairs(sparse):
+            if isinstance(store, DistributedTableStore):  # counts kept by the ids' owners
+                before = self._ranks_counts(store, pairs, labels, n_features, now_ms)
+                out.index_copy_(0, pairs.slots, before)
+                continue
             rows = store.lookup(pairs.tags, pairs.ids, pairs.seen, now_ms=now_ms, train=train)
             stored = store.read(rows)
             if train:
@@ -130,6 +137,25 @@ class HistoryFeatures:
                 before = stored.index_select(0, pairs.inverse)
             out.index_copy_(0, pairs.slots, before)
         return out.view(batch, n_features, 2)
+
+    def _ranks_counts(self, store: DistributedTableStore, pairs: _Pairs,
+                      labels: torch.Tensor | None,
+                      n_features: int, now_ms: int) -> torch.Tensor:
+        """:meth:`counts` of one unit on a ``DistributedTableStore``: the stored counts
+        and the earlier ranks' outcomes come from the owners (``count_before``),
+        this rank's earlier examples are added here."""
+        seen = pairs.seen.to(torch.float32)
+        if labels is None:
+            base = store.count_before(pairs.tags, pairs.ids, torch.zeros((seen.numel(), 2)),
+                                      now_ms, train=False)
+            return base.index_select(0, pairs.inverse)
+        y = labels.index_select(0, pairs.slots // n_features)
+        clicks = torch.zeros_like(seen).index_add_(0, pairs.inverse, y)
+        base = store.count_before(pairs.tags, pairs.ids, torch.stack([seen, clicks], dim=1),
+                                  now_ms, train=True)
+        self._owned.append(store)
+        before, _ = native.history_prefix(base, pairs.inverse, y)
+        return before
 
     def observe(self, sparse: KeyedJaggedTensor, outcomes: torch.Tensor, now_ms: int
                 ) -> torch.Tensor:
@@ -158,7 +184,7 @@ class HistoryFeatures:
                     pairs.tags.index_select(0, learn), pairs.ids.index_select(0, learn),
                     sightings.index_select(0, learn), now_ms=now_ms, train=True))
             stored = store.read(rows)
-            before = stored.index_select(0, pairs.inverse) + _exclusive_prefix(pairs.inverse, adds)
+            before = stored.index_select(0, pairs.inverse) + exclusive_sums(pairs.inverse, adds)
             out.index_copy_(0, pairs.slots, before)
             keep = learn[rows.index_select(0, learn) >= 0]
             if keep.numel():
@@ -182,7 +208,7 @@ class HistoryFeatures:
 
     def discard(self) -> None:
         """Forget the last training batch's outcomes without adding them (a skipped step)."""
-        self._pending = []
+        self._pending, self._owned = [], []
 
     def commit(self) -> None:
         """Add the last training batch's outcomes to the stored counts."""
@@ -190,21 +216,6 @@ class HistoryFeatures:
             keep = torch.nonzero(rows >= 0).reshape(-1)
             self._store(table, rows.index_select(0, keep),
                         (stored + totals).index_select(0, keep))
-        self._pending = []
-
-
-def _exclusive_prefix(key: torch.Tensor, adds: torch.Tensor) -> torch.Tensor:
-    """``[N, 2]``: per element, the sum of ``adds`` ``[N, 2]`` over the earlier elements with its key.
-
-    Sort stably by key (keeping batch order within a key), cumulative sums
-    within each run, minus the element itself.
-    """
-    order = stable_argsort(key)
-    sorted_key, prefix = key.index_select(0, order), adds.index_select(0, order)
-    run_start = torch.ones_like(sorted_key, dtype=torch.bool)
-    run_start[1:] = sorted_key[1:] != sorted_key[:-1]
-    csum = torch.cumsum(prefix, 0) - prefix
-    base = csum[run_start][torch.cumsum(run_start.to(torch.int64), 0) - 1]
-    exclusive = torch.zeros_like(prefix)
-    exclusive.index_copy_(0, order, csum - base)
-    return exclusive
+        for store in self._owned:
+            store.commit_counts(self._store)
+        self._pending, self._owned = [], []

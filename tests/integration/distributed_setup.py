@@ -26,7 +26,7 @@ def config() -> AppConfig:
     return load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id,category,country",
         "model.dense_features": "price",
-        "model.history_features": "",  # not distributed yet
+        "model.history_features": "user_id,item_id",  # (the default)
         "model.in_batch_terms": "",
         "table_defaults.min_count": "2",
         "table_defaults.ttl_s": "20",

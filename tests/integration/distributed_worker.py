@@ -19,9 +19,24 @@ from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, bounds, con
 from streamrec.trainer.trainer import OnlineTrainer
 
 
+def _count_collectives() -> list[int]:
+    """Counts every torch.distributed collective call from now on (one counter)."""
+    calls = [0]
+    for name in ("all_reduce", "all_gather", "all_to_all_single", "broadcast", "gather"):
+        original = getattr(dist, name)
+
+        def counted(*args, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            return _original(*args, **kwargs)
+
+        setattr(dist, name, counted)
+    return calls
+
+
 def main(out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
+    calls = _count_collectives()
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = config()
     trainer = OnlineTrainer.from_config(cfg, distributed=True)
@@ -31,10 +46,13 @@ def main(out_dir: str) -> None:
         chunk = list(itertools.islice(events, GLOBAL_BATCH))
         cut = bounds(step, world)
         trainer.train_batch(batcher.build(chunk[cut[rank]:cut[rank + 1]]))
+        if step == 0:
+            calls[0] = 0  # (the first step also agrees on the initial bias)
     tables = {name: (rows.ids, rows.values) for name, rows in
               ((n, t.export_all().upserted) for n, t in trainer.tables.items())}
     torch.save({"tables": tables, "dense": trainer.model.state_dict(),
-                "evicted": {n: t.stats.evicted for n, t in trainer.tables.items()}},
+                "evicted": {n: t.stats.evicted for n, t in trainer.tables.items()},
+                "collectives_per_step": calls[0] / (STEPS - 1)},
                f"{out_dir}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()

@@ -1,7 +1,7 @@
 """Tables sharded across two torch.distributed ranks train like one process.
 
 Two real processes started by torchrun (gloo on CPU) each own half of every
-table and train on a slice of each global batch (uneven, sometimes empty);
+table (embeddings and history counts) and train on a slice of each global batch (uneven, sometimes empty);
 ids and gradients cross ranks with all-to-all. The union of their shards and their dense weights must equal
 a single-rank run over the same stream.
 """
@@ -12,7 +12,6 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -51,7 +50,10 @@ def as_dict(ids: torch.Tensor, rows: torch.Tensor) -> dict[int, torch.Tensor]:
     return dict(zip(ids.tolist(), rows))
 
 
-def test_two_ranks_match_one_rank_on_the_same_stream(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """What the 2 ranks of distributed_worker.py wrote after training (``rank<r>.pt``)."""
+    tmp_path = tmp_path_factory.mktemp("ranks")
     torch.set_num_threads(1)
     subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -60,7 +62,11 @@ def test_two_ranks_match_one_rank_on_the_same_stream(tmp_path: Path) -> None:
         cwd=ROOT, check=True, timeout=300,
         env={**os.environ, "OMP_NUM_THREADS": "1",
              "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
+def test_two_ranks_match_one_rank_on_the_same_stream(ranks: list[dict]) -> None:
+    torch.set_num_threads(1)
     reference = single_rank()
 
     for name, table in reference.tables.items():
@@ -80,3 +86,15 @@ def test_two_ranks_match_one_rank_on_the_same_stream(tmp_path: Path) -> None:
     for key, value in reference.model.state_dict().items():
         for r in ranks:
             torch.testing.assert_close(r["dense"][key], value, atol=DENSE_TOLERANCE, rtol=1e-3)
+
+
+def test_a_step_makes_one_exchange_for_every_table(ranks: list[dict]) -> None:
+    # Each collective costs a round trip between the ranks (~1 ms on a loaded
+    # 2-core machine, against ~3 ms for one process's whole step): a step's
+    # count must not grow with its tables. Per step: the timestamps' lengths
+    # and values (2), every embedding table's ids' counts, ids, rows and
+    # gradients (4), every history table's ids' counts, ids and counts back
+    # (3), the dense gradients with the step's scalars (1).
+    model = config().model
+    assert (len(model.sparse_features), len(model.history_features)) == (4, 2)
+    assert [r["collectives_per_step"] for r in ranks] == [10, 10]

@@ -1,9 +1,9 @@
 """`streamrec train` as 2 ranks under torchrun, on a real broker, pushing to a real replica.
 
 Each rank reads its share of a 4-partition topic and owns half of every table's
-rows; both step together. Every event is learned exactly once across the ranks
-(the ranks' learned-offsets ledgers, offset by offset, and the examples in their
-final checkpoints), one replica receives one stream of versions holding every
+rows (the default model's: embeddings and history counts); both step together.
+Every event is learned exactly once across the ranks (the ranks' learned-offsets
+ledgers, offset by offset, and the examples in their final checkpoints), one replica receives one stream of versions holding every
 rank's rows, and a rank killed with SIGKILL mid-stream has torchrun restart the
 group from the ranks' checkpoints with nothing lost or learned twice. A topic
 with fewer partitions than ranks is refused.
@@ -45,9 +45,9 @@ KILLS = 3
 def _config(tmp_path: Path, bootstrap: str, topic: str, sync_port: int | None,
             batch: str = "batch_size = 64") -> Path:
     replicas = f'replicas = ["127.0.0.1:{sync_port}"]' if sync_port else "replicas = []"
+    # The default model: history features on user_id and item_id.
     return kafka_train_config(
         tmp_path / "train.toml", bootstrap, topic, f"ranks-{topic}",
-        model="history_features = []",
         trainer=f'{batch}\ncheckpoint_dir = "{tmp_path / "ckpt"}"\n'
                 "checkpoint_interval_s = 0.5\nlog_interval_s = 2.0",
         rest=f'[sync]\n{replicas}\ntoken = "{TOKEN}"\n\n[metrics]\nport = -1')
@@ -113,7 +113,7 @@ def _worker_pids(torchrun: subprocess.Popen[bytes]) -> list[int]:
 @pytest.mark.timeout(600)
 def test_two_ranks_learn_each_event_once_and_push_one_version_stream(tmp_path: Path) -> None:
     topic = f"ranks-{uuid.uuid4().hex[:8]}"
-    serving_cfg, serving_ports = serving_config(tmp_path, "history_features = []")
+    serving_cfg, serving_ports = serving_config(tmp_path)
     ckpt = tmp_path / "ckpt"
     with start_broker() as (address, _):
         create_topics(address, [topic], partitions=PARTITIONS)
@@ -152,8 +152,8 @@ def test_two_ranks_learn_each_event_once_and_push_one_version_stream(tmp_path: P
     # One stream of versions: never back, ending at the version rank 0 checkpointed.
     assert versions == sorted(versions) and versions[-1] > 1
     assert metrics["streamrec_serving_model_version"] == finals[0]["version"]
-    # The replica holds every rank's rows, each once.
-    for table in ("user_id", "item_id"):
+    # The replica holds every rank's rows, each once (history counts included).
+    for table in ("user_id", "item_id", "user_id#history", "item_id#history"):
         shards = [f["state"]["tables"][table]["ids"] for f in finals]
         assert all(len(s) for s in shards) and not set(shards[0].tolist()) & set(shards[1].tolist())
         assert metrics[f'streamrec_serving_table_rows{{table="{table}"}}'] == sum(map(len, shards))

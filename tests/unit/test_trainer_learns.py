@@ -329,15 +329,6 @@ def test_clear_history_forgets_counts_and_keeps_embeddings() -> None:
     assert {i: int(c[0]) for i, c in zip(ids.tolist(), counts)} == first
 
 
-def test_distributed_training_refuses_history_features_naming_the_field() -> None:
-    # The README's multi-process section says to turn them off; the error says so too.
-    from streamrec.errors import ConfigError
-
-    config = load_config(env={}, overrides={"model.history_features": "user_id"})
-    with pytest.raises(ConfigError, match="model.history_features.*set it to an empty list"):
-        OnlineTrainer.from_config(config, distributed=True)
-
-
 def test_a_batch_whose_loss_is_not_finite_is_skipped_and_changes_nothing() -> None:
     # One NaN step would poison every dense weight through Adam's state for
     # good (and serving at the next sync); the trainer skips it, counts it,

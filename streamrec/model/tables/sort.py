@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["unique", "unique_np", "stable_argsort"]
+__all__ = ["exclusive_sums", "unique", "unique_np", "stable_argsort"]
 
 # unique() counts instead of sorting when the keys span at most this many
 # values per key: one pass over a span-sized mask beats an n log n sort.
@@ -80,3 +80,20 @@ def stable_argsort(keys: torch.Tensor) -> torch.Tensor:
         distinct = (k - low) * n + np.arange(n, dtype=np.int64)
         return torch.from_numpy(np.argsort(distinct))
     return torch.from_numpy(np.argsort(k, kind="stable"))
+
+
+def exclusive_sums(key: torch.Tensor, adds: torch.Tensor) -> torch.Tensor:
+    """``[N, 2]``: per element, the sum of ``adds`` ``[N, 2]`` over the earlier elements with its key.
+
+    Sort stably by key (keeping batch order within a key), cumulative sums
+    within each run, minus the element itself.
+    """
+    order = stable_argsort(key)
+    sorted_key, prefix = key.index_select(0, order), adds.index_select(0, order)
+    run_start = torch.ones_like(sorted_key, dtype=torch.bool)
+    run_start[1:] = sorted_key[1:] != sorted_key[:-1]
+    csum = torch.cumsum(prefix, 0) - prefix
+    base = csum[run_start][torch.cumsum(run_start.to(torch.int64), 0) - 1]
+    exclusive = torch.zeros_like(prefix)
+    exclusive.index_copy_(0, order, csum - base)
+    return exclusive
