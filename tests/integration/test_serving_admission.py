@@ -32,11 +32,18 @@ class SlowReplica(ModelReplica):
         self.scored = 0
         self._count = threading.Lock()
 
-    def predict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _slow(self) -> None:
         time.sleep(SCORING_S)
         with self._count:
             self.scored += 1
+
+    def predict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._slow()
         return super().predict(*args, **kwargs)
+
+    def predict_columns(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._slow()
+        return super().predict_columns(*args, **kwargs)
 
 
 @pytest.fixture
