@@ -1,14 +1,15 @@
-"""Admission control for the public port: bounded concurrency and a bounded queue.
+"""Admission control for the public port: bounded concurrency, a bounded queue, deadlines.
 
 A replica scores at most ``slots`` requests at once (scoring holds the
 interpreter lock for most of a request, so more at once only stretch every
-request's latency); up to ``queue`` more wait for a slot. A request that finds
-the queue full, or a queue it could not get through before its deadline (at
-the recent scoring time), is refused at once with RESOURCE_EXHAUSTED, so that a
-client retries another replica while its deadline still allows; one whose
-deadline passes or whose caller cancels while it waits is never scored. Goodput then
-stays near capacity past it, instead of every request queueing until its
-deadline (the collapse of an unbounded queue).
+request's latency); up to ``queue`` more wait for a slot, first come first
+served. A request is refused at once when the queue is full, or when at the
+recent scoring time it could not be scored before its deadline: behind the
+queue (RESOURCE_EXHAUSTED, so that a client retries another replica while its
+deadline still allows) or even on an idle replica (DEADLINE_EXCEEDED).
+One whose deadline comes too close while it waits, or whose caller cancels, is
+never scored. Goodput then stays near capacity past it, instead of every
+request queueing until its deadline (the collapse of an unbounded queue).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -54,10 +56,14 @@ class Admission:
         self.slots = slots
         self.queue = queue
         self.running = 0
-        self.waiting = 0
         # Moving average of the seconds a request holds its slot.
         self.service_s = 0.0
+        self._waiting: deque[object] = deque()  # in order of arrival
         self._cond = threading.Condition()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     @contextlib.contextmanager
     def slot(self, context: _Context) -> Iterator[None]:
@@ -78,33 +84,48 @@ class Admission:
             raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
                        "the deadline passed before the request was read")
         with self._cond:
-            if self.running < self.slots and not self.waiting:
+            service = self.service_s
+            if self.running < self.slots and not self._waiting:
+                if remaining is not None and remaining < service:
+                    raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"{remaining * 1e3:.0f} ms to the deadline, and scoring takes "
+                               f"~{service * 1e3:.0f} ms")
                 self.running += 1
                 return
-            expected = (self.waiting + 1) * self.service_s / self.slots
-            if self.waiting >= self.queue or (remaining is not None and expected > remaining):
+            # Done when the requests ahead have left the slots, and its own turn.
+            expected = (len(self._waiting) + 1) * service / self.slots + service
+            if len(self._waiting) >= self.queue or (remaining is not None and expected > remaining):
                 raise Shed("overload", grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"replica at capacity ({self.running} requests scoring, "
-                           f"{self.waiting} waiting, ~{expected * 1e3:.0f} ms to a slot): "
-                           f"retry on another replica")
-            self.waiting += 1
+                           f"{len(self._waiting)} waiting, ~{expected * 1e3:.0f} ms to an "
+                           f"answer): retry on another replica")
+            ticket = object()
+            self._waiting.append(ticket)
         context.add_callback(self._wake)
         try:
             with self._cond:
-                while self.running >= self.slots:
-                    if not context.is_active():
-                        raise Shed("cancelled", grpc.StatusCode.CANCELLED,
-                                   "the caller cancelled the request while it waited")
+                while self.running >= self.slots or self._waiting[0] is not ticket:
+                    self._check_waiting(context)
                     remaining = context.time_remaining()
-                    if remaining is not None and remaining <= 0:
-                        raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   "the deadline passed while the request waited for a slot")
                     wait = self._POLL_S if remaining is None else min(self._POLL_S, remaining)
                     self._cond.wait(wait)
+                self._check_waiting(context)  # once more, right before it is scored
                 self.running += 1
         finally:
             with self._cond:
-                self.waiting -= 1
+                self._waiting.remove(ticket)
+                self._cond.notify_all()  # the next in line may be first now
+
+    def _check_waiting(self, context: _Context) -> None:
+        """Shed a waiting request whose caller left or that can no longer be scored in time."""
+        if not context.is_active():
+            raise Shed("cancelled", grpc.StatusCode.CANCELLED,
+                       "the caller cancelled the request while it waited")
+        remaining = context.time_remaining()
+        if remaining is not None and (remaining <= 0 or remaining < self.service_s):
+            raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+                       "the deadline passed, or came closer than a scoring time, while the "
+                       "request waited for a slot")
 
     def _wake(self) -> None:
         with self._cond:

@@ -54,6 +54,10 @@ class _InvalidRequest(ValueError):
     pass
 
 
+class _Late(Exception):
+    """A request scored after its deadline had passed."""
+
+
 def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     """``map<string, FeatureValues>`` -> ``{name: (values...)}``; rejects non-finite numbers."""
     # Runs once per candidate (thousands per request): each repeated field is
@@ -251,7 +255,16 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         self.metrics.in_flight.inc()
         try:
             with self.admission.slot(context):
-                return body()
+                response = body()
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise _Late()
+            return response
+        except _Late:
+            # The caller has stopped waiting: say so, rather than count it served.
+            code = "DEADLINE_EXCEEDED"
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "scored after the deadline had passed; not answered")
         except Shed as e:
             code = e.code.name
             self.metrics.shed.labels(method, e.reason).inc()
