@@ -47,7 +47,7 @@ class Admission:
     """``with admission.slot(context):`` around scoring; raises :class:`Shed`."""
 
     # How often a waiting request looks at its caller (a cancelled RPC also
-    # wakes the waiters through its callback, so this only bounds the worst case).
+    # wakes it through its callback, so this only bounds the worst case).
     _POLL_S = 0.05
 
     def __init__(self, slots: int, queue: int) -> None:
@@ -58,8 +58,11 @@ class Admission:
         self.running = 0
         # Moving average of the seconds a request holds its slot.
         self.service_s = 0.0
-        self._waiting: deque[object] = deque()  # in order of arrival
-        self._cond = threading.Condition()
+        # The waiting requests in order of arrival, each woken alone when it
+        # is first in line and a slot frees (waking every waiter at each
+        # release costs a thread switch each, under the interpreter lock).
+        self._waiting: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
@@ -73,17 +76,22 @@ class Admission:
             yield
         finally:
             held = time.perf_counter() - t0
-            with self._cond:
+            with self._lock:
                 self.running -= 1
                 self.service_s += (held - self.service_s) * (0.1 if self.service_s else 1.0)
-                self._cond.notify_all()
+                self._wake_first()
+
+    def _wake_first(self) -> None:
+        """Wake the first waiting request if a slot is free (the lock held)."""
+        if self._waiting and self.running < self.slots:
+            self._waiting[0].set()
 
     def _enter(self, context: _Context) -> None:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # expired in gRPC's own queue
             raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
                        "the deadline passed before the request was read")
-        with self._cond:
+        with self._lock:
             service = self.service_s
             if self.running < self.slots and not self._waiting:
                 if remaining is not None and remaining < service:
@@ -99,22 +107,24 @@ class Admission:
                            f"replica at capacity ({self.running} requests scoring, "
                            f"{len(self._waiting)} waiting, ~{expected * 1e3:.0f} ms to an "
                            f"answer): retry on another replica")
-            ticket = object()
+            ticket = threading.Event()
             self._waiting.append(ticket)
-        context.add_callback(self._wake)
+        context.add_callback(ticket.set)
         try:
-            with self._cond:
-                while self.running >= self.slots or self._waiting[0] is not ticket:
-                    self._check_waiting(context)
-                    remaining = context.time_remaining()
-                    wait = self._POLL_S if remaining is None else min(self._POLL_S, remaining)
-                    self._cond.wait(wait)
-                self._check_waiting(context)  # once more, right before it is scored
-                self.running += 1
+            while True:
+                with self._lock:
+                    if self.running < self.slots and self._waiting[0] is ticket:
+                        self._check_waiting(context)  # once more, right before it is scored
+                        self.running += 1
+                        return
+                    ticket.clear()  # (a release from now on sets it again)
+                self._check_waiting(context)
+                remaining = context.time_remaining()
+                ticket.wait(self._POLL_S if remaining is None else min(self._POLL_S, remaining))
         finally:
-            with self._cond:
+            with self._lock:
                 self._waiting.remove(ticket)
-                self._cond.notify_all()  # the next in line may be first now
+                self._wake_first()  # the next in line, if a slot is free
 
     def _check_waiting(self, context: _Context) -> None:
         """Shed a waiting request whose caller left or that can no longer be scored in time."""
@@ -126,7 +136,3 @@ class Admission:
             raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
                        "the deadline passed, or came closer than a scoring time, while the "
                        "request waited for a slot")
-
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
