@@ -118,6 +118,8 @@ def _rows(table: Any, ids: torch.Tensor, threshold: torch.Tensor | None) -> torc
 
 def _mean(rows: torch.Tensor) -> torch.Tensor:
     """``[dim]``: the mean of ``rows`` (zeros for none), summed as the batch's pooling sums."""
+    if rows.shape[0] == 1:  # one id: the row, as the batch pools one id per example
+        return rows[0]
     total = torch.zeros((1, rows.shape[1]), dtype=rows.dtype).index_add(
         0, torch.zeros(rows.shape[0], dtype=torch.int64), rows)
     return (total / max(1, rows.shape[0]))[0]
