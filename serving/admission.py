@@ -120,7 +120,9 @@ class Admission:
                     ticket.clear()  # (a release from now on sets it again)
                 self._check_waiting(context)
                 remaining = context.time_remaining()
-                ticket.wait(self._POLL_S if remaining is None else min(self._POLL_S, remaining))
+                # Awake again by the time it must be shed (a scoring time before its deadline).
+                ticket.wait(self._POLL_S if remaining is None else
+                            min(self._POLL_S, max(0.0, remaining - self.service_s)))
         finally:
             with self._lock:
                 self._waiting.remove(ticket)
