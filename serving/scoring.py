@@ -59,19 +59,42 @@ def columns_of_rows(rows: Sequence[Mapping[str, Sequence[FeatureValue]]]
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a model spec reads: per sparse feature its table and source, the history features."""
+    """What a model spec reads: per sparse feature its table and source, the history
+    features; ``columnar`` False for a model with parts this module does not score."""
 
     sparse: tuple[tuple[str, str], ...]  # (feature, table)
     dense: tuple[str, ...]
     history: tuple[str, ...]
+    columnar: bool
+
+
+# The model settings the columnar path scores as the reference path does (the
+# in-batch terms only act in training). A model with any other setting on is
+# scored row by row (a part of the model added later, until it is added here).
+_COLUMNAR_SETTINGS = frozenset({
+    "sparse_features", "dense_features", "embedding_dim", "hidden", "history_features",
+    "history_cap", "history_strength", "in_batch_terms", "in_batch_strength",
+    "in_batch_weight"})
 
 
 @lru_cache(maxsize=16)
 def _plan(spec: str) -> _Plan:
     model = json.loads(spec)["model"]
     tables = spec_feature_tables(spec)
+    columnar = not any(v for k, v in model.items() if k not in _COLUMNAR_SETTINGS)
     return _Plan(tuple(tables.items()), tuple(model["dense_features"]),
-                 tuple(model["history_features"]))
+                 tuple(model["history_features"]), columnar)
+
+
+def _rows_of(request: CandidateColumns) -> list[tuple[int, int, dict[str, Any]]]:
+    """The reference path's rows of ``request``: its features, each candidate's column values."""
+    n = len(request.items)
+    for name, values in request.columns.items():
+        if len(values) != n:
+            raise ValueError(f"column {name!r} has {len(values)} values for {n} candidates")
+    return [(request.user, item, {**request.shared, **{k: (v[i],) for k, v in
+                                                       request.columns.items()}})
+            for i, item in enumerate(request.items)]
 
 
 def _ids(values: Sequence[FeatureValue], batcher: Batcher) -> torch.Tensor:
@@ -133,6 +156,8 @@ def score_columns(state: Any, request: CandidateColumns) -> torch.Tensor:
     Raises ValueError for a column whose length is not the candidates' count.
     """
     plan = _plan(state.spec)
+    if not plan.columnar:
+        return state.score(_rows_of(request))  # type: ignore[no-any-return]
     n = len(request.items)
     thresholds = state.embeddings.threshold_state() if state.embeddings.prune_alpha else {}
     with torch.inference_mode():

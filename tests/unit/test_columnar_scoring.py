@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -103,3 +104,25 @@ def test_per_candidate_maps_form_columns_only_with_one_value_of_the_same_names()
     assert columns_of_rows([{"a": (1,)}, {"b": (2,)}]) is None
     assert columns_of_rows([{"a": (1, 2)}, {"a": (3,)}]) is None
     assert columns_of_rows([{"a": ()}, {"a": (3,)}]) is None
+
+
+def test_a_model_with_settings_the_columnar_path_does_not_know_is_scored_row_by_row(
+        monkeypatch) -> None:
+    # A part of the model added later (say wide terms) must not be skipped by
+    # the columnar path: such a model is scored by the reference path.
+    replica = trained_replica({})
+    state = replica._state
+    spec = json.loads(state.spec)
+    spec["model"]["wide_terms"] = ["user_id*category"]
+    monkeypatch.setattr(state, "spec", json.dumps(spec))
+    rows_scored: list = []
+    score = state.score
+    monkeypatch.setattr(state, "score", lambda rows: rows_scored.extend(rows) or score(rows))
+    got, _ = replica.predict_columns(5, [1, 2, 3], {"country": ("k1",)},
+                                     {"category": ["c1", "c2", 7]})
+    assert [item for _, item, _ in rows_scored] == [1, 2, 3]
+    assert rows_scored[2][2] == {"country": ("k1",), "category": (7,)}
+    want, _ = replica.score_rows(rows_scored)
+    assert got == want
+    with pytest.raises(ValueError, match="column 'category' has 2 values for 3 candidates"):
+        replica.predict_columns(5, [1, 2, 3], {}, {"category": ["c1", "c2"]})
