@@ -5,8 +5,9 @@ for each candidate count, the same sequence of Predict requests (one user,
 shared ``country``/``hour`` features, per-candidate ``category``/``price``)
 is timed in three arms:
 
-- ``in-process``  ``ModelReplica.predict`` on the same snapshot in this process:
-                  the scoring floor, no RPC;
+- ``in-process``  ``ModelReplica.predict_columns`` (what the server runs for either
+                  form of per-candidate features) on the same snapshot in this
+                  process: the scoring floor, no RPC;
 - ``grpc``        ``RecommenderClient.predict`` against the serve process, requests
                   one after another from a client process of its own, per-candidate
                   features as ``candidate_features`` (one mapping per candidate);
@@ -175,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n} candidates ...", file=sys.stderr, flush=True)
                 local = []
                 for i, r in enumerate(_requests(n, args.requests + args.warmup, args.seed)):
-                    own = [{k: (v,) for k, v in c.items()} for c in r["candidate_features"]]
+                    own = r["candidate_features"]
+                    columns = {k: [c[k] for c in own] for k in own[0]}
                     shared = {k: (v,) for k, v in r["features"].items()}
                     t0 = time.perf_counter()
-                    replica.predict(r["user_id"], r["item_ids"], shared, own)
+                    replica.predict_columns(r["user_id"], r["item_ids"], shared, columns)
                     if i >= args.warmup:
                         local.append(time.perf_counter() - t0)
                 remote = _client(address, n, args, Path(tmp), env)

@@ -21,7 +21,7 @@ from streamrec.ingest.event import Event, FeatureValue
 from streamrec.ingest.ids import INT64_MAX, INT64_MIN, to_id
 from streamrec import native
 
-__all__ = ["Batch", "Batcher", "dense_value"]
+__all__ = ["Batch", "Batcher", "dense_column", "dense_value"]
 
 _USER, _ITEM, _FEATURES, _LABEL, _SAMPLE_RATE, _TIMESTAMP = map(
     Event._fields.index, ("user_id", "item_id", "features", "label", "sample_rate",
@@ -81,7 +81,7 @@ def _float32(values: Sequence[float]) -> torch.Tensor:
     return torch.frombuffer(array.array("d", values), dtype=torch.float64).float()
 
 
-def _dense_column(raw: list[object]) -> torch.Tensor:
+def dense_column(raw: list[object]) -> torch.Tensor:
     """:func:`dense_value` of each (first) value, vectorised when all are numbers."""
     if set(map(type, raw)) <= {float, int, bool}:
         try:
@@ -173,9 +173,13 @@ class Batcher:
             per_example = [f.get(feature, ()) if f else () for f in features]
             ids = list(itertools.chain.from_iterable(per_example))
             lengths = [len(v) for v in per_example]
-        if not set(map(type, ids)) <= {int}:
-            ids = list(map(self._ids.__getitem__, ids))
-        return ids, lengths
+        return self.raw_ids(ids), lengths
+
+    def raw_ids(self, values: list[FeatureValue]) -> list[int]:
+        """The raw ids of categorical ``values`` (``values`` itself when all are ints)."""
+        if set(map(type, values)) <= {int}:
+            return values  # type: ignore[return-value]
+        return list(map(self._ids.__getitem__, values))
 
     def build(self, events: Sequence[Event]) -> Batch:
         """Batch ``events`` (examples; a missing label counts as 0)."""
@@ -237,7 +241,7 @@ class Batcher:
             stride=n,
         )
         if self.dense_features:
-            dense = torch.stack([_dense_column(_firsts(name, features))
+            dense = torch.stack([dense_column(_firsts(name, features))
                                  for name in self.dense_features], dim=1) if n else \
                 torch.zeros((0, len(self.dense_features)), dtype=torch.float32)
         else:

@@ -1,14 +1,15 @@
-"""Admission control for the public port: bounded concurrency and a bounded queue.
+"""Admission control for the public port: bounded concurrency, a bounded queue, deadlines.
 
 A replica scores at most ``slots`` requests at once (scoring holds the
 interpreter lock for most of a request, so more at once only stretch every
-request's latency); up to ``queue`` more wait for a slot. A request that finds
-the queue full, or a queue it could not get through before its deadline (at
-the recent scoring time), is refused at once with RESOURCE_EXHAUSTED, so that a
-client retries another replica while its deadline still allows; one whose
-deadline passes or whose caller cancels while it waits is never scored. Goodput then
-stays near capacity past it, instead of every request queueing until its
-deadline (the collapse of an unbounded queue).
+request's latency); up to ``queue`` more wait for a slot, first come first
+served. A request is refused at once when the queue is full, or when at the
+recent scoring time it could not be scored before its deadline: behind the
+queue (RESOURCE_EXHAUSTED, so that a client retries another replica while its
+deadline still allows) or even on an idle replica (DEADLINE_EXCEEDED).
+One whose deadline comes too close while it waits, or whose caller cancels, is
+never scored. Goodput then stays near capacity past it, instead of every
+request queueing until its deadline (the collapse of an unbounded queue).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -45,7 +47,7 @@ class Admission:
     """``with admission.slot(context):`` around scoring; raises :class:`Shed`."""
 
     # How often a waiting request looks at its caller (a cancelled RPC also
-    # wakes the waiters through its callback, so this only bounds the worst case).
+    # wakes it through its callback, so this only bounds the worst case).
     _POLL_S = 0.05
 
     def __init__(self, slots: int, queue: int) -> None:
@@ -54,10 +56,17 @@ class Admission:
         self.slots = slots
         self.queue = queue
         self.running = 0
-        self.waiting = 0
         # Moving average of the seconds a request holds its slot.
         self.service_s = 0.0
-        self._cond = threading.Condition()
+        # The waiting requests in order of arrival, each woken alone when it
+        # is first in line and a slot frees (waking every waiter at each
+        # release costs a thread switch each, under the interpreter lock).
+        self._waiting: deque[threading.Event] = deque()
+        self._lock = threading.Lock()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
 
     @contextlib.contextmanager
     def slot(self, context: _Context) -> Iterator[None]:
@@ -67,45 +76,65 @@ class Admission:
             yield
         finally:
             held = time.perf_counter() - t0
-            with self._cond:
+            with self._lock:
                 self.running -= 1
                 self.service_s += (held - self.service_s) * (0.1 if self.service_s else 1.0)
-                self._cond.notify_all()
+                self._wake_first()
+
+    def _wake_first(self) -> None:
+        """Wake the first waiting request if a slot is free (the lock held)."""
+        if self._waiting and self.running < self.slots:
+            self._waiting[0].set()
 
     def _enter(self, context: _Context) -> None:
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:  # expired in gRPC's own queue
             raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
                        "the deadline passed before the request was read")
-        with self._cond:
-            if self.running < self.slots and not self.waiting:
+        with self._lock:
+            service = self.service_s
+            if self.running < self.slots and not self._waiting:
+                if remaining is not None and remaining < service:
+                    raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+                               f"{remaining * 1e3:.0f} ms to the deadline, and scoring takes "
+                               f"~{service * 1e3:.0f} ms")
                 self.running += 1
                 return
-            expected = (self.waiting + 1) * self.service_s / self.slots
-            if self.waiting >= self.queue or (remaining is not None and expected > remaining):
+            # Done when the requests ahead have left the slots, and its own turn.
+            expected = (len(self._waiting) + 1) * service / self.slots + service
+            if len(self._waiting) >= self.queue or (remaining is not None and expected > remaining):
                 raise Shed("overload", grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"replica at capacity ({self.running} requests scoring, "
-                           f"{self.waiting} waiting, ~{expected * 1e3:.0f} ms to a slot): "
-                           f"retry on another replica")
-            self.waiting += 1
-        context.add_callback(self._wake)
+                           f"{len(self._waiting)} waiting, ~{expected * 1e3:.0f} ms to an "
+                           f"answer): retry on another replica")
+            ticket = threading.Event()
+            self._waiting.append(ticket)
+        context.add_callback(ticket.set)
         try:
-            with self._cond:
-                while self.running >= self.slots:
-                    if not context.is_active():
-                        raise Shed("cancelled", grpc.StatusCode.CANCELLED,
-                                   "the caller cancelled the request while it waited")
-                    remaining = context.time_remaining()
-                    if remaining is not None and remaining <= 0:
-                        raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
-                                   "the deadline passed while the request waited for a slot")
-                    wait = self._POLL_S if remaining is None else min(self._POLL_S, remaining)
-                    self._cond.wait(wait)
-                self.running += 1
+            while True:
+                with self._lock:
+                    if self.running < self.slots and self._waiting[0] is ticket:
+                        self._check_waiting(context)  # once more, right before it is scored
+                        self.running += 1
+                        return
+                    ticket.clear()  # (a release from now on sets it again)
+                self._check_waiting(context)
+                remaining = context.time_remaining()
+                # Awake again by the time it must be shed (a scoring time before its deadline).
+                ticket.wait(self._POLL_S if remaining is None else
+                            min(self._POLL_S, max(0.0, remaining - self.service_s)))
         finally:
-            with self._cond:
-                self.waiting -= 1
+            with self._lock:
+                self._waiting.remove(ticket)
+                self._wake_first()  # the next in line, if a slot is free
 
-    def _wake(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
+    def _check_waiting(self, context: _Context) -> None:
+        """Shed a waiting request whose caller left or that can no longer be scored in time."""
+        if not context.is_active():
+            raise Shed("cancelled", grpc.StatusCode.CANCELLED,
+                       "the caller cancelled the request while it waited")
+        remaining = context.time_remaining()
+        if remaining is not None and (remaining <= 0 or remaining < self.service_s):
+            raise Shed("deadline", grpc.StatusCode.DEADLINE_EXCEEDED,
+                       "the deadline passed, or came closer than a scoring time, while the "
+                       "request waited for a slot")

@@ -78,7 +78,8 @@ class ServingMetrics:
                 self.deltas.labels(kind, result)
         self.shed = Counter("streamrec_serving_shed_total",
                             "Requests refused before scoring, by method and reason (overload: "
-                            "the queue was full; deadline, cancelled: while waiting)",
+                            "the queue was full, or too long for the deadline; deadline: too "
+                            "little time left to score; cancelled: while waiting)",
                             ["method", "reason"], registry=registry)
         for method in METHODS:
             for reason in SHED_REASONS:

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import FeatureValue
 from streamrec.serving.metrics import ServingMetrics
+from streamrec.serving.scoring import CandidateColumns, Columns, score_columns
 from streamrec.errors import NonFiniteError, NotReadyError, StaleVersionError, SyncError, \
     VersionGapError
 from streamrec.model.embedding import DynamicEmbeddingCollection
@@ -402,3 +403,17 @@ class ModelReplica:
                 # slower; serving.max_request_ids bounds what the copies hold.)
                 rows.append((int(user_id), int(item), {**shared, **own} if own else shared))
             return self._finite(state.score(rows), state.version), state.version
+
+    def predict_columns(self, user_id: int, item_ids: Sequence[int],
+                        features: Features | None = None, candidate_columns: Columns | None = None
+                        ) -> tuple[list[float], int]:
+        """:meth:`predict` with the candidates' features as columns (one value per item).
+
+        The request's features are looked up once for all candidates
+        (serving/scoring.py); a column replaces a request feature of its name.
+        Raises ValueError for a column whose length is not ``len(item_ids)``.
+        """
+        request = CandidateColumns(int(user_id), item_ids, features or {},
+                                   candidate_columns or {})
+        with self._reading() as state:
+            return self._finite(score_columns(state, request), state.version), state.version

@@ -15,7 +15,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain
 from operator import methodcaller
 from concurrent import futures
@@ -34,6 +34,7 @@ from streamrec.serving.health import HealthServicer
 from streamrec.serving.ids import IdError, request_ids, scored_item
 from streamrec.serving.metrics import METHODS
 from streamrec.serving.replica import Features, ModelReplica, NonFiniteScoreError
+from streamrec.serving.scoring import columns_of_rows
 from streamrec.serving.undecodable import InvalidArgumentOnUndecodable
 from streamrec.serving.workers import serve_workers
 from streamrec.config import SYNC_MAX_MESSAGE_BYTES, AppConfig, ServingConfig
@@ -53,6 +54,10 @@ class _InvalidRequest(ValueError):
     pass
 
 
+class _Late(Exception):
+    """A request scored after its deadline had passed."""
+
+
 def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     """``map<string, FeatureValues>`` -> ``{name: (values...)}``; rejects non-finite numbers."""
     # Runs once per candidate (thousands per request): each repeated field is
@@ -68,28 +73,28 @@ def features_from_proto(features: Any) -> dict[str, tuple[Any, ...]]:
     return out
 
 
-def features_from_columns(columns: Any, candidates: int, positions: Sequence[int]
-                          ) -> list[dict[str, tuple[Any, ...]]]:
-    """``map<string, FeatureColumn>`` -> the features of the candidates at ``positions``.
+def columns_from_proto(columns: Any, candidates: int, positions: Sequence[int]
+                       ) -> dict[str, list[Any]]:
+    """``map<string, FeatureColumn>`` -> ``{name: [value of each candidate at positions]}``.
 
     Each column holds exactly one of strings, ids or numbers, with one value
     per candidate (``candidates`` of them); numbers must be finite.
     """
-    names: list[str] = []
-    values: list[list[Any]] = []
+    out: dict[str, list[Any]] = {}
     for name, column in columns.items():
         if not name:
             raise _InvalidRequest("candidate column with an empty name")
-        filled = [list(v) for v in (column.strings, column.ids, column.numbers) if len(v)]
+        filled = [v for v in (column.strings, column.ids, column.numbers) if len(v)]
         if len(filled) != 1 or len(filled[0]) != candidates:
             raise _InvalidRequest(
                 f"candidate column {name!r}: send one value per item_id ({candidates}) in "
                 f"exactly one of strings, ids, numbers")
-        if len(column.numbers) and not all(map(math.isfinite, filled[0])):
+        values = list(filled[0])
+        if len(column.numbers) and not all(map(math.isfinite, values)):
             raise _InvalidRequest(f"candidate column {name!r}: numbers must be finite")
-        names.append(name)
-        values.append(filled[0])
-    return [{name: (column[i],) for name, column in zip(names, values)} for i in positions]
+        # (Positions are first occurrences in order: as many as candidates is all of them.)
+        out[name] = values if len(positions) == candidates else [values[i] for i in positions]
+    return out
 
 
 class _FeatureRules:
@@ -121,6 +126,18 @@ class _FeatureRules:
                     row = next(i for i, r in enumerate(rows) if bad in map(type, r.get(name, ())))
                     raise _InvalidRequest(f"{where(row)}: feature {name!r} {rule}")
         return sorted(names - self.known)
+
+    def check_columns(self, columns: Mapping[str, Sequence[Any]]) -> list[str]:
+        """:meth:`check` for candidate columns (each holds values of one type)."""
+        for name, values in columns.items():
+            kind = type(values[0]) if values else None
+            if name in self.dense and kind is str:
+                raise _InvalidRequest(f"candidate_columns: feature {name!r} is dense: send "
+                                      f"numbers (numbers or ids), not strings")
+            if name in self.ids and kind is float:
+                raise _InvalidRequest(f"candidate_columns: feature {name!r} is an id feature: "
+                                      f"send strings or ids, not numbers")
+        return sorted(columns.keys() - self.known)
 
 
 def _expanded_ids(shared: Features, own: Sequence[Features] | None, candidates: int,
@@ -200,17 +217,18 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         positions: Sequence[int] = _first_occurrences(items) if distinct else range(len(items))
         shared = features_from_proto(request.features)
         per_item: list[dict[str, tuple[Any, ...]]] | None = None
+        own_columns: dict[str, list[Any]] | None = {}
         if len(candidates):
             per_item = [features_from_proto(candidates[i].features) for i in positions]
         elif len(columns):
-            per_item = features_from_columns(columns, len(items), positions)
+            own_columns = columns_from_proto(columns, len(items), positions)
         kinds = self.replica.feature_kinds()
         if kinds is not None:  # (none: predict answers FAILED_PRECONDITION)
             rules = _FeatureRules(*kinds)
             ignored = rules.check([shared], lambda _: "features")
             if per_item:
-                ignored += rules.check(per_item, (lambda i: f"candidate_features[{positions[i]}]")
-                                       if len(candidates) else (lambda _: "candidate_columns"))
+                ignored += rules.check(per_item, lambda i: f"candidate_features[{positions[i]}]")
+            ignored += rules.check_columns(own_columns or {})
             if ignored:
                 self._ignored(method, ignored)
         # Before the rows are built: a small request can expand to a huge batch.
@@ -223,7 +241,12 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
                 f"candidate's row")
         items = [items[i] for i in positions]
         self.metrics.candidates.observe(len(items))
-        scores, version = self.replica.predict(ids.user, items, shared, per_item)
+        if per_item is not None:  # (the common form: one value of the same features each)
+            own_columns = columns_of_rows(per_item)
+        if own_columns is not None:
+            scores, version = self.replica.predict_columns(ids.user, items, shared, own_columns)
+        else:
+            scores, version = self.replica.predict(ids.user, items, shared, per_item)
         return [ids.sent[i] for i in positions] if distinct else ids.sent, scores, version
 
     def _call(self, method: str, context: grpc.ServicerContext, body: Callable[[], T]) -> T:
@@ -232,7 +255,16 @@ class _Recommender(serving_pb2_grpc.RecommenderServicer):
         self.metrics.in_flight.inc()
         try:
             with self.admission.slot(context):
-                return body()
+                response = body()
+            remaining = context.time_remaining()
+            if remaining is not None and remaining <= 0:
+                raise _Late()
+            return response
+        except _Late:
+            # The caller has stopped waiting: say so, rather than count it served.
+            code = "DEADLINE_EXCEEDED"
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "scored after the deadline had passed; not answered")
         except Shed as e:
             code = e.code.name
             self.metrics.shed.labels(method, e.reason).inc()

@@ -32,11 +32,18 @@ class SlowReplica(ModelReplica):
         self.scored = 0
         self._count = threading.Lock()
 
-    def predict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _slow(self) -> None:
         time.sleep(SCORING_S)
         with self._count:
             self.scored += 1
+
+    def predict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._slow()
         return super().predict(*args, **kwargs)
+
+    def predict_columns(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._slow()
+        return super().predict_columns(*args, **kwargs)
 
 
 @pytest.fixture
@@ -145,3 +152,20 @@ def test_a_request_that_could_not_be_scored_in_time_is_refused_at_once(slow) -> 
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert waited < SCORING_S / 2
     assert replica.scored == 2
+
+
+def test_a_request_scored_past_its_deadline_is_not_counted_as_served(slow) -> None:
+    servers, replica, registry = slow
+    # A fresh replica has no scoring time yet: it admits, and learns it is too slow.
+    with RecommenderClient(f"127.0.0.1:{servers.port}", timeout_s=SCORING_S / 2) as client:
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict(user_id=1, item_ids=[1])
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 10
+    while replica.scored < 1 or _sample(registry, "streamrec_serving_in_flight") > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert _sample(registry, "streamrec_serving_requests_total", method="Predict",
+                   code="DEADLINE_EXCEEDED") == 1
+    assert _sample(registry, "streamrec_serving_requests_total", method="Predict",
+                   code="OK") == 0
