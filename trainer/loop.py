@@ -288,14 +288,16 @@ class TrainingLoop:
         order.extend(released[start:])
         learned = torch.ones(len(order), dtype=torch.bool)
         learned[asks] = False
-        labels = torch.tensor([e.label or 0.0 for e in order], dtype=torch.float32)
-        # A clicked impression learned as a negative on arrival (fake
-        # negative) was counted then: its click adds a positive, not a showing.
-        again = torch.tensor([e.fake_negative and e.label == 1.0 for e in order])
-        outcomes = torch.zeros((len(order), 2))
-        outcomes[learned, 0] = 1.0 - again[learned].float() * self.joiner.duplicated_share
-        outcomes[learned, 1] = labels[learned]
+        kept = torch.nonzero(learned).reshape(-1)  # the released examples' rows, in order
         batch = self.batcher.build(order)
+        outcomes = torch.zeros((len(order), 2))
+        if released:
+            # A clicked impression learned as a negative on arrival (fake
+            # negative) was counted then: its click adds a positive, not a showing.
+            again = torch.tensor([e.fake_negative and e.label == 1.0 for e in released],
+                                 dtype=torch.float32)
+            outcomes[kept, 0] = 1.0 - again * self.joiner.duplicated_share
+            outcomes[kept, 1] = batch.labels.index_select(0, kept)
         counts = self.trainer.observe_history(batch.sparse, outcomes)
         if self.publisher is not None:
             self.publisher.notify()  # the labels reach replicas with the counts
@@ -304,7 +306,6 @@ class TrainingLoop:
         served = counts[asks].unbind(0) if asks else ()
         scored = [e._replace(predicted=p, served_history=h)
                   for e, p, h in zip(impressions, probs, served)]
-        kept = torch.nonzero(learned).reshape(-1)
         return scored, batch.rows(kept), counts.index_select(0, kept)
 
     def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
