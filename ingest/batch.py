@@ -84,7 +84,8 @@ class Batch:
             return batches[0]
         keys = batches[0].sparse.keys()
         if any(b.sparse.keys() != keys for b in batches):
-            raise ValueError(f"batches: sparse features differ ({[b.sparse.keys() for b in batches]})")
+            raise ValueError("batches: sparse features differ "
+                             f"({[b.sparse.keys() for b in batches]})")
         lengths = [b.sparse.lengths().view(len(keys), len(b)) for b in batches]
         # Feature-major: every batch's ids of the first feature, then of the next...
         pieces = [b.sparse.values().split(n.sum(dim=1).tolist())
@@ -107,10 +108,17 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
 def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """The positions ``starts[i], ..., starts[i] + lengths[i] - 1`` for each i, in order."""
     lengths = lengths.to(torch.int64)
+    placed = _exclusive_cumsum(lengths)  # where each range goes in the output
     total = int(lengths.sum())
-    shift = torch.repeat_interleave(starts - _exclusive_cumsum(lengths), lengths,
-                                    output_size=total)
-    return shift + torch.arange(total, dtype=torch.int64)
+    # Each output position is its own index plus its range's shift: a running
+    # sum of the shifts' changes at the ranges' first positions (this CPU
+    # build's repeat_interleave takes ~10x as long).
+    some = torch.nonzero(lengths).reshape(-1)
+    shift = (starts.index_select(0, some) - placed.index_select(0, some)).to(torch.int64)
+    steps = torch.zeros(total, dtype=torch.int64)
+    steps.index_copy_(0, placed.index_select(0, some),
+                      torch.diff(shift, prepend=shift.new_zeros(1)))
+    return torch.cumsum(steps, 0) + torch.arange(total, dtype=torch.int64)
 
 
 def dense_value(values: Sequence[FeatureValue]) -> float:

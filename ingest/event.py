@@ -71,7 +71,8 @@ def _replace(self: Event, /, **changes: object) -> Event:
         for name, value in changes.items():
             values[_FIELD[name]] = value
     except KeyError:
-        raise ValueError(f"Got unexpected field names: {[n for n in changes if n not in _FIELD]!r}") from None
+        unknown = [n for n in changes if n not in _FIELD]
+        raise ValueError(f"Got unexpected field names: {unknown!r}") from None
     return _new_event(Event, values)
 
 
