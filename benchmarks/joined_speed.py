@@ -83,6 +83,15 @@ def run_evaluate(tree: Path, path: Path, settings: dict[str, str]) -> dict[str, 
     return {**json.loads(result), **json.loads(cpu)}
 
 
+def _commit(tree: Path) -> str:
+    """``tree``'s checked-out commit, with ``+`` when its files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree,
+                           check=True, capture_output=True, text=True).stdout.strip()
+    return head + ("+" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--baseline", type=Path, required=True,
@@ -133,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                 / (labeled[tree][unit] / labeled[tree]["events"]), 3)
                 for tree in trees for unit in ("events_per_s", "events_per_cpu_s")}
             print(f"{log}: joined impressions/s over labeled examples/s: {versus[log]}")
+    commits = {name: _commit(tree) for name, tree in trees.items()}
     write_result(args.out, {"args": {**vars(args), "baseline": str(args.baseline)},
-                            "arms": results, "joined_vs_labeled_impressions": versus})
+                            "commits": commits, "arms": results,
+                            "joined_vs_labeled_impressions": versus})
     return 0
 
 
