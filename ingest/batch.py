@@ -48,6 +48,78 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def rows(self, index: torch.Tensor) -> Batch:
+        """The examples at ``index`` (``[M]`` int64 positions, in that order): a batch of M.
+
+        Equal to building those examples' events alone (every column is per
+        example), for a fraction of the cost.
+        """
+        keys = self.sparse.keys()
+        lengths = self.sparse.lengths().view(len(keys), len(self))
+        values = self.sparse.values()
+        taken = lengths.index_select(1, index)
+        if values.numel() == lengths.numel() and bool((lengths == 1).all()):
+            # One id per example and feature (the common case): a column gather.
+            picked = values.view(len(keys), -1).index_select(1, index).reshape(-1)
+        else:
+            starts = _exclusive_cumsum(lengths.reshape(-1)).view(lengths.shape)
+            picked = values.index_select(0, _ranges(starts.index_select(1, index).reshape(-1),
+                                                    taken.reshape(-1)))
+        sparse = KeyedJaggedTensor(keys=keys, values=picked, lengths=taken.reshape(-1),
+                                   stride=int(index.numel()))
+        return Batch(sparse=sparse, dense=self.dense.index_select(0, index),
+                     labels=self.labels.index_select(0, index),
+                     sample_rates=self.sample_rates.index_select(0, index),
+                     timestamps_ms=self.timestamps_ms.index_select(0, index))
+
+    @staticmethod
+    def cat(batches: Sequence[Batch]) -> Batch:
+        """One batch of ``batches``' examples, in order (they share one feature schema).
+
+        Raises ValueError for batches of different sparse features.
+        """
+        if not batches:
+            raise ValueError("batches: nothing to concatenate")
+        if len(batches) == 1:
+            return batches[0]
+        keys = batches[0].sparse.keys()
+        if any(b.sparse.keys() != keys for b in batches):
+            raise ValueError("batches: sparse features differ "
+                             f"({[b.sparse.keys() for b in batches]})")
+        lengths = [b.sparse.lengths().view(len(keys), len(b)) for b in batches]
+        # Feature-major: every batch's ids of the first feature, then of the next...
+        pieces = [b.sparse.values().split(n.sum(dim=1).tolist())
+                  for b, n in zip(batches, lengths)]
+        values = torch.cat([p[k] for k in range(len(keys)) for p in pieces]) if keys else \
+            batches[0].sparse.values()
+        sparse = KeyedJaggedTensor(keys=keys, values=values,
+                                   lengths=torch.cat(lengths, dim=1).reshape(-1),
+                                   stride=sum(len(b) for b in batches))
+        return Batch(sparse=sparse, dense=torch.cat([b.dense for b in batches]),
+                     labels=torch.cat([b.labels for b in batches]),
+                     sample_rates=torch.cat([b.sample_rates for b in batches]),
+                     timestamps_ms=torch.cat([b.timestamps_ms for b in batches]))
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(x, 0, dtype=torch.int64) - x
+
+
+def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The positions ``starts[i], ..., starts[i] + lengths[i] - 1`` for each i, in order."""
+    lengths = lengths.to(torch.int64)
+    placed = _exclusive_cumsum(lengths)  # where each range goes in the output
+    total = int(lengths.sum())
+    # Each output position is its own index plus its range's shift: a running
+    # sum of the shifts' changes at the ranges' first positions (this CPU
+    # build's repeat_interleave takes ~10x as long).
+    some = torch.nonzero(lengths).reshape(-1)
+    shift = (starts.index_select(0, some) - placed.index_select(0, some)).to(torch.int64)
+    steps = torch.zeros(total, dtype=torch.int64)
+    steps.index_copy_(0, placed.index_select(0, some),
+                      torch.diff(shift, prepend=shift.new_zeros(1)))
+    return torch.cumsum(steps, 0) + torch.arange(total, dtype=torch.int64)
+
 
 def dense_value(values: Sequence[FeatureValue]) -> float:
     """The model input for one numeric feature: signed log1p of its first value.

@@ -57,3 +57,24 @@ class Event(NamedTuple):
     predicted: float | None = None
     fake_negative: bool = False
     served_history: object | None = None
+
+
+_FIELD = {name: i for i, name in enumerate(Event._fields)}
+_new_event = tuple.__new__
+
+
+def _replace(self: Event, /, **changes: object) -> Event:
+    """``Event._replace``, twice as fast as the generic named tuple's (the joiner
+    and the loop make several changed copies of each impression)."""
+    values = list(self)
+    try:
+        for name, value in changes.items():
+            values[_FIELD[name]] = value
+    except KeyError:
+        unknown = [n for n in changes if n not in _FIELD]
+        raise ValueError(f"Got unexpected field names: {unknown!r}") from None
+    return _new_event(Event, values)
+
+
+# (typing.NamedTuple refuses a _replace in the class body; the class takes it after.)
+Event._replace = _replace  # type: ignore[assignment,method-assign]

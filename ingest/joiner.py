@@ -32,7 +32,8 @@ _CLOCK_TOLERANCE_MS = 1_000
 _EARLY_PER_KEY = 4
 # Pushes with events, on top of idle_s, before a partition that sent none is quiet.
 _IDLE_PUSHES = 100
-Identity = tuple[str, str, int, int]  # (event_id, request key, item, timestamp)
+# An impression's event_id, else its (request key, item, timestamp).
+Identity = str | tuple[str, int, int]
 
 
 def _key(event: Event) -> Key:
@@ -41,10 +42,9 @@ def _key(event: Event) -> Key:
 
 def _identity(event: Event) -> Identity:
     """What makes two deliveries one impression: its event_id, else its key and time."""
-    if event.event_id:
-        return (event.event_id, "", 0, 0)
-    key = _key(event)
-    return ("", key[0], key[1], event.timestamp_ms)
+    # (The event_id itself, not a tuple around it: several per impression.)
+    return event.event_id or (event.request_id or f"user:{event.user_id}", event.item_id,
+                              event.timestamp_ms)
 
 
 def _scored_as(example: Event, impression: Event) -> Event:
@@ -88,6 +88,9 @@ class Joiner:
         self.rate = rate
         self.seed = seed
         self.metrics = metrics
+        # (Per settled impression: the labelled children, looked up once.)
+        self._joined = None if metrics is None else (metrics.joined.labels("negative"),
+                                                     metrics.joined.labels("positive"))
         self.max_pending = max_pending
         self.max_clock_skew_ms = int(max_clock_skew_s * 1000)
         # Insertion order is arrival order, so expiry pops from the front.
@@ -146,8 +149,8 @@ class Joiner:
         heapq.heappush(self._outcomes, entry)
         self._outcome_seq += 1
         self._remember_unscored(entry)
-        if self.metrics is not None:
-            self.metrics.joined.labels("positive" if label else "negative").inc()
+        if self._joined is not None:
+            self._joined[bool(label)].inc()
         if self.delayed_feedback is DelayedFeedback.FAKE_NEGATIVE:
             identity = _identity(impression)
             observed = identity in self._observed
@@ -527,7 +530,9 @@ class Joiner:
                              for _, _, e in sorted(self._outcomes)],
                 "early_actions": [event_to_dict(e) for waiting in self._early.values()
                                   for e, _ in waiting],
-                "resolved": [[*identity, at] for identity, at in self._resolved.items()],
+                # [event_id, request key, item, timestamp, resolved at]
+                "resolved": [[identity, "", 0, 0, at] if isinstance(identity, str)
+                             else ["", *identity, at] for identity, at in self._resolved.items()],
                 # Per partition event time: after a restore, a partition not
                 # heard from yet still holds the watermark (until it goes quiet).
                 "clocks": [["" if o is None else o[0], -1 if o is None else o[1], clock]
@@ -576,6 +581,7 @@ class Joiner:
             self._heard[origin] = (now, 0)
         self._resolved = OrderedDict()
         for event_id, request, item, stamp, at in state["resolved"]:
-            self._resolved[(str(event_id), str(request), int(item), int(stamp))] = int(at)
+            identity = str(event_id) or (str(request), int(item), int(stamp))
+            self._resolved[identity] = int(at)
         if self.metrics is not None:
             self.metrics.pending.set(len(self._pending))

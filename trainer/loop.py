@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from streamrec.ingest.batch import Batcher
+from streamrec.ingest.batch import Batch, Batcher
 from streamrec.ingest.event import EXAMPLE, IMPRESSION, Event
 from streamrec.ingest.event_schema import EventSchema
 from streamrec.config import AppConfig
@@ -32,6 +32,7 @@ from streamrec.trainer.checkpoint import Checkpointer, checkpoint_name, describe
 from streamrec.trainer.checkpoint_state import TrainingState
 from streamrec.trainer.ledger import Ledger
 from streamrec.trainer.metrics import TrainerMetrics
+from streamrec.trainer.pending import PendingRows
 from streamrec.trainer.quality import QualityMetrics
 from streamrec.trainer.trainer import OnlineTrainer
 
@@ -128,10 +129,10 @@ class TrainingLoop:
                                               joiner.metrics if joiner is not None else None)
         self.stats = LoopStats()
         self._pending: list[Event] = []
-        # With a joiner and history features or wide terms: the history counts
-        # and wide logit each pending example learns with (OnlineTrainer.observe),
-        # in order.
-        self._observed: collections.deque[tuple[torch.Tensor, float]] = collections.deque()
+        # With a joiner: the pending examples' rows, batched once on arrival,
+        # and (with history features or wide terms) the counts and wide logit
+        # each learns with (OnlineTrainer.observe), in order.
+        self._rows = PendingRows()
         # When the pending examples arrived: [count, time] per drain that
         # found new ones, oldest first; ``_timed`` of them are accounted for.
         self._arrivals: collections.deque[list[float]] = collections.deque()
@@ -208,11 +209,10 @@ class TrainingLoop:
                           for (t, p), runs in sorted(self._spans.items()) for run in runs]}
 
     def _train(self, events: list[Event]) -> None:
-        batch = self.batcher.build(events)
-        observed = wide = None
-        if self._observed:
-            counts, logits = zip(*(self._observed.popleft() for _ in events))
-            observed, wide = torch.stack(counts), torch.tensor(logits)
+        if self._rows:
+            batch, observed, wide = self._rows.take(len(events))
+        else:
+            batch, observed, wide = self.batcher.build(events), None, None
         t0 = time.perf_counter()
         scored = fake = None
         if self.joiner is not None:
@@ -250,30 +250,35 @@ class TrainingLoop:
         impressions = [e for e in events if e.type == IMPRESSION]
         observed = None  # each released example's counts and wide logit, when observed
         if self.trainer.observes_outcomes and (impressions or released):
-            scored, observed = self._observe(events, impressions, released, marks)
-        elif impressions:
-            probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
-            scored = [e._replace(predicted=p) for e, p in zip(impressions, probs)]
+            scored, rows, observed = self._observe(events, impressions, released, marks)
+        else:
+            if impressions:
+                probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
+                scored = [e._replace(predicted=p) for e, p in zip(impressions, probs)]
+            rows = self.batcher.build(released)
         if impressions:
             released = self.joiner.annotate(scored, released)  # type: ignore[union-attr]
         if observed is not None:
             # An example trains on the counts its impression was scored with
             # (what serving saw), else (a labeled example) on those before it.
-            counts, wide = observed
-            self._observed.extend(
-                (e.served_history if e.served_history is not None else row, w)
-                for e, row, w in zip(released, counts.unbind(0), wide.tolist()))
+            counts, _ = observed
+            served = [i for i, e in enumerate(released) if e.served_history is not None]
+            if served:
+                counts[served] = torch.stack([released[i].served_history for i in served])
+        self._rows.add(rows, observed)
         return released
 
     def _observe(self, events: list[Event], impressions: list[Event], released: list[Event],
-                 marks: list[int]) -> tuple[list[Event], tuple[torch.Tensor, torch.Tensor]]:
+                 marks: list[int]
+                 ) -> tuple[list[Event], Batch, tuple[torch.Tensor, torch.Tensor]]:
         """Store the ``released`` outcomes in the history counts and wide terms, in
         the order things happened, and score the ``impressions`` with every
         outcome before them.
 
         Returns the impressions with their scores and the counts they were
-        scored with (``served_history``), and ``[len(released), H, 2]`` counts
-        and ``[len(released)]`` wide logits before each released example.
+        scored with (``served_history``), the released examples' rows, and
+        their ``[len(released), H, 2]`` counts and ``[len(released)]`` wide
+        logits before each.
         """
         order: list[Event] = []
         asks: list[int] = []  # positions of the impressions in ``order``
@@ -287,21 +292,25 @@ class TrainingLoop:
         order.extend(released[start:])
         learned = torch.ones(len(order), dtype=torch.bool)
         learned[asks] = False
-        labels = torch.tensor([e.label or 0.0 for e in order], dtype=torch.float32)
-        # A clicked impression learned as a negative on arrival (fake
-        # negative) was counted then: its click adds a positive, not a showing.
-        again = torch.tensor([e.fake_negative and e.label == 1.0 for e in order])
-        outcomes = torch.zeros((len(order), 2))
-        outcomes[learned, 0] = 1.0 - again[learned].float() * self.joiner.duplicated_share
-        outcomes[learned, 1] = labels[learned]
+        kept = torch.nonzero(learned).reshape(-1)  # the released examples' rows, in order
         batch = self.batcher.build(order)
+        outcomes = torch.zeros((len(order), 2))
+        if released:
+            # A clicked impression learned as a negative on arrival (fake
+            # negative) was counted then: its click adds a positive, not a showing.
+            again = torch.tensor([e.fake_negative and e.label == 1.0 for e in released],
+                                 dtype=torch.float32)
+            outcomes[kept, 0] = 1.0 - again * self.joiner.duplicated_share
+            outcomes[kept, 1] = batch.labels.index_select(0, kept)
         seen = self.trainer.observe(batch, outcomes)
         if self.publisher is not None:
             self.publisher.notify()  # the labels reach replicas with the counts
         probs = seen.probs[asks].tolist() if asks else []
-        scored = [e._replace(predicted=p, served_history=seen.counts[at])
-                  for e, p, at in zip(impressions, probs, asks)]
-        return scored, (seen.counts[learned], seen.wide[learned])
+        served = seen.counts[asks].unbind(0) if asks else ()
+        scored = [e._replace(predicted=p, served_history=h)
+                  for e, p, h in zip(impressions, probs, served)]
+        return scored, batch.rows(kept), (seen.counts.index_select(0, kept),
+                                          seen.wide.index_select(0, kept))
 
     def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
               assigned: list[tuple[str, int]] | None) -> None:

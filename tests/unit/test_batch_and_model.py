@@ -216,3 +216,25 @@ def test_the_one_pass_builder_leaves_other_batches_to_the_python_path(odd: dict)
             Batcher(["tag"], []).build(events)
     else:
         _same_batch(Batcher(["tag"], []).build(events), reference)
+
+
+@pytest.mark.parametrize("tags", ["one each", "jagged"])
+def test_a_batchs_rows_and_their_concatenation_equal_batching_those_events(tags: str) -> None:
+    # The training loop learns examples from rows of the batches it scored
+    # them in: they must be exactly the rows batching the examples again gives.
+    rng = random.Random(3)
+    events = [Event(type="example", user_id=rng.randint(0, 9), item_id=i,
+                    timestamp_ms=1000 + i, label=float(i % 3 == 0), sample_rate=0.5 + (i % 2) / 2,
+                    features={"tag": (rng.choice("abc"),) if tags == "one each" else
+                              tuple(rng.choice("abc") for _ in range(rng.randint(0, 3))),
+                              "x": (rng.uniform(-9, 9),)})
+              for i in range(40)]
+    batcher = Batcher(["user_id", "tag", "item_id"], ["x"])
+    whole = batcher.build(events)
+    picked = [31, 2, 2, 17, 0, 39]
+    _same_batch(whole.rows(torch.tensor(picked)), batcher.build([events[i] for i in picked]))
+    _same_batch(whole.rows(torch.tensor([], dtype=torch.int64)), batcher.build([]))
+    parts = [whole.rows(torch.arange(a, b)) for a, b in ((0, 9), (9, 10), (10, 40))]
+    _same_batch(Batch.cat(parts), whole)
+    with pytest.raises(ValueError, match="sparse features differ"):
+        Batch.cat([whole, Batcher(["user_id"], ["x"]).build(events)])

@@ -245,3 +245,13 @@ def test_encoded_events_stay_as_small_as_their_utf8_text() -> None:
     event = decode_json(raw)
     encoded = encode_json(event)
     assert len(encoded) <= len(raw) and decode_json(encoded) == event
+
+
+def test_an_events_changed_copy_changes_only_the_named_fields() -> None:
+    event = Event("impression", 1, 2, 3, request_id="r", features={"tag": ("a",)})
+    copy = event._replace(type="example", label=1.0)
+    assert type(copy) is Event and copy == Event("example", 1, 2, 3, request_id="r",
+                                                 features={"tag": ("a",)}, label=1.0)
+    assert event.type == "impression" and event.label is None
+    with pytest.raises(ValueError, match=r"unexpected field names: \['labels'\]"):
+        event._replace(label=1.0, labels=1.0)

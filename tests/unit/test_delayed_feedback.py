@@ -243,3 +243,61 @@ def test_an_example_trains_on_the_counts_its_impression_was_served_with() -> Non
     user = trainer.history.features.index("user_id")
     probe = Batcher(config.model.sparse_features, []).build([Event(EXAMPLE, 5, 9, 3_000)])
     assert trainer.history.counts(probe.sparse, None, 3_000)[0, user].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("mode,history", [("wait", True), ("fake_negative", True),
+                                          ("fake_negative", False)])
+def test_each_example_is_batched_once_and_learned_from_its_own_rows(mode: str,
+                                                                    history: bool) -> None:
+    # The rows batched to score impressions and store outcomes are those the
+    # steps learn from: every training batch equals batching its examples
+    # afresh (list and dense features included), and no event is batched twice.
+    torch.set_num_threads(1)
+    overrides = {**SETTINGS, "ingest.delayed_feedback": mode,
+                 "trainer.max_batch_delay_s": "3600"}
+    if not history:
+        overrides["model.history_features"] = "[]"
+        overrides["model.wide_terms"] = "[]"
+    config = load_config(env={}, overrides=overrides)
+    trainer = OnlineTrainer.from_config(config)
+    assert trainer.observes_outcomes is history
+    chunks: list[list[Event]] = []
+    learned: list[Batch] = []
+    train = trainer.train_batch
+
+    def spy(batch: Batch, *args: object, **kwargs: object) -> object:
+        learned.append(batch)
+        return train(batch, *args, **kwargs)  # type: ignore[arg-type]
+
+    class Recording(TrainingLoop):
+        def _train(self, events: list[Event]) -> None:
+            chunks.append(list(events))
+            super()._train(events)
+
+    trainer.train_batch = spy  # type: ignore[method-assign]
+    events = list(SyntheticStream(STREAM).joined_events(3_000))
+    loop = Recording(trainer, IteratorSource(events), config,
+                     joiner=Joiner(["click"], window_s=10.0, delayed_feedback=mode))
+    built = 0
+    build = loop.batcher.build
+
+    def counting(batched: list[Event]) -> Batch:
+        nonlocal built
+        built += len(batched)
+        return build(batched)
+
+    loop.batcher.build = counting  # type: ignore[method-assign]
+    loop.run()
+    assert len(learned) == len(chunks) >= 3
+    fresh = Batcher(config.model.sparse_features, config.model.dense_features)
+    for batch, chunk in zip(learned, chunks):
+        expected = fresh.build(chunk)
+        assert batch.sparse.keys() == expected.sparse.keys()
+        assert torch.equal(batch.sparse.values(), expected.sparse.values())
+        assert torch.equal(batch.sparse.lengths(), expected.sparse.lengths())
+        for got, want in ((batch.dense, expected.dense), (batch.labels, expected.labels),
+                          (batch.sample_rates, expected.sample_rates),
+                          (batch.timestamps_ms, expected.timestamps_ms)):
+            assert torch.equal(got, want)
+    impressions = sum(e.type == "impression" for e in events)
+    assert built == impressions + loop.stats.examples

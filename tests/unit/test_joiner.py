@@ -195,13 +195,15 @@ def test_one_event_stamped_ahead_of_the_clock_neither_expires_nor_blocks_the_oth
 def test_waiting_actions_and_resolved_impressions_survive_a_checkpoint(tmp_path: Path) -> None:
     j = Joiner(["click"], window_s=10)
     seen = Event("impression", 1, 7, T0, request_id="r1", event_id="imp-1")
-    j.push([seen, act("r1", 7, 500), act("r2", 8, 1_000)])
+    unnamed = Event("impression", 2, 9, T0 + 100, request_id="r3")  # known by key and time
+    j.push([seen, act("r1", 7, 500), act("r2", 8, 1_000), unnamed, act("r3", 9, 700)])
     path = tmp_path / "joiner.pt"
     torch.save(j.state_dict(), path)
     restored = Joiner(["click"], window_s=10)
     restored.load_state_dict(torch.load(path, weights_only=True))
-    out = restored.push([imp("r2", 8, 0), seen])
-    assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]  # and imp-1 is a duplicate
+    out = restored.push([imp("r2", 8, 0), seen, unnamed])
+    # imp-1 and the unnamed impression are duplicates
+    assert [(e.item_id, e.label) for e in out] == [(8, 1.0)]
     assert restored.pending == 0
 
 
