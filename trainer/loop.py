@@ -296,11 +296,10 @@ class TrainingLoop:
         batch = self.batcher.build(order)
         outcomes = torch.zeros((len(order), 2))
         if released:
-            # A clicked impression learned as a negative on arrival (fake
+            # A clicked impression learned as a negative before (fake
             # negative) was counted then: its click adds a positive, not a showing.
-            again = torch.tensor([e.fake_negative and e.label == 1.0 for e in released],
-                                 dtype=torch.float32)
-            outcomes[kept, 0] = 1.0 - again * self.joiner.duplicated_share
+            again = torch.tensor([e.relearned for e in released], dtype=torch.float32)
+            outcomes[kept, 0] = 1.0 - again
             outcomes[kept, 1] = batch.labels.index_select(0, kept)
         seen = self.trainer.observe(batch, outcomes)
         if self.publisher is not None:
