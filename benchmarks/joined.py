@@ -57,33 +57,40 @@ def served(events: Sequence[Event], config: AppConfig) -> Scored:
     b = Batcher(config.model.sparse_features, config.model.dense_features)
     probs: list[float] = []
     pending: list[Event] = []
-    observed: list[torch.Tensor] = []
+    observed: list[tuple[torch.Tensor, float]] = []
     started = time.perf_counter()
     at = 0
     while at < len(events):
         size = max(MIN_SCORING_SLICE, t.batch_size_now() - len(pending))
         part = list(events[at:at + size])
         at += len(part)
-        if t.observes_history:
+        if t.observes_outcomes:
             order = [e for e in part for _ in (0, 1)]  # each example asked, then learned
             outcomes = torch.zeros((len(order), 2))
             outcomes[1::2, 0] = 1.0
             outcomes[1::2, 1] = torch.tensor([e.label or 0.0 for e in part])
             batch = b.build(order)
-            counts = t.observe_history(batch.sparse, outcomes)
-            probs += t.predict(batch, counts)[0::2].tolist()
-            observed += counts[1::2].unbind(0)
+            seen = t.observe(batch, outcomes)
+            probs += seen.probs[0::2].tolist()
+            observed += zip(seen.counts[1::2].unbind(0), seen.wide[1::2].tolist())
         else:
             probs += t.predict(b.build(part)).tolist()
         pending += part
         while len(pending) >= t.batch_size_now():
             size = t.batch_size_now()
-            history = torch.stack(observed[:size]) if observed else None
-            t.train_batch(b.build(pending[:size]), history=history)
+            t.train_batch(b.build(pending[:size]), **_observed(observed[:size]))
             pending, observed = pending[size:], observed[size:]
     if pending:
-        t.train_batch(b.build(pending), history=torch.stack(observed) if observed else None)
+        t.train_batch(b.build(pending), **_observed(observed))
     return probs, time.perf_counter() - started
+
+
+def _observed(rows: list[tuple[torch.Tensor, float]]) -> dict[str, torch.Tensor]:
+    """``train_batch`` arguments for examples observed ahead of their step."""
+    if not rows:
+        return {}
+    counts, wide = zip(*rows)
+    return {"history": torch.stack(counts), "wide": torch.tensor(wide)}
 
 
 def joined(events: Sequence[Event], production: Sequence[Event], config: AppConfig) -> Scored:

@@ -22,6 +22,7 @@ Arms:
                          features, batch 4096 after a warm-up that starts at 1024 and grows
                          with the examples learned, on the operators of streamrec/native;
 - ``streamrec-plain``    the default without history features (plain mini-batch);
+- ``streamrec-no-wide``  the default without wide terms;
 - ``streamrec-no-warmup`` the default without the warm-up (batch 4096 from the start);
 - ``streamrec-b256``     batch 256, no warm-up;
 - ``streamrec-deepfm``   the default with hidden layers [64, 32] (DeepFM; its MLP has no
@@ -36,6 +37,7 @@ Arms:
                          (served time), then learned;
 - ``joined-wait`` / ``joined-fake_negative``  the default on the production form, with that
                          ``ingest.delayed_feedback`` (join window: the generator's);
+- ``joined-no-wide``     fake negatives (the default) without wide terms;
 - ``joined-fake_negative-3s`` / ``-10s``  fake negatives after 3 s / 10 s
                          (``ingest.fake_negative_delay_s``, ES-DFM's elapsed time); run
                          when named in ``--arms``, as for results/quality_joined.json:
@@ -157,11 +159,12 @@ def arm_served(stream: Stream, args: argparse.Namespace) -> Scored:
     return joined.served(stream.events, config_for(args.batch, {}))
 
 
-def arm_joined(stream: Stream, args: argparse.Namespace, mode: str, elapsed_s: float = 0.0
-               ) -> Scored:
+def arm_joined(stream: Stream, args: argparse.Namespace, mode: str, elapsed_s: float = 0.0,
+               **overrides: str) -> Scored:
     config = config_for(args.batch, {"ingest.delayed_feedback": mode,
                                      "ingest.fake_negative_delay_s": str(elapsed_s),
-                                     "ingest.join_window_s": str(stream.config.join_window_s)})
+                                     "ingest.join_window_s": str(stream.config.join_window_s),
+                                     **overrides})
     return joined.joined(stream.events, stream.production, config)
 
 
@@ -209,6 +212,7 @@ def arm_item_ctr(events: list[Event], args: argparse.Namespace) -> Scored:
 ARMS: dict[str, Callable[[Stream, argparse.Namespace], Scored]] = {
     "streamrec": lambda s, a: arm_streamrec(s.events, a),
     "streamrec-plain": lambda s, a: arm_streamrec(s.events, a, model__history_features=""),
+    "streamrec-no-wide": lambda s, a: arm_streamrec(s.events, a, model__wide_terms=""),
     "streamrec-no-warmup": lambda s, a: arm_streamrec(s.events, a,
                                                       trainer__warmup_batch_size="0"),
     "streamrec-b256": lambda s, a: arm_streamrec(s.events, a, batch=256,
@@ -222,13 +226,15 @@ ARMS: dict[str, Callable[[Stream, argparse.Namespace], Scored]] = {
     "streamrec-served": arm_served,
     "joined-wait": lambda s, a: arm_joined(s, a, "wait"),
     "joined-fake_negative": lambda s, a: arm_joined(s, a, "fake_negative"),
+    "joined-no-wide": lambda s, a: arm_joined(s, a, "fake_negative",
+                                              **{"model.wide_terms": ""}),
     "joined-fake_negative-3s": lambda s, a: arm_joined(s, a, "fake_negative", 3.0),
     "joined-fake_negative-10s": lambda s, a: arm_joined(s, a, "fake_negative", 10.0),
 }
 # Run when named in --arms only (the sweep of fake_negative_delay_s).
 EXTRA_ARMS = ("joined-fake_negative-3s", "joined-fake_negative-10s")
 # Arms scored at serving time, compared in the "joined" table.
-SERVED_ARMS = ("streamrec-served", "joined-wait", "joined-fake_negative",
+SERVED_ARMS = ("streamrec-served", "joined-wait", "joined-fake_negative", "joined-no-wide",
                "joined-fake_negative-3s", "joined-fake_negative-10s")
 
 

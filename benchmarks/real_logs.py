@@ -17,8 +17,9 @@ process and its children are pinned to it):
   ``--set model.sparse_features=...``; its events/s is the command's own
   (reading, decoding, joining, batching and training; not the interpreter's
   start). ``streamrec-ids`` reads only user_id and item_id (the default
-  feature list), ``streamrec-no-adapt`` turns the in-batch adaptation off,
-  ``streamrec-joined`` runs on the production form; ``--sweep`` adds every
+  feature list), ``streamrec-no-wide`` turns the wide terms off,
+  ``streamrec-joined`` runs on the production form (its scores: those served
+  on arrival), ``streamrec-joined-no-wide`` there without wide terms; ``--sweep`` adds every
   other configuration tried (``SWEEP``) and ``--variant`` more;
 - ``vw ...``: Vowpal Wabbit (the ``vowpalwabbit`` package's own driver and
   text parser, timed from start to finish of the pass), logistic loss, 2^24
@@ -87,6 +88,11 @@ SWEEP: dict[str, dict[str, str]] = {
                          "model.embedding_dim": "16"},
     "b2048-dim16": {"trainer.batch_size": "2048", "model.embedding_dim": "16"},
     "adapt-s20": {"model.in_batch_strength": "20"},
+    "wide-lr0.3": {"model.wide_lr": "0.3"},
+    "wide-lr1": {"model.wide_lr": "1"},
+    "wide-lr3": {"model.wide_lr": "3"},
+    "wide-lr6": {"model.wide_lr": "6"},
+    "wide-user-genres": {"model.wide_terms": "user_id,user_id*genres"},
 }
 
 VW_CONFIGS: dict[str, list[str]] = {
@@ -228,9 +234,11 @@ def run_log(name: str, args: argparse.Namespace, variants: dict[str, dict[str, s
             arms["streamrec"] = lambda: arm_streamrec(paths["labeled"], features, {})
             arms["streamrec-ids"] = lambda: arm_streamrec(
                 paths["labeled"], [], {})
-            arms["streamrec-no-adapt"] = lambda: arm_streamrec(
-                paths["labeled"], features, {"model.in_batch_terms": ""})
+            arms["streamrec-no-wide"] = lambda: arm_streamrec(
+                paths["labeled"], features, {"model.wide_terms": ""})
             arms["streamrec-joined"] = lambda: arm_streamrec(paths["joined"], features, {})
+            arms["streamrec-joined-no-wide"] = lambda: arm_streamrec(
+                paths["joined"], features, {"model.wide_terms": ""})
             for label, overrides in variants.items():
                 arms[f"streamrec {label}"] = (
                     lambda o=overrides: arm_streamrec(paths["labeled"], features, o))

@@ -36,7 +36,9 @@ class Event(NamedTuple):
     metrics), None until scored; ``fake_negative`` marks a training example
     that the fake-negative method emitted at the impression's arrival;
     ``served_history`` the history counts (a ``[H, 2]`` tensor) the impression
-    was scored with then, which training on it takes as its features.
+    was scored with then, which training on it takes as its features;
+    ``relearned`` marks a click on an impression already learned as a fake
+    negative (it adds a click to what was learned, not a showing).
 
     A named tuple rather than a frozen dataclass: one is built per decoded
     event, and a frozen dataclass's ``__init__`` (a guarded ``setattr`` per
@@ -57,6 +59,7 @@ class Event(NamedTuple):
     predicted: float | None = None
     fake_negative: bool = False
     served_history: object | None = None
+    relearned: bool = False
 
 
 _FIELD = {name: i for i, name in enumerate(Event._fields)}

@@ -159,7 +159,7 @@ class Joiner:
                 self._positives += 1
                 self._duplicated += observed
                 if observed:
-                    out.append(labeled._replace(fake_negative=True))
+                    out.append(labeled._replace(fake_negative=True, relearned=True))
                 else:  # clicked before its time to be learned: learned then, as a positive
                     self._hold(at, labeled._replace(fake_negative=True), out)
             elif not observed:  # (labeled before its time to be learned: overflow, a re-showing)

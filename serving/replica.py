@@ -32,6 +32,7 @@ from streamrec.errors import NonFiniteError, NotReadyError, StaleVersionError, S
     VersionGapError
 from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
+from streamrec.model.wide import WideTerms, parse_terms, wide_table_name
 from streamrec.model.ctr import CTRModel, model_from_spec, spec_feature_tables
 from streamrec.model.delta import DenseParameters, EvictedIds, ParameterDelta, UpsertedRows
 from streamrec.model.tables.index import IdIndex
@@ -150,6 +151,10 @@ class _State:
             embedding_tables, features=feature_tables)  # type: ignore[arg-type]
         self.history = HistoryFeatures(cfg.history_features, history,
                                        cap=cfg.history_cap, strength=cfg.history_strength)
+        terms = parse_terms(cfg.wide_terms)
+        wide = {wide_table_name(t): EmbeddingTableReplica(wide_table_name(t), 2) for t in terms}
+        self.tables.update(wide)
+        self.wide = WideTerms(terms, wide)  # type: ignore[arg-type]
         self.version = 0
         self.event_time_ms = 0
         self.exported_at_ms = 0
@@ -216,7 +221,10 @@ class _State:
         batch = self.batcher.build_rows(rows)  # type: ignore[arg-type]
         pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
         history = self.history.counts(batch.sparse, None, self.event_time_ms)
-        return torch.sigmoid(self.model(pooled, batch.dense, history))
+        logits = self.model(pooled, batch.dense, history)
+        if self.wide.terms:
+            logits = logits + self.wide.logits(batch.sparse, self.event_time_ms)
+        return torch.sigmoid(logits)
 
 
 class NonFiniteScoreError(NonFiniteError):

@@ -22,6 +22,7 @@ from streamrec.ingest.batch import Batcher, dense_column
 from streamrec.ingest.event import FeatureValue
 from streamrec.model.ctr import spec_feature_tables
 from streamrec.model.history import history_table_name
+from streamrec.model.wide import cross_keys
 
 __all__ = ["Columns", "CandidateColumns", "columns_of_rows", "score_columns"]
 
@@ -74,7 +75,7 @@ class _Plan:
 _COLUMNAR_SETTINGS = frozenset({
     "sparse_features", "dense_features", "embedding_dim", "hidden", "history_features",
     "history_cap", "history_strength", "in_batch_terms", "in_batch_strength",
-    "in_batch_weight"})
+    "in_batch_weight", "wide_terms", "wide_lr"})
 
 
 @lru_cache(maxsize=16)
@@ -182,4 +183,29 @@ def score_columns(state: Any, request: CandidateColumns) -> torch.Tensor:
                     else 0.0
             else:
                 history[:, k] = _rows(table, source.ids, None)
-        return torch.sigmoid(state.model(pooled, dense, history if plan.history else None))
+        logits = state.model(pooled, dense, history if plan.history else None)
+        if state.wide.terms:
+            logits = logits + state.wide.logits_of(_TermKeys(sources, n), n, state.event_time_ms)
+        return torch.sigmoid(logits)
+
+
+class _TermKeys:
+    """A request's wide-term keys per candidate, from its sources: a candidate
+    column gives each candidate its value, a request feature each of its values
+    to every candidate (the entries, and their order, of the row-by-row batch)."""
+
+    def __init__(self, sources: Mapping[str, _Source], n: int) -> None:
+        self.sources, self.n = sources, n
+
+    def __call__(self, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        example = torch.arange(self.n)
+        key = torch.zeros(self.n, dtype=torch.int64)
+        for feature in term:
+            source = self.sources[feature]
+            if not source.shared:
+                key = cross_keys(key, source.ids.index_select(0, example))
+                continue
+            k = source.ids.numel()  # every entry so far, times each of the request's values
+            example = torch.repeat_interleave(example, k)
+            key = cross_keys(torch.repeat_interleave(key, k), source.ids.repeat(key.numel()))
+        return example, key

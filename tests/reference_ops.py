@@ -8,6 +8,8 @@ Python paths (as they do for batches the compiled ones decline).
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 from collections.abc import Iterator
 from unittest import mock
@@ -75,6 +77,26 @@ def history_prefix(stored: torch.Tensor, inverse: torch.Tensor, y: torch.Tensor
     totals = torch.zeros((stored.shape[0], 2)).index_add_(
         0, inverse, torch.stack([torch.ones_like(y), y], dim=1))
     return before, totals
+
+
+def wide_learn(state: torch.Tensor, offsets: torch.Tensor, slots: torch.Tensor,
+               learnable: torch.Tensor, base: torch.Tensor, outcomes: torch.Tensor,
+               lr: float, acc0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One example at a time, in float64."""
+    new = state.to(torch.float64).clone()
+    sums = torch.zeros(base.numel(), dtype=torch.float64)
+    for i in range(base.numel()):
+        rows = slots[int(offsets[i]):int(offsets[i + 1])]
+        sums[i] = new[rows, 0].sum()
+        n, c = (float(v) for v in outcomes[i])
+        if n == 0 and c == 0:
+            continue
+        g = n * float(torch.sigmoid(base[i].double() + sums[i])) - c
+        for u in rows.tolist():
+            if learnable[u]:
+                new[u, 1] += g * g
+                new[u, 0] -= lr * g / len(rows) / math.sqrt(acc0 + float(new[u, 1]))
+    return sums.float(), new.float()
 
 
 def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
@@ -187,7 +209,7 @@ def id_normal(ids: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
 
 OPS = {"fm_head": fm_head, "gather_rows": gather_rows, "history_prefix": history_prefix,
        "unique_pairs": unique_pairs, "index_hash": index_hash, "index_find": index_find,
-       "index_place": index_place, "id_normal": id_normal}
+       "index_place": index_place, "id_normal": id_normal, "wide_learn": wide_learn}
 
 
 @contextlib.contextmanager

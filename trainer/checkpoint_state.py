@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from streamrec.config import ModelConfig
+
 from streamrec.errors import CheckpointError
 from streamrec.model.tables.sharded import saved_shards, shard_mismatch
 from streamrec.trainer.checkpoint import describe
@@ -66,9 +68,10 @@ class TrainingState:
         """
         t = self.trainer
         with t.lock:
-            if state["model_spec"] != t.spec:
+            saved_spec = _with_added_fields(str(state["model_spec"]))
+            if saved_spec != t.spec:
                 raise CheckpointError("written for another model config: " + _spec_changes(
-                    str(state["model_spec"]), t.spec))
+                    saved_spec, t.spec))
             counters = state["counters"]
             world = t.collective.world_size()
             saved_world = int(counters.get("world_size", world))
@@ -106,6 +109,25 @@ class TrainingState:
             self.quality.load_state_dict(state)
         if self.joiner is not None and "joiner" in state:
             self.joiner.load_state_dict(state["joiner"])
+
+
+# Model fields added since checkpoints were first written, with the value that
+# a checkpoint without them was trained with.
+_ADDED_FIELDS: dict[str, object] = {"wide_terms": [],
+                                    "wide_lr": ModelConfig.__dataclass_fields__["wide_lr"].default}
+
+
+def _with_added_fields(spec: str) -> str:
+    """``spec`` with the fields an earlier release did not write, as it trained without them."""
+    try:
+        data = json.loads(spec)
+        model = data["model"]
+    except (ValueError, KeyError, TypeError):
+        return spec
+    if not isinstance(model, dict) or "wide_terms" in model:
+        return spec
+    model.update({k: v for k, v in _ADDED_FIELDS.items() if k not in model})
+    return json.dumps(data, sort_keys=True)
 
 
 def _spec_changes(saved: str, current: str) -> str:

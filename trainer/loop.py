@@ -130,8 +130,8 @@ class TrainingLoop:
         self.stats = LoopStats()
         self._pending: list[Event] = []
         # With a joiner: the pending examples' rows, batched once on arrival,
-        # and (with history features) the counts each learns with
-        # (OnlineTrainer.observe_history), in order.
+        # and (with history features or wide terms) the counts and wide logit
+        # each learns with (OnlineTrainer.observe), in order.
         self._rows = PendingRows()
         # When the pending examples arrived: [count, time] per drain that
         # found new ones, oldest first; ``_timed`` of them are accounted for.
@@ -210,16 +210,16 @@ class TrainingLoop:
 
     def _train(self, events: list[Event]) -> None:
         if self._rows:
-            batch, observed = self._rows.take(len(events))
+            batch, observed, wide = self._rows.take(len(events))
         else:
-            batch, observed = self.batcher.build(events), None
+            batch, observed, wide = self.batcher.build(events), None, None
         t0 = time.perf_counter()
         scored = fake = None
         if self.joiner is not None:
             scored = torch.tensor([e.predicted is not None for e in events])
             fake = torch.tensor([e.fake_negative for e in events])
         share = self.joiner.duplicated_share if self.joiner is not None else 1.0
-        result = self.trainer.train_batch(batch, fake, share, observed)
+        result = self.trainer.train_batch(batch, fake, share, observed, wide)
         if result.skipped:
             return  # counted (streamrec_trainer_skipped_steps_total) and logged; not learned
         self.quality.record_step(result.probs, batch, scored)
@@ -248,9 +248,9 @@ class TrainingLoop:
         batched pass either way (a prediction call costs ~1 ms).
         """
         impressions = [e for e in events if e.type == IMPRESSION]
-        counts = None  # each released example's history counts, when observed
-        if self.trainer.observes_history and (impressions or released):
-            scored, rows, counts = self._observe(events, impressions, released, marks)
+        observed = None  # each released example's counts and wide logit, when observed
+        if self.trainer.observes_outcomes and (impressions or released):
+            scored, rows, observed = self._observe(events, impressions, released, marks)
         else:
             if impressions:
                 probs = self.trainer.predict(self.batcher.build(impressions)).tolist()
@@ -258,23 +258,27 @@ class TrainingLoop:
             rows = self.batcher.build(released)
         if impressions:
             released = self.joiner.annotate(scored, released)  # type: ignore[union-attr]
-        if counts is not None:
+        if observed is not None:
             # An example trains on the counts its impression was scored with
             # (what serving saw), else (a labeled example) on those before it.
+            counts, _ = observed
             served = [i for i, e in enumerate(released) if e.served_history is not None]
             if served:
                 counts[served] = torch.stack([released[i].served_history for i in served])
-        self._rows.add(rows, counts)
+        self._rows.add(rows, observed)
         return released
 
     def _observe(self, events: list[Event], impressions: list[Event], released: list[Event],
-                 marks: list[int]) -> tuple[list[Event], Batch, torch.Tensor]:
-        """Store the ``released`` outcomes in the history counts, in the order things
-        happened, and score the ``impressions`` with every outcome before them.
+                 marks: list[int]
+                 ) -> tuple[list[Event], Batch, tuple[torch.Tensor, torch.Tensor]]:
+        """Store the ``released`` outcomes in the history counts and wide terms, in
+        the order things happened, and score the ``impressions`` with every
+        outcome before them.
 
         Returns the impressions with their scores and the counts they were
         scored with (``served_history``), the released examples' rows, and
-        ``[len(released), H, 2]``: the counts before each released example.
+        their ``[len(released), H, 2]`` counts and ``[len(released)]`` wide
+        logits before each.
         """
         order: list[Event] = []
         asks: list[int] = []  # positions of the impressions in ``order``
@@ -292,21 +296,20 @@ class TrainingLoop:
         batch = self.batcher.build(order)
         outcomes = torch.zeros((len(order), 2))
         if released:
-            # A clicked impression learned as a negative on arrival (fake
+            # A clicked impression learned as a negative before (fake
             # negative) was counted then: its click adds a positive, not a showing.
-            again = torch.tensor([e.fake_negative and e.label == 1.0 for e in released],
-                                 dtype=torch.float32)
-            outcomes[kept, 0] = 1.0 - again * self.joiner.duplicated_share
+            again = torch.tensor([e.relearned for e in released], dtype=torch.float32)
+            outcomes[kept, 0] = 1.0 - again
             outcomes[kept, 1] = batch.labels.index_select(0, kept)
-        counts = self.trainer.observe_history(batch.sparse, outcomes)
+        seen = self.trainer.observe(batch, outcomes)
         if self.publisher is not None:
             self.publisher.notify()  # the labels reach replicas with the counts
-        # (Scoring the whole slice costs less than building the impressions' batch.)
-        probs = self.trainer.predict(batch, counts)[asks].tolist() if asks else []
-        served = counts[asks].unbind(0) if asks else ()
+        probs = seen.probs[asks].tolist() if asks else []
+        served = seen.counts[asks].unbind(0) if asks else ()
         scored = [e._replace(predicted=p, served_history=h)
                   for e, p, h in zip(impressions, probs, served)]
-        return scored, batch.rows(kept), counts.index_select(0, kept)
+        return scored, batch.rows(kept), (seen.counts.index_select(0, kept),
+                                          seen.wide.index_select(0, kept))
 
     def _join(self, events: list[Event], origins: list[tuple[str, int]] | None,
               assigned: list[tuple[str, int]] | None) -> None:

@@ -2,13 +2,14 @@
 
 :func:`build_model_state` makes the dense CTR model, the embedding tables
 (one per sparse feature unless features share one), the history-count tables
-(both sharded across ranks under a distributed collective) and the embedding
-collection over them.
+(both sharded across ranks under a distributed collective), the wide terms'
+tables and the embedding collection over them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,10 +21,13 @@ from streamrec.model.ctr import CTRModel, model_spec
 from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.tables.base import EmbeddingTable, make_tables
+from streamrec.model.wide import WideTerms, parse_terms, wide_table_name
 from streamrec.model.tables.distributed import DistributedTableStore
 from streamrec.trainer.collective import Collective
 
 __all__ = ["ModelState", "build_model_state"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +40,7 @@ class ModelState:
     tables: dict[str, EmbeddingTable]  # synced, expired and checkpointed alike
     embeddings: DynamicEmbeddingCollection
     history: HistoryFeatures
+    wide: WideTerms
     spec: str  # model_spec(): what a checkpoint or a replica must match
 
 
@@ -59,6 +64,13 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
     row_dim = dense.row_dim
     if distributed:
         assert collective is not None
+        if model.wide_terms and not model.wide_terms_default:
+            raise ConfigError("model.wide_terms: not supported with distributed tables "
+                              "(trainer ranks) yet; set it to an empty list")
+        if model.wide_terms:
+            log.warning("model.wide_terms: the default terms are off with trainer ranks "
+                        "(learned one outcome at a time, in one process)")
+            model = dataclasses.replace(model, wide_terms=[])
         if model.in_batch_terms:
             raise ConfigError("model.in_batch_terms: not supported with distributed tables "
                               "yet (each rank sees only its slice of the batch); set it to "
@@ -81,11 +93,19 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
                               group=collective.group).tables
         if distributed and history_features and collective is not None
         else make_tables(list(history_features), 2, history_config, seed=seed))
+    # A wide term's table is configured like its first feature's (admission,
+    # expiry); its rows (weight, sum of squared gradients) start at zero.
+    terms = parse_terms(model.wide_terms)
+    wide_first = {wide_table_name(t): t[0] for t in terms}
+    wide_tables = make_tables(
+        list(wide_first), 2,
+        lambda name: dataclasses.replace(tables(wide_first[name]), init_std=0.0), seed=seed)
+    wide = WideTerms(terms, wide_tables, lr=model.wide_lr)
     embeddings = DynamicEmbeddingCollection(
         embedding_tables, {t: tables(t).prune_alpha for t in table_names},
         features=feature_tables)
     history = HistoryFeatures(model.history_features, history_tables, cap=model.history_cap,
                               strength=model.history_strength)
     return ModelState(dense, features, list(model.dense_features),
-                      {**embedding_tables, **history_tables}, embeddings, history,
-                      model_spec(model, feature_tables))
+                      {**embedding_tables, **history_tables, **wide_tables}, embeddings,
+                      history, wide, model_spec(model, feature_tables))

@@ -59,7 +59,7 @@ class RankLoop(TrainingLoop):
     def _arrive(self, events: list[Event], released: list[Event], marks: list[int]
                 ) -> list[Event]:
         # A prediction is collective (see the module docstring), and ranks move
-        # history counts at the steps only (OnlineTrainer.observes_history):
+        # history counts at the steps only (OnlineTrainer.observes_outcomes):
         # nothing to score or observe.
         return released
 

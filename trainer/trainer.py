@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -23,7 +24,7 @@ from streamrec.model.tables.store import stores_of
 from streamrec.trainer.collective import Collective
 from streamrec.trainer.model_state import ModelState, build_model_state
 
-__all__ = ["OnlineTrainer", "StepResult"]
+__all__ = ["Observed", "OnlineTrainer", "StepResult"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,14 @@ class StepResult:
         self.loss = loss
         self.size = size
         self.skipped = skipped  # nothing learned: the loss was not finite
+
+
+class Observed(NamedTuple):
+    """What :meth:`OnlineTrainer.observe` found for each example, before its own outcome."""
+
+    counts: torch.Tensor  # [B, H, 2] history counts
+    wide: torch.Tensor  # [B] wide logits
+    probs: torch.Tensor  # [B] click probabilities (what an impression is served)
 
 
 class OnlineTrainer:
@@ -68,6 +77,7 @@ class OnlineTrainer:
         self.tables = state.tables
         self.embeddings = state.embeddings
         self.history = state.history
+        self.wide = state.wide
         self.spec = state.spec
         self.optimizer = torch.optim.Adam(
             [*self.model.parameters(), *self.embeddings.parameters()], lr=config.dense_lr,
@@ -100,7 +110,8 @@ class OnlineTrainer:
 
     def train_batch(self, batch: Batch, fake_negative: torch.Tensor | None = None,
                     duplicated_share: float = 1.0,
-                    history: torch.Tensor | None = None) -> StepResult:
+                    history: torch.Tensor | None = None,
+                    wide: torch.Tensor | None = None) -> StepResult:
         """Score ``batch``, then take one optimizer step on it.
 
         ``fake_negative``: ``[B]`` bool, examples of the fake-negative method
@@ -112,9 +123,12 @@ class OnlineTrainer:
         probability (no gradient through the weight). ``f = 1`` is FNW
         (Ktena et al. 2019); ``f < 1``, ES-DFM's weights (Yang et al. 2021)
         with one ``f`` for every example. ``history``: the ``[B, H, 2]``
-        counts to learn with, whose outcomes :meth:`observe_history` stored
-        already; without, the step computes the counts and stores the batch's
-        outcomes itself.
+        counts to learn with, whose outcomes :meth:`observe` stored already
+        (in the wide terms too); without, the step computes the counts and
+        stores the batch's outcomes itself, and the wide terms learn them in
+        batch order. ``wide``: with ``history``, the ``[B]`` wide logits each
+        example was scored with at :meth:`observe` (default: the stored
+        ones). The probabilities returned include the wide terms.
 
         An empty batch changes nothing (no optimizer step, no step counted),
         except under ``distributed``, where every rank joins every step's
@@ -123,10 +137,11 @@ class OnlineTrainer:
         if not len(batch) and not self.distributed:
             return StepResult(torch.empty(0), float("nan"), 0)
         with self.lock:
-            return self._step(batch, fake_negative, duplicated_share, history)
+            return self._step(batch, fake_negative, duplicated_share, history, wide)
 
     def _step(self, batch: Batch, fake_negative: torch.Tensor | None,
-              duplicated_share: float, observed: torch.Tensor | None) -> StepResult:
+              duplicated_share: float, observed: torch.Tensor | None,
+              observed_wide: torch.Tensor | None) -> StepResult:
         # The trainer's clock (TTL expiry) is the running maximum of batch
         # medians: one event stamped hours ahead (a skewed producer clock)
         # cannot move it, and with it expire every row at once.
@@ -182,6 +197,9 @@ class OnlineTrainer:
         self.embeddings.step()
         if observed is None:
             self.history.commit()
+        wide = observed_wide if observed is not None and observed_wide is not None else \
+            self._wide(batch, logits, sampled, fake_negative, duplicated_share,
+                       learn=observed is None)
         with torch.no_grad():
             # Exponential moving average of the click rate, ~10k examples long.
             # (Weighted like the loss: the prior is the true stream's rate.)
@@ -191,10 +209,33 @@ class OnlineTrainer:
             prior.mul_(keep).add_((1 - keep) * seen[1] / seen[0].clamp(min=1))
         self.embeddings.expire(self.event_time_ms)
         self.history.expire(self.event_time_ms)
-        probs = torch.sigmoid(logits.detach())
+        self.wide.expire(self.event_time_ms)
+        probs = torch.sigmoid(logits.detach() + wide)
         self.examples += len(batch)
         self.steps += 1
         return StepResult(probs, float(loss), len(batch))
+
+    def _wide(self, batch: Batch, logits: torch.Tensor, weights: torch.Tensor,
+              fake_negative: torch.Tensor | None, duplicated_share: float,
+              learn: bool) -> torch.Tensor:
+        """``[B]``: the wide terms' logits of a training batch; with ``learn``,
+        as each example found them, learning the examples in order.
+
+        The deep part learns without them (the wide terms learn what it has
+        not, event by event): ``logits`` are its, and stay as they are. A
+        click on an impression learned before as a fake negative adds a click
+        and ``1 - duplicated_share`` showings, as in :meth:`observe`.
+        """
+        if not self.wide.terms:
+            return torch.zeros_like(logits)
+        if not learn:
+            return self.wide.logits(batch.sparse, self.event_time_ms)
+        shown = weights
+        if fake_negative is not None:
+            again = fake_negative & (batch.labels > 0)
+            shown = torch.where(again, weights * (1.0 - duplicated_share), weights)
+        outcomes = torch.stack([shown, weights * batch.labels], dim=1)
+        return self.wide.learn(batch.sparse, logits.detach(), outcomes, self.event_time_ms)
 
     def _skip(self, batch: Batch, loss: torch.Tensor) -> StepResult:
         """Learn nothing from a batch whose loss is not finite, and say so.
@@ -230,37 +271,48 @@ class OnlineTrainer:
         self.model.prior_ctr.fill_(float(rate))
 
     @property
-    def observes_history(self) -> bool:
-        """Whether outcomes can reach the history counts before their step
-        (:meth:`observe_history`): there are history features, on one process."""
-        return bool(self.history.features) and not self.distributed
+    def observes_outcomes(self) -> bool:
+        """Whether outcomes can be learned before their step (:meth:`observe`):
+        there are history features or wide terms, on one process."""
+        return bool(self.history.features or self.wide.terms) and not self.distributed
 
     @torch.no_grad()
-    def observe_history(self, sparse: KeyedJaggedTensor, outcomes: torch.Tensor) -> torch.Tensor:
-        """Store ``[B, 2]`` outcomes in the history counts now, ahead of their step.
+    def observe(self, batch: Batch, outcomes: torch.Tensor) -> Observed:
+        """Store ``[B, 2]`` outcomes in the history counts and the wide terms now,
+        in order, ahead of their step; score each example as it was reached.
 
-        Returns the ``[B, H, 2]`` counts before each example (see
-        ``HistoryFeatures.observe``): what an impression with no outcome yet
-        is scored with, and what the step takes for a labeled example
-        (``train_batch(history=...)``). Replicas get the counts with the next
-        delta, so labels reach serving without waiting for a batch to fill.
+        Returns the history counts and wide logits before each example's own
+        outcome, which its step takes (``train_batch(history=..., wide=...)``),
+        and the probabilities they give: what an impression with no outcome
+        yet (a row of zeros) is served. Replicas get the counts and weights
+        with the next delta, so labels reach serving without waiting for a
+        batch to fill.
         """
         with self.lock:
-            return self.history.observe(sparse, outcomes, self.event_time_ms)
+            counts = self.history.observe(batch.sparse, outcomes, self.event_time_ms)
+            self.model.eval()
+            pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
+            logits = self.model(pooled, batch.dense, counts)
+            wide = self.wide.learn(batch.sparse, logits, outcomes, self.event_time_ms) \
+                if self.wide.terms else torch.zeros_like(logits)
+            return Observed(counts, wide, torch.sigmoid(logits + wide))
 
     @torch.no_grad()
     def predict(self, batch: Batch, history: torch.Tensor | None = None) -> torch.Tensor:
         """Click probabilities for ``batch`` without learning or admitting ids.
 
         ``history``: the ``[B, H, 2]`` counts to score with (from
-        :meth:`observe_history`); without, the stored counts.
+        :meth:`observe`); without, the stored counts.
         """
         with self.lock:
             self.model.eval()
             pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
             if history is None:
                 history = self.history.counts(batch.sparse, None, self.event_time_ms)
-            return torch.sigmoid(self.model(pooled, batch.dense, history))
+            logits = self.model(pooled, batch.dense, history)
+            if self.wide.terms:
+                logits = logits + self.wide.logits(batch.sparse, self.event_time_ms)
+            return torch.sigmoid(logits)
 
     def dense_state(self) -> dict[str, torch.Tensor]:
         """A copy of the dense model's weights."""

@@ -20,7 +20,8 @@ except ImportError as e:  # a source checkout nobody installed or built
 from streamrec.native import fake as _fake  # noqa: F401 (shapes for FakeTensor / compile)
 
 __all__ = ["batch_columns", "fm_head", "gather_rows", "history_prefix", "id_normal",
-           "index_find", "index_hash", "index_place", "kafka_records", "unique_pairs"]
+           "index_find", "index_hash", "index_place", "kafka_records", "unique_pairs",
+           "wide_learn"]
 
 _streamrec = torch.ops.streamrec
 # The overloads themselves: calling one skips the packet's overload resolution.
@@ -32,6 +33,7 @@ _index_hash = _streamrec.index_hash.default
 _index_find = _streamrec.index_find.default
 _index_place = _streamrec.index_place.default
 _id_normal = _streamrec.id_normal.default
+_wide_learn = _streamrec.wide_learn.default
 
 Columns = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -65,6 +67,19 @@ def unique_pairs(ids: torch.Tensor, tags: torch.Tensor
     """Exact dedup of the int64 pairs ``(ids[i], tags[i])`` by hashing:
     ``(ids, tags, inverse, counts)`` of the unique pairs, in order of first occurrence."""
     return _unique_pairs(ids, tags)
+
+
+def wide_learn(state: torch.Tensor, offsets: torch.Tensor, slots: torch.Tensor,
+               learnable: torch.Tensor, base: torch.Tensor, outcomes: torch.Tensor,
+               lr: float, acc0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sums [B], new state [U, 2])``: per-event Adagrad on the wide terms' weights,
+    in example order. Example ``i`` reads the rows ``slots[offsets[i]:offsets[i+1]]``
+    of ``state`` (weight, sum of squared gradients); its sum before its own step is
+    returned; with outcome ``(n, c)`` its gradient is ``n p - c``, ``p`` =
+    sigmoid(``base[i]`` + sum), applied to each of its ``learnable`` rows as
+    ``w -= lr g / (K sqrt(acc0 + G))`` (``K``: the example's rows). An outcome
+    of zeros only reads."""
+    return _wide_learn(state, offsets, slots, learnable, base, outcomes, lr, acc0)
 
 
 def index_hash(ids: torch.Tensor, tags: torch.Tensor | None) -> torch.Tensor:

@@ -75,3 +75,10 @@ def _index_place(slots: torch.Tensor, directory: torch.Tensor, depth: torch.Tens
 @register_fake("streamrec::id_normal")
 def _id_normal(ids: torch.Tensor, dim: int, offset: int) -> torch.Tensor:
     return ids.new_empty((ids.shape[0], dim), dtype=torch.float32)
+
+
+@register_fake("streamrec::wide_learn")
+def _wide_learn(state: torch.Tensor, offsets: torch.Tensor, slots: torch.Tensor,
+                learnable: torch.Tensor, base: torch.Tensor, outcomes: torch.Tensor,
+                lr: float, acc0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return base.new_empty(base.shape), torch.empty_like(state)

@@ -304,6 +304,79 @@ std::tuple<Tensor, Tensor> history_prefix_cpu(const Tensor& stored_in, const Ten
   return {before, totals};
 }
 
+// Wide terms ---------------------------------------------------------------------------
+// Per-event logistic regression over hashed feature crosses (model.wide), learned in
+// event order. Example i reads the rows slots[offsets[i]:offsets[i+1]] of state [U, 2]
+// (weight, sum of squared gradients): its term sum s[i] is their weights' sum, its
+// probability sigmoid(base[i] + s[i]), its gradient g = n p - c for outcome (n, c)
+// (zero for (0, 0): a read), and each learnable row of its K rows then takes an
+// Adagrad step normalised by K, w -= lr g / (K sqrt(acc0 + G)), so that the step of the
+// whole logit does not grow with the number of terms. Returns the sums before each
+// example's own step and the new state.
+std::tuple<Tensor, Tensor> wide_learn_cpu(const Tensor& state_in, const Tensor& offsets_in,
+                                          const Tensor& slots_in, const Tensor& learnable_in,
+                                          const Tensor& base_in, const Tensor& outcomes_in,
+                                          double lr, double acc0) {
+  check_cpu(state_in, "wide_learn state", at::kFloat);
+  TORCH_CHECK(state_in.dim() == 2 && state_in.size(1) == 2,
+              "streamrec.wide_learn: state must be [U, 2], got ", state_in.sizes());
+  check_index(offsets_in, "wide_learn offsets");
+  check_index(slots_in, "wide_learn slots");
+  check_cpu(learnable_in, "wide_learn learnable", at::kBool);
+  check_cpu(base_in, "wide_learn base", at::kFloat);
+  check_cpu(outcomes_in, "wide_learn outcomes", at::kFloat);
+  const int64_t n_rows = state_in.size(0), batch = base_in.numel();
+  TORCH_CHECK(learnable_in.dim() == 1 && learnable_in.numel() == n_rows,
+              "streamrec.wide_learn: learnable must be [", n_rows, "]");
+  TORCH_CHECK(offsets_in.numel() == batch + 1,
+              "streamrec.wide_learn: offsets must be [", batch + 1, "], got ",
+              offsets_in.numel());
+  TORCH_CHECK(outcomes_in.dim() == 2 && outcomes_in.size(0) == batch &&
+                  outcomes_in.size(1) == 2,
+              "streamrec.wide_learn: outcomes must be [", batch, ", 2], got ",
+              outcomes_in.sizes());
+  TORCH_CHECK(lr >= 0 && acc0 > 0, "streamrec.wide_learn: needs lr >= 0 and acc0 > 0");
+  Tensor state = state_in.clone(at::MemoryFormat::Contiguous);
+  const Tensor offsets = offsets_in.contiguous(), slots = slots_in.contiguous(),
+               learnable = learnable_in.contiguous(), base = base_in.contiguous(),
+               outcomes = outcomes_in.contiguous();
+  Tensor sums = at::empty({batch}, base.options());
+  float* st = state.data_ptr<float>();
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  const int64_t* sl = slots.data_ptr<int64_t>();
+  const bool* learn = learnable.data_ptr<bool>();
+  const float* b = base.data_ptr<float>();
+  const float* oc = outcomes.data_ptr<float>();
+  float* out = sums.data_ptr<float>();
+  const int64_t n_slots = slots.numel();
+  TORCH_CHECK(batch == 0 || (off[0] == 0 && off[batch] == n_slots),
+              "streamrec.wide_learn: offsets must run from 0 to ", n_slots);
+  for (int64_t i = 0; i < batch; ++i) {
+    TORCH_CHECK(off[i] <= off[i + 1], "streamrec.wide_learn: offsets must not decrease (at ",
+                i, ")");
+    double s = 0;
+    for (int64_t e = off[i]; e < off[i + 1]; ++e) {
+      check_index_value("wide_learn", sl[e], e, n_rows);
+      s += st[2 * sl[e]];
+    }
+    out[i] = static_cast<float>(s);
+    const double n = oc[2 * i], c = oc[2 * i + 1];
+    if (n == 0 && c == 0) continue;
+    const double p = 1.0 / (1.0 + std::exp(-(static_cast<double>(b[i]) + s)));
+    const double g = n * p - c;
+    if (g == 0 || !std::isfinite(g)) continue;
+    const double step = lr * g / static_cast<double>(off[i + 1] - off[i]);
+    for (int64_t e = off[i]; e < off[i + 1]; ++e) {
+      const int64_t u = sl[e];
+      if (!learn[u]) continue;
+      const double acc = st[2 * u + 1] + g * g;
+      st[2 * u + 1] = static_cast<float>(acc);
+      st[2 * u] = static_cast<float>(st[2 * u] - step / std::sqrt(acc0 + acc));
+    }
+  }
+  return {sums, state};
+}
+
 // Hashing ----------------------------------------------------------------------------
 
 // splitmix64's finaliser (Steele et al. 2014).
@@ -637,6 +710,8 @@ TORCH_LIBRARY(streamrec, m) {
   m.def("scatter_add_rows(Tensor grad, Tensor index, SymInt n_rows) -> Tensor");
   m.def("history_prefix(Tensor stored, Tensor inverse, Tensor y) -> (Tensor, Tensor)");
   m.def("unique_pairs(Tensor ids, Tensor tags) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("wide_learn(Tensor state, Tensor offsets, Tensor slots, Tensor learnable, Tensor base, "
+        "Tensor outcomes, float lr, float acc0) -> (Tensor, Tensor)");
   m.def("index_hash(Tensor ids, Tensor? tags) -> Tensor");
   m.def("index_find(Tensor slots, Tensor directory, Tensor depth, Tensor cap_bits, "
         "int global_bits, int stride, Tensor row_ids, Tensor? row_tags, Tensor ids, "
@@ -654,6 +729,7 @@ TORCH_LIBRARY_IMPL(streamrec, CPU, m) {
   m.impl("scatter_add_rows", &scatter_add_rows_cpu);
   m.impl("history_prefix", &history_prefix_cpu);
   m.impl("unique_pairs", &unique_pairs_cpu);
+  m.impl("wide_learn", &wide_learn_cpu);
   m.impl("index_hash", &index_hash_cpu);
   m.impl("index_find", &index_find_cpu);
   m.impl("index_place", &index_place_cpu);

@@ -28,6 +28,7 @@ def config() -> AppConfig:
         "model.dense_features": "price",
         "model.history_features": "user_id,item_id",  # (the default)
         "model.in_batch_terms": "",
+        "model.wide_terms": "",  # (ranks train without them: one process learns them)
         "table_defaults.min_count": "2",
         "table_defaults.ttl_s": "20",
         "trainer.batch_size": str(GLOBAL_BATCH),

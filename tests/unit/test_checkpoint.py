@@ -67,7 +67,7 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(
         tmp_path: Path, written_by: str) -> None:
     # Everything a step depends on comes back: dense weights and Adam state,
     # table rows with their Adagrad state and last-seen times, the frequency
-    # filter, history counts, OptEmbed thresholds, counters and the clock. The
+    # filter, history counts, wide terms, OptEmbed thresholds, counters and the clock. The
     # restored trainer then scores and learns exactly like the original,
     # from a checkpoint whose tables use the glossary's names (Adagrad state,
     # evicted ids) or the names an earlier release gave them.
@@ -82,7 +82,8 @@ def test_a_restored_trainer_continues_exactly_like_the_one_that_saved(
     config = load_config(env={}, overrides={
         "trainer.batch_size": "128", "table_defaults.min_count": "2",
         "table_defaults.ttl_s": "5", "table_defaults.prune_alpha": "0.0001",
-        "model.history_features": "user_id", "tables.item_id.shards": "2"})
+        "model.history_features": "user_id", "tables.item_id.shards": "2",
+        "model.wide_terms": "user_id,user_id*item_id"})
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
     events = list(SyntheticStream(default()).events(2400))
     original, quality = OnlineTrainer.from_config(config), QualityMetrics()
@@ -386,3 +387,25 @@ def test_offsets_of_a_partition_gone_to_another_consumer_are_neither_kept_nor_co
     assert source.committed[-1] == {p0: 30}
     checkpoint = Checkpointer(tmp_path).latest()
     assert checkpoint is not None and checkpoint.offsets == {p0: 30}
+
+
+def test_a_checkpoint_from_before_wide_terms_resumes_with_them_off() -> None:
+    # A release without wide terms wrote no such fields in the model spec: its
+    # checkpoints resume under model.wide_terms = "" and, under the default
+    # terms, are refused with a message naming the field.
+    import json
+
+    from streamrec.config import load_config
+    from streamrec.trainer.checkpoint_state import TrainingState
+    from streamrec.trainer.quality import QualityMetrics
+    from streamrec.trainer.trainer import OnlineTrainer
+
+    off = load_config(env={}, overrides={"model.wide_terms": ""})
+    state = TrainingState(OnlineTrainer.from_config(off), QualityMetrics()).state_dict()
+    spec = json.loads(str(state["model_spec"]))
+    del spec["model"]["wide_terms"], spec["model"]["wide_lr"]
+    state["model_spec"] = json.dumps(spec, sort_keys=True)
+    TrainingState(OnlineTrainer.from_config(off), QualityMetrics()).load_state_dict(state)
+    default = OnlineTrainer.from_config(load_config(env={}, overrides={}))
+    with pytest.raises(CheckpointError, match=r"model.wide_terms = \[\] in the checkpoint"):
+        TrainingState(default, QualityMetrics()).load_state_dict(state)

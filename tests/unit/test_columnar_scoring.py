@@ -19,7 +19,9 @@ from streamrec.trainer.parameters import TrainerParameters
 from streamrec.trainer.trainer import OnlineTrainer
 
 CONFIGS = {
-    "plain": {"model.history_features": ""},
+    "plain": {"model.history_features": "", "model.wide_terms": ""},
+    "no wide terms": {"model.wide_terms": ""},
+    "wide crosses of lists": {"model.wide_terms": "user_id,country*category,category*hour*country"},
     "history": {},
     "pruning": {"table_defaults.prune_alpha": "0.001"},
     "shared table": {"tables.ids.features": "user_id,item_id"},
@@ -108,12 +110,13 @@ def test_per_candidate_maps_form_columns_only_with_one_value_of_the_same_names()
 
 def test_a_model_with_settings_the_columnar_path_does_not_know_is_scored_row_by_row(
         monkeypatch) -> None:
-    # A part of the model added later (say wide terms) must not be skipped by
-    # the columnar path: such a model is scored by the reference path.
+    # A part of the model added later (a setting this path does not know) must
+    # not be skipped by the columnar path: such a model is scored by the
+    # reference path.
     replica = trained_replica({})
     state = replica._state
     spec = json.loads(state.spec)
-    spec["model"]["wide_terms"] = ["user_id*category"]
+    spec["model"]["later_terms"] = ["user_id*category"]
     monkeypatch.setattr(state, "spec", json.dumps(spec))
     rows_scored: list = []
     score = state.score

@@ -127,6 +127,26 @@ def test_id_normal_matches_its_reference(ids: list[int], dim: int, offset: int) 
     assert got.dtype == want.dtype == torch.float32
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 5), max_size=3),
+                          st.sampled_from([(0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0),
+                                           (2.5, 2.5)])), max_size=30),
+       st.lists(st.booleans(), min_size=6, max_size=6))
+def test_wide_learn_matches_its_reference(examples: list[tuple[list[int], tuple[float, float]]],
+                                          learnable: list[bool]) -> None:
+    g = torch.Generator().manual_seed(len(examples))
+    state = torch.stack([torch.randn(6, generator=g), torch.rand(6, generator=g)], dim=1)
+    lengths = torch.tensor([len(rows) for rows, _ in examples], dtype=torch.int64)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+    slots = torch.tensor([u for rows, _ in examples for u in rows], dtype=torch.int64)
+    base = torch.randn(len(examples), generator=g)
+    outcomes = torch.tensor([o for _, o in examples], dtype=torch.float32).view(-1, 2)
+    args = (state, offsets, slots, torch.tensor(learnable), base, outcomes, 0.3, 1.0)
+    for got, want in zip(native.wide_learn(*args), reference_ops.wide_learn(*args)):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(native.wide_learn(*args)[1][~torch.tensor(learnable)],
+                       state[~torch.tensor(learnable)])  # rows not admitted never move
+
 
 # opcheck and gradcheck -----------------------------------------------------------------
 
@@ -153,6 +173,9 @@ def _opcheck_cases() -> list[tuple[str, tuple]]:
         ("index_place", (index._slots.data.clone(), *_index_args(index)[1:],
                          index._used.clone(), index._live.clone(), values)),
         ("id_normal", (ids, 4, -7)),
+        ("wide_learn", (torch.rand(3, 2), torch.tensor([0, 2, 2, 3]), torch.tensor([0, 2, 2]),
+                        torch.tensor([True, False, True]), torch.randn(3),
+                        torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]), 0.1, 1.0)),
     ]
 
 
@@ -194,6 +217,12 @@ def test_gather_rows_gradcheck_in_float64() -> None:
      "out of range"),
     (lambda: native.unique_pairs(torch.tensor([1, 2]), torch.tensor([0])), "same length"),
     (lambda: native.id_normal(torch.tensor([1]), -1, 0), "dim must be"),
+    (lambda: native.wide_learn(torch.zeros(2, 2), torch.tensor([0, 1]), torch.tensor([2]),
+                               torch.ones(2, dtype=torch.bool), torch.zeros(1),
+                               torch.ones(1, 2), 0.1, 1.0), "out of range"),
+    (lambda: native.wide_learn(torch.zeros(2, 2), torch.tensor([0, 2]), torch.tensor([1]),
+                               torch.ones(2, dtype=torch.bool), torch.zeros(1),
+                               torch.ones(1, 2), 0.1, 1.0), "offsets must run"),
 ])
 def test_bad_inputs_get_a_clear_error(call: object, message: str) -> None:
     with pytest.raises(RuntimeError, match=message):

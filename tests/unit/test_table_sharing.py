@@ -136,10 +136,12 @@ def test_a_replica_scores_a_shared_table_exactly_as_the_trainer(tmp_path: Path) 
 
 def test_tables_fused_into_one_store_are_reported(caplog: pytest.LogCaptureFixture) -> None:
     config = load_config(env={}, overrides={"model.sparse_features": FEATURES,
-                                            "tables.hour.ttl_s": "5"})
+                                            "tables.hour.ttl_s": "5",
+                                            "model.wide_terms": "user_id,hour"})
     with caplog.at_level(logging.INFO, logger="streamrec.model.tables.base"):
         trainer = OnlineTrainer.from_config(config)
     assert "tables user_id, item_id, category, country share a config: fused into one store" \
         in caplog.text
     assert trainer.table_stores() == [["user_id", "item_id", "category", "country"], ["hour"],
-                                      ["user_id#history", "item_id#history"]]
+                                      ["user_id#history", "item_id#history"],
+                                      ["user_id#wide"], ["hour#wide"]]

@@ -1,0 +1,218 @@
+"""Wide terms: a per-event logistic regression over feature crosses, added to the
+model's logit and learned from each outcome as it arrives (``model.wide_terms``).
+
+Each term (``"user_id"``, ``"user_id*genres"``) keys one weight per combination
+of its features' values; an example's wide logit is the sum of its keys'
+weights. Weights learn by Adagrad in event order, one step per outcome, from
+the gradient of the whole prediction (deep part + wide terms), so what the
+batched deep model has not learned yet is corrected at the next event. Why and
+how: docs/design.md, "Wide terms".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import torch
+
+from streamrec import native
+from streamrec.ingest.batch import KeyedJaggedTensor
+from streamrec.model.tables.base import EmbeddingTable, expire_tables
+from streamrec.model.tables.sort import stable_argsort
+from streamrec.model.tables.store import TableStore, stores_of
+
+__all__ = ["TermKeys", "WideTerms", "cross_keys", "wide_table_name", "parse_terms"]
+
+_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
+
+# A term's entries in a batch: term -> (example [E], key [E]).
+TermKeys = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
+def wide_table_name(term: list[str]) -> str:
+    """The table holding a term's weights: ``user_id*genres#wide``."""
+    return "*".join(term) + "#wide"
+
+
+def parse_terms(terms: list[str]) -> list[list[str]]:
+    """``["user_id", "user_id*genres"]`` -> ``[["user_id"], ["user_id", "genres"]]``."""
+    return [term.split("*") for term in terms]
+
+
+def cross_keys(key: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The keys of a term so far (``key``) crossed with one more feature's ``values``."""
+    return key * _MIX + values
+
+
+class _Columns:
+    """A batch's sparse features split once: one id per example where each
+    example has exactly one (``single``), else (example, id) pairs."""
+
+    def __init__(self, sparse: KeyedJaggedTensor) -> None:
+        self.batch = sparse.stride()
+        keys = sparse.keys()
+        lengths = sparse.lengths().to(torch.int64).view(len(keys), self.batch)
+        values = sparse.values()
+        ends = torch.cumsum(lengths.sum(dim=1), 0).tolist()
+        self.single: dict[str, torch.Tensor] = {}
+        self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for k, feature in enumerate(keys):
+            start = ends[k - 1] if k else 0
+            n = lengths[k]
+            if ends[k] - start == self.batch and bool((n == 1).all()):
+                self.single[feature] = values[start:ends[k]]
+            else:
+                example = torch.repeat_interleave(torch.arange(self.batch), n)
+                self.pairs[feature] = example, values[start:ends[k]]
+
+    def term_keys(self, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(example [E], key [E])``: one key per combination of the term's
+        features' values per example (an example lacking one has none)."""
+        example = torch.arange(self.batch)
+        key = torch.zeros(self.batch, dtype=torch.int64)
+        expanded = False
+        for feature in term:
+            if feature in self.single:
+                v = self.single[feature]
+                key = cross_keys(key, v.index_select(0, example) if expanded else v)
+                continue
+            their_example, values = self.pairs[feature]
+            if not expanded:  # the first list feature: its pairs, each with the key so far
+                key = cross_keys(key.index_select(0, their_example), values)
+                example, expanded = their_example, True
+                continue
+            # Another list feature: every entry so far times every value of its example.
+            counts = torch.bincount(their_example, minlength=self.batch)
+            starts = torch.cumsum(counts, 0) - counts
+            repeat = counts.index_select(0, example)
+            first = torch.cumsum(repeat, 0) - repeat
+            within = torch.arange(int(repeat.sum())) - torch.repeat_interleave(first, repeat)
+            example_rep = torch.repeat_interleave(example, repeat)
+            picked = values.index_select(0, starts.index_select(0, example_rep) + within)
+            key = cross_keys(torch.repeat_interleave(key, repeat), picked)
+            example = example_rep
+        return example, key
+
+
+class _Keys(NamedTuple):
+    store: TableStore
+    example: torch.Tensor  # [E] the example of each entry
+    ids: torch.Tensor  # [U] unique keys
+    tags: torch.Tensor  # [U] their tables' tags in the store
+    inverse: torch.Tensor  # [E] position of each entry's key in ``ids``
+    seen: torch.Tensor  # [U] entries per unique key
+
+
+class WideTerms:
+    """Reads and learns the wide terms of a batch.
+
+    ``tables`` maps :func:`wide_table_name` of each term to its table of
+    ``[weight, sum of squared gradients]`` rows, which start at zero.
+    """
+
+    def __init__(self, terms: list[list[str]], tables: Mapping[str, EmbeddingTable],
+                 lr: float = 0.1, acc0: float = 1.0) -> None:
+        self.terms = [list(t) for t in terms]
+        self.tables = {wide_table_name(t): tables[wide_table_name(t)] for t in self.terms}
+        self.lr, self.acc0 = lr, acc0
+        term_of = {wide_table_name(t): t for t in self.terms}
+        # Tables looked up together, one pass per store: (store, [(term, tag)]).
+        self._units = [(store, [(term_of[n], self.tables[n].tag) for n in names])
+                       for store, names in stores_of(self.tables)]
+
+    def _keys(self, term_keys: TermKeys) -> list[_Keys]:
+        out = []
+        for store, members in self._units:
+            examples, ids, tags = [], [], []
+            for term, tag in members:
+                example, key = term_keys(term)
+                examples.append(example)
+                ids.append(key)
+                tags.append(torch.full_like(key, tag))
+            all_examples, all_ids, all_tags = torch.cat(examples), torch.cat(ids), torch.cat(tags)
+            unique, unique_tags, inverse, seen = native.unique_pairs(all_ids, all_tags)
+            out.append(_Keys(store, all_examples, unique, unique_tags, inverse, seen))
+        return out
+
+    def logits(self, sparse: KeyedJaggedTensor, now_ms: int) -> torch.Tensor:
+        """``[B]``: each example's wide logit with the stored weights (learns nothing)."""
+        return self.logits_of(_Columns(sparse).term_keys, sparse.stride(), now_ms)
+
+    def logits_of(self, term_keys: TermKeys, batch: int, now_ms: int) -> torch.Tensor:
+        """:meth:`logits` of ``batch`` examples whose keys ``term_keys(term)`` gives as
+        ``(example [E], key [E])`` (serving builds them from a request's columns)."""
+        total = torch.zeros(batch)
+        for k in self._keys(term_keys):
+            rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
+            weights = k.store.read(rows)[:, 0]
+            total.index_add_(0, k.example, weights.index_select(0, k.inverse))
+        return total
+
+    def learn(self, sparse: KeyedJaggedTensor, base: torch.Tensor, outcomes: torch.Tensor,
+              now_ms: int) -> torch.Tensor:
+        """Learn ``outcomes`` ``[B, 2]`` in order; ``[B]`` wide logits before each example's step.
+
+        ``base`` ``[B]`` is the rest of each example's logit. Outcome
+        ``(n, c)`` adds ``n`` showings and ``c`` clicks (``(w, w y)`` for a
+        labeled example of loss weight ``w``; ``(0, 1)``: a click on an
+        impression already learned as a negative); the gradient of the
+        example's log loss is then ``n p - c``. Rows of zeros only read: an
+        impression scored before its label is known. Keys with an outcome
+        count as sightings for their table's admission; keys not admitted
+        read zero and learn nothing.
+        """
+        batch = sparse.stride()
+        keys = self._keys(_Columns(sparse).term_keys)
+        if not keys or batch == 0:
+            return torch.zeros(batch)
+        learned = (outcomes != 0).any(dim=1)
+        states, rows_of, slots, examples = [], [], [], []
+        offset = 0
+        every = bool(learned.all())
+        for k in keys:
+            if every:  # (the common case: one lookup, every key seen once per entry)
+                rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=True)
+            else:
+                rows = self._sight(k, learned, now_ms)
+            states.append(k.store.read(rows))
+            rows_of.append(rows)
+            slots.append(k.inverse + offset)
+            examples.append(k.example)
+            offset += k.ids.numel()
+        state, rows = torch.cat(states), torch.cat(rows_of)
+        example, slot = torch.cat(examples), torch.cat(slots)
+        order = stable_argsort(example)
+        offsets = torch.zeros(batch + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(example, minlength=batch), 0, out=offsets[1:])
+        sums, new = native.wide_learn(state.contiguous(), offsets, slot.index_select(0, order),
+                                      rows >= 0, base.detach().float().contiguous(),
+                                      outcomes.float().contiguous(), self.lr, self.acc0)
+        start = 0
+        for k, part in zip(keys, rows_of):
+            end = start + part.numel()
+            keep = torch.nonzero(part >= 0).reshape(-1)
+            if keep.numel():
+                k.store.set_rows(part.index_select(0, keep), new[start:end].index_select(0, keep))
+            start = end
+        return sums
+
+    @staticmethod
+    def _sight(k: _Keys, learned: torch.Tensor, now_ms: int) -> torch.Tensor:
+        """The rows of ``k``'s keys; those of examples with an outcome are sighted
+        (admission counts them), the others only read."""
+        rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
+        sightings = torch.zeros_like(k.seen).index_add_(
+            0, k.inverse, learned.index_select(0, k.example).to(k.seen.dtype))
+        admit = torch.nonzero(sightings > 0).reshape(-1)
+        if admit.numel():
+            rows.index_copy_(0, admit, k.store.lookup(
+                k.tags.index_select(0, admit), k.ids.index_select(0, admit),
+                sightings.index_select(0, admit), now_ms=now_ms, train=True))
+        return rows
+
+    def table_names(self) -> list[str]:
+        return list(self.tables)
+
+    def expire(self, now_ms: int) -> int:
+        """One bounded slice of the wide tables' expiry sweep; returns rows freed."""
+        return expire_tables(self.tables, now_ms)
