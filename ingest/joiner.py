@@ -371,15 +371,18 @@ class Joiner:
         self._observed.add(_identity(impression))
         self._fake_negative(impression, out)
 
-    def _observe(self, horizon: int, out: list[Event]) -> None:
-        """Learn as negatives the impressions ``elapsed_s`` old still waiting for a click."""
+    def _observe(self, horizon: int, due: list[tuple[int, int, Event]]) -> None:
+        """Learn as negatives the impressions ``elapsed_s`` old still waiting for a
+        click: ``(arrival, order, negative)`` into ``due``."""
         waiting = self._unobserved
         while waiting and waiting[0][0] < horizon:
-            _, identity, impression = waiting.popleft()
+            at, identity, impression = waiting.popleft()
             entry = self._pending.get(_key(impression))
             if entry is not None and _identity(entry[0]) == identity:
                 self._observed.add(identity)
-                self._fake_negative(entry[0], out)  # (scored since it arrived)
+                negatives: list[Event] = []
+                self._fake_negative(entry[0], negatives)  # (scored since it arrived)
+                due.extend((at, -1, negative) for negative in negatives)
 
     def _action(self, event: Event, at: int, out: list[Event]) -> None:
         key = _key(event)
@@ -455,8 +458,13 @@ class Joiner:
         return now - heard_at <= self.idle_s or self._pushes - heard_push <= _IDLE_PUSHES
 
     def _expire(self, out: list[Event]) -> None:
+        # Fake negatives and the clicks held until their impressions' time to be
+        # learned come out together, in impression order: a learner that is
+        # updated one outcome at a time (the wide terms) must not see a burst's
+        # negatives first and its clicks after.
+        due: list[tuple[int, int, Event]] = []
         if self._unobserved:
-            self._observe(self._watermark - self.elapsed_ms, out)
+            self._observe(self._watermark - self.elapsed_ms, due)
         horizon = self._watermark - self.window_ms
         while self._pending:
             key, (first, at) = next(iter(self._pending.items()))
@@ -469,7 +477,11 @@ class Joiner:
         release = horizon if self.delayed_feedback is DelayedFeedback.WAIT else \
             self._watermark - self.elapsed_ms
         while held and held[0][0] < release:
-            out.append(heapq.heappop(held)[2])
+            at, order, example = heapq.heappop(held)
+            due.append((at, order, example))
+        if due:
+            due.sort(key=lambda entry: entry[:2])
+            out.extend(example for _, _, example in due)
         while self._early:
             key, waiting = next(iter(self._early.items()))
             live = [action for action in waiting if action[1] >= horizon]

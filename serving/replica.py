@@ -103,11 +103,7 @@ class EmbeddingTableReplica:
         if not len(rows):
             return
         row_ids, _ = self.index.lookup_or_insert(rows.ids)
-        capacity = self.index.row_capacity
-        if capacity > self.weights.shape[0]:
-            grown = torch.zeros((max(capacity, 2 * self.weights.shape[0]), self.dim))
-            grown[: self.weights.shape[0]] = self.weights
-            self.weights = grown
+        self.weights = _grown(self.weights, self.index.row_capacity)
         self.weights[row_ids] = rows.values
 
     def remove(self, evicted: EvictedIds) -> None:
@@ -119,14 +115,99 @@ class EmbeddingTableReplica:
         return self.index.lookup(ids)
 
     def read(self, row_ids: torch.Tensor) -> torch.Tensor:
-        if self.weights.shape[0] == 0:  # no row synced yet: every id reads as zeros
-            return torch.zeros((row_ids.numel(), self.dim))
-        out = self.weights[row_ids.clamp(min=0)]
-        out[row_ids < 0] = 0.0
-        return out
+        return _read(self.weights, row_ids, self.dim)
 
     def memory_bytes(self) -> int:
         return self.weights.numel() * 4 + self.index.memory_bytes()
+
+
+class ReplicaTableGroup:
+    """Several serving tables of one row width in one tagged id index and one
+    weight tensor, looked up together (``lookup(tags, ids)``) as the trainer's
+    fused stores are: the wide terms' tables, one lookup for all their keys.
+    ``tables`` are the members, one per name, each applying its own deltas.
+    """
+
+    def __init__(self, names: Sequence[str], dim: int) -> None:
+        self.names = list(names)
+        self.dim = dim
+        self.index = IdIndex(tagged=True)
+        self.weights = torch.zeros((0, dim))
+        self.rows_per_tag = [0] * len(self.names)
+        self.tables = {name: _GroupMember(self, name, tag) for tag, name in enumerate(names)}
+
+    def lookup(self, tags: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor | None = None,
+               now_ms: int = 0, train: bool = False) -> torch.Tensor:
+        return self.index.lookup(ids, tags)
+
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
+        return _read(self.weights, row_ids, self.dim)
+
+    def upsert(self, tag: int, rows: UpsertedRows) -> None:
+        if not len(rows):
+            return
+        tags = torch.full_like(rows.ids, tag)
+        row_ids = self.index.lookup(rows.ids, tags)
+        new = row_ids < 0
+        if bool(new.any()):
+            row_ids[new] = self.index.insert(rows.ids[new], tags[new])
+            self.rows_per_tag[tag] += int(new.sum())
+        self.weights = _grown(self.weights, self.index.row_capacity)
+        self.weights[row_ids] = rows.values
+
+    def remove(self, tag: int, evicted: EvictedIds) -> None:
+        if len(evicted):
+            freed = self.index.remove(evicted.ids, torch.full_like(evicted.ids, tag))
+            self.rows_per_tag[tag] -= int(freed.numel())
+
+    def memory_bytes(self) -> int:
+        return self.weights.numel() * 4 + self.index.memory_bytes()
+
+
+class _GroupMember:
+    """One table of a :class:`ReplicaTableGroup`: its deltas, its row count."""
+
+    def __init__(self, group: ReplicaTableGroup, name: str, tag: int) -> None:
+        self.name, self.dim, self.tag, self.store = name, group.dim, tag, group
+
+    def __len__(self) -> int:
+        return self.store.rows_per_tag[self.tag]
+
+    def upsert(self, rows: UpsertedRows) -> None:
+        self.store.upsert(self.tag, rows)
+
+    def remove(self, evicted: EvictedIds) -> None:
+        self.store.remove(self.tag, evicted)
+
+    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None, now_ms: int = 0,
+               train: bool = False) -> torch.Tensor:
+        return self.store.lookup(torch.full_like(ids, self.tag), ids)
+
+    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
+        return self.store.read(row_ids)
+
+    def memory_bytes(self) -> int:
+        """Its share of the group's bytes, by rows held."""
+        total = sum(self.store.rows_per_tag)
+        return self.store.memory_bytes() * len(self) // total if total else 0
+
+
+def _grown(weights: torch.Tensor, capacity: int) -> torch.Tensor:
+    """``weights`` with room for ``capacity`` rows (doubling), new rows zero."""
+    if capacity <= weights.shape[0]:
+        return weights
+    grown = torch.zeros((max(capacity, 2 * weights.shape[0]), weights.shape[1]))
+    grown[: weights.shape[0]] = weights
+    return grown
+
+
+def _read(weights: torch.Tensor, row_ids: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rows of ``row_ids`` (zeros for -1)."""
+    if weights.shape[0] == 0:  # no row synced yet: every id reads as zeros
+        return torch.zeros((row_ids.numel(), dim))
+    out = weights[row_ids.clamp(min=0)]
+    out[row_ids < 0] = 0.0
+    return out
 
 
 class _State:
@@ -141,7 +222,7 @@ class _State:
         self.features = frozenset([*cfg.sparse_features, *cfg.dense_features])
         row_dim = self.model.row_dim
         feature_tables = spec_feature_tables(spec)
-        self.tables: dict[str, EmbeddingTableReplica] = {
+        self.tables: dict[str, EmbeddingTableReplica | _GroupMember] = {
             t: EmbeddingTableReplica(t, row_dim) for t in dict.fromkeys(feature_tables.values())}
         embedding_tables = dict(self.tables)
         history = {history_table_name(f): EmbeddingTableReplica(history_table_name(f), 2)
@@ -152,7 +233,7 @@ class _State:
         self.history = HistoryFeatures(cfg.history_features, history,
                                        cap=cfg.history_cap, strength=cfg.history_strength)
         terms = parse_terms(cfg.wide_terms)
-        wide = {wide_table_name(t): EmbeddingTableReplica(wide_table_name(t), 2) for t in terms}
+        wide = ReplicaTableGroup([wide_table_name(t) for t in terms], 2).tables
         self.tables.update(wide)
         self.wide = WideTerms(terms, wide)  # type: ignore[arg-type]
         self.version = 0

@@ -196,9 +196,25 @@ class _TermKeys:
 
     def __init__(self, sources: Mapping[str, _Source], n: int) -> None:
         self.sources, self.n = sources, n
+        self.candidates = torch.arange(n)
+        self._columns: dict[str, torch.Tensor | None] = {}
+
+    def _column(self, feature: str) -> torch.Tensor | None:
+        """One id per candidate, or None (a request feature of several values, or none)."""
+        if feature not in self._columns:
+            source = self.sources[feature]
+            self._columns[feature] = source.ids if not source.shared else \
+                source.ids.expand(self.n) if source.ids.numel() == 1 else None
+        return self._columns[feature]
 
     def __call__(self, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        example = torch.arange(self.n)
+        columns = [self._column(f) for f in term]
+        if all(c is not None for c in columns):  # one key per candidate
+            key = columns[0]
+            for column in columns[1:]:
+                key = cross_keys(key, column)
+            return self.candidates, key  # type: ignore[return-value]
+        example = self.candidates
         key = torch.zeros(self.n, dtype=torch.int64)
         for feature in term:
             source = self.sources[feature]

@@ -142,10 +142,13 @@ class WideTerms:
         """:meth:`logits` of ``batch`` examples whose keys ``term_keys(term)`` gives as
         ``(example [E], key [E])`` (serving builds them from a request's columns)."""
         total = torch.zeros(batch)
-        for k in self._keys(term_keys):
-            rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
-            weights = k.store.read(rows)[:, 0]
-            total.index_add_(0, k.example, weights.index_select(0, k.inverse))
+        for store, members in self._units:  # (reads need no dedup: one lookup per entry)
+            entries = [(term_keys(term), tag) for term, tag in members]
+            example = torch.cat([e for (e, _), _ in entries])
+            keys = torch.cat([k for (_, k), _ in entries])
+            tags = torch.cat([torch.full_like(k, tag) for (_, k), tag in entries])
+            rows = store.lookup(tags, keys, None, now_ms=now_ms, train=False)
+            total.index_add_(0, example, store.read(rows)[:, 0])
         return total
 
     def learn(self, sparse: KeyedJaggedTensor, base: torch.Tensor, outcomes: torch.Tensor,

@@ -49,9 +49,11 @@ def served() -> Iterator[tuple[Servers, ModelReplica, RecommenderClient, Collect
 @pytest.fixture(scope="module")
 def trainer() -> OnlineTrainer:
     torch.set_num_threads(1)
-    # No history features: the atomicity test below sets embedding rows only.
+    # No history features nor wide terms: the atomicity test below sets
+    # embedding rows only.
     cfg = load_config(env={}, overrides={"model.sparse_features": "user_id,item_id,category",
                                          "model.history_features": "",
+                                         "model.wide_terms": "",
                                          "trainer.batch_size": "128"})
     t = OnlineTrainer.from_config(cfg)
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)

@@ -173,6 +173,17 @@ def _progressive_auc(settings: dict[str, str], events: list[Event]) -> float:
 def test_in_batch_adaptation_learns_bursts_that_batch_training_cannot() -> None:
     torch.set_num_threads(1)
     events = _bursty_stream()
-    with_terms = _progressive_auc({"model.in_batch_terms": "user_id,user_id*genres"}, events)
-    without = _progressive_auc({"model.in_batch_terms": ""}, events)
+    with_terms = _progressive_auc({"model.in_batch_terms": "user_id,user_id*genres",
+                                   "model.wide_terms": ""}, events)
+    without = _progressive_auc({"model.in_batch_terms": "", "model.wide_terms": ""}, events)
+    assert with_terms > without + 0.03, (with_terms, without)
+
+
+def test_wide_terms_learn_bursts_that_batch_training_cannot() -> None:
+    # The same bursts, learned one outcome at a time by the wide terms (which,
+    # unlike the in-batch terms, replicas serve too).
+    torch.set_num_threads(1)
+    events = _bursty_stream()
+    with_terms = _progressive_auc({"model.wide_terms": "user_id,user_id*genres"}, events)
+    without = _progressive_auc({"model.wide_terms": ""}, events)
     assert with_terms > without + 0.03, (with_terms, without)

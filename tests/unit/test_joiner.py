@@ -532,3 +532,14 @@ def test_marks_count_the_examples_ready_after_each_event() -> None:
     out = j.annotate([e._replace(predicted=p) for e, p in zip(shown, [0.25, 0.5])], out)
     assert [(e.item_id, e.label, e.predicted) for e in out] == [
         (7, 0.0, 0.25), (8, 0.0, 0.5), (7, 1.0, 0.25)]
+
+
+def test_fake_negatives_and_held_clicks_come_out_in_impression_order() -> None:
+    # With an elapsed time (3 s), r0 and r2 are clicked before their time to
+    # be learned and r1 is not: all three are learned once the watermark
+    # passes their time, in the order they were shown (a per-event learner
+    # must not see the negatives of a burst first and its clicks after).
+    j = TrainingJoiner(["click"], window_s=30, delayed_feedback="fake_negative", elapsed_s=3)
+    out = j.push([imp("r0", 10, 0), imp("r1", 11, 1_000), imp("r2", 12, 2_000),
+                  act("r0", 10, 1_500), act("r2", 12, 2_500), imp("r3", 13, 9_000)])
+    assert [(e.request_id, e.label) for e in out] == [("r0", 1.0), ("r1", 0.0), ("r2", 1.0)]

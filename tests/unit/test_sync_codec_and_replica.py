@@ -110,7 +110,8 @@ def assert_same_scores(trainer: OnlineTrainer, replica: ModelReplica, events: li
                                    {"table_defaults.ttl_s": "5", "table_defaults.min_count": "2"},
                                    {"table_defaults.prune_alpha": "0.001"},
                                    {"model.wide_terms": "user_id,user_id*item_id",
-                                    "table_defaults.min_count": "2"}],
+                                    "table_defaults.min_count": "2",
+                                    "table_defaults.ttl_s": "5"}],
                          ids=["plain", "history", "filter+ttl", "pruning", "wide"])
 def test_replica_scores_exactly_as_the_trainer_after_snapshot_and_deltas(
         extra: dict[str, str]) -> None:
