@@ -22,7 +22,9 @@ machine's load hits them alike):
 
 With ``--baseline DIR`` each arm also runs from another checkout (built with
 ``setup.py build_ext --inplace``), as ``baseline:<arm>``, taking its turns in
-the same run.
+the same run. With ``--without-wide`` each arm also serves a model trained
+without wide terms (``model.wide_terms = ""``), as ``<arm>-no-wide``: what the
+wide terms cost a replica.
 
 Reported per arm and offered rate: goodput (answers within the deadline per
 second), refusals (RESOURCE_EXHAUSTED, or DEADLINE_EXCEEDED sent by the
@@ -36,6 +38,7 @@ sustained rate (the highest offered rate answered in full with p99 within
 
     python -m benchmarks.serving_load            # ~4 min
     python -m benchmarks.serving_load --arms workers --baseline /tmp/main-checkout
+    python -m benchmarks.serving_load --arms workers --without-wide
     python -m benchmarks.serving_load --quick
 """
 
@@ -64,6 +67,7 @@ ARMS = {
                   "--set", "serving.max_queue=0", "--set", "serving.max_workers=1001"],
 }
 BASELINE = "baseline:"
+NO_WIDE = "-no-wide"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -188,6 +192,7 @@ def _start_replica(arm: str, snapshot: Any, env: dict[str, str], baseline: str |
     if arm.startswith(BASELINE):
         arm, root = arm[len(BASELINE):], Path(str(baseline))
         env = {**env, "PYTHONPATH": str(root)}
+    arm = arm.removesuffix(NO_WIDE)
     port, sync_port = _free_port(), _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamrec.cli", "serve", "--set", f"serving.port={port}",
@@ -262,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=50_000, help="events the model learns first")
     p.add_argument("--arms", default="workers,one-process",
                    help=f"comma list of {', '.join(ARMS)}")
+    p.add_argument("--without-wide", action="store_true",
+                   help="each arm also serves a model without wide terms, as <arm>-no-wide")
     p.add_argument("--baseline", metavar="DIR",
                    help="a checkout to compare against (built: setup.py build_ext --inplace): "
                         "each arm also runs from it, as baseline:<arm>")
@@ -280,7 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from benchmarks.serving_model import trained_snapshot
 
-    snapshot, deltas = trained_snapshot(args.events, 60)
+    models = {"": trained_snapshot(args.events, 60)}
+    if args.without_wide:
+        models[NO_WIDE] = trained_snapshot(args.events, 60, {"model.wide_terms": ""})
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -288,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = args.arms.split(",")
     if args.baseline:
         arms += [BASELINE + arm for arm in arms]
+    if args.without_wide:
+        arms += [arm + NO_WIDE for arm in arms]
     results: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     servers: dict[str, tuple[subprocess.Popen[bytes], str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="serving_load_") as tmp:
@@ -295,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
             # Every arm's replica runs (idle) through the whole run, and the
             # arms take turns at each rate: a change in the shared machine's
             # load meanwhile hits both arms alike.
+            def model(arm: str) -> tuple[Any, list[Any]]:
+                return models[NO_WIDE if arm.endswith(NO_WIDE) else ""]
+
             for arm in arms:
-                servers[arm] = _start_replica(arm, snapshot, env, args.baseline)
+                servers[arm] = _start_replica(arm, model(arm)[0], env, args.baseline)
             for i, rate in enumerate(rates):
                 for arm in arms:
+                    snapshot, deltas = model(arm)
                     server, address, sink = servers[arm]
                     row = _load(arm, rate, server.pid, address, sink, args, env, Path(tmp),
                                 replace(snapshot, version=1000 * (i + 1) + 1), deltas,

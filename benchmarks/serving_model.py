@@ -8,9 +8,11 @@ from typing import Any
 __all__ = ["DeltaChain", "trained_snapshot"]
 
 
-def trained_snapshot(events: int, deltas: int) -> tuple[Any, list[Any]]:
+def trained_snapshot(events: int, deltas: int, overrides: dict[str, str] | None = None
+                     ) -> tuple[Any, list[Any]]:
     """A model trained on ``events`` synthetic events: its snapshot (version 1), then
-    ``deltas`` deltas (versions 2, 3, ...) of one training batch each."""
+    ``deltas`` deltas (versions 2, 3, ...) of one training batch each. ``overrides``:
+    config settings beyond the benchmarks' features (``{"model.wide_terms": ""}``)."""
     import torch
 
     from streamrec.config import load_config
@@ -22,7 +24,7 @@ def trained_snapshot(events: int, deltas: int) -> tuple[Any, list[Any]]:
     torch.set_num_threads(1)
     config = load_config(env={}, overrides={
         "model.sparse_features": "user_id,item_id,category,country,hour",
-        "model.dense_features": "price"})
+        "model.dense_features": "price", **(overrides or {})})
     trainer = OnlineTrainer.from_config(config)
     parameters = TrainerParameters(trainer)
     batcher = Batcher(config.model.sparse_features, config.model.dense_features)
