@@ -10,36 +10,9 @@ import torch
 from streamrec.ingest.batch import KeyedJaggedTensor
 
 from streamrec.model.tables.sort import stable_argsort
+from streamrec.model.wide import TermColumns, cross_keys
 
-__all__ = ["term_keys", "in_batch_correction"]
-
-_MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
-
-
-def term_keys(sparse: KeyedJaggedTensor, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(example [E], key [E])``: one entry per combination of the term's
-    features' values per example, in batch order (an example lacking one of
-    the features has none)."""
-    batch = sparse.stride()
-    example = torch.arange(batch)
-    key = torch.zeros(batch, dtype=torch.int64)
-    expanded = False  # whether entries are still one per example, in order
-    for feature in term:
-        jt = sparse[feature]
-        lengths = jt.lengths().to(torch.int64)
-        if not expanded and jt.values().numel() == batch and bool((lengths == 1).all()):
-            key = key * _MIX + jt.values()  # one value per example, so far and here
-            continue
-        expanded = True
-        starts = torch.cumsum(lengths, 0) - lengths
-        repeat = lengths.index_select(0, example)
-        first = torch.cumsum(repeat, 0) - repeat
-        example = torch.repeat_interleave(example, repeat)
-        within = torch.arange(example.numel()) - torch.repeat_interleave(first, repeat)
-        values = jt.values().index_select(0, starts.index_select(0, example) + within)
-        key = torch.repeat_interleave(key, repeat) * _MIX + values
-    return example, key
-
+__all__ = ["in_batch_correction"]
 
 class _Runs:
     """A term's entries sorted by key (stable: batch order within a key), in runs of one key."""
@@ -68,7 +41,7 @@ class _Runs:
         """Whether both terms split the same entries into the same groups."""
         if self.groups != other.groups or not torch.equal(self.example, other.example):
             return False
-        return torch.unique(self.key * _MIX + other.key).numel() == self.groups
+        return torch.unique(cross_keys(self.key, other.key)).numel() == self.groups
 
 
 def in_batch_correction(sparse: KeyedJaggedTensor, terms: list[list[str]], labels: torch.Tensor,
@@ -87,8 +60,9 @@ def in_batch_correction(sparse: KeyedJaggedTensor, terms: list[list[str]], label
     base = logits.detach()
     total = torch.zeros(batch)
     seen: list[_Runs] = []
+    columns = TermColumns(sparse)
     for k, term in enumerate(terms):
-        runs = _Runs(*term_keys(sparse, term))
+        runs = _Runs(*columns.term_keys(term))
         if runs.groups == 0 or any(runs.same_grouping(earlier) for earlier in seen):
             continue
         seen.append(runs)

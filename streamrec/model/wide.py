@@ -22,12 +22,14 @@ from streamrec.model.tables.base import EmbeddingTable, expire_tables
 from streamrec.model.tables.sort import stable_argsort
 from streamrec.model.tables.store import TableStore, stores_of
 
-__all__ = ["TermKeys", "WideTerms", "cross_keys", "wide_table_name", "parse_terms"]
+__all__ = ["TermColumns", "TermKeys", "WideTerms", "cross_keys", "wide_table_name",
+           "parse_terms"]
 
 _MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
 
 # A term's entries in a batch: term -> (example [E], key [E]).
 TermKeys = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
+
 
 def wide_table_name(term: list[str]) -> str:
     """The table holding a term's weights: ``user_id*genres#wide``."""
@@ -44,9 +46,11 @@ def cross_keys(key: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return key * _MIX + values
 
 
-class _Columns:
-    """A batch's sparse features split once: one id per example where each
-    example has exactly one (``single``), else (example, id) pairs."""
+class TermColumns:
+    """A batch's sparse features split once, to cross them into terms' keys: one
+    id per example where each example has exactly one (``single``), else
+    (example, id) pairs. The wide terms and the in-batch adaptation key their
+    terms with it."""
 
     def __init__(self, sparse: KeyedJaggedTensor) -> None:
         self.batch = sparse.stride()
@@ -136,7 +140,7 @@ class WideTerms:
 
     def logits(self, sparse: KeyedJaggedTensor, now_ms: int) -> torch.Tensor:
         """``[B]``: each example's wide logit with the stored weights (learns nothing)."""
-        return self.logits_of(_Columns(sparse).term_keys, sparse.stride(), now_ms)
+        return self.logits_of(TermColumns(sparse).term_keys, sparse.stride(), now_ms)
 
     def logits_of(self, term_keys: TermKeys, batch: int, now_ms: int) -> torch.Tensor:
         """:meth:`logits` of ``batch`` examples whose keys ``term_keys(term)`` gives as
@@ -165,7 +169,7 @@ class WideTerms:
         read zero and learn nothing.
         """
         batch = sparse.stride()
-        keys = self._keys(_Columns(sparse).term_keys)
+        keys = self._keys(TermColumns(sparse).term_keys)
         if not keys or batch == 0:
             return torch.zeros(batch)
         learned = (outcomes != 0).any(dim=1)

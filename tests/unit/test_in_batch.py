@@ -13,7 +13,8 @@ from streamrec.ingest.batch import Batcher
 from streamrec.ingest.event import Event
 from streamrec.config import ModelConfig, load_config
 from streamrec.errors import ConfigError
-from streamrec.model.adapt import in_batch_correction, term_keys
+from streamrec.model.adapt import in_batch_correction
+from streamrec.model.wide import TermColumns
 from streamrec.trainer.progressive import exact_auc
 from streamrec.trainer.trainer import OnlineTrainer
 
@@ -112,7 +113,7 @@ def test_term_keys_cross_every_value_of_a_list_feature() -> None:
     events = [Event("example", 7, 1, 1, features={"genres": ("a", "b"), "gender": ("f",)},
                     label=1.0),
               Event("example", 8, 1, 2, features={"genres": (), "gender": ("m",)}, label=0.0)]
-    example, key = term_keys(_batch(events).sparse, ["user_id", "genres"])
+    example, key = TermColumns(_batch(events).sparse).term_keys(["user_id", "genres"])
     assert example.tolist() == [0, 0]  # two keys for the first, none for the second
     assert key[0] != key[1]
 
