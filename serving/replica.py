@@ -146,12 +146,8 @@ class ReplicaTableGroup:
     def upsert(self, tag: int, rows: UpsertedRows) -> None:
         if not len(rows):
             return
-        tags = torch.full_like(rows.ids, tag)
-        row_ids = self.index.lookup(rows.ids, tags)
-        new = row_ids < 0
-        if bool(new.any()):
-            row_ids[new] = self.index.insert(rows.ids[new], tags[new])
-            self.rows_per_tag[tag] += int(new.sum())
+        row_ids, new = self.index.lookup_or_insert(rows.ids, tags=torch.full_like(rows.ids, tag))
+        self.rows_per_tag[tag] += int(new.sum())
         self.weights = _grown(self.weights, self.index.row_capacity)
         self.weights[row_ids] = rows.values
 

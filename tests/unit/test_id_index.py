@@ -81,3 +81,13 @@ def test_a_tagged_index_round_trips_with_its_tags() -> None:
     assert restored.tagged
     assert torch.equal(restored.lookup(ids, tags), rows)
     assert restored.lookup(torch.tensor([5]), torch.tensor([2])).item() == -1
+
+
+def test_a_tagged_lookup_or_insert_gives_one_row_per_id_and_tag() -> None:
+    index = IdIndex(initial_slots=64, tagged=True)
+    ids, tags = torch.tensor([5, 5, 9]), torch.tensor([0, 1, 1])
+    rows, new = index.lookup_or_insert(ids, tags=tags)
+    assert new.tolist() == [True, True, True] and len(set(rows.tolist())) == 3
+    again, new = index.lookup_or_insert(torch.tensor([5, 9, 5]), tags=torch.tensor([1, 1, 2]))
+    assert new.tolist() == [False, False, True]
+    assert again[:2].tolist() == [rows[1].item(), rows[2].item()]

@@ -283,19 +283,20 @@ class IdIndex:
         rows = (self._slots.data.index_select(0, slot.clamp(min=0)) & _LOW) - 1
         return rows.masked_fill_(slot < 0, -1).reshape(ids.shape)
 
-    def lookup_or_insert(self, ids: torch.Tensor, admit: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rows of unique ``ids``, inserting absent ids where ``admit`` is True.
+    def lookup_or_insert(self, ids: torch.Tensor, admit: torch.Tensor | None = None,
+                         tags: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of unique ``ids`` (of ``(tags[i], ids[i])`` in a tagged index),
+        inserting absent ids where ``admit`` is True.
 
         Returns ``(rows, new)``: rows (-1 for absent, not admitted ids) and a
         mask of the ids that got a new row in this call.
         """
-        rows = self.lookup(ids)
+        rows = self.lookup(ids, tags)
         new = rows < 0
         if admit is not None:
             new &= admit
         if bool(new.any()):
-            rows[new] = self.insert(ids[new])
+            rows[new] = self.insert(ids[new], None if tags is None else tags[new])
         return rows, new
 
     def remove(self, ids: torch.Tensor, tags: torch.Tensor | None = None) -> torch.Tensor:
