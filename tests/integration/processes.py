@@ -73,6 +73,18 @@ def wait_until(what: str, check: Callable[[], T | None], timeout_s: float = 60.0
                          + (f" (last error: {last_error})" if last_error else ""))
 
 
+def child_pids(parent: int) -> list[int]:
+    """The processes ``parent`` runs now, whichever of its threads started them
+    (a thread that ends while it is read is skipped)."""
+    pids = []
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        try:
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return sorted(pids)
+
+
 def http_get(url: str, timeout_s: float = 5.0) -> bytes:
     """The body of a GET that answered 200; AssertionError with the status otherwise.
 

@@ -28,8 +28,8 @@ from streamrec.config import IngestConfig
 from streamrec.errors import ConfigError
 from streamrec.ingest.kafka_source import KafkaSource, create_topics
 from tests.integration.conftest import start_broker
-from tests.integration.processes import (ROOT, free_port, kafka_train_config, scrape, start_cli,
-                                         stop, wait_until)
+from tests.integration.processes import (ROOT, child_pids, free_port, kafka_train_config, scrape,
+                                         start_cli, stop, wait_until)
 from tests.integration.test_end_to_end import TOKEN, serving_config
 from tests.integration.test_exactly_once import _Producer
 from streamrec.trainer.ledger import coverage, read_ledger
@@ -100,14 +100,6 @@ def _learned_once(ckpt: Path, topic: str, ends: dict[int, int]) -> None:
 
 def _lines(ckpt: Path) -> int:
     return sum(len(lines) for lines in _ledgers(ckpt)) if ckpt.exists() else 0
-
-
-def _worker_pids(torchrun: subprocess.Popen[bytes]) -> list[int]:
-    """The rank processes torchrun runs now (its children)."""
-    out = []
-    for task in Path(f"/proc/{torchrun.pid}/task").iterdir():
-        out += [int(p) for p in (task / "children").read_text().split()]
-    return out
 
 
 @pytest.mark.timeout(600)
@@ -189,7 +181,7 @@ def test_a_rank_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path) -
                 lines = _lines(ckpt)
                 wait_until("the ranks to learn", lambda: _lines(ckpt) > lines, timeout_s=240)
                 time.sleep(rng.uniform(0.0, 1.0))
-                os.kill(rng.choice(_worker_pids(trainer)), signal.SIGKILL)
+                os.kill(rng.choice(child_pids(trainer.pid)), signal.SIGKILL)
                 kills += 1
                 writer.join()
             producer.write(EVENTS)  # (the rest of the division)

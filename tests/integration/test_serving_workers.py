@@ -17,7 +17,7 @@ import pytest
 from streamrec.protos import serving_pb2, serving_pb2_grpc
 from streamrec.trainer.sync.sink import GrpcDeltaSink
 from streamrec.trainer.trainer import OnlineTrainer
-from tests.integration.processes import free_port, scrape, start_cli, stop, wait_until
+from tests.integration.processes import child_pids, free_port, scrape, start_cli, stop, wait_until
 from tests.trained import small_trainer
 from streamrec.trainer.parameters import TrainerParameters
 
@@ -105,19 +105,12 @@ def test_requests_are_answered_by_every_worker(replica: Replica) -> None:
         [answered(i) for i in range(WORKERS)]
 
 
-def _worker_pids(parent: int) -> list[int]:
-    # Listed per thread that started them: the first ones by the main thread,
-    # restarted ones by the watcher.
-    return sorted(int(pid) for task in Path(f"/proc/{parent}/task").iterdir()
-                  for pid in (task / "children").read_text().split())
-
-
 def test_a_killed_worker_is_replaced_and_catches_up(replica: Replica) -> None:
-    pids = _worker_pids(replica.proc.pid)
+    pids = child_pids(replica.proc.pid)
     assert len(pids) == WORKERS
     os.kill(pids[0], signal.SIGKILL)
     wait_until("the worker to be restarted", lambda: replica.sample(
-        "streamrec_serving_model_version", 0) is not None and set(_worker_pids(
+        "streamrec_serving_model_version", 0) is not None and set(child_pids(
             replica.proc.pid)) - set(pids) and replica.versions() == [2.0] * WORKERS,
         timeout_s=180)
     assert scrape(replica.metrics)["streamrec_serving_worker_restarts_total"] == 1
@@ -142,11 +135,12 @@ def test_sigterm_turns_every_worker_not_serving_then_drains(replica: Replica) ->
         return seen
 
     assert statuses() == {health_pb2.HealthCheckResponse.SERVING}
+    served = {int(v) for v in replica.versions() if v is not None}
     replica.proc.terminate()
     wait_until("every worker to report NOT_SERVING", lambda: statuses() == {
         health_pb2.HealthCheckResponse.NOT_SERVING}, timeout_s=3.0, interval_s=0.05)
     # Still answering during serving.shutdown_delay_s.
-    assert _predict(replica.port, [1, 2]).model_version == 3
+    assert _predict(replica.port, [1, 2]).model_version in served
     assert replica.proc.wait(30) == 0
 
 
@@ -160,7 +154,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     try:
         wait_until("both workers up", lambda: scrape(metrics).get(
             "streamrec_serving_workers_up") == WORKERS, timeout_s=180)
-        workers = _worker_pids(proc.pid)
+        workers = child_pids(proc.pid)
         proc.kill()
         proc.wait()
         wait_until("the workers to exit", lambda: not any(
