@@ -2,7 +2,7 @@
 
 A list is a TOML array (``["a", "b"]``, ``[]``, ``[64, 32]``), the same array
 with its quotes eaten by a shell (``[a, b]``), or comma-separated (``a,b``; empty
-text is the empty list). A string field takes the text as it is, unquoted if it
+text is the empty list), quoted or not (``""``, ``"a,b"``). A string field takes the text as it is, unquoted if it
 is one quoted TOML string. Numbers and booleans are left as text for the config's own
 coercion. A list that reads as none of these raises :class:`ConfigError`
 naming the field: its brackets or quotes never end up inside its values.
@@ -58,6 +58,12 @@ def _list(where: str, text: str) -> list[Any]:
             raise ConfigError(f"{where}={text!r}: not a list; {_HOW}")
         return value
     if _QUOTES_OR_BRACKETS.search(stripped):
+        try:  # "" or "a,b": one quoted string, as a config file writes it
+            value = _toml_value(stripped)
+        except tomllib.TOMLDecodeError:
+            value = None
+        if isinstance(value, str) and not _QUOTES_OR_BRACKETS.search(value):
+            return _list(where, value)
         try:  # "a","b": quoted items without the brackets
             return _toml_value(f"[{stripped}]")  # type: ignore[no-any-return]
         except tomllib.TOMLDecodeError:

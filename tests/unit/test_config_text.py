@@ -18,6 +18,7 @@ from streamrec.errors import ConfigError
     'user_id,item_id',            # the comma list
     ' user_id , item_id ',
     '"user_id","item_id"',        # quoted items without brackets
+    '"user_id,item_id"',          # one quoted comma list, as a config file writes it
 ])
 def test_a_list_is_read_from_toml_or_comma_text(text: str) -> None:
     config = load_config(env={}, overrides={"model.sparse_features": text})
@@ -47,6 +48,9 @@ def test_typed_lists_empty_lists_numbers_booleans_and_strings() -> None:
         "ingest.topics": "a,b", "tables.user_id.ttl_s": "60"})
     assert config.model.hidden == [64, 32]
     assert config.model.dense_features == [] and config.model.history_features == []
+    # "" typed as a config file writes it (the README's way to turn terms off).
+    off = load_config(env={}, overrides={"model.wide_terms": '""', "model.history_features": "''"})
+    assert off.model.wide_terms == [] and off.model.history_features == []
     assert config.trainer.batch_size == 1024
     assert config.ingest.path == "my events.jsonl"
     assert config.ingest.topics == ["a", "b"]
