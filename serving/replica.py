@@ -35,6 +35,7 @@ from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.wide import WideTerms, parse_terms, wide_table_name
 from streamrec.model.ctr import CTRModel, model_from_spec, spec_feature_tables
 from streamrec.model.delta import DenseParameters, EvictedIds, ParameterDelta, UpsertedRows
+from streamrec.model.records import TableDelta
 from streamrec.model.tables.index import IdIndex
 from streamrec.model.tables.store import SingleTableStore
 
@@ -143,18 +144,29 @@ class ReplicaTableGroup:
     def read(self, row_ids: torch.Tensor) -> torch.Tensor:
         return _read(self.weights, row_ids, self.dim)
 
-    def upsert(self, tag: int, rows: UpsertedRows) -> None:
-        if not len(rows):
-            return
-        row_ids, new = self.index.lookup_or_insert(rows.ids, tags=torch.full_like(rows.ids, tag))
-        self.rows_per_tag[tag] += int(new.sum())
-        self.weights = _grown(self.weights, self.index.row_capacity)
-        self.weights[row_ids] = rows.values
+    def apply(self, parts: Sequence[TableDelta]) -> None:
+        """Apply the members' parts of one delta together: one removal and one
+        upsert for all of them (evicted ids first, as for a single table)."""
+        tags = [self.tables[t.table].tag for t in parts]
+        evicted = [(t.evicted.ids, tag) for t, tag in zip(parts, tags) if len(t.evicted)]
+        if evicted:
+            ids, id_tags = _tagged(evicted)
+            rows = self.index.lookup(ids, id_tags)
+            present = rows >= 0  # (an id may be evicted twice in one delta: counted once)
+            freed, first = torch.unique(rows[present], return_inverse=True)
+            self._count(torch.zeros_like(freed).index_copy_(0, first, id_tags[present]), -1)
+            self.index.remove(ids, id_tags)
+        upserted = [(t.upserted, tag) for t, tag in zip(parts, tags) if len(t.upserted)]
+        if upserted:
+            ids, id_tags = _tagged([(rows.ids, tag) for rows, tag in upserted])
+            row_ids, new = self.index.lookup_or_insert(ids, tags=id_tags)
+            self._count(id_tags[new], 1)
+            self.weights = _grown(self.weights, self.index.row_capacity)
+            self.weights[row_ids] = torch.cat([rows.values for rows, _ in upserted])
 
-    def remove(self, tag: int, evicted: EvictedIds) -> None:
-        if len(evicted):
-            freed = self.index.remove(evicted.ids, torch.full_like(evicted.ids, tag))
-            self.rows_per_tag[tag] -= int(freed.numel())
+    def _count(self, tags: torch.Tensor, sign: int) -> None:
+        for tag, n in enumerate(torch.bincount(tags, minlength=len(self.names)).tolist()):
+            self.rows_per_tag[tag] += sign * n
 
     def memory_bytes(self) -> int:
         return self.weights.numel() * 4 + self.index.memory_bytes()
@@ -169,12 +181,6 @@ class _GroupMember:
     def __len__(self) -> int:
         return self.store.rows_per_tag[self.tag]
 
-    def upsert(self, rows: UpsertedRows) -> None:
-        self.store.upsert(self.tag, rows)
-
-    def remove(self, evicted: EvictedIds) -> None:
-        self.store.remove(self.tag, evicted)
-
     def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None, now_ms: int = 0,
                train: bool = False) -> torch.Tensor:
         return self.store.lookup(torch.full_like(ids, self.tag), ids)
@@ -186,6 +192,12 @@ class _GroupMember:
         """Its share of the group's bytes, by rows held."""
         total = sum(self.store.rows_per_tag)
         return self.store.memory_bytes() * len(self) // total if total else 0
+
+
+def _tagged(parts: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, tags)`` of several tables' ids, each part's ids with its table's tag."""
+    return (torch.cat([ids for ids, _ in parts]),
+            torch.cat([torch.full_like(ids, tag) for ids, tag in parts]))
 
 
 def _grown(weights: torch.Tensor, capacity: int) -> torch.Tensor:
@@ -229,7 +241,8 @@ class _State:
         self.history = HistoryFeatures(cfg.history_features, history,
                                        cap=cfg.history_cap, strength=cfg.history_strength)
         terms = parse_terms(cfg.wide_terms)
-        wide = ReplicaTableGroup([wide_table_name(t) for t in terms], 2).tables
+        # Replicas get a wide row's weight alone (TrainerParameters sends no Adagrad sum).
+        wide = ReplicaTableGroup([wide_table_name(t) for t in terms], 1).tables
         self.tables.update(wide)
         self.wide = WideTerms(terms, wide)  # type: ignore[arg-type]
         self.version = 0
@@ -284,14 +297,19 @@ class _State:
         self.embeddings.set_thresholds(thresholds)
 
     def apply_tables(self, delta: ParameterDelta) -> None:
+        """The delta's rows (checked by :meth:`check`); a group's members together."""
+        groups: dict[int, tuple[ReplicaTableGroup, list[TableDelta]]] = {}
         for t in delta.tables:
-            table = self.tables.get(t.table)
-            if table is None or table.dim != t.dim:
-                raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
+            table = self.tables[t.table]
+            if isinstance(table, _GroupMember):
+                groups.setdefault(id(table.store), (table.store, []))[1].append(t)
+                continue
             # Evicted ids first: an id evicted and re-admitted within one
             # interval is in both and must end up present.
             table.remove(t.evicted)
             table.upsert(t.upserted)
+        for group, parts in groups.values():
+            group.apply(parts)
 
     @torch.no_grad()
     def score(self, rows: list[tuple[int, int, Features | None]]) -> torch.Tensor:
@@ -403,6 +421,13 @@ class ModelReplica:
             finally:
                 self._lock.release_write()
             return
+        # Checked before the writer lock, which holds every request back: the
+        # check reads only the delta and the model spec's shapes.
+        checked = self._state
+        if checked is not None and delta.base_version == checked.version < delta.version:
+            checked.check(delta)
+        else:
+            checked = None
         self._lock.acquire_write()
         try:
             state = self._state
@@ -410,7 +435,8 @@ class ModelReplica:
                 raise VersionGapError(self.version, delta.base_version)
             if delta.version <= state.version:
                 raise StaleVersionError(state.version, delta.version)
-            state.check(delta)
+            if state is not checked:  # a snapshot replaced the state meanwhile
+                state.check(delta)
             if not delta.dense.is_empty():
                 state.set_dense(delta.dense)
             state.apply_tables(delta)
