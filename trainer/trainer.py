@@ -348,3 +348,16 @@ class OnlineTrainer:
     def table_rows(self) -> dict[str, int]:
         return {name: len(t) for name, t in self.tables.items()}
 
+    def rows_summary(self) -> str:
+        """Rows held, for a progress line: each embedding table, then the history
+        and wide tables as one sum each (there may be hundreds of wide terms)."""
+        rows = self.table_rows()
+        wide = set(self.wide.tables)
+        history = set(self.history.table_names())
+        parts = [f"{k}={v:,}" for k, v in rows.items() if k not in wide | history]
+        if history:
+            parts.append(f"history={sum(rows[k] for k in history):,}")
+        if wide:
+            parts.append(f"wide={sum(rows[k] for k in wide):,} ({len(wide)} terms)")
+        return " ".join(parts)
+

@@ -157,7 +157,7 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
         last["version"] = version
         staleness = replica.staleness_seconds()
         p = stats.progress
-        rows = " ".join(f"{k}={v:,}" for k, v in pipeline.trainer.table_rows().items())
+        rows = pipeline.trainer.rows_summary()
         print(f"[{stats.wall_seconds:6.1f}s] events/s={rate_now:,.0f} "
               f"examples={stats.examples:,} auc={p.get('auc', float('nan')):.4f} "
               f"(recent {p.get('window_auc', float('nan')):.4f}) "

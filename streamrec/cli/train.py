@@ -51,9 +51,9 @@ def run_training(config: AppConfig, stop: threading.Event,
 
     def report(stats: LoopStats) -> None:  # (called by pipeline.run, once it is built)
         p = stats.progress
-        log.info("examples=%d (%.0f/s since the last report) auc=%.4f logloss=%.4f rows=%s",
+        log.info("examples=%d (%.0f/s since the last report) auc=%.4f logloss=%.4f rows[%s]",
                  stats.examples, rate.update(stats), p.get("auc", float("nan")),
-                 p.get("logloss", float("nan")), pipeline.trainer.table_rows())
+                 p.get("logloss", float("nan")), pipeline.trainer.rows_summary())
 
     # Whatever was opened is closed on every way out (a refused resume, an
     # unreachable broker): the checkpoint directory's lock above all.

@@ -140,8 +140,15 @@ def test_tables_fused_into_one_store_are_reported(caplog: pytest.LogCaptureFixtu
                                             "model.wide_terms": "user_id,hour"})
     with caplog.at_level(logging.INFO, logger="streamrec.model.tables.base"):
         trainer = OnlineTrainer.from_config(config)
-    assert "tables user_id, item_id, category, country share a config: fused into one store" \
+    assert "4 tables (user_id, item_id, category, country) share a config: fused into one store" \
         in caplog.text
     assert trainer.table_stores() == [["user_id", "item_id", "category", "country"], ["hour"],
                                       ["user_id#history", "item_id#history"],
                                       ["user_id#wide"], ["hour#wide"]]
+    # The progress line: each embedding table, the history and wide tables summed.
+    train(trainer, list(SyntheticStream(default()).events(300)))
+    rows = trainer.table_rows()
+    assert trainer.rows_summary() == " ".join(
+        [f"{f}={rows[f]:,}" for f in FEATURES.split(",")]
+        + [f"history={rows['user_id#history'] + rows['item_id#history']:,}",
+           f"wide={rows['user_id#wide'] + rows['hour#wide']:,} (2 terms)"])

@@ -56,7 +56,9 @@ def make_tables(names: list[str], dim: int, config_of: Callable[[str], TableConf
             tables[members[0]] = make_table(members[0], dim, config, seed=seed)
             continue
         if len(members) > 1:
-            log.info("tables %s share a config: fused into one store", ", ".join(members))
+            named = ", ".join(members[:8]) + (f" and {len(members) - 8} more"
+                                              if len(members) > 8 else "")
+            log.info("%d tables (%s) share a config: fused into one store", len(members), named)
         group = TableGroup(members, dim, config, seed=seed)
         tables.update(group.views)
     return {name: tables[name] for name in names}
