@@ -162,7 +162,7 @@ class ReplicaTableGroup:
             row_ids, new = self.index.lookup_or_insert(ids, tags=id_tags)
             self._count(id_tags[new], 1)
             self.weights = _grown(self.weights, self.index.row_capacity)
-            self.weights[row_ids] = torch.cat([rows.values for rows, _ in upserted])
+            self.weights[row_ids] = torch.cat([rows.values[:, :self.dim] for rows, _ in upserted])
 
     def _count(self, tags: torch.Tensor, sign: int) -> None:
         for tag, n in enumerate(torch.bincount(tags, minlength=len(self.names)).tolist()):
@@ -279,7 +279,11 @@ class _State:
                                     f"{tuple(v.shape)}")
         for t in delta.tables:
             table = self.tables.get(t.table)
-            if table is None or table.dim != t.dim:
+            # A wide row may come whole, [weight, Adagrad sum], from a trainer
+            # of a release that sent both: the replica keeps the weight.
+            fits = table is not None and (table.dim == t.dim or (
+                isinstance(table, _GroupMember) and t.dim == 2))
+            if not fits:
                 raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
 
     def set_dense(self, dense: DenseParameters) -> None:

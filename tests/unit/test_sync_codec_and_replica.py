@@ -132,6 +132,26 @@ def test_replica_scores_exactly_as_the_trainer_after_snapshot_and_deltas(
     assert replica.table_rows() == trainer.table_rows()
 
 
+def test_wide_rows_reach_replicas_as_weights_and_whole_rows_are_taken_too() -> None:
+    """A wide row is sent as its weight alone; a replica still takes it whole
+    ([weight, Adagrad sum]) from a trainer of a release that sent both."""
+    torch.set_num_threads(1)
+    trainer = OnlineTrainer.from_config(config(**{"model.wide_terms": "user_id,user_id*item_id"}))
+    stream = SyntheticStream(default())
+    train(trainer, list(stream.events(2000)))
+    snapshot = TrainerParameters(trainer).snapshot(1)
+    assert {t.table: t.dim for t in snapshot.tables if t.table.endswith("#wide")} == {
+        "user_id#wide": 1, "user_id*item_id#wide": 1}
+    whole = ParameterDelta(1, 0, True, [t.export_all() for t in trainer.tables.values()],
+                           snapshot.dense, snapshot.event_time_ms, 0, snapshot.model_spec)
+    assert {t.dim for t in whole.tables if t.table.endswith("#wide")} == {2}
+    probe = list(stream.events(50))
+    for delta in (snapshot, whole):
+        replica = ModelReplica(registry=CollectorRegistry())
+        replica.apply(decode_chunks(encode_chunks(delta, CHUNK)))
+        assert_same_scores(trainer, replica, probe)
+
+
 def test_tombstones_apply_before_rows_so_a_readmitted_id_stays() -> None:
     trainer = OnlineTrainer.from_config(config())
     train(trainer, list(SyntheticStream(default()).events(300)))
