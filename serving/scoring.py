@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -189,6 +189,26 @@ def score_columns(state: Any, request: CandidateColumns) -> torch.Tensor:
         return torch.sigmoid(logits)
 
 
+class _CrossPlan(NamedTuple):
+    """Terms as positions into their features: ``at[t, j]`` the ``j``-th feature of
+    term ``t`` (padded with its last), ``longer[t, j]`` whether it has a ``j``-th."""
+
+    features: tuple[str, ...]
+    at: torch.Tensor
+    longer: torch.Tensor
+
+
+@lru_cache(maxsize=64)
+def _cross_plan(terms: tuple[tuple[str, ...], ...]) -> _CrossPlan:
+    features = tuple(dict.fromkeys(f for term in terms for f in term))
+    position = {f: i for i, f in enumerate(features)}
+    longest = max(len(term) for term in terms)
+    at = torch.tensor([[position[term[min(j, len(term) - 1)]] for j in range(longest)]
+                       for term in terms])
+    longer = torch.tensor([[j < len(term) for j in range(longest)] for term in terms])
+    return _CrossPlan(features, at, longer)
+
+
 class _TermKeys:
     """A request's wide-term keys per candidate, from its sources: a candidate
     column gives each candidate its value, a request feature each of its values
@@ -206,6 +226,34 @@ class _TermKeys:
             self._columns[feature] = source.ids if not source.shared else \
                 source.ids.expand(self.n) if source.ids.numel() == 1 else None
         return self._columns[feature]
+
+    def many(self, terms: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every term's entries, ``(example, key, entries per term)``, in the order
+        of ``terms``: the terms whose features have one id per candidate keyed in
+        one pass, the others (a request feature of several values) one by one."""
+        plan = _cross_plan(tuple(map(tuple, terms)))
+        if all(self._column(f) is not None for f in plan.features):  # the common request
+            keys = self._crossed(plan)
+            return (self.candidates.repeat(len(terms)), keys.reshape(-1),
+                    torch.full((len(terms),), self.n, dtype=torch.int64))
+        is_columnar = [all(self._column(f) is not None for f in t) for t in terms]
+        columnar = [t for t, c in zip(terms, is_columnar) if c]
+        keys = self._crossed(_cross_plan(tuple(map(tuple, columnar)))) if columnar else \
+            torch.empty((0, self.n), dtype=torch.int64)
+        keyed = iter(keys)
+        parts = [(self.candidates, next(keyed)) if c else self(t)
+                 for t, c in zip(terms, is_columnar)]
+        return (torch.cat([e for e, _ in parts]), torch.cat([k for _, k in parts]),
+                torch.tensor([k.numel() for _, k in parts], dtype=torch.int64))
+
+    def _crossed(self, plan: _CrossPlan) -> torch.Tensor:
+        """``[terms, n]``: the keys of terms whose features all have a column."""
+        matrix = torch.stack([self._column(f) for f in plan.features])  # type: ignore[misc]
+        key = matrix.index_select(0, plan.at[:, 0])
+        for j in range(1, plan.at.shape[1]):
+            crossed = cross_keys(key, matrix.index_select(0, plan.at[:, j]))
+            key = torch.where(plan.longer[:, j:j + 1], crossed, key)
+        return key
 
     def __call__(self, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         columns = [self._column(f) for f in term]

@@ -144,13 +144,21 @@ class WideTerms:
 
     def logits_of(self, term_keys: TermKeys, batch: int, now_ms: int) -> torch.Tensor:
         """:meth:`logits` of ``batch`` examples whose keys ``term_keys(term)`` gives as
-        ``(example [E], key [E])`` (serving builds them from a request's columns)."""
+        ``(example [E], key [E])`` (serving builds them from a request's columns).
+        A ``term_keys`` with a ``many(terms)`` method gives every term's entries at
+        once instead, ``(example, key, entries per term)``."""
         total = torch.zeros(batch)
+        many = getattr(term_keys, "many", None)
         for store, members in self._units:  # (reads need no dedup: one lookup per entry)
-            entries = [(term_keys(term), tag) for term, tag in members]
-            example = torch.cat([e for (e, _), _ in entries])
-            keys = torch.cat([k for (_, k), _ in entries])
-            tags = torch.cat([torch.full_like(k, tag) for (_, k), tag in entries])
+            if many is not None:  # every term's entries at once, in the same order
+                example, keys, counts = many([term for term, _ in members])
+                tags = torch.repeat_interleave(
+                    torch.tensor([tag for _, tag in members], dtype=torch.int64), counts)
+            else:
+                entries = [(term_keys(term), tag) for term, tag in members]
+                example = torch.cat([e for (e, _), _ in entries])
+                keys = torch.cat([k for (_, k), _ in entries])
+                tags = torch.cat([torch.full_like(k, tag) for (_, k), tag in entries])
             rows = store.lookup(tags, keys, None, now_ms=now_ms, train=False)
             total.index_add_(0, example, store.read(rows)[:, 0])
         return total

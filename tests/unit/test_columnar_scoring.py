@@ -87,6 +87,22 @@ def test_columnar_scores_equal_the_row_by_row_reference(extra: dict[str, str]) -
         torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-6, rtol=0)
 
 
+def test_terms_keyed_at_once_score_to_the_bit_as_the_row_path() -> None:
+    """Every feature one value per candidate (the common request): all wide terms
+    are keyed in one pass (``_TermKeys.many``), in the row path's order."""
+    replica = trained_replica({})
+    rng = random.Random(3)
+    for _ in range(20):
+        user, n = rng.randrange(1, 300), rng.randrange(1, 60)
+        items = [rng.randrange(1, 400) for _ in range(n)]
+        shared = {"country": (f"k{rng.randrange(10)}",), "hour": (rng.randrange(30),)}
+        columns = {"category": [category(rng) for _ in range(n)]}
+        got, _ = replica.predict_columns(user, items, shared, columns)
+        want, _ = replica.score_rows([(user, item, {**shared, "category": (columns["category"][i],)})
+                                      for i, item in enumerate(items)])
+        assert got == want
+
+
 def test_a_request_without_features_scores_as_features_all_missing() -> None:
     replica = trained_replica({})
     got, _ = replica.predict_columns(5, [1, 2, 3])
