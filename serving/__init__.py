@@ -4,7 +4,7 @@ from streamrec._lazy import lazy_exports
 
 _EXPORTS = {
     "ModelReplica": "streamrec.serving.replica",
-    "EmbeddingTableReplica": "streamrec.serving.replica",
+    "ReplicaTableGroup": "streamrec.serving.replica",
     "RecommenderClient": "streamrec.serving.client",
     "Prediction": "streamrec.serving.client",
     "Recommendation": "streamrec.serving.client",

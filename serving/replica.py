@@ -2,8 +2,8 @@
 
 The replica scores with the trainer's own code — the same batching, pooling,
 pruning mask, history features and DeepFM module — over its own copy of the
-tables (:class:`EmbeddingTableReplica`, an id -> row map with no filter,
-expiry or optimizer state). So a replica at version v scores exactly as the
+tables (:class:`ReplicaTableGroup`: tables of one row width in one id -> row
+map, with no filter, expiry or optimizer state). So a replica at version v scores exactly as the
 trainer did when it exported v.
 
 Atomicity: ``apply`` takes a writer lock and ``predict`` a reader lock, so a
@@ -34,12 +34,11 @@ from streamrec.model.embedding import DynamicEmbeddingCollection
 from streamrec.model.history import HistoryFeatures, history_table_name
 from streamrec.model.wide import WideTerms, parse_terms, wide_table_name
 from streamrec.model.ctr import CTRModel, model_from_spec, spec_feature_tables
-from streamrec.model.delta import DenseParameters, EvictedIds, ParameterDelta, UpsertedRows
+from streamrec.model.delta import DenseParameters, ParameterDelta
 from streamrec.model.records import TableDelta
 from streamrec.model.tables.index import IdIndex
-from streamrec.model.tables.store import SingleTableStore
 
-__all__ = ["ModelReplica", "EmbeddingTableReplica", "NonFiniteScoreError"]
+__all__ = ["ModelReplica", "ReplicaTableGroup", "NonFiniteScoreError"]
 
 Features = Mapping[str, Sequence[FeatureValue]]
 
@@ -79,59 +78,19 @@ class _ReadWriteLock:
             self._cond.notify_all()
 
 
-class EmbeddingTableReplica:
-    """The serving copy of one embedding table: raw id -> row, nothing else.
-
-    Implements the read side of the table interface (``lookup`` with
-    ``train=False`` and ``read``, through its ``store`` of one), so the
-    model layer scores against it as the trainer does.
-    """
-
-    tag = 0
-
-    def __init__(self, name: str, dim: int) -> None:
-        self.name = name
-        self.dim = dim
-        self.index = IdIndex()
-        self.weights = torch.zeros((0, dim))
-        self.store = SingleTableStore(self)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def upsert(self, rows: UpsertedRows) -> None:
-        """Insert or overwrite the rows of ``rows.ids`` with ``rows.values``."""
-        if not len(rows):
-            return
-        row_ids, _ = self.index.lookup_or_insert(rows.ids)
-        self.weights = _grown(self.weights, self.index.row_capacity)
-        self.weights[row_ids] = rows.values
-
-    def remove(self, evicted: EvictedIds) -> None:
-        if len(evicted):
-            self.index.remove(evicted.ids)
-
-    def lookup(self, ids: torch.Tensor, counts: torch.Tensor | None = None, now_ms: int = 0,
-               train: bool = False) -> torch.Tensor:
-        return self.index.lookup(ids)
-
-    def read(self, row_ids: torch.Tensor) -> torch.Tensor:
-        return _read(self.weights, row_ids, self.dim)
-
-    def memory_bytes(self) -> int:
-        return self.weights.numel() * 4 + self.index.memory_bytes()
-
-
 class ReplicaTableGroup:
-    """Several serving tables of one row width in one tagged id index and one
-    weight tensor, looked up together (``lookup(tags, ids)``) as the trainer's
-    fused stores are: the wide terms' tables, one lookup for all their keys.
-    ``tables`` are the members, one per name, each applying its own deltas.
+    """Serving tables of one row width in one tagged id index and one weight
+    tensor, looked up together (``lookup(tags, ids)``) as the trainer's fused
+    stores are: the embedding tables, the history tables, the wide terms' tables,
+    one lookup each for all their keys. ``tables`` are the members, one per
+    name. Delta rows ``whole_dim`` wide are taken too, keeping their first
+    ``dim`` columns.
     """
 
-    def __init__(self, names: Sequence[str], dim: int) -> None:
+    def __init__(self, names: Sequence[str], dim: int, whole_dim: int | None = None) -> None:
         self.names = list(names)
         self.dim = dim
+        self.whole_dim = whole_dim or dim
         self.index = IdIndex(tagged=True)
         self.weights = torch.zeros((0, dim))
         self.rows_per_tag = [0] * len(self.names)
@@ -143,6 +102,10 @@ class ReplicaTableGroup:
 
     def read(self, row_ids: torch.Tensor) -> torch.Tensor:
         return _read(self.weights, row_ids, self.dim)
+
+    def takes(self, dim: int) -> bool:
+        """Whether a member takes delta rows ``dim`` wide."""
+        return dim in (self.dim, self.whole_dim)
 
     def apply(self, parts: Sequence[TableDelta]) -> None:
         """Apply the members' parts of one delta together: one removal and one
@@ -228,22 +191,20 @@ class _State:
         cfg = self.model.config
         self.batcher = Batcher(cfg.sparse_features, cfg.dense_features)
         self.features = frozenset([*cfg.sparse_features, *cfg.dense_features])
-        row_dim = self.model.row_dim
         feature_tables = spec_feature_tables(spec)
-        self.tables: dict[str, EmbeddingTableReplica | _GroupMember] = {
-            t: EmbeddingTableReplica(t, row_dim) for t in dict.fromkeys(feature_tables.values())}
-        embedding_tables = dict(self.tables)
-        history = {history_table_name(f): EmbeddingTableReplica(history_table_name(f), 2)
-                   for f in cfg.history_features}
-        self.tables.update(history)
+        embedding_tables = ReplicaTableGroup(list(dict.fromkeys(feature_tables.values())),
+                                             self.model.row_dim).tables
+        history = ReplicaTableGroup([history_table_name(f) for f in cfg.history_features],
+                                    2).tables
+        terms = parse_terms(cfg.wide_terms)
+        # A wide row's weight alone (TrainerParameters sends no Adagrad sum; a
+        # trainer of the release before sent both: whole rows are taken too).
+        wide = ReplicaTableGroup([wide_table_name(t) for t in terms], 1, whole_dim=2).tables
+        self.tables: dict[str, _GroupMember] = {**embedding_tables, **history, **wide}
         self.embeddings = DynamicEmbeddingCollection(
             embedding_tables, features=feature_tables)  # type: ignore[arg-type]
-        self.history = HistoryFeatures(cfg.history_features, history,
+        self.history = HistoryFeatures(cfg.history_features, history,  # type: ignore[arg-type]
                                        cap=cfg.history_cap, strength=cfg.history_strength)
-        terms = parse_terms(cfg.wide_terms)
-        # Replicas get a wide row's weight alone (TrainerParameters sends no Adagrad sum).
-        wide = ReplicaTableGroup([wide_table_name(t) for t in terms], 1).tables
-        self.tables.update(wide)
         self.wide = WideTerms(terms, wide)  # type: ignore[arg-type]
         self.version = 0
         self.event_time_ms = 0
@@ -279,11 +240,7 @@ class _State:
                                     f"{tuple(v.shape)}")
         for t in delta.tables:
             table = self.tables.get(t.table)
-            # A wide row may come whole, [weight, Adagrad sum], from a trainer
-            # of a release that sent both: the replica keeps the weight.
-            fits = table is not None and (table.dim == t.dim or (
-                isinstance(table, _GroupMember) and t.dim == 2))
-            if not fits:
+            if table is None or not table.store.takes(t.dim):
                 raise SyncError(f"delta for unknown table {t.table!r} (dim {t.dim})")
 
     def set_dense(self, dense: DenseParameters) -> None:
@@ -304,14 +261,8 @@ class _State:
         """The delta's rows (checked by :meth:`check`); a group's members together."""
         groups: dict[int, tuple[ReplicaTableGroup, list[TableDelta]]] = {}
         for t in delta.tables:
-            table = self.tables[t.table]
-            if isinstance(table, _GroupMember):
-                groups.setdefault(id(table.store), (table.store, []))[1].append(t)
-                continue
-            # Evicted ids first: an id evicted and re-admitted within one
-            # interval is in both and must end up present.
-            table.remove(t.evicted)
-            table.upsert(t.upserted)
+            store = self.tables[t.table].store
+            groups.setdefault(id(store), (store, []))[1].append(t)
         for group, parts in groups.values():
             group.apply(parts)
 

@@ -130,7 +130,26 @@ class _Source:
 
 def _rows(table: Any, ids: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
     """``[len(ids), dim]`` rows of ``ids`` (zeros where absent), OptEmbed's mask applied."""
-    rows = table.read(table.lookup(ids))
+    return _masked(table.read(table.lookup(ids)), threshold)
+
+
+def _feature_rows(tables: Sequence[Any], ids: Sequence[torch.Tensor],
+                  thresholds: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """:func:`_rows` of each ``(tables[k], ids[k], thresholds[k])``, with one lookup
+    per store for all the tables it holds (a replica holds them in one)."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(tables)
+    stores: dict[int, tuple[Any, list[int]]] = {}
+    for k, table in enumerate(tables):
+        stores.setdefault(id(table.store), (table.store, []))[1].append(k)
+    for store, at in stores.values():
+        tags = torch.cat([torch.full_like(ids[k], tables[k].tag) for k in at])
+        rows = store.read(store.lookup(tags, torch.cat([ids[k] for k in at])))
+        for k, part in zip(at, rows.split([ids[k].numel() for k in at])):
+            out[k] = _masked(part, thresholds[k])
+    return out
+
+
+def _masked(rows: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
     if threshold is None:
         return rows
     margin = rows.abs().sum(dim=1) - threshold
@@ -164,10 +183,11 @@ def score_columns(state: Any, request: CandidateColumns) -> torch.Tensor:
     with torch.inference_mode():
         sources = {f: _Source(request, f, state.batcher) for f, _ in plan.sparse}
         pooled = torch.empty((n, len(plan.sparse), state.model.row_dim))
-        for k, (feature, table) in enumerate(plan.sparse):
-            source = sources[feature]
-            rows = _rows(state.tables[table], source.ids, thresholds.get(table))
-            pooled[:, k] = _mean(rows) if source.shared else rows
+        rows_of = _feature_rows([state.tables[table] for _, table in plan.sparse],
+                                [sources[feature].ids for feature, _ in plan.sparse],
+                                [thresholds.get(table) for _, table in plan.sparse])
+        for k, ((feature, _), rows) in enumerate(zip(plan.sparse, rows_of)):
+            pooled[:, k] = _mean(rows) if sources[feature].shared else rows
         dense = torch.empty((n, len(plan.dense)))
         for k, feature in enumerate(plan.dense):
             if feature in request.columns:
