@@ -273,8 +273,9 @@ def test_a_commit_to_a_broker_that_went_away_never_blocks_the_loop() -> None:
             finally:
                 child.kill()
     assert errors == 1
-    # (Not a timing benchmark: 0.5 s polls against a wait of 5 s or more before.)
-    assert commit_s < 0.5 and slowest_poll_s < 2.5, (commit_s, slowest_poll_s)
+    # (Not a timing benchmark: 0.5 s polls against a wait of 5 s or more before;
+    # the bounds leave room for a busy machine.)
+    assert commit_s < 2.5 and slowest_poll_s < 4.0, (commit_s, slowest_poll_s)
 
 
 def _produce(broker: str, topic: str, events: list[Any]) -> None:
