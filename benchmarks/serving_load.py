@@ -22,9 +22,10 @@ machine's load hits them alike):
 
 With ``--baseline DIR`` each arm also runs from another checkout (built with
 ``setup.py build_ext --inplace``), as ``baseline:<arm>``, taking its turns in
-the same run. With ``--without-wide`` each arm also serves a model trained
-without wide terms (``model.wide_terms = ""``), as ``<arm>-no-wide``: what the
-wide terms cost a replica.
+the same run (its wide rows sent whole, as older replicas take them). With
+``--without-wide`` each arm also serves a model trained without wide terms
+(``model.wide_terms = ""``), as ``<arm>-no-wide``: what the wide terms cost a
+replica.
 
 Reported per arm and offered rate: goodput (answers within the deadline per
 second), refusals (RESOURCE_EXHAUSTED, or DEADLINE_EXCEEDED sent by the
@@ -180,6 +181,22 @@ def _sustained(rows: list[dict[str, Any]], p99_ms: float) -> float:
                 and r["p99_ms"] is not None and r["p99_ms"] <= p99_ms], default=0.0)
 
 
+def _whole_wide(delta: Any) -> Any:
+    """``delta`` with its wide rows ``[weight, 0]``: as replicas of a release that
+    took each row with its Adagrad sum (which they never read) want them."""
+    import torch
+
+    from streamrec.model.records import TableDelta, UpsertedRows
+
+    def whole(t: TableDelta) -> TableDelta:
+        if not t.table.endswith("#wide") or t.dim != 1:
+            return t
+        values = torch.cat([t.upserted.values, torch.zeros_like(t.upserted.values)], dim=1)
+        return TableDelta(t.table, 2, UpsertedRows(t.upserted.ids, values), t.evicted)
+
+    return replace(delta, tables=[whole(t) for t in delta.tables])
+
+
 def _start_replica(arm: str, snapshot: Any, env: dict[str, str], baseline: str | None
                    ) -> tuple[subprocess.Popen[bytes], str, Any]:
     """A ``streamrec serve`` process for ``arm``, holding ``snapshot``; its address and sink.
@@ -307,7 +324,10 @@ def main(argv: list[str] | None = None) -> int:
             # arms take turns at each rate: a change in the shared machine's
             # load meanwhile hits both arms alike.
             def model(arm: str) -> tuple[Any, list[Any]]:
-                return models[NO_WIDE if arm.endswith(NO_WIDE) else ""]
+                snapshot, deltas = models[NO_WIDE if arm.endswith(NO_WIDE) else ""]
+                if arm.startswith(BASELINE):  # an older replica may want whole wide rows
+                    return _whole_wide(snapshot), [_whole_wide(d) for d in deltas]
+                return snapshot, deltas
 
             for arm in arms:
                 servers[arm] = _start_replica(arm, model(arm)[0], env, args.baseline)
