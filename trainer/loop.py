@@ -216,8 +216,9 @@ class TrainingLoop:
         t0 = time.perf_counter()
         scored = fake = None
         if self.joiner is not None:
-            scored = torch.tensor([e.predicted is not None for e in events])
-            fake = torch.tensor([e.fake_negative for e in events])
+            # (dtype given: a rank's share of a step may be empty)
+            scored = torch.tensor([e.predicted is not None for e in events], dtype=torch.bool)
+            fake = torch.tensor([e.fake_negative for e in events], dtype=torch.bool)
         share = self.joiner.duplicated_share if self.joiner is not None else 1.0
         result = self.trainer.train_batch(batch, fake, share, observed, wide)
         if result.skipped:
