@@ -103,7 +103,8 @@ def run_arm(directory: Path, broker: str, topic: str, arm: str, events: int,
         try:
             while _learned(_ledgers(ckpt, ranks)) < events if ckpt.exists() else True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{arm} exited: see {directory / f'{arm}.log'}")
+                    tail = (directory / f"{arm}.log").read_text(errors="replace")[-6000:]
+                    raise RuntimeError(f"{arm} exited with {proc.returncode}:\n{tail}")
                 cpu.append((time.time(), _cpu_seconds(proc.pid, ranks)))
                 time.sleep(0.2)
         finally:
