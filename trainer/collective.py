@@ -44,24 +44,39 @@ class Collective:
         finally:
             self._slices = None
 
-    def all_gather(self, values: torch.Tensor) -> torch.Tensor:
-        """``values`` of every rank, concatenated (slices may differ in length)."""
+    def slice_sizes(self, n: int) -> list[int]:
+        """Every rank's slice size, this rank's being ``n``: known within
+        :meth:`slices`, else gathered (one collective)."""
+        if not self.distributed:
+            return [n]
+        if self._slices is not None:
+            return list(self._slices)
+        gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world_size())]
+        dist.all_gather(gathered, torch.tensor([n]), group=self.group)
+        return [int(g) for g in gathered]
+
+    def rank(self) -> int:
+        return dist.get_rank(self.group) if self.distributed else 0
+
+    def all_gather(self, values: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+        """``values`` of every rank, concatenated along the first dimension (slices may
+        differ in length). ``sizes``: every rank's length, when the caller knows them;
+        else those of :meth:`slices`, else they are gathered first."""
         if not self.distributed:
             return values
         world = dist.get_world_size(self.group)
-        if self._slices is not None:
+        if sizes is None and self._slices is not None:
             sizes = self._slices
+        if sizes is not None:
             mine = sizes[dist.get_rank(self.group)]
-            if values.numel() != mine:
-                raise RuntimeError(f"all_gather of {values.numel()} values on a rank whose "
+            if values.shape[0] != mine:
+                raise RuntimeError(f"all_gather of {values.shape[0]} values on a rank whose "
                                    f"slice holds {mine}")
         else:
-            gathered = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-            dist.all_gather(gathered, torch.tensor([values.numel()]), group=self.group)
-            sizes = [int(n) for n in gathered]
+            sizes = self.slice_sizes(values.shape[0])
         longest = max(sizes)
-        padded = torch.zeros(longest, dtype=values.dtype)
-        padded[: values.numel()] = values
+        padded = torch.zeros((longest, *values.shape[1:]), dtype=values.dtype)
+        padded[: values.shape[0]] = values
         parts = [torch.empty_like(padded) for _ in range(world)]
         dist.all_gather(parts, padded, group=self.group)
         return torch.cat([part[:n] for part, n in zip(parts, sizes)])

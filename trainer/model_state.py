@@ -9,7 +9,6 @@ tables and the embedding collection over them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -27,7 +26,6 @@ from streamrec.trainer.collective import Collective
 
 __all__ = ["ModelState", "build_model_state"]
 
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,13 +62,6 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
     row_dim = dense.row_dim
     if distributed:
         assert collective is not None
-        if model.wide_terms and not model.wide_terms_default:
-            raise ConfigError("model.wide_terms: not supported with distributed tables "
-                              "(trainer ranks) yet; set it to an empty list")
-        if model.wide_terms:
-            log.warning("model.wide_terms: the default terms are off with trainer ranks "
-                        "(learned one outcome at a time, in one process)")
-            model = dataclasses.replace(model, wide_terms=[])
         if model.in_batch_terms:
             raise ConfigError("model.in_batch_terms: not supported with distributed tables "
                               "yet (each rank sees only its slice of the batch); set it to "
@@ -97,10 +88,16 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
     # expiry); its rows (weight, sum of squared gradients) start at zero.
     terms = parse_terms(model.wide_terms)
     wide_first = {wide_table_name(t): t[0] for t in terms}
-    wide_tables = make_tables(
-        list(wide_first), 2,
-        lambda name: dataclasses.replace(tables(wide_first[name]), init_std=0.0), seed=seed)
-    wide = WideTerms(terms, wide_tables, lr=model.wide_lr)
+    def wide_config(name: str) -> TableConfig:
+        return dataclasses.replace(tables(wide_first[name]), init_std=0.0)
+
+    # On ranks, one sharded store for every term: a step reads their rows at once.
+    wide_tables: dict[str, EmbeddingTable] = dict(
+        DistributedTableStore(list(wide_first), 2, wide_config, seed=seed,
+                              group=collective.group).tables
+        if distributed and terms and collective is not None
+        else make_tables(list(wide_first), 2, wide_config, seed=seed))
+    wide = WideTerms(terms, wide_tables, lr=model.wide_lr, collective=collective)
     embeddings = DynamicEmbeddingCollection(
         embedding_tables, {t: tables(t).prune_alpha for t in table_names},
         features=feature_tables)

@@ -12,7 +12,7 @@ how: docs/design.md, "Wide terms".
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -98,6 +98,20 @@ class TermColumns:
         return example, key
 
 
+class Collective(Protocol):
+    """What the wide terms need of the trainer ranks' collectives
+    (:class:`streamrec.trainer.collective.Collective`)."""
+
+    distributed: bool
+
+    def slice_sizes(self, n: int) -> list[int]: ...
+
+    def rank(self) -> int: ...
+
+    def all_gather(self, values: torch.Tensor, sizes: list[int] | None = None
+                   ) -> torch.Tensor: ...
+
+
 class _Keys(NamedTuple):
     store: TableStore
     example: torch.Tensor  # [E] the example of each entry
@@ -115,10 +129,14 @@ class WideTerms:
     """
 
     def __init__(self, terms: list[list[str]], tables: Mapping[str, EmbeddingTable],
-                 lr: float = 0.1, acc0: float = 1.0) -> None:
+                 lr: float = 0.1, acc0: float = 1.0, collective: Collective | None = None
+                 ) -> None:
         self.terms = [list(t) for t in terms]
         self.tables = {wide_table_name(t): tables[wide_table_name(t)] for t in self.terms}
         self.lr, self.acc0 = lr, acc0
+        # Trainer ranks: the tables are sharded in one DistributedTableStore.
+        self.collective = collective if collective is not None and collective.distributed \
+            else None
         term_of = {wide_table_name(t): t for t in self.terms}
         # Tables looked up together, one pass per store: (store, [(term, tag)]).
         self._units = [(store, [(term_of[n], self.tables[n].tag) for n in names])
@@ -176,6 +194,8 @@ class WideTerms:
         count as sightings for their table's admission; keys not admitted
         read zero and learn nothing.
         """
+        if self.collective is not None:
+            return self._learn_together(sparse, base, outcomes, now_ms)
         batch = sparse.stride()
         keys = self._keys(TermColumns(sparse).term_keys)
         if not keys or batch == 0:
@@ -210,6 +230,55 @@ class WideTerms:
                 k.store.set_rows(part.index_select(0, keep), new[start:end].index_select(0, keep))
             start = end
         return sums
+
+    def _learn_together(self, sparse: KeyedJaggedTensor, base: torch.Tensor,
+                        outcomes: torch.Tensor, now_ms: int) -> torch.Tensor:
+        """:meth:`learn` on trainer ranks, as one process learns the global batch.
+
+        Collective. Every rank gathers the global batch's entries (rank 0's
+        slice first, as the ranks' steps order it), their base logits and
+        outcomes; reads every key's row from its owner (one all-reduce); learns
+        the whole global batch in order, as one process would; and writes the
+        rows it owns. The learning is done on every rank (cheap: the operator),
+        so no rank waits for another's results and nothing is sent back.
+        """
+        c = self.collective
+        assert c is not None and len(self._units) == 1
+        store, members = self._units[0]
+        batch = sparse.stride()
+        sizes = c.slice_sizes(batch)
+        offset, total = sum(sizes[:c.rank()]), sum(sizes)
+        if total == 0:  # (every rank knows it: none takes part in what follows)
+            return torch.zeros(batch)
+        columns = TermColumns(sparse)
+        parts = [(columns.term_keys(term), tag) for term, tag in members]
+        example = torch.cat([e for (e, _), _ in parts])
+        entries = torch.stack([example + offset, torch.cat([k for (_, k), _ in parts]),
+                               torch.cat([torch.full_like(k, tag) for (_, k), tag in parts])],
+                              dim=1)
+        per_example = torch.stack([base.detach().float(), outcomes[:, 0].float(),
+                                   outcomes[:, 1].float(),
+                                   torch.bincount(example, minlength=batch).float()], dim=1)
+        every = c.all_gather(per_example, sizes)
+        entry_sizes = [int(part.sum()) for part in every[:, 3].split(sizes)]
+        every_entry = c.all_gather(entries, entry_sizes)
+        examples, ids, tags = every_entry[:, 0], every_entry[:, 1], every_entry[:, 2]
+        global_outcomes = every[:, 1:3].contiguous()
+        unique, unique_tags, inverse, _ = native.unique_pairs(ids.contiguous(),
+                                                              tags.contiguous())
+        learned = (global_outcomes != 0).any(dim=1)
+        sightings = torch.zeros(unique.numel(), dtype=torch.int64).index_add_(
+            0, inverse, learned.index_select(0, examples).to(torch.int64))
+        state, found = store.owned_rows(unique_tags, unique, sightings, now_ms)
+        order = stable_argsort(examples)
+        offsets = torch.zeros(total + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(examples, minlength=total), 0, out=offsets[1:])
+        sums, new = native.wide_learn(state.contiguous(), offsets,
+                                      inverse.index_select(0, order), found,
+                                      every[:, 0].contiguous(), global_outcomes,
+                                      self.lr, self.acc0)
+        store.write_owned(new)
+        return sums[offset:offset + batch]
 
     @staticmethod
     def _sight(k: _Keys, learned: torch.Tensor, now_ms: int) -> torch.Tensor:

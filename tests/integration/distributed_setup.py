@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from streamrec.config import AppConfig, load_config
 
 GLOBAL_BATCH = 256
@@ -20,6 +22,13 @@ def bounds(step: int, world: int) -> list[int]:
     return [0, *cuts, GLOBAL_BATCH]
 
 
+def fake_negatives(events: list) -> torch.Tensor:
+    """Which examples count as fake negatives (ES-DFM's weighting): every 7th negative,
+    as the loop marks them (``[B]`` bool, empty for an empty slice)."""
+    return torch.tensor([e.label == 0 and int(e.event_id[1:]) % 7 == 0 for e in events],
+                        dtype=torch.bool)
+
+
 def config() -> AppConfig:
     # min_count and a short TTL put the frequency filter and expiry in play:
     # the synthetic stream spans 200 events per second of event time.
@@ -28,7 +37,7 @@ def config() -> AppConfig:
         "model.dense_features": "price",
         "model.history_features": "user_id,item_id",  # (the default)
         "model.in_batch_terms": "",
-        "model.wide_terms": "",  # (ranks train without them: one process learns them)
+        "model.wide_terms": "user_id,item_id,user_id*category,category*country",
         "table_defaults.min_count": "2",
         "table_defaults.ttl_s": "20",
         "trainer.batch_size": str(GLOBAL_BATCH),

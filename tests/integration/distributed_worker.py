@@ -15,7 +15,8 @@ import torch.distributed as dist
 
 from streamrec.ingest.batch import Batcher
 from streamrec.synthetic import SyntheticStream, default
-from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, bounds, config
+from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, bounds, config, \
+    fake_negatives
 from streamrec.trainer.trainer import OnlineTrainer
 
 
@@ -45,7 +46,10 @@ def main(out_dir: str) -> None:
     for step in range(STEPS):
         chunk = list(itertools.islice(events, GLOBAL_BATCH))
         cut = bounds(step, world)
-        trainer.train_batch(batcher.build(chunk[cut[rank]:cut[rank + 1]]))
+        # Every rank knows every slice's size, as the ranks' loop does.
+        mine = chunk[cut[rank]:cut[rank + 1]]
+        with trainer.collective.slices([b - a for a, b in zip(cut, cut[1:])]):
+            trainer.train_batch(batcher.build(mine), fake_negatives(mine), 0.5)
         if step == 0:
             calls[0] = 0  # (the first step also agrees on the initial bias)
     tables = {name: (rows.ids, rows.values) for name, rows in

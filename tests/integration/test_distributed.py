@@ -1,7 +1,7 @@
 """Tables sharded across two torch.distributed ranks train like one process.
 
 Two real processes started by torchrun (gloo on CPU) each own half of every
-table (embeddings and history counts) and train on a slice of each global batch (uneven, sometimes empty);
+table (embeddings, history counts, wide terms) and train on a slice of each global batch (uneven, sometimes empty);
 ids and gradients cross ranks with all-to-all. The union of their shards and their dense weights must equal
 a single-rank run over the same stream.
 """
@@ -18,7 +18,7 @@ import torch
 
 from streamrec.ingest.batch import Batcher
 from streamrec.synthetic import SyntheticStream, default
-from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, config
+from tests.integration.distributed_setup import GLOBAL_BATCH, STEPS, config, fake_negatives
 from tests.integration.processes import ROOT, free_port
 from streamrec.trainer.trainer import OnlineTrainer
 
@@ -42,7 +42,8 @@ def single_rank() -> OnlineTrainer:
     batcher = Batcher(cfg.model.sparse_features, cfg.model.dense_features)
     events = SyntheticStream(default()).events(GLOBAL_BATCH * STEPS)
     for _ in range(STEPS):
-        trainer.train_batch(batcher.build(list(itertools.islice(events, GLOBAL_BATCH))))
+        chunk = list(itertools.islice(events, GLOBAL_BATCH))
+        trainer.train_batch(batcher.build(chunk), fake_negatives(chunk), 0.5)
     return trainer
 
 
@@ -91,10 +92,12 @@ def test_two_ranks_match_one_rank_on_the_same_stream(ranks: list[dict]) -> None:
 def test_a_step_makes_one_exchange_for_every_table(ranks: list[dict]) -> None:
     # Each collective costs a round trip between the ranks (~1 ms on a loaded
     # 2-core machine, against ~3 ms for one process's whole step): a step's
-    # count must not grow with its tables. Per step: the timestamps' lengths
-    # and values (2), every embedding table's ids' counts, ids, rows and
-    # gradients (4), every history table's ids' counts, ids and counts back
-    # (3), the dense gradients with the step's scalars (1).
+    # count must not grow with its tables. Per step, every slice's size known
+    # (as in the ranks' loop): the timestamps (1), every embedding table's ids'
+    # counts, ids, rows and gradients (4), every history table's ids' counts,
+    # ids and counts back (3), the dense gradients with the step's scalars (1),
+    # every wide term's examples, their entries and their rows (3).
     model = config().model
-    assert (len(model.sparse_features), len(model.history_features)) == (4, 2)
-    assert [r["collectives_per_step"] for r in ranks] == [10, 10]
+    assert (len(model.sparse_features), len(model.history_features),
+            len(model.wide_terms)) == (4, 2, 4)
+    assert [r["collectives_per_step"] for r in ranks] == [12, 12]
