@@ -340,46 +340,6 @@ class DistributedEmbeddingTable:
                lr: float | None = None) -> None:
         self.store.update(row_ids, grads, lr)
 
-    def owned_rows(self, tags: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor,
-                   now_ms: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Collective. The rows ``[len(ids), dim]`` of pairs every rank names alike
-        (a global batch's), and whether each has one: each rank looks up the pairs
-        it owns, admitting by ``counts`` those with a count above 0 and only
-        reading the others, and one all-reduce gives every rank every row.
-        :meth:`write_owned` then stores new values of the pairs this rank owns."""
-        values = torch.zeros((ids.numel(), self.dim + 1))
-        mine = torch.nonzero(shard_of(ids, self.world) == self.rank).reshape(-1)
-        stores = self._store_of[tags.index_select(0, mine)]
-        self._owned = []
-        for i, store in enumerate(self._locals):
-            at = mine if len(self._locals) == 1 else mine[stores == i]
-            local_tags = self._local_tag[tags.index_select(0, at)]
-            pair_ids, pair_counts = ids.index_select(0, at), counts.index_select(0, at)
-            seen = torch.nonzero(pair_counts > 0).reshape(-1)
-            if seen.numel() == at.numel():  # (the common case: every pair sighted)
-                rows = store.lookup(local_tags, pair_ids, pair_counts, now_ms=now_ms,
-                                    train=True)
-            else:
-                rows = store.lookup(local_tags, pair_ids, None, now_ms=now_ms, train=False)
-            if 0 < seen.numel() < at.numel():
-                rows.index_copy_(0, seen, store.lookup(
-                    local_tags.index_select(0, seen), pair_ids.index_select(0, seen),
-                    pair_counts.index_select(0, seen), now_ms=now_ms, train=True))
-            found = torch.nonzero(rows >= 0).reshape(-1)
-            values[at.index_select(0, found), :-1] = store.read(rows.index_select(0, found))
-            values[at.index_select(0, found), -1] = 1.0
-            self._owned.append((store, at.index_select(0, found), rows.index_select(0, found)))
-        dist.all_reduce(values, group=self.group)
-        return values[:, :-1], values[:, -1] > 0
-
-    def write_owned(self, values: torch.Tensor) -> None:
-        """Store ``values`` (a row per pair of the last :meth:`owned_rows`) of the pairs
-        this rank owns and holds (not collective)."""
-        for store, at, rows in self._owned:
-            if at.numel():
-                store.set_rows(rows, values.index_select(0, at))
-        self._owned = []
-
     def set_rows(self, row_ids: torch.Tensor, values: torch.Tensor) -> None:
         self.store.set_rows(row_ids, values)
 
