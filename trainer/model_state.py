@@ -72,31 +72,26 @@ def build_model_state(model: ModelConfig, tables: Callable[[str], TableConfig], 
         embedding_tables: dict[str, EmbeddingTable] = dict(store.tables)
     else:
         embedding_tables = make_tables(table_names, row_dim, tables, seed=seed)
+
+    def counter_tables(owner: Mapping[str, str]) -> dict[str, EmbeddingTable]:
+        """Tables of ``[2]`` rows starting at zero, each configured like the feature
+        ``owner[name]`` (same admission, same expiry); sharded in one store on ranks."""
+        def config_of(name: str) -> TableConfig:
+            return dataclasses.replace(tables(owner[name]), init_std=0.0)
+
+        if distributed and owner and collective is not None:
+            return dict(DistributedTableStore(list(owner), 2, config_of, seed=seed,
+                                              group=collective.group).tables)
+        return dict(make_tables(list(owner), 2, config_of, seed=seed))
+
+    # History counts start at zero, not at random values: an id's first example
+    # must see n = c = 0, as serving does.
     history_features = {history_table_name(f): f for f in model.history_features}
-    # A history table shares its feature's config (same admission, same
-    # expiry), except that counts start at zero, not at random values:
-    # an id's first example must see n = c = 0, as serving does.
-    def history_config(name: str) -> TableConfig:
-        return dataclasses.replace(tables(history_features[name]), init_std=0.0)
-
-    history_tables: dict[str, EmbeddingTable] = dict(
-        DistributedTableStore(list(history_features), 2, history_config, seed=seed,
-                              group=collective.group).tables
-        if distributed and history_features and collective is not None
-        else make_tables(list(history_features), 2, history_config, seed=seed))
-    # A wide term's table is configured like its first feature's (admission,
-    # expiry); its rows (weight, sum of squared gradients) start at zero.
+    history_tables = counter_tables(history_features)
+    # A wide term's table is configured like its first feature's; its rows
+    # (weight, sum of squared gradients) start at zero.
     terms = parse_terms(model.wide_terms)
-    wide_first = {wide_table_name(t): t[0] for t in terms}
-    def wide_config(name: str) -> TableConfig:
-        return dataclasses.replace(tables(wide_first[name]), init_std=0.0)
-
-    # On ranks, one sharded store for every term: a step reads their rows at once.
-    wide_tables: dict[str, EmbeddingTable] = dict(
-        DistributedTableStore(list(wide_first), 2, wide_config, seed=seed,
-                              group=collective.group).tables
-        if distributed and terms and collective is not None
-        else make_tables(list(wide_first), 2, wide_config, seed=seed))
+    wide_tables = counter_tables({wide_table_name(t): t[0] for t in terms})
     wide = WideTerms(terms, wide_tables, lr=model.wide_lr, collective=collective)
     embeddings = DynamicEmbeddingCollection(
         embedding_tables, {t: tables(t).prune_alpha for t in table_names},
