@@ -34,6 +34,7 @@ def trained_snapshot(events: int, deltas: int, overrides: dict[str, str] | None 
     for start in range(0, len(learned), size):
         trainer.train_batch(batcher.build(learned[start:start + size]))
     snapshot = parameters.snapshot(1)
+    parameters.collect_delta(1)  # (a snapshot leaves the rows it holds marked as changed)
     # What the trainer changes between syncs, one step each.
     changes = []
     for version in range(2, 2 + deltas):
