@@ -3,14 +3,18 @@
 The replica scores with the trainer's own code — the same batching, pooling,
 pruning mask, history features and DeepFM module — over its own copy of the
 tables (:class:`ReplicaTableGroup`: tables of one row width in one id -> row
-map, with no filter, expiry or optimizer state). So a replica at version v scores exactly as the
-trainer did when it exported v.
+map, with no filter, expiry or optimizer state). So a replica at version v
+scores exactly as the trainer did when it exported v.
 
 Atomicity: ``apply`` takes a writer lock and ``predict`` a reader lock, so a
 request sees version v or v + 1, never a mix. A full snapshot builds a fresh
 state off to the side and swaps it in; a delta mutates in place under the
 writer lock, which costs O(rows in the delta), not O(table) as copy-on-write
-would. Readers run concurrently with each other.
+would. What only reads is done before the writer lock, while requests are
+scored: checking the delta and looking up its ids (one delta is applied at a
+time, so no other writer moves the tables meanwhile); under the lock, evicted
+ids are removed, new ids get rows and the rows are written. Readers run
+concurrently with each other.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 from prometheus_client import CollectorRegistry
@@ -78,6 +83,16 @@ class _ReadWriteLock:
             self._cond.notify_all()
 
 
+class _Prepared(NamedTuple):
+    """One group's part of a delta, looked up before the writer lock."""
+
+    gone: tuple[torch.Tensor, torch.Tensor] | None  # evicted (ids, tags)
+    ids: torch.Tensor  # upserted ids
+    tags: torch.Tensor  # their tags
+    rows: torch.Tensor  # their rows when looked up (-1: absent, or evicted in this delta)
+    values: torch.Tensor
+
+
 class ReplicaTableGroup:
     """Serving tables of one row width in one tagged id index and one weight
     tensor, looked up together (``lookup(tags, ids)``) as the trainer's fused
@@ -107,25 +122,43 @@ class ReplicaTableGroup:
         """Whether a member takes delta rows ``dim`` wide."""
         return dim in (self.dim, self.whole_dim)
 
-    def apply(self, parts: Sequence[TableDelta]) -> None:
-        """Apply the members' parts of one delta together: one removal and one
-        upsert for all of them (evicted ids first, as for a single table)."""
+    def prepare(self, parts: Sequence[TableDelta]) -> _Prepared:
+        """The members' parts of one delta, keyed and looked up: read-only, so it runs
+        while requests are scored (one applier at a time: see ModelReplica)."""
         tags = [self.tables[t.table].tag for t in parts]
         evicted = [(t.evicted.ids, tag) for t, tag in zip(parts, tags) if len(t.evicted)]
-        if evicted:
-            ids, id_tags = _tagged(evicted)
+        upserted = [(t.upserted, tag) for t, tag in zip(parts, tags) if len(t.upserted)]
+        gone = _tagged(evicted) if evicted else None
+        ids, id_tags = _tagged([(r.ids, tag) for r, tag in upserted]) if upserted else \
+            (torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64))
+        rows = self.index.lookup(ids, id_tags)
+        if gone is not None:  # an id evicted and upserted in one delta is found again after
+            rows[torch.isin(ids, gone[0])] = -1
+        values = torch.cat([r.values[:, :self.dim] for r, _ in upserted]) if upserted else \
+            torch.empty((0, self.dim))
+        return _Prepared(gone, ids, id_tags, rows, values)
+
+    def commit(self, prepared: _Prepared) -> None:
+        """Apply a delta part from :meth:`prepare` (readers held back): evicted ids first,
+        then the ids not found get rows, then every row its values."""
+        if prepared.gone is not None:
+            ids, id_tags = prepared.gone
             rows = self.index.lookup(ids, id_tags)
             present = rows >= 0  # (an id may be evicted twice in one delta: counted once)
             freed, first = torch.unique(rows[present], return_inverse=True)
             self._count(torch.zeros_like(freed).index_copy_(0, first, id_tags[present]), -1)
             self.index.remove(ids, id_tags)
-        upserted = [(t.upserted, tag) for t, tag in zip(parts, tags) if len(t.upserted)]
-        if upserted:
-            ids, id_tags = _tagged([(rows.ids, tag) for rows, tag in upserted])
-            row_ids, new = self.index.lookup_or_insert(ids, tags=id_tags)
-            self._count(id_tags[new], 1)
+        rows = prepared.rows
+        missing = torch.nonzero(rows < 0).reshape(-1)
+        if missing.numel():
+            rows = rows.clone()
+            found, new = self.index.lookup_or_insert(prepared.ids.index_select(0, missing),
+                                                     tags=prepared.tags.index_select(0, missing))
+            rows[missing] = found
+            self._count(prepared.tags.index_select(0, missing)[new], 1)
+        if rows.numel():
             self.weights = _grown(self.weights, self.index.row_capacity)
-            self.weights[row_ids] = torch.cat([rows.values[:, :self.dim] for rows, _ in upserted])
+            self.weights[rows] = prepared.values
 
     def _count(self, tags: torch.Tensor, sign: int) -> None:
         for tag, n in enumerate(torch.bincount(tags, minlength=len(self.names)).tolist()):
@@ -257,14 +290,23 @@ class _State:
                 features=self.embeddings.table_of)
         self.embeddings.set_thresholds(thresholds)
 
-    def apply_tables(self, delta: ParameterDelta) -> None:
-        """The delta's rows (checked by :meth:`check`); a group's members together."""
+    def prepare_tables(self, delta: ParameterDelta
+                       ) -> list[tuple[ReplicaTableGroup, _Prepared]]:
+        """The delta's rows (checked by :meth:`check`) looked up per group, a group's
+        members together: read-only, while requests are scored."""
         groups: dict[int, tuple[ReplicaTableGroup, list[TableDelta]]] = {}
         for t in delta.tables:
             store = self.tables[t.table].store
             groups.setdefault(id(store), (store, []))[1].append(t)
-        for group, parts in groups.values():
-            group.apply(parts)
+        return [(group, group.prepare(parts)) for group, parts in groups.values()]
+
+    @staticmethod
+    def commit_tables(prepared: list[tuple[ReplicaTableGroup, _Prepared]]) -> None:
+        for group, part in prepared:
+            group.commit(part)
+
+    def apply_tables(self, delta: ParameterDelta) -> None:
+        self.commit_tables(self.prepare_tables(delta))
 
     @torch.no_grad()
     def score(self, rows: list[tuple[int, int, Features | None]]) -> torch.Tensor:
@@ -286,6 +328,7 @@ class ModelReplica:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self._lock = _ReadWriteLock()
+        self._applying = threading.Lock()
         self._state: _State | None = None
         self.metrics = ServingMetrics(self, registry)
 
@@ -352,6 +395,10 @@ class ModelReplica:
         self.metrics.deltas.labels(kind, "ok").inc()
 
     def _apply(self, delta: ParameterDelta) -> None:
+        with self._applying:  # one delta or snapshot at a time
+            self._apply_one(delta)
+
+    def _apply_one(self, delta: ParameterDelta) -> None:
         if delta.version <= 0:
             raise SyncError(f"version {delta.version}: versions start at 1")
         if delta.full:
@@ -376,13 +423,14 @@ class ModelReplica:
             finally:
                 self._lock.release_write()
             return
-        # Checked before the writer lock, which holds every request back: the
-        # check reads only the delta and the model spec's shapes.
+        # Checked and looked up before the writer lock, which holds every request
+        # back: the check reads only the delta and the model spec's shapes, the
+        # lookups only the tables, which no other applier changes meanwhile.
+        prepared = None
         checked = self._state
         if checked is not None and delta.base_version == checked.version < delta.version:
             checked.check(delta)
-        else:
-            checked = None
+            prepared = checked.prepare_tables(delta)
         self._lock.acquire_write()
         try:
             state = self._state
@@ -390,11 +438,12 @@ class ModelReplica:
                 raise VersionGapError(self.version, delta.base_version)
             if delta.version <= state.version:
                 raise StaleVersionError(state.version, delta.version)
-            if state is not checked:  # a snapshot replaced the state meanwhile
+            if state is not checked or prepared is None:  # (not expected: one applier)
                 state.check(delta)
+                prepared = state.prepare_tables(delta)
             if not delta.dense.is_empty():
                 state.set_dense(delta.dense)
-            state.apply_tables(delta)
+            state.commit_tables(prepared)
             self._stamp(state, delta)
         finally:
             self._lock.release_write()
