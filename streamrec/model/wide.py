@@ -20,7 +20,7 @@ from streamrec import native
 from streamrec.ingest.batch import KeyedJaggedTensor
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
 from streamrec.model.tables.sort import stable_argsort
-from streamrec.model.tables.store import TableStore, stores_of
+from streamrec.model.tables.store import TableStore, sighted_lookup, stores_of
 
 __all__ = ["TermColumns", "TermKeys", "WideTerms", "cross_keys", "wide_table_name",
            "parse_terms"]
@@ -121,6 +121,22 @@ class _Keys(NamedTuple):
     seen: torch.Tensor  # [U] entries per unique key
 
 
+def _entries(term_keys: TermKeys, members: list[tuple[list[str], int]]
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(example, key, tag)`` of every entry of the terms ``members`` (term, its
+    table's tag), term after term."""
+    parts = [(term_keys(term), tag) for term, tag in members]
+    return (torch.cat([e for (e, _), _ in parts]), torch.cat([k for (_, k), _ in parts]),
+            torch.cat([torch.full_like(k, tag) for (_, k), tag in parts]))
+
+
+def _sightings(inverse: torch.Tensor, example: torch.Tensor, learned: torch.Tensor,
+               keys: int) -> torch.Tensor:
+    """``[keys]``: entries per key whose example has an outcome (``learned``)."""
+    return torch.zeros(keys, dtype=torch.int64).index_add_(
+        0, inverse, learned.index_select(0, example).to(torch.int64))
+
+
 class WideTerms:
     """Reads and learns the wide terms of a batch.
 
@@ -145,15 +161,9 @@ class WideTerms:
     def _keys(self, term_keys: TermKeys) -> list[_Keys]:
         out = []
         for store, members in self._units:
-            examples, ids, tags = [], [], []
-            for term, tag in members:
-                example, key = term_keys(term)
-                examples.append(example)
-                ids.append(key)
-                tags.append(torch.full_like(key, tag))
-            all_examples, all_ids, all_tags = torch.cat(examples), torch.cat(ids), torch.cat(tags)
-            unique, unique_tags, inverse, seen = native.unique_pairs(all_ids, all_tags)
-            out.append(_Keys(store, all_examples, unique, unique_tags, inverse, seen))
+            example, ids, tags = _entries(term_keys, members)
+            unique, unique_tags, inverse, seen = native.unique_pairs(ids, tags)
+            out.append(_Keys(store, example, unique, unique_tags, inverse, seen))
         return out
 
     def logits(self, sparse: KeyedJaggedTensor, now_ms: int) -> torch.Tensor:
@@ -173,10 +183,7 @@ class WideTerms:
                 tags = torch.repeat_interleave(
                     torch.tensor([tag for _, tag in members], dtype=torch.int64), counts)
             else:
-                entries = [(term_keys(term), tag) for term, tag in members]
-                example = torch.cat([e for (e, _), _ in entries])
-                keys = torch.cat([k for (_, k), _ in entries])
-                tags = torch.cat([torch.full_like(k, tag) for (_, k), tag in entries])
+                example, keys, tags = _entries(term_keys, members)
             rows = store.lookup(tags, keys, None, now_ms=now_ms, train=False)
             total.index_add_(0, example, store.read(rows)[:, 0])
         return total
@@ -205,23 +212,18 @@ class WideTerms:
         offset = 0
         every = bool(learned.all())
         for k in keys:
-            if every:  # (the common case: one lookup, every key seen once per entry)
-                rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=True)
-            else:
-                rows = self._sight(k, learned, now_ms)
+            # (the common case: every entry learned, each key sighted once per entry)
+            sightings = k.seen if every else _sightings(k.inverse, k.example, learned,
+                                                        k.ids.numel())
+            rows = sighted_lookup(k.store, k.tags, k.ids, sightings, now_ms)
             states.append(k.store.read(rows))
             rows_of.append(rows)
             slots.append(k.inverse + offset)
             examples.append(k.example)
             offset += k.ids.numel()
         state, rows = torch.cat(states), torch.cat(rows_of)
-        example, slot = torch.cat(examples), torch.cat(slots)
-        order = stable_argsort(example)
-        offsets = torch.zeros(batch + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(example, minlength=batch), 0, out=offsets[1:])
-        sums, new = native.wide_learn(state.contiguous(), offsets, slot.index_select(0, order),
-                                      rows >= 0, base.detach().float().contiguous(),
-                                      outcomes.float().contiguous(), self.lr, self.acc0)
+        sums, new = self._learn_in_order(state, rows >= 0, torch.cat(examples),
+                                         torch.cat(slots), batch, base, outcomes)
         start = 0
         for k, part in zip(keys, rows_of):
             end = start + part.numel()
@@ -250,12 +252,8 @@ class WideTerms:
         offset, total = sum(sizes[:c.rank()]), sum(sizes)
         if total == 0:  # (every rank knows it: none takes part in what follows)
             return torch.zeros(batch)
-        columns = TermColumns(sparse)
-        parts = [(columns.term_keys(term), tag) for term, tag in members]
-        example = torch.cat([e for (e, _), _ in parts])
-        entries = torch.stack([example + offset, torch.cat([k for (_, k), _ in parts]),
-                               torch.cat([torch.full_like(k, tag) for (_, k), tag in parts])],
-                              dim=1)
+        example, keys, tags = _entries(TermColumns(sparse).term_keys, members)
+        entries = torch.stack([example + offset, keys, tags], dim=1)
         per_example = torch.stack([base.detach().float(), outcomes[:, 0].float(),
                                    outcomes[:, 1].float(),
                                    torch.bincount(example, minlength=batch).float()], dim=1)
@@ -267,32 +265,26 @@ class WideTerms:
         unique, unique_tags, inverse, _ = native.unique_pairs(ids.contiguous(),
                                                               tags.contiguous())
         learned = (global_outcomes != 0).any(dim=1)
-        sightings = torch.zeros(unique.numel(), dtype=torch.int64).index_add_(
-            0, inverse, learned.index_select(0, examples).to(torch.int64))
+        sightings = _sightings(inverse, examples, learned, unique.numel())
         state, found = store.owned_rows(unique_tags, unique, sightings, now_ms)
-        order = stable_argsort(examples)
-        offsets = torch.zeros(total + 1, dtype=torch.int64)
-        torch.cumsum(torch.bincount(examples, minlength=total), 0, out=offsets[1:])
-        sums, new = native.wide_learn(state.contiguous(), offsets,
-                                      inverse.index_select(0, order), found,
-                                      every[:, 0].contiguous(), global_outcomes,
-                                      self.lr, self.acc0)
+        sums, new = self._learn_in_order(state, found, examples, inverse, total, every[:, 0],
+                                         global_outcomes)
         store.write_owned(new)
         return sums[offset:offset + batch]
 
-    @staticmethod
-    def _sight(k: _Keys, learned: torch.Tensor, now_ms: int) -> torch.Tensor:
-        """The rows of ``k``'s keys; those of examples with an outcome are sighted
-        (admission counts them), the others only read."""
-        rows = k.store.lookup(k.tags, k.ids, k.seen, now_ms=now_ms, train=False)
-        sightings = torch.zeros_like(k.seen).index_add_(
-            0, k.inverse, learned.index_select(0, k.example).to(k.seen.dtype))
-        admit = torch.nonzero(sightings > 0).reshape(-1)
-        if admit.numel():
-            rows.index_copy_(0, admit, k.store.lookup(
-                k.tags.index_select(0, admit), k.ids.index_select(0, admit),
-                sightings.index_select(0, admit), now_ms=now_ms, train=True))
-        return rows
+    def _learn_in_order(self, state: torch.Tensor, found: torch.Tensor,
+                        example: torch.Tensor, slot: torch.Tensor, batch: int,
+                        base: torch.Tensor, outcomes: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The operator over ``batch`` examples, each entry (``example``, key ``slot``
+        into ``state``) taken in example order: ``([B]`` sums before each example's
+        step, new ``state``)."""
+        order = stable_argsort(example)
+        offsets = torch.zeros(batch + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(example, minlength=batch), 0, out=offsets[1:])
+        return native.wide_learn(state.contiguous(), offsets, slot.index_select(0, order),
+                                 found, base.detach().float().contiguous(),
+                                 outcomes.float().contiguous(), self.lr, self.acc0)
 
     def table_names(self) -> list[str]:
         return list(self.tables)

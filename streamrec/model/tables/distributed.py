@@ -34,7 +34,7 @@ from streamrec.model.tables.base import make_tables
 from streamrec.model.tables.rows import SWEEP_ROWS, TableStats
 from streamrec.model.tables.sharded import shard_of
 from streamrec.model.tables.sort import exclusive_sums
-from streamrec.model.tables.store import EmbeddingTable, TableStore, stores_of
+from streamrec.model.tables.store import EmbeddingTable, TableStore, sighted_lookup, stores_of
 
 __all__ = ["DistributedEmbeddingTable", "DistributedTableStore"]
 
@@ -209,17 +209,8 @@ class DistributedTableStore:
         for i, store in enumerate(self._locals):
             at = mine if len(self._locals) == 1 else mine[stores == i]
             local_tags = self._local_tag[tags.index_select(0, at)]
-            pair_ids, pair_counts = ids.index_select(0, at), counts.index_select(0, at)
-            seen = torch.nonzero(pair_counts > 0).reshape(-1)
-            if seen.numel() == at.numel():  # (the common case: every pair sighted)
-                rows = store.lookup(local_tags, pair_ids, pair_counts, now_ms=now_ms,
-                                    train=True)
-            else:
-                rows = store.lookup(local_tags, pair_ids, None, now_ms=now_ms, train=False)
-            if 0 < seen.numel() < at.numel():
-                rows.index_copy_(0, seen, store.lookup(
-                    local_tags.index_select(0, seen), pair_ids.index_select(0, seen),
-                    pair_counts.index_select(0, seen), now_ms=now_ms, train=True))
+            rows = sighted_lookup(store, local_tags, ids.index_select(0, at),
+                                  counts.index_select(0, at), now_ms)
             found = torch.nonzero(rows >= 0).reshape(-1)
             values[at.index_select(0, found), :-1] = store.read(rows.index_select(0, found))
             values[at.index_select(0, found), -1] = 1.0

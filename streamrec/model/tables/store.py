@@ -17,7 +17,7 @@ import torch
 from streamrec.model.records import TableDelta
 from streamrec.model.tables.rows import TableStats
 
-__all__ = ["EmbeddingTable", "SingleTableStore", "TableStore", "stores_of"]
+__all__ = ["EmbeddingTable", "SingleTableStore", "TableStore", "sighted_lookup", "stores_of"]
 
 
 @runtime_checkable
@@ -127,3 +127,19 @@ def stores_of(tables: Mapping[str, _HasStore]) -> list[tuple[TableStore, list[st
     for name, table in tables.items():
         found.setdefault(id(table.store), (table.store, []))[1].append(name)
     return list(found.values())
+
+
+def sighted_lookup(store: TableStore, tags: torch.Tensor, ids: torch.Tensor,
+                   sightings: torch.Tensor, now_ms: int) -> torch.Tensor:
+    """Rows of unique ``(tags, ids)`` pairs (-1 where none): a pair sighted at least
+    once is looked up for training (its ``sightings`` count for admission, and it
+    may get a row), the others only read."""
+    sighted = torch.nonzero(sightings > 0).reshape(-1)
+    if sighted.numel() == ids.numel():  # (the common case: every pair sighted)
+        return store.lookup(tags, ids, sightings, now_ms=now_ms, train=True)
+    rows = store.lookup(tags, ids, None, now_ms=now_ms, train=False)
+    if sighted.numel():
+        rows.index_copy_(0, sighted, store.lookup(
+            tags.index_select(0, sighted), ids.index_select(0, sighted),
+            sightings.index_select(0, sighted), now_ms=now_ms, train=True))
+    return rows
