@@ -416,31 +416,23 @@ class ModelReplica:
             self._stamp(state, delta)
             self._lock.acquire_write()
             try:
-                # Checked again: another push may have moved it meanwhile.
-                if self._state is not None and delta.version <= self._state.version:
-                    raise StaleVersionError(self._state.version, delta.version)
                 self._state = state
             finally:
                 self._lock.release_write()
             return
-        # Checked and looked up before the writer lock, which holds every request
-        # back: the check reads only the delta and the model spec's shapes, the
-        # lookups only the tables, which no other applier changes meanwhile.
-        prepared = None
-        checked = self._state
-        if checked is not None and delta.base_version == checked.version < delta.version:
-            checked.check(delta)
-            prepared = checked.prepare_tables(delta)
+        # Only an applier changes the state and its tables, one at a time
+        # (self._applying): the versions, the check (the delta and the model
+        # spec's shapes) and the lookups of the delta's ids are read before the
+        # writer lock, which holds every request back.
+        state = self._state
+        if state is None or delta.base_version != state.version:
+            raise VersionGapError(self.version, delta.base_version)
+        if delta.version <= state.version:
+            raise StaleVersionError(state.version, delta.version)
+        state.check(delta)
+        prepared = state.prepare_tables(delta)
         self._lock.acquire_write()
         try:
-            state = self._state
-            if state is None or delta.base_version != state.version:
-                raise VersionGapError(self.version, delta.base_version)
-            if delta.version <= state.version:
-                raise StaleVersionError(state.version, delta.version)
-            if state is not checked or prepared is None:  # (not expected: one applier)
-                state.check(delta)
-                prepared = state.prepare_tables(delta)
             if not delta.dense.is_empty():
                 state.set_dense(delta.dense)
             state.commit_tables(prepared)
