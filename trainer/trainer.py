@@ -290,29 +290,26 @@ class OnlineTrainer:
         """
         with self.lock:
             counts = self.history.observe(batch.sparse, outcomes, self.event_time_ms)
-            self.model.eval()
-            pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
-            logits = self.model(pooled, batch.dense, counts)
+            logits = self._deep_logits(batch, counts)
             wide = self.wide.learn(batch.sparse, logits, outcomes, self.event_time_ms) \
                 if self.wide.terms else torch.zeros_like(logits)
             return Observed(counts, wide, torch.sigmoid(logits + wide))
 
     @torch.no_grad()
-    def predict(self, batch: Batch, history: torch.Tensor | None = None) -> torch.Tensor:
-        """Click probabilities for ``batch`` without learning or admitting ids.
-
-        ``history``: the ``[B, H, 2]`` counts to score with (from
-        :meth:`observe`); without, the stored counts.
-        """
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """Click probabilities for ``batch`` without learning or admitting ids."""
         with self.lock:
-            self.model.eval()
-            pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
-            if history is None:
-                history = self.history.counts(batch.sparse, None, self.event_time_ms)
-            logits = self.model(pooled, batch.dense, history)
+            logits = self._deep_logits(
+                batch, self.history.counts(batch.sparse, None, self.event_time_ms))
             if self.wide.terms:
                 logits = logits + self.wide.logits(batch.sparse, self.event_time_ms)
             return torch.sigmoid(logits)
+
+    def _deep_logits(self, batch: Batch, history: torch.Tensor | None) -> torch.Tensor:
+        """``[B]``: the deep part's logits of ``batch`` with ``history`` counts (no learning)."""
+        self.model.eval()
+        pooled = self.embeddings.forward(batch.sparse, self.event_time_ms, train=False)
+        return self.model(pooled, batch.dense, history)
 
     def dense_state(self) -> dict[str, torch.Tensor]:
         """A copy of the dense model's weights."""
