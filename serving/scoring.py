@@ -128,15 +128,16 @@ class _Source:
             self.ids = _ids(request.shared.get(feature, ()), batcher)
 
 
-def _rows(table: Any, ids: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
-    """``[len(ids), dim]`` rows of ``ids`` (zeros where absent), OptEmbed's mask applied."""
-    return _masked(table.read(table.lookup(ids)), threshold)
+def _rows(table: Any, ids: torch.Tensor) -> torch.Tensor:
+    """``[len(ids), dim]`` rows of ``ids`` (zeros where absent)."""
+    return table.read(table.lookup(ids))  # type: ignore[no-any-return]
 
 
 def _feature_rows(tables: Sequence[Any], ids: Sequence[torch.Tensor],
                   thresholds: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
-    """:func:`_rows` of each ``(tables[k], ids[k], thresholds[k])``, with one lookup
-    per store for all the tables it holds (a replica holds them in one)."""
+    """``[len(ids[k]), dim]`` rows of each ``(tables[k], ids[k])``, OptEmbed's mask of
+    ``thresholds[k]`` applied, with one lookup per store for all the tables it holds
+    (a replica holds them in one)."""
     out: list[torch.Tensor] = [torch.empty(0)] * len(tables)
     stores: dict[int, tuple[Any, list[int]]] = {}
     for k, table in enumerate(tables):
@@ -199,10 +200,10 @@ def score_columns(state: Any, request: CandidateColumns) -> torch.Tensor:
             source = sources[feature]
             table = state.tables[history_table_name(feature)]
             if source.shared:
-                history[:, k] = _rows(table, source.ids[:1], None)[0] if source.ids.numel() \
+                history[:, k] = _rows(table, source.ids[:1])[0] if source.ids.numel() \
                     else 0.0
             else:
-                history[:, k] = _rows(table, source.ids, None)
+                history[:, k] = _rows(table, source.ids)
         logits = state.model(pooled, dense, history if plan.history else None)
         if state.wide.terms:
             logits = logits + state.wide.logits_of(_TermKeys(sources, n), n, state.event_time_ms)
