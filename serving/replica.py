@@ -42,6 +42,7 @@ from streamrec.model.ctr import CTRModel, model_from_spec, spec_feature_tables
 from streamrec.model.delta import DenseParameters, ParameterDelta
 from streamrec.model.records import TableDelta
 from streamrec.model.tables.index import IdIndex
+from streamrec.model.tables.store import tagged
 
 __all__ = ["ModelReplica", "ReplicaTableGroup", "NonFiniteScoreError"]
 
@@ -128,8 +129,8 @@ class ReplicaTableGroup:
         tags = [self.tables[t.table].tag for t in parts]
         evicted = [(t.evicted.ids, tag) for t, tag in zip(parts, tags) if len(t.evicted)]
         upserted = [(t.upserted, tag) for t, tag in zip(parts, tags) if len(t.upserted)]
-        gone = _tagged(evicted) if evicted else None
-        ids, id_tags = _tagged([(r.ids, tag) for r, tag in upserted]) if upserted else \
+        gone = tagged(evicted) if evicted else None
+        ids, id_tags = tagged([(r.ids, tag) for r, tag in upserted]) if upserted else \
             (torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64))
         rows = self.index.lookup(ids, id_tags)
         if gone is not None:  # an id evicted and upserted in one delta is found again after
@@ -188,12 +189,6 @@ class _GroupMember:
         """Its share of the group's bytes, by rows held."""
         total = sum(self.store.rows_per_tag)
         return self.store.memory_bytes() * len(self) // total if total else 0
-
-
-def _tagged(parts: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ids, tags)`` of several tables' ids, each part's ids with its table's tag."""
-    return (torch.cat([ids for ids, _ in parts]),
-            torch.cat([torch.full_like(ids, tag) for ids, tag in parts]))
 
 
 def _grown(weights: torch.Tensor, capacity: int) -> torch.Tensor:

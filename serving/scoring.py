@@ -22,6 +22,7 @@ from streamrec.ingest.batch import Batcher, dense_column
 from streamrec.ingest.event import FeatureValue
 from streamrec.model.ctr import spec_feature_tables
 from streamrec.model.history import history_table_name
+from streamrec.model.tables.store import tagged
 from streamrec.model.wide import cross_keys
 
 __all__ = ["Columns", "CandidateColumns", "columns_of_rows", "score_columns"]
@@ -143,8 +144,8 @@ def _feature_rows(tables: Sequence[Any], ids: Sequence[torch.Tensor],
     for k, table in enumerate(tables):
         stores.setdefault(id(table.store), (table.store, []))[1].append(k)
     for store, at in stores.values():
-        tags = torch.cat([torch.full_like(ids[k], tables[k].tag) for k in at])
-        rows = store.read(store.lookup(tags, torch.cat([ids[k] for k in at])))
+        keys, tags = tagged([(ids[k], tables[k].tag) for k in at])
+        rows = store.read(store.lookup(tags, keys))
         for k, part in zip(at, rows.split([ids[k].numel() for k in at])):
             out[k] = _masked(part, thresholds[k])
     return out

@@ -20,7 +20,7 @@ from streamrec import native
 from streamrec.ingest.batch import KeyedJaggedTensor
 from streamrec.model.tables.base import EmbeddingTable, expire_tables
 from streamrec.model.tables.sort import stable_argsort
-from streamrec.model.tables.store import TableStore, sighted_lookup, stores_of
+from streamrec.model.tables.store import TableStore, sighted_lookup, stores_of, tagged
 
 __all__ = ["TermColumns", "TermKeys", "WideTerms", "cross_keys", "wide_table_name",
            "parse_terms"]
@@ -126,8 +126,8 @@ def _entries(term_keys: TermKeys, members: list[tuple[list[str], int]]
     """``(example, key, tag)`` of every entry of the terms ``members`` (term, its
     table's tag), term after term."""
     parts = [(term_keys(term), tag) for term, tag in members]
-    return (torch.cat([e for (e, _), _ in parts]), torch.cat([k for (_, k), _ in parts]),
-            torch.cat([torch.full_like(k, tag) for (_, k), tag in parts]))
+    keys, tags = tagged([(k, tag) for (_, k), tag in parts])
+    return torch.cat([e for (e, _), _ in parts]), keys, tags
 
 
 def _sightings(inverse: torch.Tensor, example: torch.Tensor, learned: torch.Tensor,

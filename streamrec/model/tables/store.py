@@ -9,7 +9,7 @@ tests/unit/test_table_conformance.py runs against each implementation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -17,7 +17,8 @@ import torch
 from streamrec.model.records import TableDelta
 from streamrec.model.tables.rows import TableStats
 
-__all__ = ["EmbeddingTable", "SingleTableStore", "TableStore", "sighted_lookup", "stores_of"]
+__all__ = ["EmbeddingTable", "SingleTableStore", "TableStore", "sighted_lookup", "stores_of",
+           "tagged"]
 
 
 @runtime_checkable
@@ -143,3 +144,10 @@ def sighted_lookup(store: TableStore, tags: torch.Tensor, ids: torch.Tensor,
             tags.index_select(0, sighted), ids.index_select(0, sighted),
             sightings.index_select(0, sighted), now_ms=now_ms, train=True))
     return rows
+
+
+def tagged(parts: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, tags)`` of several tables' ids, as a store takes them: each part's ids
+    (``[n]``) with its table's tag, one part after another."""
+    return (torch.cat([ids for ids, _ in parts]),
+            torch.cat([torch.full_like(ids, tag) for ids, tag in parts]))
