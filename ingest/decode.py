@@ -36,6 +36,8 @@ __all__ = [
 MAX_EVENT_BYTES = 1 << 20
 MAX_FEATURES = 256
 MAX_VALUES_PER_FEATURE = 1024
+# A feature whose value is an object is its members, ``name.member``, to this depth.
+MAX_FEATURE_DEPTH = 4
 MAX_STRING = 4096
 # Event time may run ahead of this machine's clock by at most this much. The
 # bound is there for unit mistakes (micro- or nanoseconds sent as
@@ -69,9 +71,16 @@ def _text(name: str, value: str) -> str:
 # only otherwise runs the full checks that name the problem.
 
 
+def _integral(value: Any) -> Any:
+    """A whole float as the int (pandas writes an integer column with gaps as
+    floats: 42.0); anything else unchanged."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
 def _id(name: str, value: Any) -> int:
     if type(value) is int and INT64_MIN <= value <= INT64_MAX:
         return value
+    value = _integral(value)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise DecodeError(f"field {name!r}: expected an integer or a string, got "
                           f"{type(value).__name__}", "wrong_type")
@@ -101,7 +110,8 @@ def _string(name: str, value: Any) -> str:
     return _text(f"field {name!r}", value)
 
 
-def _feature_value(name: str, v: Any) -> FeatureValue:
+def _feature_value(name: str, v: Any) -> FeatureValue | None:
+    """One value of feature ``name``, or None where it stands for no value."""
     kind = type(v)
     if kind is str:
         if len(v) <= MAX_STRING and v.isascii():
@@ -111,11 +121,15 @@ def _feature_value(name: str, v: Any) -> FeatureValue:
             return v
     elif kind is float and v - v == 0.0:  # finite (inf - inf and nan - nan are nan)
         return v
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise DecodeError(f"feature {name!r}: values must be strings or numbers, got "
-                          f"{type(v).__name__}", "wrong_type")
+    if v is None:
+        return None
+    if kind is bool:
+        return int(v)
     if isinstance(v, float) and not math.isfinite(v):
-        raise DecodeError(f"feature {name!r}: {v} is not a finite number", "out_of_range")
+        return None  # json.dumps writes a missing number (pandas' NaN) as NaN
+    if not isinstance(v, (str, int, float)):
+        raise DecodeError(f"feature {name!r}: values must be strings, numbers or booleans, "
+                          f"got {type(v).__name__}", "wrong_type")
     if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
         raise DecodeError(f"feature {name!r}: {v} does not fit in a signed 64-bit integer",
                           "out_of_range")
@@ -125,6 +139,15 @@ def _feature_value(name: str, v: Any) -> FeatureValue:
                               "too_large")
         return _text(f"feature {name!r}", v)
     return v
+
+
+def _feature_name(name: Any) -> str:
+    if type(name) is not str or not name or not name.isascii():
+        if not isinstance(name, str) or not name:
+            raise DecodeError("field 'features': feature names must be non-empty strings",
+                              "wrong_type")
+        _text("field 'features': a feature name", name)
+    return name
 
 
 def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
@@ -138,10 +161,7 @@ def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
     out: dict[str, tuple[FeatureValue, ...]] = {}
     for name, value in raw.items():
         if type(name) is not str or not name or not name.isascii():
-            if not isinstance(name, str) or not name:
-                raise DecodeError("field 'features': feature names must be non-empty strings",
-                                  "wrong_type")
-            _text("field 'features': a feature name", name)
+            _feature_name(name)
         kind = type(value)
         # One plain value, the common case, without a call (as _feature_value checks it).
         if kind is str:
@@ -155,14 +175,33 @@ def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
         elif kind is float and value - value == 0.0:
             out[name] = (value,)
             continue
-        if kind is str or kind is int or kind is float or not isinstance(value, list):
-            out[name] = (_feature_value(name, value),)
-            continue
+        _feature(name, value, out, 0)
+    return out
+
+
+def _feature(name: str, value: Any, out: dict[str, tuple[FeatureValue, ...]],
+             depth: int) -> None:
+    """Add feature ``name`` to ``out``: a value, a list of values, or an object
+    whose members are features named ``name.member``; null adds nothing."""
+    if isinstance(value, list):
         if len(value) > MAX_VALUES_PER_FEATURE:
             raise DecodeError(f"feature {name!r}: more than {MAX_VALUES_PER_FEATURE} values",
                               "too_large")
-        out[name] = tuple([_feature_value(name, v) for v in value])
-    return out
+        values = tuple([_feature_value(name, v) for v in value])
+        out[name] = values if None not in values else tuple([v for v in values if v is not None])
+    elif isinstance(value, Mapping):
+        if depth >= MAX_FEATURE_DEPTH:
+            raise DecodeError(f"feature {name!r}: objects nested more than "
+                              f"{MAX_FEATURE_DEPTH} deep", "wrong_type")
+        for member, v in value.items():
+            _feature(f"{name}.{_feature_name(member)}", v, out, depth + 1)
+        if len(out) > MAX_FEATURES:
+            raise DecodeError(f"field 'features': more than {MAX_FEATURES} features",
+                              "too_large")
+    else:
+        v = _feature_value(name, value)
+        if v is not None:
+            out[name] = (v,)
 
 
 def _label(type_: str, value: Any) -> float | None:
@@ -173,7 +212,9 @@ def _label(type_: str, value: Any) -> float | None:
             raise DecodeError("missing field 'label' (required for type 'example')",
                               "missing_field")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):  # "label": true, as many logs write a click
+        return float(value)
+    if not isinstance(value, (int, float)):
         raise DecodeError(f"field 'label': expected 0 or 1, got {type(value).__name__}",
                           "wrong_type")
     if value not in (0, 1):
@@ -218,11 +259,14 @@ def event_from_dict(data: Any) -> Event:
             raise DecodeError("field 'type': expected a non-empty string", "wrong_type")
         _text("field 'type'", type_)
     if type(ts) is not int:
-        if isinstance(ts, bool) or not isinstance(ts, int):
+        if type(ts) is float and math.isfinite(ts):
+            ts = math.floor(ts)  # Python producers send time.time() * 1000
+        elif isinstance(ts, bool) or not isinstance(ts, int):
             raise DecodeError(f"field 'timestamp_ms': expected an integer, got "
                               f"{type(ts).__name__}", "wrong_type")
     if not 0 <= ts <= INT64_MAX:
-        raise DecodeError(f"field 'timestamp_ms': {ts} is out of range", "out_of_range")
+        raise DecodeError(f"field 'timestamp_ms': {get('timestamp_ms')} is out of range",
+                          "out_of_range")
     if ts > time.time() * 1000 + MAX_FUTURE_MS:
         raise DecodeError(f"field 'timestamp_ms': {ts} is more than a day ahead of this "
                           "machine's clock (micro- or nanoseconds instead of milliseconds?)",

@@ -48,7 +48,8 @@ def _items(item_ids: Iterable[Id]) -> dict[str, list[Id]]:
 
 
 def to_feature_values(value: FeatureInput) -> event_pb2.FeatureValues:
-    """A Python value or list -> FeatureValues: str -> strings, int -> ids, float -> numbers."""
+    """A Python value or list -> FeatureValues: str -> strings, int -> ids, float -> numbers,
+    bool -> the ids 1 and 0 (as in events)."""
     # One value (the common case) goes straight into the constructor.
     kind = type(value)
     if kind is str:
@@ -62,8 +63,8 @@ def to_feature_values(value: FeatureInput) -> event_pb2.FeatureValues:
     numbers: list[float] = []
     for v in value if isinstance(value, (list, tuple)) else [value]:
         if isinstance(v, bool):
-            raise TypeError(f"feature value {v!r}: booleans are not features; use 0/1")
-        if isinstance(v, str):
+            ids.append(int(v))  # the ids events' true and false are read as
+        elif isinstance(v, str):
             strings.append(v)
         elif isinstance(v, int):
             ids.append(v)

@@ -15,6 +15,7 @@ from streamrec.ingest.decode import decode_csv_row, decode_json, decode_protobuf
 from streamrec.ingest.event import Event
 from streamrec.ingest.ids import hash_id, to_id
 from streamrec.ingest.source import MemorySource
+from streamrec.client import to_feature_values
 from streamrec.errors import DecodeError
 
 int64 = st.integers(-(2**63), 2**63 - 1)
@@ -88,7 +89,11 @@ def test_documented_json_form_decodes_with_string_ids_hashed() -> None:
     ({"user_id": 1.5}, "wrong_type", "user_id"),
     ({"user_id": True}, "wrong_type", "user_id"),
     ({"features": ["a"]}, "wrong_type", "features"),
-    ({"features": {"f": {"nested": 1}}}, "wrong_type", "f"),
+    ({"features": {"f": [[1]]}}, "wrong_type", "f"),
+    ({"features": {"f": [{"a": 1}]}}, "wrong_type", "f"),
+    ({"features": {"f": {"a": {"b": {"c": {"d": {"e": 1}}}}}}}, "wrong_type", "f.a.b.c.d"),
+    ({"timestamp_ms": float("inf")}, "wrong_type", "timestamp_ms"),
+    ({"label": "yes"}, "wrong_type", "label"),
     ({"label": 2}, "out_of_range", "label"),
     ({"timestamp_ms": -5}, "out_of_range", "timestamp_ms"),
     ({"item_id": 2**63}, "out_of_range", "item_id"),
@@ -106,11 +111,28 @@ def test_invalid_fields_are_named_with_their_kind(change: dict, kind: str, field
     assert field in str(info.value)
 
 
-def test_non_finite_numbers_and_oversized_records_are_rejected() -> None:
-    raw = json.dumps({**VALID, "features": {"price": float("nan")}}).encode()
-    with pytest.raises(DecodeError) as info:
-        decode_json(raw)
-    assert info.value.kind == "out_of_range"
+def test_what_other_tools_write_for_a_value_is_read_as_that_value() -> None:
+    # json.dumps of a pandas row: NaN for a missing number, floats for an
+    # integer column with gaps, booleans; Python's time.time() * 1000.
+    raw = json.dumps({**VALID, "label": True, "user_id": 42.0,
+                      "timestamp_ms": 1_700_000_000_000.75,
+                      "features": {"price": float("nan"), "age": None, "mobile": True,
+                                   "new": False, "tags": ["a", None, float("nan"), "b"],
+                                   "ctx": {"os": "ios", "screen": {"w": 390}}}}).encode()
+    e = decode_json(raw)
+    assert (e.label, e.user_id, e.timestamp_ms) == (1.0, 42, 1_700_000_000_000)
+    assert e.features == {"mobile": (1,), "new": (0,), "tags": ("a", "b"),
+                          "ctx.os": ("ios",), "ctx.screen.w": (390,)}
+    assert decode_json(json.dumps({**VALID, "label": False}).encode()).label == 0.0
+
+
+def test_the_client_sends_booleans_as_the_ids_events_are_read_as() -> None:
+    event = decode_json(json.dumps({**VALID, "features": {"m": [True, False]}}).encode())
+    assert tuple(to_feature_values([True, False]).ids) == event.features["m"] == (1, 0)
+    assert tuple(to_feature_values(True).ids) == (1,)
+
+
+def test_oversized_and_malformed_records_are_rejected() -> None:
     with pytest.raises(DecodeError) as info:
         decode_json(b"{" + b" " * (2 << 20) + b"}")
     assert info.value.kind == "too_large"
