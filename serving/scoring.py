@@ -207,7 +207,8 @@ def score_columns(state: Any, request: CandidateColumns) -> torch.Tensor:
                 history[:, k] = _rows(table, source.ids)
         logits = state.model(pooled, dense, history if plan.history else None)
         if state.wide.terms:
-            logits = logits + state.wide.logits_of(_TermKeys(sources, n), n, state.event_time_ms)
+            logits = logits + state.wide.logits_of(_TermKeys(sources, n, state.wide.max_keys),
+                                                   n, state.event_time_ms)
         return torch.sigmoid(logits)
 
 
@@ -234,10 +235,11 @@ def _cross_plan(terms: tuple[tuple[str, ...], ...]) -> _CrossPlan:
 class _TermKeys:
     """A request's wide-term keys per candidate, from its sources: a candidate
     column gives each candidate its value, a request feature each of its values
-    to every candidate (the entries, and their order, of the row-by-row batch)."""
+    to every candidate (the entries, and their order, of the row-by-row batch, as
+    far as its first ``max_keys`` per candidate)."""
 
-    def __init__(self, sources: Mapping[str, _Source], n: int) -> None:
-        self.sources, self.n = sources, n
+    def __init__(self, sources: Mapping[str, _Source], n: int, max_keys: int) -> None:
+        self.sources, self.n, self.max_keys = sources, n, max_keys
         self.candidates = torch.arange(n)
         self._columns: dict[str, torch.Tensor | None] = {}
 
@@ -286,12 +288,18 @@ class _TermKeys:
             return self.candidates, key  # type: ignore[return-value]
         example = self.candidates
         key = torch.zeros(self.n, dtype=torch.int64)
+        per = 1  # entries per candidate so far, the same for every candidate
         for feature in term:
             source = self.sources[feature]
             if not source.shared:
                 key = cross_keys(key, source.ids.index_select(0, example))
                 continue
-            k = source.ids.numel()  # every entry so far, times each of the request's values
-            example = torch.repeat_interleave(example, k)
-            key = cross_keys(torch.repeat_interleave(key, k), source.ids.repeat(key.numel()))
+            # Every entry so far times each of the request's values, as far as the
+            # first max_keys (which no value past the first max_keys is in).
+            ids = source.ids[:self.max_keys]
+            k = ids.numel()
+            key = cross_keys(key.view(self.n, per, 1), ids.view(1, 1, k))
+            per = min(per * k, self.max_keys)
+            key = key.reshape(self.n, -1)[:, :per].reshape(-1)
+            example = torch.repeat_interleave(self.candidates, per)
         return example, key

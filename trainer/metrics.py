@@ -60,6 +60,13 @@ class _TrainerCollector(Collector):
             pruned.add_metric([name], stats.pruned)
             full.add_metric([name], stats.rejected_full)
         yield from (rows, mem, admitted, filtered, evicted, pruned, full)
+        dropped = CounterMetricFamily(
+            "streamrec_trainer_wide_dropped_keys",
+            "Wide-term keys past the first MAX_TERM_KEYS per example (crosses of long lists), "
+            "summed over the outcomes learned", labels=["table"])
+        for name, count in t.wide.dropped_keys.items():
+            dropped.add_metric([name], count)
+        yield dropped
         yield CounterMetricFamily("streamrec_trainer_skipped_steps",
                                   "Batches not learned from because their loss was not finite",
                                   value=t.skipped_steps)

@@ -12,7 +12,7 @@ how: docs/design.md, "Wide terms".
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -26,6 +26,11 @@ __all__ = ["TermColumns", "TermKeys", "WideTerms", "cross_keys", "wide_table_nam
            "parse_terms"]
 
 _MIX = 0x9E3779B97F4A7C15 - (1 << 64)  # odd 64-bit multiplier (int64 arithmetic wraps)
+# A term keys at most this many combinations per example: the first ones, in
+# the order term_keys makes them. A cross of two lists has len(a) * len(b)
+# (a million for two of the decoder's longest), and each example's step is
+# shared among its keys, so one such term would also starve the others.
+MAX_TERM_KEYS = 128
 
 # A term's entries in a batch: term -> (example [E], key [E]).
 TermKeys = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]
@@ -46,20 +51,36 @@ def cross_keys(key: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return key * _MIX + values
 
 
+def _first(example: torch.Tensor, key: torch.Tensor, batch: int, limit: int
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``limit`` entries of each example (``example`` is grouped)."""
+    counts = torch.bincount(example, minlength=batch)
+    if example.numel() <= limit or int(counts.max()) <= limit:
+        return example, key
+    starts = torch.cumsum(counts, 0) - counts
+    keep = torch.arange(example.numel()) - starts.index_select(0, example) < limit
+    return example[keep], key[keep]
+
+
 class TermColumns:
     """A batch's sparse features split once, to cross them into terms' keys: one
     id per example where each example has exactly one (``single``), else
     (example, id) pairs. The wide terms and the in-batch adaptation key their
-    terms with it."""
+    terms with it. A term keys at most ``max_keys`` combinations per example
+    (:data:`MAX_TERM_KEYS`); ``dropped`` holds, per term's table, the number
+    past it of each example ``[B]`` (terms that dropped none are absent)."""
 
-    def __init__(self, sparse: KeyedJaggedTensor) -> None:
+    def __init__(self, sparse: KeyedJaggedTensor, max_keys: int = MAX_TERM_KEYS) -> None:
         self.batch = sparse.stride()
+        self.max_keys = max_keys
+        self.dropped: dict[str, torch.Tensor] = {}
         keys = sparse.keys()
         lengths = sparse.lengths().to(torch.int64).view(len(keys), self.batch)
         values = sparse.values()
         ends = torch.cumsum(lengths.sum(dim=1), 0).tolist()
         self.single: dict[str, torch.Tensor] = {}
         self.pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._counts: dict[str, torch.Tensor] = {}
         for k, feature in enumerate(keys):
             start = ends[k - 1] if k else 0
             n = lengths[k]
@@ -68,10 +89,13 @@ class TermColumns:
             else:
                 example = torch.repeat_interleave(torch.arange(self.batch), n)
                 self.pairs[feature] = example, values[start:ends[k]]
+                self._counts[feature] = n
 
     def term_keys(self, term: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(example [E], key [E])``: one key per combination of the term's
-        features' values per example (an example lacking one has none)."""
+        features' values per example (an example lacking one has none), the
+        first ``max_keys`` of them, each example's entries together."""
+        limit = self.max_keys
         example = torch.arange(self.batch)
         key = torch.zeros(self.batch, dtype=torch.int64)
         expanded = False
@@ -83,18 +107,32 @@ class TermColumns:
             their_example, values = self.pairs[feature]
             if not expanded:  # the first list feature: its pairs, each with the key so far
                 key = cross_keys(key.index_select(0, their_example), values)
-                example, expanded = their_example, True
+                example, key = _first(their_example, key, self.batch, limit)
+                expanded = True
                 continue
-            # Another list feature: every entry so far times every value of its example.
-            counts = torch.bincount(their_example, minlength=self.batch)
+            # Another list feature: every entry so far times every value of its
+            # example, in that order, as far as the example's first ``limit``.
+            counts = self._counts[feature]
             starts = torch.cumsum(counts, 0) - counts
-            repeat = counts.index_select(0, example)
+            so_far = torch.bincount(example, minlength=self.batch)
+            nth = torch.arange(example.numel()) - \
+                (torch.cumsum(so_far, 0) - so_far).index_select(0, example)
+            per_entry = counts.index_select(0, example)
+            repeat = torch.minimum(per_entry, (limit - nth * per_entry).clamp(min=0))
             first = torch.cumsum(repeat, 0) - repeat
             within = torch.arange(int(repeat.sum())) - torch.repeat_interleave(first, repeat)
             example_rep = torch.repeat_interleave(example, repeat)
             picked = values.index_select(0, starts.index_select(0, example_rep) + within)
             key = cross_keys(torch.repeat_interleave(key, repeat), picked)
             example = example_rep
+        if expanded:  # (some feature of the term is a list)
+            combinations = torch.ones(self.batch, dtype=torch.int64)
+            for feature in term:
+                if feature in self._counts:
+                    combinations = combinations * self._counts[feature]
+            over = (combinations - limit).clamp(min=0)
+            if bool(over.any()):
+                self.dropped[wide_table_name(term)] = over
         return example, key
 
 
@@ -145,11 +183,14 @@ class WideTerms:
     """
 
     def __init__(self, terms: list[list[str]], tables: Mapping[str, EmbeddingTable],
-                 lr: float = 0.1, acc0: float = 1.0, collective: Collective | None = None
-                 ) -> None:
+                 lr: float = 0.1, acc0: float = 1.0, collective: Collective | None = None,
+                 max_keys: int = MAX_TERM_KEYS) -> None:
         self.terms = [list(t) for t in terms]
         self.tables = {wide_table_name(t): tables[wide_table_name(t)] for t in self.terms}
         self.lr, self.acc0 = lr, acc0
+        self.max_keys = max_keys
+        # Per table: keys past max_keys that examples learned from would have had.
+        self.dropped_keys = dict.fromkeys(self.tables, 0)
         # Trainer ranks: the tables are sharded in one DistributedTableStore.
         self.collective = collective if collective is not None and collective.distributed \
             else None
@@ -168,7 +209,8 @@ class WideTerms:
 
     def logits(self, sparse: KeyedJaggedTensor, now_ms: int) -> torch.Tensor:
         """``[B]``: each example's wide logit with the stored weights (learns nothing)."""
-        return self.logits_of(TermColumns(sparse).term_keys, sparse.stride(), now_ms)
+        return self.logits_of(TermColumns(sparse, self.max_keys).term_keys, sparse.stride(),
+                              now_ms)
 
     def logits_of(self, term_keys: TermKeys, batch: int, now_ms: int) -> torch.Tensor:
         """:meth:`logits` of ``batch`` examples whose keys ``term_keys(term)`` gives as
@@ -204,7 +246,7 @@ class WideTerms:
         if self.collective is not None:
             return self._learn_together(sparse, base, outcomes, now_ms)
         batch = sparse.stride()
-        keys = self._keys(TermColumns(sparse).term_keys)
+        keys = self._entries_to_learn(sparse, outcomes, self._keys)
         if not keys or batch == 0:
             return torch.zeros(batch)
         learned = (outcomes != 0).any(dim=1)
@@ -252,7 +294,8 @@ class WideTerms:
         offset, total = sum(sizes[:c.rank()]), sum(sizes)
         if total == 0:  # (every rank knows it: none takes part in what follows)
             return torch.zeros(batch)
-        example, keys, tags = _entries(TermColumns(sparse).term_keys, members)
+        example, keys, tags = self._entries_to_learn(
+            sparse, outcomes, lambda term_keys: _entries(term_keys, members))
         entries = torch.stack([example + offset, keys, tags], dim=1)
         per_example = torch.stack([base.detach().float(), outcomes[:, 0].float(),
                                    outcomes[:, 1].float(),
@@ -271,6 +314,19 @@ class WideTerms:
                                          global_outcomes)
         store.write_owned(new)
         return sums[offset:offset + batch]
+
+    def _entries_to_learn(self, sparse: KeyedJaggedTensor, outcomes: torch.Tensor,
+                          keyed: Callable[[TermKeys], Any]) -> Any:
+        """``keyed(term_keys)`` of the batch's columns, counting the keys they drop
+        from examples with an outcome (an impression only read is counted when
+        its outcome is learned)."""
+        columns = TermColumns(sparse, self.max_keys)
+        out = keyed(columns.term_keys)
+        if columns.dropped:
+            learned = (outcomes != 0).any(dim=1)
+            for name, over in columns.dropped.items():
+                self.dropped_keys[name] += int(over[learned].sum())
+        return out
 
     def _learn_in_order(self, state: torch.Tensor, found: torch.Tensor,
                         example: torch.Tensor, slot: torch.Tensor, batch: int,

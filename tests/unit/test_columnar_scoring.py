@@ -145,3 +145,24 @@ def test_a_model_with_settings_the_columnar_path_does_not_know_is_scored_row_by_
     assert got == want
     with pytest.raises(ValueError, match="column 'category' has 2 values for 3 candidates"):
         replica.predict_columns(5, [1, 2, 3], {}, {"category": ["c1", "c2"]})
+
+
+def test_request_lists_crossed_past_max_keys_score_as_the_row_path() -> None:
+    replica = trained_replica(CONFIGS["wide crosses of lists"])
+    rng = random.Random(5)
+    for columnar_category in (False, True):
+        n = rng.randrange(2, 30)
+        items = [rng.randrange(1, 400) for _ in range(n)]
+        # country*category: 150 x 2 combinations, category*hour*country 150 per candidate.
+        shared: dict[str, tuple[Any, ...]] = {
+            "country": tuple(f"k{i % 10}" for i in range(150)), "hour": (3,)}
+        columns: dict[str, list[Any]] = {}
+        if columnar_category:
+            columns["category"] = [category(rng) for _ in range(n)]
+        else:
+            shared["category"] = (category(rng), category(rng))
+        got, _ = replica.predict_columns(1, items, shared, columns)
+        want, _ = replica.score_rows([(1, item, {**shared, **{k: (v[i],) for k, v in
+                                                                columns.items()}})
+                                      for i, item in enumerate(items)])
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), atol=1e-6, rtol=0)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from streamrec.config import load_config
-from streamrec.ingest.batch import Batcher
+from streamrec.ingest.batch import Batcher, KeyedJaggedTensor
 from streamrec.ingest.event import EXAMPLE, Event
 from streamrec.ingest.iter_source import IteratorSource
 from streamrec.ingest.joiner import Joiner
+from streamrec.model.wide import MAX_TERM_KEYS, TermColumns, cross_keys
 from streamrec.synthetic import SyntheticStream, default
 from streamrec.trainer.loop import TrainingLoop
 from streamrec.trainer.trainer import OnlineTrainer
@@ -95,3 +98,48 @@ def test_no_score_depends_on_its_own_label_or_a_later_one(joined: bool) -> None:
     assert len(before) == len(events)
     assert before[:flip + 1] == after[:flip + 1]
     assert before[flip + 1:] != after[flip + 1:]
+
+
+def _lists(lengths: list[tuple[int, int]]) -> tuple[KeyedJaggedTensor, list[list[list[int]]]]:
+    """Features a and b with these (len a, len b) per example, and their values."""
+    a = [[100 * e + i for i in range(n)] for e, (n, _) in enumerate(lengths)]
+    b = [[-100 * e - i for i in range(m)] for e, (_, m) in enumerate(lengths)]
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["a", "b"], values=torch.tensor([v for vs in a + b for v in vs], dtype=torch.int64),
+        lengths=torch.tensor([n for n, _ in lengths] + [m for _, m in lengths]))
+    return kjt, [a, b]
+
+
+def key_of(values: tuple[int, ...]) -> int:
+    key = torch.tensor(0)
+    for v in values:
+        key = cross_keys(key, torch.tensor(v))
+    return int(key)
+
+
+def test_a_cross_keys_the_first_max_keys_combinations_of_each_example() -> None:
+    lengths = [(3, 4), (0, 2), (5, 3), (1, 1), (2, 0)]
+    sparse, (a, b) = _lists(lengths)
+    for limit in (100, 7, 3, 1):
+        columns = TermColumns(sparse, max_keys=limit)
+        for term, values in ((["a", "b"], (a, b)), (["b", "a"], (b, a)), (["a"], (a,))):
+            example, key = columns.term_keys(term)
+            want = [(e, key_of(combination)) for e in range(len(lengths))
+                    for combination in list(itertools.product(*(v[e] for v in values)))[:limit]]
+            assert example.tolist() == [e for e, _ in want], (limit, term)
+            assert key.tolist() == [k for _, k in want], (limit, term)
+        over = [max(0, n * m - limit) for n, m in lengths]
+        assert columns.dropped.get("a*b#wide", torch.zeros(5)).tolist() == over
+
+
+def test_two_long_lists_cross_into_max_keys_per_example_and_the_rest_are_counted() -> None:
+    # Two of the decoder's longest lists make a million combinations per example.
+    trainer = trainer_with(**{"model.sparse_features": "user_id,item_id,a,b",
+                              "model.wide_terms": "a*b"})
+    events = [Event(EXAMPLE, 1, 10, 0, features={"a": tuple(range(1024)),
+                                                 "b": tuple(range(-1024, 0))}, label=1.0)] * 4
+    batch = Batcher(trainer.features, []).build(events)
+    outcomes = torch.tensor([[1.0, 1.0]] * 3 + [[0.0, 0.0]])  # the last only read
+    trainer.wide.learn(batch.sparse, torch.zeros(4), outcomes, now_ms=0)
+    assert len(trainer.tables["a*b#wide"]) == MAX_TERM_KEYS
+    assert trainer.wide.dropped_keys == {"a*b#wide": 3 * (1024 * 1024 - MAX_TERM_KEYS)}
