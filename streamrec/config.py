@@ -198,10 +198,29 @@ class _DefaultWide(list):  # type: ignore[type-arg]
     (``streamrec evaluate``) gets the terms of those."""
 
 
+# Wide terms cross every pair of features up to this many sparse features, and
+# a model's rows take their full step up to this many fields (benchmarks/
+# many_features.py: past it, pairs cost their F^2 keys and return nothing, and
+# a full step overfits the fields that carry no signal).
+MANY_FEATURES = 12
+
+
 def default_wide_terms(sparse_features: list[str]) -> list[str]:
-    """Every sparse feature, and every pair of them crossed (Vowpal Wabbit's ``-q ::``)."""
+    """Every sparse feature, and up to :data:`MANY_FEATURES` of them every pair
+    crossed (Vowpal Wabbit's ``-q ::``)."""
+    if len(sparse_features) > MANY_FEATURES:
+        return list(sparse_features)
     pairs = [f"{a}*{b}" for i, a in enumerate(sparse_features) for b in sparse_features[i + 1:]]
     return [*sparse_features, *pairs]
+
+
+def default_field_scale(sparse_features: list[str]) -> float:
+    """1 up to :data:`MANY_FEATURES` sparse features, then ``MANY_FEATURES / F``."""
+    return min(1.0, MANY_FEATURES / max(1, len(sparse_features)))
+
+
+class _DefaultScale(float):
+    """Marks field_scale as not set by the user (resolved against sparse_features)."""
 
 
 class _Unset(list):  # type: ignore[type-arg]
@@ -248,6 +267,13 @@ class ModelConfig:
     # "" turns them off.
     wide_terms: list[str] = field(default_factory=_DefaultWide)
     wide_lr: float = 1.5  # Adagrad: w -= wide_lr * g / (K * sqrt(1 + sum of g^2)), K keys
+    # Every embedding row is multiplied by this in the model (so a row's step
+    # moves the logit this much less, and the FM's pairs of it the square). By
+    # default 1 up to 12 sparse features, then 12 / their number: an example's
+    # logit sums every field and every pair of fields, so without it a log
+    # with many features that carry little signal learns their noise at full
+    # step (benchmarks/many_features.py).
+    field_scale: float = field(default_factory=lambda: _DefaultScale(0.0))
 
     @property
     def wide_terms_default(self) -> bool:
@@ -266,6 +292,8 @@ class ModelConfig:
             self.history_features = [f for f in DEFAULT_HISTORY if f in self.sparse_features]
         if isinstance(self.wide_terms, _DefaultWide):
             self.wide_terms = _DefaultWide(default_wide_terms(self.sparse_features))
+        if isinstance(self.field_scale, _DefaultScale):
+            self.field_scale = _DefaultScale(default_field_scale(self.sparse_features))
         _require(len(self.sparse_features) >= 1, s, "sparse_features", self.sparse_features,
                  "at least one sparse feature is needed")
         _require(len(set(self.sparse_features)) == len(self.sparse_features), s,
@@ -286,6 +314,8 @@ class ModelConfig:
         self._check_terms("wide_terms", self.wide_terms)
         _require(math.isfinite(self.wide_lr) and self.wide_lr > 0, s, "wide_lr", self.wide_lr,
                  "must be > 0")
+        _require(math.isfinite(self.field_scale) and 0 < self.field_scale <= 1, s,
+                 "field_scale", self.field_scale, "must be in (0, 1]")
         _require(self.in_batch_strength > 0, s, "in_batch_strength", self.in_batch_strength,
                  "must be > 0")
         _require(math.isfinite(self.in_batch_weight), s, "in_batch_weight",

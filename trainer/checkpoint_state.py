@@ -114,7 +114,8 @@ class TrainingState:
 # Model fields added since checkpoints were first written, with the value that
 # a checkpoint without them was trained with.
 _ADDED_FIELDS: dict[str, object] = {"wide_terms": [],
-                                    "wide_lr": ModelConfig.__dataclass_fields__["wide_lr"].default}
+                                    "wide_lr": ModelConfig.__dataclass_fields__["wide_lr"].default,
+                                    "field_scale": 1.0}
 
 
 def _with_added_fields(spec: str) -> str:
@@ -124,7 +125,7 @@ def _with_added_fields(spec: str) -> str:
         model = data["model"]
     except (ValueError, KeyError, TypeError):
         return spec
-    if not isinstance(model, dict) or "wide_terms" in model:
+    if not isinstance(model, dict) or _ADDED_FIELDS.keys() <= model.keys():
         return spec
     model.update({k: v for k, v in _ADDED_FIELDS.items() if k not in model})
     return json.dumps(data, sort_keys=True)

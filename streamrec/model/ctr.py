@@ -129,6 +129,8 @@ class CTRModel(nn.Module):
         ``history`` the ``[B, H, 2]`` (n, c) counts of ``config.history_features``
         (see trainer.history), required when there are history features.
         """
+        if self.config.field_scale != 1.0:
+            pooled = pooled * self.config.field_scale
         if self.config.history_features:
             if history is None:
                 raise ValueError("this model reads history features: pass history counts")
@@ -225,4 +227,5 @@ def model_from_spec(spec: str) -> CTRModel:
     data = json.loads(spec)
     if not isinstance(data, dict) or data.get("architecture") != "deepfm":
         raise ValueError(f"unsupported model spec: {spec[:200]!r}")
-    return CTRModel(ModelConfig(**data["model"]))
+    # A trainer of an earlier release scales no field (replicas upgrade first).
+    return CTRModel(ModelConfig(**{"field_scale": 1.0, **data["model"]}))

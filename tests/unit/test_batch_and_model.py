@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 import random
 from collections import OrderedDict, defaultdict
@@ -142,6 +144,22 @@ def test_model_forward_backward_and_spec_round_trip() -> None:
     rebuilt = model_from_spec(model_spec(config))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.allclose(rebuilt(pooled.detach(), dense), logits.detach())
+
+
+def test_rows_are_scaled_by_field_scale_and_older_specs_scale_none() -> None:
+    features = [f"f{k}" for k in range(24)]
+    config = ModelConfig(sparse_features=features, embedding_dim=3, history_features=[],
+                         wide_terms=[])
+    assert config.field_scale == 0.5
+    model = CTRModel(config)
+    pooled = torch.zeros(1, 24, model.row_dim)
+    base = model(pooled, torch.zeros(1, 0))
+    pooled[0, 3, -1] = 0.8  # a first-order weight moves the logit by half of it
+    assert torch.allclose(model(pooled, torch.zeros(1, 0)), base + 0.4)
+    spec = json.loads(model_spec(config))
+    assert model_from_spec(json.dumps(spec)).config.field_scale == 0.5
+    del spec["model"]["field_scale"]  # a trainer of an earlier release scaled nothing
+    assert model_from_spec(json.dumps(spec)).config.field_scale == 1.0
 
 
 def test_first_order_column_adds_linearly_to_the_logit() -> None:

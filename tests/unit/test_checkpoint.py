@@ -403,9 +403,39 @@ def test_a_checkpoint_from_before_wide_terms_resumes_with_them_off() -> None:
     off = load_config(env={}, overrides={"model.wide_terms": ""})
     state = TrainingState(OnlineTrainer.from_config(off), QualityMetrics()).state_dict()
     spec = json.loads(str(state["model_spec"]))
-    del spec["model"]["wide_terms"], spec["model"]["wide_lr"]
+    del spec["model"]["wide_terms"], spec["model"]["wide_lr"], spec["model"]["field_scale"]
     state["model_spec"] = json.dumps(spec, sort_keys=True)
     TrainingState(OnlineTrainer.from_config(off), QualityMetrics()).load_state_dict(state)
     default = OnlineTrainer.from_config(load_config(env={}, overrides={}))
     with pytest.raises(CheckpointError, match=r"model.wide_terms = \[\] in the checkpoint"):
         TrainingState(default, QualityMetrics()).load_state_dict(state)
+
+
+@pytest.mark.parametrize("features", [12, 13])
+def test_a_checkpoint_from_before_field_scales_resumes_where_they_are_1(features: int) -> None:
+    # A release without field_scale scaled no field. Its checkpoints resume
+    # under the default up to 12 sparse features (scale 1); past that the
+    # default differs, and the refusal names the field to set.
+    import json
+
+    from streamrec.config import load_config
+    from streamrec.trainer.checkpoint_state import TrainingState
+    from streamrec.trainer.quality import QualityMetrics
+    from streamrec.trainer.trainer import OnlineTrainer
+
+    names = ",".join(["user_id", "item_id", *(f"f{k}" for k in range(features - 2))])
+    config = load_config(env={}, overrides={"model.sparse_features": names})
+    state = TrainingState(OnlineTrainer.from_config(config), QualityMetrics()).state_dict()
+    spec = json.loads(str(state["model_spec"]))
+    assert spec["model"]["field_scale"] == min(1.0, 12 / features)
+    del spec["model"]["field_scale"]
+    state["model_spec"] = json.dumps(spec, sort_keys=True)
+    trainer = OnlineTrainer.from_config(config)
+    if features <= 12:
+        TrainingState(trainer, QualityMetrics()).load_state_dict(state)
+        return
+    with pytest.raises(CheckpointError, match=r"model.field_scale = 1.0 in the checkpoint"):
+        TrainingState(trainer, QualityMetrics()).load_state_dict(state)
+    unscaled = load_config(env={}, overrides={"model.sparse_features": names,
+                                              "model.field_scale": "1"})
+    TrainingState(OnlineTrainer.from_config(unscaled), QualityMetrics()).load_state_dict(state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -276,3 +277,21 @@ def test_variables_that_no_longer_exist_are_refused() -> None:
             load_config(env={name: "0"})
     with pytest.raises(ConfigError, match="STREAMREC_NATIVE_DIRECTORY"):
         load_config(env={"STREAMREC_NATIVE_DIRECTORY": "/opt/x"})
+
+
+def test_default_wide_terms_and_field_scale_follow_the_number_of_features() -> None:
+    # Up to 12 sparse features: every pair crossed, rows at full step; past
+    # that, each feature alone, and rows scaled by 12 / F. Resolved again when
+    # evaluate gives the model the stream's features (dataclasses.replace).
+    eight = ["user_id", "item_id", *(f"f{k}" for k in range(6))]
+    model = load_config(env={}, overrides={"model.sparse_features": ",".join(eight)}).model
+    assert len(model.wide_terms) == 8 + 28 and model.field_scale == 1.0
+    many = dataclasses.replace(model, sparse_features=[*eight, *(f"g{k}" for k in range(16))])
+    assert many.wide_terms == many.sparse_features and many.field_scale == 0.5
+    chosen = load_config(env={}, overrides={"model.field_scale": "0.25",
+                                            "model.wide_terms": "user_id"}).model
+    chosen = dataclasses.replace(chosen, sparse_features=many.sparse_features)
+    assert chosen.field_scale == 0.25 and chosen.wide_terms == ["user_id"]
+    for bad in ("0", "1.5", "nan"):
+        with pytest.raises(ConfigError, match="field_scale"):
+            load_config(env={}, overrides={"model.field_scale": bad})
