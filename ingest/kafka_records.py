@@ -67,8 +67,11 @@ class _FastPartitionRecords(Fetcher.PartitionRecords):  # type: ignore[misc]
             return
         batch = records.next_batch()
         while batch is not None:
+            # Under read_committed only a transactional batch can belong to an
+            # aborted transaction (an idempotent producer's batches have a
+            # producer id too, and are read here).
             if (batch.magic != 2 or batch.is_control_batch
-                    or (self.isolation_level == _READ_COMMITTED and batch.has_producer_id())):
+                    or (self.isolation_level == _READ_COMMITTED and batch.is_transactional)):
                 # kafka-python's reader from this batch on (it also drains at the end).
                 yield from super()._unpack_records(tp, _Resumed(batch, records), None, None)
                 return

@@ -13,6 +13,7 @@ from kafka.record import MemoryRecords
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.structs import TopicPartition
 
+from streamrec.ingest import kafka_records
 from streamrec.ingest.kafka_records import _FastPartitionRecords
 from tests.reference_ops import python_paths
 
@@ -106,6 +107,22 @@ def test_other_batches_go_to_kafka_pythons_reader(reader: str) -> None:
            + _plain(10, 5, producer_id=8, transactional=True))
     takes = _same(txn, isolation=READ_COMMITTED, aborted=[Aborted(8, 10)])
     assert [r.offset for records, _ in takes for r in records] == list(range(10))
+
+
+def test_an_idempotent_producers_batches_are_read_fast_under_read_committed(
+        reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Idempotent producers (Java's default, streamrec replay) give every batch a
+    producer id; only transactional ones can be aborted, and only they, with the
+    transaction markers, need kafka-python's reader under read_committed."""
+    idempotent = _plain(0, 5, producer_id=3) + _plain(5, 5, producer_id=3)
+    with monkeypatch.context() as m:
+        m.setattr(kafka_records, "_Resumed", None)  # (calling it fails the test)
+        fast = _read(_FastPartitionRecords, idempotent, 1000, isolation=READ_COMMITTED)
+    assert [r.offset for records, _ in fast[0] for r in records] == list(range(10))
+    mixed = idempotent + _plain(10, 5, producer_id=8, transactional=True) + _plain(15, 5,
+                                                                               producer_id=3)
+    takes = _same(mixed, isolation=READ_COMMITTED, aborted=[Aborted(8, 10)])
+    assert [r.offset for records, _ in takes for r in records] == [*range(10), *range(15, 20)]
 
 
 @pytest.mark.parametrize("check_crcs", [True, False])
