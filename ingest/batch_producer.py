@@ -11,7 +11,7 @@ import logging
 import time
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from itertools import accumulate
 from dataclasses import dataclass, field
@@ -107,7 +107,7 @@ class BatchProducer:
                  batch_bytes: int = 1 << 20, linger_s: float = 0.05,
                  request_timeout_ms: int = 30_000, delivery_timeout_s: float = 120.0,
                  retry_backoff_s: float = 0.1, client_id: str = "streamrec-producer",
-                 client: Any = None) -> None:
+                 client: Any = None, security: Mapping[str, Any] | None = None) -> None:
         for name, value in (("batch_bytes", batch_bytes), ("request_timeout_ms",
                             request_timeout_ms), ("delivery_timeout_s", delivery_timeout_s)):
             if value <= 0:
@@ -125,7 +125,7 @@ class BatchProducer:
         self._backoff_s = retry_backoff_s
         self._client = client if client is not None else KafkaNetClient(
             bootstrap_servers=list(bootstrap_servers), client_id=client_id,
-            request_timeout_ms=request_timeout_ms)
+            request_timeout_ms=request_timeout_ms, **(security or {}))
         try:
             self._client.check_version(timeout_ms=request_timeout_ms)  # raises if none answers
             self._partitions = self._wait_for_partitions()

@@ -7,7 +7,8 @@ import json
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from streamrec.ingest.source import DeadLetter
 
@@ -114,7 +115,8 @@ class KafkaDeadLetterSink:
 
     def __init__(self, bootstrap_servers: list[str], topic: str,
                  metrics: IngestMetrics | None = None,
-                 max_request_size: int = 1 << 20, flush_timeout_s: float = 30.0) -> None:
+                 max_request_size: int = 1 << 20, flush_timeout_s: float = 30.0,
+                 security: Mapping[str, Any] | None = None) -> None:
         from kafka import KafkaProducer
 
         self.topic = topic
@@ -124,7 +126,8 @@ class KafkaDeadLetterSink:
         self._metrics = metrics
         self._lock = threading.Lock()  # _drop also runs on the producer's I/O thread
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, acks="all",
-                                       linger_ms=50, max_request_size=max_request_size)
+                                       linger_ms=50, max_request_size=max_request_size,
+                                       **(security or {}))
 
     def put(self, letters: list[DeadLetter]) -> None:
         from kafka.errors import KafkaError

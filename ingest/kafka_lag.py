@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
@@ -38,8 +39,9 @@ class EndOffsets:
 
     def __init__(self, bootstrap_servers: list[str], client_id: str,
                  partitions: Callable[[], list[tuple[str, int]]],
-                 interval_s: float = 5.0) -> None:
+                 interval_s: float = 5.0, security: Mapping[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap_servers
+        self._security = dict(security or {})
         self._client_id = client_id
         self._partitions = partitions
         self._interval_s = interval_s
@@ -63,7 +65,8 @@ class EndOffsets:
                         if consumer is None:
                             consumer = KafkaConsumer(bootstrap_servers=self._bootstrap,
                                                      client_id=self._client_id,
-                                                     enable_auto_commit=False)
+                                                     enable_auto_commit=False,
+                                                     **self._security)
                         ends = consumer.end_offsets(parts, timeout_ms=_TIMEOUT_MS)
                         self._ends = {(tp.topic, tp.partition): int(o)
                                       for tp, o in ends.items() if o is not None}

@@ -22,6 +22,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from streamrec.ingest import kafka_records
 from streamrec.ingest.event import Event
 from streamrec.ingest.kafka_lag import EndOffsets
+from streamrec.ingest.kafka_security import client_security
 from streamrec.ingest.metrics import IngestMetrics
 from streamrec.ingest.source import DeadLetter, SourceBatch, decode_values
 from streamrec.config import IngestConfig
@@ -65,6 +66,8 @@ def consumer_settings(config: IngestConfig) -> dict[str, Any]:
         "max_poll_records": config.max_poll_records,
         "metadata_max_age_ms": _METADATA_MAX_AGE_MS,
         "client_id": f"streamrec-{config.group_id}",
+        "isolation_level": config.isolation_level,
+        **client_security(config),
     }
 
 
@@ -103,7 +106,7 @@ class KafkaSource:
                 raise
         if metrics is not None:
             self._ends = EndOffsets(config.bootstrap_servers, f"streamrec-{config.group_id}-lag",
-                                    lambda: self._assigned)
+                                    lambda: self._assigned, security=client_security(config))
             metrics.watch_lag(self.lag)
             for topic in config.topics:  # exported at 0 from the start (rate() needs it)
                 for evidence in ("topic_id", "out_of_range"):
@@ -384,9 +387,10 @@ def _origin(topic: str, partition: int, messages: list[Any]) -> Callable[[int], 
 
 
 def create_topics(bootstrap: str | list[str], topics: list[str], partitions: int = 1,
-                  replication: int = 1) -> None:
+                  replication: int = 1, security: Mapping[str, Any] | None = None) -> None:
     """Create ``topics`` (existing ones are left alone)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-admin",
+                             **(security or {}))
     try:
         for topic in topics:
             try:

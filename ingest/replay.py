@@ -6,7 +6,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from tqdm import tqdm
 
@@ -31,8 +33,8 @@ class ReplayStats:
 
 
 def replay(path: str | os.PathLike[str], topic: str, bootstrap_servers: list[str],
-           rate: float | None = None, value_format: str = "json", progress: bool = True
-           ) -> ReplayStats:
+           rate: float | None = None, value_format: str = "json", progress: bool = True,
+           security: Mapping[str, Any] | None = None) -> ReplayStats:
     """Send every valid event of ``path`` to ``topic``; malformed lines are skipped and counted.
 
     Messages are keyed by user id, so one user's events stay in order within
@@ -61,7 +63,8 @@ def replay(path: str | os.PathLike[str], topic: str, bootstrap_servers: list[str
 
     source = FileSource(path, decode=keep if value_format == "json" else None)
     try:
-        producer = BatchProducer(bootstrap_servers, topic, client_id="streamrec-replay")
+        producer = BatchProducer(bootstrap_servers, topic, client_id="streamrec-replay",
+                                 security=security)
     except BaseException:
         source.close()
         raise

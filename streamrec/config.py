@@ -99,6 +99,32 @@ class DelayedFeedback(str, enum.Enum):
 class IngestConfig:
     """Where events come from and how they become training examples."""
 
+    def _check_security(self) -> None:
+        s = "ingest"
+        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        _require(self.security_protocol in protocols, s, "security_protocol",
+                 self.security_protocol, f"must be one of {', '.join(protocols)}")
+        _require(self.isolation_level in ("read_committed", "read_uncommitted"), s,
+                 "isolation_level", self.isolation_level,
+                 "must be read_committed or read_uncommitted")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            _require(not path or os.path.isfile(path), s, name, path, "no such file")
+            _require(not path or "SSL" in self.security_protocol, s, name, path,
+                     f"TLS files need security_protocol SSL or SASL_SSL, not "
+                     f"{self.security_protocol}")
+        _require(bool(self.ssl_certfile) == bool(self.ssl_keyfile), s, "ssl_keyfile",
+                 self.ssl_keyfile, "ssl_certfile and ssl_keyfile go together")
+        mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        _require(self.sasl_mechanism in mechanisms, s, "sasl_mechanism", self.sasl_mechanism,
+                 f"must be one of {', '.join(mechanisms)}")
+        if self.security_protocol.startswith("SASL"):
+            _require(bool(self.sasl_username), s, "sasl_username", self.sasl_username,
+                     f"needed for security_protocol {self.security_protocol}")
+            if not self.sasl_password:  # (the value is a secret: not echoed)
+                raise ConfigError(f"{s}.sasl_password: needed for security_protocol "
+                                  f"{self.security_protocol}")
+
     source: str = "kafka"  # kafka | file | memory
     bootstrap_servers: list[str] = field(default_factory=lambda: ["127.0.0.1:9092"])
     topics: list[str] = field(default_factory=lambda: ["streamrec-events"])
@@ -107,6 +133,23 @@ class IngestConfig:
     # Brokers hold a new group's first join for about the session timeout; a
     # short one makes a restarted trainer resume quickly.
     session_timeout_ms: int = 6000
+    # How every Kafka client connects (consumer, dead-letter producer, lag
+    # reader, replay): PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL. ssl_cafile
+    # verifies the brokers (default: the system's CAs); ssl_certfile and
+    # ssl_keyfile (PEM) authenticate the client by TLS; sasl_mechanism PLAIN,
+    # SCRAM-SHA-256 or SCRAM-SHA-512 with sasl_username and sasl_password (a
+    # secret: set it from the environment, STREAMREC_INGEST_SASL_PASSWORD).
+    security_protocol: str = "PLAINTEXT"
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    # read_committed: records of aborted transactions (a transactional
+    # producer's retries) are never read, so never learned; on topics without
+    # transactions it reads the same records.
+    isolation_level: str = "read_committed"
     poll_timeout_ms: int = 200
     max_poll_records: int = 4096
     path: str = ""  # for source = "file": a .jsonl or .csv file
@@ -155,6 +198,7 @@ class IngestConfig:
                  "bootstrap_servers", self.bootstrap_servers, "needed for source = kafka")
         _require(bool(self.path) or self.source != "file", s, "path", self.path,
                  "the event file to read is needed for source = file")
+        self._check_security()
         _require(self.session_timeout_ms >= 1000, s, "session_timeout_ms",
                  self.session_timeout_ms, "must be >= 1000")
         _require(self.poll_timeout_ms >= 0, s, "poll_timeout_ms", self.poll_timeout_ms,

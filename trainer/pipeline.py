@@ -21,6 +21,7 @@ from streamrec.ingest.deadletter import DeadLetterSink, FileDeadLetterSink, \
     KafkaDeadLetterSink, MemoryDeadLetterSink
 from streamrec.ingest.feature_audit import AuditedSource, FeatureAudit
 from streamrec.ingest.joiner import Joiner
+from streamrec.ingest.kafka_security import client_security
 from streamrec.ingest.metrics import IngestMetrics
 from streamrec.ingest.prefetch import PrefetchingSource
 from streamrec.ingest.source import EventSource
@@ -191,7 +192,7 @@ def dead_letter_sink(config: AppConfig, metrics: IngestMetrics | None = None) ->
 
         try:
             return KafkaDeadLetterSink(ing.bootstrap_servers, ing.dead_letter_topic,
-                                       metrics=metrics)
+                                       metrics=metrics, security=client_security(ing))
         except KafkaError as e:
             raise kafka_unreachable(ing.bootstrap_servers, e) from None
     if ing.dead_letter_path:

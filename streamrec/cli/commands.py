@@ -149,14 +149,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     _input_file(args.file, "file")
     from kafka.errors import KafkaError
 
+    from streamrec.ingest.kafka_security import client_security
     from streamrec.ingest.replay import replay
     from streamrec.runtime import kafka_unreachable
 
+    security = client_security(_config(args).ingest)
     tune_gc()
     servers = args.bootstrap_servers.split(",")
     try:
         stats = replay(args.file, args.topic, servers, rate=args.rate,
-                       value_format=args.format, progress=not args.quiet)
+                       value_format=args.format, progress=not args.quiet, security=security)
     except KafkaError as e:
         raise kafka_unreachable(servers, e) from None
     print(json.dumps({"sent": stats.sent, "skipped_malformed": stats.skipped_malformed,
@@ -245,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("serve", "run a serving replica")
     p.set_defaults(func=_cmd_serve)
 
-    p = command("replay", "produce a file's events into Kafka", config=False)
+    p = command("replay", "produce a file's events into Kafka (connecting as [ingest] says: "
+                          "security_protocol, TLS files, SASL)")
     p.add_argument("file", help=".jsonl or .csv event file")
     p.add_argument("--topic", required=True, help="the Kafka topic to produce to (required)")
     p.add_argument("--bootstrap-servers", required=True, metavar="HOST:PORT[,HOST:PORT...]",

@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,13 +31,13 @@ def tansu_binary() -> Path:
     return path
 
 
-def _accepts_kafka(port: int) -> bool:
+def _accepts_kafka(port: int, security: dict[str, Any]) -> bool:
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}",
-                                 request_timeout_ms=3000, client_id="probe")
+                                 request_timeout_ms=3000, client_id="probe", **security)
     except (KafkaError, OSError):
         return False
     try:
@@ -49,13 +50,16 @@ def _accepts_kafka(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def start_broker(port: int | None = None, advertised_port: int | None = None
+def start_broker(port: int | None = None, advertised_port: int | None = None,
+                 security: dict[str, Any] | None = None
                  ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A fresh Tansu broker (in-memory storage): ``(127.0.0.1:PORT, its process)``.
 
     It listens on ``port`` (default: a free one). ``advertised_port``: the
     port it names in metadata, where clients then connect (a proxy in front
-    of it, listening before the broker starts); the address yielded is that one.
+    of it, listening before the broker starts); the address yielded is that one,
+    and it is ready once a client connecting there with ``security`` (kafka-python
+    arguments) is answered.
     """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
@@ -76,7 +80,7 @@ def start_broker(port: int | None = None, advertised_port: int | None = None
                                    f"{log_path.read_text()[-3000:]}")
             with socket.socket() as s:
                 listening = s.connect_ex(("127.0.0.1", port)) == 0
-            if listening and _accepts_kafka(port):
+            if listening and _accepts_kafka(advertised_port or port, security or {}):
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tansu did not come up on {url}:\n"

@@ -1,32 +1,30 @@
-"""A TCP proxy in front of a Kafka broker that loses the answers to chosen Produce requests.
+"""TCP proxies in front of a Kafka broker.
 
-The broker has written the request's records when its answer arrives; the
-proxy then closes the client's connection instead of relaying it, as a
-network failure after the write would. The client must retry without
-writing the records twice.
+:class:`AnswerDroppingProxy` loses the answers to chosen Produce requests: the
+broker has written the request's records when its answer arrives; the proxy
+then closes the client's connection instead of relaying it, as a network
+failure after the write would. The client must retry without writing the
+records twice. :class:`TlsProxy` ends TLS in front of a broker that has none.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 _PRODUCE = 0  # the Produce request's api key
 
 
-class AnswerDroppingProxy:
-    """Listens on ``port`` and forwards to ``upstream_port`` (both on 127.0.0.1).
+class _Proxy(ABC):
+    """Listens on ``port`` (127.0.0.1) and gives each client to :meth:`_serve`
+    on a thread of its own; ``_upstream`` is the broker's port there."""
 
-    The answers to the Produce requests numbered in ``drop`` (counted from 1
-    across connections) are dropped, each closing its client connection.
-    """
-
-    def __init__(self, port: int, upstream_port: int, drop: set[int]) -> None:
-        self.dropped = 0
+    def __init__(self, port: int, upstream_port: int) -> None:
         self._upstream = upstream_port
-        self._drop = drop
-        self._produced = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", port))
@@ -52,19 +50,44 @@ class AnswerDroppingProxy:
                 client, _ = self._listener.accept()
             except OSError:  # closed
                 return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self._upstream))
-            except OSError:  # the broker is not up yet
-                client.close()
-                continue
-            with self._lock:
-                self._sockets += [client, upstream]
-            doomed: set[int] = set()  # correlation ids whose answers are dropped
-            for target in (lambda: self._requests(client, upstream, doomed),
-                           lambda: self._answers(upstream, client, doomed)):
-                thread = threading.Thread(target=target, daemon=True)
-                thread.start()
-                self._threads.append(thread)
+            self._start(self._serve, client)
+
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _connected(self, *sockets: socket.socket) -> None:
+        with self._lock:
+            self._sockets += sockets
+
+    @abstractmethod
+    def _serve(self, client: socket.socket) -> None:
+        """Relay between ``client`` and the broker until either side closes."""
+
+
+class AnswerDroppingProxy(_Proxy):
+    """Forwards to the broker, except that the answers to the Produce requests
+    numbered in ``drop`` (counted from 1 across connections) are dropped, each
+    closing its client connection.
+    """
+
+    def __init__(self, port: int, upstream_port: int, drop: set[int]) -> None:
+        self.dropped = 0
+        self._drop = drop
+        self._produced = 0
+        super().__init__(port, upstream_port)
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+        except OSError:  # the broker is not up yet
+            client.close()
+            return
+        self._connected(client, upstream)
+        doomed: set[int] = set()  # correlation ids whose answers are dropped
+        self._start(self._answers, upstream, client, doomed)
+        self._requests(client, upstream, doomed)
 
     def _requests(self, client: socket.socket, upstream: socket.socket, doomed: set[int]
                   ) -> None:
@@ -128,3 +151,38 @@ def _close(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+class TlsProxy(_Proxy):
+    """Ends TLS with ``context`` and forwards the bytes to the broker in clear: a
+    broker that clients reach over TLS only, as most production clusters are
+    (Tansu's own TLS listener does not complete a handshake)."""
+
+    def __init__(self, port: int, upstream_port: int, context: ssl.SSLContext) -> None:
+        self._context = context
+        super().__init__(port, upstream_port)
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            client.settimeout(10)
+            secure = self._context.wrap_socket(client, server_side=True)
+            secure.settimeout(None)
+            upstream = socket.create_connection(("127.0.0.1", self._upstream))
+        except OSError:  # a failed handshake (an untrusted client), or no broker yet
+            _close(client)
+            return
+        self._connected(secure, upstream)
+        self._start(_pipe, upstream, secure)
+        _pipe(secure, upstream)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    while True:
+        try:
+            chunk = source.recv(65536)
+        except OSError:
+            chunk = b""
+        if not chunk or not _send(sink, chunk):
+            break
+    _close(sink)
+    _close(source)

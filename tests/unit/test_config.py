@@ -295,3 +295,40 @@ def test_default_wide_terms_and_field_scale_follow_the_number_of_features() -> N
     for bad in ("0", "1.5", "nan"):
         with pytest.raises(ConfigError, match="field_scale"):
             load_config(env={}, overrides={"model.field_scale": bad})
+
+
+def test_kafka_security_settings_reach_every_client_and_the_password_is_never_shown(
+        tmp_path: Path) -> None:
+    from streamrec.ingest.kafka_security import client_security
+    from streamrec.ingest.kafka_source import consumer_settings
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    config = load_config(env={"STREAMREC_INGEST_SASL_PASSWORD": "hunter2"}, overrides={
+        "ingest.security_protocol": "SASL_SSL", "ingest.ssl_cafile": str(ca),
+        "ingest.sasl_mechanism": "SCRAM-SHA-512", "ingest.sasl_username": "trainer"}).ingest
+    assert client_security(config) == {
+        "security_protocol": "SASL_SSL", "ssl_check_hostname": True, "ssl_cafile": str(ca),
+        "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "trainer",
+        "sasl_plain_password": "hunter2"}
+    settings = consumer_settings(config)
+    assert settings["sasl_plain_password"] == "hunter2"
+    assert settings["isolation_level"] == "read_committed"
+    assert "hunter2" not in repr(config)
+    assert client_security(load_config(env={}).ingest) == {"security_protocol": "PLAINTEXT"}
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"ingest.security_protocol": "TLS"}, "security_protocol"),
+    ({"ingest.security_protocol": "SSL", "ingest.ssl_cafile": "/no/such/ca.pem"}, "ssl_cafile"),
+    ({"ingest.ssl_certfile": __file__, "ingest.security_protocol": "SSL"}, "ssl_keyfile"),
+    ({"ingest.security_protocol": "SASL_SSL", "ingest.sasl_password": "hunter2"}, "sasl_username"),
+    ({"ingest.security_protocol": "SASL_SSL", "ingest.sasl_username": "u"}, "sasl_password"),
+    ({"ingest.sasl_mechanism": "GSSAPI"}, "sasl_mechanism"),
+    ({"ingest.isolation_level": "committed"}, "isolation_level"),
+])
+def test_bad_kafka_security_settings_are_refused_naming_the_field(
+        overrides: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"ingest.{field}") as info:
+        load_config(env={}, overrides=overrides)
+    assert "hunter2" not in str(info.value)
