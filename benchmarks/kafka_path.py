@@ -139,8 +139,11 @@ def _source(config: Any, expected: int) -> dict[str, float]:
 def _train(arm: str, config: Any, expected: int) -> dict[str, float]:
     """``run_training`` with its source class wrapped to time the polls and stop at the end."""
     import streamrec.cli.train as train
+    from streamrec.ingest import file_source, kafka_source
 
-    base = train.FileSource if arm == "train-file" else train.KafkaSource
+    # (trainer.pipeline imports the source class from its module when it builds one)
+    module: Any = file_source if arm == "train-file" else kafka_source
+    base = module.FileSource if arm == "train-file" else module.KafkaSource
     stop = threading.Event()
     clock = _Clock()
 
@@ -152,7 +155,7 @@ def _train(arm: str, config: Any, expected: int) -> dict[str, float]:
                 stop.set()  # (Kafka never ends; the file ends by itself)
             return got
 
-    setattr(train, base.__name__, Timed)
+    setattr(module, base.__name__, Timed)
     stats = train.run_training(config, stop)
     return {**clock.figures(), "examples": stats.examples}
 
