@@ -39,6 +39,8 @@ from streamrec.trainer.sync.sink import GrpcDeltaSink
 
 __all__ = ["run_demo", "DemoSummary", "demo_config"]
 
+_UNBOUNDED_SKEW_MS = 1 << 50  # (about 35,000 years)
+
 
 @dataclass
 class DemoSummary:
@@ -170,6 +172,12 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     try:
         pipeline = build_pipeline(config, source, sinks={"replica-0": sink},
                                   registry=trainer_registry, on_progress=on_progress)
+        if rate is None:
+            # Event time then runs ahead of the wall clock (the stream's events
+            # per second of event time, produced as fast as the trainer takes
+            # them), by design: the joiner must not hold its clock to the wall
+            # clock's, or it would release almost no label while the demo runs.
+            pipeline.joiner.max_clock_skew_ms = _UNBOUNDED_SKEW_MS
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())
