@@ -114,7 +114,7 @@ def _feature_value(name: str, v: Any) -> FeatureValue | None:
     """One value of feature ``name``, or None where it stands for no value."""
     kind = type(v)
     if kind is str:
-        if len(v) <= MAX_STRING and v.isascii():
+        if v.isascii():
             return v
     elif kind is int:
         if INT64_MIN <= v <= INT64_MAX:
@@ -133,10 +133,7 @@ def _feature_value(name: str, v: Any) -> FeatureValue | None:
     if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
         raise DecodeError(f"feature {name!r}: {v} does not fit in a signed 64-bit integer",
                           "out_of_range")
-    if isinstance(v, str):
-        if len(v) > MAX_STRING:
-            raise DecodeError(f"feature {name!r}: value longer than {MAX_STRING} characters",
-                              "too_large")
+    if isinstance(v, str):  # (of any length: a text is an id like a short one, hashed)
         return _text(f"feature {name!r}", v)
     return v
 
@@ -165,7 +162,7 @@ def _features(raw: Any) -> dict[str, tuple[FeatureValue, ...]]:
         kind = type(value)
         # One plain value, the common case, without a call (as _feature_value checks it).
         if kind is str:
-            if len(value) <= MAX_STRING and value.isascii():
+            if value.isascii():
                 out[name] = (value,)
                 continue
         elif kind is int:

@@ -124,6 +124,10 @@ def test_what_other_tools_write_for_a_value_is_read_as_that_value() -> None:
     assert e.features == {"mobile": (1,), "new": (0,), "tags": ("a", "b"),
                           "ctx.os": ("ios",), "ctx.screen.w": (390,)}
     assert decode_json(json.dumps({**VALID, "label": False}).encode()).label == 0.0
+    # A long text (a title, a URL with its query) is a feature value like a short one.
+    text = "word " * 2000
+    long = decode_json(json.dumps({**VALID, "features": {"title": text, "tags": [text]}}).encode())
+    assert long.features == {"title": (text,), "tags": (text,)}
 
 
 def test_the_client_sends_booleans_as_the_ids_events_are_read_as() -> None:
