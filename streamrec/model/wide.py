@@ -12,7 +12,7 @@ how: docs/design.md, "Wide terms".
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -67,13 +67,11 @@ class TermColumns:
     id per example where each example has exactly one (``single``), else
     (example, id) pairs. The wide terms and the in-batch adaptation key their
     terms with it. A term keys at most ``max_keys`` combinations per example
-    (:data:`MAX_TERM_KEYS`); ``dropped`` holds, per term's table, the number
-    past it of each example ``[B]`` (terms that dropped none are absent)."""
+    (:data:`MAX_TERM_KEYS`); :meth:`dropped` says how many it left out."""
 
     def __init__(self, sparse: KeyedJaggedTensor, max_keys: int = MAX_TERM_KEYS) -> None:
         self.batch = sparse.stride()
         self.max_keys = max_keys
-        self.dropped: dict[str, torch.Tensor] = {}
         keys = sparse.keys()
         lengths = sparse.lengths().to(torch.int64).view(len(keys), self.batch)
         values = sparse.values()
@@ -125,15 +123,18 @@ class TermColumns:
             picked = values.index_select(0, starts.index_select(0, example_rep) + within)
             key = cross_keys(torch.repeat_interleave(key, repeat), picked)
             example = example_rep
-        if expanded:  # (some feature of the term is a list)
-            combinations = torch.ones(self.batch, dtype=torch.int64)
-            for feature in term:
-                if feature in self._counts:
-                    combinations = combinations * self._counts[feature]
-            over = (combinations - limit).clamp(min=0)
-            if bool(over.any()):
-                self.dropped[wide_table_name(term)] = over
         return example, key
+
+    def dropped(self, term: list[str]) -> torch.Tensor | None:
+        """``[B]``: the combinations of ``term`` past ``max_keys`` in each example
+        (what :meth:`term_keys` leaves out), or None where no feature of it is a list."""
+        lists = [self._counts[f] for f in term if f in self._counts]
+        if not lists:
+            return None
+        combinations = torch.ones(self.batch, dtype=torch.int64)
+        for counts in lists:
+            combinations = combinations * counts
+        return (combinations - self.max_keys).clamp(min=0)
 
 
 class Collective(Protocol):
@@ -246,7 +247,9 @@ class WideTerms:
         if self.collective is not None:
             return self._learn_together(sparse, base, outcomes, now_ms)
         batch = sparse.stride()
-        keys = self._entries_to_learn(sparse, outcomes, self._keys)
+        columns = TermColumns(sparse, self.max_keys)
+        keys = self._keys(columns.term_keys)
+        self._count_dropped(columns, outcomes)
         if not keys or batch == 0:
             return torch.zeros(batch)
         learned = (outcomes != 0).any(dim=1)
@@ -294,8 +297,9 @@ class WideTerms:
         offset, total = sum(sizes[:c.rank()]), sum(sizes)
         if total == 0:  # (every rank knows it: none takes part in what follows)
             return torch.zeros(batch)
-        example, keys, tags = self._entries_to_learn(
-            sparse, outcomes, lambda term_keys: _entries(term_keys, members))
+        columns = TermColumns(sparse, self.max_keys)
+        example, keys, tags = _entries(columns.term_keys, members)
+        self._count_dropped(columns, outcomes)
         entries = torch.stack([example + offset, keys, tags], dim=1)
         per_example = torch.stack([base.detach().float(), outcomes[:, 0].float(),
                                    outcomes[:, 1].float(),
@@ -315,18 +319,17 @@ class WideTerms:
         store.write_owned(new)
         return sums[offset:offset + batch]
 
-    def _entries_to_learn(self, sparse: KeyedJaggedTensor, outcomes: torch.Tensor,
-                          keyed: Callable[[TermKeys], Any]) -> Any:
-        """``keyed(term_keys)`` of the batch's columns, counting the keys they drop
-        from examples with an outcome (an impression only read is counted when
-        its outcome is learned)."""
-        columns = TermColumns(sparse, self.max_keys)
-        out = keyed(columns.term_keys)
-        if columns.dropped:
-            learned = (outcomes != 0).any(dim=1)
-            for name, over in columns.dropped.items():
-                self.dropped_keys[name] += int(over[learned].sum())
-        return out
+    def _count_dropped(self, columns: TermColumns, outcomes: torch.Tensor) -> None:
+        """Add the keys ``columns`` left out of examples with an outcome to
+        :attr:`dropped_keys` (an impression only read counts when its outcome is
+        learned)."""
+        learned = None
+        for term in self.terms:
+            over = columns.dropped(term)
+            if over is not None and bool(over.any()):
+                if learned is None:
+                    learned = (outcomes != 0).any(dim=1)
+                self.dropped_keys[wide_table_name(term)] += int(over[learned].sum())
 
     def _learn_in_order(self, state: torch.Tensor, found: torch.Tensor,
                         example: torch.Tensor, slot: torch.Tensor, batch: int,

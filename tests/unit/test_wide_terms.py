@@ -129,7 +129,8 @@ def test_a_cross_keys_the_first_max_keys_combinations_of_each_example() -> None:
             assert example.tolist() == [e for e, _ in want], (limit, term)
             assert key.tolist() == [k for _, k in want], (limit, term)
         over = [max(0, n * m - limit) for n, m in lengths]
-        assert columns.dropped.get("a*b#wide", torch.zeros(5)).tolist() == over
+        dropped = columns.dropped(["a", "b"])
+        assert dropped is not None and dropped.tolist() == over
 
 
 def test_two_long_lists_cross_into_max_keys_per_example_and_the_rest_are_counted() -> None:
