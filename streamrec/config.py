@@ -170,6 +170,11 @@ class IngestConfig:
     # oldest is labelled negative early (streamrec_ingest_joiner_overflow_total).
     # Size it above the impressions one join window brings.
     join_max_pending: int = 1_000_000
+    # How far ahead of this machine's clock an event's time may move the
+    # joiner's clock (and so close join windows): 0, not at all, guards against
+    # a producer's clock or units running ahead; raise it for producers whose
+    # clocks run ahead of this machine's.
+    max_clock_skew_s: float = 0.0
     # How the delay of clicks behind their impressions is handled in training.
     delayed_feedback: DelayedFeedback = DelayedFeedback.FAKE_NEGATIVE
     # fake_negative: how long an impression waits for its click before it is
@@ -210,6 +215,8 @@ class IngestConfig:
                  self.negative_sample_rate, "must be in (0, 1]")
         _require(self.join_max_pending >= 1, s, "join_max_pending", self.join_max_pending,
                  "must be >= 1")
+        _require(math.isfinite(self.max_clock_skew_s) and self.max_clock_skew_s >= 0, s,
+                 "max_clock_skew_s", self.max_clock_skew_s, "must be >= 0")
         choices = [mode.value for mode in DelayedFeedback]
         _require(self.delayed_feedback in choices, s, "delayed_feedback", self.delayed_feedback,
                  f"must be one of {', '.join(choices)}")

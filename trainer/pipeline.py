@@ -67,6 +67,7 @@ def joiner_from_config(ingest: IngestConfig, seed: int,
     """The impression/action joiner ``ingest`` describes."""
     return Joiner(ingest.action_types, ingest.join_window_s, ingest.negative_sample_rate,
                   seed=seed, max_pending=ingest.join_max_pending,
+                  max_clock_skew_s=ingest.max_clock_skew_s,
                   delayed_feedback=ingest.delayed_feedback,
                   elapsed_s=ingest.fake_negative_delay_s, metrics=metrics)
 

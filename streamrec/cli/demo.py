@@ -39,7 +39,7 @@ from streamrec.trainer.sync.sink import GrpcDeltaSink
 
 __all__ = ["run_demo", "DemoSummary", "demo_config"]
 
-_UNBOUNDED_SKEW_MS = 1 << 50  # (about 35,000 years)
+_UNBOUNDED_SKEW_S = 1e12  # (about 30,000 years)
 
 
 @dataclass
@@ -129,6 +129,13 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
                         events_per_second=rate or default().events_per_second,
                         join_window_s=5.0, click_delay_median_s=0.5)
     config = demo_config(config, synthetic)
+    if rate is None:
+        # Event time then runs ahead of the wall clock (the stream's events per
+        # second of event time, produced as fast as the trainer takes them), by
+        # design: the joiner must not hold its clock to the wall clock's, or it
+        # would release almost no label while the demo runs.
+        config = replace(config, ingest=replace(config.ingest,
+                                                max_clock_skew_s=_UNBOUNDED_SKEW_S))
     trainer_registry, serving_registry = CollectorRegistry(), CollectorRegistry()
     serving_cfg = replace(config.serving, port=serving_port, sync_port=sync_port)
     replica = ModelReplica(registry=serving_registry)
@@ -172,12 +179,6 @@ def run_demo(config: AppConfig, *, duration_s: float | None = None, rate: float 
     try:
         pipeline = build_pipeline(config, source, sinks={"replica-0": sink},
                                   registry=trainer_registry, on_progress=on_progress)
-        if rate is None:
-            # Event time then runs ahead of the wall clock (the stream's events
-            # per second of event time, produced as fast as the trainer takes
-            # them), by design: the joiner must not hold its clock to the wall
-            # clock's, or it would release almost no label while the demo runs.
-            pipeline.joiner.max_clock_skew_ms = _UNBOUNDED_SKEW_MS
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, lambda *_: stop.set())

@@ -332,3 +332,13 @@ def test_bad_kafka_security_settings_are_refused_naming_the_field(
     with pytest.raises(ConfigError, match=f"ingest.{field}") as info:
         load_config(env={}, overrides=overrides)
     assert "hunter2" not in str(info.value)
+
+
+def test_the_joiners_clock_skew_comes_from_the_config() -> None:
+    from streamrec.trainer.pipeline import joiner_from_config
+
+    ingest = load_config(env={}, overrides={"ingest.max_clock_skew_s": "2.5"}).ingest
+    assert joiner_from_config(ingest, seed=0).max_clock_skew_ms == 2500
+    for bad in ("-1", "inf"):
+        with pytest.raises(ConfigError, match="max_clock_skew_s"):
+            load_config(env={}, overrides={"ingest.max_clock_skew_s": bad})
