@@ -99,32 +99,6 @@ class DelayedFeedback(str, enum.Enum):
 class IngestConfig:
     """Where events come from and how they become training examples."""
 
-    def _check_security(self) -> None:
-        s = "ingest"
-        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-        _require(self.security_protocol in protocols, s, "security_protocol",
-                 self.security_protocol, f"must be one of {', '.join(protocols)}")
-        _require(self.isolation_level in ("read_committed", "read_uncommitted"), s,
-                 "isolation_level", self.isolation_level,
-                 "must be read_committed or read_uncommitted")
-        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            path = getattr(self, name)
-            _require(not path or os.path.isfile(path), s, name, path, "no such file")
-            _require(not path or "SSL" in self.security_protocol, s, name, path,
-                     f"TLS files need security_protocol SSL or SASL_SSL, not "
-                     f"{self.security_protocol}")
-        _require(bool(self.ssl_certfile) == bool(self.ssl_keyfile), s, "ssl_keyfile",
-                 self.ssl_keyfile, "ssl_certfile and ssl_keyfile go together")
-        mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-        _require(self.sasl_mechanism in mechanisms, s, "sasl_mechanism", self.sasl_mechanism,
-                 f"must be one of {', '.join(mechanisms)}")
-        if self.security_protocol.startswith("SASL"):
-            _require(bool(self.sasl_username), s, "sasl_username", self.sasl_username,
-                     f"needed for security_protocol {self.security_protocol}")
-            if not self.sasl_password:  # (the value is a secret: not echoed)
-                raise ConfigError(f"{s}.sasl_password: needed for security_protocol "
-                                  f"{self.security_protocol}")
-
     source: str = "kafka"  # kafka | file | memory
     bootstrap_servers: list[str] = field(default_factory=lambda: ["127.0.0.1:9092"])
     topics: list[str] = field(default_factory=lambda: ["streamrec-events"])
@@ -234,6 +208,32 @@ class IngestConfig:
         _require(0 <= self.fake_negative_delay_s < self.join_window_s, s,
                  "fake_negative_delay_s", self.fake_negative_delay_s,
                  "must be >= 0 and below join_window_s")
+
+    def _check_security(self) -> None:
+        s = "ingest"
+        protocols = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+        _require(self.security_protocol in protocols, s, "security_protocol",
+                 self.security_protocol, f"must be one of {', '.join(protocols)}")
+        _require(self.isolation_level in ("read_committed", "read_uncommitted"), s,
+                 "isolation_level", self.isolation_level,
+                 "must be read_committed or read_uncommitted")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            _require(not path or os.path.isfile(path), s, name, path, "no such file")
+            _require(not path or "SSL" in self.security_protocol, s, name, path,
+                     f"TLS files need security_protocol SSL or SASL_SSL, not "
+                     f"{self.security_protocol}")
+        _require(bool(self.ssl_certfile) == bool(self.ssl_keyfile), s, "ssl_keyfile",
+                 self.ssl_keyfile, "ssl_certfile and ssl_keyfile go together")
+        mechanisms = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        _require(self.sasl_mechanism in mechanisms, s, "sasl_mechanism", self.sasl_mechanism,
+                 f"must be one of {', '.join(mechanisms)}")
+        if self.security_protocol.startswith("SASL"):
+            _require(bool(self.sasl_username), s, "sasl_username", self.sasl_username,
+                     f"needed for security_protocol {self.security_protocol}")
+            if not self.sasl_password:  # (the value is a secret: not echoed)
+                raise ConfigError(f"{s}.sasl_password: needed for security_protocol "
+                                  f"{self.security_protocol}")
 
 
 DEFAULT_HISTORY = ("user_id", "item_id")
